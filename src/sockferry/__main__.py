@@ -1,0 +1,7 @@
+"""``python -m sockferry`` runs the command line."""
+
+import sys
+
+from sockferry.cli import main
+
+sys.exit(main())

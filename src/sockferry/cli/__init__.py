@@ -1,0 +1,95 @@
+"""The ``sockferry`` command: argument parsing, exit codes, the one ``except``.
+
+Each sub-module registers its sub-commands; this package is the only place that prints
+or exits.  ``main`` takes ``argv``, ``stdout`` and ``stderr`` so tests can drive it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from sockferry import errors
+from sockferry.cli import probe
+from sockferry.cli.console import Console
+from sockferry.cli.runtime import ExitCode, exit_code_for
+
+# One module per family of sub-commands; each has register(subparsers).
+COMMAND_MODULES = (probe,)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so main() keeps control of stderr."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise errors.UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sockferry",
+        description="Move files and messages over plain sockets: an scp-like TCP file "
+        "transfer, a TFTP server and client, and SCTP messaging.",
+        epilog="Run 'sockferry COMMAND --help' for a command's options. Exit codes: "
+        "0 ok, 1 other failure, 2 usage, 3 network, 4 authentication, 5 refused by "
+        "the peer, 6 local storage, 7 protocol or digest, 8 timeout, 9 not available "
+        "here, 130 interrupted.",
+    )
+    parser.add_argument("--debug", action="store_true",
+                        help="show debug logs and the traceback of unexpected errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    """Entry point of the ``sockferry`` command; returns the exit code."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    console = Console(out, err)
+    try:
+        args = build_parser().parse_args(args_list)
+    except errors.UsageError as exc:
+        console.error(str(exc))
+        return ExitCode.USAGE
+    except SystemExit as exc:  # --help and --version
+        return int(exc.code or 0)
+    _configure_logging(err, debug)
+    try:
+        handler: Callable[[argparse.Namespace, Console], int] = args.handler
+        return handler(args, console)
+    except errors.SockferryError as exc:
+        console.error(str(exc))
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        return ExitCode.INTERRUPTED
+    except Exception as exc:  # a bug: say so in one line, details only with --debug
+        if debug:
+            traceback.print_exc(file=err)
+        console.error(f"internal error: {type(exc).__name__}: {exc} — please report this "
+                      "bug (run with --debug for details)")
+        return ExitCode.FAILURE
+    finally:
+        console.close()
+
+
+def _configure_logging(stream: TextIO, debug: bool) -> None:
+    root = logging.getLogger("sockferry")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s",
+                                           "%Y-%m-%dT%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.propagate = False

@@ -1,0 +1,94 @@
+"""Where the command line writes: results to stdout, messages and progress to stderr."""
+
+from __future__ import annotations
+
+import contextlib
+from types import TracebackType
+from typing import TextIO
+
+from rich.console import Console as RichConsole
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+
+class TransferProgress:
+    """A progress bar (bytes, rate, ETA) that is silent when nobody watches."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._tasks: dict[str, TaskID] = {}
+
+    def start(self, key: str, description: str, total: int | None) -> None:
+        if self._progress is not None:
+            self._tasks[key] = self._progress.add_task(description, total=total)
+
+    def advance(self, key: str, nbytes: int) -> None:
+        if self._progress is not None and key in self._tasks:
+            self._progress.advance(self._tasks[key], nbytes)
+
+    def finish(self, key: str) -> None:
+        if self._progress is not None and key in self._tasks:
+            task = self._tasks.pop(key)
+            self._progress.remove_task(task)
+
+    def __enter__(self) -> TransferProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+class Console:
+    """stdout for results, stderr for errors, notices and progress bars."""
+
+    def __init__(self, stdout: TextIO, stderr: TextIO) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+        self._rich_err = RichConsole(file=stderr, highlight=False, soft_wrap=True)
+
+    @property
+    def interactive(self) -> bool:
+        isatty = getattr(self.stderr, "isatty", None)
+        return bool(isatty and isatty())
+
+    def print(self, text: str = "") -> None:
+        self.stdout.write(text + "\n")
+        self.stdout.flush()
+
+    def notice(self, text: str) -> None:
+        self.stderr.write(f"sockferry: {text}\n")
+        self.stderr.flush()
+
+    def error(self, text: str) -> None:
+        self.stderr.write(f"sockferry: error: {text}\n")
+        self.stderr.flush()
+
+    def progress(self, quiet: bool = False) -> TransferProgress:
+        if quiet or not self.interactive:
+            return TransferProgress(None)
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self._rich_err,
+            transient=True,
+        )
+        return TransferProgress(bar)
+
+    def close(self) -> None:
+        for stream in (self.stdout, self.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()

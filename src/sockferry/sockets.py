@@ -1,0 +1,431 @@
+"""The socket layer shared by every transport.
+
+- addresses as users write them: ``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT``, ``HOST``,
+  ``unix:PATH``;
+- resolution with getaddrinfo (every result) and reverse names with getnameinfo;
+- listeners: one socket per resolved address, IPV6_V6ONLY set explicitly;
+- connect: each resolved address in turn, bounded by a timeout;
+- the one place where ``OSError`` becomes a sentence (``network_error``,
+  ``storage_error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sockferry.errors import NetworkError, StorageError, UsageError
+
+# A socket address as the socket module returns it: (host, port) for IPv4,
+# (host, port, flowinfo, scope_id) for IPv6, a path for AF_UNIX.
+SockAddr = tuple[str, int] | tuple[str, int, int, int] | str
+
+DEFAULT_BACKLOG = 128
+MAX_PORT = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """An internet address before resolution; ``host == ""`` means all interfaces."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnixPath:
+    """An AF_UNIX socket path."""
+
+    path: str
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+Address = HostPort | UnixPath
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """One getaddrinfo result."""
+
+    family: socket.AddressFamily
+    type: socket.SocketKind
+    proto: int
+    sockaddr: SockAddr
+
+    def __str__(self) -> str:
+        return format_sockaddr(self.sockaddr)
+
+
+def is_ipv6_literal(text: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6, text.split("%", 1)[0])
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def parse_port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= MAX_PORT:
+        raise UsageError(f"'{text}' is not a port number — use 0 to {MAX_PORT}")
+    return int(text)
+
+
+def parse_address(text: str, default_port: int) -> Address:
+    """Parse ``HOST:PORT``, ``[V6]:PORT``, ``:PORT``, ``HOST``, ``V6`` or ``unix:PATH``."""
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path:
+            raise UsageError("'unix:' needs a socket path, as in unix:/run/sockferry.sock")
+        return UnixPath(path)
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise UsageError(f"'{text}' has '[' without ']' — write IPv6 as [::1]:2345")
+        host, rest = text[1:close], text[close + 1 :]
+        if not is_ipv6_literal(host):
+            raise UsageError(f"'{host}' inside [] is not an IPv6 address")
+        if rest == "":
+            return HostPort(host, default_port)
+        if not rest.startswith(":"):
+            raise UsageError(f"'{text}' has text after ']' — write [::1]:2345")
+        return HostPort(host, parse_port(rest[1:]))
+    if is_ipv6_literal(text):
+        return HostPort(text, default_port)
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return HostPort(text, default_port)
+    if ":" in host:
+        raise UsageError(f"'{text}' is ambiguous — put an IPv6 address in brackets: [::1]:2345")
+    return HostPort(host, parse_port(port))
+
+
+def format_sockaddr(sockaddr: SockAddr | bytes | None) -> str:
+    """``127.0.0.1:2345``, ``[::1]:2345`` or ``unix:PATH`` for logs and messages."""
+    if sockaddr is None:
+        return "?"
+    if isinstance(sockaddr, bytes):
+        sockaddr = sockaddr.decode(errors="replace")
+    if isinstance(sockaddr, str):
+        return f"unix:{sockaddr or '(unnamed)'}"
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---------------------------------------------------------------------------------------
+# errno -> one sentence.  Every socket and file error a user can see passes through here.
+
+_NETWORK_MESSAGES: dict[int, str] = {
+    errno.ECONNREFUSED: "connection refused by {addr} — is the server running?",
+    errno.ETIMEDOUT: "{addr} did not answer in time — check the address, the network "
+    "or a firewall",
+    errno.EHOSTUNREACH: "no route to host {addr} — check the address and the network",
+    errno.ENETUNREACH: "network unreachable for {addr} — check your network connection",
+    errno.EADDRINUSE: "{addr} is already in use — stop the other server or pick another port",
+    errno.EADDRNOTAVAIL: "{addr} is not an address of this machine — pick one of its own "
+    "addresses",
+    errno.ECONNRESET: "connection to {addr} was reset by the peer — the other side "
+    "failed or was stopped",
+    errno.EPIPE: "connection to {addr} was closed by the peer — the other side failed "
+    "or was stopped",
+    errno.ECONNABORTED: "connection to {addr} was aborted",
+    errno.EAFNOSUPPORT: "this machine does not support the address family of {addr}",
+    errno.ENOENT: "no socket at {addr} — is the server running?",
+    errno.EPROTONOSUPPORT: "this kernel does not support the protocol needed for {addr}",
+}
+
+
+def network_error(exc: BaseException, address: object, action: str = "") -> NetworkError:
+    """Turn a socket-level exception into the one sentence a user reads."""
+    addr = str(address)
+    if isinstance(exc, socket.gaierror):
+        return NetworkError(
+            f"cannot resolve '{addr}': {exc.strerror} — check the host name",
+            errno=exc.errno,
+            address=addr,
+        )
+    if isinstance(exc, TimeoutError) and not getattr(exc, "errno", None):
+        return NetworkError(_NETWORK_MESSAGES[errno.ETIMEDOUT].format(addr=addr),
+                            errno=errno.ETIMEDOUT, address=addr)
+    code = getattr(exc, "errno", None)
+    if code == errno.EACCES and action == "bind":
+        port = addr.rsplit(":", 1)[-1]
+        text = (f"binding {addr} needs privileges — run as root or use a port above 1023"
+                if port.isdigit() and int(port) < 1024
+                else f"permission denied binding {addr}")
+        return NetworkError(text, errno=code, address=addr)
+    template = _NETWORK_MESSAGES.get(code or -1)
+    if template is not None:
+        text = template.format(addr=addr)
+    else:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        text = f"{action or 'network operation'} failed for {addr}: {reason}"
+    return NetworkError(text, errno=code, address=addr)
+
+
+_STORAGE_MESSAGES: dict[int, str] = {
+    errno.ENOSPC: "disk full while writing {path}",
+    errno.EDQUOT: "disk quota exceeded while writing {path}",
+    errno.EROFS: "{path} is on a read-only file system",
+    errno.EACCES: "permission denied for {path}",
+    errno.EPERM: "operation not permitted on {path}",
+    errno.ENOENT: "{path} does not exist",
+    errno.EEXIST: "{path} already exists",
+    errno.EISDIR: "{path} is a directory",
+    errno.ENOTDIR: "a parent of {path} is not a directory",
+    errno.ENAMETOOLONG: "the name {path} is too long",
+    errno.EFBIG: "{path} would be larger than the file system allows",
+    errno.ELOOP: "too many symbolic links in {path}",
+    errno.EIO: "input/output error on {path} — the disk may be failing",
+}
+
+
+def storage_error(exc: OSError, path: str, suffix: str = "") -> StorageError:
+    """Turn a file-system ``OSError`` into one sentence; ``suffix`` adds what happened next."""
+    template = _STORAGE_MESSAGES.get(exc.errno or -1)
+    text = (template.format(path=path) if template
+            else f"{exc.strerror or exc} on {path}")
+    if suffix:
+        text = f"{text}; {suffix}"
+    return StorageError(text, errno=exc.errno, path=path)
+
+
+# ---------------------------------------------------------------------------------------
+# Resolution
+
+
+async def resolve(address: HostPort, kind: socket.SocketKind = socket.SOCK_STREAM,
+                  *, passive: bool = False) -> list[Resolved]:
+    """Every getaddrinfo result for ``address``, de-duplicated, in the resolver's order."""
+    if address.host.lower().rstrip(".") == "localhost":
+        return _localhost(address.port, kind)
+    loop = asyncio.get_running_loop()
+    # No AI_ADDRCONFIG: it hides ::1 on hosts whose only IPv6 address is loopback.
+    flags = socket.AI_PASSIVE if passive else 0
+    try:
+        infos = await loop.getaddrinfo(address.host or None, address.port, type=kind,
+                                       flags=flags)
+    except (socket.gaierror, UnicodeError) as exc:
+        if isinstance(exc, UnicodeError):
+            exc = socket.gaierror(socket.EAI_NONAME, "not a valid host name")
+        raise network_error(exc, address.host or "*") from exc
+    seen: set[object] = set()
+    results: list[Resolved] = []
+    for family, type_, proto, _canon, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6) or sockaddr in seen:
+            continue
+        seen.add(sockaddr)
+        results.append(Resolved(family, type_, proto, sockaddr))  # type: ignore[arg-type]
+    if not results:
+        raise NetworkError(f"'{address.host}' has no IPv4 or IPv6 address",
+                           address=address.host)
+    return results
+
+
+def _localhost(port: int, kind: socket.SocketKind) -> list[Resolved]:
+    """RFC 6761 §6.3: "localhost" is always the loopback addresses, whatever
+    /etc/hosts says; ::1 first (RFC 6724 prefers it), where this host has IPv6."""
+    results = [Resolved(socket.AF_INET, kind, 0, ("127.0.0.1", port))]
+    if socket.has_ipv6 and _loopback_v6_available():
+        results.insert(0, Resolved(socket.AF_INET6, kind, 0, ("::1", port, 0, 0)))
+    return results
+
+
+def _loopback_v6_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+async def reverse_name(sockaddr: SockAddr) -> str | None:
+    """The host name that ``sockaddr`` maps back to, or None when there is none."""
+    if isinstance(sockaddr, str):
+        return None
+    loop = asyncio.get_running_loop()
+    try:
+        host, _port = await loop.getnameinfo(sockaddr, socket.NI_NAMEREQD)
+    except (socket.gaierror, OSError):
+        return None
+    return host
+
+
+# ---------------------------------------------------------------------------------------
+# Listening
+
+
+def _bind(sock: socket.socket, sockaddr: SockAddr, shown: str) -> None:
+    try:
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise network_error(exc, shown, "bind") from exc
+
+
+def _unix_listener(path: str, kind: socket.SocketKind, backlog: int) -> socket.socket:
+    _remove_stale_unix_socket(path)
+    sock = socket.socket(socket.AF_UNIX, kind)
+    _bind(sock, path, f"unix:{path}")
+    if kind == socket.SOCK_STREAM:
+        sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    """Remove a socket file that nobody listens on any more (left by a killed server)."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return
+    except OSError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        probe.close()
+
+
+def _inet_socket(family: socket.AddressFamily, kind: socket.SocketKind,
+                 *, dual_stack: bool) -> socket.socket:
+    sock = socket.socket(family, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        # Set explicitly: the system default (net.ipv6.bindv6only) varies between hosts.
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
+    return sock
+
+
+async def open_listeners(address: Address, kind: socket.SocketKind = socket.SOCK_STREAM,
+                         backlog: int = DEFAULT_BACKLOG) -> list[socket.socket]:
+    """Bound (and, for streams, listening) non-blocking sockets for ``address``.
+
+    ``""`` as host gives one dual-stack socket on ``::`` (``0.0.0.0`` where IPv6 is
+    missing); a name gives one socket per resolved address.  With port 0 every socket
+    shares the port the kernel picked for the first one.
+    """
+    if isinstance(address, UnixPath):
+        return [_unix_listener(address.path, kind, backlog)]
+    if address.host == "":
+        targets = [Resolved(socket.AF_INET6, kind, 0, ("::", address.port, 0, 0))]
+        if not socket.has_ipv6:
+            targets = [Resolved(socket.AF_INET, kind, 0, ("0.0.0.0", address.port))]
+    else:
+        targets = await resolve(address, kind, passive=True)
+    sockets: list[socket.socket] = []
+    port = address.port
+    try:
+        for target in targets:
+            sockaddr = target.sockaddr
+            assert not isinstance(sockaddr, str)
+            sockaddr = (sockaddr[0], port, *sockaddr[2:])
+            try:
+                sock = _inet_socket(target.family, kind, dual_stack=address.host == "")
+            except OSError as exc:
+                if address.host == "" and exc.errno == errno.EAFNOSUPPORT:
+                    return await open_listeners(HostPort("0.0.0.0", port), kind, backlog)
+                raise network_error(exc, format_sockaddr(sockaddr), "socket") from exc
+            _bind(sock, sockaddr, format_sockaddr(sockaddr))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(backlog)
+            sock.setblocking(False)
+            sockets.append(sock)
+            port = sock.getsockname()[1]
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+# ---------------------------------------------------------------------------------------
+# Connecting
+
+
+async def connect_one(target: Resolved, timeout_s: float) -> socket.socket:
+    """A non-blocking connect (EINPROGRESS, then poll, then SO_ERROR) with a deadline."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(target.family, target.type, target.proto)
+    sock.setblocking(False)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await loop.sock_connect(sock, target.sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def connect(address: Address, timeout_s: float = 10.0,
+                  kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
+    """Connect to the first resolved address that answers; the timeout covers them all."""
+    loop = asyncio.get_running_loop()
+    if isinstance(address, UnixPath):
+        sock = socket.socket(socket.AF_UNIX, kind)
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await loop.sock_connect(sock, address.path)
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            raise network_error(exc, address, "connect") from exc
+        return sock
+    targets = await resolve(address, kind)
+    failures: list[tuple[Resolved, BaseException]] = []
+    deadline = loop.time() + timeout_s
+    for index, target in enumerate(targets):
+        # Share what is left of the budget among the addresses not yet tried, so one
+        # black-holed address cannot eat the whole timeout.
+        share = (deadline - loop.time()) / (len(targets) - index)
+        if share <= 0:
+            break
+        try:
+            return await connect_one(target, share)
+        except (OSError, TimeoutError) as exc:
+            failures.append((target, exc))
+    raise _connect_failure(address, failures)
+
+
+def _connect_failure(address: HostPort,
+                     failures: Sequence[tuple[Resolved, BaseException]]) -> NetworkError:
+    if not failures:
+        return NetworkError(f"{address} did not answer in time", errno=errno.ETIMEDOUT,
+                            address=str(address))
+    first_target, first_exc = failures[0]
+    tried = ", ".join(str(t) for t, _ in failures)
+    shown = str(first_target) if len(failures) == 1 else f"{address.host} ({tried})"
+    error = network_error(first_exc, shown, "connect")
+    error.__cause__ = first_exc
+    return error
+
+
+def peer_and_local(sock: socket.socket) -> tuple[str, str]:
+    """getpeername / getsockname, formatted for logs."""
+    try:
+        peer = format_sockaddr(sock.getpeername())
+    except OSError:
+        peer = "?"
+    try:
+        local = format_sockaddr(sock.getsockname())
+    except OSError:
+        local = "?"
+    return peer, local

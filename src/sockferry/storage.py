@@ -1,0 +1,438 @@
+"""Files on disk: a root-confined sandbox and writes that are never seen half done.
+
+``Root`` resolves every client path beneath one directory the way Linux's
+``openat2(RESOLVE_BENEATH)`` would, with one directory file descriptor per step:
+``..`` may not climb above the root, absolute paths and NUL bytes are refused, and
+symbolic links are followed by hand, only while they stay inside.  Nothing is opened by
+name from the top, so a link swapped in during a walk cannot lead outside.
+
+``AtomicFile`` writes under a temporary name in the target directory, then fsyncs and
+renames; aborting removes the temporary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+from sockferry.errors import PathRefused, StorageError
+from sockferry.sockets import storage_error
+
+# Linux's NAME_MAX and PATH_MAX: longer names could never be created, so they are refused
+# before touching the disk.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4096
+# Symbolic links followed while resolving one path (Linux's own limit is 40).
+MAX_SYMLINK_HOPS = 40
+# Temporaries carry this prefix and suffix; clients may not name such files.
+TEMP_PREFIX = ".sockferry-"
+TEMP_SUFFIX = ".part"
+PERMISSION_BITS = 0o777
+DEFAULT_UMASK = 0o022
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Kind(Enum):
+    FILE = "file"
+    DIRECTORY = "dir"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What STAT and LIST report of one name."""
+
+    path: str
+    kind: Kind
+    mode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def from_stat(cls, path: str, st: os.stat_result) -> Entry:
+        if stat.S_ISREG(st.st_mode):
+            kind = Kind.FILE
+        elif stat.S_ISDIR(st.st_mode):
+            kind = Kind.DIRECTORY
+        elif stat.S_ISLNK(st.st_mode):
+            kind = Kind.SYMLINK
+        else:
+            kind = Kind.OTHER
+        size = st.st_size if kind is Kind.FILE else 0
+        return cls(path, kind, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns)
+
+
+def capped_mode(mode: int, umask: int) -> int:
+    """Permission bits only (never setuid, setgid or sticky), capped by ``umask``."""
+    return mode & PERMISSION_BITS & ~umask
+
+
+def is_temporary_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def split_client_path(path: str | bytes) -> list[str]:
+    """Check a path that came off the wire and split it into components.
+
+    Refuses NUL bytes, absolute paths, invalid UTF-8, over-long names and reserved
+    temporary names.  ``..`` stays in the list; ``Root`` resolves it against real
+    directories so that a symbolic link cannot smuggle an escape past a textual check.
+    """
+    raw = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
+    shown = raw.decode("utf-8", "backslashreplace")
+    if b"\0" in raw:
+        raise PathRefused(f"path '{shown}' contains a NUL byte", path=shown)
+    if len(raw) > MAX_PATH_BYTES:
+        raise PathRefused(f"path of {len(raw)} bytes is longer than {MAX_PATH_BYTES}",
+                          path=shown[:64] + "…")
+    if raw.startswith(b"/"):
+        raise PathRefused(f"absolute path '{shown}' refused — paths are relative to the "
+                          "server's root", path=shown)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PathRefused(f"path '{shown}' is not valid UTF-8", path=shown) from None
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    for part in parts:
+        if len(part.encode()) > MAX_NAME_BYTES:
+            raise PathRefused(f"name '{part[:32]}…' is longer than {MAX_NAME_BYTES} bytes",
+                              path=shown)
+        if is_temporary_name(part):
+            raise PathRefused(f"'{part}' is a reserved temporary name", path=shown)
+    return parts
+
+
+class Root:
+    """A directory that client paths cannot leave."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise storage_error(exc, self.path) from exc
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Root:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- resolution ---------------------------------------------------------------------
+
+    def _refuse_escape(self, shown: str) -> PathRefused:
+        return PathRefused(f"'{shown}' leads outside the server's root", path=shown)
+
+    def resolve_parent(self, path: str | bytes, *, follow_last: bool = True,
+                       make_parents: bool = False, dir_mode: int = 0o755) -> tuple[int, str]:
+        """An open fd of the directory holding ``path``'s last component, and that name.
+
+        The caller owns (and must close) the returned fd.  ``name`` is ``""`` when the
+        path resolves to the root itself.
+        """
+        shown = path.decode("utf-8", "backslashreplace") if isinstance(path, bytes) else path
+        pending = split_client_path(path)
+        stack = [os.dup(self._fd)]
+        try:
+            name = self._walk_to_parent(stack, pending, shown, follow_last=follow_last,
+                                        make_parents=make_parents, dir_mode=dir_mode)
+        except BaseException:
+            for fd in stack:
+                os.close(fd)
+            raise
+        for fd in stack[:-1]:
+            os.close(fd)
+        return stack[-1], name
+
+    def _walk_to_parent(self, stack: list[int], pending: list[str], shown: str, *,
+                        follow_last: bool, make_parents: bool, dir_mode: int) -> str:
+        """Descend from ``stack[-1]``, pushing one fd per directory; return the last name."""
+        hops = 0
+        while pending:
+            name = pending.pop(0)
+            if name == "..":
+                if len(stack) == 1:
+                    raise self._refuse_escape(shown)
+                os.close(stack.pop())
+                continue
+            if not pending and not follow_last:
+                return name
+            link = self._readlink(stack[-1], name)
+            if link is not None:
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    raise StorageError(f"too many symbolic links in '{shown}'",
+                                       errno=errno.ELOOP, path=shown)
+                if link.startswith("/"):
+                    raise self._refuse_escape(shown)
+                pending[:0] = [p for p in link.split("/") if p not in ("", ".")]
+                continue
+            if not pending:
+                return name
+            stack.append(self._open_dir(stack[-1], name, shown, make_parents, dir_mode))
+        return ""
+
+    @staticmethod
+    def _readlink(dir_fd: int, name: str) -> str | None:
+        try:
+            return os.readlink(name, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOENT):  # not a link, or absent
+                return None
+            raise
+
+    def _open_dir(self, dir_fd: int, name: str, shown: str, create: bool, mode: int) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            if not create:
+                raise StorageError(f"directory '{name}' in '{shown}' does not exist",
+                                   errno=errno.ENOENT, path=shown) from None
+        except OSError as exc:
+            raise storage_error(exc, shown) from exc
+        try:
+            os.mkdir(name, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise storage_error(exc, shown) from exc
+        return self._open_dir(dir_fd, name, shown, False, mode)
+
+    @contextlib.contextmanager
+    def parent(self, path: str | bytes, **options: bool | int) -> Iterator[tuple[int, str]]:
+        fd, name = self.resolve_parent(path, **options)  # type: ignore[arg-type]
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    # -- operations ---------------------------------------------------------------------
+
+    def stat(self, path: str | bytes) -> Entry:
+        shown = _shown(path)
+        with self.parent(path) as (dir_fd, name):
+            try:
+                st = os.stat(name or ".", dir_fd=dir_fd, follow_symlinks=False)
+            except OSError as exc:
+                raise storage_error(exc, shown) from exc
+        return Entry.from_stat(shown, st)
+
+    def open_read(self, path: str | bytes) -> tuple[int, os.stat_result]:
+        """An fd of a regular file inside the root; directories and devices are refused."""
+        shown = _shown(path)
+        with self.parent(path) as (dir_fd, name):
+            try:
+                # O_NONBLOCK: opening a FIFO must not hang the server; O_NOFOLLOW because
+                # resolve_parent already followed every link that stays inside.
+                fd = os.open(name or ".", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                             | os.O_NONBLOCK, dir_fd=dir_fd)
+            except OSError as exc:
+                raise storage_error(exc, shown) from exc
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise StorageError(f"'{shown}' is {what}", errno=errno.EISDIR, path=shown)
+        os.set_blocking(fd, True)
+        return fd, st
+
+    def make_dirs(self, path: str | bytes, mode: int) -> None:
+        """``mkdir -p`` inside the root; an existing directory is fine."""
+        shown = _shown(path)
+        with self.parent(path, make_parents=True, dir_mode=mode) as (dir_fd, name):
+            if not name:
+                return
+            try:
+                os.mkdir(name, mode, dir_fd=dir_fd)
+            except FileExistsError:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise StorageError(f"'{shown}' exists and is not a directory",
+                                       errno=errno.EEXIST, path=shown) from None
+            except OSError as exc:
+                raise storage_error(exc, shown) from exc
+
+    def create(self, path: str | bytes) -> AtomicFile:
+        """Start writing ``path``; the parent directory must exist."""
+        shown = _shown(path)
+        dir_fd, name = self.resolve_parent(path)
+        if not name:
+            os.close(dir_fd)
+            raise StorageError(f"'{shown}' is a directory", errno=errno.EISDIR, path=shown)
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            os.close(dir_fd)
+            raise storage_error(exc, shown) from exc
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                os.close(dir_fd)
+                what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+                raise StorageError(f"'{shown}' exists and is {what}", errno=errno.EISDIR,
+                                   path=shown)
+        return AtomicFile(dir_fd, name, shown)
+
+    def exists(self, path: str | bytes) -> bool:
+        try:
+            self.stat(path)
+        except StorageError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
+    def list(self, path: str | bytes, *, recursive: bool = False,
+             limit: int = 1_000_000) -> Iterator[Entry]:
+        """Entries below ``path`` (relative to it); temporaries are hidden.
+
+        A recursive listing does not follow symbolic links: it reports them as such.
+        """
+        shown = _shown(path)
+        with self.parent(path) as (dir_fd, name):
+            try:
+                fd = os.open(name or ".", _DIR_FLAGS, dir_fd=dir_fd)
+            except NotADirectoryError:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                yield Entry.from_stat(name, st)
+                return
+            except OSError as exc:
+                raise storage_error(exc, shown) from exc
+        for count, entry in enumerate(_walk(fd, "", recursive), start=1):
+            if count > limit:
+                raise StorageError(f"'{shown}' holds more than {limit} entries",
+                                   errno=errno.E2BIG, path=shown)
+            yield entry
+
+
+def _walk(fd: int, prefix: str, recursive: bool) -> Iterator[Entry]:
+    """Entries of the directory ``fd`` (which this closes), sorted by name."""
+    try:
+        with os.scandir(fd) as it:
+            items = sorted(it, key=lambda e: e.name)
+        for item in items:
+            if is_temporary_name(item.name):
+                continue
+            rel = f"{prefix}{item.name}"
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished while listing
+            entry = Entry.from_stat(rel, st)
+            yield entry
+            if recursive and entry.kind is Kind.DIRECTORY:
+                try:
+                    sub = os.open(item.name, _DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue
+                yield from _walk(sub, f"{rel}/", recursive)
+    finally:
+        os.close(fd)
+
+
+def _shown(path: str | bytes) -> str:
+    return path.decode("utf-8", "backslashreplace") if isinstance(path, bytes) else path
+
+
+class AtomicFile:
+    """A file being written under a temporary name in its final directory.
+
+    ``commit`` fsyncs, sets the mode (and mtime), renames over the final name (or links,
+    refusing to replace, with ``clobber=False``) and fsyncs the directory.  ``abort``
+    removes the temporary.  Exactly one of the two must be called; the directory fd is
+    owned and closed here.
+    """
+
+    def __init__(self, dir_fd: int, name: str, shown: str) -> None:
+        self.dir_fd = dir_fd
+        self.name = name
+        self.shown = shown
+        self.temp_name = f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        self.written = 0
+        try:
+            self.fd = os.open(self.temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                              | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            os.close(dir_fd)
+            raise storage_error(exc, shown) from exc
+        self._done = False
+
+    @classmethod
+    def beside(cls, local_path: str) -> AtomicFile:
+        """An atomic writer for a local path (the client side, no sandbox)."""
+        parent = os.path.dirname(os.path.abspath(local_path))
+        try:
+            dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise storage_error(exc, parent) from exc
+        return cls(dir_fd, os.path.basename(local_path), local_path)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+                self.written += n
+        except OSError as exc:
+            self.abort()
+            raise storage_error(exc, self.shown, "the partial file was removed") from exc
+
+    def truncate(self, size: int) -> None:
+        """Set the final size up front (a sparse hole for data never written)."""
+        os.ftruncate(self.fd, size)
+
+    def commit(self, mode: int, mtime_ns: int | None = None, *, clobber: bool = True) -> None:
+        try:
+            os.fchmod(self.fd, mode)
+            if mtime_ns is not None:
+                os.utime(self.fd, ns=(mtime_ns, mtime_ns))
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            if clobber:
+                os.rename(self.temp_name, self.name, src_dir_fd=self.dir_fd,
+                          dst_dir_fd=self.dir_fd)
+            else:
+                # link() fails with EEXIST instead of replacing: an atomic no-clobber.
+                os.link(self.temp_name, self.name, src_dir_fd=self.dir_fd,
+                        dst_dir_fd=self.dir_fd, follow_symlinks=False)
+                os.unlink(self.temp_name, dir_fd=self.dir_fd)
+            os.fsync(self.dir_fd)
+        except OSError as exc:
+            self.abort()
+            if exc.errno == errno.EEXIST:
+                raise StorageError(f"'{self.shown}' already exists and the server does not "
+                                   "overwrite files", errno=exc.errno, path=self.shown) from exc
+            raise storage_error(exc, self.shown, "nothing was written") from exc
+        self._finish()
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        with contextlib.suppress(OSError):
+            os.unlink(self.temp_name, dir_fd=self.dir_fd)
+        self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        with contextlib.suppress(OSError):
+            os.close(self.dir_fd)

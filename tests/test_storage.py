@@ -1,0 +1,197 @@
+"""The sandbox and atomic writes against a real file system."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sockferry.errors import PathRefused, StorageError
+from sockferry.storage import (
+    AtomicFile,
+    Kind,
+    Root,
+    capped_mode,
+    is_temporary_name,
+    split_client_path,
+)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> tuple[Path, Path]:
+    """root/ with a file, a subdirectory, links inside and out; outside/ beside it."""
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret").write_text("secret")
+    (root / "file.txt").write_text("hello")
+    (root / "sub" / "inner.txt").write_text("inner")
+    (root / "link-in").symlink_to("sub/inner.txt")
+    (root / "dirlink-in").symlink_to("sub")
+    (root / "link-out").symlink_to("../outside/secret")
+    (root / "dirlink-out").symlink_to("../outside")
+    (root / "abs-link").symlink_to(str(outside / "secret"))
+    (root / "sub" / "up").symlink_to("..")
+    (root / "loop").symlink_to("loop")
+    return root, outside
+
+
+def snapshot(path: Path) -> dict[str, tuple[int, int, bytes]]:
+    result = {}
+    for p in sorted(path.rglob("*")):
+        st_ = p.lstat()
+        data = p.read_bytes() if p.is_file() and not p.is_symlink() else b""
+        result[str(p)] = (st_.st_mode, st_.st_size, data)
+    return result
+
+
+HOSTILE = [
+    "/etc/passwd", "../outside/secret", "sub/../../outside/secret", "link-out",
+    "dirlink-out/secret", "abs-link", "sub/up/../outside/secret", "a\0b", "x" * 256,
+    "/".join(["d"] * 2049), ".sockferry-0123.part", "sub/.sockferry-x.part",
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE)
+def test_hostile_paths_refused_everywhere(tree: tuple[Path, Path], path: str) -> None:
+    root_dir, outside = tree
+    before = snapshot(outside)
+    with Root(str(root_dir)) as root:
+        for operation in (root.stat, root.open_read,
+                          lambda p: root.create(p).abort(),
+                          lambda p: root.make_dirs(p, 0o755),
+                          lambda p: list(root.list(p))):
+            with pytest.raises(StorageError):
+                operation(path)
+    assert snapshot(outside) == before
+
+
+def test_bytes_path_not_utf8_refused(tree: tuple[Path, Path]) -> None:
+    with Root(str(tree[0])) as root, pytest.raises(PathRefused, match="UTF-8"):
+        root.stat(b"\xff\xfe")
+
+
+def test_links_inside_are_followed(tree: tuple[Path, Path]) -> None:
+    with Root(str(tree[0])) as root:
+        fd, st_ = root.open_read("link-in")
+        os.close(fd)
+        assert st_.st_size == len("inner")
+        fd, _ = root.open_read("dirlink-in/inner.txt")
+        os.close(fd)
+        fd, _ = root.open_read("sub/up/file.txt")
+        os.close(fd)
+        assert root.stat("sub/../file.txt").kind is Kind.FILE
+
+
+def test_symlink_loop_is_an_error(tree: tuple[Path, Path]) -> None:
+    with Root(str(tree[0])) as root, pytest.raises(StorageError) as info:
+        root.stat("loop")
+    assert info.value.errno == errno.ELOOP
+
+
+def test_open_read_refuses_directories_and_fifos(tree: tuple[Path, Path]) -> None:
+    os.mkfifo(tree[0] / "fifo")
+    with Root(str(tree[0])) as root:
+        for path in ("sub", "fifo", ""):
+            with pytest.raises(StorageError):
+                root.open_read(path)
+
+
+def test_atomic_write_commits_with_mode_and_mtime(tree: tuple[Path, Path]) -> None:
+    root_dir = tree[0]
+    with Root(str(root_dir)) as root:
+        f = root.create("sub/new.bin")
+        f.write(b"abc")
+        assert not (root_dir / "sub" / "new.bin").exists(), "invisible until commit"
+        f.commit(0o640, mtime_ns=1_000_000_000_123)
+    target = root_dir / "sub" / "new.bin"
+    assert target.read_bytes() == b"abc"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert target.stat().st_mtime_ns == 1_000_000_000_123
+    assert not [p for p in (root_dir / "sub").iterdir() if is_temporary_name(p.name)]
+
+
+def test_abort_leaves_nothing(tree: tuple[Path, Path]) -> None:
+    root_dir = tree[0]
+    with Root(str(root_dir)) as root:
+        f = root.create("file.txt")
+        f.write(b"replacement")
+        f.abort()
+    assert (root_dir / "file.txt").read_text() == "hello"
+    assert not [p for p in root_dir.iterdir() if is_temporary_name(p.name)]
+
+
+def test_no_clobber(tree: tuple[Path, Path]) -> None:
+    root_dir = tree[0]
+    with Root(str(root_dir)) as root:
+        f = root.create("file.txt")
+        f.write(b"new")
+        with pytest.raises(StorageError, match="already exists"):
+            f.commit(0o644, clobber=False)
+    assert (root_dir / "file.txt").read_text() == "hello"
+    assert not [p for p in root_dir.iterdir() if is_temporary_name(p.name)]
+
+
+def test_write_through_link_inside_replaces_target(tree: tuple[Path, Path]) -> None:
+    root_dir = tree[0]
+    with Root(str(root_dir)) as root:
+        f = root.create("link-in")
+        f.write(b"via link")
+        f.commit(0o644)
+    assert (root_dir / "sub" / "inner.txt").read_bytes() == b"via link"
+    assert (root_dir / "link-in").is_symlink()
+
+
+def test_create_refuses_directory(tree: tuple[Path, Path]) -> None:
+    with Root(str(tree[0])) as root, pytest.raises(StorageError, match="directory"):
+        root.create("sub")
+
+
+def test_missing_parent_is_not_created(tree: tuple[Path, Path]) -> None:
+    with Root(str(tree[0])) as root, pytest.raises(StorageError, match="does not exist"):
+        root.create("nope/file")
+    assert not (tree[0] / "nope").exists()
+
+
+def test_make_dirs_and_list(tree: tuple[Path, Path]) -> None:
+    root_dir = tree[0]
+    with Root(str(root_dir)) as root:
+        root.make_dirs("a/b/c", 0o750)
+        root.make_dirs("a/b", 0o750)  # existing is fine
+        (root_dir / "a" / "b" / ".sockferry-ffff.part").write_text("hidden")
+        names = [(e.path, e.kind) for e in root.list("a", recursive=True)]
+        assert names == [("b", Kind.DIRECTORY), ("b/c", Kind.DIRECTORY)]
+        top = {e.path: e.kind for e in root.list("")}
+        assert top["link-out"] is Kind.SYMLINK and top["sub"] is Kind.DIRECTORY
+        with pytest.raises(StorageError, match="not a directory"):
+            root.make_dirs("file.txt", 0o755)
+
+
+def test_client_atomic_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    f = AtomicFile.beside(str(target))
+    f.write(b"x" * 10)
+    f.commit(0o600)
+    assert target.read_bytes() == b"x" * 10
+
+
+def test_capped_mode_strips_special_bits() -> None:
+    assert capped_mode(0o4777, 0o022) == 0o755
+    assert capped_mode(0o2640, 0o000) == 0o640
+    assert capped_mode(0o1777, 0o077) == 0o700
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet=st.sampled_from("ab./\\\0.%"), max_size=40))
+def test_split_never_yields_escaping_or_empty_parts(path: str) -> None:
+    try:
+        parts = split_client_path(path)
+    except PathRefused:
+        return
+    assert all(p not in ("", ".") and "/" not in p and "\0" not in p for p in parts)
