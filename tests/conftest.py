@@ -21,3 +21,10 @@ def require_program(name: str) -> str:
             pytest.fail(f"{name} is required (SOCKFERRY_REQUIRE_PEERS=1) but not installed")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+# Subprocesses (the CLI under test, servers) must import this checkout's sources, not
+# whatever sockferry happens to be installed: several worktrees may share one machine.
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (SRC, os.environ.get("PYTHONPATH", "")) if p)
