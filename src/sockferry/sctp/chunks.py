@@ -227,12 +227,14 @@ def _pad(length: int) -> int:
 # Encoding
 
 
+def encode_param(param: Param) -> bytes:
+    """A parameter (or error cause) with its padding."""
+    length = PARAM_HEADER.size + len(param.value)
+    return PARAM_HEADER.pack(param.type, length) + param.value + bytes(_pad(length))
+
+
 def _tlv_list(items: tuple[Param, ...]) -> bytes:
-    parts = []
-    for item in items:
-        length = PARAM_HEADER.size + len(item.value)
-        parts.append(PARAM_HEADER.pack(item.type, length) + item.value + bytes(_pad(length)))
-    return b"".join(parts)
+    return b"".join(encode_param(item) for item in items)
 
 
 def _causes(causes: tuple[Cause, ...]) -> bytes:
