@@ -97,6 +97,7 @@ class UdpEndpoint:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._route: dict[str, _Socket] = {}
+        self._hidden: set[AssocId] = set()  # connect attempts that lost the race
         self._closed = False
 
     @classmethod
@@ -192,7 +193,12 @@ class UdpEndpoint:
         self._rearm(stack.next_deadline())
 
     def _on_event(self, event: Received) -> None:
-        self._inbox.put_nowait(event)
+        if event.assoc_id in self._hidden:
+            if isinstance(event, AssociationChange) and event.state not in (
+                    AssocState.COMM_UP, AssocState.RESTART):
+                self._hidden.discard(event.assoc_id)
+        else:
+            self._inbox.put_nowait(event)
         if isinstance(event, AssociationChange):
             for waiter in self._waiters.pop(event.assoc_id, []):
                 if not waiter.done():
@@ -229,32 +235,60 @@ class UdpEndpoint:
     # -----------------------------------------------------------------------------------
     # The endpoint API
 
-    async def connect(self, address: Address, timeout_s: float = CONNECT_TIMEOUT_S) -> AssocId:
+    async def connect(self, address: Address, *,
+                      timeout_s: float = CONNECT_TIMEOUT_S) -> AssocId:
+        """INIT goes to every resolved address at once; the first to come up wins."""
         if isinstance(address, UnixPath):
             raise NetworkError(f"{address}: SCTP runs over IP, not over a unix socket")
-        target = (await resolve(address, socket.SOCK_DGRAM))[0].sockaddr
-        host, port = _plain(target)
-        udp_port = self._peer_udp_port or port
-        assoc_id = self.stack.connect(host, port, (host, udp_port), self._loop.time())
-        assoc = self.stack.association(assoc_id)
-        if assoc is not None and assoc.state == State.ESTABLISHED:
-            return assoc_id
-        waiter = self._loop.create_future()
-        self._waiters.setdefault(assoc_id, []).append(waiter)
+        attempts: dict[asyncio.Future[AssociationChange], AssocId] = {}
+        for target in await resolve(address, socket.SOCK_DGRAM):
+            host, port = _plain(target.sockaddr)
+            assoc_id = self.stack.connect(host, port, (host, self._peer_udp_port or port),
+                                          self._loop.time())
+            assoc = self.stack.association(assoc_id)
+            if assoc is not None and assoc.state == State.ESTABLISHED:
+                self._give_up(attempts, assoc_id)
+                return assoc_id
+            waiter = self._loop.create_future()
+            self._waiters.setdefault(assoc_id, []).append(waiter)
+            attempts[waiter] = assoc_id
         self._flush()
+        winner, reasons = None, []
         try:
             async with asyncio.timeout(timeout_s):
-                change = await waiter
+                pending = set(attempts)
+                while pending and winner is None:
+                    done, pending = await asyncio.wait(
+                        pending, return_when=asyncio.FIRST_COMPLETED)
+                    for future in done:
+                        change = future.result()
+                        if change.state in (AssocState.COMM_UP, AssocState.RESTART):
+                            winner = winner or change.assoc_id
+                        else:
+                            reasons.append(change.reason)
         except TimeoutError:
-            self.stack.abort(assoc_id, "connect timed out", self._loop.time())
-            self._flush()
-            raise NetworkError(f"no SCTP answer from {address} (UDP port {udp_port}) within "
-                               f"{timeout_s:g} s — is the server running, and is the UDP "
-                               "port right?", address=str(address)) from None
-        if change.state not in (AssocState.COMM_UP, AssocState.RESTART):
+            pass
+        finally:
+            self._give_up(attempts, winner)
+        if winner is not None:
+            return winner
+        if reasons:
             raise NetworkError(f"could not set up an SCTP association with {address}: "
-                               f"{change.reason}", address=str(address))
-        return assoc_id
+                               f"{reasons[0]}", address=str(address))
+        udp = f" (UDP port {self._peer_udp_port})" if self._peer_udp_port else ""
+        raise NetworkError(f"no SCTP answer from {address}{udp} within {timeout_s:g} s — "
+                           "is the server running, and is the UDP port right?",
+                           address=str(address))
+
+    def _give_up(self, attempts: dict[asyncio.Future[AssociationChange], AssocId],
+                 winner: AssocId | None) -> None:
+        """Abort the attempts that lost; the application never hears of them."""
+        for future, assoc_id in attempts.items():
+            future.cancel()
+            if assoc_id != winner and self.stack.association(assoc_id) is not None:
+                self._hidden.add(assoc_id)
+                self.stack.abort(assoc_id, "another address answered first", self._loop.time())
+        self._flush()
 
     async def send(self, data: bytes, *, to: AssocId | Address, stream: int = 0,
                    ppid: int = 0, unordered: bool = False) -> AssocId:
