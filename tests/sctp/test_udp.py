@@ -87,13 +87,13 @@ def test_a_vanished_peer_is_reported_lost() -> None:
             client = await UdpEndpoint.open(config=fast)
             await client.connect(HostPort("127.0.0.1", server.sctp_port))
             await next_of(server, AssociationChange)
-            for protocol in client._sockets:  # noqa: SLF001 - pull the plug, no ABORT
+            for protocol in client._sockets:
                 assert protocol.transport is not None
                 protocol.transport.abort()
             lost = await next_of(server, AssociationChange, timeout_s=20)
             assert isinstance(lost, AssociationChange)
             assert lost.state == AssocState.COMM_LOST and "HEARTBEAT" in lost.reason
-            client._closed = True  # noqa: SLF001 - its sockets are already gone
+            client._closed = True
 
     asyncio.run(main())
 
