@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 
 import pytest
@@ -14,6 +15,7 @@ from sockferry.sockets import (
     UnixPath,
     connect,
     format_sockaddr,
+    grow_buffers,
     network_error,
     open_listeners,
     parse_address,
@@ -203,3 +205,17 @@ def test_storage_messages(code: int, text: str) -> None:
     error = storage_error(OSError(code, "x"), "backup.tar", "the partial file was removed")
     assert str(error) == text
     assert error.errno == code
+
+
+def test_grow_buffers_past_the_system_maximum_as_root() -> None:
+    with open("/proc/sys/net/core/wmem_max") as limit_file:
+        system_max = int(limit_file.read())
+    wanted = max(4 << 20, 4 * system_max)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        grow_buffers(sock, wanted)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    # Linux doubles the value asked for (bookkeeping overhead) and caps it for non-root.
+    if os.geteuid() == 0:
+        assert granted >= wanted
+    else:
+        assert granted <= 2 * system_max

@@ -15,8 +15,10 @@ import asyncio
 import contextlib
 import errno
 import os
+import platform
 import socket
 import stat
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -416,6 +418,27 @@ def _connect_failure(address: HostPort,
     error = network_error(first_exc, shown, "connect")
     error.__cause__ = first_exc
     return error
+
+
+# SO_SNDBUFFORCE / SO_RCVBUFFORCE of <asm-generic/socket.h> (x86, arm, riscv, powerpc):
+# Python names them only from 3.12 on.
+_BUFFORCE = ((getattr(socket, "SO_RCVBUFFORCE", 33), getattr(socket, "SO_SNDBUFFORCE", 32))
+             if sys.platform == "linux" and platform.machine() in
+             ("x86_64", "i686", "aarch64", "armv7l", "riscv64", "ppc64le") else (None, None))
+
+
+def grow_buffers(sock: socket.socket, size: int) -> None:
+    """Ask for ``size``-byte kernel send and receive buffers: past net.core.[rw]mem_max
+    when allowed (SO_*BUFFORCE, root), else as much as the system grants."""
+    for force, plain in ((_BUFFORCE[0], socket.SO_RCVBUF), (_BUFFORCE[1], socket.SO_SNDBUF)):
+        for option in (force, plain):
+            if option is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+                break
+            except OSError:
+                continue
 
 
 def peer_and_local(sock: socket.socket) -> tuple[str, str]:

@@ -318,11 +318,11 @@ def encode_rtoinfo(initial_ms: int, max_ms: int, min_ms: int,
     return RTOINFO.pack(assoc_id, initial_ms, max_ms, min_ms)
 
 
-def encode_assocparams(max_retransmissions: int,
+def encode_assocparams(max_retransmissions: int, cookie_life_ms: int,
                        assoc_id: int = AssocGroup.FUTURE_ASSOC) -> bytes:
-    """SCTP_ASSOCINFO (RFC 6458 §8.1.2): only Association.Max.Retrans; zeroes keep the
-    other values."""
-    return ASSOCPARAMS.pack(assoc_id, max_retransmissions, 0, 0, 0, 0)
+    """SCTP_ASSOCINFO (RFC 6458 §8.1.2): Association.Max.Retrans and Valid.Cookie.Life;
+    the zeroes keep the other values."""
+    return ASSOCPARAMS.pack(assoc_id, max_retransmissions, 0, 0, 0, cookie_life_ms)
 
 
 # spp_flags of struct sctp_paddrparams (enum sctp_spp_flags).

@@ -25,7 +25,15 @@ from sockferry.sctp.endpoint import (
     Received,
 )
 from sockferry.sctp.stack import Stack
-from sockferry.sockets import Address, HostPort, SockAddr, UnixPath, open_listeners, resolve
+from sockferry.sockets import (
+    Address,
+    HostPort,
+    SockAddr,
+    UnixPath,
+    grow_buffers,
+    open_listeners,
+    resolve,
+)
 
 log = logging.getLogger("sockferry.sctp")
 
@@ -122,7 +130,7 @@ class UdpEndpoint:
             bind_port = udp_port if udp_port is not None else address.port
             for sock in await open_listeners(HostPort(address.host, bind_port),
                                              socket.SOCK_DGRAM):
-                _grow_buffers(sock)
+                grow_buffers(sock, SOCKET_BUFFER)
                 _, protocol = await self._loop.create_datagram_endpoint(
                     lambda: _Socket(self), sock=sock)
                 self._sockets.append(protocol)
@@ -370,18 +378,4 @@ def _dual_stack(sock: socket.socket) -> bool:
         return sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
     except OSError:
         return False
-
-
-def _grow_buffers(sock: socket.socket) -> None:
-    """Ask for large kernel buffers; as root past net.core.*mem_max (SO_*BUFFORCE)."""
-    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
-                         (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
-        for option in (force, plain):
-            if option is None:
-                continue
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-                break
-            except OSError:
-                continue
 
