@@ -7,55 +7,20 @@ import hashlib
 import random
 import socket
 import subprocess
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from tests.conftest import require_program
+from tests.sctp.endpoints import messages, next_change, run
 
 from sockferry.errors import NetworkError, UsageError
 from sockferry.sctp.association import Config
-from sockferry.sctp.endpoint import (
-    AssociationChange,
-    AssocState,
-    Endpoint,
-    Message,
-    Received,
-    StreamCounts,
-)
+from sockferry.sctp.endpoint import AssocState, StreamCounts
 from sockferry.sctp.kernel import KernelEndpoint
 from sockferry.sctp.transport import open_endpoint
 from sockferry.sockets import HostPort
 
 pytestmark = [pytest.mark.kernel_sctp, pytest.mark.timeout(120)]
-
-
-async def next_of(endpoint: Endpoint, kind: type, timeout_s: float = 20.0) -> Received:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            item = await endpoint.receive()
-            if isinstance(item, kind):
-                return item
-
-
-async def next_change(endpoint: Endpoint) -> AssociationChange:
-    change = await next_of(endpoint, AssociationChange)
-    assert isinstance(change, AssociationChange)
-    return change
-
-
-async def messages(endpoint: Endpoint, count: int) -> list[Message]:
-    got: list[Message] = []
-    while len(got) < count:
-        item = await next_of(endpoint, Message)
-        assert isinstance(item, Message)
-        got.append(item)
-    return got
-
-
-def run(body: Callable[[], Awaitable[None]]) -> None:
-    async def main() -> None:
-        await body()
-    asyncio.run(main())
 
 
 def streams(outbound: int, inbound: int) -> Config:
