@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -49,3 +51,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if not item.get_closest_marker("kernel_sctp")]
+
+
+UDP_PORT_SYSCTL = "/proc/sys/net/sctp/udp_port"
+
+
+@pytest.fixture(scope="session")
+def kernel_encap_port() -> Iterator[int]:
+    """Switch the kernel's SCTP over UDP (RFC 6951) on, on a UDP port free right now.
+
+    Only where the kernel has SCTP (the VM): the sysctl is machine-wide.  Kernel SCTP
+    sockets take the port when they are created, so they must come after this fixture.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("0.0.0.0", 0))
+        port = int(probe.getsockname()[1])
+    with open(UDP_PORT_SYSCTL) as sysctl:
+        before = sysctl.read().strip()
+    with open(UDP_PORT_SYSCTL, "w") as sysctl:
+        sysctl.write(str(port))
+    yield port
+    with open(UDP_PORT_SYSCTL, "w") as sysctl:
+        sysctl.write(before)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from tests.sctp.endpoints import messages, next_change, run
@@ -27,20 +25,7 @@ from sockferry.sockets import HostPort
 
 pytestmark = [pytest.mark.kernel_sctp, pytest.mark.timeout(180)]
 
-UDP_PORT_SYSCTL = Path("/proc/sys/net/sctp/udp_port")
 KIB64 = 65536
-
-
-@pytest.fixture(scope="module")
-def kernel_udp_port() -> Iterator[int]:
-    """Switch the kernel's SCTP over UDP on, on a port that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("0.0.0.0", 0))
-        port = int(probe.getsockname()[1])
-    before = UDP_PORT_SYSCTL.read_text().strip()
-    UDP_PORT_SYSCTL.write_text(str(port))
-    yield port
-    UDP_PORT_SYSCTL.write_text(before)
 
 
 @dataclass
@@ -92,7 +77,7 @@ def in_pair(kernel_server: bool, udp_port: int, test: Callable[[Pair], Awaitable
 
 
 @DIRECTIONS
-def test_setup_streams_ppids_and_order(kernel_server: bool, kernel_udp_port: int) -> None:
+def test_setup_streams_ppids_and_order(kernel_server: bool, kernel_encap_port: int) -> None:
     async def test(p: Pair) -> None:
         # INIT negotiation: the client asks 7 out / allows 3 in; the server 5 / 4.
         assert p.client.streams(p.client_assoc) == (4, 3)
@@ -115,12 +100,12 @@ def test_setup_streams_ppids_and_order(kernel_server: bool, kernel_udp_port: int
         assert sorted((m.stream, m.ppid, m.data) for m in replies) == [
             (s, s, b"reply %d" % s) for s in range(3)]
 
-    in_pair(kernel_server, kernel_udp_port, test,
+    in_pair(kernel_server, kernel_encap_port, test,
             server_streams=StreamCounts(5, 4), client_streams=StreamCounts(7, 3))
 
 
 @DIRECTIONS
-def test_64k_messages_both_ways(kernel_server: bool, kernel_udp_port: int) -> None:
+def test_64k_messages_both_ways(kernel_server: bool, kernel_encap_port: int) -> None:
     async def test(p: Pair) -> None:
         rng = random.Random(64)
         up, down = rng.randbytes(KIB64), rng.randbytes(KIB64)
@@ -131,11 +116,11 @@ def test_64k_messages_both_ways(kernel_server: bool, kernel_udp_port: int) -> No
         (back,) = await messages(p.client, 1)
         assert (back.data, back.ppid) == (down, 46)
 
-    in_pair(kernel_server, kernel_udp_port, test)
+    in_pair(kernel_server, kernel_encap_port, test)
 
 
 @DIRECTIONS
-def test_counted_bulk_transfer(kernel_server: bool, kernel_udp_port: int) -> None:
+def test_counted_bulk_transfer(kernel_server: bool, kernel_encap_port: int) -> None:
     count = 48  # 3 MiB: QEMU's emulation runs the userspace stack slowly
 
     async def test(p: Pair) -> None:
@@ -156,13 +141,13 @@ def test_counted_bulk_transfer(kernel_server: bool, kernel_udp_port: int) -> Non
         received = hashlib.sha256(b"".join(by_index[i] for i in range(count)))
         assert received.digest() == sent.digest()
 
-    in_pair(kernel_server, kernel_udp_port, test)
+    in_pair(kernel_server, kernel_encap_port, test)
 
 
 @DIRECTIONS
 @pytest.mark.parametrize("server_ends", [False, True], ids=["client-ends", "server-ends"])
 def test_graceful_shutdown(kernel_server: bool, server_ends: bool,
-                           kernel_udp_port: int) -> None:
+                           kernel_encap_port: int) -> None:
     async def test(p: Pair) -> None:
         await p.client.send(b"last words", to=p.client_assoc)
         (last,) = await messages(p.server, 1)
@@ -176,14 +161,14 @@ def test_graceful_shutdown(kernel_server: bool, server_ends: bool,
             done = await next_change(other)
         assert (done.state, done.assoc_id) == (AssocState.SHUTDOWN_COMP, other_id)
 
-    in_pair(kernel_server, kernel_udp_port, test)
+    in_pair(kernel_server, kernel_encap_port, test)
 
 
 @DIRECTIONS
 @pytest.mark.parametrize("server_aborts", [False, True],
                          ids=["client-aborts", "server-aborts"])
 def test_abort_with_reason(kernel_server: bool, server_aborts: bool,
-                           kernel_udp_port: int) -> None:
+                           kernel_encap_port: int) -> None:
     async def test(p: Pair) -> None:
         aborting, other = (p.server, p.client) if server_aborts else (p.client, p.server)
         aborting_id, other_id = ((p.server_assoc, p.client_assoc) if server_aborts
@@ -196,4 +181,4 @@ def test_abort_with_reason(kernel_server: bool, server_aborts: bool,
         assert lost.reason == ("the peer aborted the association: user initiated abort "
                                "(out of patience)")
 
-    in_pair(kernel_server, kernel_udp_port, test)
+    in_pair(kernel_server, kernel_encap_port, test)
