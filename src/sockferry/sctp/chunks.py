@@ -123,7 +123,9 @@ class Cause:
 
 
 @dataclass(frozen=True, slots=True)
-class InitChunk:
+class _InitFields:
+    """INIT and INIT ACK share their layout (§3.3.2, §3.3.3) but never their meaning."""
+
     initiate_tag: int
     a_rwnd: int
     outbound_streams: int
@@ -133,13 +135,13 @@ class InitChunk:
 
 
 @dataclass(frozen=True, slots=True)
-class InitAckChunk:
-    initiate_tag: int
-    a_rwnd: int
-    outbound_streams: int
-    inbound_streams: int
-    initial_tsn: int
-    params: tuple[Param, ...] = ()
+class InitChunk(_InitFields):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class InitAckChunk(_InitFields):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
