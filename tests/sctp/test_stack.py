@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.sctp.harness import LossyLink, Network, Node
+from tests.sctp.test_chunks import CHUNKS
 
 from sockferry.sctp import chunks as c
 from sockferry.sctp.association import Config
@@ -205,3 +208,22 @@ def test_data_without_payload_aborts() -> None:
                                                      tsn.to_bytes(4, "big")),))
     change = srv.stack.events()[-1]
     assert isinstance(change, AssociationChange) and change.state == AssocState.COMM_LOST
+
+
+@settings(max_examples=150, deadline=None)
+@given(chunks=st.lists(CHUNKS, min_size=1, max_size=4), right_tag=st.booleans(),
+       first_tsn_offset=st.integers(-3, 3))
+def test_any_chunks_in_an_established_association_raise_nothing(
+        chunks: list[c.Chunk], right_tag: bool, first_tsn_offset: int) -> None:
+    net, client, srv = established()
+    sid = srv.up()
+    assoc = srv.stack.association(sid)  # type: ignore[arg-type]
+    assert assoc is not None
+    base = assoc._peer_cum + 1 + first_tsn_offset
+    adjusted = [c.DataChunk((base + i) & 0xFFFFFFFF, ch.stream % 12, ch.ssn, ch.ppid,
+                            ch.payload, ch.unordered, ch.beginning, ch.end, ch.immediate)
+                if isinstance(ch, c.DataChunk) else ch for i, ch in enumerate(chunks)]
+    tag = assoc.my_tag if right_tag else 0
+    srv.stack.receive_datagram(packet(tag, *adjusted, source=5000), client.address, net.now)
+    srv.stack.handle_timeout(net.now + 100)
+    net.run(lambda: True)

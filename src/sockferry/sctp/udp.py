@@ -25,7 +25,15 @@ from sockferry.sctp.endpoint import (
     Received,
 )
 from sockferry.sctp.stack import Stack
-from sockferry.sockets import Address, HostPort, SockAddr, UnixPath, open_listeners, resolve
+from sockferry.sockets import (
+    Address,
+    HostPort,
+    SockAddr,
+    UnixPath,
+    format_sockaddr,
+    open_listeners,
+    resolve,
+)
 
 log = logging.getLogger("sockferry.sctp")
 
@@ -162,7 +170,11 @@ class UdpEndpoint:
             if len(self._route) >= MAX_ROUTES:
                 self._route.clear()
             self._route[addr[0]] = via
-        self.stack.receive_datagram(data, addr, self._loop.time())
+        try:
+            self.stack.receive_datagram(data, addr, self._loop.time())
+        except Exception:  # a bug met by one peer's packet must not stop the others
+            log.exception("internal error on a packet from %s; packet dropped",
+                          format_sockaddr(addr))
         # Datagrams read in one go are answered together, once the loop is through them.
         if not self._flush_scheduled:
             self._flush_scheduled = True
