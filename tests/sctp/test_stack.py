@@ -227,3 +227,35 @@ def test_any_chunks_in_an_established_association_raise_nothing(
     srv.stack.receive_datagram(packet(tag, *adjusted, source=5000), client.address, net.now)
     srv.stack.handle_timeout(net.now + 100)
     net.run(lambda: True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cut=st.integers(0, 14), chunks=st.lists(CHUNKS, min_size=1, max_size=3),
+       to_client=st.booleans())
+def test_any_chunks_in_any_state_raise_nothing(cut: int, chunks: list[c.Chunk],
+                                               to_client: bool) -> None:
+    """Freeze a conversation after ``cut`` datagrams (handshake, data, shutdown), then
+    feed either side chunks carrying its own verification tag."""
+    passed: list[int] = []
+
+    def first_datagrams(data: bytes, source: object, destination: object) -> bool:
+        passed.append(1)
+        return len(passed) <= cut
+
+    net = Network(LossyLink(random.Random(0), keep=first_datagrams))
+    client = net.add("127.0.0.1", 5000)
+    srv = net.add("127.0.0.2", 6000)
+    cid = net.connect(client, srv)
+    client.stack.send(cid, b"x" * 3000, stream=1, ppid=0, unordered=False, now=net.now)
+    if cut % 2:
+        client.stack.shutdown(cid, net.now)
+    net.run_for(2)
+    target, other = (client, srv) if to_client else (srv, client)
+    for assoc_id in target.stack.association_ids:
+        assoc = target.stack.association(assoc_id)
+        assert assoc is not None
+        target.stack.receive_datagram(packet(assoc.my_tag, *chunks, source=other.address[1],
+                                             destination=target.address[1]),
+                                      other.address, net.now)
+    net.link.keep = None
+    net.run_for(600)

@@ -436,7 +436,7 @@ class Association:
                     break
             else:
                 self._HANDLERS[type(chunk)](self, chunk, now)
-        if had_data and self.state != State.CLOSED:
+        if had_data and self.state in _DATA_STATES:
             self._after_data(now)
         self._transmit(now)
         return True
@@ -908,7 +908,8 @@ class Association:
         if self._hb_at is not None and now >= self._hb_at:
             self._on_heartbeat_timer(now)
         if self._sack_at is not None and now >= self._sack_at:
-            self._sack_now = True
+            self._sack_at = None  # every timer that fires is cleared or moved on
+            self._sack_now = self.state in _DATA_STATES
         if self.state != State.CLOSED:
             self._transmit(now)
 
