@@ -243,7 +243,7 @@ def test_receiver_window_holds_the_sender_back_until_read() -> None:
     for _ in range(50):
         client.stack.send(cid, bytes(10_000), stream=0, ppid=0, unordered=False, now=net.now)
     net.run(lambda: len(server.messages) >= 10)
-    net.run(lambda: net.now > 30, max_time_s=100)
+    net.run_for(30)
     assert 10 <= len(server.messages) <= 11  # the window is full; the rest waits
     sid = server.up()
     assert sid is not None
@@ -254,7 +254,7 @@ def test_receiver_window_holds_the_sender_back_until_read() -> None:
 
 def test_idle_association_sends_heartbeats_and_survives() -> None:
     net, client, server = established()
-    net.run(lambda: net.now > 300, max_time_s=400)
+    net.run_for(300)
     assert client.states() == [AssocState.COMM_UP] and server.states() == [AssocState.COMM_UP]
     assoc = client.stack.association(client.up())  # type: ignore[arg-type]
     assert assoc is not None and assoc.next_deadline() is not None

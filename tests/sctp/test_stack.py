@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.sctp.harness import LossyLink, Network, Node
+from tests.sctp.test_chunks import CHUNKS
 
 from sockferry.sctp import chunks as c
 from sockferry.sctp.association import Config
@@ -205,3 +208,54 @@ def test_data_without_payload_aborts() -> None:
                                                      tsn.to_bytes(4, "big")),))
     change = srv.stack.events()[-1]
     assert isinstance(change, AssociationChange) and change.state == AssocState.COMM_LOST
+
+
+@settings(max_examples=150, deadline=None)
+@given(chunks=st.lists(CHUNKS, min_size=1, max_size=4), right_tag=st.booleans(),
+       first_tsn_offset=st.integers(-3, 3))
+def test_any_chunks_in_an_established_association_raise_nothing(
+        chunks: list[c.Chunk], right_tag: bool, first_tsn_offset: int) -> None:
+    net, client, srv = established()
+    sid = srv.up()
+    assoc = srv.stack.association(sid)  # type: ignore[arg-type]
+    assert assoc is not None
+    base = assoc._peer_cum + 1 + first_tsn_offset
+    adjusted = [c.DataChunk((base + i) & 0xFFFFFFFF, ch.stream % 12, ch.ssn, ch.ppid,
+                            ch.payload, ch.unordered, ch.beginning, ch.end, ch.immediate)
+                if isinstance(ch, c.DataChunk) else ch for i, ch in enumerate(chunks)]
+    tag = assoc.my_tag if right_tag else 0
+    srv.stack.receive_datagram(packet(tag, *adjusted, source=5000), client.address, net.now)
+    srv.stack.handle_timeout(net.now + 100)
+    net.run(lambda: True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cut=st.integers(0, 14), chunks=st.lists(CHUNKS, min_size=1, max_size=3),
+       to_client=st.booleans())
+def test_any_chunks_in_any_state_raise_nothing(cut: int, chunks: list[c.Chunk],
+                                               to_client: bool) -> None:
+    """Freeze a conversation after ``cut`` datagrams (handshake, data, shutdown), then
+    feed either side chunks carrying its own verification tag."""
+    passed: list[int] = []
+
+    def first_datagrams(data: bytes, source: object, destination: object) -> bool:
+        passed.append(1)
+        return len(passed) <= cut
+
+    net = Network(LossyLink(random.Random(0), keep=first_datagrams))
+    client = net.add("127.0.0.1", 5000)
+    srv = net.add("127.0.0.2", 6000)
+    cid = net.connect(client, srv)
+    client.stack.send(cid, b"x" * 3000, stream=1, ppid=0, unordered=False, now=net.now)
+    if cut % 2:
+        client.stack.shutdown(cid, net.now)
+    net.run_for(2)
+    target, other = (client, srv) if to_client else (srv, client)
+    for assoc_id in target.stack.association_ids:
+        assoc = target.stack.association(assoc_id)
+        assert assoc is not None
+        target.stack.receive_datagram(packet(assoc.my_tag, *chunks, source=other.address[1],
+                                             destination=target.address[1]),
+                                      other.address, net.now)
+    net.link.keep = None
+    net.run_for(600)

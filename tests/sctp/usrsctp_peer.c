@@ -9,6 +9,9 @@
  *   ECHO 0|1, QUIET 0|1          echo messages back / stop printing MSG lines
  *   SEND ASSOC STREAM PPID UNORDERED LEN SEED   LEN bytes, byte i = (SEED + i) & 0xff
  *   BULK ASSOC STREAM COUNT LEN  COUNT messages of LEN bytes (SEED 0)
+ *   WAITFOR COUNT                until COUNT messages have arrived in all
+ *   MTU BYTES                    path MTU for associations set up from now on (usrsctp
+ *                                assumes 1500 on UDP paths; loopback's is 65536)
  *   SHUTDOWN ASSOC, ABORT ASSOC REASON, STATS, QUIT
  *
  * Output lines: READY; OK CMD / ERR CMD TEXT; EVENT NAME assoc=ID out=N in=N;
@@ -32,6 +35,8 @@
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 static int echo_mode, quiet_mode;
 static unsigned long long total_msgs, total_bytes;
+static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t count_cond = PTHREAD_COND_INITIALIZER;
 static unsigned char *partial;
 static size_t partial_len, partial_cap;
 static uint32_t crc_table[256];
@@ -110,8 +115,11 @@ static int on_receive(struct socket *sock, union sctp_sockstore addr, void *data
 	if (!(flags & MSG_EOR))
 		return 1;
 	int unordered = (rcv.rcv_flags & SCTP_UNORDERED) != 0;
+	pthread_mutex_lock(&count_lock);
 	total_msgs++;
 	total_bytes += partial_len;
+	pthread_cond_broadcast(&count_cond);
+	pthread_mutex_unlock(&count_lock);
 	if (!quiet_mode)
 		say("MSG assoc=%u stream=%u ppid=%u unordered=%d len=%zu crc=%08x",
 		    (unsigned)rcv.rcv_assoc_id, rcv.rcv_sid, ntohl(rcv.rcv_ppid), unordered,
@@ -236,6 +244,19 @@ static int run_command(struct socket *sock, char *line)
 	} else if (!strcmp(cmd, "ABORT") && sscanf(line, "%*s %u %255s", &a, text) == 2) {
 		if (send_message(sock, a, 0, 0, 0, text, strlen(text), SCTP_ABORT) < 0)
 			return -1;
+	} else if (!strcmp(cmd, "WAITFOR") && sscanf(line, "%*s %u", &a) == 1) {
+		pthread_mutex_lock(&count_lock);
+		while (total_msgs < a)
+			pthread_cond_wait(&count_cond, &count_lock);
+		pthread_mutex_unlock(&count_lock);
+	} else if (!strcmp(cmd, "MTU") && sscanf(line, "%*s %u", &a) == 1) {
+		struct sctp_paddrparams params = {0};
+		params.spp_assoc_id = SCTP_FUTURE_ASSOC;
+		params.spp_pathmtu = a;
+		params.spp_flags = SPP_PMTUD_DISABLE;
+		if (usrsctp_setsockopt(sock, IPPROTO_SCTP, SCTP_PEER_ADDR_PARAMS, &params,
+				       sizeof params) < 0)
+			return -1;
 	} else if (!strcmp(cmd, "STATS")) {
 		say("STATS msgs=%llu bytes=%llu", total_msgs, total_bytes);
 	} else if (!strcmp(cmd, "QUIT")) {
@@ -257,6 +278,9 @@ int main(int argc, char **argv)
 	usrsctp_init((uint16_t)atoi(argv[1]), NULL, NULL);
 	/* usrsctp leaves the CRC out on loopback by default; RFC 9260 requires it. */
 	usrsctp_sysctl_set_sctp_no_csum_on_loopback(0);
+	/* Socket buffers of 4 MiB like ours (usrsctp's default is a fraction of that). */
+	usrsctp_sysctl_set_sctp_sendspace(4 << 20);
+	usrsctp_sysctl_set_sctp_recvspace(4 << 20);
 	struct socket *sock = usrsctp_socket(AF_INET, SOCK_SEQPACKET, IPPROTO_SCTP, on_receive,
 					     on_space, 1 << 20, NULL);
 	if (sock == NULL) {

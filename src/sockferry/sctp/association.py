@@ -42,6 +42,8 @@ MAX_GAP_BLOCKS = 128
 MAX_DUPLICATES = 32
 # How far ahead of the cumulative TSN a DATA chunk may be and still be kept.
 MAX_TSN_AHEAD = 1 << 16
+# Below this many bytes in flight, a send() transmits at once; above, SACKs clock it.
+APP_LIMITED_FLIGHT = 4 * 1500
 _HEARTBEAT_INFO = struct.Struct("!dQ")
 _U16_PAIR = struct.Struct("!HH")
 
@@ -81,6 +83,7 @@ class State(Enum):
     SHUTDOWN_ACK_SENT = "SHUTDOWN-ACK-SENT"
 
 
+_ALONE = frozenset({c.InitChunk, c.InitAckChunk, c.ShutdownCompleteChunk})
 _SENDING_STATES = {State.COOKIE_WAIT, State.COOKIE_ECHOED, State.ESTABLISHED}
 _DATA_STATES = {State.ESTABLISHED, State.SHUTDOWN_PENDING, State.SHUTDOWN_SENT,
                 State.SHUTDOWN_RECEIVED}
@@ -358,7 +361,10 @@ class Association:
             raise UsageError(f"a message of {len(data)} bytes is over the limit of "
                              f"{self.config.max_message_size} bytes")
         self._enqueue(memoryview(data), stream, ppid, unordered)
-        if self.state == State.ESTABLISHED:
+        # With little in flight a new message goes out at once (no Nagle delay); in bulk
+        # the SACKs clock the sending, so that a burst of writes does not become a burst
+        # of packets that a receiver's small UDP buffer would drop (§6.1 D, Max.Burst).
+        if self.state == State.ESTABLISHED and self._flight < APP_LIMITED_FLIGHT:
             self._transmit(now)
 
     def _enqueue(self, data: memoryview, stream: int, ppid: int, unordered: bool) -> None:
@@ -430,7 +436,7 @@ class Association:
                     break
             else:
                 self._HANDLERS[type(chunk)](self, chunk, now)
-        if had_data and self.state != State.CLOSED:
+        if had_data and self.state in _DATA_STATES:
             self._after_data(now)
         self._transmit(now)
         return True
@@ -450,8 +456,7 @@ class Association:
         first = packet.chunks[0] if packet.chunks else None
         if isinstance(first, c.AbortChunk | c.ShutdownCompleteChunk) and first.reflected:
             return packet.verification_tag == self.peer_tag and self.peer_tag != 0
-        if any(isinstance(ch, c.InitChunk | c.InitAckChunk | c.ShutdownCompleteChunk)
-               for ch in packet.chunks) and len(packet.chunks) > 1:
+        if len(packet.chunks) > 1 and any(type(ch) in _ALONE for ch in packet.chunks):
             return False  # §6.10: these must be alone in their packet
         return packet.verification_tag == self.my_tag
 
@@ -634,7 +639,12 @@ class Association:
         else:
             self._fragments[tsn] = chunk
             self._fragment_bytes += size
-            self._reassemble(tsn)
+            # A message completes with its last missing fragment: the E fragment or one
+            # whose successor is already here; only then is a walk worth it.
+            if chunk.end or tsn + 1 in self._fragments:
+                self._reassemble(tsn)
+            else:
+                self._check_fragment_limit()
 
     def _mark_received(self, tsn: int) -> None:
         self._highest_received = max(self._highest_received, tsn)
@@ -898,7 +908,8 @@ class Association:
         if self._hb_at is not None and now >= self._hb_at:
             self._on_heartbeat_timer(now)
         if self._sack_at is not None and now >= self._sack_at:
-            self._sack_now = True
+            self._sack_at = None  # every timer that fires is cleared or moved on
+            self._sack_now = self.state in _DATA_STATES
         if self.state != State.CLOSED:
             self._transmit(now)
 

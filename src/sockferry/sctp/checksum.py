@@ -7,6 +7,7 @@ table-driven version here is the fallback and the reference the tests check it a
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 Buffer = bytes | bytearray | memoryview
 
@@ -40,11 +41,7 @@ def _fast_or_pure() -> Callable[[Buffer, int], int]:
         from crc32c import crc32c as fast  # noqa: PLC0415 - optional accelerator
     except ImportError:  # pragma: no cover - the dependency is normally installed
         return crc32c_pure
-
-    def crc32c_fast(data: Buffer, value: int = 0) -> int:
-        return int(fast(data, value))
-
-    return crc32c_fast
+    return cast(Callable[[Buffer, int], int], fast)
 
 
 crc32c: Callable[[Buffer, int], int] = _fast_or_pure()

@@ -123,7 +123,9 @@ class Cause:
 
 
 @dataclass(frozen=True, slots=True)
-class InitChunk:
+class _InitFields:
+    """INIT and INIT ACK share their layout (§3.3.2, §3.3.3) but never their meaning."""
+
     initiate_tag: int
     a_rwnd: int
     outbound_streams: int
@@ -133,13 +135,13 @@ class InitChunk:
 
 
 @dataclass(frozen=True, slots=True)
-class InitAckChunk:
-    initiate_tag: int
-    a_rwnd: int
-    outbound_streams: int
-    inbound_streams: int
-    initial_tsn: int
-    params: tuple[Param, ...] = ()
+class InitChunk(_InitFields):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class InitAckChunk(_InitFields):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,16 +413,33 @@ def _decode_body(type_: int, flags: int, reader: Reader) -> Chunk:  # noqa: PLR0
 
 
 def decode_chunks(data: bytes, start: int = COMMON_HEADER_SIZE) -> list[Chunk]:
-    """The chunks of a packet from ``start`` on; bytes not forming chunks are refused."""
-    reader = Reader(data, start)
+    """The chunks of a packet from ``start`` on; bytes not forming chunks are refused.
+
+    DATA, the bulk of all traffic, is parsed inline; other chunks go through ``Reader``.
+    """
     chunks: list[Chunk] = []
-    while reader.remaining:
-        type_, flags, length = reader.unpack(CHUNK_HEADER)
-        if length < CHUNK_HEADER_SIZE:
-            raise MalformedPacket(f"chunk of type {type_} claims {length} bytes")
-        with reader.limited(length - CHUNK_HEADER_SIZE, f"chunk of type {type_}") as body:
-            chunks.append(_decode_body(type_, flags, body))
-        reader.read(min(_pad(length), reader.remaining))
+    end = len(data)
+    position = start
+    unpack_header = CHUNK_HEADER.unpack_from
+    while position < end:
+        if end - position < CHUNK_HEADER_SIZE:
+            raise MalformedPacket(f"{end - position} stray bytes after the last chunk")
+        type_, flags, length = unpack_header(data, position)
+        if length < CHUNK_HEADER_SIZE or length > end - position:
+            raise MalformedPacket(f"chunk of type {type_} claims {length} bytes, "
+                                  f"{end - position} remain")
+        if type_ == ChunkType.DATA and length >= DATA_HEADER_SIZE:
+            tsn, stream, ssn, ppid = _DATA_FIELDS.unpack_from(data, position + 4)
+            chunks.append(DataChunk(tsn, stream, ssn, ppid,
+                                    data[position + DATA_HEADER_SIZE:position + length],
+                                    bool(flags & FLAG_UNORDERED), bool(flags & FLAG_BEGINNING),
+                                    bool(flags & FLAG_END), bool(flags & FLAG_IMMEDIATE)))
+        else:
+            reader = Reader(data[position + CHUNK_HEADER_SIZE:position + length])
+            with reader.limited(length - CHUNK_HEADER_SIZE, f"chunk of type {type_}") as body:
+                chunks.append(_decode_body(type_, flags, body))
+        # The last chunk's padding may be missing (RFC 9260 §3.2: the receiver ignores it).
+        position = min(position + length + _pad(length), end)
     return chunks
 
 

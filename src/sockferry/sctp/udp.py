@@ -30,6 +30,7 @@ from sockferry.sockets import (
     HostPort,
     SockAddr,
     UnixPath,
+    format_sockaddr,
     grow_buffers,
     open_listeners,
     resolve,
@@ -78,10 +79,12 @@ class _Socket(asyncio.DatagramProtocol):
     def __init__(self, endpoint: UdpEndpoint) -> None:
         self.endpoint = endpoint
         self.transport: asyncio.DatagramTransport | None = None
+        self.family = socket.AF_INET
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport quacks like DatagramTransport without subclassing it.
         self.transport = cast(asyncio.DatagramTransport, transport)
+        self.family = transport.get_extra_info("socket").family
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self.endpoint.datagram_received(data, _plain(addr), self)
@@ -107,6 +110,7 @@ class UdpEndpoint:
         self._route: dict[str, _Socket] = {}
         self._hidden: set[AssocId] = set()  # connect attempts that lost the race
         self._closed = False
+        self._flush_scheduled = False
 
     @classmethod
     async def open(cls, listen: Sequence[Address] = (), *, udp_port: int | None = None,
@@ -167,8 +171,15 @@ class UdpEndpoint:
             if len(self._route) >= MAX_ROUTES:
                 self._route.clear()
             self._route[addr[0]] = via
-        self.stack.receive_datagram(data, addr, self._loop.time())
-        self._flush()
+        try:
+            self.stack.receive_datagram(data, addr, self._loop.time())
+        except Exception:  # a bug met by one peer's packet must not stop the others
+            log.exception("internal error on a packet from %s; packet dropped",
+                          format_sockaddr(addr))
+        # Datagrams read in one go are answered together, once the loop is through them.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def _socket_for(self, host: str) -> _Socket | None:
         known = self._route.get(host)
@@ -183,6 +194,7 @@ class UdpEndpoint:
         return None
 
     def _flush(self) -> None:
+        self._flush_scheduled = False
         stack = self.stack
         for data, addr in stack.datagrams_to_send():
             assert not isinstance(addr, str)
@@ -190,8 +202,7 @@ class UdpEndpoint:
             protocol = self._socket_for(host)
             if protocol is None or protocol.transport is None:
                 continue
-            sock = protocol.transport.get_extra_info("socket")
-            if sock.family == socket.AF_INET6 and "." in host:
+            if protocol.family == socket.AF_INET6 and "." in host:
                 protocol.transport.sendto(data, (f"::ffff:{host}", addr[1], 0, 0))
             else:
                 protocol.transport.sendto(data, addr)
@@ -226,18 +237,22 @@ class UdpEndpoint:
                     future.set_result(None)
 
     def _rearm(self, deadline: float | None) -> None:
-        if deadline == self._timer_at:
+        # A timer set for earlier than needed is left alone: it fires, finds nothing due,
+        # and is set again.  Moving it on every packet would cost more.
+        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = deadline
-        self._timer = (self._loop.call_at(deadline, self._on_timer)
-                       if deadline is not None else None)
+        self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         due = self._timer_at or 0.0
         self._timer = self._timer_at = None
-        self.stack.handle_timeout(max(due, self._loop.time()))
+        now = max(due, self._loop.time())
+        deadline = self.stack.next_deadline()
+        if deadline is not None and deadline <= now:
+            self.stack.handle_timeout(now)
         self._flush()
 
     # -----------------------------------------------------------------------------------
