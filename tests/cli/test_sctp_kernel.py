@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from sockferry.cli import main
-from sockferry.sctp.kernel import kernel_sctp_missing
+from sockferry.sctp.kernel_socket import kernel_sctp_missing
 
 pytestmark = pytest.mark.timeout(180)
 

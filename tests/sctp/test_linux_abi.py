@@ -31,6 +31,7 @@ ENUMS: tuple[tuple[type[IntEnum] | type[IntFlag], str], ...] = (
 )
 SINGLE_CONSTANTS = {
     "MSG_NOTIFICATION": abi.MSG_NOTIFICATION,
+    "MSG_EOR": abi.MSG_EOR,
     "IPPROTO_SCTP": abi.IPPROTO_SCTP,
     "AF_INET": abi.AF_INET,
     "AF_INET6": abi.AF_INET6,

@@ -72,8 +72,10 @@ class SendFlag(IntFlag):
     EOF = 0x200  # MSG_FIN: start a graceful SHUTDOWN
 
 
-# msg_flags of recvmsg: the buffer holds a notification, not user data (RFC 6458 §6.1).
+# msg_flags of recvmsg: the buffer holds a notification, not user data (RFC 6458 §6.1);
+# <bits/socket.h>: the buffer ends a message (without it: a piece, more follows).
 MSG_NOTIFICATION = 0x8000
+MSG_EOR = 0x80
 
 
 class NotificationType(IntEnum):

@@ -8,7 +8,8 @@ from typing import Literal
 from sockferry.errors import UsageError
 from sockferry.sctp.association import Config
 from sockferry.sctp.endpoint import Endpoint, StreamCounts
-from sockferry.sctp.kernel import KernelEndpoint, kernel_sctp_missing, kernel_udp_port
+from sockferry.sctp.kernel import KernelEndpoint
+from sockferry.sctp.kernel_socket import kernel_sctp_missing, kernel_udp_port
 from sockferry.sctp.udp import UdpEndpoint
 from sockferry.sockets import Address
 
