@@ -251,7 +251,7 @@ def test_done_before_all_data_is_a_violation() -> None:
 
 
 def test_end_of_input_mid_frame_is_a_violation() -> None:
-    client, server = connected()
+    _client, server = connected()
     server.receive_data(m.encode(m.Stat(1, "x"))[:5])
     with pytest.raises(RemoteProtocolError, match="middle of a frame"):
         server.receive_data(b"")
@@ -266,7 +266,7 @@ def test_end_of_input_reports_open_requests() -> None:
 
 
 def test_duplicate_request_id_is_a_violation() -> None:
-    client, server = connected()
+    _client, server = connected()
     with pytest.raises(RemoteProtocolError, match="already in use"):
         server.receive_data(m.encode(m.Get(5, "a")) + m.encode(m.Get(5, "b")))
 

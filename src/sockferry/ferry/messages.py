@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+from typing import Any
 
 from sockferry.errors import MalformedPacket
 from sockferry.storage import MAX_PATH_BYTES, Entry, Kind
@@ -69,10 +70,12 @@ ALL_FEATURES = DIGEST_FEATURES | Feature.SPARSE
 
 
 class PutFlag(IntFlag):
+    NONE = 0
     KEEP_MTIME = 0x1
 
 
 class ListFlag(IntFlag):
+    NONE = 0
     RECURSIVE = 0x1
 
 
@@ -136,7 +139,7 @@ class Put:
     size: int
     mode: int
     mtime_ns: int
-    flags: PutFlag = PutFlag(0)
+    flags: PutFlag = PutFlag.NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +188,7 @@ class Get:
 class ListDir:
     request: int
     path: str
-    flags: ListFlag = ListFlag(0)
+    flags: ListFlag = ListFlag.NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,65 +263,76 @@ def _path(writer: Writer, path: str) -> Writer:
     return writer.u16_prefixed(path.encode("utf-8", "surrogateescape"), MAX_PATH_BYTES, "path")
 
 
+def _encode_hello(x: Hello) -> bytes:
+    w = Writer().raw(MAGIC).u8(x.min_version).u8(x.max_version).u32(x.features)
+    w.raw(_exact(x.nonce, NONCE_BYTES, "nonce"))
+    w.u16_prefixed(x.software.encode(), MAX_SOFTWARE_BYTES, "software")
+    return frame(FrameType.HELLO, 0, w.getvalue())
+
+
+def _encode_hello_reply(x: HelloReply) -> bytes:
+    body = hello_reply_signed_part(x) + _exact(x.proof, PROOF_BYTES, "proof")
+    return frame(FrameType.HELLO_REPLY, 0, body)
+
+
+def _encode_put(x: Put) -> bytes:
+    w = Writer().u64(x.size).u32(x.mode).i64(x.mtime_ns)
+    return frame(FrameType.PUT, x.request, _path(w, x.path).getvalue(), x.flags)
+
+
+def _encode_hole(x: Hole) -> bytes:
+    if x.length <= 0:
+        raise ValueError("a HOLE must be at least one byte long")
+    return frame(FrameType.HOLE, x.request, Writer().u64(x.length).getvalue())
+
+
+def _encode_file(x: FileHeader) -> bytes:
+    w = Writer().u64(x.size).u32(x.mode).i64(x.mtime_ns)
+    return frame(FrameType.FILE, x.request, w.getvalue())
+
+
+def _encode_committed(x: Committed) -> bytes:
+    w = Writer().u64(x.size).raw(_exact(x.digest, DIGEST_BYTES, "digest"))
+    return frame(FrameType.COMMITTED, x.request, w.getvalue())
+
+
+def _encode_error(x: Error) -> bytes:
+    text = x.message.encode("utf-8")[:MAX_MESSAGE_BYTES]
+    text = text.decode("utf-8", "ignore").encode("utf-8")  # never cut inside a code point
+    w = Writer().u16(x.code).u16_prefixed(text, MAX_MESSAGE_BYTES, "message")
+    return frame(FrameType.ERROR, x.request, w.getvalue())
+
+
+_ENCODERS: dict[type, Callable[[Any], bytes]] = {
+    Hello: _encode_hello,
+    HelloReply: _encode_hello_reply,
+    Auth: lambda x: frame(FrameType.AUTH, 0, _exact(x.proof, PROOF_BYTES, "proof")),
+    Put: _encode_put,
+    Hole: _encode_hole,
+    Done: lambda x: frame(FrameType.DONE, x.request, _exact(x.digest, DIGEST_BYTES, "digest")),
+    Cancel: lambda x: frame(FrameType.CANCEL, x.request),
+    Get: lambda x: frame(FrameType.GET, x.request,
+                         _path(Writer().u64(x.offset), x.path).getvalue()),
+    ListDir: lambda x: frame(FrameType.LIST, x.request, _path(Writer(), x.path).getvalue(),
+                             x.flags),
+    Stat: lambda x: frame(FrameType.STAT, x.request, _path(Writer(), x.path).getvalue()),
+    Mkdir: lambda x: frame(FrameType.MKDIR, x.request,
+                           _path(Writer().u32(x.mode), x.path).getvalue()),
+    Ok: lambda x: frame(FrameType.OK, x.request),
+    FileHeader: _encode_file,
+    Entries: lambda x: frame(FrameType.ENTRIES, x.request, encode_entries(x.entries),
+                             EntriesFlag.LAST if x.last else 0),
+    Committed: _encode_committed,
+    Error: _encode_error,
+}
+
+
 def encode(message: Message) -> bytes:
     """The frame for ``message`` (DATA bodies are sent with ``data_header``)."""
-    match message:
-        case Hello():
-            w = Writer().raw(MAGIC).u8(message.min_version).u8(message.max_version)
-            w.u32(message.features).raw(_exact(message.nonce, NONCE_BYTES, "nonce"))
-            w.u16_prefixed(message.software.encode(), MAX_SOFTWARE_BYTES, "software")
-            return frame(FrameType.HELLO, 0, w.getvalue())
-        case HelloReply():
-            return frame(FrameType.HELLO_REPLY, 0,
-                         hello_reply_signed_part(message) + _exact(message.proof,
-                                                                   PROOF_BYTES, "proof"))
-        case Auth():
-            return frame(FrameType.AUTH, 0, _exact(message.proof, PROOF_BYTES, "proof"))
-        case Put():
-            w = Writer().u64(message.size).u32(message.mode).i64(message.mtime_ns)
-            return frame(FrameType.PUT, message.request, _path(w, message.path).getvalue(),
-                         message.flags)
-        case Data() | DataChunk():
-            raise ValueError("DATA frames are built with data_header()")
-        case Hole():
-            if message.length <= 0:
-                raise ValueError("a HOLE must be at least one byte long")
-            return frame(FrameType.HOLE, message.request, Writer().u64(message.length).getvalue())
-        case Done():
-            return frame(FrameType.DONE, message.request,
-                         _exact(message.digest, DIGEST_BYTES, "digest"))
-        case Cancel():
-            return frame(FrameType.CANCEL, message.request)
-        case Get():
-            w = Writer().u64(message.offset)
-            return frame(FrameType.GET, message.request, _path(w, message.path).getvalue())
-        case ListDir():
-            return frame(FrameType.LIST, message.request,
-                         _path(Writer(), message.path).getvalue(), message.flags)
-        case Stat():
-            return frame(FrameType.STAT, message.request,
-                         _path(Writer(), message.path).getvalue())
-        case Mkdir():
-            w = Writer().u32(message.mode)
-            return frame(FrameType.MKDIR, message.request, _path(w, message.path).getvalue())
-        case Ok():
-            return frame(FrameType.OK, message.request)
-        case FileHeader():
-            w = Writer().u64(message.size).u32(message.mode).i64(message.mtime_ns)
-            return frame(FrameType.FILE, message.request, w.getvalue())
-        case Entries():
-            return frame(FrameType.ENTRIES, message.request,
-                         encode_entries(message.entries),
-                         EntriesFlag.LAST if message.last else 0)
-        case Committed():
-            w = Writer().u64(message.size).raw(_exact(message.digest, DIGEST_BYTES, "digest"))
-            return frame(FrameType.COMMITTED, message.request, w.getvalue())
-        case Error():
-            text = message.message.encode("utf-8")[:MAX_MESSAGE_BYTES]
-            text = text.decode("utf-8", "ignore").encode("utf-8")  # no cut code points
-            w = Writer().u16(message.code).u16_prefixed(text, MAX_MESSAGE_BYTES, "message")
-            return frame(FrameType.ERROR, message.request, w.getvalue())
-    raise TypeError(f"not a ferry message: {message!r}")  # pragma: no cover
+    encoder = _ENCODERS.get(type(message))
+    if encoder is None:
+        raise ValueError(f"{type(message).__name__} is not encoded as a whole frame")
+    return encoder(message)
 
 
 def hello_reply_signed_part(message: HelloReply) -> bytes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum, auto
+from typing import ClassVar
 
 from sockferry.errors import (
     AuthenticationFailed,
@@ -221,7 +222,7 @@ class _Session:
     """What both roles share: parsing, the outgoing buffer, events, the request table."""
 
     # (connection state, message class) -> handler name; anything else is a violation.
-    TABLE: dict[tuple[ConnState, type], str] = {}
+    TABLE: ClassVar[dict[tuple[ConnState, type], str]] = {}
 
     def __init__(self, token: bytes, nonce: bytes) -> None:
         if len(nonce) != m.NONCE_BYTES:
@@ -358,7 +359,7 @@ class _Session:
 class ServerSession(_Session):
     """The server's side of one connection."""
 
-    TABLE: dict[tuple[ConnState, type], str] = {
+    TABLE: ClassVar[dict[tuple[ConnState, type], str]] = {
         (ConnState.AWAIT_HELLO, m.Hello): "_on_hello",
         (ConnState.AWAIT_AUTH, m.Auth): "_on_auth",
         (ConnState.READY, m.Put): "_on_put",
@@ -545,7 +546,7 @@ class ServerSession(_Session):
 class ClientSession(_Session):
     """The client's side of one connection."""
 
-    TABLE: dict[tuple[ConnState, type], str] = {
+    TABLE: ClassVar[dict[tuple[ConnState, type], str]] = {
         (ConnState.AWAIT_REPLY, m.HelloReply): "_on_hello_reply",
         (ConnState.AWAIT_REPLY, m.Error): "_on_error",
         (ConnState.READY, m.Committed): "_on_committed",
@@ -611,7 +612,7 @@ class ClientSession(_Session):
 
     def put(self, path: str, size: int, mode: int, mtime_ns: int, keep_mtime: bool) -> int:
         request = self._new_request(Request(Kind.PUT, Phase.SENDING, size=size))
-        flags = m.PutFlag.KEEP_MTIME if keep_mtime else m.PutFlag(0)
+        flags = m.PutFlag.KEEP_MTIME if keep_mtime else m.PutFlag.NONE
         self._emit(m.Put(request, path, size, mode, mtime_ns, flags))
         return request
 
@@ -658,7 +659,7 @@ class ClientSession(_Session):
 
     def list(self, path: str, recursive: bool = False) -> int:
         request = self._new_request(Request(Kind.LIST, Phase.AWAIT_REPLY))
-        flags = m.ListFlag.RECURSIVE if recursive else m.ListFlag(0)
+        flags = m.ListFlag.RECURSIVE if recursive else m.ListFlag.NONE
         self._emit(m.ListDir(request, path, flags))
         return request
 
