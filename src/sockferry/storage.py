@@ -370,6 +370,7 @@ class AtomicFile:
             os.close(dir_fd)
             raise storage_error(exc, shown) from exc
         self._done = False
+        self._holes = False
 
     @classmethod
     def beside(cls, local_path: str) -> AtomicFile:
@@ -392,12 +393,20 @@ class AtomicFile:
             self.abort()
             raise storage_error(exc, self.shown, "the partial file was removed") from exc
 
-    def truncate(self, size: int) -> None:
-        """Set the final size up front (a sparse hole for data never written)."""
-        os.ftruncate(self.fd, size)
+    def skip(self, count: int) -> None:
+        """Leave ``count`` zero bytes as a hole instead of writing them."""
+        try:
+            os.lseek(self.fd, count, os.SEEK_CUR)
+        except OSError as exc:
+            self.abort()
+            raise storage_error(exc, self.shown, "the partial file was removed") from exc
+        self.written += count
+        self._holes = True
 
     def commit(self, mode: int, mtime_ns: int | None = None, *, clobber: bool = True) -> None:
         try:
+            if self._holes:  # a trailing hole needs the size set explicitly
+                os.ftruncate(self.fd, self.written)
             os.fchmod(self.fd, mode)
             if mtime_ns is not None:
                 os.utime(self.fd, ns=(mtime_ns, mtime_ns))
@@ -436,3 +445,38 @@ class AtomicFile:
         self._done = True
         with contextlib.suppress(OSError):
             os.close(self.dir_fd)
+
+
+def data_segments(fd: int, size: int, *, sparse: bool) -> Iterator[tuple[int, int, bool]]:
+    """``(offset, length, is_hole)`` runs covering ``size`` bytes of ``fd``.
+
+    With ``sparse`` the holes are found with SEEK_DATA/SEEK_HOLE; otherwise (or where
+    the file system cannot say) the whole file is one data run.
+    """
+    if not sparse or size == 0:
+        if size:
+            yield 0, size, False
+        return
+    offset = 0
+    while offset < size:
+        try:
+            data_at = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole remains
+                yield offset, size - offset, True
+                return
+            yield offset, size - offset, False  # no SEEK_DATA here: treat as data
+            return
+        data_at = min(data_at, size)
+        if data_at > offset:
+            yield offset, data_at - offset, True
+        if data_at >= size:
+            return
+        hole_at = min(os.lseek(fd, data_at, os.SEEK_HOLE), size)
+        yield data_at, hole_at - data_at, False
+        offset = hole_at
+
+
+def is_sparse(st: os.stat_result) -> bool:
+    """Fewer blocks allocated than the size needs: worth looking for holes."""
+    return st.st_blocks * 512 < st.st_size
