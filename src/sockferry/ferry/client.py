@@ -380,7 +380,7 @@ def open_local_file(path: str) -> tuple[int, os.stat_result]:
         os.close(fd)
         what = "a directory (use -r to copy trees)" if stat_module.S_ISDIR(st.st_mode) \
             else "not a regular file"
-        raise StorageError(f"{path} is {what}", errno=errno.EISDIR, path=path)
+        raise StorageError(f"'{path}' is {what}", errno=errno.EISDIR, path=path)
     os.set_blocking(fd, True)
     return fd, st
 

@@ -109,7 +109,7 @@ async def send_paths(client: FerryClient, sources: list[str], dest: str, *,
         if stat.S_ISDIR(st.st_mode):
             if not recursive:
                 failed.append(Outcome(source, target, 0, StorageError(
-                    f"{source} is a directory (use -r to copy trees)", errno=errno.EISDIR)))
+                    f"'{source}' is a directory (use -r to copy trees)", errno=errno.EISDIR)))
                 continue
             await _send_tree(client, source, target, keep_mtime, reporter, waiting, failed)
         else:
