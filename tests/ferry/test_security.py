@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from sockferry.cli.runtime import ExitCode
-from sockferry.errors import PathRefused
+from sockferry.errors import AuthenticationFailed, PathRefused
 from sockferry.ferry import messages as m
+from sockferry.ferry import session as s
 from sockferry.ferry.copying import safe_relative
 from sockferry.storage import is_temporary_name
 from tests.ferry.harness import (
@@ -160,8 +161,6 @@ def test_server_with_a_different_token_is_refused_before_client_proves_itself(
     """The client checks the server's proof first and never sends its own."""
     with ServerThread(tmp_path, token=b"the-server-token-differs-0123") as server:
         raw_sock = socket.create_connection(("127.0.0.1", server.port))
-        from sockferry.errors import AuthenticationFailed
-        from sockferry.ferry import session as s
         client = s.ClientSession(TOKEN, os.urandom(32))
         raw_sock.sendall(client.data_to_send())
         with pytest.raises(AuthenticationFailed):
