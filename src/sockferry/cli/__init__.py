@@ -7,6 +7,7 @@ or exits.  ``main`` takes ``argv``, ``stdout`` and ``stderr`` so tests can drive
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import traceback
@@ -57,7 +58,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     debug = "--debug" in args_list
     console = Console(out, err)
     try:
-        args = build_parser().parse_args(args_list)
+        with contextlib.redirect_stdout(out):  # --help goes where the caller said
+            args = build_parser().parse_args(args_list)
     except errors.UsageError as exc:
         console.error(str(exc))
         return ExitCode.USAGE
