@@ -33,6 +33,8 @@ MAX_SYMLINK_HOPS = 40
 # Temporaries carry this prefix and suffix; clients may not name such files.
 TEMP_PREFIX = ".sockferry-"
 TEMP_SUFFIX = ".part"
+# Written bytes between two requests for early writeback (see AtomicFile.write).
+WRITEBACK_STEP = 8 * 1024 * 1024
 PERMISSION_BITS = 0o777
 DEFAULT_UMASK = 0o022
 
@@ -371,6 +373,7 @@ class AtomicFile:
             raise storage_error(exc, shown) from exc
         self._done = False
         self._holes = False
+        self._queued = 0  # bytes already handed to early writeback
 
     @classmethod
     def beside(cls, local_path: str) -> AtomicFile:
@@ -389,6 +392,13 @@ class AtomicFile:
                 n = os.write(self.fd, view)
                 view = view[n:]
                 self.written += n
+            if self.written - self._queued >= WRITEBACK_STEP:
+                # Start writing back what is done now, so the fsync in commit() does not
+                # have to push the whole file at the end (on Linux, DONTNEED on dirty
+                # pages queues their writeback without waiting for it).
+                os.posix_fadvise(self.fd, self._queued, self.written - self._queued,
+                                 os.POSIX_FADV_DONTNEED)
+                self._queued = self.written
         except OSError as exc:
             self.abort()
             raise storage_error(exc, self.shown, "the partial file was removed") from exc
