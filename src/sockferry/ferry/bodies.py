@@ -106,13 +106,15 @@ class Sink:
         self.file = file
         self.hasher = digests.new_hasher(feature)
 
-    def write(self, data: bytes | memoryview) -> None:
-        self.file.write(data)
-        self.hasher.update(data)
-
-    def skip(self, length: int) -> None:
-        self.file.skip(length)
-        digests.update_zeros(self.hasher, length)
+    def receive(self, piece: bytes | memoryview | int) -> int:
+        """Take file bytes, or an ``int``: that many zero bytes (a hole); their count."""
+        if isinstance(piece, int):
+            self.file.skip(piece)
+            digests.update_zeros(self.hasher, piece)
+            return piece
+        self.file.write(piece)
+        self.hasher.update(piece)
+        return len(piece)
 
     def matches(self, digest: bytes) -> bool:
         return self.hasher.digest() == digest

@@ -155,9 +155,9 @@ class FerryClient:
                 case s.FileStarted():
                     self._on_file_started(event)
                 case s.DataReceived():
-                    self._on_data(event.request, event.data)
+                    self._on_body(event.request, event.data)
                 case s.HoleReceived():
-                    self._on_hole(event.request, event.length)
+                    self._on_body(event.request, event.length)
                 case s.FileFinished():
                     self._on_file_finished(event)
                 case s.RequestFailed():
@@ -190,29 +190,17 @@ class FerryClient:
         if not pending.future.done():
             pending.future.set_exception(exc)
 
-    def _on_data(self, request: int, data: bytes | memoryview) -> None:
+    def _on_body(self, request: int, piece: bytes | memoryview | int) -> None:
         pending = self._pending[request]
         if pending.sink is None:
             return  # cancelled locally; the server's reply will close the request
         try:
-            pending.sink.write(data)
+            count = pending.sink.receive(piece)
         except StorageError as exc:
             self._give_up(request, exc)
             return
         if pending.progress:
-            pending.progress(len(data))
-
-    def _on_hole(self, request: int, length: int) -> None:
-        pending = self._pending[request]
-        if pending.sink is None:
-            return
-        try:
-            pending.sink.skip(length)
-        except StorageError as exc:
-            self._give_up(request, exc)
-            return
-        if pending.progress:
-            pending.progress(length)
+            pending.progress(count)
 
     def _on_file_finished(self, event: s.FileFinished) -> None:
         pending = self._pending[event.request]

@@ -257,9 +257,9 @@ class Connection:
                 case s.PutRequested():
                     self._on_put(event)
                 case s.DataReceived():
-                    self._on_data(event.request, event.data)
+                    self._on_body(event.request, event.data)
                 case s.HoleReceived():
-                    self._on_hole(event.request, event.length)
+                    self._on_body(event.request, event.length)
                 case s.PutFinished():
                     self._on_put_finished(event)
                 case s.RequestCancelled():
@@ -291,22 +291,12 @@ class Connection:
             capped_mode(event.mode, self.config.umask),
             event.mtime_ns if event.keep_mtime else None)
 
-    def _on_data(self, request: int, data: bytes | memoryview) -> None:
+    def _on_body(self, request: int, piece: bytes | memoryview | int) -> None:
         upload = self.uploads.get(request)
         if upload is None:
             return
         try:
-            upload.sink.write(data)
-        except StorageError as exc:
-            del self.uploads[request]
-            self._refuse(request, "PUT", upload.path, code_for(exc), str(exc))
-
-    def _on_hole(self, request: int, length: int) -> None:
-        upload = self.uploads.get(request)
-        if upload is None:
-            return
-        try:
-            upload.sink.skip(length)
+            upload.sink.receive(piece)
         except StorageError as exc:
             del self.uploads[request]
             self._refuse(request, "PUT", upload.path, code_for(exc), str(exc))
