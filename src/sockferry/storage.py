@@ -17,7 +17,7 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -321,29 +321,69 @@ class Root:
             yield entry
 
 
+@dataclass(slots=True)
+class _OpenDir:
+    """A directory fd kept open while subdirectories of it wait to be opened."""
+
+    fd: int
+    waiting: int = 0
+
+    def release(self) -> None:
+        if self.waiting == 0:
+            os.close(self.fd)
+
+
 def _walk(fd: int, prefix: str, recursive: bool) -> Iterator[Entry]:
-    """Entries of the directory ``fd`` (which this closes), sorted by name."""
+    """Entries below the directory ``fd`` (closed here), each directory's entries sorted
+    and before those of its subdirectories.  Iterative, so no depth is too deep, and it
+    holds one fd per level of the path being walked, however wide the tree."""
+    top = _OpenDir(fd)
+    stack: list[tuple[_OpenDir, str, str]] = []  # (parent, name, path of the subdirectory)
+    current: _OpenDir | None = top
+    base = prefix
     try:
-        with os.scandir(fd) as it:
-            items = sorted(it, key=lambda e: e.name)
-        for item in items:
-            if is_temporary_name(item.name):
-                continue
-            rel = f"{prefix}{item.name}"
-            try:
-                st = item.stat(follow_symlinks=False)
-            except OSError:
-                continue  # vanished while listing
-            entry = Entry.from_stat(rel, st)
-            yield entry
-            if recursive and entry.kind is Kind.DIRECTORY:
+        while current is not None:
+            subdirs = yield from _entries_of(current.fd, base, recursive)
+            current.waiting += len(subdirs)
+            stack.extend((current, name, path) for name, path in reversed(subdirs))
+            current.release()
+            current = None
+            while stack and current is None:
+                parent, name, base = stack.pop()
+                parent.waiting -= 1
                 try:
-                    sub = os.open(item.name, _DIR_FLAGS, dir_fd=fd)
+                    current = _OpenDir(os.open(name, _DIR_FLAGS, dir_fd=parent.fd))
                 except OSError:
-                    continue
-                yield from _walk(sub, f"{rel}/", recursive)
+                    pass  # vanished or replaced while listing
+                finally:
+                    parent.release()
+                base += "/"
     finally:
-        os.close(fd)
+        open_dirs = {id(p): p for p, _, _ in stack}
+        for parent in open_dirs.values():
+            os.close(parent.fd)
+        if current is not None and id(current) not in open_dirs:
+            os.close(current.fd)
+
+
+def _entries_of(dir_fd: int, base: str, recursive: bool,
+                ) -> Generator[Entry, None, list[tuple[str, str]]]:
+    """Yield one directory's entries; return (name, path) of its subdirectories."""
+    with os.scandir(dir_fd) as it:
+        items = sorted(it, key=lambda e: e.name)
+    subdirs: list[tuple[str, str]] = []
+    for item in items:
+        if is_temporary_name(item.name):
+            continue
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError:
+            continue  # vanished while listing
+        entry = Entry.from_stat(f"{base}{item.name}", st)
+        yield entry
+        if recursive and entry.kind is Kind.DIRECTORY:
+            subdirs.append((item.name, entry.path))
+    return subdirs
 
 
 def _shown(path: str | bytes) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
 import stat
 import time
@@ -168,6 +170,7 @@ def _server_address(args: argparse.Namespace, host: str) -> Address:
 
 
 def run_serve(args: argparse.Namespace, console: Console) -> int:
+    raise_open_file_limit()
     token, token_path, created = server_token(args.token_file)
     if created:
         console.notice(f"created a new token in {token_path} (mode 0600); clients on "
@@ -178,6 +181,15 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
                           max_connections=args.max_connections,
                           idle_timeout_s=args.idle_timeout, backlog=args.backlog)
     return run_async(_serve(args.root, addresses, config, args.grace))
+
+
+def raise_open_file_limit() -> None:
+    """Each client may hold a socket and up to a window of open files: lift the soft
+    limit on descriptors to the hard one (commonly 1,024 -> 524,288)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _serve(root: str, addresses: list[Address], config: ServerConfig,
