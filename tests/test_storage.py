@@ -220,3 +220,15 @@ def test_listing_deep_and_wide_trees_holds_few_fds(tmp_path: Path) -> None:
     assert entries.index("wide/w0007") < entries.index("wide/w0007/f")
     assert peak - fds_before < 1300, "one fd per level, not one per directory"
     assert len(os.listdir("/proc/self/fd")) == fds_before
+    _remove_chain(root_dir / "deep", 1200)
+
+
+def _remove_chain(top: Path, depth: int) -> None:
+    """Remove a d/d/d/... chain bottom-up; shutil.rmtree would recurse too deep."""
+    fds = [os.open(top, os.O_RDONLY | os.O_DIRECTORY)]
+    for _ in range(depth - 1):
+        fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+    while fds:
+        fd = fds.pop()
+        os.rmdir("d", dir_fd=fd)
+        os.close(fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import socket
 import subprocess
@@ -30,6 +31,17 @@ def write_token(path: Path, token: bytes = TOKEN) -> Path:
     return path
 
 
+class _Collect(logging.Handler):
+    def __init__(self, thread: threading.Thread) -> None:
+        super().__init__(logging.DEBUG)
+        self.thread = thread
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread.ident:
+            self.lines.append(record.getMessage())
+
+
 class ServerThread:
     """A ``FerryServer`` running on its own event loop in a background thread."""
 
@@ -45,6 +57,8 @@ class ServerThread:
         self.server: FerryServer | None = None
         self.addresses: list[str] = []
         self._error: BaseException | None = None
+        self._logs = _Collect(self._thread)
+        self._logger = logging.getLogger("sockferry.ferry")
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -62,7 +76,14 @@ class ServerThread:
         finally:
             self.loop.close()
 
+    @property
+    def logs(self) -> list[str]:
+        """Every log line the server wrote so far."""
+        return list(self._logs.lines)
+
     def __enter__(self) -> ServerThread:
+        self._logger.addHandler(self._logs)
+        self._logger.setLevel(logging.DEBUG)
         self._thread.start()
         self._ready.wait(10)
         if self._error is not None:
@@ -79,6 +100,7 @@ class ServerThread:
         future.result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        self._logger.removeHandler(self._logs)
 
     @property
     def port(self) -> int:

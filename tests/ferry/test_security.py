@@ -154,6 +154,29 @@ def test_wrong_token_both_ways(tmp_path: Path) -> None:
         assert "sockferry: error: authentication failed" in err.splitlines()
         assert run_cli("ls", "-P", str(server.port), "--token-file", str(good),
                        "127.0.0.1:")[0] == 0
+        server.stop()
+    summaries = [line for line in server.logs if " -> 127.0.0.1:" in line]
+    assert len(summaries) == 2, server.logs
+    assert "authentication failed (the client hung up" in summaries[0]
+    assert "authenticated (client sockferry/" in summaries[1]
+
+
+def test_forged_client_proof_is_logged(tmp_path: Path) -> None:
+    with ServerThread(tmp_path) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        client = s.ClientSession(TOKEN, os.urandom(32))
+        sock.sendall(client.data_to_send())
+        while client.state is s.ConnState.AWAIT_REPLY:
+            client.receive_data(sock.recv(65536))
+        sock.sendall(m.encode(m.Auth(b"\0" * 32)))
+        parser = m.FrameParser()
+        sock.settimeout(5)
+        [reply] = list(parser.feed(sock.recv(65536)))
+        assert sock.recv(1) == b""
+        sock.close()
+        server.stop()
+    assert reply == m.Error(0, m.ErrorCode.AUTH_FAILED, "authentication failed")
+    assert any(": authentication failed; closed" in line for line in server.logs)
 
 
 def test_server_with_a_different_token_is_refused_before_client_proves_itself(

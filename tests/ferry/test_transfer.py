@@ -121,6 +121,9 @@ def test_recursive_tree_with_nested_and_empty_dirs(env: dict[str, Path]) -> None
         code, _, err = cli(server, env["token"], "get", "-r", "127.0.0.1:tree",
                            str(env["back"]))
         assert code == ExitCode.OK, err
+    put_lines = [line for line in server.logs if " PUT 'tree/a/b/c/leaf.bin' " in line]
+    assert len(put_lines) == 1 and put_lines[0].endswith(": ok")
+    assert "68.4 KiB in " in put_lines[0] and "/s)" in put_lines[0]
     for copy in (env["root"] / "tree", env["back"] / "tree"):
         assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*")) == \
             sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))

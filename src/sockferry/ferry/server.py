@@ -181,20 +181,21 @@ class Connection:
         self.wake = asyncio.Event()
         self.input_done = False
         self.files = 0
+        self.auth = "not authenticated"
         self.started = time.monotonic()
         self.peer = self.stream.peer
 
     # -- lifetime -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        log.info("%s: connected to %s", self.peer, self.stream.local)
+        log.debug("%s: connected to %s", self.peer, self.stream.local)
         outcome = "closed"
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read_loop())
                 group.create_task(self._write_loop())
         except* AuthenticationFailed:
-            outcome = "authentication failed"
+            self.auth = "authentication failed"
             await self._flush_before_close()
         except* RemoteProtocolError as group:
             error = group.exceptions[0]
@@ -217,9 +218,9 @@ class Connection:
             self._abort_everything()
             self.stream.close()
             elapsed = time.monotonic() - self.started
-            log.info("%s: %s after %.2f s: %d file(s), %s in, %s out", self.peer, outcome,
-                     elapsed, self.files, format_bytes(self.stream.bytes_in),
-                     format_bytes(self.stream.bytes_out))
+            log.info("%s -> %s: %s; %s after %.2f s: %d file(s), %s in, %s out", self.peer,
+                     self.stream.local, self.auth, outcome, elapsed, self.files,
+                     format_bytes(self.stream.bytes_in), format_bytes(self.stream.bytes_out))
 
     async def _flush_before_close(self) -> None:
         with contextlib.suppress(SockferryError, OSError, TimeoutError):
@@ -243,6 +244,10 @@ class Connection:
         while True:
             n = await self.stream.recv_into(buffer)
             self.session.receive_data(view[:n])
+            if self.session.state is s.ConnState.AWAIT_AUTH:
+                # Our proof is out; a client with another token hangs up here.
+                self.auth = ("authentication failed (the client hung up before proving "
+                             "it knows the token)")
             self._handle_events()
             self.wake.set()
             if n == 0:
@@ -252,8 +257,8 @@ class Connection:
         while (event := self.session.next_event()) is not None:
             match event:
                 case s.ClientAuthenticated():
-                    log.info("%s: authenticated (client %s, %s)", self.peer, event.software,
-                             digests.name_of(self.session.digest_feature))
+                    self.auth = (f"authenticated (client {event.software}, "
+                                 f"{digests.name_of(self.session.digest_feature)})")
                 case s.PutRequested():
                     self._on_put(event)
                 case s.DataReceived():
