@@ -194,10 +194,10 @@ def test_bind_privileged_port_message() -> None:
 @pytest.mark.parametrize(
     ("code", "text"),
     [
-        (errno.ENOSPC, "disk full while writing backup.tar; the partial file was removed"),
-        (errno.EDQUOT, "disk quota exceeded while writing backup.tar; the partial file was "
+        (errno.ENOSPC, "disk full while writing 'backup.tar'; the partial file was removed"),
+        (errno.EDQUOT, "disk quota exceeded while writing 'backup.tar'; the partial file was "
          "removed"),
-        (errno.EROFS, "backup.tar is on a read-only file system; the partial file was "
+        (errno.EROFS, "'backup.tar' is on a read-only file system; the partial file was "
          "removed"),
     ],
 )

@@ -195,3 +195,40 @@ def test_split_never_yields_escaping_or_empty_parts(path: str) -> None:
     except PathRefused:
         return
     assert all(p not in ("", ".") and "/" not in p and "\0" not in p for p in parts)
+
+
+def test_listing_deep_and_wide_trees_holds_few_fds(tmp_path: Path) -> None:
+    root_dir = tmp_path / "r"
+    (root_dir / "deep").mkdir(parents=True)
+    fd = os.open(root_dir / "deep", os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1200):  # deeper than Python's recursion limit
+        os.mkdir("d", dir_fd=fd)
+        parent, fd = fd, os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(parent)
+    os.close(fd)
+    for i in range(1500):
+        (root_dir / "wide" / f"w{i:04}").mkdir(parents=True)
+    (root_dir / "wide" / "w0007" / "f").write_text("x")
+    fds_before = len(os.listdir("/proc/self/fd"))
+    peak = 0
+    with Root(str(root_dir)) as root:
+        entries = []
+        for entry in root.list("", recursive=True):
+            entries.append(entry.path)
+            peak = max(peak, len(os.listdir("/proc/self/fd")))
+    assert len(entries) == 2 + 1200 + 1500 + 1
+    assert entries.index("wide/w0007") < entries.index("wide/w0007/f")
+    assert peak - fds_before < 1300, "one fd per level, not one per directory"
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    _remove_chain(root_dir / "deep", 1200)
+
+
+def _remove_chain(top: Path, depth: int) -> None:
+    """Remove a d/d/d/... chain bottom-up; shutil.rmtree would recurse too deep."""
+    fds = [os.open(top, os.O_RDONLY | os.O_DIRECTORY)]
+    for _ in range(depth - 1):
+        fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+    while fds:
+        fd = fds.pop()
+        os.rmdir("d", dir_fd=fd)
+        os.close(fd)

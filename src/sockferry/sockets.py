@@ -178,19 +178,19 @@ def network_error(exc: BaseException, address: object, action: str = "") -> Netw
 
 
 _STORAGE_MESSAGES: dict[int, str] = {
-    errno.ENOSPC: "disk full while writing {path}",
-    errno.EDQUOT: "disk quota exceeded while writing {path}",
-    errno.EROFS: "{path} is on a read-only file system",
-    errno.EACCES: "permission denied for {path}",
-    errno.EPERM: "operation not permitted on {path}",
-    errno.ENOENT: "{path} does not exist",
-    errno.EEXIST: "{path} already exists",
-    errno.EISDIR: "{path} is a directory",
-    errno.ENOTDIR: "a parent of {path} is not a directory",
-    errno.ENAMETOOLONG: "the name {path} is too long",
-    errno.EFBIG: "{path} would be larger than the file system allows",
-    errno.ELOOP: "too many symbolic links in {path}",
-    errno.EIO: "input/output error on {path} — the disk may be failing",
+    errno.ENOSPC: "disk full while writing '{path}'",
+    errno.EDQUOT: "disk quota exceeded while writing '{path}'",
+    errno.EROFS: "'{path}' is on a read-only file system",
+    errno.EACCES: "permission denied for '{path}'",
+    errno.EPERM: "operation not permitted on '{path}'",
+    errno.ENOENT: "'{path}' does not exist",
+    errno.EEXIST: "'{path}' already exists",
+    errno.EISDIR: "'{path}' is a directory",
+    errno.ENOTDIR: "a parent of '{path}' is not a directory",
+    errno.ENAMETOOLONG: "the name '{path}' is too long",
+    errno.EFBIG: "'{path}' would be larger than the file system allows",
+    errno.ELOOP: "too many symbolic links in '{path}'",
+    errno.EIO: "input/output error on '{path}' — the disk may be failing",
 }
 
 
@@ -198,7 +198,7 @@ def storage_error(exc: OSError, path: str, suffix: str = "") -> StorageError:
     """Turn a file-system ``OSError`` into one sentence; ``suffix`` adds what happened next."""
     template = _STORAGE_MESSAGES.get(exc.errno or -1)
     text = (template.format(path=path) if template
-            else f"{exc.strerror or exc} on {path}")
+            else f"{exc.strerror or exc} on '{path}'")
     if suffix:
         text = f"{text}; {suffix}"
     return StorageError(text, errno=exc.errno, path=path)

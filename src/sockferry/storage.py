@@ -17,7 +17,7 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -33,6 +33,8 @@ MAX_SYMLINK_HOPS = 40
 # Temporaries carry this prefix and suffix; clients may not name such files.
 TEMP_PREFIX = ".sockferry-"
 TEMP_SUFFIX = ".part"
+# Written bytes between two requests for early writeback (see AtomicFile.write).
+WRITEBACK_STEP = 8 * 1024 * 1024
 PERMISSION_BITS = 0o777
 DEFAULT_UMASK = 0o022
 
@@ -319,29 +321,69 @@ class Root:
             yield entry
 
 
+@dataclass(slots=True)
+class _OpenDir:
+    """A directory fd kept open while subdirectories of it wait to be opened."""
+
+    fd: int
+    waiting: int = 0
+
+    def release(self) -> None:
+        if self.waiting == 0:
+            os.close(self.fd)
+
+
 def _walk(fd: int, prefix: str, recursive: bool) -> Iterator[Entry]:
-    """Entries of the directory ``fd`` (which this closes), sorted by name."""
+    """Entries below the directory ``fd`` (closed here), each directory's entries sorted
+    and before those of its subdirectories.  Iterative, so no depth is too deep, and it
+    holds one fd per level of the path being walked, however wide the tree."""
+    top = _OpenDir(fd)
+    stack: list[tuple[_OpenDir, str, str]] = []  # (parent, name, path of the subdirectory)
+    current: _OpenDir | None = top
+    base = prefix
     try:
-        with os.scandir(fd) as it:
-            items = sorted(it, key=lambda e: e.name)
-        for item in items:
-            if is_temporary_name(item.name):
-                continue
-            rel = f"{prefix}{item.name}"
-            try:
-                st = item.stat(follow_symlinks=False)
-            except OSError:
-                continue  # vanished while listing
-            entry = Entry.from_stat(rel, st)
-            yield entry
-            if recursive and entry.kind is Kind.DIRECTORY:
+        while current is not None:
+            subdirs = yield from _entries_of(current.fd, base, recursive)
+            current.waiting += len(subdirs)
+            stack.extend((current, name, path) for name, path in reversed(subdirs))
+            current.release()
+            current = None
+            while stack and current is None:
+                parent, name, base = stack.pop()
+                parent.waiting -= 1
                 try:
-                    sub = os.open(item.name, _DIR_FLAGS, dir_fd=fd)
+                    current = _OpenDir(os.open(name, _DIR_FLAGS, dir_fd=parent.fd))
                 except OSError:
-                    continue
-                yield from _walk(sub, f"{rel}/", recursive)
+                    pass  # vanished or replaced while listing
+                finally:
+                    parent.release()
+                base += "/"
     finally:
-        os.close(fd)
+        open_dirs = {id(p): p for p, _, _ in stack}
+        for parent in open_dirs.values():
+            os.close(parent.fd)
+        if current is not None and id(current) not in open_dirs:
+            os.close(current.fd)
+
+
+def _entries_of(dir_fd: int, base: str, recursive: bool,
+                ) -> Generator[Entry, None, list[tuple[str, str]]]:
+    """Yield one directory's entries; return (name, path) of its subdirectories."""
+    with os.scandir(dir_fd) as it:
+        items = sorted(it, key=lambda e: e.name)
+    subdirs: list[tuple[str, str]] = []
+    for item in items:
+        if is_temporary_name(item.name):
+            continue
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError:
+            continue  # vanished while listing
+        entry = Entry.from_stat(f"{base}{item.name}", st)
+        yield entry
+        if recursive and entry.kind is Kind.DIRECTORY:
+            subdirs.append((item.name, entry.path))
+    return subdirs
 
 
 def _shown(path: str | bytes) -> str:
@@ -370,6 +412,8 @@ class AtomicFile:
             os.close(dir_fd)
             raise storage_error(exc, shown) from exc
         self._done = False
+        self._holes = False
+        self._queued = 0  # bytes already handed to early writeback
 
     @classmethod
     def beside(cls, local_path: str) -> AtomicFile:
@@ -388,16 +432,31 @@ class AtomicFile:
                 n = os.write(self.fd, view)
                 view = view[n:]
                 self.written += n
+            if self.written - self._queued >= WRITEBACK_STEP:
+                # Start writing back what is done now, so the fsync in commit() does not
+                # have to push the whole file at the end (on Linux, DONTNEED on dirty
+                # pages queues their writeback without waiting for it).
+                os.posix_fadvise(self.fd, self._queued, self.written - self._queued,
+                                 os.POSIX_FADV_DONTNEED)
+                self._queued = self.written
         except OSError as exc:
             self.abort()
             raise storage_error(exc, self.shown, "the partial file was removed") from exc
 
-    def truncate(self, size: int) -> None:
-        """Set the final size up front (a sparse hole for data never written)."""
-        os.ftruncate(self.fd, size)
+    def skip(self, count: int) -> None:
+        """Leave ``count`` zero bytes as a hole instead of writing them."""
+        try:
+            os.lseek(self.fd, count, os.SEEK_CUR)
+        except OSError as exc:
+            self.abort()
+            raise storage_error(exc, self.shown, "the partial file was removed") from exc
+        self.written += count
+        self._holes = True
 
     def commit(self, mode: int, mtime_ns: int | None = None, *, clobber: bool = True) -> None:
         try:
+            if self._holes:  # a trailing hole needs the size set explicitly
+                os.ftruncate(self.fd, self.written)
             os.fchmod(self.fd, mode)
             if mtime_ns is not None:
                 os.utime(self.fd, ns=(mtime_ns, mtime_ns))
@@ -436,3 +495,38 @@ class AtomicFile:
         self._done = True
         with contextlib.suppress(OSError):
             os.close(self.dir_fd)
+
+
+def data_segments(fd: int, size: int, *, sparse: bool) -> Iterator[tuple[int, int, bool]]:
+    """``(offset, length, is_hole)`` runs covering ``size`` bytes of ``fd``.
+
+    With ``sparse`` the holes are found with SEEK_DATA/SEEK_HOLE; otherwise (or where
+    the file system cannot say) the whole file is one data run.
+    """
+    if not sparse or size == 0:
+        if size:
+            yield 0, size, False
+        return
+    offset = 0
+    while offset < size:
+        try:
+            data_at = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole remains
+                yield offset, size - offset, True
+                return
+            yield offset, size - offset, False  # no SEEK_DATA here: treat as data
+            return
+        data_at = min(data_at, size)
+        if data_at > offset:
+            yield offset, data_at - offset, True
+        if data_at >= size:
+            return
+        hole_at = min(os.lseek(fd, data_at, os.SEEK_HOLE), size)
+        yield data_at, hole_at - data_at, False
+        offset = hole_at
+
+
+def is_sparse(st: os.stat_result) -> bool:
+    """Fewer blocks allocated than the size needs: worth looking for holes."""
+    return st.st_blocks * 512 < st.st_size

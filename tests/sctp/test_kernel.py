@@ -10,8 +10,6 @@ import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
-from tests.conftest import require_program
-from tests.sctp.endpoints import messages, next_change, run
 
 from sockferry.errors import NetworkError, UsageError
 from sockferry.sctp.association import Config
@@ -19,6 +17,8 @@ from sockferry.sctp.endpoint import AssocState, StreamCounts
 from sockferry.sctp.kernel import KernelEndpoint
 from sockferry.sctp.transport import open_endpoint
 from sockferry.sockets import HostPort
+from tests.conftest import require_program
+from tests.sctp.endpoints import messages, next_change, run
 
 pytestmark = [pytest.mark.kernel_sctp, pytest.mark.timeout(120)]
 

@@ -15,13 +15,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
-from tests.sctp.endpoints import messages, next_change, run
 
 from sockferry.sctp.association import Config
 from sockferry.sctp.endpoint import AssocId, AssocState, Endpoint, StreamCounts
 from sockferry.sctp.kernel import KernelEndpoint
 from sockferry.sctp.udp import UdpEndpoint
 from sockferry.sockets import HostPort
+from tests.sctp.endpoints import messages, next_change, run
 
 pytestmark = [pytest.mark.kernel_sctp, pytest.mark.timeout(180)]
 

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import require_program
 from sockferry.errors import MalformedPacket
 from sockferry.sctp import linux_abi as abi
+from tests.conftest import require_program
 
 HEADER = "/usr/include/linux/sctp.h"
 

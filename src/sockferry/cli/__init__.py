@@ -7,6 +7,7 @@ or exits.  ``main`` takes ``argv``, ``stdout`` and ``stderr`` so tests can drive
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import traceback
@@ -14,12 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from sockferry import errors
-from sockferry.cli import probe, sctp
+from sockferry.cli import ferry, probe, sctp
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, exit_code_for
 
 # One module per family of sub-commands; each has register(subparsers).
-COMMAND_MODULES = (probe, sctp)
+COMMAND_MODULES = (ferry, probe, sctp)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,7 +58,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     debug = "--debug" in args_list
     console = Console(out, err)
     try:
-        args = build_parser().parse_args(args_list)
+        with contextlib.redirect_stdout(out):  # --help goes where the caller said
+            args = build_parser().parse_args(args_list)
     except errors.UsageError as exc:
         console.error(str(exc))
         return ExitCode.USAGE

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from types import TracebackType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console as RichConsole
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 class TransferProgress:
@@ -55,7 +47,6 @@ class Console:
     def __init__(self, stdout: TextIO, stderr: TextIO) -> None:
         self.stdout = stdout
         self.stderr = stderr
-        self._rich_err = RichConsole(file=stderr, highlight=False, soft_wrap=True)
 
     @property
     def interactive(self) -> bool:
@@ -77,13 +68,24 @@ class Console:
     def progress(self, quiet: bool = False) -> TransferProgress:
         if quiet or not self.interactive:
             return TransferProgress(None)
+        # rich costs a tenth of a second to import: only when a bar is shown.
+        from rich.console import Console as RichConsole  # noqa: PLC0415
+        from rich.progress import (  # noqa: PLC0415
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=self._rich_err,
+            console=RichConsole(file=self.stderr, highlight=False, soft_wrap=True),
             transient=True,
         )
         return TransferProgress(bar)

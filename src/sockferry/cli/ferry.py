@@ -1,0 +1,347 @@
+"""``sockferry serve | send | get | ls``: the scp-like transfer over TCP or AF_UNIX."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import resource
+import signal
+import stat
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sockferry.cli.console import Console, TransferProgress
+from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
+from sockferry.errors import UsageError
+from sockferry.ferry.client import FerryClient
+from sockferry.ferry.copying import Outcome, Reporter, get_paths, send_paths
+from sockferry.ferry.server import FerryServer, ServerConfig
+from sockferry.ferry.tokens import client_token, server_token
+from sockferry.sockets import Address, HostPort, UnixPath, parse_address, parse_port
+from sockferry.storage import DEFAULT_UMASK, Entry, Kind
+from sockferry.units import format_bytes, format_rate
+
+DEFAULT_PORT = 2345
+log = logging.getLogger("sockferry.ferry")
+
+
+def register(sub: Any) -> None:
+    _register_serve(sub)
+    _register_send(sub)
+    _register_get(sub)
+    _register_ls(sub)
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-P", "--port", type=parse_port, default=DEFAULT_PORT,
+                        help=f"server port (default {DEFAULT_PORT})")
+    parser.add_argument("--unix", metavar="SOCKET",
+                        help="connect over an AF_UNIX socket instead of TCP (write remote "
+                        "paths as :PATH)")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="shared token (default: $SOCKFERRY_TOKEN, then "
+                        "~/.config/sockferry/token)")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="connect and handshake timeout (default 10)")
+
+
+def _copy_options(parser: argparse.ArgumentParser) -> None:
+    _client_options(parser)
+    parser.add_argument("-r", "--recursive", action="store_true",
+                        help="copy directories and everything below them")
+    parser.add_argument("-p", "--preserve", action="store_true",
+                        help="keep modification times too (permission bits are always "
+                        "kept, capped by the receiver's umask)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bar and no summary")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="one line per file copied")
+
+
+def _register_serve(sub: Any) -> None:
+    parser = sub.add_parser(
+        "serve", help="serve a directory to sockferry clients",
+        description="Serve ROOT to sockferry clients. Client paths are confined to ROOT; "
+        "files are written under a temporary name, checked against the sender's digest, "
+        "fsynced and renamed. Stops on SIGINT/SIGTERM after a grace period.")
+    parser.add_argument("root", metavar="ROOT", help="directory to serve")
+    parser.add_argument("--listen", action="append", metavar="ADDR",
+                        help="HOST:PORT, [IPv6]:PORT, :PORT (all interfaces) or unix:PATH; "
+                        f"repeatable (default localhost:{DEFAULT_PORT})")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="shared token (default ~/.config/sockferry/token, created "
+                        "with a random token if missing)")
+    parser.add_argument("--umask", type=_octal, default=DEFAULT_UMASK, metavar="MASK",
+                        help="permission bits removed from every file and directory "
+                        "written (default 022)")
+    parser.add_argument("--no-clobber", action="store_true",
+                        help="refuse to overwrite existing files")
+    parser.add_argument("--max-connections", type=_positive, default=256, metavar="N",
+                        help="clients served at once (default 256)")
+    parser.add_argument("--idle-timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="drop a client that makes no progress for this long "
+                        "(default 120)")
+    parser.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                        help="on SIGINT/SIGTERM, time given to transfers in flight "
+                        "(default 10)")
+    parser.add_argument("--backlog", type=_positive, default=128, metavar="N",
+                        help="listen() backlog (default 128)")
+    parser.set_defaults(handler=run_serve)
+
+
+def _register_send(sub: Any) -> None:
+    parser = sub.add_parser(
+        "send", help="copy local files to a server",
+        description="Copy local files to HOST:DEST. A DEST that ends in / or names an "
+        "existing directory receives the files under their own names. Succeeds only "
+        "once the server has verified every file's digest and committed it.")
+    parser.add_argument("sources", nargs="+", metavar="SRC", help="local files")
+    parser.add_argument("dest", metavar="HOST:DEST",
+                        help="server and path ([::1]:DEST for IPv6, :DEST for localhost)")
+    _copy_options(parser)
+    parser.set_defaults(handler=run_send)
+
+
+def _register_get(sub: Any) -> None:
+    parser = sub.add_parser(
+        "get", help="copy files from a server",
+        description="Copy HOST:SRC... to the local DEST. Each file is written under a "
+        "temporary name and renamed once its digest matches the server's.")
+    parser.add_argument("sources", nargs="+", metavar="HOST:SRC", help="remote files")
+    parser.add_argument("dest", metavar="DEST", help="local file or directory")
+    _copy_options(parser)
+    parser.set_defaults(handler=run_get)
+
+
+def _register_ls(sub: Any) -> None:
+    parser = sub.add_parser("ls", help="list a directory on a server",
+                            description="List HOST:PATH on a sockferry server.")
+    parser.add_argument("target", metavar="HOST:[PATH]")
+    parser.add_argument("-R", "--recursive", action="store_true",
+                        help="list everything below PATH")
+    _client_options(parser)
+    parser.set_defaults(handler=run_ls)
+
+
+def _octal(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an octal mask like 022") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a mask between 000 and 777")
+    return value
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number")
+    return int(text)
+
+
+# ---- remote paths ----------------------------------------------------------------------
+
+
+def split_remote(text: str) -> tuple[str, str] | None:
+    """``HOST:PATH`` -> (host, path); None for a local path (scp's rule: a colon
+    before any slash means remote).  ``[v6]:PATH`` for IPv6; an empty host is localhost."""
+    if text.startswith("["):
+        close = text.find("]")
+        if close > 0 and text[close + 1 : close + 2] == ":":
+            return text[1:close], text[close + 2 :]
+        return None
+    colon = text.find(":")
+    if colon < 0 or "/" in text[:colon]:
+        return None
+    return text[:colon] or "localhost", text[colon + 1 :]
+
+
+def _server_address(args: argparse.Namespace, host: str) -> Address:
+    if args.unix:
+        return UnixPath(args.unix)
+    return HostPort(host, args.port)
+
+
+# ---- serve -----------------------------------------------------------------------------
+
+
+def run_serve(args: argparse.Namespace, console: Console) -> int:
+    raise_open_file_limit()
+    token, token_path, created = server_token(args.token_file)
+    if created:
+        console.notice(f"created a new token in {token_path} (mode 0600); clients on "
+                       "this machine use it automatically, others need a copy")
+    addresses = [parse_address(a, DEFAULT_PORT) for a in (args.listen or
+                                                          [f"localhost:{DEFAULT_PORT}"])]
+    config = ServerConfig(token=token, umask=args.umask, clobber=not args.no_clobber,
+                          max_connections=args.max_connections,
+                          idle_timeout_s=args.idle_timeout, backlog=args.backlog)
+    return run_async(_serve(args.root, addresses, config, args.grace))
+
+
+def raise_open_file_limit() -> None:
+    """Each client may hold a socket and up to a window of open files: lift the soft
+    limit on descriptors to the hard one (commonly 1,024 -> 524,288)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _serve(root: str, addresses: list[Address], config: ServerConfig,
+                 grace_s: float) -> int:
+    server = FerryServer(root, config)
+    bound = await server.start(addresses)
+    log.info("serving %s; listening on %s", server.root.path, ", ".join(bound))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: no new connections")
+        await server.stop(grace_s)
+        log.info("stopped")
+    return ExitCode.OK
+
+
+# ---- send / get ------------------------------------------------------------------------
+
+
+class _ConsoleReporter(Reporter):
+    def __init__(self, progress: TransferProgress) -> None:
+        self.bar = progress
+
+    def progress_for(self, key: str, label: str, size: int) -> Callable[[int], None]:
+        self.bar.start(key, label, size)
+        return lambda n: self.bar.advance(key, n)
+
+    def done(self, key: str) -> None:
+        self.bar.finish(key)
+
+
+def _remote_sources(texts: list[str]) -> tuple[str, list[str]]:
+    hosts: set[str] = set()
+    paths: list[str] = []
+    for text in texts:
+        remote = split_remote(text)
+        if remote is None:
+            raise UsageError(f"'{text}' is not a remote path — write HOST:PATH")
+        hosts.add(remote[0])
+        paths.append(remote[1])
+    if len(hosts) > 1:
+        raise UsageError("all sources must be on the same server")
+    return hosts.pop(), paths
+
+
+def run_send(args: argparse.Namespace, console: Console) -> int:
+    remote = split_remote(args.dest)
+    if remote is None:
+        raise UsageError(f"'{args.dest}' is not a remote destination — write HOST:DEST "
+                         "(:DEST for localhost)")
+    for source in args.sources:
+        if split_remote(source) is not None:
+            raise UsageError(f"'{source}' looks remote; send copies local files "
+                             "(write ./NAME for a local name with a colon)")
+    host, dest = remote
+    return _copy(args, console, host, "sent", lambda client, reporter: send_paths(
+        client, args.sources, dest, recursive=args.recursive, keep_mtime=args.preserve,
+        reporter=reporter))
+
+
+def run_get(args: argparse.Namespace, console: Console) -> int:
+    host, sources = _remote_sources(args.sources)
+    return _copy(args, console, host, "received", lambda client, reporter: get_paths(
+        client, sources, args.dest, recursive=args.recursive, keep_mtime=args.preserve,
+        reporter=reporter))
+
+
+def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
+          operation: Callable[[FerryClient, Reporter], Any]) -> int:
+    token = client_token(args.token_file)
+    address = _server_address(args, host)
+    started = time.monotonic()
+
+    async def go() -> list[Outcome]:
+        client = await FerryClient.connect(address, token, timeout_s=args.timeout)
+        try:
+            with console.progress(quiet=args.quiet) as progress:
+                result: list[Outcome] = await operation(client, _ConsoleReporter(progress))
+                return result
+        finally:
+            client.close()
+
+    outcomes = run_async(go())
+    return _report(console, args, outcomes, verb, time.monotonic() - started)
+
+
+def _report(console: Console, args: argparse.Namespace, outcomes: list[Outcome], verb: str,
+            elapsed: float) -> int:
+    code = ExitCode.OK
+    files = total = 0
+    for outcome in outcomes:
+        if outcome.error is None:
+            if not outcome.is_directory:
+                files += 1
+                total += outcome.size
+                if args.verbose:
+                    console.print(f"{verb} {outcome.source} -> {outcome.target} "
+                                  f"({format_bytes(outcome.size)}, digest verified)")
+        elif outcome.skipped:
+            if not args.quiet:
+                console.notice(str(outcome.error))
+        else:
+            console.error(str(outcome.error))
+            if code == ExitCode.OK:
+                code = exit_code_for(outcome.error)
+    if not args.quiet and (args.verbose or console.interactive):
+        console.notice(f"{verb} {files} file(s), {format_bytes(total)} in {elapsed:.2f} s "
+                       f"({format_rate(total, elapsed)})")
+    return code
+
+
+# ---- ls --------------------------------------------------------------------------------
+
+
+def run_ls(args: argparse.Namespace, console: Console) -> int:
+    remote = split_remote(args.target)
+    if remote is None:
+        raise UsageError(f"'{args.target}' is not a remote path — write HOST:[PATH]")
+    host, path = remote
+    token = client_token(args.token_file)
+
+    async def go() -> list[Entry]:
+        client = await FerryClient.connect(_server_address(args, host), token,
+                                           timeout_s=args.timeout)
+        try:
+            entries = await client.list(path, recursive=args.recursive)
+            await client.finish()
+            return entries
+        finally:
+            client.close()
+
+    for entry in run_async(go()):
+        console.print(format_entry(entry))
+    return ExitCode.OK
+
+
+_TYPE_BITS = {Kind.FILE: stat.S_IFREG, Kind.DIRECTORY: stat.S_IFDIR,
+              Kind.SYMLINK: stat.S_IFLNK, Kind.OTHER: 0}
+
+
+def format_entry(entry: Entry) -> str:
+    """``ls -l``-like: mode, size in bytes, modification time (UTC), name."""
+    mode = stat.filemode(_TYPE_BITS[entry.kind] | (entry.mode & 0o7777))
+    if entry.kind is Kind.OTHER:
+        mode = "?" + mode[1:]
+    when = datetime.fromtimestamp(entry.mtime_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M")
+    suffix = "/" if entry.kind is Kind.DIRECTORY else ""
+    return f"{mode} {entry.size:>12} {when} {entry.path}{suffix}"
+
+
+__all__ = ["register"]

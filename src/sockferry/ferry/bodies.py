@@ -1,0 +1,120 @@
+"""File bodies on the wire, for both roles: sending (GET on the server, PUT on the
+client) and receiving into a temporary file with the digest checked before commit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+
+from sockferry.errors import StorageError
+from sockferry.ferry import digests
+from sockferry.ferry import session as s
+from sockferry.storage import AtomicFile, data_segments
+from sockferry.streams import SocketStream
+
+SEND_CHUNK = 4 * 1024 * 1024  # DATA frame size for large files (one sendfile each)
+SMALL_FILE = 256 * 1024  # below this a body is read, hashed and sent in one sendmsg
+
+Core = s.ServerSession | s.ClientSession
+
+
+class TransferCancelled(Exception):
+    """The other side cancelled the body being sent."""
+
+
+def _finish(core: Core, request: int, digest: bytes) -> None:
+    if isinstance(core, s.ServerSession):
+        core.file_done(request, digest)
+    else:
+        core.done(request, digest)
+
+
+async def send_body(core: Core, stream: SocketStream, request: int, fd: int, size: int,
+                    sparse: bool, is_cancelled: Callable[[], bool] | None = None,
+                    progress: Callable[[int], None] | None = None) -> bytes:
+    """Send ``size`` bytes of ``fd`` as DATA (and HOLE) frames, then DONE; the digest.
+
+    Small files are read, hashed and sent with their frames in one sendmsg; large ones
+    go out with sendfile while a worker thread hashes the same bytes.
+    """
+    if size <= SMALL_FILE and not sparse:
+        digest = _send_small(core, request, fd, size)
+        await stream.send(core.buffers_to_send())
+        if progress:
+            progress(size)
+        return digest
+    stop = threading.Event()
+    hashing = asyncio.ensure_future(
+        asyncio.to_thread(digests.hash_fd, fd, size, core.digest_feature, stop))
+    try:
+        for offset, length, hole in data_segments(fd, size, sparse=sparse):
+            if hole:
+                core.hole(request, length)
+            else:
+                await _send_run(core, stream, request, fd, offset, length, is_cancelled,
+                                progress)
+                continue
+            if progress:
+                progress(length)
+        digest = await hashing
+    except BaseException:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(hashing)  # never close the fd under the hashing thread
+        raise
+    _finish(core, request, digest)
+    await stream.send(core.buffers_to_send())
+    return digest
+
+
+def _send_small(core: Core, request: int, fd: int, size: int) -> bytes:
+    data = os.pread(fd, size, 0) if size else b""
+    if len(data) != size:
+        raise StorageError("the file shrank while it was being sent")
+    hasher = digests.new_hasher(core.digest_feature)
+    hasher.update(data)
+    if data:
+        core.data(request, data)
+    digest = hasher.digest()
+    _finish(core, request, digest)
+    return digest
+
+
+async def _send_run(core: Core, stream: SocketStream, request: int, fd: int, offset: int,
+                    length: int, is_cancelled: Callable[[], bool] | None,
+                    progress: Callable[[int], None] | None) -> None:
+    end = offset + length
+    while offset < end:
+        if is_cancelled and is_cancelled():
+            raise TransferCancelled
+        n = min(SEND_CHUNK, end - offset)
+        core.data_header(request, n)
+        await stream.send(core.buffers_to_send())
+        await stream.sendfile(fd, offset, n)
+        offset += n
+        if progress:
+            progress(n)
+
+
+class Sink:
+    """A body being received: written to a temporary file and hashed as it comes."""
+
+    def __init__(self, file: AtomicFile, feature: digests.Feature) -> None:
+        self.file = file
+        self.hasher = digests.new_hasher(feature)
+
+    def receive(self, piece: bytes | memoryview | int) -> int:
+        """Take file bytes, or an ``int``: that many zero bytes (a hole); their count."""
+        if isinstance(piece, int):
+            self.file.skip(piece)
+            digests.update_zeros(self.hasher, piece)
+            return piece
+        self.file.write(piece)
+        self.hasher.update(piece)
+        return len(piece)
+
+    def matches(self, digest: bytes) -> bool:
+        return self.hasher.digest() == digest

@@ -1,0 +1,379 @@
+"""The ferry client: asyncio driver around ``ClientSession``.
+
+One reader task feeds the core and settles each request's future; the caller's task
+sends.  Requests pipeline: ``start_*`` returns as soon as a request (and, for PUT, its
+body) is on the wire, up to the window the server granted; their futures settle as the
+verdicts arrive.  ``finish`` half-closes the connection (shutdown(SHUT_WR)) and waits
+for every verdict and the server's end of stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat as stat_module
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sockferry.errors import (
+    AuthenticationFailed,
+    NetworkError,
+    RemoteProtocolError,
+    SockferryError,
+    StorageError,
+)
+from sockferry.ferry import messages as m
+from sockferry.ferry import session as s
+from sockferry.ferry.bodies import Sink, TransferCancelled, send_body
+from sockferry.ferry.codes import exception_for
+from sockferry.sockets import Address, connect, storage_error
+from sockferry.storage import AtomicFile, Entry, is_sparse
+from sockferry.streams import SocketStream
+
+RECV_BUFFER = 1024 * 1024
+Progress = Callable[[int], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One request in flight: its future, and for GET the file being received."""
+
+    kind: s.Kind
+    future: asyncio.Future[object]
+    local_path: str = ""
+    keep_mtime: bool = False
+    umask: int = 0o022
+    sink: Sink | None = None
+    entries: list[Entry] = field(default_factory=list)
+    progress: Progress | None = None
+    mode: int = 0o644
+    mtime_ns: int = 0
+    refused: bool = False
+
+
+class FerryClient:
+    def __init__(self, stream: SocketStream, session: s.ClientSession) -> None:
+        self.stream = stream
+        self.session = session
+        self._pending: dict[int, _Pending] = {}
+        self._slot_freed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._failure: SockferryError | None = None
+        self._commits: set[asyncio.Task[None]] = set()
+        self._umask = _current_umask()
+
+    @classmethod
+    async def connect(cls, address: Address, token: bytes, *, timeout_s: float = 10.0,
+                      idle_timeout_s: float = 120.0) -> FerryClient:
+        """Connect, authenticate both ways, and start reading."""
+        sock = await connect(address, timeout_s)
+        stream = SocketStream(sock, idle_timeout_s)
+        session = s.ClientSession(token, os.urandom(m.NONCE_BYTES))
+        client = cls(stream, session)
+        try:
+            await stream.send(session.buffers_to_send())
+            buffer = bytearray(4096)
+            async with asyncio.timeout(timeout_s):
+                while session.state is s.ConnState.AWAIT_REPLY:
+                    n = await stream.recv_into(buffer)
+                    if n == 0:
+                        raise NetworkError(f"{stream.peer} closed the connection during the "
+                                           "handshake — is it a sockferry server?",
+                                           address=stream.peer)
+                    session.receive_data(memoryview(buffer)[:n])
+            await stream.send(session.buffers_to_send())  # our AUTH
+        except TimeoutError:
+            stream.close()
+            raise NetworkError(f"{stream.peer} did not complete the handshake in "
+                               f"{timeout_s:g} s — is it a sockferry server?",
+                               address=stream.peer) from None
+        except BaseException:
+            stream.close()
+            raise
+        while session.next_event() is not None:
+            pass
+        client._reader = asyncio.get_running_loop().create_task(client._read_loop())
+        return client
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        buffer = bytearray(RECV_BUFFER)
+        view = memoryview(buffer)
+        try:
+            while True:
+                n = await self.stream.recv_into(buffer)
+                self.session.receive_data(view[:n])
+                self._handle_events()
+                if n == 0:
+                    break
+            if self._commits:  # files received in full are still being fsynced
+                await asyncio.gather(*self._commits)
+            if self._pending:
+                raise NetworkError(f"{self.stream.peer} closed the connection with "
+                                   f"{len(self._pending)} request(s) unanswered",
+                                   address=self.stream.peer)
+        except AuthenticationFailed as exc:
+            self._fail_all(exc)
+        except RemoteProtocolError as exc:
+            self._fail_all(RemoteProtocolError(f"{self.stream.peer} broke the protocol: "
+                                               f"{exc}"))
+        except SockferryError as exc:
+            self._fail_all(exc)
+
+    def _fail_all(self, exc: SockferryError) -> None:
+        self._failure = exc
+        for pending in self._pending.values():
+            if pending.sink is not None:
+                pending.sink.file.abort()
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+        self._pending.clear()
+        self._slot_freed.set()
+
+    def _settle(self, request: int, result: object = None,
+                error: BaseException | None = None) -> None:
+        pending = self._pending.pop(request, None)
+        self._slot_freed.set()
+        if pending is None or pending.future.done():
+            return
+        if error is not None:
+            pending.future.set_exception(error)
+        else:
+            pending.future.set_result(result)
+
+    def _handle_events(self) -> None:
+        while (event := self.session.next_event()) is not None:
+            match event:
+                case s.PutCommitted():
+                    self._settle(event.request, event.size)
+                case s.MkdirDone():
+                    self._settle(event.request)
+                case s.EntriesReceived():
+                    self._on_entries(event)
+                case s.FileStarted():
+                    self._on_file_started(event)
+                case s.DataReceived():
+                    self._on_body(event.request, event.data)
+                case s.HoleReceived():
+                    self._on_body(event.request, event.length)
+                case s.FileFinished():
+                    self._on_file_finished(event)
+                case s.RequestFailed():
+                    self._on_failed(event)
+                case s.InputEnded() | s.ServerVerified():
+                    pass
+                case _:
+                    raise AssertionError(f"client core emitted {event!r}")
+
+    def _on_entries(self, event: s.EntriesReceived) -> None:
+        pending = self._pending[event.request]
+        pending.entries.extend(event.entries)
+        if event.last:
+            self._settle(event.request, pending.entries)
+
+    def _on_file_started(self, event: s.FileStarted) -> None:
+        pending = self._pending[event.request]
+        pending.mode, pending.mtime_ns = event.mode, event.mtime_ns
+        try:
+            pending.sink = Sink(AtomicFile.beside(pending.local_path),
+                                self.session.digest_feature)
+        except StorageError as exc:
+            self._give_up(event.request, exc)
+
+    def _give_up(self, request: int, exc: SockferryError) -> None:
+        """A local failure while receiving: cancel on the wire, fail the future now."""
+        self.session.cancel(request)
+        pending = self._pending[request]
+        pending.sink = None
+        if not pending.future.done():
+            pending.future.set_exception(exc)
+
+    def _on_body(self, request: int, piece: bytes | memoryview | int) -> None:
+        pending = self._pending[request]
+        if pending.sink is None:
+            return  # cancelled locally; the server's reply will close the request
+        try:
+            count = pending.sink.receive(piece)
+        except StorageError as exc:
+            self._give_up(request, exc)
+            return
+        if pending.progress:
+            pending.progress(count)
+
+    def _on_file_finished(self, event: s.FileFinished) -> None:
+        pending = self._pending[event.request]
+        sink, pending.sink = pending.sink, None
+        if sink is None:
+            self._settle(event.request)
+            return
+        if not sink.matches(event.digest):
+            sink.file.abort()
+            self._settle(event.request, error=RemoteProtocolError(
+                f"digest mismatch for {pending.local_path}: the data was damaged in "
+                "transit; the partial file was removed"))
+            return
+        # fsync and rename off the event loop; the request stays counted until then.
+        task = asyncio.get_running_loop().create_task(
+            self._commit(event.request, pending, sink))
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
+
+    async def _commit(self, request: int, pending: _Pending, sink: Sink) -> None:
+        mode = pending.mode & 0o777 & ~pending.umask
+        mtime = pending.mtime_ns if pending.keep_mtime else None
+        try:
+            await asyncio.to_thread(sink.file.commit, mode, mtime)
+        except StorageError as exc:
+            self._settle(request, error=exc)
+        else:
+            self._settle(request, sink.file.written)
+
+    def _on_failed(self, event: s.RequestFailed) -> None:
+        pending = self._pending.get(event.request)
+        if pending is None:
+            return
+        if pending.sink is not None:
+            pending.sink.file.abort()
+            pending.sink = None
+        pending.refused = True
+        error = exception_for(event.code, event.message)
+        if event.request in self.session.requests:
+            # A refused PUT stays open until our CANCEL; fail its future now.
+            if not pending.future.done():
+                pending.future.set_exception(error)
+            return
+        self._settle(event.request, error=error)
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def _slot(self) -> None:
+        """Wait until the server's window has room for one more request."""
+        while True:
+            self._check_alive()
+            if self.session.window_open:
+                return
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+    def _track(self, request: int, kind: s.Kind, **details: object) -> asyncio.Future[object]:
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._pending[request] = _Pending(kind, future, **details)  # type: ignore[arg-type]
+        return future
+
+    async def _flush(self) -> None:
+        await self.stream.send(self.session.buffers_to_send())
+
+    async def stat(self, path: str) -> Entry:
+        await self._slot()
+        future = self._track(self.session.stat(path), s.Kind.STAT)
+        await self._flush()
+        entries = await future
+        assert isinstance(entries, list) and len(entries) == 1
+        entry: Entry = entries[0]
+        return entry
+
+    async def list(self, path: str, recursive: bool = False) -> list[Entry]:
+        await self._slot()
+        future = self._track(self.session.list(path, recursive), s.Kind.LIST)
+        await self._flush()
+        entries = await future
+        assert isinstance(entries, list)
+        return entries
+
+    async def start_mkdir(self, path: str, mode: int) -> asyncio.Future[object]:
+        await self._slot()
+        future = self._track(self.session.mkdir(path, mode), s.Kind.MKDIR)
+        await self._flush()
+        return future
+
+    async def start_get(self, remote: str, local: str, *, keep_mtime: bool = False,
+                        progress: Progress | None = None) -> asyncio.Future[object]:
+        await self._slot()
+        future = self._track(self.session.get(remote), s.Kind.GET, local_path=local,
+                             keep_mtime=keep_mtime, umask=self._umask, progress=progress)
+        await self._flush()
+        return future
+
+    async def start_put(self, local: str, remote: str, *, keep_mtime: bool = False,
+                        progress: Progress | None = None) -> asyncio.Future[object]:
+        """Send one local file; the future settles with the size when it is committed."""
+        fd, st = open_local_file(local)
+        try:
+            await self._slot()
+            request = self.session.put(remote, st.st_size, stat_module.S_IMODE(st.st_mode),
+                                       st.st_mtime_ns, keep_mtime)
+            future = self._track(request, s.Kind.PUT)
+            pending = self._pending[request]
+            sparse = bool(self.session.features & m.Feature.SPARSE) and is_sparse(st)
+            try:
+                await send_body(self.session, self.stream, request, fd, st.st_size, sparse,
+                                lambda: pending.refused, progress)
+                if request not in self.session.requests and pending.refused:
+                    # Refused while our last bytes were leaving: the DONE closed it.
+                    self._pending.pop(request, None)
+                    self._slot_freed.set()
+            except TransferCancelled:
+                await self._cancel(request)
+            except StorageError as exc:
+                await self._cancel(request)
+                if not future.done():
+                    future.set_exception(StorageError(f"{local}: {exc}", errno=exc.errno,
+                                                      path=local))
+            return future
+        finally:
+            os.close(fd)
+
+    async def _cancel(self, request: int) -> None:
+        self.session.cancel(request)
+        if request not in self.session.requests:
+            self._pending.pop(request, None)
+            self._slot_freed.set()
+        await self._flush()
+
+    async def finish(self) -> None:
+        """Half-close, wait for every verdict and for the server to close, then close."""
+        try:
+            self.stream.shutdown_write()
+            if self._reader is not None:
+                await self._reader
+            if self._commits:
+                await asyncio.gather(*self._commits)
+            self._check_alive()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+        for pending in self._pending.values():
+            if pending.sink is not None:
+                pending.sink.file.abort()
+        self.stream.close()
+
+
+def open_local_file(path: str) -> tuple[int, os.stat_result]:
+    """Open a regular local file for sending; directories and devices are refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
+    st = os.fstat(fd)
+    if not stat_module.S_ISREG(st.st_mode):
+        os.close(fd)
+        what = "a directory (use -r to copy trees)" if stat_module.S_ISDIR(st.st_mode) \
+            else "not a regular file"
+        raise StorageError(f"'{path}' is {what}", errno=errno.EISDIR, path=path)
+    os.set_blocking(fd, True)
+    return fd, st
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,44 @@
+"""Ferry ERROR codes <-> our exceptions, on both sides of the wire."""
+
+from __future__ import annotations
+
+import errno
+
+from sockferry.errors import (
+    PathRefused,
+    PeerRefused,
+    ProtocolError,
+    SockferryError,
+    StorageError,
+)
+from sockferry.ferry.messages import ErrorCode
+
+_ERRNO_CODES = {
+    errno.ENOENT: ErrorCode.NOT_FOUND,
+    errno.EEXIST: ErrorCode.EXISTS,
+    errno.EACCES: ErrorCode.PERMISSION,
+    errno.EPERM: ErrorCode.PERMISSION,
+    errno.ELOOP: ErrorCode.PERMISSION,
+    errno.ENAMETOOLONG: ErrorCode.PERMISSION,
+    errno.EISDIR: ErrorCode.IS_DIRECTORY,
+    errno.ENOTDIR: ErrorCode.NOT_DIRECTORY,
+    errno.ENOSPC: ErrorCode.NO_SPACE,
+    errno.EDQUOT: ErrorCode.NO_SPACE,
+    errno.EFBIG: ErrorCode.TOO_LARGE,
+    errno.EROFS: ErrorCode.READ_ONLY,
+    errno.E2BIG: ErrorCode.TOO_LARGE,
+}
+
+
+def code_for(exc: StorageError) -> ErrorCode:
+    """The ERROR code a server sends for a failed file operation."""
+    if isinstance(exc, PathRefused):
+        return ErrorCode.PERMISSION
+    return _ERRNO_CODES.get(exc.errno or 0, ErrorCode.IO_ERROR)
+
+
+def exception_for(code: int, message: str) -> SockferryError:
+    """What a client raises for the server's ERROR: the server's sentence, typed."""
+    if code == ErrorCode.DIGEST_MISMATCH:
+        return ProtocolError(message)
+    return PeerRefused(message, code=code)

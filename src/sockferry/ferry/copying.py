@@ -1,0 +1,248 @@
+"""scp's conventions on top of ``FerryClient``: which file goes where.
+
+A destination that ends in ``/`` or names an existing directory receives each source
+under its own name; otherwise a single source takes the destination's name.  ``-r``
+copies trees (MKDIR before the files inside, empty directories too).  Every request
+is pipelined; outcomes are collected once the server has answered them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import posixpath
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sockferry.errors import PathRefused, PeerRefused, SockferryError, StorageError, UsageError
+from sockferry.ferry.client import FerryClient
+from sockferry.ferry.messages import ErrorCode
+from sockferry.sockets import storage_error
+from sockferry.storage import Entry, Kind, split_client_path
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    source: str
+    target: str
+    size: int
+    error: SockferryError | None = None
+    is_directory: bool = False
+    skipped: bool = False  # deliberately not copied (links to directories, devices)
+
+
+class Reporter:
+    """How a copy tells its caller about progress; the default says nothing."""
+
+    def progress_for(self, key: str, label: str, size: int) -> Callable[[int], None] | None:
+        return None
+
+    def done(self, key: str) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class _Waiting:
+    source: str
+    target: str
+    size: int
+    future: asyncio.Future[object]
+    is_directory: bool = False
+
+
+async def _settled(client: FerryClient, waiting: list[_Waiting], failed: list[Outcome],
+                   reporter: Reporter) -> list[Outcome]:
+    """Half-close, wait for every answer, and turn them into outcomes in request order."""
+    with contextlib.suppress(SockferryError):  # unanswered futures carry the reason
+        await client.finish()
+    outcomes = list(failed)
+    for item in waiting:
+        reporter.done(item.target)
+        error: SockferryError | None = None
+        if not item.future.done():
+            error = PeerRefused("the connection ended before the server answered")
+        elif (exc := item.future.exception()) is not None:
+            error = exc if isinstance(exc, SockferryError) else SockferryError(str(exc))
+        outcomes.append(Outcome(item.source, item.target, item.size, error,
+                                item.is_directory))
+    return outcomes
+
+
+# ---- send ------------------------------------------------------------------------------
+
+
+async def _remote_is_directory(client: FerryClient, path: str) -> bool:
+    if path in ("", ".") or path.endswith("/"):
+        return True
+    try:
+        return (await client.stat(path)).kind is Kind.DIRECTORY
+    except PeerRefused as exc:
+        if exc.code == ErrorCode.NOT_FOUND:
+            return False
+        raise
+
+
+def _local_name(path: str) -> str:
+    return os.path.basename(os.path.abspath(path))
+
+
+async def send_paths(client: FerryClient, sources: list[str], dest: str, *,
+                     recursive: bool, keep_mtime: bool,
+                     reporter: Reporter | None = None) -> list[Outcome]:
+    reporter = reporter or Reporter()
+    into_directory = await _remote_is_directory(client, dest)
+    if len(sources) > 1 and not into_directory:
+        raise UsageError(f"'{dest}' is not a directory on the server — several sources "
+                         "need a directory as destination")
+    waiting: list[_Waiting] = []
+    failed: list[Outcome] = []
+    for source in sources:
+        target = posixpath.join(dest, _local_name(source)) if into_directory else dest
+        try:
+            st = os.stat(source)
+        except OSError as exc:
+            failed.append(Outcome(source, target, 0, storage_error(exc, source)))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if not recursive:
+                failed.append(Outcome(source, target, 0, StorageError(
+                    f"'{source}' is a directory (use -r to copy trees)", errno=errno.EISDIR)))
+                continue
+            await _send_tree(client, source, target, keep_mtime, reporter, waiting, failed)
+        else:
+            await _send_one(client, source, target, keep_mtime, reporter, waiting, failed)
+    return await _settled(client, waiting, failed, reporter)
+
+
+async def _send_one(client: FerryClient, source: str, target: str, keep_mtime: bool,
+                    reporter: Reporter, waiting: list[_Waiting],
+                    failed: list[Outcome]) -> None:
+    try:
+        size = os.stat(source).st_size
+        progress = reporter.progress_for(target, source, size)
+        future = await client.start_put(source, target, keep_mtime=keep_mtime,
+                                        progress=progress)
+    except StorageError as exc:
+        reporter.done(target)
+        failed.append(Outcome(source, target, 0, exc))
+        return
+    waiting.append(_Waiting(source, target, size, future))
+
+
+async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: bool,
+                     reporter: Reporter, waiting: list[_Waiting],
+                     failed: list[Outcome]) -> None:
+    def on_error(exc: OSError) -> None:
+        failed.append(Outcome(exc.filename or source, target, 0,
+                              storage_error(exc, exc.filename or source)))
+
+    for directory, subdirs, files in os.walk(source, onerror=on_error):
+        rel = os.path.relpath(directory, source)
+        remote_dir = target if rel == "." else posixpath.join(target, *rel.split(os.sep))
+        mode = stat.S_IMODE(os.stat(directory).st_mode)
+        future = await client.start_mkdir(remote_dir, mode)
+        waiting.append(_Waiting(directory, remote_dir, 0, future, is_directory=True))
+        subdirs.sort()
+        for name in list(subdirs):
+            if os.path.islink(os.path.join(directory, name)):
+                subdirs.remove(name)  # never follow links to directories: no loops
+                failed.append(Outcome(os.path.join(directory, name), "", 0, StorageError(
+                    f"{os.path.join(directory, name)} is a link to a directory; skipped"),
+                    skipped=True))
+        for name in sorted(files):
+            await _send_one(client, os.path.join(directory, name),
+                            posixpath.join(remote_dir, name), keep_mtime, reporter, waiting,
+                            failed)
+
+
+# ---- get -------------------------------------------------------------------------------
+
+
+def safe_relative(path: str) -> list[str]:
+    """Components of a relative path from the server, refusing anything that climbs.
+
+    A malicious server must not be able to write outside the destination by listing
+    ``../x`` or ``/etc/x`` (the scp flaw of CVE-2019-6111).
+    """
+    parts = split_client_path(path)
+    if not parts or ".." in parts:
+        raise PathRefused(f"the server listed an unsafe path '{path}'; skipped", path=path)
+    return parts
+
+
+async def get_paths(client: FerryClient, sources: list[str], dest: str, *,
+                    recursive: bool, keep_mtime: bool,
+                    reporter: Reporter | None = None) -> list[Outcome]:
+    reporter = reporter or Reporter()
+    into_directory = os.path.isdir(dest)
+    if dest.endswith("/") and not into_directory:
+        raise UsageError(f"local directory {dest} does not exist")
+    if len(sources) > 1 and not into_directory:
+        raise UsageError(f"{dest} is not a directory — several sources need a directory "
+                         "as destination")
+    waiting: list[_Waiting] = []
+    failed: list[Outcome] = []
+    for source in sources:
+        name = posixpath.basename(source.rstrip("/"))
+        target = os.path.join(dest, name) if into_directory else dest
+        try:
+            entry = await client.stat(source)
+        except PeerRefused as exc:
+            failed.append(Outcome(source, target, 0, exc))
+            continue
+        if entry.kind is Kind.DIRECTORY:
+            if not recursive:
+                failed.append(Outcome(source, target, 0, PeerRefused(
+                    f"'{source}' is a directory on the server (use -r to copy trees)")))
+                continue
+            await _get_tree(client, source, entry, target, keep_mtime, reporter, waiting,
+                            failed)
+        elif entry.kind is Kind.FILE:
+            await _get_one(client, source, target, entry.size, keep_mtime, reporter, waiting)
+        else:
+            failed.append(Outcome(source, target, 0, PeerRefused(
+                f"'{source}' is not a regular file on the server")))
+    return await _settled(client, waiting, failed, reporter)
+
+
+async def _get_one(client: FerryClient, source: str, target: str, size: int,
+                   keep_mtime: bool, reporter: Reporter, waiting: list[_Waiting]) -> None:
+    progress = reporter.progress_for(target, source, size)
+    future = await client.start_get(source, target, keep_mtime=keep_mtime, progress=progress)
+    waiting.append(_Waiting(source, target, size, future))
+
+
+def _make_local_dir(path: str, mode: int) -> None:
+    try:
+        os.makedirs(path, mode=mode | 0o700, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
+
+
+async def _get_tree(client: FerryClient, source: str, top: Entry, target: str,
+                    keep_mtime: bool, reporter: Reporter, waiting: list[_Waiting],
+                    failed: list[Outcome]) -> None:
+    try:
+        _make_local_dir(target, top.mode & 0o777)
+        entries = await client.list(source, recursive=True)
+    except (StorageError, PeerRefused) as exc:
+        failed.append(Outcome(source, target, 0, exc))
+        return
+    for entry in entries:
+        remote = posixpath.join(source, entry.path)
+        try:
+            local = os.path.join(target, *safe_relative(entry.path))
+            if entry.kind is Kind.DIRECTORY:
+                _make_local_dir(local, entry.mode & 0o777)
+            elif entry.kind is Kind.FILE:
+                await _get_one(client, remote, local, entry.size, keep_mtime, reporter,
+                               waiting)
+            else:
+                failed.append(Outcome(remote, local, 0, PeerRefused(
+                    f"'{remote}' is a {entry.kind.value} on the server; skipped"),
+                    skipped=True))
+        except StorageError as exc:
+            failed.append(Outcome(remote, target, 0, exc))

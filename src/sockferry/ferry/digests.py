@@ -1,0 +1,61 @@
+"""Per-file digests: BLAKE3 (preferred) or SHA-256, both 32 bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from typing import Protocol
+
+import blake3
+
+from sockferry.ferry.messages import Feature
+
+__all__ = ["Feature", "Hasher", "hash_fd", "name_of", "new_hasher", "update_zeros"]
+
+HASH_CHUNK = 1024 * 1024
+_ZEROS = memoryview(bytes(HASH_CHUNK))
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes | bytearray | memoryview, /) -> object: ...
+
+    def digest(self) -> bytes: ...
+
+
+def new_hasher(feature: Feature) -> Hasher:
+    if feature is Feature.DIGEST_BLAKE3:
+        return blake3.blake3()
+    return hashlib.sha256()
+
+
+def name_of(feature: Feature) -> str:
+    return "blake3" if feature is Feature.DIGEST_BLAKE3 else "sha256"
+
+
+def update_zeros(hasher: Hasher, count: int) -> None:
+    """Hash ``count`` zero bytes (a hole) without allocating them."""
+    while count:
+        n = min(count, HASH_CHUNK)
+        hasher.update(_ZEROS[:n])
+        count -= n
+
+
+def hash_fd(fd: int, size: int, feature: Feature, stop: threading.Event | None = None,
+            ) -> bytes:
+    """Digest of the first ``size`` bytes of ``fd`` (pread: the offset is untouched).
+
+    Runs in a worker thread beside sendfile; both hashers release the GIL.  A file
+    that shrinks meanwhile makes the digest differ, which the receiver then reports.
+    """
+    hasher = new_hasher(feature)
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    offset = 0
+    while offset < size and not (stop and stop.is_set()):
+        n = os.preadv(fd, [view[: min(HASH_CHUNK, size - offset)]], offset)
+        if n == 0:
+            break
+        hasher.update(view[:n])
+        offset += n
+    return hasher.digest()

@@ -1,0 +1,530 @@
+"""Ferry protocol v1 frames <-> bytes (pure).  The normative text is docs/protocol.md.
+
+Every frame is a 12-byte header followed by ``length`` bytes of body::
+
+    type u8 | flags u8 | reserved u16 (0) | request u32 | length u32
+
+All integers are big-endian.  DATA bodies are file bytes; every other body is a
+fixed layout with length-prefixed strings, each bounded by a named limit below.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+from typing import Any
+
+from sockferry.errors import MalformedPacket
+from sockferry.storage import MAX_PATH_BYTES, Entry, Kind
+from sockferry.wire import Reader, Writer
+
+HEADER = struct.Struct("!BBHII")
+MAGIC = b"SFRY"
+VERSION = 1
+NONCE_BYTES = 32
+PROOF_BYTES = 32  # HMAC-SHA256
+DIGEST_BYTES = 32  # BLAKE3-256 or SHA-256
+
+# Limits on what comes off the wire.
+MAX_CONTROL_BODY = 64 * 1024  # every frame but DATA: paths are <= 4 KiB, entries batched
+MAX_DATA_BODY = 16 * 1024 * 1024  # senders use less; bounds what one header can promise
+MAX_SOFTWARE_BYTES = 64  # "sockferry/0.1.0": only logged
+MAX_MESSAGE_BYTES = 1024  # error texts are one sentence
+MAX_FILE_SIZE = 2**63 - 1  # sizes are u64 on the wire; Linux off_t is signed 64-bit
+MAX_ENTRIES_PER_FRAME = 0xFFFF
+STAT_ENTRY = struct.Struct("!BIQq")  # kind, mode, size, mtime_ns
+
+
+class FrameType(IntEnum):
+    HELLO = 0x01
+    HELLO_REPLY = 0x02
+    AUTH = 0x03
+    PUT = 0x10
+    DATA = 0x11
+    DONE = 0x12
+    CANCEL = 0x13
+    GET = 0x14
+    LIST = 0x15
+    STAT = 0x16
+    MKDIR = 0x17
+    HOLE = 0x18
+    OK = 0x20
+    FILE = 0x21
+    ENTRIES = 0x22
+    COMMITTED = 0x24
+    ERROR = 0x2F
+
+
+class Feature(IntFlag):
+    """Feature bits of HELLO / HELLO_REPLY; unknown bits are ignored (docs/protocol.md)."""
+
+    DIGEST_BLAKE3 = 0x1
+    DIGEST_SHA256 = 0x2
+    SPARSE = 0x4  # HOLE frames may stand for runs of zero bytes
+
+
+DIGEST_FEATURES = Feature.DIGEST_BLAKE3 | Feature.DIGEST_SHA256
+ALL_FEATURES = DIGEST_FEATURES | Feature.SPARSE
+
+
+class PutFlag(IntFlag):
+    NONE = 0
+    KEEP_MTIME = 0x1
+
+
+class ListFlag(IntFlag):
+    NONE = 0
+    RECURSIVE = 0x1
+
+
+class EntriesFlag(IntFlag):
+    LAST = 0x1
+
+
+class ErrorCode(IntEnum):
+    BAD_REQUEST = 1
+    UNSUPPORTED_VERSION = 2
+    AUTH_FAILED = 3
+    NOT_FOUND = 4
+    EXISTS = 5
+    PERMISSION = 6
+    IS_DIRECTORY = 7
+    NOT_DIRECTORY = 8
+    NO_SPACE = 9
+    READ_ONLY = 10
+    DIGEST_MISMATCH = 11
+    TOO_LARGE = 12
+    BUSY = 13
+    CANCELLED = 14
+    IO_ERROR = 15
+    SHUTTING_DOWN = 16
+    NOT_A_FILE = 17
+    INTERNAL = 18
+
+
+# ------------------------------------------------------------------------------------
+# Messages.  Each has the request id it travels under (0 = the connection itself).
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    min_version: int
+    max_version: int
+    features: int
+    nonce: bytes
+    software: str = "sockferry"
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReply:
+    version: int
+    features: int
+    max_requests: int
+    nonce: bytes
+    software: str
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    request: int
+    path: str
+    size: int
+    mode: int
+    mtime_ns: int
+    flags: PutFlag = PutFlag.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """A DATA frame's header; its body follows as ``DataChunk`` pieces."""
+
+    request: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataChunk:
+    """Part of a DATA body.  ``data`` may view the caller's buffer: use it at once."""
+
+    request: int
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Hole:
+    """``length`` zero bytes of a file, not sent (a hole in a sparse file)."""
+
+    request: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    request: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    request: int
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    request: int
+    path: str
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ListDir:
+    request: int
+    path: str
+    flags: ListFlag = ListFlag.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    request: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mkdir:
+    request: int
+    path: str
+    mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    request: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileHeader:
+    request: int
+    size: int
+    mode: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entries:
+    request: int
+    entries: tuple[Entry, ...]
+    last: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    request: int
+    size: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    request: int
+    code: int
+    message: str
+
+
+Message = (Hello | HelloReply | Auth | Put | Data | DataChunk | Hole | Done | Cancel | Get
+           | ListDir | Stat | Mkdir | Ok | FileHeader | Entries | Committed | Error)
+
+
+# ------------------------------------------------------------------------------------
+# Encoding
+
+
+def frame(kind: FrameType, request: int, body: bytes = b"", flags: int = 0) -> bytes:
+    if len(body) > (MAX_DATA_BODY if kind is FrameType.DATA else MAX_CONTROL_BODY):
+        raise ValueError(f"{kind.name} body of {len(body)} bytes is over its limit")
+    return HEADER.pack(kind, flags, 0, request, len(body)) + body
+
+
+def data_header(request: int, length: int) -> bytes:
+    """The header of a DATA frame whose body the caller sends itself (sendfile)."""
+    if not 0 < length <= MAX_DATA_BODY:
+        raise ValueError(f"DATA length {length} out of range")
+    return HEADER.pack(FrameType.DATA, 0, 0, request, length)
+
+
+def _path(writer: Writer, path: str) -> Writer:
+    return writer.u16_prefixed(path.encode("utf-8", "surrogateescape"), MAX_PATH_BYTES, "path")
+
+
+def _encode_hello(x: Hello) -> bytes:
+    w = Writer().raw(MAGIC).u8(x.min_version).u8(x.max_version).u32(x.features)
+    w.raw(_exact(x.nonce, NONCE_BYTES, "nonce"))
+    w.u16_prefixed(x.software.encode(), MAX_SOFTWARE_BYTES, "software")
+    return frame(FrameType.HELLO, 0, w.getvalue())
+
+
+def _encode_hello_reply(x: HelloReply) -> bytes:
+    body = hello_reply_signed_part(x) + _exact(x.proof, PROOF_BYTES, "proof")
+    return frame(FrameType.HELLO_REPLY, 0, body)
+
+
+def _encode_put(x: Put) -> bytes:
+    w = Writer().u64(x.size).u32(x.mode).i64(x.mtime_ns)
+    return frame(FrameType.PUT, x.request, _path(w, x.path).getvalue(), x.flags)
+
+
+def _encode_hole(x: Hole) -> bytes:
+    if x.length <= 0:
+        raise ValueError("a HOLE must be at least one byte long")
+    return frame(FrameType.HOLE, x.request, Writer().u64(x.length).getvalue())
+
+
+def _encode_file(x: FileHeader) -> bytes:
+    w = Writer().u64(x.size).u32(x.mode).i64(x.mtime_ns)
+    return frame(FrameType.FILE, x.request, w.getvalue())
+
+
+def _encode_committed(x: Committed) -> bytes:
+    w = Writer().u64(x.size).raw(_exact(x.digest, DIGEST_BYTES, "digest"))
+    return frame(FrameType.COMMITTED, x.request, w.getvalue())
+
+
+def _encode_error(x: Error) -> bytes:
+    text = x.message.encode("utf-8")[:MAX_MESSAGE_BYTES]
+    text = text.decode("utf-8", "ignore").encode("utf-8")  # never cut inside a code point
+    w = Writer().u16(x.code).u16_prefixed(text, MAX_MESSAGE_BYTES, "message")
+    return frame(FrameType.ERROR, x.request, w.getvalue())
+
+
+_ENCODERS: dict[type, Callable[[Any], bytes]] = {
+    Hello: _encode_hello,
+    HelloReply: _encode_hello_reply,
+    Auth: lambda x: frame(FrameType.AUTH, 0, _exact(x.proof, PROOF_BYTES, "proof")),
+    Put: _encode_put,
+    Hole: _encode_hole,
+    Done: lambda x: frame(FrameType.DONE, x.request, _exact(x.digest, DIGEST_BYTES, "digest")),
+    Cancel: lambda x: frame(FrameType.CANCEL, x.request),
+    Get: lambda x: frame(FrameType.GET, x.request,
+                         _path(Writer().u64(x.offset), x.path).getvalue()),
+    ListDir: lambda x: frame(FrameType.LIST, x.request, _path(Writer(), x.path).getvalue(),
+                             x.flags),
+    Stat: lambda x: frame(FrameType.STAT, x.request, _path(Writer(), x.path).getvalue()),
+    Mkdir: lambda x: frame(FrameType.MKDIR, x.request,
+                           _path(Writer().u32(x.mode), x.path).getvalue()),
+    Ok: lambda x: frame(FrameType.OK, x.request),
+    FileHeader: _encode_file,
+    Entries: lambda x: frame(FrameType.ENTRIES, x.request, encode_entries(x.entries),
+                             EntriesFlag.LAST if x.last else 0),
+    Committed: _encode_committed,
+    Error: _encode_error,
+}
+
+
+def encode(message: Message) -> bytes:
+    """The frame for ``message`` (DATA bodies are sent with ``data_header``)."""
+    encoder = _ENCODERS.get(type(message))
+    if encoder is None:
+        raise ValueError(f"{type(message).__name__} is not encoded as a whole frame")
+    return encoder(message)
+
+
+def hello_reply_signed_part(message: HelloReply) -> bytes:
+    """HELLO_REPLY's body without its proof: part of what both proofs cover."""
+    w = Writer().raw(MAGIC).u8(message.version).u32(message.features)
+    w.u32(message.max_requests).raw(_exact(message.nonce, NONCE_BYTES, "nonce"))
+    w.u16_prefixed(message.software.encode(), MAX_SOFTWARE_BYTES, "software")
+    return w.getvalue()
+
+
+def encode_entries(entries: tuple[Entry, ...] | list[Entry]) -> bytes:
+    if len(entries) > MAX_ENTRIES_PER_FRAME:
+        raise ValueError("too many entries for one frame")
+    w = Writer().u16(len(entries))
+    for entry in entries:
+        w.pack(STAT_ENTRY, _KIND_CODES[entry.kind], entry.mode, entry.size, entry.mtime_ns)
+        _path(w, entry.path)
+    return w.getvalue()
+
+
+def entry_wire_size(entry: Entry) -> int:
+    return STAT_ENTRY.size + 2 + len(entry.path.encode("utf-8", "surrogateescape"))
+
+
+def _exact(value: bytes, size: int, what: str) -> bytes:
+    if len(value) != size:
+        raise ValueError(f"{what} must be {size} bytes, not {len(value)}")
+    return value
+
+
+_KIND_CODES = {Kind.FILE: 1, Kind.DIRECTORY: 2, Kind.SYMLINK: 3, Kind.OTHER: 4}
+_KINDS = {code: kind for kind, code in _KIND_CODES.items()}
+
+
+# ------------------------------------------------------------------------------------
+# Decoding
+
+
+def _read_path(reader: Reader) -> str:
+    raw = reader.u16_prefixed(MAX_PATH_BYTES, "path")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedPacket("path is not valid UTF-8") from None
+
+
+def _read_text(reader: Reader, limit: int, what: str) -> str:
+    return reader.u16_prefixed(limit, what).decode("utf-8", "replace")
+
+
+def _read_size(reader: Reader) -> int:
+    size = reader.u64()
+    if size > MAX_FILE_SIZE:
+        raise MalformedPacket(f"size {size} is over the limit of {MAX_FILE_SIZE}")
+    return size
+
+
+def _decode_hello(r: Reader, request: int, flags: int) -> Hello:
+    if r.read(4) != MAGIC:
+        raise MalformedPacket("not a sockferry peer (bad magic)")
+    return Hello(r.u8(), r.u8(), r.u32(), r.read(NONCE_BYTES),
+                 _read_text(r, MAX_SOFTWARE_BYTES, "software"))
+
+
+def _decode_hello_reply(r: Reader, request: int, flags: int) -> HelloReply:
+    if r.read(4) != MAGIC:
+        raise MalformedPacket("not a sockferry peer (bad magic)")
+    return HelloReply(r.u8(), r.u32(), r.u32(), r.read(NONCE_BYTES),
+                      _read_text(r, MAX_SOFTWARE_BYTES, "software"), r.read(PROOF_BYTES))
+
+
+def _decode_put(r: Reader, request: int, flags: int) -> Put:
+    size, mode, mtime = _read_size(r), r.u32(), r.i64()
+    return Put(request, _read_path(r), size, mode, mtime, PutFlag(flags & PutFlag.KEEP_MTIME))
+
+
+def _decode_hole(r: Reader, request: int, flags: int) -> Hole:
+    length = _read_size(r)
+    if length == 0:
+        raise MalformedPacket("empty HOLE")
+    return Hole(request, length)
+
+
+def _decode_entries(r: Reader, request: int, flags: int) -> Entries:
+    count = r.u16()
+    entries = []
+    for _ in range(count):
+        code, mode, size, mtime = r.unpack(STAT_ENTRY)
+        if code not in _KINDS:
+            raise MalformedPacket(f"unknown entry kind {code}")
+        entries.append(Entry(_read_path(r), _KINDS[code], mode, size, mtime))
+    return Entries(request, tuple(entries), bool(flags & EntriesFlag.LAST))
+
+
+def _decode_error(r: Reader, request: int, flags: int) -> Error:
+    code = r.u16()
+    return Error(request, code, _read_text(r, MAX_MESSAGE_BYTES, "message"))
+
+
+_DECODERS: dict[FrameType, Callable[[Reader, int, int], Message]] = {
+    FrameType.HELLO: _decode_hello,
+    FrameType.HELLO_REPLY: _decode_hello_reply,
+    FrameType.AUTH: lambda r, q, f: Auth(r.read(PROOF_BYTES)),
+    FrameType.PUT: _decode_put,
+    FrameType.DONE: lambda r, q, f: Done(q, r.read(DIGEST_BYTES)),
+    FrameType.HOLE: _decode_hole,
+    FrameType.CANCEL: lambda r, q, f: Cancel(q),
+    FrameType.GET: lambda r, q, f: Get(q, offset=_read_size(r), path=_read_path(r)),
+    FrameType.LIST: lambda r, q, f: ListDir(q, _read_path(r), ListFlag(f & ListFlag.RECURSIVE)),
+    FrameType.STAT: lambda r, q, f: Stat(q, _read_path(r)),
+    FrameType.MKDIR: lambda r, q, f: Mkdir(q, mode=r.u32(), path=_read_path(r)),
+    FrameType.OK: lambda r, q, f: Ok(q),
+    FrameType.FILE: lambda r, q, f: FileHeader(q, _read_size(r), r.u32(), r.i64()),
+    FrameType.ENTRIES: _decode_entries,
+    FrameType.COMMITTED: lambda r, q, f: Committed(q, _read_size(r), r.read(DIGEST_BYTES)),
+    FrameType.ERROR: _decode_error,
+}
+
+# Frames that exist only on the connection (request 0) and those that never do.
+_CONNECTION_FRAMES = {FrameType.HELLO, FrameType.HELLO_REPLY, FrameType.AUTH}
+
+
+def decode_body(kind: int, flags: int, request: int, body: bytes) -> Message:
+    """Decode one non-DATA frame; raises only ``MalformedPacket``."""
+    try:
+        frame_type = FrameType(kind)
+    except ValueError:
+        raise MalformedPacket(f"unknown frame type 0x{kind:02x}") from None
+    if (frame_type in _CONNECTION_FRAMES) != (request == 0) and frame_type is not FrameType.ERROR:
+        raise MalformedPacket(f"{frame_type.name} with request id {request}")
+    decoder = _DECODERS.get(frame_type)
+    if decoder is None:
+        raise MalformedPacket(f"{frame_type.name} has no body to decode")
+    reader = Reader(body)
+    with reader.limited(len(body), frame_type.name):
+        message: Message = decoder(reader, request, flags)
+    return message
+
+
+class FrameParser:
+    """Incremental parser: feed bytes in any pieces, get messages out.
+
+    Control frames are buffered whole (at most ``MAX_CONTROL_BODY``).  DATA bodies are
+    not buffered: they come out as ``Data`` (the header) then ``DataChunk`` pieces that
+    may view the fed buffer, valid only until the next ``feed``.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._data_request = 0
+        self._data_left = 0
+
+    @property
+    def idle(self) -> bool:
+        """True between frames: nothing partial is buffered."""
+        return not self._buffer and self._data_left == 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[Message]:
+        view = memoryview(data).cast("B")
+        while view:
+            if self._data_left:
+                take = min(self._data_left, len(view))
+                self._data_left -= take
+                yield DataChunk(self._data_request, view[:take])
+                view = view[take:]
+                continue
+            need = HEADER.size - len(self._buffer)
+            if need > 0:
+                self._buffer += view[:need]
+                view = view[need:]
+                if len(self._buffer) < HEADER.size:
+                    return
+            kind, flags, reserved, request, length = HEADER.unpack_from(self._buffer)
+            if reserved != 0:
+                raise MalformedPacket("reserved header bits are not zero")
+            if kind == FrameType.DATA:
+                if not 0 < length <= MAX_DATA_BODY or flags or request == 0:
+                    raise MalformedPacket(f"bad DATA frame (length {length}, "
+                                          f"flags {flags}, request {request})")
+                del self._buffer[:]
+                self._data_request, self._data_left = request, length
+                yield Data(request, length)
+                continue
+            if length > MAX_CONTROL_BODY:
+                raise MalformedPacket(f"frame of {length} bytes is over the limit of "
+                                      f"{MAX_CONTROL_BODY}")
+            have = len(self._buffer) - HEADER.size
+            take = min(length - have, len(view))
+            self._buffer += view[:take]
+            view = view[take:]
+            if len(self._buffer) - HEADER.size < length:
+                return
+            body = bytes(self._buffer[HEADER.size :])
+            del self._buffer[:]
+            yield decode_body(kind, flags, request, body)

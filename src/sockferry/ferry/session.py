@@ -1,0 +1,736 @@
+"""Client and server state machines of the ferry protocol (pure, sans-I/O).
+
+Feed received bytes with ``receive_data`` (``b""`` when the peer closed), drain
+``data_to_send()`` and ``next_event()``.  Calls that emit frames (``put``, ``commit``,
+...) append to the outgoing buffer.  File bytes never pass through a core on the way
+out when the driver uses sendfile: ``data_header`` emits only the header and the driver
+sends the body itself, right after flushing ``data_to_send()``.
+
+Anything the peer does that the tables below do not allow raises
+``RemoteProtocolError`` and parks the session in ``FAILED``; anything the driver does
+that is not allowed raises ``LocalProtocolError``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import ClassVar
+
+from sockferry.errors import (
+    AuthenticationFailed,
+    LocalProtocolError,
+    MalformedPacket,
+    PeerRefused,
+    RemoteProtocolError,
+)
+from sockferry.ferry import auth
+from sockferry.ferry import messages as m
+from sockferry.storage import Entry
+
+DEFAULT_MAX_REQUESTS = 256  # pipelining window a server grants; clients keep under it
+MAX_REQUESTS_LIMIT = 65536  # largest window a client accepts from a server
+SOFTWARE = "sockferry/0.1"
+
+
+class ConnState(Enum):
+    AWAIT_HELLO = auto()  # server: before the client's HELLO
+    AWAIT_REPLY = auto()  # client: HELLO sent
+    AWAIT_AUTH = auto()  # server: HELLO_REPLY sent
+    READY = auto()
+    CLOSED = auto()  # the peer ended its side cleanly
+    FAILED = auto()
+
+
+class Phase(Enum):
+    """Where one request stands, seen from the side that holds it."""
+
+    SENDING = auto()  # our DATA is flowing (client PUT, server GET)
+    RECEIVING = auto()  # their DATA is flowing (server PUT, client GET)
+    DISCARDING = auto()  # refused while their DATA still flows: swallow until DONE/CANCEL
+    AWAIT_REPLY = auto()  # our side is complete; the verdict is pending
+    SERVING = auto()  # server: working on GET/LIST/STAT/MKDIR
+
+
+class Kind(Enum):
+    PUT = auto()
+    GET = auto()
+    LIST = auto()
+    STAT = auto()
+    MKDIR = auto()
+
+
+@dataclass(slots=True)
+class Request:
+    kind: Kind
+    phase: Phase
+    size: int = 0  # bytes the DATA frames must total
+    done: int = 0  # bytes so far
+    cancelled: bool = False
+
+    @property
+    def left(self) -> int:
+        return self.size - self.done
+
+
+# --- events --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAuthenticated:
+    software: str
+    features: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerVerified:
+    software: str
+    features: int
+    max_requests: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutRequested:
+    request: int
+    path: str
+    size: int
+    mode: int
+    mtime_ns: int
+    keep_mtime: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    """File bytes; ``data`` may view the fed buffer: consume before the next feed."""
+
+    request: int
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class HoleReceived:
+    """``length`` zero bytes of the file that were not sent."""
+
+    request: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutFinished:
+    request: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCancelled:
+    request: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetRequested:
+    request: int
+    path: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListRequested:
+    request: int
+    path: str
+    recursive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StatRequested:
+    request: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class MkdirRequested:
+    request: int
+    path: str
+    mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutCommitted:
+    request: int
+    size: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MkdirDone:
+    request: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileStarted:
+    request: int
+    size: int
+    mode: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileFinished:
+    request: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesReceived:
+    request: int
+    entries: tuple[Entry, ...]
+    last: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    request: int
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputEnded:
+    """The peer closed its sending side; ``open_requests`` were still unfinished."""
+
+    open_requests: tuple[int, ...]
+
+
+Event = (ClientAuthenticated | ServerVerified | PutRequested | DataReceived | HoleReceived
+         | PutFinished
+         | RequestCancelled | GetRequested | ListRequested | StatRequested | MkdirRequested
+         | PutCommitted | MkdirDone | FileStarted | FileFinished | EntriesReceived
+         | RequestFailed | InputEnded)
+
+
+def choose_digest(features: int) -> m.Feature:
+    """BLAKE3 when both sides have it, else SHA-256 (docs/protocol.md §Features)."""
+    if features & m.Feature.DIGEST_BLAKE3:
+        return m.Feature.DIGEST_BLAKE3
+    if features & m.Feature.DIGEST_SHA256:
+        return m.Feature.DIGEST_SHA256
+    raise RemoteProtocolError("the peer offers no digest this implementation knows",
+                              code=m.ErrorCode.UNSUPPORTED_VERSION)
+
+
+class _Session:
+    """What both roles share: parsing, the outgoing buffer, events, the request table."""
+
+    # (connection state, message class) -> handler name; anything else is a violation.
+    TABLE: ClassVar[dict[tuple[ConnState, type], str]] = {}
+
+    def __init__(self, token: bytes, nonce: bytes) -> None:
+        if len(nonce) != m.NONCE_BYTES:
+            raise LocalProtocolError("a nonce must be 32 bytes")
+        self._token = token
+        self._nonce = nonce
+        self._parser = m.FrameParser()
+        self._out: list[bytes | memoryview] = []
+        self._events: deque[Event] = deque()
+        self.requests: dict[int, Request] = {}
+        self.state = ConnState.READY
+        self.features = 0
+        self.digest_feature = m.Feature.DIGEST_SHA256
+        self.max_requests = DEFAULT_MAX_REQUESTS
+
+    # -- driver interface ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        if self.state in (ConnState.FAILED, ConnState.CLOSED):
+            if data:
+                raise RemoteProtocolError("data after the connection ended")
+            return
+        if not data:
+            self._on_end_of_input()
+            return
+        try:
+            for message in self._parser.feed(data):
+                self._dispatch(message)
+        except (RemoteProtocolError, AuthenticationFailed):
+            self.state = ConnState.FAILED
+            raise
+
+    def data_to_send(self) -> bytes:
+        return b"".join(self.buffers_to_send())
+
+    def buffers_to_send(self) -> list[bytes | memoryview]:
+        """What to send, as a list for sendmsg scatter/gather (file chunks uncopied)."""
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    @property
+    def open_requests(self) -> int:
+        return len(self.requests)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _emit(self, message: m.Message) -> None:
+        self._out.append(m.encode(message))
+
+    def _dispatch(self, message: m.Message) -> None:
+        handler = self.TABLE.get((self.state, type(message)))
+        if handler is None:
+            raise RemoteProtocolError(
+                f"unexpected {type(message).__name__} frame in state {self.state.name}",
+                code=m.ErrorCode.BAD_REQUEST)
+        getattr(self, handler)(message)
+
+    def _request(self, request: int, *phases: Phase) -> Request:
+        state = self.requests.get(request)
+        if state is None or state.phase not in phases:
+            where = "unknown request" if state is None else f"request in {state.phase.name}"
+            raise RemoteProtocolError(f"frame for {where} {request}",
+                                      code=m.ErrorCode.BAD_REQUEST)
+        return state
+
+    def _local(self, request: int, *phases: Phase) -> Request:
+        state = self.requests.get(request)
+        if state is None or state.phase not in phases:
+            raise LocalProtocolError(f"request {request} is not in {[p.name for p in phases]}")
+        return state
+
+    def _start_data(self, state: Request, message: m.Data) -> None:
+        if message.length > state.left:
+            raise RemoteProtocolError(
+                f"request {message.request} sent more data than the {state.size} bytes "
+                "it announced", code=m.ErrorCode.BAD_REQUEST)
+
+    def _on_data(self, message: m.Data) -> None:
+        state = self._request(message.request, Phase.RECEIVING, Phase.DISCARDING)
+        self._start_data(state, message)
+
+    def _on_chunk(self, message: m.DataChunk) -> None:
+        state = self.requests[message.request]
+        state.done += len(message.data)
+        if state.phase is Phase.RECEIVING:
+            self._events.append(DataReceived(message.request, message.data))
+
+    def _check_complete(self, request: int, state: Request) -> None:
+        if state.phase is Phase.RECEIVING and state.left:
+            raise RemoteProtocolError(
+                f"request {request} ended after {state.done} of {state.size} bytes",
+                code=m.ErrorCode.BAD_REQUEST)
+
+    def _on_end_of_input(self) -> None:
+        if not self._parser.idle:
+            self.state = ConnState.FAILED
+            raise RemoteProtocolError("the connection ended in the middle of a frame")
+        self.state = ConnState.CLOSED
+        self._events.append(InputEnded(tuple(self.requests)))
+
+    def _emit_data(self, request: int, state: Request, length: int) -> None:
+        if length <= 0 or length > state.left or length > m.MAX_DATA_BODY:
+            raise LocalProtocolError(f"cannot send {length} bytes for request {request} "
+                                     f"({state.left} left)")
+        state.done += length
+        self._out.append(m.data_header(request, length))
+
+    def _emit_hole(self, request: int, state: Request, length: int) -> None:
+        if not self.features & m.Feature.SPARSE:
+            raise LocalProtocolError("HOLE frames need the SPARSE feature")
+        if length <= 0 or length > state.left:
+            raise LocalProtocolError(f"cannot skip {length} bytes for request {request} "
+                                     f"({state.left} left)")
+        state.done += length
+        self._emit(m.Hole(request, length))
+
+    def _on_hole(self, message: m.Hole) -> None:
+        state = self._request(message.request, Phase.RECEIVING, Phase.DISCARDING)
+        if not self.features & m.Feature.SPARSE:
+            raise RemoteProtocolError("HOLE frame without the SPARSE feature",
+                                      code=m.ErrorCode.BAD_REQUEST)
+        if message.length > state.left:
+            raise RemoteProtocolError(
+                f"request {message.request} skipped past the {state.size} bytes it "
+                "announced", code=m.ErrorCode.BAD_REQUEST)
+        state.done += message.length
+        if state.phase is Phase.RECEIVING:
+            self._events.append(HoleReceived(message.request, message.length))
+
+
+class ServerSession(_Session):
+    """The server's side of one connection."""
+
+    TABLE: ClassVar[dict[tuple[ConnState, type], str]] = {
+        (ConnState.AWAIT_HELLO, m.Hello): "_on_hello",
+        (ConnState.AWAIT_AUTH, m.Auth): "_on_auth",
+        (ConnState.READY, m.Put): "_on_put",
+        (ConnState.READY, m.Data): "_on_data",
+        (ConnState.READY, m.DataChunk): "_on_chunk",
+        (ConnState.READY, m.Hole): "_on_hole",
+        (ConnState.READY, m.Done): "_on_done",
+        (ConnState.READY, m.Cancel): "_on_cancel",
+        (ConnState.READY, m.Get): "_on_get",
+        (ConnState.READY, m.ListDir): "_on_list",
+        (ConnState.READY, m.Stat): "_on_stat",
+        (ConnState.READY, m.Mkdir): "_on_mkdir",
+    }
+
+    def __init__(self, token: bytes, nonce: bytes, *, max_requests: int = DEFAULT_MAX_REQUESTS,
+                 features: int = m.ALL_FEATURES) -> None:
+        super().__init__(token, nonce)
+        self.state = ConnState.AWAIT_HELLO
+        self.max_requests = max_requests
+        self._offered_features = features
+        self._transcript = b""
+        self._client_software = ""
+
+    def _on_hello(self, hello: m.Hello) -> None:
+        if not hello.min_version <= m.VERSION <= hello.max_version:
+            self._emit(m.Error(0, m.ErrorCode.UNSUPPORTED_VERSION,
+                               f"this server speaks protocol version {m.VERSION} only"))
+            raise RemoteProtocolError(
+                f"client speaks versions {hello.min_version}-{hello.max_version} only",
+                code=m.ErrorCode.UNSUPPORTED_VERSION)
+        common = hello.features & self._offered_features
+        try:
+            digest = choose_digest(common)
+        except RemoteProtocolError as exc:
+            self._emit(m.Error(0, m.ErrorCode.UNSUPPORTED_VERSION, str(exc)))
+            raise
+        # Reply with the one digest chosen; other bits are the intersection.
+        self.features = (common & ~m.DIGEST_FEATURES) | digest
+        self.digest_feature = digest
+        self._client_software = hello.software
+        reply = m.HelloReply(m.VERSION, self.features, self.max_requests, self._nonce,
+                             SOFTWARE, b"\0" * m.PROOF_BYTES)
+        signed = m.hello_reply_signed_part(reply)
+        hello_body = m.encode(hello)[m.HEADER.size :]
+        self._transcript = auth.transcript_hash(hello_body, signed)
+        proof = auth.proof(self._token, auth.SERVER_LABEL, self._transcript)
+        self._emit(m.HelloReply(m.VERSION, self.features, self.max_requests, self._nonce,
+                                SOFTWARE, proof))
+        self.state = ConnState.AWAIT_AUTH
+
+    def _on_auth(self, message: m.Auth) -> None:
+        expected = auth.proof(self._token, auth.CLIENT_LABEL, self._transcript)
+        if not auth.verify(expected, message.proof):
+            self._emit(m.Error(0, m.ErrorCode.AUTH_FAILED, "authentication failed"))
+            raise AuthenticationFailed
+        self.state = ConnState.READY
+        self._events.append(ClientAuthenticated(self._client_software, self.features))
+
+    def _open(self, request: int, state: Request) -> None:
+        if request in self.requests:
+            raise RemoteProtocolError(f"request id {request} is already in use",
+                                      code=m.ErrorCode.BAD_REQUEST)
+        if len(self.requests) >= self.max_requests:
+            raise RemoteProtocolError(
+                f"more than {self.max_requests} requests at once (the window this server "
+                "granted)", code=m.ErrorCode.BUSY)
+        self.requests[request] = state
+
+    def _on_put(self, message: m.Put) -> None:
+        self._open(message.request, Request(Kind.PUT, Phase.RECEIVING, size=message.size))
+        self._events.append(PutRequested(message.request, message.path, message.size,
+                                         message.mode, message.mtime_ns,
+                                         bool(message.flags & m.PutFlag.KEEP_MTIME)))
+
+    def _on_done(self, message: m.Done) -> None:
+        state = self._request(message.request, Phase.RECEIVING, Phase.DISCARDING)
+        self._check_complete(message.request, state)
+        if state.phase is Phase.DISCARDING:
+            del self.requests[message.request]  # already answered
+            return
+        state.phase = Phase.AWAIT_REPLY
+        self._events.append(PutFinished(message.request, message.digest))
+
+    def _on_cancel(self, message: m.Cancel) -> None:
+        state = self.requests.get(message.request)
+        if state is None:
+            # A CANCEL may cross our final reply on the wire; that is not an error.
+            return
+        if state.kind is Kind.PUT:
+            if state.phase is Phase.AWAIT_REPLY:
+                raise RemoteProtocolError(f"CANCEL after DONE for request {message.request}",
+                                          code=m.ErrorCode.BAD_REQUEST)
+            if state.phase is Phase.RECEIVING:
+                self._emit(m.Error(message.request, m.ErrorCode.CANCELLED,
+                                   "cancelled by the client"))
+                self._events.append(RequestCancelled(message.request))
+            del self.requests[message.request]
+            return
+        if not state.cancelled:
+            state.cancelled = True
+            self._events.append(RequestCancelled(message.request))
+
+    def _on_get(self, message: m.Get) -> None:
+        self._open(message.request, Request(Kind.GET, Phase.SERVING))
+        self._events.append(GetRequested(message.request, message.path, message.offset))
+
+    def _on_list(self, message: m.ListDir) -> None:
+        self._open(message.request, Request(Kind.LIST, Phase.SERVING))
+        self._events.append(ListRequested(message.request, message.path,
+                                          bool(message.flags & m.ListFlag.RECURSIVE)))
+
+    def _on_stat(self, message: m.Stat) -> None:
+        self._open(message.request, Request(Kind.STAT, Phase.SERVING))
+        self._events.append(StatRequested(message.request, message.path))
+
+    def _on_mkdir(self, message: m.Mkdir) -> None:
+        self._open(message.request, Request(Kind.MKDIR, Phase.SERVING))
+        self._events.append(MkdirRequested(message.request, message.path, message.mode))
+
+    # -- answers ------------------------------------------------------------------------
+
+    def refuse(self, request: int, code: int, message: str) -> None:
+        """Final ERROR for a request (a refused PUT keeps swallowing its DATA)."""
+        state = self._local(request, Phase.RECEIVING, Phase.AWAIT_REPLY, Phase.SERVING,
+                            Phase.SENDING)
+        self._emit(m.Error(request, code, message))
+        if state.phase is Phase.RECEIVING:
+            state.phase = Phase.DISCARDING
+        else:
+            del self.requests[request]
+
+    def commit(self, request: int, size: int, digest: bytes) -> None:
+        self._local(request, Phase.AWAIT_REPLY)
+        self._emit(m.Committed(request, size, digest))
+        del self.requests[request]
+
+    def ok(self, request: int) -> None:
+        state = self._local(request, Phase.SERVING)
+        if state.kind is not Kind.MKDIR:
+            raise LocalProtocolError("OK answers MKDIR only")
+        self._emit(m.Ok(request))
+        del self.requests[request]
+
+    def entries(self, request: int, entries: list[Entry] | tuple[Entry, ...],
+                last: bool) -> None:
+        state = self._local(request, Phase.SERVING)
+        if state.kind not in (Kind.LIST, Kind.STAT):
+            raise LocalProtocolError("ENTRIES answers LIST and STAT only")
+        self._emit(m.Entries(request, tuple(entries), last))
+        if last:
+            del self.requests[request]
+
+    def file_header(self, request: int, size: int, mode: int, mtime_ns: int) -> None:
+        state = self._local(request, Phase.SERVING)
+        if state.kind is not Kind.GET:
+            raise LocalProtocolError("FILE answers GET only")
+        state.phase, state.size = Phase.SENDING, size
+        self._emit(m.FileHeader(request, size, mode, mtime_ns))
+
+    def data_header(self, request: int, length: int) -> None:
+        """Emit a DATA header; the driver sends ``length`` body bytes right after it."""
+        self._emit_data(request, self._local(request, Phase.SENDING), length)
+
+    def data(self, request: int, chunk: bytes | memoryview) -> None:
+        self.data_header(request, len(chunk))
+        self._out.append(chunk)
+
+    def hole(self, request: int, length: int) -> None:
+        self._emit_hole(request, self._local(request, Phase.SENDING), length)
+
+    def file_done(self, request: int, digest: bytes) -> None:
+        state = self._local(request, Phase.SENDING)
+        if state.left:
+            raise LocalProtocolError(f"request {request} still owes {state.left} bytes")
+        self._emit(m.Done(request, digest))
+        del self.requests[request]
+
+    def fail_connection(self, code: int, message: str) -> None:
+        """A connection-level ERROR (request 0), e.g. when shutting down."""
+        self._emit(m.Error(0, code, message))
+        self.state = ConnState.FAILED
+
+
+class ClientSession(_Session):
+    """The client's side of one connection."""
+
+    TABLE: ClassVar[dict[tuple[ConnState, type], str]] = {
+        (ConnState.AWAIT_REPLY, m.HelloReply): "_on_hello_reply",
+        (ConnState.AWAIT_REPLY, m.Error): "_on_error",
+        (ConnState.READY, m.Committed): "_on_committed",
+        (ConnState.READY, m.Ok): "_on_ok",
+        (ConnState.READY, m.FileHeader): "_on_file",
+        (ConnState.READY, m.Data): "_on_data",
+        (ConnState.READY, m.DataChunk): "_on_chunk",
+        (ConnState.READY, m.Hole): "_on_hole",
+        (ConnState.READY, m.Done): "_on_done",
+        (ConnState.READY, m.Entries): "_on_entries",
+        (ConnState.READY, m.Error): "_on_error",
+    }
+
+    def __init__(self, token: bytes, nonce: bytes, *,
+                 features: int = m.ALL_FEATURES) -> None:
+        super().__init__(token, nonce)
+        self._hello = m.Hello(m.VERSION, m.VERSION, features, nonce, SOFTWARE)
+        self._emit(self._hello)
+        self.state = ConnState.AWAIT_REPLY
+        self._next_id = 1
+        self.server_software = ""
+
+    def _on_hello_reply(self, reply: m.HelloReply) -> None:
+        if reply.version != m.VERSION:
+            raise RemoteProtocolError(f"server chose protocol version {reply.version}, "
+                                      f"which this client does not speak")
+        if not 1 <= reply.max_requests <= MAX_REQUESTS_LIMIT:
+            raise MalformedPacket(f"server window of {reply.max_requests} requests")
+        if reply.features & ~self._hello.features:
+            raise RemoteProtocolError("server chose a feature this client did not offer")
+        digest = choose_digest(reply.features & m.DIGEST_FEATURES)
+        transcript = auth.transcript_hash(m.encode(self._hello)[m.HEADER.size :],
+                                          m.hello_reply_signed_part(reply))
+        expected = auth.proof(self._token, auth.SERVER_LABEL, transcript)
+        if not auth.verify(expected, reply.proof):
+            # The server does not know our token: never reveal our proof to it.
+            raise AuthenticationFailed
+        self.features, self.digest_feature = reply.features, digest
+        self.max_requests = reply.max_requests
+        self.server_software = reply.software
+        self._emit(m.Auth(auth.proof(self._token, auth.CLIENT_LABEL, transcript)))
+        self.state = ConnState.READY
+        self._events.append(ServerVerified(reply.software, reply.features,
+                                           reply.max_requests))
+
+    # -- requests -----------------------------------------------------------------------
+
+    @property
+    def window_open(self) -> bool:
+        return len(self.requests) < self.max_requests
+
+    def _new_request(self, state: Request) -> int:
+        if self.state is not ConnState.READY:
+            raise LocalProtocolError(f"cannot send requests in state {self.state.name}")
+        if not self.window_open:
+            raise LocalProtocolError("the server's request window is full")
+        while self._next_id in self.requests or self._next_id == 0:
+            self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        request = self._next_id
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        self.requests[request] = state
+        return request
+
+    def put(self, path: str, size: int, mode: int, mtime_ns: int, keep_mtime: bool) -> int:
+        request = self._new_request(Request(Kind.PUT, Phase.SENDING, size=size))
+        flags = m.PutFlag.KEEP_MTIME if keep_mtime else m.PutFlag.NONE
+        self._emit(m.Put(request, path, size, mode, mtime_ns, flags))
+        return request
+
+    def data_header(self, request: int, length: int) -> None:
+        state = self._local(request, Phase.SENDING)
+        if state.cancelled:
+            raise LocalProtocolError(f"request {request} was cancelled")
+        self._emit_data(request, state, length)
+
+    def data(self, request: int, chunk: bytes | memoryview) -> None:
+        self.data_header(request, len(chunk))
+        self._out.append(chunk)
+
+    def hole(self, request: int, length: int) -> None:
+        state = self._local(request, Phase.SENDING)
+        if state.cancelled:
+            raise LocalProtocolError(f"request {request} was cancelled")
+        self._emit_hole(request, state, length)
+
+    def done(self, request: int, digest: bytes) -> None:
+        state = self._local(request, Phase.SENDING, Phase.DISCARDING)
+        if state.left:
+            raise LocalProtocolError(f"request {request} still owes {state.left} bytes")
+        self._emit(m.Done(request, digest))
+        if state.phase is Phase.DISCARDING:
+            del self.requests[request]  # the server already refused it
+        else:
+            state.phase = Phase.AWAIT_REPLY
+
+    def cancel(self, request: int) -> None:
+        """Abandon a PUT being sent, or ask the server to stop a GET."""
+        state = self.requests.get(request)
+        if state is None or state.cancelled:
+            return
+        state.cancelled = True
+        self._emit(m.Cancel(request))
+        if state.kind is Kind.PUT and state.phase is Phase.DISCARDING:
+            del self.requests[request]
+
+    def get(self, path: str, offset: int = 0) -> int:
+        request = self._new_request(Request(Kind.GET, Phase.AWAIT_REPLY))
+        self._emit(m.Get(request, path, offset))
+        return request
+
+    def list(self, path: str, recursive: bool = False) -> int:
+        request = self._new_request(Request(Kind.LIST, Phase.AWAIT_REPLY))
+        flags = m.ListFlag.RECURSIVE if recursive else m.ListFlag.NONE
+        self._emit(m.ListDir(request, path, flags))
+        return request
+
+    def stat(self, path: str) -> int:
+        request = self._new_request(Request(Kind.STAT, Phase.AWAIT_REPLY))
+        self._emit(m.Stat(request, path))
+        return request
+
+    def mkdir(self, path: str, mode: int) -> int:
+        request = self._new_request(Request(Kind.MKDIR, Phase.AWAIT_REPLY))
+        self._emit(m.Mkdir(request, path, mode))
+        return request
+
+    # -- replies ------------------------------------------------------------------------
+
+    def _expect(self, request: int, kind: Kind, *phases: Phase) -> Request:
+        state = self._request(request, *phases)
+        if state.kind is not kind:
+            raise RemoteProtocolError(f"reply of the wrong kind for {state.kind.name} "
+                                      f"request {request}", code=m.ErrorCode.BAD_REQUEST)
+        return state
+
+    def _on_committed(self, message: m.Committed) -> None:
+        self._expect(message.request, Kind.PUT, Phase.AWAIT_REPLY)
+        del self.requests[message.request]
+        self._events.append(PutCommitted(message.request, message.size, message.digest))
+
+    def _on_ok(self, message: m.Ok) -> None:
+        self._expect(message.request, Kind.MKDIR, Phase.AWAIT_REPLY)
+        del self.requests[message.request]
+        self._events.append(MkdirDone(message.request))
+
+    def _on_file(self, message: m.FileHeader) -> None:
+        state = self._expect(message.request, Kind.GET, Phase.AWAIT_REPLY)
+        state.phase, state.size = Phase.RECEIVING, message.size
+        self._events.append(FileStarted(message.request, message.size, message.mode,
+                                        message.mtime_ns))
+
+    def _on_done(self, message: m.Done) -> None:
+        state = self._expect(message.request, Kind.GET, Phase.RECEIVING)
+        self._check_complete(message.request, state)
+        del self.requests[message.request]
+        self._events.append(FileFinished(message.request, message.digest))
+
+    def _on_entries(self, message: m.Entries) -> None:
+        state = self._request(message.request, Phase.AWAIT_REPLY)
+        if state.kind not in (Kind.LIST, Kind.STAT):
+            raise RemoteProtocolError(f"ENTRIES for {state.kind.name} request",
+                                      code=m.ErrorCode.BAD_REQUEST)
+        if state.kind is Kind.STAT and (len(message.entries) != 1 or not message.last):
+            raise RemoteProtocolError("STAT must be answered with exactly one entry",
+                                      code=m.ErrorCode.BAD_REQUEST)
+        if message.last:
+            del self.requests[message.request]
+        self._events.append(EntriesReceived(message.request, message.entries, message.last))
+
+    def _on_error(self, message: m.Error) -> None:
+        if message.request == 0:
+            self.state = ConnState.FAILED
+            if message.code == m.ErrorCode.AUTH_FAILED:
+                raise AuthenticationFailed
+            raise PeerRefused(f"server closed the connection: {message.message}",
+                              code=message.code)
+        state = self._request(message.request, Phase.SENDING, Phase.AWAIT_REPLY,
+                              Phase.RECEIVING)
+        if state.kind is Kind.PUT and state.phase is Phase.SENDING:
+            # Refused while we still send: the request lives until our DONE or CANCEL.
+            state.phase = Phase.DISCARDING
+            if state.cancelled:
+                del self.requests[message.request]
+        else:
+            del self.requests[message.request]
+        self._events.append(RequestFailed(message.request, message.code, message.message))
+

@@ -1,0 +1,115 @@
+"""A connected stream socket on the running event loop, without copies.
+
+``recv_into`` reads into the caller's buffer, ``send`` hands a list of buffers to one
+``sendmsg`` (scatter/gather: a frame header and a file chunk leave together),
+``sendfile`` moves file bytes kernel to kernel, ``shutdown_write`` ends our side while
+the peer's verdict can still be read.  Every call is bounded by ``idle_timeout_s``: a
+peer that stops reading or writing for that long is given up as gone.  Socket errors
+become ``NetworkError`` sentences through ``sockets.network_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+from collections.abc import Sequence
+
+from sockferry.errors import StorageError, TransferTimeout
+from sockferry.sockets import network_error, peer_and_local
+
+# Linux's IOV_MAX: sendmsg takes at most this many buffers at once.
+IOV_MAX = 1024
+
+
+class SocketStream:
+    def __init__(self, sock: socket.socket, idle_timeout_s: float = 120.0) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.idle_timeout_s = idle_timeout_s
+        self.peer, self.local = peer_and_local(sock)
+        self._loop = asyncio.get_running_loop()
+        self._fd = sock.fileno()
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def _timeout(self) -> TransferTimeout:
+        return TransferTimeout(f"{self.peer} made no progress for {self.idle_timeout_s:g} s "
+                               "— the peer is stalled or gone")
+
+    async def recv_into(self, buffer: bytearray | memoryview) -> int:
+        """Bytes read into ``buffer``; 0 when the peer closed its side."""
+        try:
+            async with asyncio.timeout(self.idle_timeout_s):
+                n = await self._loop.sock_recv_into(self.sock, buffer)
+        except TimeoutError:
+            raise self._timeout() from None
+        except OSError as exc:
+            raise network_error(exc, self.peer, "recv") from exc
+        self.bytes_in += n
+        return n
+
+    async def _writable(self) -> None:
+        waiter = self._loop.create_future()
+        self._loop.add_writer(self._fd, _set_done, waiter)
+        try:
+            async with asyncio.timeout(self.idle_timeout_s):
+                await waiter
+        except TimeoutError:
+            raise self._timeout() from None
+        finally:
+            self._loop.remove_writer(self._fd)
+
+    async def send(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send every buffer, in order, with as few sendmsg calls as the kernel allows."""
+        views = [memoryview(b).cast("B") for b in buffers if len(b)]
+        while views:
+            try:
+                sent = self.sock.sendmsg(views[:IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                await self._writable()
+                continue
+            except OSError as exc:
+                raise network_error(exc, self.peer, "send") from exc
+            self.bytes_out += sent
+            while sent:
+                if sent >= len(views[0]):
+                    sent -= len(views.pop(0))
+                else:
+                    views[0] = views[0][sent:]
+                    sent = 0
+
+    async def sendfile(self, fd: int, offset: int, count: int) -> None:
+        """Send ``count`` bytes of file ``fd`` from ``offset`` (zero-copy)."""
+        end = offset + count
+        while offset < end:
+            try:
+                sent = os.sendfile(self._fd, fd, offset, end - offset)
+            except (BlockingIOError, InterruptedError):
+                await self._writable()
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                    raise network_error(exc, self.peer, "send") from exc
+                raise StorageError(f"reading the file failed: {exc.strerror}",
+                                   errno=exc.errno) from exc
+            if sent == 0:
+                raise StorageError("the file shrank while it was being sent",
+                                   errno=errno.ENODATA)
+            offset += sent
+            self.bytes_out += sent
+
+    def shutdown_write(self) -> None:
+        """Half-close: the peer reads end of input; we can still read its replies."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _set_done(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -1,0 +1,161 @@
+"""A real ferry server on loopback for tests, and ways to talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sockferry.cli import main
+from sockferry.ferry import messages as m
+from sockferry.ferry import session as s
+from sockferry.ferry.server import FerryServer, ServerConfig
+from sockferry.sockets import Address, HostPort
+
+T = TypeVar("T")
+TOKEN = b"test-token-0123456789abcdef"
+
+
+def write_token(path: Path, token: bytes = TOKEN) -> Path:
+    path.write_bytes(token + b"\n")
+    path.chmod(0o600)
+    return path
+
+
+class _Collect(logging.Handler):
+    def __init__(self, thread: threading.Thread) -> None:
+        super().__init__(logging.DEBUG)
+        self.thread = thread
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread.ident:
+            self.lines.append(record.getMessage())
+
+
+class ServerThread:
+    """A ``FerryServer`` running on its own event loop in a background thread."""
+
+    def __init__(self, root: Path, addresses: Sequence[Address] = (HostPort("127.0.0.1", 0),),
+                 **config: Any) -> None:
+        config.setdefault("token", TOKEN)
+        self.config = ServerConfig(**config)
+        self.root = root
+        self._addresses = list(addresses)
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.server: FerryServer | None = None
+        self.addresses: list[str] = []
+        self._error: BaseException | None = None
+        self._logs = _Collect(self._thread)
+        self._logger = logging.getLogger("sockferry.ferry")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.server = FerryServer(str(self.root), self.config)
+            self.addresses = self.loop.run_until_complete(self.server.start(self._addresses))
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            self.loop.close()
+            return
+        self._ready.set()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+
+    @property
+    def logs(self) -> list[str]:
+        """Every log line the server wrote so far."""
+        return list(self._logs.lines)
+
+    def __enter__(self) -> ServerThread:
+        self._logger.addHandler(self._logs)
+        self._logger.setLevel(logging.DEBUG)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        if self.server is None or not self._thread.is_alive():
+            return
+        future = asyncio.run_coroutine_threadsafe(self.server.stop(grace_s), self.loop)
+        future.result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self._logger.removeHandler(self._logs)
+
+    @property
+    def port(self) -> int:
+        return int(self.addresses[0].rsplit(":", 1)[1])
+
+    def connection_count(self) -> int:
+        assert self.server is not None
+        return len(self.server._connections)
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """``sockferry ARGV`` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def spawn_cli(*argv: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "sockferry", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+class RawClient:
+    """Authenticates like a real client, then sends whatever frames a test crafts."""
+
+    def __init__(self, port: int, token: bytes = TOKEN) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.session = s.ClientSession(token, os.urandom(32))
+        self.sock.sendall(self.session.data_to_send())
+        while self.session.state is s.ConnState.AWAIT_REPLY:
+            data = self.sock.recv(65536)
+            assert data, "server closed during the handshake"
+            self.session.receive_data(data)
+        self.sock.sendall(self.session.data_to_send())
+        self.parser = m.FrameParser()
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.sendall(b"".join(frames))
+
+    def replies(self, count: int, timeout_s: float = 10.0) -> list[m.Message]:
+        """The next ``count`` non-DATA frames from the server."""
+        got: list[m.Message] = []
+        deadline = time.monotonic() + timeout_s
+        while len(got) < count:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = self.sock.recv(65536)
+            if not data:
+                break
+            got += [x for x in self.parser.feed(data)
+                    if not isinstance(x, m.Data | m.DataChunk)]
+        return got
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,80 @@
+"""Real disk-full and read-only file systems (small tmpfs mounts) under the server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sockferry.cli.runtime import ExitCode
+from sockferry.storage import is_temporary_name
+from tests.ferry.harness import ServerThread, run_cli, write_token
+
+
+def _mount_tmpfs(path: Path, options: str) -> None:
+    path.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        if os.environ.get("SOCKFERRY_REQUIRE_PEERS") == "1":
+            pytest.fail(f"cannot mount a tmpfs: {result.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "small"
+    _mount_tmpfs(path, "size=2m")
+    yield path
+    subprocess.run(["umount", str(path)], check=False)
+
+
+@pytest.fixture
+def read_only_disk(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "ro"
+    _mount_tmpfs(path, "size=1m,ro")
+    yield path
+    subprocess.run(["umount", str(path)], check=False)
+
+
+def test_disk_full_is_reported_and_cleaned_up(small_disk: Path, tmp_path: Path) -> None:
+    token = write_token(tmp_path / "token")
+    big, small = tmp_path / "big.bin", tmp_path / "small.bin"
+    big.write_bytes(os.urandom(4 * 1024 * 1024))
+    small.write_bytes(b"fits")
+    with ServerThread(small_disk) as server:
+        code, _, err = run_cli("send", "-P", str(server.port), "--token-file", str(token),
+                               str(big), str(small), "127.0.0.1:")
+    assert code == ExitCode.REFUSED
+    assert "sockferry: error: disk full while writing 'big.bin'; the partial file was " \
+        "removed" in err.splitlines()
+    assert not (small_disk / "big.bin").exists()
+    assert not [p for p in small_disk.iterdir() if is_temporary_name(p.name)]
+    assert (small_disk / "small.bin").read_bytes() == b"fits", "the next file still lands"
+
+
+def test_read_only_file_system(read_only_disk: Path, tmp_path: Path) -> None:
+    token = write_token(tmp_path / "token")
+    (tmp_path / "f").write_text("x")
+    with ServerThread(read_only_disk) as server:
+        code, _, err = run_cli("send", "-P", str(server.port), "--token-file", str(token),
+                               str(tmp_path / "f"), "127.0.0.1:")
+    assert code == ExitCode.REFUSED
+    assert "'f' is on a read-only file system" in err
+
+
+def test_local_disk_full_on_get(small_disk: Path, tmp_path: Path) -> None:
+    token = write_token(tmp_path / "token")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "big.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    with ServerThread(root) as server:
+        code, _, err = run_cli("get", "-P", str(server.port), "--token-file", str(token),
+                               "127.0.0.1:big.bin", str(small_disk))
+    assert code == ExitCode.STORAGE
+    assert f"disk full while writing '{small_disk}/big.bin'; the partial file was " \
+        "removed" in err
+    assert list(small_disk.iterdir()) == []

@@ -1,0 +1,157 @@
+"""Ferry frame codec: round trips, golden bytes, garbage, limits, any split."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sockferry.errors import MalformedPacket
+from sockferry.ferry import messages as m
+from sockferry.storage import Entry, Kind
+
+ids = st.integers(1, 2**32 - 1)
+paths = st.text(st.characters(blacklist_categories=["Cs"]), max_size=60).filter(
+    lambda p: len(p.encode()) <= m.MAX_PATH_BYTES)
+sizes = st.integers(0, m.MAX_FILE_SIZE)
+u32 = st.integers(0, 2**32 - 1)
+i64 = st.integers(-(2**63), 2**63 - 1)
+blob32 = st.binary(min_size=32, max_size=32)
+entries = st.builds(Entry, paths, st.sampled_from(list(Kind)), u32, sizes, i64)
+
+messages = st.one_of(
+    st.builds(m.Hello, st.integers(0, 255), st.integers(0, 255), u32, blob32,
+              st.text(max_size=20)),
+    st.builds(m.HelloReply, st.integers(0, 255), u32, u32, blob32, st.text(max_size=20),
+              blob32),
+    st.builds(m.Auth, blob32),
+    st.builds(m.Put, ids, paths, sizes, u32, i64, st.sampled_from(list(m.PutFlag))),
+    st.builds(m.Hole, ids, st.integers(1, m.MAX_FILE_SIZE)),
+    st.builds(m.Done, ids, blob32),
+    st.builds(m.Cancel, ids),
+    st.builds(m.Get, ids, paths, sizes),
+    st.builds(m.ListDir, ids, paths, st.sampled_from(list(m.ListFlag))),
+    st.builds(m.Stat, ids, paths),
+    st.builds(m.Mkdir, ids, paths, u32),
+    st.builds(m.Ok, ids),
+    st.builds(m.FileHeader, ids, sizes, u32, i64),
+    st.builds(m.Entries, ids, st.lists(entries, max_size=5).map(tuple), st.booleans()),
+    st.builds(m.Committed, ids, sizes, blob32),
+    st.builds(m.Error, st.integers(0, 2**32 - 1), st.integers(0, 65535),
+              st.text(max_size=100)),
+)
+
+
+def parse_all(data: bytes, step: int | None = None) -> list[object]:
+    parser = m.FrameParser()
+    out: list[object] = []
+    pieces = [data] if step is None else [data[i : i + step] for i in range(0, len(data), step)]
+    for piece in pieces:
+        for message in parser.feed(piece):
+            out.append(m.DataChunk(message.request, bytes(message.data))
+                       if isinstance(message, m.DataChunk) else message)
+    assert parser.idle
+    return out
+
+
+@settings(max_examples=400)
+@given(messages)
+def test_round_trip(message: m.Message) -> None:
+    assert parse_all(m.encode(message)) == [message]
+
+
+@settings(max_examples=100)
+@given(st.lists(messages, max_size=6), st.integers(1, 17))
+def test_any_split_gives_the_same_messages(batch: list[m.Message], step: int) -> None:
+    wire = b"".join(m.encode(x) for x in batch)
+    assert parse_all(wire, step) == parse_all(wire) == batch
+
+
+def test_data_frames_come_out_in_pieces_and_merge() -> None:
+    body = bytes(range(256)) * 40
+    wire = m.encode(m.Put(7, "f", len(body), 0o644, 0)) + m.data_header(7, len(body)) + body
+    wire += m.encode(m.Done(7, b"d" * 32))
+    whole = parse_all(wire)
+    assert whole[1] == m.Data(7, len(body))
+    assert whole[2] == m.DataChunk(7, body)
+    byte_by_byte = parse_all(wire, 1)
+    chunks = [x for x in byte_by_byte if isinstance(x, m.DataChunk)]
+    assert b"".join(bytes(c.data) for c in chunks) == body
+    assert [x for x in byte_by_byte if not isinstance(x, m.DataChunk)] == \
+        [x for x in whole if not isinstance(x, m.DataChunk)]
+
+
+def test_golden_bytes() -> None:
+    """The layout docs/protocol.md specifies, byte for byte."""
+    assert m.encode(m.Mkdir(5, "a/b", 0o755)) == bytes.fromhex(
+        "17 00 0000 00000005 00000009" "000001ed" "0003" "612f62")
+    assert m.encode(m.Put(1, "x", 2**32 + 1, 0o600, -1, m.PutFlag.KEEP_MTIME)) == bytes.fromhex(
+        "10 01 0000 00000001 00000017" "0000000100000001" "00000180" "ffffffffffffffff" "0001"
+        "78")
+    assert m.data_header(3, 4) == bytes.fromhex("11 00 0000 00000003 00000004")
+    assert m.encode(m.Error(0, 3, "no")) == bytes.fromhex(
+        "2f 00 0000 00000000 00000006" "0003" "0002" "6e6f")
+
+
+@settings(max_examples=1000)
+@given(st.binary(max_size=200))
+def test_garbage_raises_only_malformed(data: bytes) -> None:
+    parser = m.FrameParser()
+    with contextlib.suppress(MalformedPacket):
+        for _ in parser.feed(data):
+            pass
+
+
+@settings(max_examples=500)
+@given(st.sampled_from([t.value for t in m.FrameType if t is not m.FrameType.DATA]),
+       st.integers(0, 255), st.integers(0, 3), st.binary(max_size=120))
+def test_random_bodies_raise_only_malformed(kind: int, flags: int, request: int,
+                                            body: bytes) -> None:
+    with contextlib.suppress(MalformedPacket):
+        m.decode_body(kind, flags, request, body)
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        (m.HEADER.pack(m.FrameType.STAT, 0, 0, 1, m.MAX_CONTROL_BODY + 1), "over the limit"),
+        (m.HEADER.pack(m.FrameType.DATA, 0, 0, 1, m.MAX_DATA_BODY + 1), "bad DATA"),
+        (m.HEADER.pack(m.FrameType.DATA, 0, 0, 1, 0), "bad DATA"),
+        (m.HEADER.pack(m.FrameType.DATA, 0, 0, 0, 5), "bad DATA"),
+        (m.HEADER.pack(m.FrameType.STAT, 0, 1, 1, 0), "reserved"),
+    ],
+)
+def test_limits_checked_from_the_header_alone(header: bytes, why: str) -> None:
+    with pytest.raises(MalformedPacket, match=why):
+        list(m.FrameParser().feed(header))
+
+
+@pytest.mark.parametrize(
+    ("kind", "request_id", "body", "why"),
+    [
+        (0x7E, 1, b"", "unknown frame type"),
+        (m.FrameType.STAT, 1, struct.pack("!H", 5000) + b"a" * 5000, "path of 5000"),
+        (m.FrameType.STAT, 1, struct.pack("!H", 1) + b"\xff", "UTF-8"),
+        (m.FrameType.STAT, 1, struct.pack("!H", 1) + b"ab", "unexpected bytes"),
+        (m.FrameType.STAT, 0, struct.pack("!H", 1) + b"a", "request id 0"),
+        (m.FrameType.AUTH, 4, b"p" * 32, "request id 4"),
+        (m.FrameType.PUT, 1, struct.pack("!QIq", 2**63, 0, 0) + b"\0\0", "over the limit"),
+        (m.FrameType.HELLO, 0, b"NOPE" + b"\0" * 40, "bad magic"),
+        (m.FrameType.HOLE, 1, struct.pack("!Q", 0), "empty HOLE"),
+        (m.FrameType.ENTRIES, 1, struct.pack("!HBIQq", 1, 9, 0, 0, 0) + b"\0\0", "kind 9"),
+    ],
+)
+def test_bad_bodies(kind: int, request_id: int, body: bytes, why: str) -> None:
+    with pytest.raises(MalformedPacket, match=why):
+        m.decode_body(kind, 0, request_id, body)
+
+
+def test_error_text_is_cut_at_a_code_point() -> None:
+    encoded = m.encode(m.Error(1, 1, "é" * 1000))
+    [decoded] = parse_all(encoded)
+    assert isinstance(decoded, m.Error)
+    assert len(decoded.message.encode()) <= m.MAX_MESSAGE_BYTES
+    assert set(decoded.message) == {"é"}

@@ -1,0 +1,303 @@
+"""Client and server cores joined back to back, without sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sockferry.errors import (
+    AuthenticationFailed,
+    LocalProtocolError,
+    PeerRefused,
+    RemoteProtocolError,
+)
+from sockferry.ferry import messages as m
+from sockferry.ferry import session as s
+from sockferry.storage import Entry, Kind
+
+TOKEN = b"correct horse battery staple"
+DIGEST = b"D" * 32
+
+
+def drain(core: Any) -> list[Any]:
+    events = []
+    while (event := core.next_event()) is not None:
+        if isinstance(event, s.DataReceived):
+            event = s.DataReceived(event.request, bytes(event.data))
+        events.append(event)
+    return events
+
+
+def pump(client: s.ClientSession, server: s.ServerSession, step: int | None = None,
+         ) -> tuple[list[Any], list[Any]]:
+    """Move bytes both ways until quiet; return (client events, server events)."""
+    client_events: list[Any] = []
+    server_events: list[Any] = []
+    for _ in range(100):
+        to_server, to_client = client.data_to_send(), server.data_to_send()
+        if not to_server and not to_client:
+            break
+        for data, core, sink in ((to_server, server, server_events),
+                                 (to_client, client, client_events)):
+            if not data:
+                continue
+            if step is None:
+                core.receive_data(data)
+                sink.extend(drain(core))
+            else:
+                for i in range(0, len(data), step):
+                    core.receive_data(data[i : i + step])
+                    sink.extend(drain(core))
+    return client_events, server_events
+
+
+def connected(step: int | None = None, **server_options: Any,
+              ) -> tuple[s.ClientSession, s.ServerSession]:
+    client = s.ClientSession(TOKEN, b"c" * 32)
+    server = s.ServerSession(TOKEN, b"s" * 32, **server_options)
+    client_events, server_events = pump(client, server, step)
+    assert isinstance(client_events[0], s.ServerVerified)
+    assert isinstance(server_events[0], s.ClientAuthenticated)
+    assert client.state is server.state is s.ConnState.READY
+    assert client.digest_feature is m.Feature.DIGEST_BLAKE3
+    return client, server
+
+
+@pytest.mark.parametrize("step", [None, 1, 7])
+def test_put_round_trip(step: int | None) -> None:
+    client, server = connected(step)
+    request = client.put("dir/f.bin", 10, 0o640, 123, keep_mtime=True)
+    client.data(request, b"01234")
+    client.data(request, b"56789")
+    client.done(request, DIGEST)
+    _, server_events = pump(client, server, step)
+    assert server_events[0] == s.PutRequested(request, "dir/f.bin", 10, 0o640, 123, True)
+    assert b"".join(e.data for e in server_events if isinstance(e, s.DataReceived)) == \
+        b"0123456789"
+    assert server_events[-1] == s.PutFinished(request, DIGEST)
+    server.commit(request, 10, DIGEST)
+    client_events, _ = pump(client, server, step)
+    assert client_events == [s.PutCommitted(request, 10, DIGEST)]
+    assert client.open_requests == server.open_requests == 0
+
+
+def test_get_with_hole_round_trip() -> None:
+    client, server = connected()
+    request = client.get("big")
+    _, server_events = pump(client, server)
+    assert server_events == [s.GetRequested(request, "big", 0)]
+    server.file_header(request, 2**33 + 3, 0o600, 5)
+    server.hole(request, 2**33)
+    server.data(request, b"end")
+    server.file_done(request, DIGEST)
+    client_events, _ = pump(client, server)
+    assert client_events == [s.FileStarted(request, 2**33 + 3, 0o600, 5),
+                             s.HoleReceived(request, 2**33),
+                             s.DataReceived(request, b"end"),
+                             s.FileFinished(request, DIGEST)]
+
+
+def test_list_stat_mkdir() -> None:
+    client, server = connected()
+    entry = Entry("a", Kind.FILE, 0o644, 3, 9)
+    listing, status, directory = client.list("", recursive=True), client.stat("a"), \
+        client.mkdir("d", 0o755)
+    _, server_events = pump(client, server)
+    assert server_events == [s.ListRequested(listing, "", True), s.StatRequested(status, "a"),
+                             s.MkdirRequested(directory, "d", 0o755)]
+    server.entries(listing, [entry], last=False)
+    server.entries(listing, [], last=True)
+    server.entries(status, [entry], last=True)
+    server.ok(directory)
+    client_events, _ = pump(client, server)
+    assert client_events == [s.EntriesReceived(listing, (entry,), False),
+                             s.EntriesReceived(listing, (), True),
+                             s.EntriesReceived(status, (entry,), True),
+                             s.MkdirDone(directory)]
+
+
+def test_refused_put_swallows_its_data() -> None:
+    client, server = connected()
+    request = client.put("../x", 4, 0o644, 0, keep_mtime=False)
+    pump(client, server)
+    server.refuse(request, m.ErrorCode.PERMISSION, "no")
+    client.data(request, b"abcd")  # already on its way when the refusal arrives
+    client_events, server_events = pump(client, server)
+    assert client_events == [s.RequestFailed(request, m.ErrorCode.PERMISSION, "no")]
+    assert server_events == []  # discarded, no DataReceived
+    client.done(request, DIGEST)
+    pump(client, server)
+    assert client.open_requests == server.open_requests == 0
+
+
+def test_client_cancels_put() -> None:
+    client, server = connected()
+    request = client.put("f", 100, 0o644, 0, keep_mtime=False)
+    client.data(request, b"x" * 10)
+    client.cancel(request)
+    client_events, server_events = pump(client, server)
+    assert s.RequestCancelled(request) in server_events
+    assert client_events == [s.RequestFailed(request, m.ErrorCode.CANCELLED,
+                                             "cancelled by the client")]
+    assert client.open_requests == server.open_requests == 0
+    with pytest.raises(LocalProtocolError):
+        client.data(request, b"more")
+
+
+def test_client_cancels_get_mid_file() -> None:
+    client, server = connected()
+    request = client.get("f")
+    pump(client, server)
+    server.file_header(request, 100, 0o644, 0)
+    server.data(request, b"x" * 10)
+    client.cancel(request)
+    _, server_events = pump(client, server)
+    assert server_events == [s.RequestCancelled(request)]
+    server.refuse(request, m.ErrorCode.CANCELLED, "cancelled")
+    client_events, _ = pump(client, server)
+    assert client_events[-1] == s.RequestFailed(request, m.ErrorCode.CANCELLED, "cancelled")
+    assert client.open_requests == server.open_requests == 0
+
+
+def test_wrong_token_client_side_detects_server() -> None:
+    client = s.ClientSession(b"one token", b"c" * 32)
+    server = s.ServerSession(b"other token", b"s" * 32)
+    server.receive_data(client.data_to_send())
+    with pytest.raises(AuthenticationFailed):
+        client.receive_data(server.data_to_send())
+    assert client.state is s.ConnState.FAILED
+    assert client.data_to_send() == b"", "no proof is revealed to an unverified server"
+
+
+def test_wrong_client_proof_refused_by_server() -> None:
+    client = s.ClientSession(TOKEN, b"c" * 32)
+    server = s.ServerSession(TOKEN, b"s" * 32)
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    forged = bytearray(client.data_to_send())
+    forged[-1] ^= 1
+    with pytest.raises(AuthenticationFailed):
+        server.receive_data(bytes(forged))
+    with pytest.raises(AuthenticationFailed):
+        client.receive_data(server.data_to_send())  # the ERROR(AUTH_FAILED) reaches it
+
+
+def test_replayed_proof_fails_with_fresh_nonce() -> None:
+    client = s.ClientSession(TOKEN, b"c" * 32)
+    server = s.ServerSession(TOKEN, b"s" * 32)
+    hello = client.data_to_send()
+    server.receive_data(hello)
+    client.receive_data(server.data_to_send())
+    recorded_auth = client.data_to_send()
+    replay_server = s.ServerSession(TOKEN, b"t" * 32)
+    replay_server.receive_data(hello)
+    replay_server.data_to_send()
+    with pytest.raises(AuthenticationFailed):
+        replay_server.receive_data(recorded_auth)
+
+
+def test_version_mismatch_is_refused_with_error() -> None:
+    server = s.ServerSession(TOKEN, b"s" * 32)
+    hello = m.encode(m.Hello(2, 3, m.DIGEST_FEATURES, b"c" * 32))
+    with pytest.raises(RemoteProtocolError):
+        server.receive_data(hello)
+    client = s.ClientSession(TOKEN, b"c" * 32)
+    with pytest.raises(PeerRefused, match="version 1 only"):
+        client.receive_data(server.data_to_send())
+
+
+def test_sha256_fallback_when_client_lacks_blake3() -> None:
+    client = s.ClientSession(TOKEN, b"c" * 32, features=m.Feature.DIGEST_SHA256)
+    server = s.ServerSession(TOKEN, b"s" * 32)
+    pump(client, server)
+    assert client.digest_feature is server.digest_feature is m.Feature.DIGEST_SHA256
+    assert not client.features & m.Feature.SPARSE
+    request = client.put("f", 4, 0o644, 0, keep_mtime=False)
+    with pytest.raises(LocalProtocolError):
+        client.hole(request, 4)
+
+
+def test_window_is_enforced_both_ways() -> None:
+    client, server = connected(max_requests=2)
+    client.stat("a")
+    client.stat("b")
+    assert not client.window_open
+    with pytest.raises(LocalProtocolError):
+        client.stat("c")
+    pump(client, server)
+    extra = m.encode(m.Stat(99, "c"))
+    with pytest.raises(RemoteProtocolError, match="more than 2 requests"):
+        server.receive_data(extra)
+    assert server.state is s.ConnState.FAILED
+
+
+def test_data_past_announced_size_is_a_violation() -> None:
+    client, server = connected()
+    request = client.put("f", 3, 0o644, 0, keep_mtime=False)
+    pump(client, server)
+    with pytest.raises(RemoteProtocolError, match="more data"):
+        server.receive_data(m.data_header(request, 4) + b"abcd")
+
+
+def test_done_before_all_data_is_a_violation() -> None:
+    client, server = connected()
+    request = client.put("f", 3, 0o644, 0, keep_mtime=False)
+    pump(client, server)
+    with pytest.raises(RemoteProtocolError, match="ended after 0 of 3"):
+        server.receive_data(m.encode(m.Done(request, DIGEST)))
+
+
+def test_end_of_input_mid_frame_is_a_violation() -> None:
+    _client, server = connected()
+    server.receive_data(m.encode(m.Stat(1, "x"))[:5])
+    with pytest.raises(RemoteProtocolError, match="middle of a frame"):
+        server.receive_data(b"")
+
+
+def test_end_of_input_reports_open_requests() -> None:
+    client, server = connected()
+    request = client.put("f", 3, 0o644, 0, keep_mtime=False)
+    pump(client, server)
+    server.receive_data(b"")
+    assert drain(server) == [s.InputEnded((request,))]
+
+
+def test_duplicate_request_id_is_a_violation() -> None:
+    _client, server = connected()
+    with pytest.raises(RemoteProtocolError, match="already in use"):
+        server.receive_data(m.encode(m.Get(5, "a")) + m.encode(m.Get(5, "b")))
+
+
+# Every (state, frame) pair the tables do not allow must fail the session cleanly.
+SAMPLES: list[m.Message] = [
+    m.Hello(1, 1, 3, b"n" * 32), m.HelloReply(1, 1, 8, b"n" * 32, "x", b"p" * 32),
+    m.Auth(b"p" * 32), m.Put(1, "f", 1, 0, 0), m.Done(1, DIGEST), m.Cancel(1),
+    m.Get(1, "f"), m.ListDir(1, ""), m.Stat(1, "f"), m.Mkdir(1, "d", 0), m.Ok(1),
+    m.FileHeader(1, 1, 0, 0), m.Entries(1, (), True), m.Committed(1, 1, DIGEST),
+    m.Error(1, 1, "x"), m.Hole(1, 1),
+]
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(["hello", "auth", "ready"]), st.sampled_from(SAMPLES),
+       st.sampled_from(["server", "client"]))
+def test_state_table_sweep(stage: str, message: m.Message, role: str) -> None:
+    client = s.ClientSession(TOKEN, b"c" * 32)
+    server = s.ServerSession(TOKEN, b"s" * 32)
+    if stage != "hello":
+        server.receive_data(client.data_to_send())
+        client.receive_data(server.data_to_send())
+    if stage == "ready":
+        server.receive_data(client.data_to_send())
+    core: Any = server if role == "server" else client
+    allowed = (type(message) in {k for (state, k) in core.TABLE if state is core.state})
+    try:
+        core.receive_data(m.encode(message))
+    except (RemoteProtocolError, AuthenticationFailed, PeerRefused):
+        assert core.state is s.ConnState.FAILED
+        return
+    # Accepted frames must have been allowed by the table for that state.
+    assert allowed or isinstance(message, m.Cancel)
