@@ -16,12 +16,33 @@ import errno
 import os
 import socket
 from collections.abc import Sequence
+from typing import Protocol
 
 from sockferry.errors import StorageError, TransferTimeout
 from sockferry.sockets import network_error, peer_and_local
 
 # Linux's IOV_MAX: sendmsg takes at most this many buffers at once.
 IOV_MAX = 1024
+
+
+class Stream(Protocol):
+    """What the ferry drivers need of a connection: a ``SocketStream``, or an SCTP
+    association carrying the same bytes (``ferry/association.py``)."""
+
+    peer: str
+    local: str
+    bytes_in: int
+    bytes_out: int
+
+    async def recv_into(self, buffer: bytearray | memoryview) -> int: ...
+
+    async def send(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None: ...
+
+    async def sendfile(self, fd: int, offset: int, count: int) -> None: ...
+
+    def shutdown_write(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class SocketStream:

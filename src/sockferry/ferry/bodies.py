@@ -13,7 +13,7 @@ from sockferry.errors import StorageError
 from sockferry.ferry import digests
 from sockferry.ferry import session as s
 from sockferry.storage import AtomicFile, data_segments
-from sockferry.streams import SocketStream
+from sockferry.streams import Stream
 
 SEND_CHUNK = 4 * 1024 * 1024  # DATA frame size for large files (one sendfile each)
 SMALL_FILE = 256 * 1024  # below this a body is read, hashed and sent in one sendmsg
@@ -32,7 +32,7 @@ def _finish(core: Core, request: int, digest: bytes) -> None:
         core.done(request, digest)
 
 
-async def send_body(core: Core, stream: SocketStream, request: int, fd: int, size: int,
+async def send_body(core: Core, stream: Stream, request: int, fd: int, size: int,
                     sparse: bool, is_cancelled: Callable[[], bool] | None = None,
                     progress: Callable[[int], None] | None = None) -> bytes:
     """Send ``size`` bytes of ``fd`` as DATA (and HOLE) frames, then DONE; the digest.
@@ -83,7 +83,7 @@ def _send_small(core: Core, request: int, fd: int, size: int) -> bytes:
     return digest
 
 
-async def _send_run(core: Core, stream: SocketStream, request: int, fd: int, offset: int,
+async def _send_run(core: Core, stream: Stream, request: int, fd: int, offset: int,
                     length: int, is_cancelled: Callable[[], bool] | None,
                     progress: Callable[[int], None] | None) -> None:
     end = offset + length

@@ -29,7 +29,7 @@ from sockferry.ferry.bodies import Sink, TransferCancelled, send_body
 from sockferry.ferry.codes import exception_for
 from sockferry.sockets import Address, connect, storage_error
 from sockferry.storage import AtomicFile, Entry, is_sparse
-from sockferry.streams import SocketStream
+from sockferry.streams import SocketStream, Stream
 
 RECV_BUFFER = 1024 * 1024
 Progress = Callable[[int], None]
@@ -53,7 +53,7 @@ class _Pending:
 
 
 class FerryClient:
-    def __init__(self, stream: SocketStream, session: s.ClientSession) -> None:
+    def __init__(self, stream: Stream, session: s.ClientSession) -> None:
         self.stream = stream
         self.session = session
         self._pending: dict[int, _Pending] = {}
@@ -68,7 +68,11 @@ class FerryClient:
                       idle_timeout_s: float = 120.0) -> FerryClient:
         """Connect, authenticate both ways, and start reading."""
         sock = await connect(address, timeout_s)
-        stream = SocketStream(sock, idle_timeout_s)
+        return await cls.start(SocketStream(sock, idle_timeout_s), token, timeout_s=timeout_s)
+
+    @classmethod
+    async def start(cls, stream: Stream, token: bytes, *, timeout_s: float) -> FerryClient:
+        """Authenticate both ways over a connected ``stream``, and start reading."""
         session = s.ClientSession(token, os.urandom(m.NONCE_BYTES))
         client = cls(stream, session)
         try:

@@ -45,7 +45,7 @@ from sockferry.storage import (
     capped_mode,
     is_sparse,
 )
-from sockferry.streams import SocketStream
+from sockferry.streams import SocketStream, Stream
 from sockferry.units import format_bytes, format_rate
 
 log = logging.getLogger("sockferry.ferry")
@@ -119,12 +119,21 @@ class FerryServer:
                             exc.strerror)
                 await asyncio.sleep(0.1)
                 continue
-            if len(self._connections) >= self.config.max_connections:
+            if self.full:
                 _refuse_busy(conn, self.config.max_connections)
                 continue
-            task = loop.create_task(Connection(self, conn).run())
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
+            self.serve(SocketStream(conn, self.config.idle_timeout_s))
+
+    @property
+    def full(self) -> bool:
+        """``max_connections`` clients are being served: refuse the next one."""
+        return len(self._connections) >= self.config.max_connections
+
+    def serve(self, stream: Stream) -> None:
+        """Run one client's connection: an accepted socket, or an SCTP association."""
+        task = asyncio.get_running_loop().create_task(Connection(self, stream).run())
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
 
     def _close_listeners(self) -> None:
         for sock in self._listeners:
@@ -165,11 +174,11 @@ def _refuse_busy(conn: socket.socket, limit: int) -> None:
 
 
 class Connection:
-    def __init__(self, server: FerryServer, sock: socket.socket) -> None:
+    def __init__(self, server: FerryServer, stream: Stream) -> None:
         self.server = server
         self.root = server.root
         self.config = server.config
-        self.stream = SocketStream(sock, server.config.idle_timeout_s)
+        self.stream = stream
         self.session = s.ServerSession(server.config.token, os.urandom(m.NONCE_BYTES),
                                        max_requests=server.config.max_requests)
         self.uploads: dict[int, Upload] = {}
