@@ -18,8 +18,10 @@ from typing import Any, TypeVar
 from sockferry.cli import main
 from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
+from sockferry.ferry.association import open_sctp_server_endpoint, serve_sctp
 from sockferry.ferry.server import FerryServer, ServerConfig
-from sockferry.sockets import Address, HostPort
+from sockferry.sctp.endpoint import Endpoint
+from sockferry.sockets import Address, HostPort, format_sockaddr
 
 T = TypeVar("T")
 TOKEN = b"test-token-0123456789abcdef"
@@ -46,11 +48,15 @@ class ServerThread:
     """A ``FerryServer`` running on its own event loop in a background thread."""
 
     def __init__(self, root: Path, addresses: Sequence[Address] = (HostPort("127.0.0.1", 0),),
-                 **config: Any) -> None:
+                 *, sctp_stack: str | None = None, **config: Any) -> None:
+        """``sctp_stack`` (auto, kernel or udp): serve over SCTP instead of TCP."""
         config.setdefault("token", TOKEN)
         self.config = ServerConfig(**config)
         self.root = root
         self._addresses = list(addresses)
+        self._sctp_stack = sctp_stack
+        self._endpoint: Endpoint | None = None
+        self._sctp_reader: asyncio.Task[None] | None = None
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -64,7 +70,7 @@ class ServerThread:
         asyncio.set_event_loop(self.loop)
         try:
             self.server = FerryServer(str(self.root), self.config)
-            self.addresses = self.loop.run_until_complete(self.server.start(self._addresses))
+            self.addresses = self.loop.run_until_complete(self._start(self.server))
         except BaseException as exc:
             self._error = exc
             self._ready.set()
@@ -75,6 +81,22 @@ class ServerThread:
             self.loop.run_forever()
         finally:
             self.loop.close()
+
+    async def _start(self, server: FerryServer) -> list[str]:
+        if self._sctp_stack is None:
+            return await server.start(self._addresses)
+        self._endpoint = await open_sctp_server_endpoint(self._addresses, self._sctp_stack,
+                                                         None)
+        self._sctp_reader = asyncio.get_running_loop().create_task(
+            serve_sctp(server, self._endpoint))
+        return [format_sockaddr(a) for a in self._endpoint.local_addresses]
+
+    async def _stop(self, server: FerryServer, grace_s: float) -> None:
+        await server.stop(grace_s)
+        if self._sctp_reader is not None:
+            self._sctp_reader.cancel()
+        if self._endpoint is not None:
+            await self._endpoint.close()
 
     @property
     def logs(self) -> list[str]:
@@ -96,7 +118,7 @@ class ServerThread:
     def stop(self, grace_s: float = 2.0) -> None:
         if self.server is None or not self._thread.is_alive():
             return
-        future = asyncio.run_coroutine_threadsafe(self.server.stop(grace_s), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self._stop(self.server, grace_s), self.loop)
         future.result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)

@@ -10,18 +10,30 @@ import resource
 import signal
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sockferry.cli.console import Console, TransferProgress
 from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
-from sockferry.errors import UsageError
+from sockferry.errors import SockferryError, UsageError
+from sockferry.ferry.association import open_sctp_server_endpoint, sctp_client, serve_sctp
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.copying import Outcome, Reporter, get_paths, send_paths
 from sockferry.ferry.server import FerryServer, ServerConfig
 from sockferry.ferry.tokens import client_token, server_token
-from sockferry.sockets import Address, HostPort, UnixPath, parse_address, parse_port
+from sockferry.sctp.endpoint import Endpoint
+from sockferry.sctp.transport import TRANSPORTS
+from sockferry.sockets import (
+    Address,
+    HostPort,
+    UnixPath,
+    format_sockaddr,
+    parse_address,
+    parse_port,
+)
 from sockferry.storage import DEFAULT_UMASK, Entry, Kind
 from sockferry.units import format_bytes, format_rate
 
@@ -36,9 +48,22 @@ def register(sub: Any) -> None:
     _register_ls(sub)
 
 
+def _transport_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--transport", choices=("tcp", "sctp"), default="tcp",
+                        help="tcp (default), or sctp: the same protocol over an SCTP "
+                        "association, each file on its own stream")
+    parser.add_argument("--sctp-stack", choices=TRANSPORTS, default="auto",
+                        help="with --transport sctp: kernel SCTP, SCTP over UDP, or auto: "
+                        "the kernel's where it has SCTP (default auto)")
+    parser.add_argument("--udp-port", type=parse_port, metavar="N",
+                        help="with --transport sctp over UDP: the UDP port, when it "
+                        "differs from the SCTP port (servers bind it; clients send to it)")
+
+
 def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-P", "--port", type=parse_port, default=DEFAULT_PORT,
                         help=f"server port (default {DEFAULT_PORT})")
+    _transport_options(parser)
     parser.add_argument("--unix", metavar="SOCKET",
                         help="connect over an AF_UNIX socket instead of TCP (write remote "
                         "paths as :PATH)")
@@ -90,6 +115,7 @@ def _register_serve(sub: Any) -> None:
                         "(default 10)")
     parser.add_argument("--backlog", type=_positive, default=128, metavar="N",
                         help="listen() backlog (default 128)")
+    _transport_options(parser)
     parser.set_defaults(handler=run_serve)
 
 
@@ -162,8 +188,27 @@ def split_remote(text: str) -> tuple[str, str] | None:
 
 def _server_address(args: argparse.Namespace, host: str) -> Address:
     if args.unix:
+        if args.transport == "sctp":
+            raise UsageError("--unix and --transport sctp do not go together: SCTP runs "
+                             "over IP")
         return UnixPath(args.unix)
     return HostPort(host, args.port)
+
+
+@asynccontextmanager
+async def _connected(args: argparse.Namespace, address: Address,
+                     token: bytes) -> AsyncIterator[FerryClient]:
+    """An authenticated client over TCP (or AF_UNIX), or over an SCTP association."""
+    if args.transport == "sctp":
+        async with sctp_client(address, token, stack=args.sctp_stack,
+                               udp_port=args.udp_port, timeout_s=args.timeout) as client:
+            yield client
+        return
+    client = await FerryClient.connect(address, token, timeout_s=args.timeout)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 # ---- serve -----------------------------------------------------------------------------
@@ -180,7 +225,14 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     config = ServerConfig(token=token, umask=args.umask, clobber=not args.no_clobber,
                           max_connections=args.max_connections,
                           idle_timeout_s=args.idle_timeout, backlog=args.backlog)
-    return run_async(_serve(args.root, addresses, config, args.grace))
+    sctp = _SctpListen(args.sctp_stack, args.udp_port) if args.transport == "sctp" else None
+    return run_async(_serve(args.root, addresses, config, args.grace, sctp))
+
+
+@dataclass(frozen=True, slots=True)
+class _SctpListen:
+    stack: str
+    udp_port: int | None
 
 
 def raise_open_file_limit() -> None:
@@ -193,9 +245,16 @@ def raise_open_file_limit() -> None:
 
 
 async def _serve(root: str, addresses: list[Address], config: ServerConfig,
-                 grace_s: float) -> int:
+                 grace_s: float, sctp: _SctpListen | None) -> int:
     server = FerryServer(root, config)
-    bound = await server.start(addresses)
+    endpoint: Endpoint | None = None
+    reader: asyncio.Task[None] | None = None
+    if sctp is None:
+        bound = await server.start(addresses)
+    else:
+        endpoint = await open_sctp_server_endpoint(addresses, sctp.stack, sctp.udp_port)
+        reader = asyncio.get_running_loop().create_task(serve_sctp(server, endpoint))
+        bound = [f"{format_sockaddr(a)} (SCTP)" for a in endpoint.local_addresses]
     log.info("serving %s; listening on %s", server.root.path, ", ".join(bound))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -206,6 +265,12 @@ async def _serve(root: str, addresses: list[Address], config: ServerConfig,
     finally:
         log.info("stopping: no new connections")
         await server.stop(grace_s)
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SockferryError):
+                await reader
+        if endpoint is not None:
+            await endpoint.close()
         log.info("stopped")
     return ExitCode.OK
 
@@ -268,13 +333,10 @@ def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
     started = time.monotonic()
 
     async def go() -> list[Outcome]:
-        client = await FerryClient.connect(address, token, timeout_s=args.timeout)
-        try:
+        async with _connected(args, address, token) as client:
             with console.progress(quiet=args.quiet) as progress:
                 result: list[Outcome] = await operation(client, _ConsoleReporter(progress))
                 return result
-        finally:
-            client.close()
 
     outcomes = run_async(go())
     return _report(console, args, outcomes, verb, time.monotonic() - started)
@@ -316,14 +378,10 @@ def run_ls(args: argparse.Namespace, console: Console) -> int:
     token = client_token(args.token_file)
 
     async def go() -> list[Entry]:
-        client = await FerryClient.connect(_server_address(args, host), token,
-                                           timeout_s=args.timeout)
-        try:
+        async with _connected(args, _server_address(args, host), token) as client:
             entries = await client.list(path, recursive=args.recursive)
             await client.finish()
             return entries
-        finally:
-            client.close()
 
     for entry in run_async(go()):
         console.print(format_entry(entry))

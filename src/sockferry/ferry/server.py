@@ -88,6 +88,7 @@ class FerryServer:
         self._connections: set[asyncio.Task[None]] = set()
         self._unix_paths: list[str] = []
         self.addresses: list[str] = []
+        self.closing = False
         self.stopped = asyncio.Event()
 
     async def start(self, addresses: Sequence[Address]) -> list[str]:
@@ -126,8 +127,8 @@ class FerryServer:
 
     @property
     def full(self) -> bool:
-        """``max_connections`` clients are being served: refuse the next one."""
-        return len(self._connections) >= self.config.max_connections
+        """Refuse the next client: ``max_connections`` are being served, or we stop."""
+        return self.closing or len(self._connections) >= self.config.max_connections
 
     def serve(self, stream: Stream) -> None:
         """Run one client's connection: an accepted socket, or an SCTP association."""
@@ -146,6 +147,7 @@ class FerryServer:
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting; let connections finish for ``grace_s``; then abort them."""
+        self.closing = True
         for task in self._accepting:
             task.cancel()
         await asyncio.gather(*self._accepting, return_exceptions=True)
