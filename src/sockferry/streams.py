@@ -45,6 +45,12 @@ class Stream(Protocol):
     def close(self) -> None: ...
 
 
+def stalled(peer: str, idle_timeout_s: float) -> TransferTimeout:
+    """The error for a peer that made no progress for ``idle_timeout_s``."""
+    return TransferTimeout(f"{peer} made no progress for {idle_timeout_s:g} s — the peer is "
+                           "stalled or gone")
+
+
 class SocketStream:
     def __init__(self, sock: socket.socket, idle_timeout_s: float = 120.0) -> None:
         sock.setblocking(False)
@@ -57,8 +63,7 @@ class SocketStream:
         self.bytes_out = 0
 
     def _timeout(self) -> TransferTimeout:
-        return TransferTimeout(f"{self.peer} made no progress for {self.idle_timeout_s:g} s "
-                               "— the peer is stalled or gone")
+        return stalled(self.peer, self.idle_timeout_s)
 
     async def recv_into(self, buffer: bytearray | memoryview) -> int:
         """Bytes read into ``buffer``; 0 when the peer closed its side."""

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from sockferry.cli import main
+from tests.cli.sctp_server import sctp_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,17 +24,8 @@ def sockferry(*args: str) -> list[str]:
 
 @pytest.fixture
 def server() -> Iterator[tuple[subprocess.Popen[str], int]]:
-    proc = subprocess.Popen(sockferry("sctp-serve", "--listen", "127.0.0.1:0", "--echo",
-                                      "--transport", "udp", "--streams", "5"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    banner = proc.stderr.readline()
-    match = re.search(r"127\.0\.0\.1:(\d+)", banner)
-    assert match, banner
-    yield proc, int(match.group(1))
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    with sctp_server("udp") as running:
+        yield running
 
 
 def stop(proc: subprocess.Popen[str]) -> tuple[str, str, int]:

@@ -8,13 +8,13 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from sockferry.cli import main
 from sockferry.sctp.kernel_socket import kernel_sctp_missing
+from tests.cli.sctp_server import sctp_server
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -22,17 +22,8 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture
 def kernel_server(kernel_encap_port: int) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """``sctp-serve --transport kernel --echo``; the kernel also takes SCTP over UDP."""
-    proc = subprocess.Popen([sys.executable, "-m", "sockferry", "sctp-serve", "--transport",
-                             "kernel", "--listen", "127.0.0.1:0", "--echo", "--streams", "5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    banner = proc.stderr.readline()
-    match = re.search(r"127\.0\.0\.1:(\d+)", banner)
-    assert match, banner
-    yield proc, int(match.group(1))
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    with sctp_server("kernel") as running:
+        yield running
 
 
 def sctp_send(*args: str) -> tuple[int, str, str]:

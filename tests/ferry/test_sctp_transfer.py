@@ -26,15 +26,6 @@ STACKS = pytest.mark.parametrize("stack", [
     "udp", pytest.param("kernel", marks=pytest.mark.kernel_sctp)])
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, Path]:
-    paths = {name: tmp_path / name for name in ("root", "src", "back")}
-    for path in paths.values():
-        path.mkdir()
-    paths["token"] = write_token(tmp_path / "token")
-    return paths
-
-
 def make_files(directory: Path, sizes: tuple[int, ...], seed: int) -> list[Path]:
     rng = random.Random(seed)
     files = []

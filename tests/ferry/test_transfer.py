@@ -15,18 +15,9 @@ from sockferry.ferry.client import FerryClient
 from sockferry.ferry.copying import send_paths
 from sockferry.sockets import HostPort, UnixPath
 from sockferry.storage import is_temporary_name
-from tests.ferry.harness import TOKEN, ServerThread, run, run_cli, write_token
+from tests.ferry.harness import TOKEN, ServerThread, run, run_cli
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, Path]:
-    paths = {name: tmp_path / name for name in ("root", "src", "back")}
-    for path in paths.values():
-        path.mkdir()
-    paths["token"] = write_token(tmp_path / "token")
-    return paths
 
 
 def digest(path: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from sockferry.sctp.endpoint import AssociationChange, Endpoint, Message, Received
+from sockferry.sctp.endpoint import AssociationChange, AssocState, Endpoint, Message, Received
 
 
 async def next_of(endpoint: Endpoint, kind: type, timeout_s: float = 20.0) -> Received:
@@ -19,6 +19,14 @@ async def next_of(endpoint: Endpoint, kind: type, timeout_s: float = 20.0) -> Re
 async def next_change(endpoint: Endpoint) -> AssociationChange:
     change = await next_of(endpoint, AssociationChange)
     assert isinstance(change, AssociationChange)
+    return change
+
+
+async def next_end(endpoint: Endpoint) -> AssociationChange:
+    """The next association change that is not a COMM_UP (or RESTART): an end."""
+    change = await next_change(endpoint)
+    while change.state in (AssocState.COMM_UP, AssocState.RESTART):
+        change = await next_change(endpoint)
     return change
 
 

@@ -18,7 +18,7 @@ from sockferry.sctp.kernel import KernelEndpoint
 from sockferry.sctp.transport import open_endpoint
 from sockferry.sockets import HostPort
 from tests.conftest import require_program
-from tests.sctp.endpoints import messages, next_change, run
+from tests.sctp.endpoints import messages, next_change, next_end, run
 
 pytestmark = [pytest.mark.kernel_sctp, pytest.mark.timeout(120)]
 
@@ -98,9 +98,7 @@ def test_seed_client_that_just_closes_is_noticed() -> None:
                 (message,) = await messages(server, 1)
                 assert message.data == b"hello"
                 assert message.peer == ("127.0.0.1", seed_client.getsockname()[1])
-            gone = await next_change(server)
-            while gone.state == AssocState.COMM_UP:
-                gone = await next_change(server)
+            gone = await next_end(server)
             assert (gone.state, gone.assoc_id) == (AssocState.SHUTDOWN_COMP,
                                                    message.assoc_id)
             with pytest.raises(NetworkError, match="does not exist or has ended"):
@@ -120,9 +118,7 @@ def test_abort_reaches_the_peer_with_its_reason() -> None:
             assert (lost.state, lost.assoc_id) == (AssocState.COMM_LOST, up.assoc_id)
             assert "the peer aborted the association" in lost.reason
             assert "changed my mind" in lost.reason
-            mine = await next_change(client)
-            while mine.state == AssocState.COMM_UP:
-                mine = await next_change(client)
+            mine = await next_end(client)
             assert (mine.state, mine.reason) == (AssocState.COMM_LOST,
                                                  "aborted locally: changed my mind")
 
@@ -220,9 +216,7 @@ def test_a_peer_that_vanishes_is_lost_after_the_retransmission_limit(
             lost = await next_change(server)  # heartbeats unanswered
             assert (lost.state, lost.assoc_id) == (AssocState.COMM_LOST, up.assoc_id)
             assert lost.reason == "the peer aborted or stopped answering"
-            mine = await next_change(client)  # DATA unacknowledged
-            while mine.state == AssocState.COMM_UP:
-                mine = await next_change(client)
+            mine = await next_end(client)  # DATA unacknowledged
             assert (mine.state, mine.assoc_id) == (AssocState.COMM_LOST, assoc)
 
     run(body)

@@ -21,7 +21,7 @@ from sockferry.sctp.endpoint import AssocId, AssocState, Endpoint, StreamCounts
 from sockferry.sctp.kernel import KernelEndpoint
 from sockferry.sctp.udp import UdpEndpoint
 from sockferry.sockets import HostPort
-from tests.sctp.endpoints import messages, next_change, run
+from tests.sctp.endpoints import messages, next_change, next_end, run
 
 pytestmark = [pytest.mark.kernel_sctp, pytest.mark.timeout(180)]
 
@@ -156,9 +156,7 @@ def test_graceful_shutdown(kernel_server: bool, server_ends: bool,
         ending_id, other_id = ((p.server_assoc, p.client_assoc) if server_ends
                                else (p.client_assoc, p.server_assoc))
         await ending.shutdown(ending_id)
-        done = await next_change(other)
-        while done.state == AssocState.COMM_UP:
-            done = await next_change(other)
+        done = await next_end(other)
         assert (done.state, done.assoc_id) == (AssocState.SHUTDOWN_COMP, other_id)
 
     in_pair(kernel_server, kernel_encap_port, test)
@@ -174,9 +172,7 @@ def test_abort_with_reason(kernel_server: bool, server_aborts: bool,
         aborting_id, other_id = ((p.server_assoc, p.client_assoc) if server_aborts
                                  else (p.client_assoc, p.server_assoc))
         aborting.abort(aborting_id, "out of patience")
-        lost = await next_change(other)
-        while lost.state == AssocState.COMM_UP:
-            lost = await next_change(other)
+        lost = await next_end(other)
         assert (lost.state, lost.assoc_id) == (AssocState.COMM_LOST, other_id)
         assert lost.reason == ("the peer aborted the association: user initiated abort "
                                "(out of patience)")

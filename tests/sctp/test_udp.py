@@ -9,29 +9,13 @@ import pytest
 
 from sockferry.errors import NetworkError, NotAvailable
 from sockferry.sctp.association import Config
-from sockferry.sctp.endpoint import AssociationChange, AssocState, Message, Received
+from sockferry.sctp.endpoint import AssociationChange, AssocState
 from sockferry.sctp.transport import open_endpoint
 from sockferry.sctp.udp import UdpEndpoint, path_packet_size
 from sockferry.sockets import HostPort
+from tests.sctp.endpoints import messages, next_of
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def next_of(endpoint: UdpEndpoint, kind: type, timeout_s: float = 10.0) -> Received:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            item = await endpoint.receive()
-            if isinstance(item, kind):
-                return item
-
-
-async def messages(endpoint: UdpEndpoint, count: int) -> list[Message]:
-    got: list[Message] = []
-    while len(got) < count:
-        item = await next_of(endpoint, Message)
-        assert isinstance(item, Message)
-        got.append(item)
-    return got
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])

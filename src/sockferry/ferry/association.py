@@ -39,6 +39,7 @@ from sockferry.sctp.endpoint import (
 )
 from sockferry.sctp.transport import open_endpoint
 from sockferry.sockets import Address, format_sockaddr
+from sockferry.streams import stalled
 
 log = logging.getLogger("sockferry.ferry")
 
@@ -102,8 +103,7 @@ class AssociationStream:
     # -- the Stream protocol ------------------------------------------------------------
 
     def _timeout(self) -> TransferTimeout:
-        return TransferTimeout(f"{self.peer} made no progress for {self.idle_timeout_s:g} s "
-                               "— the peer is stalled or gone")
+        return stalled(self.peer, self.idle_timeout_s)
 
     async def recv_into(self, buffer: bytearray | memoryview) -> int:
         """Bytes in protocol order; 0 once the peer has ended its side."""
