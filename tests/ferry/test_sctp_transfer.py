@@ -3,6 +3,7 @@ stream — userspace stack on the host (also through a lossy relay), kernel in t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -13,9 +14,12 @@ from pathlib import Path
 import pytest
 
 from sockferry.cli.runtime import ExitCode
+from sockferry.errors import SockferryError
+from sockferry.ferry.association import sctp_client
+from sockferry.sockets import HostPort
 from sockferry.storage import is_temporary_name
 from tests.conftest import require_program
-from tests.ferry.harness import ServerThread, run_cli, write_token
+from tests.ferry.harness import TOKEN, ServerThread, run_cli, write_token
 from tests.sctp.relay import LossyRelay
 
 pytestmark = pytest.mark.timeout(240)
@@ -138,3 +142,19 @@ def test_unix_sockets_do_not_carry_sctp(env: dict[str, Path]) -> None:
     code, _out, err = run_cli("ls", "--transport", "sctp", "--unix", "/tmp/x",
                               "--token-file", str(env["token"]), ":")
     assert code == ExitCode.USAGE and "SCTP runs over IP" in err
+
+
+def test_a_client_past_max_connections_is_told_why(env: dict[str, Path]) -> None:
+    async def body(port: int) -> str:
+        address = HostPort("127.0.0.1", port)
+        async with sctp_client(address, TOKEN, stack="udp") as first:
+            assert await first.list("") == []
+            with pytest.raises(SockferryError) as refused:
+                async with sctp_client(address, TOKEN, stack="udp"):
+                    pass
+            await first.finish()
+        return str(refused.value)
+
+    with ServerThread(env["root"], sctp_stack="udp", max_connections=1) as server:
+        message = asyncio.run(body(server.port))
+    assert "server busy: 1 connections already" in message

@@ -249,8 +249,11 @@ async def sctp_client(address: Address, token: bytes, *, stack: str = "auto",
     reader: asyncio.Task[None] | None = None
     try:
         assoc_id = await endpoint.connect(address, timeout_s=timeout_s)
-        stream = AssociationStream(endpoint, assoc_id, str(address), client=True,
-                                   idle_timeout_s=idle_timeout_s)
+        try:
+            stream = AssociationStream(endpoint, assoc_id, str(address), client=True,
+                                       idle_timeout_s=idle_timeout_s)
+        except SockferryError:  # refused at once (a busy server aborts): say why
+            raise await _why_it_ended(endpoint, assoc_id, address) from None
         reader = asyncio.get_running_loop().create_task(
             route(endpoint, {assoc_id: stream}))
         client = await FerryClient.start(stream, token, timeout_s=timeout_s)
@@ -264,3 +267,19 @@ async def sctp_client(address: Address, token: bytes, *, stack: str = "auto",
             with contextlib.suppress(asyncio.CancelledError, SockferryError):
                 await reader
         await endpoint.close()
+
+
+async def _why_it_ended(endpoint: Endpoint, assoc_id: AssocId, address: Address
+                        ) -> NetworkError:
+    """The reason of the event that ended ``assoc_id``, from the endpoint's queue."""
+    reason = "it ended at once"
+    with contextlib.suppress(TimeoutError, SockferryError):
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
+            while True:
+                item = await endpoint.receive()
+                if (isinstance(item, AssociationChange) and item.assoc_id == assoc_id
+                        and item.state not in (AssocState.COMM_UP, AssocState.RESTART)):
+                    reason = item.reason or item.state.value
+                    break
+    return NetworkError(f"the SCTP association with {address} ended: {reason}",
+                        address=str(address))
