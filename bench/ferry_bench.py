@@ -11,6 +11,7 @@ file (nc: until the listening nc exits; scp and sockferry: until the client exit
 for sockferry is after the server confirmed the digest and fsynced the file).
 
 Usage: python3 bench/ferry_bench.py [--size-mib 1024] [--rounds 5] [--json FILE]
+       [--with-sctp]  (adds sockferry over SCTP, on the userspace stack in UDP)
 Needs: nc (netcat-openbsd), ssh + sshd (openssh-client, openssh-server), taskset.
 """
 
@@ -58,11 +59,12 @@ def wait_port(port: int, timeout_s: float = 20.0) -> None:
 
 class Sockferry:
     name = "sockferry"
+    transport: tuple[str, ...] = ()  # extra options of serve and send
 
     def __init__(self, work: Path) -> None:
-        self.root = work / "sf-root"
+        self.root = work / f"{self.name}-root"
         self.root.mkdir()
-        self.token = work / "sf-token"
+        self.token = work / f"{self.name}-token"
         self.token.write_text("bench-token-" + os.urandom(16).hex())
         self.token.chmod(0o600)
         self.port = free_port()
@@ -70,8 +72,12 @@ class Sockferry:
         self.env = env
         self.server = subprocess.Popen(
             pinned(RECEIVER_CPU, sys.executable, "-m", "sockferry", "serve", str(self.root),
-                   "--listen", f"127.0.0.1:{self.port}", "--token-file", str(self.token)),
+                   "--listen", f"127.0.0.1:{self.port}", "--token-file", str(self.token),
+                   *self.transport),
             env=env, stderr=subprocess.DEVNULL)
+        self.wait()
+
+    def wait(self) -> None:
         wait_port(self.port)
 
     def run(self, source: Path) -> float:
@@ -80,7 +86,8 @@ class Sockferry:
         started = time.perf_counter()
         subprocess.run(pinned(SENDER_CPU, sys.executable, "-m", "sockferry", "send", "-q",
                               "-P", str(self.port), "--token-file", str(self.token),
-                              str(source), "127.0.0.1:copy.bin"), env=self.env, check=True)
+                              *self.transport, str(source), "127.0.0.1:copy.bin"),
+                       env=self.env, check=True)
         elapsed = time.perf_counter() - started
         assert target.stat().st_size == source.stat().st_size
         return elapsed
@@ -88,6 +95,17 @@ class Sockferry:
     def close(self) -> None:
         self.server.send_signal(signal.SIGTERM)
         self.server.wait(30)
+
+
+class SockferrySctp(Sockferry):
+    """The same transfer over SCTP (``--transport sctp``) on the userspace stack in UDP:
+    the kernel here has no SCTP."""
+
+    name = "sockferry-sctp"
+    transport = ("--transport", "sctp", "--sctp-stack", "udp")
+
+    def wait(self) -> None:
+        wait_for_listen(self.port, "/proc/net/udp", "07")
 
 
 class Netcat:
@@ -115,18 +133,20 @@ class Netcat:
         self.target.unlink(missing_ok=True)
 
 
-def wait_for_listen(port: int, timeout_s: float = 10.0) -> None:
-    """Wait until a TCP port is in LISTEN state without connecting to it."""
+def wait_for_listen(port: int, table_path: str = "/proc/net/tcp", state: str = "0A",
+                    timeout_s: float = 10.0) -> None:
+    """Wait until a port is bound in ``state`` (TCP LISTEN, or UDP's 07) without
+    connecting to it."""
     needle = f":{port:04X} "
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with open("/proc/net/tcp") as table:
+        with open(table_path) as table:
             for line in table:
                 fields = line.split()
-                if len(fields) > 3 and needle in f"{fields[1]} " and fields[3] == "0A":
+                if len(fields) > 3 and needle in f"{fields[1]} " and fields[3] == state:
                     return
         time.sleep(0.01)
-    raise RuntimeError(f"nc did not listen on {port}")
+    raise RuntimeError(f"nothing listened on {port}")
 
 
 class Scp:
@@ -176,6 +196,8 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--with-sctp", action="store_true",
+                        help="also sockferry over SCTP (--transport sctp, userspace stack)")
     args = parser.parse_args()
     if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
         print("needs two CPUs for pinning", file=sys.stderr)
@@ -188,6 +210,8 @@ def main() -> int:
             for _ in range(args.size_mib):
                 f.write(os.urandom(1024 * 1024))
         tools: list[Sockferry | Netcat | Scp] = [Sockferry(work), Netcat(work), Scp(work)]
+        if args.with_sctp:
+            tools.insert(1, SockferrySctp(work))
         times: dict[str, list[float]] = {t.name: [] for t in tools}
         try:
             for round_index in range(args.rounds):

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -65,7 +66,8 @@ class AssociationStream:
         self.local = ", ".join(format_sockaddr(a) for a in endpoint.local_addresses)
         self.bytes_in = 0
         self.bytes_out = 0
-        self._incoming = bytearray()
+        self._incoming: deque[memoryview] = deque()  # frames not yet read, in order
+        self._incoming_bytes = 0
         self._changed = asyncio.Event()  # data arrived, was read, or the end came
         self._ended = False  # the association went away (gracefully or not)
         self._failure: SockferryError | None = None
@@ -80,16 +82,19 @@ class AssociationStream:
                 self._receiver.receive(message.stream, message.ppid, message.data)
             except RemoteProtocolError as exc:
                 self._failure = exc
-            self._incoming += self._receiver.take()
+            for frame in self._receiver.take():
+                self._incoming.append(memoryview(frame))
+                self._incoming_bytes += len(frame)
         self._changed.set()
         try:
             async with asyncio.timeout(self.idle_timeout_s):
-                while len(self._incoming) > MAX_INCOMING and not self._closed:
+                while self._incoming_bytes > MAX_INCOMING and not self._closed:
                     self._changed.clear()
                     await self._changed.wait()
         except TimeoutError:  # its reader is stuck: it must not hold the others up
             self._failure = self._timeout()
             self._incoming.clear()
+            self._incoming_bytes = 0
             self._endpoint.abort(self._assoc_id, "the connection stopped reading")
 
     def association_ended(self, change: AssociationChange) -> None:
@@ -116,15 +121,27 @@ class AssociationStream:
         except TimeoutError:
             raise self._timeout() from None
         if self._incoming:
-            count = min(len(buffer), len(self._incoming))
-            buffer[:count] = self._incoming[:count]
-            del self._incoming[:count]
+            count = self._copy_into(memoryview(buffer).cast("B"))
             self.bytes_in += count
             self._changed.set()  # room for the endpoint's reader
             return count
         if self._failure is not None:
             raise self._failure
         return 0
+
+    def _copy_into(self, buffer: memoryview) -> int:
+        count = 0
+        while self._incoming and count < len(buffer):
+            frame = self._incoming[0]
+            n = min(len(frame), len(buffer) - count)
+            buffer[count:count + n] = frame[:n]
+            count += n
+            if n == len(frame):
+                self._incoming.popleft()
+            else:
+                self._incoming[0] = frame[n:]
+        self._incoming_bytes -= count
+        return count
 
     async def _send_pieces(self, pieces: Sequence[Piece]) -> None:
         try:

@@ -125,7 +125,7 @@ class FrameReceiver:
     def __init__(self, *, server: bool, streams: int) -> None:
         self._server = server
         self._streams = streams
-        self._ready = bytearray()
+        self._ready: list[bytes] = []  # whole frames, in the order for the core
         self._held: dict[int, deque[tuple[int, bytes]]] = {}
         self._held_bytes = 0
         self._opened: int | None = None  # the newest request opened on stream 0
@@ -136,10 +136,9 @@ class FrameReceiver:
         """END has arrived on every stream (and every frame has been handed on)."""
         return len(self._ended) == self._streams
 
-    def take(self) -> bytes:
-        """Bytes for the core, in an order the ferry protocol allows."""
-        ready = bytes(self._ready)
-        self._ready.clear()
+    def take(self) -> list[bytes]:
+        """Frames for the core, in an order the ferry protocol allows."""
+        ready, self._ready = self._ready, []
         return ready
 
     def receive(self, stream: int, ppid: int, data: bytes) -> None:
@@ -157,14 +156,14 @@ class FrameReceiver:
                                       "ferry frame")
         frame_type, request = _check_frame(data)
         if not self._server or stream == 0:
-            self._ready += data
+            self._ready.append(data)
             if self._server and frame_type in OPENING:
                 self._open(request)
             return
         if stream in self._held or not self._is_open(request):
             self._hold(stream, request, data)
         else:
-            self._ready += data
+            self._ready.append(data)
 
     def _is_open(self, request: int) -> bool:
         """Opened already: ids grow mod 2^32 (RFC 1982 serial number arithmetic)."""
@@ -184,7 +183,7 @@ class FrameReceiver:
             while waiting and self._is_open(waiting[0][0]):
                 _request, data = waiting.popleft()
                 self._held_bytes -= len(data)
-                self._ready += data
+                self._ready.append(data)
             if not waiting:
                 del self._held[stream]
 
