@@ -111,3 +111,31 @@ def test_port_in_use_is_one_sentence() -> None:
         code = main(["sctp-serve", "--listen", f"127.0.0.1:{port}"], stdout=out, stderr=err)
     assert code == 3 and "already in use" in err.getvalue()
     assert os.linesep not in err.getvalue().rstrip()
+
+
+def test_server_abort_is_refused_with_its_reason() -> None:
+    import asyncio  # noqa: PLC0415
+
+    from sockferry.sctp.endpoint import Message  # noqa: PLC0415
+    from sockferry.sctp.udp import UdpEndpoint  # noqa: PLC0415
+    from sockferry.sockets import HostPort  # noqa: PLC0415
+
+    async def scenario() -> tuple[int, str]:
+        async with await UdpEndpoint.open([HostPort("127.0.0.1", 0)]) as server:
+            async def abort_first_message() -> None:
+                while True:
+                    item = await server.receive()
+                    if isinstance(item, Message):
+                        server.abort(item.assoc_id, "no vacancies")
+                        return
+
+            aborter = asyncio.create_task(abort_first_message())
+            out, err = io.StringIO(), io.StringIO()
+            code = await asyncio.to_thread(
+                main, ["sctp-send", f"127.0.0.1:{server.sctp_port}", "knock", "--linger", "5"],
+                stdout=out, stderr=err)
+            await aborter
+            return code, err.getvalue()
+
+    code, err = asyncio.run(scenario())
+    assert code == 5 and "no vacancies" in err

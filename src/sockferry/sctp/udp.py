@@ -15,7 +15,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any, Self, cast
 
-from sockferry.errors import NetworkError, PeerRefused
+from sockferry.errors import NetworkError, PeerRefused, UsageError
 from sockferry.sctp.association import Config, State
 from sockferry.sctp.endpoint import (
     AssociationChange,
@@ -124,22 +124,26 @@ class UdpEndpoint:
         return endpoint
 
     async def _bind(self, listen: Sequence[Address], udp_port: int | None) -> None:
+        """One SCTP port for the endpoint; one UDP socket per address, all on one port."""
         targets = list(listen) or [HostPort("", 0)]
-        sctp_port = None
+        if any(isinstance(a, UnixPath) for a in targets):
+            raise NetworkError("SCTP runs over IP, not over a unix socket")
+        ports = {a.port for a in targets if isinstance(a, HostPort)}
+        if len(ports) > 1:
+            raise UsageError("an SCTP endpoint has one port: give every --listen address "
+                             "the same port")
+        sctp_port = ports.pop()
+        bound = udp_port if udp_port is not None else sctp_port
         for address in targets:
-            if isinstance(address, UnixPath):
-                raise NetworkError(f"{address}: SCTP runs over IP, not over a unix socket")
-            sctp_port = address.port if sctp_port is None else sctp_port
-            bind_port = udp_port if udp_port is not None else address.port
-            for sock in await open_listeners(HostPort(address.host, bind_port),
-                                             socket.SOCK_DGRAM):
+            assert isinstance(address, HostPort)
+            for sock in await open_listeners(HostPort(address.host, bound), socket.SOCK_DGRAM):
                 _grow_buffers(sock)
                 _, protocol = await self._loop.create_datagram_endpoint(
                     lambda: _Socket(self), sock=sock)
                 self._sockets.append(protocol)
-                if sctp_port == 0:
-                    sctp_port = sock.getsockname()[1]
-        assert sctp_port is not None
+                bound = sock.getsockname()[1]  # port 0: the rest share the kernel's pick
+        if sctp_port == 0:
+            sctp_port = bound
         self._stack = Stack(sctp_port, self._config, secret=secrets.token_bytes(32),
                             rng=secrets.token_bytes, packet_size=path_packet_size)
 
