@@ -166,3 +166,19 @@ def test_listening_on_two_addresses_shares_one_port() -> None:
                     assert got.peer[0] == host  # type: ignore[index]
 
     asyncio.run(main())
+
+
+def test_a_name_with_two_addresses_gives_one_association() -> None:
+    async def main() -> None:
+        listen = [HostPort("127.0.0.1", 0), HostPort("::1", 0)]
+        async with await UdpEndpoint.open(listen) as server:
+            async with await UdpEndpoint.open() as client:
+                assoc = await client.connect(HostPort("localhost", server.sctp_port))
+                await client.shutdown(assoc)
+            up = await next_of(server, AssociationChange)
+            done = await next_of(server, AssociationChange)
+            assert isinstance(up, AssociationChange) and isinstance(done, AssociationChange)
+            assert [up.state, done.state] == [AssocState.COMM_UP, AssocState.SHUTDOWN_COMP]
+            assert server.stack.association_ids == []
+
+    asyncio.run(main())
