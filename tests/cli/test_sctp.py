@@ -139,3 +139,31 @@ def test_server_abort_is_refused_with_its_reason() -> None:
 
     code, err = asyncio.run(scenario())
     assert code == 5 and "no vacancies" in err
+
+
+def test_a_client_that_does_not_read_holds_up_only_itself(
+        server: tuple[subprocess.Popen[str], int]) -> None:
+    import asyncio  # noqa: PLC0415
+
+    from sockferry.sctp.endpoint import Message  # noqa: PLC0415
+    from sockferry.sctp.udp import UdpEndpoint  # noqa: PLC0415
+    from sockferry.sockets import HostPort  # noqa: PLC0415
+
+    proc, port = server
+
+    async def scenario() -> bytes:
+        target = HostPort("127.0.0.1", port)
+        async with await UdpEndpoint.open() as stuck, await UdpEndpoint.open() as fine:
+            block = bytes(65536)
+            for _ in range(300):  # 19 MiB of echoes it never reads
+                await stuck.send(block, to=target)
+            await fine.send(b"still served?", to=target)
+            async with asyncio.timeout(20):
+                while True:
+                    item = await fine.receive()
+                    if isinstance(item, Message):
+                        return item.data
+
+    assert asyncio.run(scenario()) == b"still served?"
+    _, err, code = stop(proc)
+    assert code == 0 and "echo dropped: the client is not reading" in err
