@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from sockferry.cli import main
+from sockferry.sctp.endpoint import Message
+from sockferry.sctp.udp import UdpEndpoint
+from sockferry.sockets import HostPort
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,7 +107,6 @@ def test_kernel_transport_says_it_is_not_available() -> None:
 
 
 def test_port_in_use_is_one_sentence() -> None:
-    import socket  # noqa: PLC0415
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
@@ -114,11 +118,6 @@ def test_port_in_use_is_one_sentence() -> None:
 
 
 def test_server_abort_is_refused_with_its_reason() -> None:
-    import asyncio  # noqa: PLC0415
-
-    from sockferry.sctp.endpoint import Message  # noqa: PLC0415
-    from sockferry.sctp.udp import UdpEndpoint  # noqa: PLC0415
-    from sockferry.sockets import HostPort  # noqa: PLC0415
 
     async def scenario() -> tuple[int, str]:
         async with await UdpEndpoint.open([HostPort("127.0.0.1", 0)]) as server:
@@ -143,11 +142,7 @@ def test_server_abort_is_refused_with_its_reason() -> None:
 
 def test_a_client_that_does_not_read_holds_up_only_itself(
         server: tuple[subprocess.Popen[str], int]) -> None:
-    import asyncio  # noqa: PLC0415
 
-    from sockferry.sctp.endpoint import Message  # noqa: PLC0415
-    from sockferry.sctp.udp import UdpEndpoint  # noqa: PLC0415
-    from sockferry.sockets import HostPort  # noqa: PLC0415
 
     proc, port = server
 
