@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from sockferry.cli import main
+from sockferry.sctp.endpoint import Message
+from sockferry.sctp.udp import UdpEndpoint
+from sockferry.sockets import HostPort
 from tests.cli.sctp_server import sctp_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -94,7 +99,6 @@ def test_kernel_transport_says_it_is_not_available() -> None:
 
 
 def test_port_in_use_is_one_sentence() -> None:
-    import socket  # noqa: PLC0415
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
@@ -103,3 +107,50 @@ def test_port_in_use_is_one_sentence() -> None:
         code = main(["sctp-serve", "--listen", f"127.0.0.1:{port}"], stdout=out, stderr=err)
     assert code == 3 and "already in use" in err.getvalue()
     assert os.linesep not in err.getvalue().rstrip()
+
+
+def test_server_abort_is_refused_with_its_reason() -> None:
+
+    async def scenario() -> tuple[int, str]:
+        async with await UdpEndpoint.open([HostPort("127.0.0.1", 0)]) as server:
+            async def abort_first_message() -> None:
+                while True:
+                    item = await server.receive()
+                    if isinstance(item, Message):
+                        server.abort(item.assoc_id, "no vacancies")
+                        return
+
+            aborter = asyncio.create_task(abort_first_message())
+            out, err = io.StringIO(), io.StringIO()
+            code = await asyncio.to_thread(
+                main, ["sctp-send", f"127.0.0.1:{server.sctp_port}", "knock", "--linger", "5"],
+                stdout=out, stderr=err)
+            await aborter
+            return code, err.getvalue()
+
+    code, err = asyncio.run(scenario())
+    assert code == 5 and "no vacancies" in err
+
+
+def test_a_client_that_does_not_read_holds_up_only_itself(
+        server: tuple[subprocess.Popen[str], int]) -> None:
+
+
+    proc, port = server
+
+    async def scenario() -> bytes:
+        target = HostPort("127.0.0.1", port)
+        async with await UdpEndpoint.open() as stuck, await UdpEndpoint.open() as fine:
+            block = bytes(65536)
+            for _ in range(300):  # 19 MiB of echoes it never reads
+                await stuck.send(block, to=target)
+            await fine.send(b"still served?", to=target)
+            async with asyncio.timeout(20):
+                while True:
+                    item = await fine.receive()
+                    if isinstance(item, Message):
+                        return item.data
+
+    assert asyncio.run(scenario()) == b"still served?"
+    _, err, code = stop(proc)
+    assert code == 0 and "echo dropped: the client is not reading" in err

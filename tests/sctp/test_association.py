@@ -253,11 +253,32 @@ def test_receiver_window_holds_the_sender_back_until_read() -> None:
 
 
 def test_idle_association_sends_heartbeats_and_survives() -> None:
+    kinds: list[type] = []
     net, client, server = established()
+    net.link.keep = lambda data, s, d: kinds.extend(
+        type(ch) for ch in c.decode_packet(data).chunks) or True
     net.run_for(300)
     assert client.states() == [AssocState.COMM_UP] and server.states() == [AssocState.COMM_UP]
-    assoc = client.stack.association(client.up())  # type: ignore[arg-type]
-    assert assoc is not None and assoc.next_deadline() is not None
+    # §8.3: about one HEARTBEAT per 30 s + RTO from each side, each acknowledged
+    assert 10 <= kinds.count(c.HeartbeatChunk) <= 20
+    assert kinds.count(c.HeartbeatAckChunk) == kinds.count(c.HeartbeatChunk)
+
+
+def test_a_stale_cookie_is_asked_again_with_a_preservative() -> None:
+    seen: list[c.Chunk] = []
+    net = Network(LossyLink(random.Random(0), delay_s=0.05,
+                            keep=lambda data, s, d: seen.extend(
+                                c.decode_packet(data).chunks) or True))
+    client = net.add("127.0.0.1", 5000)
+    server = net.add("127.0.0.2", 6000, Config(valid_cookie_life_s=0.01))
+    net.connect(client, server)
+    net.run(lambda: client.up() is not None and server.up() is not None)
+    assert client.states() == [AssocState.COMM_UP]
+    stale = [ch for ch in seen if isinstance(ch, c.ErrorChunk)
+             and ch.causes[0].code == c.CauseCode.STALE_COOKIE]
+    inits = [ch for ch in seen if isinstance(ch, c.InitChunk)]
+    assert len(stale) == 1 and len(inits) == 2
+    assert any(p.type == c.ParamType.COOKIE_PRESERVATIVE for p in inits[1].params)
 
 
 def test_slow_start_grows_cwnd_and_a_timeout_collapses_it() -> None:

@@ -134,3 +134,35 @@ def test_transport_choice() -> None:
 def test_loopback_packets_use_its_large_mtu() -> None:
     assert path_packet_size(("127.0.0.1", 9)) == 65507
     assert path_packet_size(("::1", 9, 0, 0)) > 60_000
+
+
+def test_listening_on_two_addresses_shares_one_port() -> None:
+    async def main() -> None:
+        listen = [HostPort("127.0.0.1", 0), HostPort("::1", 0)]
+        async with await UdpEndpoint.open(listen) as server:
+            ports = {address[1] for address in server.local_addresses}  # type: ignore[index]
+            assert ports == {server.sctp_port}
+            for host in ("127.0.0.1", "::1"):
+                async with await UdpEndpoint.open() as client:
+                    await client.send(host.encode(), to=HostPort(host, server.sctp_port))
+                    (got,) = await messages(server, 1)
+                    assert got.data == host.encode()
+                    assert got.peer[0] == host  # type: ignore[index]
+
+    asyncio.run(main())
+
+
+def test_a_name_with_two_addresses_gives_one_association() -> None:
+    async def main() -> None:
+        listen = [HostPort("127.0.0.1", 0), HostPort("::1", 0)]
+        async with await UdpEndpoint.open(listen) as server:
+            async with await UdpEndpoint.open() as client:
+                assoc = await client.connect(HostPort("localhost", server.sctp_port))
+                await client.shutdown(assoc)
+            up = await next_of(server, AssociationChange)
+            done = await next_of(server, AssociationChange)
+            assert isinstance(up, AssociationChange) and isinstance(done, AssociationChange)
+            assert [up.state, done.state] == [AssocState.COMM_UP, AssocState.SHUTDOWN_COMP]
+            assert server.stack.association_ids == []
+
+    asyncio.run(main())

@@ -10,6 +10,7 @@
  *   SEND ASSOC STREAM PPID UNORDERED LEN SEED   LEN bytes, byte i = (SEED + i) & 0xff
  *   BULK ASSOC STREAM COUNT LEN  COUNT messages of LEN bytes (SEED 0)
  *   WAITFOR COUNT                until COUNT messages have arrived in all
+ *   UDPBUF BYTES                 buffers of usrsctp's UDP socket (default 256 KiB)
  *   MTU BYTES                    path MTU for associations set up from now on (usrsctp
  *                                assumes 1500 on UDP paths; loopback's is 65536)
  *   SHUTDOWN ASSOC, ABORT ASSOC REASON, STATS, QUIT
@@ -40,6 +41,7 @@ static pthread_cond_t count_cond = PTHREAD_COND_INITIALIZER;
 static unsigned char *partial;
 static size_t partial_len, partial_cap;
 static uint32_t crc_table[256];
+static uint16_t udp_port;
 
 static void say(const char *format, ...)
 {
@@ -189,6 +191,28 @@ static unsigned char *pattern(size_t len, unsigned seed)
 	return data;
 }
 
+/* usrsctp sizes its UDP socket's receive buffer at 256 KiB: two 64 KiB datagrams.  The
+ * benchmark gives it what our endpoint asks for, so that both sides have the same. */
+static void grow_udp_buffers(uint16_t port, int size)
+{
+	for (int fd = 3; fd < 1024; fd++) {
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof ss;
+		int type = 0;
+		socklen_t tlen = sizeof type;
+		if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 ||
+		    getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 || type != SOCK_DGRAM)
+			continue;
+		uint16_t bound = ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+			: ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : 0;
+		if (ntohs(bound) != port)
+			continue;
+		if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) < 0)
+			setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+	}
+}
+
 static int run_command(struct socket *sock, char *line)
 {
 	char cmd[32] = "", text[512] = "";
@@ -257,6 +281,8 @@ static int run_command(struct socket *sock, char *line)
 		if (usrsctp_setsockopt(sock, IPPROTO_SCTP, SCTP_PEER_ADDR_PARAMS, &params,
 				       sizeof params) < 0)
 			return -1;
+	} else if (!strcmp(cmd, "UDPBUF") && sscanf(line, "%*s %u", &a) == 1) {
+		grow_udp_buffers(udp_port, (int)a);
 	} else if (!strcmp(cmd, "STATS")) {
 		say("STATS msgs=%llu bytes=%llu", total_msgs, total_bytes);
 	} else if (!strcmp(cmd, "QUIT")) {
@@ -275,7 +301,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	crc_init();
-	usrsctp_init((uint16_t)atoi(argv[1]), NULL, NULL);
+	udp_port = (uint16_t)atoi(argv[1]);
+	usrsctp_init(udp_port, NULL, NULL);
 	/* usrsctp leaves the CRC out on loopback by default; RFC 9260 requires it. */
 	usrsctp_sysctl_set_sctp_no_csum_on_loopback(0);
 	/* Socket buffers of 4 MiB like ours (usrsctp's default is a fraction of that). */

@@ -33,6 +33,8 @@ DEFAULT_PORT = DEFAULT_UDP_PORT
 MAX_SHOWN = 1000
 # How long sctp-send waits, after its last message is acknowledged, for replies.
 DEFAULT_LINGER_S = 0.5
+# Echoes waiting for one client before further ones are dropped (it is not reading).
+ECHO_BACKLOG = 64
 # One line of standard input is one message; longer lines are refused, never truncated.
 MAX_LINE = 1 << 20
 
@@ -162,18 +164,63 @@ async def _serve(args: argparse.Namespace, listen: list[Any], console: Console) 
 
 
 async def _serve_loop(endpoint: Endpoint, echo: bool, console: Console) -> None:
-    while True:
-        item = await endpoint.receive()
-        if isinstance(item, AssociationChange):
-            console.print(describe_change(item))
-            continue
-        console.print(describe_message(item))
-        if echo:
+    echoes = _Echoes(endpoint, console)
+    try:
+        while True:
+            item = await endpoint.receive()
+            if isinstance(item, AssociationChange):
+                console.print(describe_change(item))
+                if item.state not in (AssocState.COMM_UP, AssocState.RESTART):
+                    echoes.forget(item.assoc_id)
+                continue
+            console.print(describe_message(item))
+            if echo:
+                echoes.queue(item)
+    finally:
+        echoes.close()
+
+
+class _Echoes:
+    """One echo queue per association, so a client that stops reading its echoes
+    holds up only itself: past ECHO_BACKLOG waiting messages its echoes are dropped."""
+
+    def __init__(self, endpoint: Endpoint, console: Console) -> None:
+        self._endpoint = endpoint
+        self._console = console
+        self._queues: dict[AssocId, asyncio.Queue[Message]] = {}
+        self._tasks: dict[AssocId, asyncio.Task[None]] = {}
+
+    def queue(self, message: Message) -> None:
+        assoc_id = message.assoc_id
+        if assoc_id not in self._queues:
+            self._queues[assoc_id] = asyncio.Queue(ECHO_BACKLOG)
+            self._tasks[assoc_id] = asyncio.create_task(self._run(assoc_id))
+        try:
+            self._queues[assoc_id].put_nowait(message)
+        except asyncio.QueueFull:
+            self._console.notice(f"[assoc {assoc_id}] echo dropped: the client is not "
+                                 "reading its replies")
+
+    async def _run(self, assoc_id: AssocId) -> None:
+        queue = self._queues[assoc_id]
+        while True:
+            item = await queue.get()
             try:
-                await endpoint.send(item.data, to=item.assoc_id, stream=item.stream,
-                                    ppid=item.ppid, unordered=item.unordered)
+                await self._endpoint.send(item.data, to=assoc_id, stream=item.stream,
+                                          ppid=item.ppid, unordered=item.unordered)
             except SockferryError as exc:  # that client went away: the others go on
-                console.notice(f"[assoc {item.assoc_id}] echo not sent: {exc}")
+                self._console.notice(f"[assoc {assoc_id}] echo not sent: {exc}")
+                return
+
+    def forget(self, assoc_id: AssocId) -> None:
+        self._queues.pop(assoc_id, None)
+        task = self._tasks.pop(assoc_id, None)
+        if task is not None:
+            task.cancel()
+
+    def close(self) -> None:
+        for assoc_id in list(self._tasks):
+            self.forget(assoc_id)
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any, Self, cast
 
-from sockferry.errors import NetworkError, PeerRefused
+from sockferry.errors import NetworkError, PeerRefused, UsageError
 from sockferry.sctp.association import Config, State
 from sockferry.sctp.endpoint import (
     AssociationChange,
@@ -45,6 +45,8 @@ SOCKET_BUFFER = 8 << 20
 # How long close() lets associations shut down gracefully before aborting them.
 CLOSE_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 30.0
+# The head start one resolved address gets before the next is tried too (RFC 8305 §5).
+CONNECT_STAGGER_S = 0.25
 MAX_ROUTES = 10_000
 _IP_MTU = 14  # Linux <linux/in.h>, <linux/in6.h>: the route's MTU of a connected socket
 _IPV6_MTU = 24
@@ -125,22 +127,26 @@ class UdpEndpoint:
         return endpoint
 
     async def _bind(self, listen: Sequence[Address], udp_port: int | None) -> None:
+        """One SCTP port for the endpoint; one UDP socket per address, all on one port."""
         targets = list(listen) or [HostPort("", 0)]
-        sctp_port = None
+        if any(isinstance(a, UnixPath) for a in targets):
+            raise NetworkError("SCTP runs over IP, not over a unix socket")
+        ports = {a.port for a in targets if isinstance(a, HostPort)}
+        if len(ports) > 1:
+            raise UsageError("an SCTP endpoint has one port: give every --listen address "
+                             "the same port")
+        sctp_port = ports.pop()
+        bound = udp_port if udp_port is not None else sctp_port
         for address in targets:
-            if isinstance(address, UnixPath):
-                raise NetworkError(f"{address}: SCTP runs over IP, not over a unix socket")
-            sctp_port = address.port if sctp_port is None else sctp_port
-            bind_port = udp_port if udp_port is not None else address.port
-            for sock in await open_listeners(HostPort(address.host, bind_port),
-                                             socket.SOCK_DGRAM):
+            assert isinstance(address, HostPort)
+            for sock in await open_listeners(HostPort(address.host, bound), socket.SOCK_DGRAM):
                 grow_buffers(sock, SOCKET_BUFFER)
                 _, protocol = await self._loop.create_datagram_endpoint(
                     lambda: _Socket(self), sock=sock)
                 self._sockets.append(protocol)
-                if sctp_port == 0:
-                    sctp_port = sock.getsockname()[1]
-        assert sctp_port is not None
+                bound = sock.getsockname()[1]  # port 0: the rest share the kernel's pick
+        if sctp_port == 0:
+            sctp_port = bound
         self._stack = Stack(sctp_port, self._config, secret=secrets.token_bytes(32),
                             rng=secrets.token_bytes, packet_size=path_packet_size)
 
@@ -260,35 +266,24 @@ class UdpEndpoint:
 
     async def connect(self, address: Address, *,
                       timeout_s: float = CONNECT_TIMEOUT_S) -> AssocId:
-        """INIT goes to every resolved address at once; the first to come up wins."""
+        """Try each resolved address, the next one starting if the previous has not come
+        up within CONNECT_STAGGER_S (RFC 8305's head start); the first up wins."""
         if isinstance(address, UnixPath):
             raise NetworkError(f"{address}: SCTP runs over IP, not over a unix socket")
+        targets = [_plain(t.sockaddr) for t in await resolve(address, socket.SOCK_DGRAM)]
         attempts: dict[asyncio.Future[AssociationChange], AssocId] = {}
-        for target in await resolve(address, socket.SOCK_DGRAM):
-            host, port = _plain(target.sockaddr)
-            assoc_id = self.stack.connect(host, port, (host, self._peer_udp_port or port),
-                                          self._loop.time())
-            assoc = self.stack.association(assoc_id)
-            if assoc is not None and assoc.state == State.ESTABLISHED:
-                self._give_up(attempts, assoc_id)
-                return assoc_id
-            waiter = self._loop.create_future()
-            self._waiters.setdefault(assoc_id, []).append(waiter)
-            attempts[waiter] = assoc_id
-        self._flush()
-        winner, reasons = None, []
+        reasons: list[str] = []
+        winner: AssocId | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                pending = set(attempts)
-                while pending and winner is None:
-                    done, pending = await asyncio.wait(
-                        pending, return_when=asyncio.FIRST_COMPLETED)
-                    for future in done:
-                        change = future.result()
-                        if change.state in (AssocState.COMM_UP, AssocState.RESTART):
-                            winner = winner or change.assoc_id
-                        else:
-                            reasons.append(change.reason)
+                for index, (host, port) in enumerate(targets):
+                    winner = self._attempt(host, port, attempts)
+                    if winner is None:
+                        last = index == len(targets) - 1
+                        winner = await self._first_up(attempts, reasons,
+                                                      None if last else CONNECT_STAGGER_S)
+                    if winner is not None:
+                        break
         except TimeoutError:
             pass
         finally:
@@ -302,6 +297,36 @@ class UdpEndpoint:
         raise NetworkError(f"no SCTP answer from {address}{udp} within {timeout_s:g} s — "
                            "is the server running, and is the UDP port right?",
                            address=str(address))
+
+    def _attempt(self, host: str, port: int,
+                 attempts: dict[asyncio.Future[AssociationChange], AssocId]) -> AssocId | None:
+        """Start (or join) an association to host:port; its id if it is already up."""
+        assoc_id = self.stack.connect(host, port, (host, self._peer_udp_port or port),
+                                      self._loop.time())
+        assoc = self.stack.association(assoc_id)
+        if assoc is not None and assoc.state == State.ESTABLISHED:
+            return assoc_id
+        waiter = self._loop.create_future()
+        self._waiters.setdefault(assoc_id, []).append(waiter)
+        attempts[waiter] = assoc_id
+        self._flush()
+        return None
+
+    async def _first_up(self, attempts: dict[asyncio.Future[AssociationChange], AssocId],
+                        reasons: list[str], within_s: float | None) -> AssocId | None:
+        """Wait (``within_s`` at most) for an attempt to come up; failures go to reasons."""
+        pending = {f for f in attempts if not f.done()}
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=within_s,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                return None
+            for future in done:
+                change = future.result()
+                if change.state in (AssocState.COMM_UP, AssocState.RESTART):
+                    return change.assoc_id
+                reasons.append(change.reason)
+        return None
 
     def _give_up(self, attempts: dict[asyncio.Future[AssociationChange], AssocId],
                  winner: AssocId | None) -> None:
