@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from sockferry import errors
-from sockferry.cli import ferry, probe
+from sockferry.cli import ferry, probe, sctp
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, exit_code_for
 
 # One module per family of sub-commands; each has register(subparsers).
-COMMAND_MODULES = (ferry, probe)
+COMMAND_MODULES = (ferry, probe, sctp)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -78,8 +78,11 @@ class Endpoint(Protocol):
         """Where this endpoint is bound (the SCTP port, and the UDP port for udp)."""
         ...
 
-    async def connect(self, address: Address) -> AssocId:
-        """Set up an association (like ``sctp_connectx``); returns at COMM_UP."""
+    async def connect(self, address: Address, *, timeout_s: float = 30.0) -> AssocId:
+        """Set up an association (like ``sctp_connectx``); returns at COMM_UP.
+
+        Raises ``NetworkError`` when no association comes up within ``timeout_s``.
+        """
         ...
 
     async def send(self, data: bytes, *, to: AssocId | Address, stream: int = 0,

@@ -1,0 +1,174 @@
+"""Stacks joined by an in-memory link that drops, duplicates, reorders and delays.
+
+Time is virtual: when nothing is deliverable it jumps to the next delivery or deadline,
+so a test of minutes of protocol time runs in milliseconds and never sleeps.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sockferry.sctp.association import Config
+from sockferry.sctp.endpoint import AssociationChange, AssocId, AssocState, Message
+from sockferry.sctp.stack import Stack
+from sockferry.sockets import SockAddr
+
+Filter = Callable[[bytes, SockAddr, SockAddr], bool]
+
+
+@dataclass
+class Node:
+    address: tuple[str, int]
+    stack: Stack
+    messages: list[Message] = field(default_factory=list)
+    changes: list[AssociationChange] = field(default_factory=list)
+    read_messages: bool = True
+
+    def states(self) -> list[AssocState]:
+        return [change.state for change in self.changes]
+
+    def up(self) -> AssocId | None:
+        for change in self.changes:
+            if change.state in (AssocState.COMM_UP, AssocState.RESTART):
+                return change.assoc_id
+        return None
+
+
+@dataclass
+class LossyLink:
+    rng: random.Random
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    delay_s: float = 0.01
+    # A test's own say on each datagram: False drops it.
+    keep: Filter | None = None
+    _queue: list[tuple[float, int, bytes, SockAddr, SockAddr]] = field(default_factory=list)
+    _seq: int = 0
+    sent: int = 0
+
+    def transmit(self, data: bytes, source: SockAddr, destination: SockAddr,
+                 now: float) -> None:
+        self.sent += 1
+        if self.keep is not None and not self.keep(data, source, destination):
+            return
+        if self.rng.random() < self.loss:
+            return
+        copies = 2 if self.rng.random() < self.duplicate else 1
+        for _ in range(copies):
+            extra = self.rng.uniform(0, 5 * self.delay_s) if self.rng.random() < self.reorder \
+                else 0.0
+            self._seq += 1
+            heapq.heappush(self._queue, (now + self.delay_s + extra, self._seq, data,
+                                         source, destination))
+
+    def next_delivery(self) -> float | None:
+        return self._queue[0][0] if self._queue else None
+
+    def due(self, now: float) -> list[tuple[bytes, SockAddr, SockAddr]]:
+        out = []
+        while self._queue and self._queue[0][0] <= now:
+            _, _, data, source, destination = heapq.heappop(self._queue)
+            out.append((data, source, destination))
+        return out
+
+
+class Network:
+    """Nodes by address, a link between them, and a virtual clock."""
+
+    def __init__(self, link: LossyLink, seed: int = 1) -> None:
+        self.link = link
+        self.nodes: dict[tuple[str, int], Node] = {}
+        self.now = 0.0
+        self._rng = random.Random(seed)
+
+    def add(self, host: str, port: int, config: Config | None = None,
+            packet_size: int = 1452) -> Node:
+        rng = self._rng
+
+        def random_bytes(n: int) -> bytes:
+            return rng.randbytes(n)
+
+        stack = Stack(port, config or Config(), secret=rng.randbytes(32), rng=random_bytes,
+                      packet_size=lambda _address: packet_size)
+        node = Node((host, port), stack)
+        self.nodes[(host, port)] = node
+        return node
+
+    def replace(self, node: Node, config: Config | None = None,
+                packet_size: int = 1452) -> Node:
+        """The same address with a fresh stack: the host crashed and came back."""
+        return self.add(node.address[0], node.address[1], config, packet_size)
+
+    def connect(self, client: Node, server: Node) -> AssocId:
+        host, port = server.address
+        return client.stack.connect(host, port, server.address, self.now)
+
+    def _pump(self) -> bool:
+        moved = False
+        for node in list(self.nodes.values()):
+            for data, destination in node.stack.datagrams_to_send():
+                assert isinstance(destination, tuple)
+                self.link.transmit(data, node.address, destination, self.now)
+                moved = True
+            for event in node.stack.events():
+                moved = True
+                if isinstance(event, Message):
+                    node.messages.append(event)
+                    if node.read_messages:
+                        node.stack.release(event.assoc_id, len(event.data), self.now)
+                else:
+                    node.changes.append(event)
+        return moved
+
+    def _next_time(self) -> float | None:
+        times = [t for t in [self.link.next_delivery(),
+                             *(n.stack.next_deadline() for n in self.nodes.values())]
+                 if t is not None]
+        return min(times) if times else None
+
+    def _step(self, now: float) -> None:
+        self.now = max(self.now, now)
+        for data, source, destination in self.link.due(self.now):
+            node = self.nodes.get(destination)  # type: ignore[call-overload]
+            if node is not None:
+                node.stack.receive_datagram(data, source, self.now)
+        for node in self.nodes.values():
+            deadline = node.stack.next_deadline()
+            if deadline is not None and deadline <= self.now:
+                node.stack.handle_timeout(self.now)
+                after = node.stack.next_deadline()
+                # A timer that fired and is still due would spin a real event loop.
+                assert after is None or after > self.now, f"timer stuck at {after}"
+
+    def run(self, until: Callable[[], bool], max_time_s: float = 3600.0,
+            max_steps: int = 200_000) -> None:
+        """Move packets and time until ``until()``; fail if it takes too long."""
+        for _ in range(max_steps):
+            while self._pump():
+                pass
+            if until():
+                return
+            next_time = self._next_time()
+            if next_time is None:
+                raise AssertionError("nothing left to happen, and the condition never held")
+            if next_time > max_time_s:
+                raise AssertionError(f"condition not met within {max_time_s} s of link time")
+            self._step(next_time)
+        raise AssertionError(f"condition not met within {max_steps} steps")
+
+    def run_for(self, seconds: float, max_steps: int = 200_000) -> None:
+        """Let ``seconds`` of link time pass, whatever happens in them."""
+        end = self.now + seconds
+        for _ in range(max_steps):
+            while self._pump():
+                pass
+            next_time = self._next_time()
+            if next_time is None or next_time > end:
+                self.now = end
+                return
+            self._step(next_time)
+        raise AssertionError(f"{seconds} s did not pass within {max_steps} steps")

@@ -1,0 +1,184 @@
+"""The SCTP-over-UDP endpoint over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from sockferry.errors import NetworkError, NotAvailable
+from sockferry.sctp.association import Config
+from sockferry.sctp.endpoint import AssociationChange, AssocState, Message, Received
+from sockferry.sctp.transport import open_endpoint
+from sockferry.sctp.udp import UdpEndpoint, path_packet_size
+from sockferry.sockets import HostPort
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def next_of(endpoint: UdpEndpoint, kind: type, timeout_s: float = 10.0) -> Received:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            item = await endpoint.receive()
+            if isinstance(item, kind):
+                return item
+
+
+async def messages(endpoint: UdpEndpoint, count: int) -> list[Message]:
+    got: list[Message] = []
+    while len(got) < count:
+        item = await next_of(endpoint, Message)
+        assert isinstance(item, Message)
+        got.append(item)
+    return got
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_messages_both_ways_and_graceful_shutdown(host: str) -> None:
+    async def main() -> None:
+        async with await UdpEndpoint.open([HostPort(host, 0)]) as server, \
+                await UdpEndpoint.open() as client:
+            target = HostPort(host, server.sctp_port)
+            assoc = await client.connect(target)
+            up = await next_of(server, AssociationChange)
+            assert isinstance(up, AssociationChange) and up.state == AssocState.COMM_UP
+            big = random.Random(1).randbytes(1 << 20)
+            await client.send(b"first", to=assoc, stream=1, ppid=5)
+            await client.send(big, to=assoc, stream=2, ppid=6)
+            await client.send(b"loose", to=assoc, stream=3, ppid=7, unordered=True)
+            got = await messages(server, 3)
+            assert {(m.stream, m.ppid, m.unordered, m.data) for m in got} == {
+                (1, 5, False, b"first"), (2, 6, False, big), (3, 7, True, b"loose")}
+            await server.send(b"reply", to=got[0].assoc_id, stream=4, ppid=8)
+            (reply,) = await messages(client, 1)
+            assert (reply.data, reply.assoc_id, reply.stream) == (b"reply", assoc, 4)
+            await client.shutdown(assoc)
+            done = await next_of(server, AssociationChange)
+            assert isinstance(done, AssociationChange)
+            assert done.state == AssocState.SHUTDOWN_COMP
+
+    asyncio.run(main())
+
+
+def test_one_server_many_clients_replies_by_association() -> None:
+    async def main() -> None:
+        async with await UdpEndpoint.open([HostPort("127.0.0.1", 0)]) as server:
+            clients = [await UdpEndpoint.open() for _ in range(5)]
+            target = HostPort("127.0.0.1", server.sctp_port)
+            for index, client in enumerate(clients):
+                await client.send(f"client {index}".encode(), to=target)
+            for message in await messages(server, 5):
+                await server.send(b"you are " + message.data, to=message.assoc_id)
+            for index, client in enumerate(clients):
+                (reply,) = await messages(client, 1)
+                assert reply.data == f"you are client {index}".encode()
+                await client.close()
+
+    asyncio.run(main())
+
+
+def test_a_vanished_peer_is_reported_lost() -> None:
+    fast = Config(rto_initial_s=0.1, rto_min_s=0.05, rto_max_s=0.2, hb_interval_s=0.1,
+                  association_max_retrans=3)
+
+    async def main() -> None:
+        async with await UdpEndpoint.open([HostPort("127.0.0.1", 0)], config=fast) as server:
+            client = await UdpEndpoint.open(config=fast)
+            await client.connect(HostPort("127.0.0.1", server.sctp_port))
+            await next_of(server, AssociationChange)
+            for protocol in client._sockets:
+                assert protocol.transport is not None
+                protocol.transport.abort()
+            lost = await next_of(server, AssociationChange, timeout_s=20)
+            assert isinstance(lost, AssociationChange)
+            assert lost.state == AssocState.COMM_LOST and "HEARTBEAT" in lost.reason
+            client._closed = True
+
+    asyncio.run(main())
+
+
+def test_abort_is_reported_with_its_reason() -> None:
+    async def main() -> None:
+        async with await UdpEndpoint.open([HostPort("127.0.0.1", 0)]) as server, \
+                await UdpEndpoint.open() as client:
+            assoc = await client.connect(HostPort("127.0.0.1", server.sctp_port))
+            await next_of(server, AssociationChange)
+            client.abort(assoc, "enough")
+            lost = await next_of(server, AssociationChange)
+            assert isinstance(lost, AssociationChange)
+            assert lost.state == AssocState.COMM_LOST and "enough" in lost.reason
+
+    asyncio.run(main())
+
+
+def test_udp_port_other_than_the_sctp_port() -> None:
+    async def main() -> None:
+        async with await UdpEndpoint.open([HostPort("127.0.0.1", 4242)], udp_port=0) as server:
+            assert server.sctp_port == 4242
+            udp_port = server.local_addresses[0][1]  # type: ignore[index]
+            async with await UdpEndpoint.open(peer_udp_port=udp_port) as client:
+                await client.send(b"hi", to=HostPort("127.0.0.1", 4242))
+                (got,) = await messages(server, 1)
+                assert got.data == b"hi"
+
+    asyncio.run(main())
+
+
+def test_connect_to_nobody_times_out_with_a_sentence() -> None:
+    async def main() -> None:
+        async with await UdpEndpoint.open([HostPort("127.0.0.1", 0)]) as silent:
+            port = silent.local_addresses[0][1]  # type: ignore[index]
+        async with await UdpEndpoint.open() as client:
+            with pytest.raises(NetworkError, match="is the server running"):
+                await client.connect(HostPort("127.0.0.1", port), timeout_s=0.5)
+
+    asyncio.run(main())
+
+
+def test_transport_choice() -> None:
+    async def main() -> None:
+        with pytest.raises(NotAvailable, match="--transport udp"):
+            await open_endpoint("kernel")
+        endpoint = await open_endpoint("auto", listen=[HostPort("127.0.0.1", 0)])
+        assert isinstance(endpoint, UdpEndpoint)
+        await endpoint.close()
+
+    asyncio.run(main())
+
+
+def test_loopback_packets_use_its_large_mtu() -> None:
+    assert path_packet_size(("127.0.0.1", 9)) == 65507
+    assert path_packet_size(("::1", 9, 0, 0)) > 60_000
+
+
+def test_listening_on_two_addresses_shares_one_port() -> None:
+    async def main() -> None:
+        listen = [HostPort("127.0.0.1", 0), HostPort("::1", 0)]
+        async with await UdpEndpoint.open(listen) as server:
+            ports = {address[1] for address in server.local_addresses}  # type: ignore[index]
+            assert ports == {server.sctp_port}
+            for host in ("127.0.0.1", "::1"):
+                async with await UdpEndpoint.open() as client:
+                    await client.send(host.encode(), to=HostPort(host, server.sctp_port))
+                    (got,) = await messages(server, 1)
+                    assert got.data == host.encode()
+                    assert got.peer[0] == host  # type: ignore[index]
+
+    asyncio.run(main())
+
+
+def test_a_name_with_two_addresses_gives_one_association() -> None:
+    async def main() -> None:
+        listen = [HostPort("127.0.0.1", 0), HostPort("::1", 0)]
+        async with await UdpEndpoint.open(listen) as server:
+            async with await UdpEndpoint.open() as client:
+                assoc = await client.connect(HostPort("localhost", server.sctp_port))
+                await client.shutdown(assoc)
+            up = await next_of(server, AssociationChange)
+            done = await next_of(server, AssociationChange)
+            assert isinstance(up, AssociationChange) and isinstance(done, AssociationChange)
+            assert [up.state, done.state] == [AssocState.COMM_UP, AssocState.SHUTDOWN_COMP]
+            assert server.stack.association_ids == []
+
+    asyncio.run(main())
