@@ -7,11 +7,11 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.sctp.harness import LossyLink, Network, Node
 
 from sockferry.sctp import chunks as c
 from sockferry.sctp.association import Config
 from sockferry.sctp.endpoint import AssocState, StreamCounts
+from tests.sctp.harness import LossyLink, Network, Node
 
 
 def pair(link: LossyLink | None = None, **kwargs: object) -> tuple[Network, Node, Node]:

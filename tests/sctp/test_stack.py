@@ -6,13 +6,13 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.sctp.harness import LossyLink, Network, Node
-from tests.sctp.test_chunks import CHUNKS
 
 from sockferry.sctp import chunks as c
 from sockferry.sctp.association import Config
 from sockferry.sctp.endpoint import AssociationChange, AssocState, StreamCounts
 from sockferry.sctp.stack import Stack
+from tests.sctp.harness import LossyLink, Network, Node
+from tests.sctp.test_chunks import CHUNKS
 
 PEER = ("127.0.0.9", 7000)
 

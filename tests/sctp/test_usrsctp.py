@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import require_program
-from tests.sctp.usrsctp_peer import UsrsctpPeer, build, fields, pattern_bytes
 
 from sockferry.sctp.endpoint import AssociationChange, AssocState, Message
 from sockferry.sctp.udp import UdpEndpoint
 from sockferry.sockets import HostPort
+from tests.conftest import require_program
+from tests.sctp.usrsctp_peer import UsrsctpPeer, build, fields, pattern_bytes
 
 pytestmark = pytest.mark.timeout(120)
 PEER_SCTP_PORT = 5001
