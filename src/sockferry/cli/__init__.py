@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from sockferry import errors
-from sockferry.cli import probe
+from sockferry.cli import probe, tftp
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, exit_code_for
 
 # One module per family of sub-commands; each has register(subparsers).
-COMMAND_MODULES = (probe,)
+COMMAND_MODULES = (probe, tftp)
 
 
 class _Parser(argparse.ArgumentParser):

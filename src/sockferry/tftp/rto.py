@@ -19,9 +19,13 @@ BETA = 1 / 4
 
 
 class RetransmitTimer:
-    """SRTT/RTTVAR estimator with exponential backoff, clamped to [min_s, max_s]."""
+    """SRTT/RTTVAR estimator with exponential backoff, clamped to [min_s, max_s].
 
-    __slots__ = ("_backoff", "_max_s", "_min_s", "_rttvar", "_srtt")
+    ``rto_s`` is kept up to date by every method rather than computed on each read: a
+    lock-step transfer reads it once per packet.
+    """
+
+    __slots__ = ("_backoff", "_max_s", "_min_s", "_rttvar", "_srtt", "rto_s")
 
     def __init__(self, max_s: float, min_s: float = MIN_RTO_S,
                  initial_s: float = INITIAL_RTO_S) -> None:
@@ -30,11 +34,12 @@ class RetransmitTimer:
         self._srtt: float | None = None
         self._rttvar = initial_s / 2  # so that the first RTO is initial_s
         self._backoff = 1
+        self.rto_s = 0.0
+        self._update()
 
-    @property
-    def rto_s(self) -> float:
+    def _update(self) -> None:
         base = 2 * self._rttvar if self._srtt is None else self._srtt + 4 * self._rttvar
-        return min(self._max_s, max(self._min_s, base) * self._backoff)
+        self.rto_s = min(self._max_s, max(self._min_s, base) * self._backoff)
 
     @property
     def srtt_s(self) -> float | None:
@@ -48,23 +53,29 @@ class RetransmitTimer:
         """A new upper bound (a negotiated timeout); what was measured is kept."""
         self._max_s = max_s
         self._min_s = min(self._min_s, max_s)
+        self._update()
 
     def sample(self, rtt_s: float) -> None:
         """A round trip measured on a packet that was sent once (Karn's rule)."""
         rtt_s = max(rtt_s, 0.0)
-        if self._srtt is None:
+        srtt = self._srtt
+        if srtt is None:
             self._srtt = rtt_s
             self._rttvar = rtt_s / 2
         else:
-            self._rttvar = (1 - BETA) * self._rttvar + BETA * abs(self._srtt - rtt_s)
-            self._srtt = (1 - ALPHA) * self._srtt + ALPHA * rtt_s
+            self._rttvar += BETA * (abs(srtt - rtt_s) - self._rttvar)
+            self._srtt = srtt + ALPHA * (rtt_s - srtt)
         self._backoff = 1
+        self._update()
 
     def back_off(self) -> None:
         """A timeout expired: double the next one (RFC 1123 §4.2.3.2), up to max_s."""
         if self.rto_s < self._max_s:
             self._backoff *= 2
+            self._update()
 
     def progressed(self) -> None:
         """The peer answered something new: stop backing off."""
-        self._backoff = 1
+        if self._backoff != 1:
+            self._backoff = 1
+            self._update()

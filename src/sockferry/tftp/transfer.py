@@ -69,6 +69,9 @@ DEFAULT_RETRIES = 6
 # cannot turn a transfer into a reflector.
 MAX_WRONG_TID_REPLIES_PER_S = 10
 HALF_MODULUS = BLOCK_MODULUS // 2
+_ACK = int(Opcode.ACK)
+_DATA = int(Opcode.DATA)
+_pack_header = HEADER.pack
 
 
 class State(Enum):
@@ -97,7 +100,10 @@ class Timing:
 
     timeout_s: float = DEFAULT_TIMEOUT_S
     retries: int = DEFAULT_RETRIES
-    dally_s: float | None = None  # how long a receiver lingers; None: twice timeout_s
+    # How long a receiver lingers after its final ACK to repeat it: by default twice the
+    # timeout bound, which outlasts the sender's retransmissions; a command-line client
+    # that wants to exit soon gives a number of current RTOs instead.
+    dally_rtos: float | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -218,8 +224,13 @@ class Transfer:
         return self._deadline
 
     def abort(self, error: SockferryError, code: ErrorCode, now: float) -> None:
-        """Stop for a local reason (a disk error, a cancel): tell the peer with ERROR."""
-        if self.state not in TERMINAL:
+        """Stop for a local reason (a disk error, a cancel): tell the peer with ERROR.
+
+        A transfer that is only dallying has succeeded already; it just stops."""
+        if self.state is State.DALLYING:
+            self.state = State.DONE
+            self._deadline = None
+        elif self.state not in TERMINAL:
             self._fail(error, now, code, str(error))
 
     # -- shared machinery ---------------------------------------------------------------
@@ -354,18 +365,32 @@ class SendingTransfer(Transfer):
         self._stream = b""        # wire bytes from offset _stream_start on
         self._stream_start = 0
         self._total: int | None = None  # wire bytes in the whole file, once known
+        self._final: int | None = None  # number of the last block, once known
         self._acked = 0           # highest block acknowledged
         self._next = 1            # next block to send
         self._timed: tuple[int, float] | None = None  # (block, sent_at) for an RTT sample
         self._control = b""       # OACK or request, repeated until answered
         self._table[(State.SENDING, Ack)] = self._on_ack
 
-    @property
-    def _final(self) -> int | None:
+    def _find_final(self) -> None:
         """The last block's number; a size that is a multiple of blksize ends with an
-        empty block (RFC 1350 §6).  Computed late: a client learns blksize from the
-        OACK after it has been handed the first bytes."""
-        return None if self._total is None else self._total // self.options.blksize + 1
+        empty block (RFC 1350 §6).  Found again when options are agreed: a client learns
+        blksize from the OACK after it has been handed the first bytes."""
+        if self._total is not None:
+            self._final = self._total // self.options.blksize + 1
+
+    def _agree(self, options: TransferOptions) -> None:
+        super()._agree(options)
+        self._find_final()
+
+    def receive_datagram(self, data: bytes, addr: PeerAddress, now: float) -> None:
+        # The hot path: an ACK while sending, handled without building a packet object;
+        # equivalent to the (SENDING, Ack) entry of the table.
+        if (len(data) == 4 and data[1] == _ACK and not data[0]
+                and self.state is State.SENDING and addr == self.peer):
+            self._on_ack_block((data[2] << 8) | data[3], now)
+        else:
+            super().receive_datagram(data, addr, now)
 
     @property
     def wants_data(self) -> bool:
@@ -389,6 +414,7 @@ class SendingTransfer(Transfer):
         self.size += len(chunk)
         if end:
             self._total = self._stream_start + len(self._stream)
+            self._find_final()
         if self.state is State.SENDING:
             self._send_window(now)
 
@@ -398,40 +424,46 @@ class SendingTransfer(Transfer):
         self._send_window(now)
 
     def _send_window(self, now: float) -> None:
-        blksize = self.options.blksize
-        last = self._acked + self.options.windowsize
+        options = self.options
+        blksize = options.blksize
+        last = self._acked + options.windowsize
         final = self._final
         if final is not None and last > final:
             last = final
         stream, start, peer, out = self._stream, self._stream_start, self.peer, self._out
-        sent = False
-        while self._next <= last:
-            offset = (self._next - 1) * blksize - start
-            if offset + blksize > len(stream) and final is None:
+        block = first = self._next
+        available = len(stream)
+        while block <= last:
+            offset = (block - 1) * blksize - start
+            end = offset + blksize
+            if end > available and final is None:
                 break  # the driver has not supplied this block yet
-            out.append((HEADER.pack(Opcode.DATA, self._next % BLOCK_MODULUS)
-                        + stream[offset:offset + blksize], peer))  # type: ignore[arg-type]
-            self._next += 1
-            sent = True
-        if sent:
+            out.append((_pack_header(_DATA, block & 0xFFFF) + stream[offset:end],
+                        peer))  # type: ignore[arg-type]
+            block += 1
+        if block != first:
+            self._next = block
             if self._timed is None:
-                self._timed = (self._next - 1, now)
+                self._timed = (block - 1, now)
             if self._deadline is None:
-                self._arm(now)
+                self._deadline = now + self._rto.rto_s
 
     def _on_ack(self, packet: Ack, now: float) -> None:
-        block = absolute_block(packet.block, self._acked)
+        self._on_ack_block(packet.block, now)
+
+    def _on_ack_block(self, wire: int, now: float) -> None:
+        block = absolute_block(wire, self._acked)
         if block <= self._acked or block >= self._next:
             # A duplicate or stale ACK: never answer it with DATA (RFC 1123 §4.2.3.1);
             # only the timer retransmits.
             return
         self._heard(now)
-        if self._timed is not None:
-            if block >= self._timed[0]:
-                self._rto.sample(now - self._timed[1])
-                self._timed = None
-            elif block + 1 <= self._timed[0]:
-                self._timed = None  # the timed block will be sent again (Karn)
+        timed = self._timed
+        if timed is not None:
+            if block >= timed[0]:
+                self._rto.sample(now - timed[1])
+            # Either way the timing is over: sampled, or its block goes out again (Karn).
+            self._timed = None
         self._acked = block
         if block == self._final:
             self.state = State.DONE
@@ -556,9 +588,9 @@ class ReceivingTransfer(Transfer):
         self._reply = encode_ack(self._received)
         self._send(self._reply)
         self.state = State.DALLYING
-        dally_s = self.timing.dally_s
-        # Long enough for the sender's retransmissions at its longest timeout.
-        self._deadline = now + (2 * self._rto.max_s if dally_s is None else dally_s)
+        rtos = self.timing.dally_rtos
+        self._deadline = now + (2 * self._rto.max_s if rtos is None
+                                else min(self._rto.max_s, rtos * self._rto.rto_s))
         self._events.append(TransferCompleted(self.size))
 
     def _emit(self, event: Event) -> None:
