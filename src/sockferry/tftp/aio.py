@@ -190,7 +190,7 @@ class TransferDriver:
 
     async def run(self) -> TransferResult:
         """Drive the transfer; the sockets, the source and an unstored sink are closed."""
-        _enlarge_buffers(self.sock)
+        enlarge_buffers(self.sock)
         self.loop.add_reader(self.sock.fileno(), self._on_readable)
         try:
             self._pump()
@@ -267,7 +267,7 @@ class TransferDriver:
         except OSError:
             self._peer = peer  # no twin: everything keeps going through the one socket
             return
-        _enlarge_buffers(twin)
+        enlarge_buffers(twin)
         self._twin, self._peer = twin, peer
         self.loop.add_reader(twin.fileno(), self._on_peer_readable)
 
@@ -380,7 +380,8 @@ class TransferDriver:
 
 
 
-def _enlarge_buffers(sock: socket.socket) -> None:
+def enlarge_buffers(sock: socket.socket) -> None:
+    """Ask for big kernel buffers (the kernel caps them at its rmem_max/wmem_max)."""
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)

@@ -42,6 +42,7 @@ from sockferry.tftp.aio import (
     FileSource,
     TransferDriver,
     TransferResult,
+    enlarge_buffers,
     storage_error_code,
     tid_socket,
 )
@@ -145,6 +146,7 @@ class TftpServer:
                 for sock in await open_listeners(address, socket.SOCK_DGRAM):
                     self._listeners.append(sock)
                     enable_destination_address(sock)
+                    enlarge_buffers(sock)  # absorbs bursts of requests
                     loop.add_reader(sock.fileno(), self._on_request, sock)
         except BaseException:
             await self.close()
