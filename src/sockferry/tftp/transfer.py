@@ -264,10 +264,12 @@ class Transfer:
         self._timeouts += 1
         silent_s = now - self._heard_at
         if self._timeouts > self.timing.retries and silent_s >= self._rto.max_s:
-            who = "the server" if self.state is State.REQUESTING else "the peer"
-            self._fail(TransferTimeout(
-                f"{who} stopped answering: no reply after {self._timeouts - 1} "
-                f"retransmissions over {silent_s:.1f} s"), now)
+            tries = f"{self._timeouts - 1} retransmissions over {silent_s:.1f} s"
+            if self.state is State.REQUESTING:
+                text = f"no answer to the request after {tries} — is a TFTP server running there?"
+            else:
+                text = f"the peer stopped answering: no reply after {tries}"
+            self._fail(TransferTimeout(text), now)
             return False
         self._rto.back_off()
         self.retransmissions += 1
