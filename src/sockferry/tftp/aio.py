@@ -184,9 +184,9 @@ class TransferDriver:
         self._timer_at = 0.0
         self._storing: asyncio.Task[None] | None = None
         self._reported = -1
-        # A sender expects one ACK per window: reading on until EAGAIN would cost an
-        # exception per packet.  Readiness is level-triggered, so nothing is left behind.
-        self._batch = 1 if source is not None else MAX_BATCH
+        # The core to hand file bytes to, when this driver reads a file.
+        self._sender = core if source is not None and isinstance(core, SendingTransfer) \
+            else None
 
     async def run(self) -> TransferResult:
         """Drive the transfer; the sockets, the source and an unstored sink are closed."""
@@ -249,7 +249,11 @@ class TransferDriver:
         assert self._twin is not None and self._peer is not None
         core, recv, peer = self.core, self._twin.recv, self._peer
         now = self.loop.time()
-        for _ in range(self._batch):
+        # Read what one window brings: a sender expects one ACK per window, a receiver
+        # windowsize blocks.  Reading on until EAGAIN would cost an exception per
+        # wakeup, and readiness is level-triggered, so nothing is left behind.
+        batch = 1 if self._sender else min(core.options.windowsize, MAX_BATCH)
+        for _ in range(batch):
             try:
                 data = recv(MAX_DATAGRAM_BYTES + 1)
             except (BlockingIOError, InterruptedError):
@@ -280,8 +284,9 @@ class TransferDriver:
 
     def _pump(self) -> None:
         core = self.core
-        if self.source is not None and isinstance(core, SendingTransfer) and core.wants_data:
-            self._feed(core)
+        sender = self._sender
+        if sender is not None and sender.wants_data:
+            self._feed(sender)
         if self._peer is None and core.peer is not None:
             self._connect_peer(core.peer)
         peer, twin, sock = self._peer, self._twin, self.sock

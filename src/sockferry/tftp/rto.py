@@ -60,13 +60,16 @@ class RetransmitTimer:
         rtt_s = max(rtt_s, 0.0)
         srtt = self._srtt
         if srtt is None:
-            self._srtt = rtt_s
-            self._rttvar = rtt_s / 2
+            self._srtt = srtt = rtt_s
+            self._rttvar = rttvar = rtt_s / 2
         else:
-            self._rttvar += BETA * (abs(srtt - rtt_s) - self._rttvar)
-            self._srtt = srtt + ALPHA * (rtt_s - srtt)
+            self._rttvar = rttvar = self._rttvar + BETA * (abs(srtt - rtt_s) - self._rttvar)
+            self._srtt = srtt = srtt + ALPHA * (rtt_s - srtt)
         self._backoff = 1
-        self._update()
+        # _update(), inlined: this runs once per round trip.
+        rto = srtt + 4 * rttvar
+        rto = max(rto, self._min_s)
+        self.rto_s = rto if rto < self._max_s else self._max_s
 
     def back_off(self) -> None:
         """A timeout expired: double the next one (RFC 1123 §4.2.3.2), up to max_s."""

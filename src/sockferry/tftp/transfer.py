@@ -589,10 +589,13 @@ class ReceivingTransfer(Transfer):
             super().receive_datagram(data, addr, now)
 
     def next_event(self) -> Event | None:
-        if self._pending and not self._events:
+        # Queued events come first: _emit moved any data before them into the queue.
+        if self._events:
+            return self._events.popleft()
+        if self._pending:
             data, self._pending = b"".join(self._pending), []
             return DataReceived(data)
-        return super().next_event()
+        return None
 
     def confirm_stored(self, now: float) -> None:
         """The driver stored the file: acknowledge the last block and dally."""
@@ -619,10 +622,10 @@ class ReceivingTransfer(Transfer):
 
     def _send_ack(self, block: int, now: float, *, fresh: bool = True) -> None:
         self._acked = block
-        self._reply = encode_ack(block)
-        self._send(self._reply)
+        self._reply = reply = _pack_header(_ACK, block & 0xFFFF)
+        self._out.append((reply, self.peer))  # type: ignore[arg-type]
         self._acked_at = now if fresh else None
-        self._arm(now)
+        self._deadline = now + self._rto.rto_s
 
     def _on_data(self, packet: Data, now: float) -> None:
         block = absolute_block(packet.block, self._received + 1)
