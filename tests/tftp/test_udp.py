@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 from pathlib import Path
 
 import pytest
 
 from sockferry.sockets import HostPort
 from sockferry.tftp.client import ClientOptions, download, upload
+from sockferry.tftp.packets import (
+    ErrorCode,
+    Request,
+    decode_packet,
+    encode_data,
+    encode_error,
+)
 from sockferry.tftp.server import ServerConfig, UploadPolicy
 from sockferry.tftp.transfer import Timing
 from tests.tftp.udp_helpers import LossyProxy, running_server
@@ -115,3 +123,35 @@ def test_many_transfers_at_once(tmp_path: Path) -> None:
     asyncio.run(go())
     for name, data in files.items():
         assert (tmp_path / f"{name}.got").read_bytes() == data
+
+
+def test_client_retries_without_options_after_error_8(tmp_path: Path) -> None:
+    """A server that refuses the options outright (ERROR 8) gets a plain request."""
+    seen: list[Request] = []
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+
+        async def fake_server() -> None:
+            for _ in range(2):
+                data, peer = await loop.sock_recvfrom(sock, 600)
+                request = decode_packet(data)
+                assert isinstance(request, Request)
+                seen.append(request)
+                answer = (encode_error(ErrorCode.OPTION_REFUSED, "no options here")
+                          if request.options else encode_data(1, b"plain"))
+                sock.sendto(answer, peer)
+
+        with sock:
+            server_task = asyncio.create_task(fake_server())
+            result = await download(HostPort("127.0.0.1", sock.getsockname()[1]), "f",
+                                    str(tmp_path / "f"), ClientOptions(blksize=1024))
+            await server_task
+        assert result.options.blksize == 512
+
+    asyncio.run(go())
+    assert [bool(r.options) for r in seen] == [True, False]
+    assert (tmp_path / "f").read_bytes() == b"plain"

@@ -16,7 +16,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import assert_never
+from typing import Any, assert_never
 
 from sockferry.errors import NetworkError, SockferryError, StorageError
 from sockferry.sockets import format_sockaddr, network_error
@@ -120,20 +120,29 @@ class TransferResult:
         return self.size / self.seconds / 1e6 if self.seconds > 0 else 0.0
 
 
-def tid_socket(family: socket.AddressFamily, host: str) -> socket.socket:
-    """A fresh non-blocking UDP socket on an ephemeral port of ``host``: a transfer's
-    TID.  SO_REUSEPORT lets the driver add a connected twin on the same port."""
+def _shared_port_socket(family: socket.AddressFamily, address: tuple[Any, ...],
+                        ) -> socket.socket:
+    """A non-blocking UDP socket bound with SO_REUSEPORT (dual-stack for IPv6)."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((host, 0))
+        sock.bind(address)
         sock.setblocking(False)
-    except OSError as exc:
+    except OSError:
         sock.close()
-        raise network_error(exc, host, "bind") from exc
+        raise
     return sock
+
+
+def tid_socket(family: socket.AddressFamily, host: str) -> socket.socket:
+    """A fresh socket on an ephemeral port of ``host``: a transfer's TID.  SO_REUSEPORT
+    lets the driver add a connected twin on the same port."""
+    try:
+        return _shared_port_socket(family, (host, 0))
+    except OSError as exc:
+        raise network_error(exc, host, "bind") from exc
 
 
 def _connected_twin(sock: socket.socket, peer: PeerAddress) -> socket.socket:
@@ -144,14 +153,9 @@ def _connected_twin(sock: socket.socket, peer: PeerAddress) -> socket.socket:
     on a connected socket skips a route lookup and an address conversion per packet: on
     a lock-step transfer that is a good part of the cost of a block.
     """
-    twin = socket.socket(sock.family, socket.SOCK_DGRAM)
+    twin = _shared_port_socket(sock.family, sock.getsockname())
     try:
-        twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if sock.family == socket.AF_INET6:
-            twin.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        twin.bind(sock.getsockname())
         twin.connect(peer)
-        twin.setblocking(False)
     except OSError:
         twin.close()
         raise

@@ -142,14 +142,13 @@ def _checked(result: TransferResult, target: Resolved, remote: str) -> TransferR
 
 
 async def _resolve(server: HostPort) -> Resolved:
-    target = (await resolve(server, socket.SOCK_DGRAM))[0]
-    assert not isinstance(target.sockaddr, str)  # resolve() returns only IPv4 and IPv6
-    return target
+    return (await resolve(server, socket.SOCK_DGRAM))[0]
 
 
 def _tid(target: Resolved) -> tuple[str, int] | tuple[str, int, int, int]:
+    """The server's request port as the core compares addresses."""
     sockaddr = target.sockaddr
-    assert not isinstance(sockaddr, str)
+    assert not isinstance(sockaddr, str)  # resolve() returns only IPv4 and IPv6
     return sockaddr
 
 
