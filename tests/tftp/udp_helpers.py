@@ -151,9 +151,3 @@ class LossyProxy:
             sock.sendto(data, dst)
             self.forwarded += 1
 
-
-def free_udp_port() -> int:
-    """A port the kernel just handed out (for peers that cannot be told to use port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
