@@ -91,7 +91,7 @@ def test_refusal_is_one_sentence_and_leaves_no_file(served: tuple[Path, ServerPr
     code, out, err = run_cli("tftp-get", server.address, "missing.bin", str(local))
     assert code == ExitCode.REFUSED and out == ""
     assert err == (f"sockferry: error: {server.address} refused 'missing.bin': "
-                   "missing.bin does not exist (TFTP error 1, file not found)\n")
+                   "'missing.bin' does not exist (TFTP error 1, file not found)\n")
     assert os.listdir(tmp_path) == ["root"]
     code, _, err = run_cli("tftp-put", str(tmp_path / "root" / "file.bin"), server.address,
                            "../escape")
