@@ -14,11 +14,13 @@ from sockferry.sockets import (
     HostPort,
     UnixPath,
     connect,
+    enable_destination_address,
     format_sockaddr,
     grow_buffers,
     network_error,
     open_listeners,
     parse_address,
+    recv_with_destination,
     resolve,
     storage_error,
 )
@@ -219,3 +221,28 @@ def test_grow_buffers_past_the_system_maximum_as_root() -> None:
         assert granted >= wanted
     else:
         assert granted <= 2 * system_max
+
+
+@pytest.mark.parametrize(("listen", "send_to", "expected"), [
+    ("127.0.0.1", "127.0.0.1", "127.0.0.1"),
+    ("", "127.0.0.1", "::ffff:127.0.0.1"),
+    ("", "::1", "::1"),
+])
+def test_recv_with_destination(listen: str, send_to: str, expected: str) -> None:
+    async def go() -> None:
+        [sock] = await open_listeners(HostPort(listen, 0), socket.SOCK_DGRAM)
+        with sock:
+            enable_destination_address(sock)
+            port = sock.getsockname()[1]
+            family = socket.AF_INET6 if ":" in send_to else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as sender:
+                sender.sendto(b"hello", (send_to, port))
+                sender.sendto(b"x" * 100, (send_to, port))
+                sock.setblocking(True)
+                data, source, destination, truncated = recv_with_destination(sock, 64)
+                assert (data, destination, truncated) == (b"hello", expected, False)
+                assert source[1] == sender.getsockname()[1]
+                data, _, _, truncated = recv_with_destination(sock, 64)
+                assert len(data) == 64 and truncated
+
+    asyncio.run(go())

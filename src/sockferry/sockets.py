@@ -360,6 +360,40 @@ async def open_listeners(address: Address, kind: socket.SocketKind = socket.SOCK
 
 
 # ---------------------------------------------------------------------------------------
+# Datagrams: which local address a datagram was sent to
+
+# Linux's IP_PKTINFO; the socket module does not export it on every build.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IN_PKTINFO_ADDR = slice(8, 12)   # struct in_pktinfo { ifindex; spec_dst; addr }
+_IN6_PKTINFO_ADDR = slice(0, 16)  # struct in6_pktinfo { addr; ifindex }
+_PKTINFO_SPACE = socket.CMSG_SPACE(20)
+
+
+def enable_destination_address(sock: socket.socket) -> None:
+    """Ask the kernel to report each datagram's destination address (IP_PKTINFO,
+    IPV6_RECVPKTINFO), so that a server bound to a wildcard can answer from the
+    address the client used; on a dual-stack socket this covers IPv4 too."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    elif sock.family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+
+
+def recv_with_destination(sock: socket.socket, bufsize: int,
+                          ) -> tuple[bytes, SockAddr, str | None, bool]:
+    """One datagram: its bytes, its source, the local address it was sent to (None
+    when the kernel did not say) and whether it was longer than ``bufsize``."""
+    data, ancillary, flags, source = sock.recvmsg(bufsize, _PKTINFO_SPACE)
+    destination = None
+    for level, kind, payload in ancillary:
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+            destination = socket.inet_ntop(socket.AF_INET6, payload[_IN6_PKTINFO_ADDR])
+        elif level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+            destination = socket.inet_ntop(socket.AF_INET, payload[_IN_PKTINFO_ADDR])
+    return data, source, destination, bool(flags & socket.MSG_TRUNC)
+
+
+# ---------------------------------------------------------------------------------------
 # Connecting
 
 

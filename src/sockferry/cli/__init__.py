@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from sockferry import errors
-from sockferry.cli import ferry, probe, sctp
+from sockferry.cli import ferry, probe, sctp, tftp
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, exit_code_for
 
 # One module per family of sub-commands; each has register(subparsers).
-COMMAND_MODULES = (ferry, probe, sctp)
+COMMAND_MODULES = (ferry, probe, sctp, tftp)
 
 
 class _Parser(argparse.ArgumentParser):

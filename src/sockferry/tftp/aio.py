@@ -1,0 +1,396 @@
+"""The asyncio driver: one transfer core on one UDP socket (its TID).
+
+The socket is read straight from a reader callback (``loop.add_reader`` and
+``recvfrom`` until EAGAIN), with no transport or protocol objects in between: a TFTP
+transfer in lock-step is one small datagram each way per block, so per-packet overhead
+decides its speed.  One timer serves every deadline; it is moved only when the core's
+deadline comes earlier, and a timer that fires early simply re-arms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, assert_never
+
+from sockferry.errors import NetworkError, SockferryError, StorageError
+from sockferry.sockets import format_sockaddr, network_error
+from sockferry.storage import AtomicFile
+from sockferry.tftp.options import TransferOptions
+from sockferry.tftp.packets import MAX_DATAGRAM_BYTES, ErrorCode
+from sockferry.tftp.transfer import (
+    DataReceived,
+    Event,
+    LastBlockReceived,
+    OptionsAgreed,
+    PeerAddress,
+    ReceivingTransfer,
+    SendingTransfer,
+    Transfer,
+    TransferCompleted,
+    TransferFailed,
+)
+
+# File bytes move in chunks this large: one read() feeds hundreds of blocks and one
+# write() stores hundreds, so the disk costs no syscall per packet.
+CHUNK_BYTES = 256 * 1024
+# Datagrams handled per readiness callback, so that one fast peer cannot starve others.
+MAX_BATCH = 64
+# Room in the kernel for a whole window of the largest blocks (capped by rmem_max).
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+class FileSource:
+    """Reads a file by descriptor for a sending transfer; owns and closes the fd."""
+
+    def __init__(self, fd: int, shown: str) -> None:
+        self.fd = fd
+        self.shown = shown
+
+    def read(self) -> bytes:
+        try:
+            return os.read(self.fd, CHUNK_BYTES)
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.shown}: {exc.strerror}", errno=exc.errno,
+                               path=self.shown) from exc
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class FileSink:
+    """Collects a receiving transfer's bytes into an ``AtomicFile``, in large writes."""
+
+    def __init__(self, target: AtomicFile, mode: int) -> None:
+        self.target = target
+        self.mode = mode
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= CHUNK_BYTES:
+            self._drain()
+
+    def _drain(self) -> None:
+        self.target.write(self._buffer)
+        self._buffer.clear()
+
+    def store(self) -> None:
+        """Write the rest, fsync and rename into place (blocking: run it in a thread)."""
+        self._drain()
+        self.target.commit(self.mode)
+
+    def discard(self) -> None:
+        self.target.abort()
+
+
+def storage_error_code(error: SockferryError) -> ErrorCode:
+    """The TFTP error code that tells a peer why a file could not be used."""
+    code = getattr(error, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return ErrorCode.DISK_FULL
+    if code == errno.ENOENT:
+        return ErrorCode.FILE_NOT_FOUND
+    if code == errno.EEXIST:
+        return ErrorCode.FILE_EXISTS
+    if isinstance(error, StorageError):
+        return ErrorCode.ACCESS_VIOLATION
+    return ErrorCode.NOT_DEFINED
+
+
+@dataclass(slots=True)
+class TransferResult:
+    """What a finished transfer reports (for log lines and the command line)."""
+
+    size: int
+    seconds: float
+    options: TransferOptions
+    retransmissions: int
+    error: SockferryError | None
+
+    @property
+    def rate_mb_s(self) -> float:
+        return self.size / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+
+def _shared_port_socket(family: socket.AddressFamily, address: tuple[Any, ...],
+                        ) -> socket.socket:
+    """A non-blocking UDP socket bound with SO_REUSEPORT (dual-stack for IPv6)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def tid_socket(family: socket.AddressFamily, host: str) -> socket.socket:
+    """A fresh socket on an ephemeral port of ``host``: a transfer's TID.  SO_REUSEPORT
+    lets the driver add a connected twin on the same port."""
+    try:
+        return _shared_port_socket(family, (host, 0))
+    except OSError as exc:
+        raise network_error(exc, host, "bind") from exc
+
+
+def _connected_twin(sock: socket.socket, peer: PeerAddress) -> socket.socket:
+    """A socket on ``sock``'s own port, connected to the peer.
+
+    The kernel hands a connected socket the datagrams of its peer and routes the rest
+    of the port's traffic to the unconnected one, where strangers get ERROR 5.  Sending
+    on a connected socket skips a route lookup and an address conversion per packet: on
+    a lock-step transfer that is a good part of the cost of a block.
+    """
+    twin = _shared_port_socket(sock.family, sock.getsockname())
+    try:
+        twin.connect(peer)
+    except OSError:
+        twin.close()
+        raise
+    return twin
+
+
+class TransferDriver:
+    """Runs one core over its UDP socket (and that socket's connected twin) until the
+    core is finished."""
+
+    def __init__(self, sock: socket.socket, core: Transfer, *,
+                 source: FileSource | None = None, sink: FileSink | None = None,
+                 on_progress: Callable[[int], None] | None = None,
+                 on_outcome: Callable[[TransferResult], None] | None = None) -> None:
+        self.sock = sock
+        self.core = core
+        self.source = source
+        self.sink = sink
+        self.on_progress = on_progress
+        self.on_outcome = on_outcome
+        self.loop = asyncio.get_running_loop()
+        self.options = core.options
+        self.error: SockferryError | None = None
+        self._twin: socket.socket | None = None
+        self._peer: PeerAddress | None = None
+        self._started = self.loop.time()
+        self._ended: float | None = None
+        self._finished = self.loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._storing: asyncio.Task[None] | None = None
+        self._reported = -1
+        # The core to hand file bytes to, when this driver reads a file.
+        self._sender = core if source is not None and isinstance(core, SendingTransfer) \
+            else None
+
+    async def run(self) -> TransferResult:
+        """Drive the transfer; the sockets, the source and an unstored sink are closed."""
+        enlarge_buffers(self.sock)
+        self.loop.add_reader(self.sock.fileno(), self._on_readable)
+        try:
+            self._pump()
+            await self._finished
+        except asyncio.CancelledError:
+            # Shutdown or Ctrl-C: tell the peer, and keep nothing half-written.
+            self.cancel(SockferryError("the transfer was interrupted"))
+            raise
+        finally:
+            self._close()
+        return self.result()
+
+    def _close(self) -> None:
+        for sock in (self.sock, self._twin):
+            if sock is not None:
+                self.loop.remove_reader(sock.fileno())
+                sock.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._storing is not None and not self._storing.done():
+            self._storing.cancel()
+        if self.source is not None:
+            self.source.close()
+        if self.sink is not None and self.error is not None:
+            self.sink.discard()
+
+    def result(self) -> TransferResult:
+        """The outcome so far; final once the core reported completion or failure."""
+        ended = self._ended if self._ended is not None else self.loop.time()
+        return TransferResult(self.core.size, ended - self._started, self.options,
+                              self.core.retransmissions, self.error)
+
+    def cancel(self, error: SockferryError) -> None:
+        """Stop from outside (shutdown, Ctrl-C): the peer gets an ERROR."""
+        self.core.abort(error, ErrorCode.NOT_DEFINED, self.loop.time())
+        self._pump()
+
+    # -- socket and timer callbacks -----------------------------------------------------
+
+    def _on_readable(self) -> None:
+        """The unconnected socket: the first answer to a client, and strangers."""
+        core, sock = self.core, self.sock
+        now = self.loop.time()
+        for _ in range(MAX_BATCH):
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM_BYTES + 1)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break  # an ICMP error about a stranger: nothing to do with this transfer
+            core.receive_datagram(data, addr, now)
+        self._pump()
+
+    def _on_peer_readable(self) -> None:
+        """The connected twin: only the peer's datagrams arrive here."""
+        assert self._twin is not None and self._peer is not None
+        core, recv, peer = self.core, self._twin.recv, self._peer
+        now = self.loop.time()
+        # Read what one window brings: a sender expects one ACK per window, a receiver
+        # windowsize blocks.  Reading on until EAGAIN would cost an exception per
+        # wakeup, and readiness is level-triggered, so nothing is left behind.
+        batch = 1 if self._sender else min(core.options.windowsize, MAX_BATCH)
+        for _ in range(batch):
+            try:
+                data = recv(MAX_DATAGRAM_BYTES + 1)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # ICMP port unreachable and the like: the peer's socket is gone.
+                self._local_failure(network_error(exc, format_sockaddr(peer), "receive"))
+                return
+            core.receive_datagram(data, peer, now)
+        self._pump()
+
+    def _connect_peer(self, peer: PeerAddress) -> None:
+        try:
+            twin = _connected_twin(self.sock, peer)
+        except OSError:
+            self._peer = peer  # no twin: everything keeps going through the one socket
+            return
+        enlarge_buffers(twin)
+        self._twin, self._peer = twin, peer
+        self.loop.add_reader(twin.fileno(), self._on_peer_readable)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.core.handle_timeout(max(self._timer_at, self.loop.time()))
+        self._pump()
+
+    # -- the flush ----------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        core = self.core
+        sender = self._sender
+        if sender is not None and sender.wants_data:
+            self._feed(sender)
+        if self._peer is None and core.peer is not None:
+            self._connect_peer(core.peer)
+        peer, twin, sock = self._peer, self._twin, self.sock
+        for data, addr in core.datagrams_to_send():
+            try:
+                if twin is not None and addr == peer:
+                    twin.send(data)
+                else:
+                    sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                pass  # the kernel's buffer is full: as good as lost; the timer resends
+            except OSError as exc:
+                self._local_failure(network_error(exc, format_sockaddr(addr), "send"))
+                return
+        while (event := core.next_event()) is not None:
+            self._on_event(event)
+        if self.on_progress is not None and core.size != self._reported:
+            self._reported = core.size
+            self.on_progress(core.size)
+        deadline = core.next_deadline()
+        if deadline is None or self._timer is None or self._timer_at > deadline:
+            self._rearm(deadline)
+        if core.finished and not self._finished.done():
+            self._finished.set_result(None)
+
+    def _feed(self, core: SendingTransfer) -> None:
+        assert self.source is not None
+        now = self.loop.time()
+        while core.wants_data:
+            try:
+                chunk = self.source.read()
+            except StorageError as exc:
+                core.abort(exc, ErrorCode.NOT_DEFINED, now)
+                return
+            core.send_data(chunk, now, end=not chunk)
+
+    def _on_event(self, event: Event) -> None:
+        match event:
+            case DataReceived():
+                self._write(event.data)
+            case LastBlockReceived():
+                self._storing = self.loop.create_task(self._store())
+            case OptionsAgreed():
+                self.options = event.options
+            case TransferCompleted():
+                self._ended = self.loop.time()
+                self._report()
+            case TransferFailed():
+                self._ended = self.loop.time()
+                self.error = event.error
+                self._report()
+            case _:
+                assert_never(event)
+
+    def _report(self) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(self.result())
+
+    def _write(self, data: bytes) -> None:
+        if self.sink is None:
+            return
+        try:
+            self.sink.write(data)
+        except StorageError as exc:
+            self.core.abort(exc, storage_error_code(exc), self.loop.time())
+
+    async def _store(self) -> None:
+        core = self.core
+        assert isinstance(core, ReceivingTransfer)
+        try:
+            if self.sink is not None:
+                # fsync and rename can take a while: keep the loop serving others.
+                await asyncio.to_thread(self.sink.store)
+        except StorageError as exc:
+            core.abort(exc, storage_error_code(exc), self.loop.time())
+        else:
+            core.confirm_stored(self.loop.time())
+        self._pump()
+
+    def _rearm(self, deadline: float | None) -> None:
+        if deadline is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return  # fires early, finds nothing due, and re-arms
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _local_failure(self, error: NetworkError) -> None:
+        self.core.abort(error, ErrorCode.NOT_DEFINED, self.loop.time())
+        self._pump()
+
+
+
+def enlarge_buffers(sock: socket.socket) -> None:
+    """Ask for big kernel buffers (the kernel caps them at its rmem_max/wmem_max)."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)

@@ -1,0 +1,352 @@
+"""The TFTP server: listening sockets, request checks, one fresh socket per transfer.
+
+Requests arrive on the listening sockets (port 69 by default); each accepted request gets
+its own socket on an ephemeral port, its TID (RFC 1350 §4), bound to the address the
+client wrote to.  Files come from a ``Root`` sandbox; uploads go through ``AtomicFile``
+and appear under their name only once complete, fsynced and acknowledged.  Every
+transfer, and every refused request, is one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+
+from sockferry.errors import (
+    MalformedPacket,
+    NetworkError,
+    PathRefused,
+    RemoteProtocolError,
+    SockferryError,
+    StorageError,
+)
+from sockferry.sockets import (
+    Address,
+    SockAddr,
+    enable_destination_address,
+    format_sockaddr,
+    open_listeners,
+    recv_with_destination,
+)
+from sockferry.storage import DEFAULT_UMASK, Root, capped_mode
+from sockferry.tftp.aio import (
+    FileSink,
+    FileSource,
+    TransferDriver,
+    TransferResult,
+    enlarge_buffers,
+    storage_error_code,
+    tid_socket,
+)
+from sockferry.tftp.options import ServerLimits, negotiate
+from sockferry.tftp.packets import (
+    MAX_REQUEST_BYTES,
+    ErrorCode,
+    Request,
+    decode_packet,
+    encode_error,
+    opcode_of,
+    printable,
+)
+from sockferry.tftp.transfer import ServerRead, ServerWrite, Timing, Transfer
+
+log = logging.getLogger("sockferry.tftp")
+
+DEFAULT_PORT = 69
+DEFAULT_MAX_TRANSFERS = 256
+DEFAULT_MAX_PER_PEER = 16
+# Refusals and garbage are logged, but a flood must not flood the log: this many lines a
+# second, then a count of what was left out.
+MAX_NOTICES_PER_S = 20
+NEW_FILE_MODE = capped_mode(0o666, DEFAULT_UMASK)
+MODES = ("octet", "netascii")
+
+
+class UploadPolicy(Enum):
+    NONE = "none"
+    OVERWRITE = "overwrite"  # existing files only
+    CREATE = "create"        # new files too
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    root: str
+    allow_upload: UploadPolicy = UploadPolicy.NONE
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    timing: Timing = field(default_factory=Timing)
+    max_transfers: int = DEFAULT_MAX_TRANSFERS
+    max_per_peer: int = DEFAULT_MAX_PER_PEER
+    max_upload_bytes: int | None = None
+
+
+class Refusal(Exception):
+    """A request the server answers with ERROR and a log line."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class NoticeLimiter:
+    """Lets through at most ``per_second`` log lines a second and counts the rest."""
+
+    def __init__(self, per_second: int = MAX_NOTICES_PER_S) -> None:
+        self.per_second = per_second
+        self._window = 0.0
+        self._count = 0
+        self._dropped = 0
+
+    def allow(self, now: float) -> bool:
+        if now - self._window >= 1.0:
+            if self._dropped:
+                log.warning("%d more refused or malformed requests were not logged",
+                            self._dropped)
+            self._window, self._count, self._dropped = now, 0, 0
+        if self._count < self.per_second:
+            self._count += 1
+            return True
+        self._dropped += 1
+        return False
+
+
+class TftpServer:
+    """Serves a root directory over TFTP until closed."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.root = Root(config.root)
+        self._listeners: list[socket.socket] = []
+        self._transfers: dict[tuple[SockAddr, bytes], TransferDriver] = {}
+        self._per_host: Counter[str] = Counter()
+        self._notices = NoticeLimiter()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()
+
+    @property
+    def addresses(self) -> list[SockAddr]:
+        return [sock.getsockname() for sock in self._listeners]
+
+    @property
+    def active_transfers(self) -> int:
+        return len(self._transfers)
+
+    async def start(self, addresses: list[Address]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            for address in addresses:
+                for sock in await open_listeners(address, socket.SOCK_DGRAM):
+                    self._listeners.append(sock)
+                    enable_destination_address(sock)
+                    enlarge_buffers(sock)  # absorbs bursts of requests
+                    loop.add_reader(sock.fileno(), self._on_request, sock)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def serve_forever(self) -> None:
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners.clear()
+        for driver in list(self._transfers.values()):
+            driver.cancel(SockferryError("the server is shutting down"))
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
+        for task in self._tasks:
+            task.cancel()
+        self.root.close()
+        self._closed.set()
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _on_request(self, listener: socket.socket) -> None:
+        for _ in range(64):  # bounded, so a flood cannot monopolise the loop
+            try:
+                data, peer, local, truncated = recv_with_destination(listener,
+                                                                     MAX_REQUEST_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("receiving on %s failed: %s",
+                            format_sockaddr(listener.getsockname()), exc.strerror)
+                return
+            self._handle(listener, data, peer, local, truncated)
+
+    def _handle(self, listener: socket.socket, data: bytes, peer: SockAddr,
+                local: str | None, truncated: bool) -> None:
+        shown = format_sockaddr(peer)
+        try:
+            if truncated:
+                raise MalformedPacket(f"request longer than the RFC 2347 limit of "
+                                      f"{MAX_REQUEST_BYTES} bytes")
+            request = decode_packet(data)
+            if not isinstance(request, Request):
+                raise Refusal(ErrorCode.ILLEGAL_OPERATION,
+                              f"{opcode_of(request).name} sent to the request port")
+        except MalformedPacket as exc:
+            self._refuse(listener, peer, shown, "-",
+                         Refusal(ErrorCode.ILLEGAL_OPERATION, str(exc)))
+            return
+        except Refusal as refusal:
+            self._refuse(listener, peer, shown, "-", refusal)
+            return
+        key = (peer, data)
+        if key in self._transfers:
+            return  # the client repeated its request; the transfer's own timer answers
+        what = f"{'read' if request.is_read else 'write'} " \
+               f"'{printable(request.filename.decode('utf-8', 'replace'))}'"
+        try:
+            self._check_capacity(peer)
+            driver = self._open_transfer(listener, request, peer, local)
+        except Refusal as refusal:
+            self._refuse(listener, peer, shown, what, refusal)
+            return
+        self._transfers[key] = driver
+        self._per_host[_host(peer)] += 1
+
+        def log_outcome(result: TransferResult) -> None:
+            log.info("%s %s %s %s: %s", shown, what, request.mode,
+                     result.options.describe(), describe_result(result))
+
+        driver.on_outcome = log_outcome
+        task = asyncio.get_running_loop().create_task(self._run(driver, key, shown, what))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _check_capacity(self, peer: SockAddr) -> None:
+        if len(self._transfers) >= self.config.max_transfers:
+            raise Refusal(ErrorCode.NOT_DEFINED, "server busy, try again later")
+        if self._per_host[_host(peer)] >= self.config.max_per_peer:
+            raise Refusal(ErrorCode.NOT_DEFINED,
+                          "too many transfers from your address, try again later")
+
+    def _refuse(self, listener: socket.socket, peer: SockAddr, shown: str, what: str,
+                refusal: Refusal) -> None:
+        with contextlib.suppress(OSError):
+            listener.sendto(encode_error(refusal.code, refusal.message), peer)
+        if self._notices.allow(time.monotonic()):
+            log.info("%s %s refused: %s", shown, what, printable(refusal.message))
+
+    def _open_transfer(self, listener: socket.socket, request: Request, peer: SockAddr,
+                       local: str | None) -> TransferDriver:
+        if request.mode not in MODES:
+            raise Refusal(ErrorCode.ILLEGAL_OPERATION,
+                          f"transfer mode '{printable(request.mode)}' is not supported")
+        # A leading '/' names the root, as tftpd-hpa's --secure mode has it: boot ROMs
+        # often ask for "/pxelinux.0".  Nothing can climb out of the root either way.
+        path = request.filename.lstrip(b"/")
+        if not path:
+            raise Refusal(ErrorCode.FILE_NOT_FOUND, "no file name")
+        source, sink, size = None, None, None
+        try:
+            if request.is_read:
+                source, size = self._open_source(path, request.mode)
+            else:
+                sink = self._open_sink(path)
+            options, oack = negotiate(request.options, is_read=request.is_read,
+                                      file_size=size,
+                                      upload_limit=self._upload_limit(),
+                                      limits=self.config.limits)
+            sock = self._transfer_socket(listener, local)
+        except BaseException as exc:
+            if source is not None:
+                source.close()
+            if sink is not None:
+                sink.discard()
+            if isinstance(exc, StorageError):
+                raise Refusal(storage_error_code(exc), str(exc)) from exc
+            if isinstance(exc, RemoteProtocolError):
+                raise Refusal(ErrorCode(exc.code or 0), str(exc)) from exc
+            raise
+        assert not isinstance(peer, str)  # UDP peers are (host, port, ...) tuples
+        now = asyncio.get_running_loop().time()
+        netascii = request.mode == "netascii"
+        core: Transfer
+        if request.is_read:
+            core = ServerRead(peer, options, oack, self.config.timing, now,
+                              netascii_mode=netascii)
+        else:
+            core = ServerWrite(peer, options, oack, self.config.timing, now,
+                               netascii_mode=netascii, max_size=self.config.max_upload_bytes)
+        return TransferDriver(sock, core, source=source, sink=sink)
+
+    def _open_source(self, path: bytes, mode: str) -> tuple[FileSource, int | None]:
+        fd, st = self.root.open_read(path)
+        shown = path.decode("utf-8", "replace")
+        # RFC 2349 tsize: the octet size is the file's size; netascii changes it.
+        return FileSource(fd, shown), st.st_size if mode == "octet" else None
+
+    def _open_sink(self, path: bytes) -> FileSink:
+        policy = self.config.allow_upload
+        if policy is UploadPolicy.NONE:
+            raise Refusal(ErrorCode.ACCESS_VIOLATION, "uploads are not allowed here")
+        mode = NEW_FILE_MODE
+        try:
+            entry = self.root.stat(path)
+        except StorageError as exc:
+            if exc.errno != errno.ENOENT or isinstance(exc, PathRefused):
+                raise
+            if policy is UploadPolicy.OVERWRITE:
+                raise Refusal(ErrorCode.FILE_NOT_FOUND,
+                              "this server only overwrites existing files") from None
+        else:
+            mode = capped_mode(entry.mode, DEFAULT_UMASK)
+        return FileSink(self.root.create(path), mode)
+
+    def _upload_limit(self) -> int | None:
+        limit = self.config.max_upload_bytes
+        try:
+            st = os.statvfs(self.root.path)
+        except OSError:
+            return limit
+        free = st.f_bavail * st.f_frsize
+        return free if limit is None else min(limit, free)
+
+    @staticmethod
+    def _transfer_socket(listener: socket.socket, local: str | None) -> socket.socket:
+        """A fresh socket (the TID) on the address the request was sent to."""
+        host = local if local is not None else listener.getsockname()[0]
+        try:
+            return tid_socket(listener.family, host)
+        except NetworkError as exc:
+            raise Refusal(ErrorCode.NOT_DEFINED, str(exc)) from exc
+
+    async def _run(self, driver: TransferDriver, key: tuple[SockAddr, bytes], shown: str,
+                   what: str) -> None:
+        """Run one transfer to its end (dallying included); its log line comes from
+        ``on_outcome`` as soon as the outcome is known."""
+        try:
+            await driver.run()
+        except Exception:  # a bug: say so, and keep serving everyone else
+            log.exception("%s %s: internal error", shown, what)
+        finally:
+            del self._transfers[key]
+            host = _host(key[0])
+            self._per_host[host] -= 1
+            if self._per_host[host] <= 0:
+                del self._per_host[host]
+
+
+def describe_result(result: TransferResult) -> str:
+    outcome = "ok" if result.error is None else f"failed: {result.error}"
+    resent = f", {result.retransmissions} retransmitted" if result.retransmissions else ""
+    return (f"{result.size} bytes in {result.seconds:.2f} s ({result.rate_mb_s:.1f} MB/s)"
+            f"{resent}, {outcome}")
+
+
+def _host(peer: SockAddr) -> str:
+    return peer if isinstance(peer, str) else peer[0]
+

@@ -1,0 +1,199 @@
+"""Two TFTP cores joined by an in-memory link that drops, duplicates, reorders and delays.
+
+Time is virtual: when nothing is in flight the clock jumps to the earliest deadline or
+delivery, so a simulated minute of retransmissions costs milliseconds.  The harness plays
+the driver's part: it answers the request the way the server driver does (negotiation,
+one transfer per request, duplicates ignored), supplies file bytes to senders and stores
+what receivers get.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+from sockferry.tftp.options import ServerLimits, negotiate, requested_options
+from sockferry.tftp.packets import Opcode, Request, decode_packet
+from sockferry.tftp.transfer import (
+    ClientRead,
+    ClientWrite,
+    DataReceived,
+    LastBlockReceived,
+    OptionsAgreed,
+    PeerAddress,
+    ReceivingTransfer,
+    SendingTransfer,
+    ServerRead,
+    ServerWrite,
+    Timing,
+    Transfer,
+    TransferCompleted,
+    TransferFailed,
+)
+
+CLIENT: PeerAddress = ("client", 40000)
+SERVER_PORT: PeerAddress = ("server", 69)
+SERVER_TID: PeerAddress = ("server", 50000)
+CHUNK = 4096
+
+
+@dataclass
+class LossyLink:
+    """Datagrams in flight, each with its delivery time."""
+
+    rng: random.Random
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    delay_s: float = 0.001
+    jitter_s: float = 0.0005
+    sent: int = 0
+    _last_at: dict[tuple[PeerAddress, PeerAddress], float] = field(default_factory=dict)
+    _queue: list[tuple[float, int, bytes, PeerAddress, PeerAddress]] = field(
+        default_factory=list)
+
+    def send(self, data: bytes, src: PeerAddress, dst: PeerAddress, now: float) -> None:
+        self.sent += 1
+        copies = 2 if self.rng.random() < self.duplicate else 1
+        for _ in range(copies):
+            if self.rng.random() < self.loss:
+                continue
+            at = now + self.delay_s + self.rng.random() * self.jitter_s
+            if self.rng.random() < self.reorder:
+                at += self.delay_s * 3  # overtaken by the next few packets
+            else:  # jitter alone keeps a path's order, as real links do
+                at = max(at, self._last_at.get((src, dst), 0.0))
+                self._last_at[(src, dst)] = at
+            heapq.heappush(self._queue, (at, self.sent * 4 + copies, data, src, dst))
+
+    def next_delivery(self) -> float | None:
+        return self._queue[0][0] if self._queue else None
+
+    def pop_due(self, now: float) -> tuple[bytes, PeerAddress, PeerAddress] | None:
+        if self._queue and self._queue[0][0] <= now:
+            _, _, data, src, dst = heapq.heappop(self._queue)
+            return data, src, dst
+        return None
+
+
+@dataclass
+class Endpoint:
+    """A core plus the driver duties the harness performs for it."""
+
+    core: Transfer
+    source: bytes = b""
+    offset: int = 0
+    received: bytearray = field(default_factory=bytearray)
+    result: TransferCompleted | TransferFailed | None = None
+    agreed: OptionsAgreed | None = None
+
+    def feed(self, now: float) -> None:
+        core = self.core
+        while isinstance(core, SendingTransfer) and core.wants_data:
+            chunk = self.source[self.offset:self.offset + CHUNK]
+            self.offset += len(chunk)
+            core.send_data(chunk, now, end=self.offset >= len(self.source))
+        while (event := core.next_event()) is not None:
+            if isinstance(event, DataReceived):
+                self.received += event.data
+            elif isinstance(event, LastBlockReceived):
+                assert isinstance(core, ReceivingTransfer)
+                assert event.size == len(self.received)
+                core.confirm_stored(now)
+            elif isinstance(event, OptionsAgreed):
+                self.agreed = event
+            else:
+                assert self.result is None, f"second result {event} after {self.result}"
+                self.result = event
+
+
+@dataclass
+class Session:
+    """A client and the server-side transfer it starts, on one link."""
+
+    link: LossyLink
+    client: Endpoint
+    server_file: bytes
+    limits: ServerLimits
+    timing: Timing
+    server: Endpoint | None = None
+    stranger_replies: int = 0
+    now: float = 0.0
+
+    def _serve_request(self, data: bytes, src: PeerAddress) -> None:
+        if self.server is not None:
+            return  # a repeated request: the driver ignores it while the transfer runs
+        request = decode_packet(data)
+        assert isinstance(request, Request)
+        is_read = request.opcode is Opcode.RRQ
+        size = len(self.server_file) if request.mode == "octet" else None
+        options, oack = negotiate(request.options, is_read=is_read, file_size=size,
+                                  upload_limit=None, limits=self.limits)
+        netascii = request.mode == "netascii"
+        core: Transfer
+        if is_read:
+            core = ServerRead(src, options, oack, self.timing, self.now,
+                              netascii_mode=netascii)
+        else:
+            core = ServerWrite(src, options, oack, self.timing, self.now,
+                               netascii_mode=netascii)
+        self.server = Endpoint(core, source=self.server_file)
+
+    def _flush(self) -> None:
+        for address, endpoint in ((CLIENT, self.client), (SERVER_TID, self.server)):
+            if endpoint is None:
+                continue
+            endpoint.feed(self.now)
+            for data, dst in endpoint.core.datagrams_to_send():
+                self.link.send(data, address, dst, self.now)
+
+    def _deliver(self, data: bytes, src: PeerAddress, dst: PeerAddress) -> None:
+        if dst == SERVER_PORT:
+            self._serve_request(data, src)
+        elif dst == SERVER_TID and self.server is not None:
+            self.server.core.receive_datagram(data, src, self.now)
+        elif dst == CLIENT:
+            self.client.core.receive_datagram(data, src, self.now)
+        else:
+            self.stranger_replies += 1
+
+    def run(self, max_steps: int = 2_000_000) -> None:
+        for _ in range(max_steps):
+            self._flush()
+            if self.client.core.finished and (self.server is None or self.server.core.finished):
+                return
+            while (item := self.link.pop_due(self.now)) is not None:
+                self._deliver(*item)
+                self._flush()
+            times = [t for t in (self.link.next_delivery(), self.client.core.next_deadline(),
+                                 self.server and self.server.core.next_deadline())
+                     if t is not None]
+            if not times:
+                return
+            self.now = max(self.now, min(times))
+            self.client.core.handle_timeout(self.now)
+            if self.server is not None:
+                self.server.core.handle_timeout(self.now)
+        raise AssertionError("the transfer did not finish within the step budget")
+
+
+def session(*, read: bool, payload: bytes, link: LossyLink, blksize: int = 512,
+            windowsize: int = 1, mode: str = "octet", tsize: bool = True,
+            timing: Timing | None = None, limits: ServerLimits | None = None) -> Session:
+    """A client request ready to run: RRQ fetching ``payload`` or WRQ sending it."""
+    timing = timing or Timing(timeout_s=2.0, retries=8)
+    options = requested_options(blksize=blksize, windowsize=windowsize, timeout_s=None,
+                                tsize=(0 if read else len(payload)) if tsize else None)
+    opcode = Opcode.RRQ if read else Opcode.WRQ
+    request = Request(opcode, b"file.bin", mode, options)
+    core: Transfer = (ClientRead(SERVER_PORT, request, timing, 0.0) if read
+                      else ClientWrite(SERVER_PORT, request, timing, 0.0))
+    client = Endpoint(core, source=b"" if read else payload)
+    return Session(link, client, payload if read else b"", limits or ServerLimits(), timing)
+
+
+def received_by_receiver(s: Session, read: bool) -> bytes:
+    receiver = s.client if read else s.server
+    assert receiver is not None
+    return bytes(receiver.received)
