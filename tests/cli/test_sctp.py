@@ -91,13 +91,6 @@ def test_nobody_listening_is_a_network_error() -> None:
     assert code == 3 and "is the server running" in err.getvalue()
 
 
-def test_kernel_transport_says_it_is_not_available() -> None:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(["sctp-serve", "--transport", "kernel", "--listen", "127.0.0.1:0"],
-                stdout=out, stderr=err)
-    assert code == 9 and "--transport udp" in err.getvalue()
-
-
 def test_port_in_use_is_one_sentence() -> None:
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
