@@ -128,6 +128,21 @@ def test_kernel_files_in_parallel_through_loss(env: dict[str, Path],
         assert digest(env["root"] / path.name) == digest(path)
 
 
+@pytest.mark.kernel_sctp
+def test_userspace_client_to_kernel_server_over_udp(env: dict[str, Path],
+                                                    kernel_encap_port: int) -> None:
+    """The two stacks meet over UDP (RFC 6951): the kernel's encapsulation port is on."""
+    files = make_files(env["src"], (200 * KiB, 1), seed=7)
+    with ServerThread(env["root"], sctp_stack="kernel") as server:
+        code, _out, err = run_cli("send", "--transport", "sctp", "--sctp-stack", "udp",
+                                  "-P", str(server.port), "--udp-port",
+                                  str(kernel_encap_port), "--token-file", str(env["token"]),
+                                  *map(str, files), "127.0.0.1:")
+        assert code == ExitCode.OK, err
+    for path in files:
+        assert digest(env["root"] / path.name) == digest(path)
+
+
 def test_wrong_token_is_refused_over_sctp(env: dict[str, Path], tmp_path: Path) -> None:
     wrong = write_token(tmp_path / "wrong", b"another-token-0123456789")
     source = make_files(env["src"], (10,), seed=6)[0]
