@@ -259,3 +259,23 @@ def test_any_chunks_in_any_state_raise_nothing(cut: int, chunks: list[c.Chunk],
                                       other.address, net.now)
     net.link.keep = None
     net.run_for(600)
+
+
+def test_icmp_port_unreachable_ends_a_setup_only_when_it_quotes_our_init() -> None:
+    """RFC 6951 §5.5 and RFC 9260 Appendix C (ICMP6): the quoted INIT must carry our tag."""
+    client = server()
+    assoc_id = client.connect(PEER[0], 6000, PEER, 0.0)
+    [(init, address)] = client.datagrams_to_send()
+    assert address == PEER
+    forged = bytearray(init)
+    forged[16] ^= 0xFF  # someone else's Initiate Tag
+    client.unreachable(bytes(forged), PEER, "refused")
+    client.unreachable(init, ("127.0.0.8", 7000), "refused")  # another address
+    client.unreachable(init[:10], PEER, "refused")  # too little quoted to check
+    assert client.association(assoc_id) is not None and client.events() == []
+    client.unreachable(init, PEER, "connection refused by 127.0.0.9:7000")
+    assert client.association(assoc_id) is None
+    [change] = client.events()
+    assert isinstance(change, AssociationChange)
+    assert change.state is AssocState.CANT_STR_ASSOC
+    assert change.reason == "connection refused by 127.0.0.9:7000"

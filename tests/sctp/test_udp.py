@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 
 import pytest
 
@@ -111,13 +112,33 @@ def test_udp_port_other_than_the_sctp_port() -> None:
     asyncio.run(main())
 
 
-def test_connect_to_nobody_times_out_with_a_sentence() -> None:
+def test_connect_to_a_silent_port_times_out_with_a_sentence() -> None:
     async def main() -> None:
-        async with await UdpEndpoint.open([HostPort("127.0.0.1", 0)]) as silent:
-            port = silent.local_addresses[0][1]  # type: ignore[index]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))  # bound, never answers: no ICMP either
+            port = silent.getsockname()[1]
+            async with await UdpEndpoint.open() as client:
+                with pytest.raises(NetworkError, match=r"no SCTP answer from .* within 0\.5 s"):
+                    await client.connect(HostPort("127.0.0.1", port), timeout_s=0.5)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_connect_to_a_closed_port_is_refused_at_once(host: str) -> None:
+    """The ICMP port unreachable for our INIT ends the attempt (IP_RECVERR)."""
+    async def main() -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as closed:
+            closed.bind((host, 0))
+            port = closed.getsockname()[1]
         async with await UdpEndpoint.open() as client:
-            with pytest.raises(NetworkError, match="is the server running"):
-                await client.connect(HostPort("127.0.0.1", port), timeout_s=0.5)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(NetworkError) as info:
+                await client.connect(HostPort(host, port), timeout_s=20)
+            assert asyncio.get_running_loop().time() - started < 5
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        assert f"connection refused by {shown} (ICMP port unreachable)" in str(info.value)
 
     asyncio.run(main())
 

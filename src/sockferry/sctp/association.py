@@ -397,6 +397,24 @@ class Association:
         self.state = State.SHUTDOWN_PENDING
         self._transmit(now)
 
+    def unreachable(self, quoted: bytes, reason: str) -> bool:
+        """An ICMP error quoted ``quoted``, a packet sent to this peer.  RFC 6951 §5.5
+        treats Port Unreachable as Protocol Unreachable; RFC 9260 Appendix C (ICMP6)
+        accepts it only with our verification tag in it, or with tag 0 and the INIT
+        carrying our Initiate Tag.  Only a setup is given up: an established association
+        leaves a dead peer to heartbeats and retransmissions.  True if it closed."""
+        if self.state not in (State.COOKIE_WAIT, State.COOKIE_ECHOED) or len(quoted) < 8:
+            return False
+        tag = int.from_bytes(quoted[4:8], "big")
+        if tag == 0:
+            if (len(quoted) < 20 or quoted[12] != c.ChunkType.INIT
+                    or int.from_bytes(quoted[16:20], "big") != self.my_tag):
+                return False
+        elif tag != self.peer_tag:
+            return False
+        self._close(AssocState.CANT_STR_ASSOC, reason)
+        return True
+
     def abort(self, reason: str, now: float) -> None:
         """Send ABORT with a User-Initiated Abort cause (§9.1) and close."""
         if self.state == State.CLOSED:

@@ -125,6 +125,15 @@ class Stack:
             assoc.abort(reason, now)
             self._collect(assoc)
 
+    def unreachable(self, quoted: bytes, udp_address: SockAddr, reason: str) -> None:
+        """An ICMP destination-unreachable error about a packet we sent to
+        ``udp_address`` (``quoted`` is that packet): associations still being set up
+        with that address end with CANT_STR_ASSOC and ``reason``."""
+        for assoc_id, address in list(self._udp_address.items()):
+            assoc = self._associations[assoc_id]
+            if address == udp_address and assoc.unreachable(quoted, reason):
+                self._collect(assoc)
+
     def handle_timeout(self, now: float) -> None:
         due = [i for i, at in self._deadlines.items() if at <= now]
         for assoc_id in due:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import secrets
 import socket
+import struct
 from collections.abc import Sequence
 from typing import Any, Self, cast
 
@@ -77,22 +79,73 @@ def path_packet_size(address: SockAddr) -> int:
     return min(mtu - overhead, ceiling)
 
 
+# Linux's IP_RECVERR and IPV6_RECVERR (Python names neither): queue ICMP errors, with the
+# packet that caused them, on the socket's error queue even when it is not connected.
+_IP_RECVERR = 11
+_IPV6_RECVERR = 25
+# struct sock_extended_err (linux/errqueue.h): ee_errno, ee_origin, ee_type, ee_code, ...
+_EXTENDED_ERR = struct.Struct("=IBBBBII")
+_MAX_ERRORS_PER_CALL = 64
+
+
+def enable_icmp_errors(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+            # A dual-stack socket reports IPv4 errors through the IPv4 option.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+
+
+def icmp_errors(sock: socket.socket) -> list[tuple[int, bytes, SockAddr]]:
+    """Drain the error queue: (errno, the packet that caused it, where it was sent).
+
+    It must be drained: an error left queued keeps the socket reported as readable."""
+    out: list[tuple[int, bytes, SockAddr]] = []
+    for _ in range(_MAX_ERRORS_PER_CALL):
+        try:
+            quoted, ancillary, _flags, destination = sock.recvmsg(
+                MAX_QUOTED_BYTES, 512, socket.MSG_ERRQUEUE)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            break
+        code = 0
+        for level, kind, data in ancillary:
+            if len(data) >= _EXTENDED_ERR.size and (level, kind) in (
+                    (socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR)):
+                code = _EXTENDED_ERR.unpack_from(data)[0]
+        if destination:
+            out.append((code, quoted, _plain(destination)))
+    return out
+
+
+# Enough of a quoted packet for the common header and an INIT's Initiate Tag.
+MAX_QUOTED_BYTES = 64
+
+
 class _Socket(asyncio.DatagramProtocol):
-    def __init__(self, endpoint: UdpEndpoint) -> None:
+    def __init__(self, endpoint: UdpEndpoint, sock: socket.socket) -> None:
         self.endpoint = endpoint
+        self.sock = sock
         self.transport: asyncio.DatagramTransport | None = None
-        self.family = socket.AF_INET
+        self.family = sock.family
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport quacks like DatagramTransport without subclassing it.
         self.transport = cast(asyncio.DatagramTransport, transport)
-        self.family = transport.get_extra_info("socket").family
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self.endpoint.datagram_received(data, _plain(addr), self)
 
     def error_received(self, exc: Exception) -> None:
+        """An ICMP error arrived (IP_RECVERR): see which peer it is about."""
         log.debug("UDP error: %s", exc)
+        for code, quoted, destination in icmp_errors(self.sock):
+            if code == errno.ECONNREFUSED:
+                self.endpoint.unreachable(quoted, destination)
 
 
 class UdpEndpoint:
@@ -111,6 +164,8 @@ class UdpEndpoint:
         self._timer_at: float | None = None
         self._route: dict[str, _Socket] = {}
         self._hidden: set[AssocId] = set()  # connect attempts that lost the race
+        # Attempts of a connect() in progress: their failures are its to report.
+        self._connecting: set[AssocId] = set()
         self._closed = False
         self._flush_scheduled = False
 
@@ -141,8 +196,9 @@ class UdpEndpoint:
             assert isinstance(address, HostPort)
             for sock in await open_listeners(HostPort(address.host, bound), socket.SOCK_DGRAM):
                 grow_buffers(sock, SOCKET_BUFFER)
+                enable_icmp_errors(sock)
                 _, protocol = await self._loop.create_datagram_endpoint(
-                    lambda: _Socket(self), sock=sock)
+                    lambda sock=sock: _Socket(self, sock), sock=sock)  # type: ignore[misc]
                 self._sockets.append(protocol)
                 bound = sock.getsockname()[1]  # port 0: the rest share the kernel's pick
         if sctp_port == 0:
@@ -187,6 +243,14 @@ class UdpEndpoint:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
+    def unreachable(self, quoted: bytes, destination: SockAddr) -> None:
+        """ICMP port unreachable from ``destination``: nobody listens on that UDP port."""
+        self.stack.unreachable(quoted, destination,
+                               f"connection refused by {format_sockaddr(destination)} "
+                               "(ICMP port unreachable) — is the server running, and is "
+                               "the UDP port right?")
+        self._flush()
+
     def _socket_for(self, host: str) -> _Socket | None:
         known = self._route.get(host)
         if known is not None:
@@ -218,7 +282,12 @@ class UdpEndpoint:
         self._rearm(stack.next_deadline())
 
     def _on_event(self, event: Received) -> None:
-        if event.assoc_id in self._hidden:
+        if event.assoc_id in self._connecting and isinstance(event, AssociationChange):
+            if event.state in (AssocState.COMM_UP, AssocState.RESTART):
+                self._connecting.discard(event.assoc_id)  # from now on the app's to see
+                self._inbox.put_nowait(event)
+            # else: connect() reports the failure (or tries the next address)
+        elif event.assoc_id in self._hidden:
             if isinstance(event, AssociationChange) and event.state not in (
                     AssocState.COMM_UP, AssocState.RESTART):
                 self._hidden.discard(event.assoc_id)
@@ -309,6 +378,7 @@ class UdpEndpoint:
         waiter = self._loop.create_future()
         self._waiters.setdefault(assoc_id, []).append(waiter)
         attempts[waiter] = assoc_id
+        self._connecting.add(assoc_id)
         self._flush()
         return None
 
@@ -333,6 +403,7 @@ class UdpEndpoint:
         """Abort the attempts that lost; the application never hears of them."""
         for future, assoc_id in attempts.items():
             future.cancel()
+            self._connecting.discard(assoc_id)
             if assoc_id != winner and self.stack.association(assoc_id) is not None:
                 self._hidden.add(assoc_id)
                 self.stack.abort(assoc_id, "another address answered first", self._loop.time())
