@@ -56,5 +56,7 @@ def test_probe_bad_address_is_usage_error() -> None:
 def test_help_and_unknown_command() -> None:
     code, out, _ = run_cli("--help")
     assert code == 0 and "Exit codes" in out
+    code, out, _ = run_cli("--version")
+    assert code == 0 and out.startswith("sockferry 0.")
     code, _, err = run_cli("frobnicate")
     assert code == ExitCode.USAGE and "invalid choice" in err

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from sockferry import errors
+from sockferry import __version__, errors
 from sockferry.cli import ferry, probe, sctp, tftp
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, exit_code_for
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the peer, 6 local storage, 7 protocol or digest, 8 timeout, 9 not available "
         "here, 130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=f"sockferry {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show debug logs and the traceback of unexpected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
