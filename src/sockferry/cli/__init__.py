@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import sys
 import traceback
@@ -15,12 +16,18 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from sockferry import __version__, errors
-from sockferry.cli import ferry, probe, sctp, tftp
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, exit_code_for
 
 # One module per family of sub-commands; each has register(subparsers).
-COMMAND_MODULES = (ferry, probe, sctp, tftp)
+COMMAND_MODULES = ("ferry", "probe", "sctp", "tftp")
+# Which module registers each command: only the one asked for is imported, so a
+# `sockferry send` does not pay for loading the TFTP and SCTP stacks.
+COMMANDS = {
+    "serve": "ferry", "send": "ferry", "get": "ferry", "ls": "ferry", "probe": "probe",
+    "sctp-serve": "sctp", "sctp-send": "sctp",
+    "tftp-serve": "tftp", "tftp-get": "tftp", "tftp-put": "tftp",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +37,8 @@ class _Parser(argparse.ArgumentParser):
         raise errors.UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command`` (a known command name) only its module is loaded."""
     parser = _Parser(
         prog="sockferry",
         description="Move files and messages over plain sockets: an scp-like TCP file "
@@ -45,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show debug logs and the traceback of unexpected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in COMMAND_MODULES:
-        module.register(sub)
+    names = [COMMANDS[command]] if command in COMMANDS else list(COMMAND_MODULES)
+    for name in names:
+        importlib.import_module(f"sockferry.cli.{name}").register(sub)
     return parser
 
 
@@ -60,7 +69,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     console = Console(out, err)
     try:
         with contextlib.redirect_stdout(out):  # --help goes where the caller said
-            args = build_parser().parse_args(args_list)
+            args = build_parser(_command_in(args_list)).parse_args(args_list)
     except errors.UsageError as exc:
         console.error(str(exc))
         return ExitCode.USAGE
@@ -84,6 +93,12 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         return ExitCode.FAILURE
     finally:
         console.close()
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The command word: the first argument that is not an option (top-level options
+    take no values)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def _configure_logging(stream: TextIO, debug: bool) -> None:

@@ -14,18 +14,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sockferry.cli.console import Console, TransferProgress
 from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
 from sockferry.errors import SockferryError, UsageError
-from sockferry.ferry.association import open_sctp_server_endpoint, sctp_client, serve_sctp
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.copying import Outcome, Reporter, get_paths, send_paths
 from sockferry.ferry.server import FerryServer, ServerConfig
 from sockferry.ferry.tokens import client_token, server_token
-from sockferry.sctp.endpoint import Endpoint
-from sockferry.sctp.transport import TRANSPORTS
+from sockferry.sctp.endpoint import TRANSPORTS
 from sockferry.sockets import (
     Address,
     HostPort,
@@ -36,6 +34,9 @@ from sockferry.sockets import (
 )
 from sockferry.storage import DEFAULT_UMASK, Entry, Kind
 from sockferry.units import format_bytes, format_rate
+
+if TYPE_CHECKING:
+    from sockferry.sctp.endpoint import Endpoint
 
 DEFAULT_PORT = 2345
 log = logging.getLogger("sockferry.ferry")
@@ -200,6 +201,9 @@ async def _connected(args: argparse.Namespace, address: Address,
                      token: bytes) -> AsyncIterator[FerryClient]:
     """An authenticated client over TCP (or AF_UNIX), or over an SCTP association."""
     if args.transport == "sctp":
+        # The SCTP stacks take a while to import; plain TCP never loads them.
+        from sockferry.ferry.association import sctp_client  # noqa: PLC0415
+
         async with sctp_client(address, token, stack=args.sctp_stack,
                                udp_port=args.udp_port, timeout_s=args.timeout) as client:
             yield client
@@ -252,6 +256,11 @@ async def _serve(root: str, addresses: list[Address], config: ServerConfig,
     if sctp is None:
         bound = await server.start(addresses)
     else:
+        from sockferry.ferry.association import (  # noqa: PLC0415 - see _connected
+            open_sctp_server_endpoint,
+            serve_sctp,
+        )
+
         endpoint = await open_sctp_server_endpoint(addresses, sctp.stack, sctp.udp_port)
         reader = asyncio.get_running_loop().create_task(serve_sctp(server, endpoint))
         bound = [f"{format_sockaddr(a)} (SCTP)" for a in endpoint.local_addresses]

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 from sockferry.errors import UsageError
 from sockferry.sctp.association import Config
-from sockferry.sctp.endpoint import Endpoint, StreamCounts
+from sockferry.sctp.endpoint import TRANSPORTS, Endpoint, StreamCounts, Transport
 from sockferry.sctp.kernel import KernelEndpoint
 from sockferry.sctp.kernel_socket import kernel_sctp_missing, kernel_udp_port
 from sockferry.sctp.udp import UdpEndpoint
 from sockferry.sockets import Address
 
-Transport = Literal["auto", "kernel", "udp"]
-TRANSPORTS: tuple[Transport, ...] = ("auto", "kernel", "udp")
+__all__ = ["TRANSPORTS", "Transport", "open_endpoint"]
 
 
 async def open_endpoint(transport: str = "auto", *, listen: Sequence[Address] = (),
