@@ -385,3 +385,16 @@ def test_absolute_block_is_nearest(wire: int, reference: int) -> None:
     block = absolute_block(wire, reference)
     assert block % 65536 == wire
     assert abs(block - reference) <= 32768
+
+
+def test_karn_a_retransmitted_block_gives_no_rtt_sample() -> None:
+    # Block 1 goes out at 0 and again at its timeout (1 s); an ACK just after the repeat
+    # may answer either copy, so it must not be read as a 1 ms round trip (Karn's rule).
+    core = reader()
+    assert sent(core) == [Data(1, b"x" * 512)]
+    core.handle_timeout(1.0)
+    assert sent(core) == [Data(1, b"x" * 512)]
+    core.receive_datagram(encode_ack(1), PEER, 1.001)
+    assert sent(core) == [Data(2, b"x" * 512)]
+    deadline = core.next_deadline()
+    assert deadline is not None and deadline - 1.001 == pytest.approx(1.0)

@@ -370,6 +370,7 @@ class SendingTransfer(Transfer):
         self._final: int | None = None  # number of the last block, once known
         self._acked = 0           # highest block acknowledged
         self._next = 1            # next block to send
+        self._sent = 0            # highest block sent so far
         self._timed: tuple[int, float] | None = None  # (block, sent_at) for an RTT sample
         self._control = b""       # OACK or request, repeated until answered
         self._table[(State.SENDING, Ack)] = self._on_ack
@@ -445,8 +446,12 @@ class SendingTransfer(Transfer):
             block += 1
         if block != first:
             self._next = block
-            if self._timed is None:
-                self._timed = (block - 1, now)
+            if block - 1 > self._sent:
+                # Karn's rule: only a block sent for the first time is timed; the ACK of
+                # a repeated one may answer any of its copies.
+                if self._timed is None:
+                    self._timed = (block - 1, now)
+                self._sent = block - 1
             if self._deadline is None:
                 self._deadline = now + self._rto.rto_s
 
