@@ -72,6 +72,10 @@ def run_and_check(*, read: bool, payload: bytes, link: LossyLink,
     else:
         assert isinstance(sender.result, TransferCompleted), sender.result
     assert s.stranger_replies == 0
+    blksize = kwargs.get("blksize", 512)
+    assert isinstance(blksize, int)
+    if kwargs.get("windowsize", 1) == 1 and len(payload) >= 4 * blksize:
+        assert s.steps > 0  # the one-step path carried part of the transfer
 
 
 @pytest.mark.parametrize("read", [True, False], ids=["read", "write"])

@@ -69,6 +69,9 @@ DEFAULT_RETRIES = 6
 # cannot turn a transfer into a reflector.
 MAX_WRONG_TID_REPLIES_PER_S = 10
 HALF_MODULUS = BLOCK_MODULUS // 2
+# A receiver's one-step path (take_block) hands blocks over in batches: it leaves a block
+# to the general path, after which the driver collects the data, once this many wait.
+MAX_PENDING_BLOCKS = 64
 _ACK = int(Opcode.ACK)
 _DATA = int(Opcode.DATA)
 _pack_header = HEADER.pack
@@ -90,6 +93,9 @@ class State(Enum):
 
 
 TERMINAL = frozenset({State.DONE, State.FAILED})
+# For the per-packet paths: a module global is found faster than an Enum member.
+_SENDING = State.SENDING
+_RECEIVING = State.RECEIVING
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +379,8 @@ class SendingTransfer(Transfer):
         self._sent = 0            # highest block sent so far
         self._timed: tuple[int, float] | None = None  # (block, sent_at) for an RTT sample
         self._control = b""       # OACK or request, repeated until answered
+        # In lock-step, the ACK of the one block in flight (see take_ack); else None.
+        self._awaited_ack: bytes | None = None
         self._table[(State.SENDING, Ack)] = self._on_ack
 
     def _find_final(self) -> None:
@@ -390,10 +398,42 @@ class SendingTransfer(Transfer):
         # The hot path: an ACK while sending, handled without building a packet object;
         # equivalent to the (SENDING, Ack) entry of the table.
         if (len(data) == 4 and data[1] == _ACK and not data[0]
-                and self.state is State.SENDING and addr == self.peer):
+                and self.state is _SENDING and addr == self.peer):
             self._on_ack_block((data[2] << 8) | data[3], now)
         else:
             super().receive_datagram(data, addr, now)
+
+    def take_ack(self, data: bytes, now: float) -> bytes | None:
+        """Lock-step sending's steady state in one step, for a datagram from the peer.
+
+        When ``data`` is the ACK of the one block in flight and the next block is a full
+        one already supplied, the ACK is accounted for exactly as ``receive_datagram``
+        would and the next DATA datagram is returned, for the driver to send to the peer
+        at once (nothing goes to ``datagrams_to_send``).  Anything else changes nothing
+        and returns None: the datagram then goes to ``receive_datagram``.
+        """
+        if data != self._awaited_ack or self._timeouts or self.state is not _SENDING:
+            return None
+        block = self._next
+        blksize = self.options.blksize
+        end = block * blksize - self._stream_start
+        stream = self._stream
+        if end > len(stream):
+            return None  # the last block, or one the driver has yet to supply
+        # _heard, _on_ack_block and _send_window for this one case: no timeout is
+        # pending (so no back-off to undo) and the block sent is new, hence timed.
+        self._heard_at = now
+        timed = self._timed
+        if timed is not None:
+            self._rto.sample(now - timed[1])
+        self._timed = (block, now)
+        self._acked = block - 1
+        self._sent = block
+        self._next = block + 1
+        self._deadline = now + self._rto.rto_s
+        wire = block & 0xFFFF
+        self._awaited_ack = _pack_header(_ACK, wire)
+        return _pack_header(_DATA, wire) + stream[end - blksize:end]
 
     @property
     def wants_data(self) -> bool:
@@ -454,6 +494,11 @@ class SendingTransfer(Transfer):
                 self._sent = block - 1
             if self._deadline is None:
                 self._deadline = now + self._rto.rto_s
+        # take_ack handles the ACK of a lone block in flight.
+        in_flight = self._next - 1
+        self._awaited_ack = (_pack_header(_ACK, in_flight & 0xFFFF)
+                             if options.windowsize == 1 and in_flight == self._acked + 1
+                             else None)
 
     def _on_ack(self, packet: Ack, now: float) -> None:
         self._on_ack_block(packet.block, now)
@@ -578,6 +623,9 @@ class ReceivingTransfer(Transfer):
         self._repeated_at = -1e9    # when a duplicate was last answered
         self._pending: list[bytes] = []
         self._decoder = netascii.Decoder() if self.netascii else None
+        # In lock-step octet mode, the header of the next DATA (see take_block); else None.
+        self._awaited_data: bytes | None = None
+        self._await_data(1)
         self._table[(State.RECEIVING, Data)] = self._on_data
         self._table[(State.DALLYING, Data)] = self._on_data_while_dallying
         self._table[(State.STORING, Data)] = _ignore
@@ -586,12 +634,57 @@ class ReceivingTransfer(Transfer):
         # The hot path: the next block in order, handled without building a packet
         # object; equivalent to the (RECEIVING, Data) entry of the table.
         if (len(data) >= 4 and data[1] == _DATA and not data[0]
-                and self.state is State.RECEIVING and addr == self.peer
+                and self.state is _RECEIVING and addr == self.peer
                 and ((data[2] << 8) | data[3]) == (self._received + 1) & 0xFFFF
                 and len(data) - 4 <= self.options.blksize):
             self._accept_block(self._received + 1, data[4:], now)
         else:
             super().receive_datagram(data, addr, now)
+
+    def take_block(self, data: bytes, now: float) -> bytes | None:
+        """Lock-step receiving's steady state in one step, for a datagram from the peer.
+
+        When ``data`` is the next block in order, full (so not the last) and within the
+        size limit, it is accepted exactly as ``receive_datagram`` would and the ACK
+        is returned, for the driver to send to the peer at once (nothing goes to
+        ``datagrams_to_send``).  Anything else changes nothing and returns None: the
+        datagram then goes to ``receive_datagram``.  Once ``MAX_PENDING_BLOCKS`` are
+        waiting, the next block is left to the general path too, after which the driver
+        collects the data with ``next_event``.
+        """
+        if (data[:4] != self._awaited_data or self._timeouts
+                or self.state is not _RECEIVING
+                or len(self._pending) >= MAX_PENDING_BLOCKS):
+            return None
+        blksize = self.options.blksize
+        size = self.size + blksize
+        if len(data) - 4 != blksize or (self.max_size is not None and size > self.max_size):
+            return None
+        # _accept_block and _send_ack for this one case: no timeout is pending (so no
+        # back-off to undo), no netascii decoding, one block per window.
+        acked_at = self._acked_at
+        if acked_at is not None:
+            self._rto.sample(now - acked_at)
+        self._acked_at = now
+        self._heard_at = now
+        self._received = self._acked = block = self._received + 1
+        self._gap_reported = False
+        self.size = size
+        self._pending.append(data[4:])
+        self._deadline = now + self._rto.rto_s
+        self._awaited_data = _pack_header(_DATA, (block + 1) & 0xFFFF)
+        self._reply = reply = _pack_header(_ACK, block & 0xFFFF)
+        return reply
+
+    def _await_data(self, block: int) -> None:
+        """Let take_block handle ``block`` next, when lock-step octet mode allows."""
+        self._awaited_data = (_pack_header(_DATA, block & 0xFFFF)
+                              if self.options.windowsize == 1 and self._decoder is None
+                              else None)
+
+    def _agree(self, options: TransferOptions) -> None:
+        super()._agree(options)
+        self._await_data(self._received + 1)
 
     def next_event(self) -> Event | None:
         # Queued events come first: _emit moved any data before them into the queue.
@@ -690,6 +783,8 @@ class ReceivingTransfer(Transfer):
             self._emit(LastBlockReceived(self.size))
         elif block - self._acked >= self.options.windowsize:
             self._send_ack(block, now)
+            if self._awaited_data is not None:
+                self._await_data(block + 1)
         else:
             self._arm(now)
 
