@@ -57,7 +57,7 @@ from sockferry.tftp.packets import (
     opcode_of,
     printable,
 )
-from sockferry.tftp.rto import RetransmitTimer
+from sockferry.tftp.rto import MIN_RTO_S, RetransmitTimer
 
 # A socket address as the driver reports it; the core compares addresses, never parses
 # them (tests use any hashable tuple).
@@ -69,6 +69,12 @@ DEFAULT_RETRIES = 6
 # cannot turn a transfer into a reflector.
 MAX_WRONG_TID_REPLIES_PER_S = 10
 HALF_MODULUS = BLOCK_MODULUS // 2
+# Round trips are timed at most this often.  On a path whose round trip is this long or
+# longer every round trip is timed, the rate RFC 6298 §3 asks of TCP; on faster paths the
+# timeout sits at its floor (MIN_RTO_S, four times this) unless the round trip varies a
+# lot, and 200 samples a second still follow that within a few tens of milliseconds.
+# Lock-step transfers on a LAN save the estimator's arithmetic on nearly every block.
+SAMPLE_SPACING_S = MIN_RTO_S / 4
 # A receiver's one-step path (take_block) hands blocks over in batches: it leaves a block
 # to the general path, after which the driver collects the data, once this many wait.
 MAX_PENDING_BLOCKS = 64
@@ -182,6 +188,7 @@ class Transfer:
         self._deadline: float | None = None
         self._timeouts = 0         # consecutive timeouts without progress
         self._heard_at = now
+        self._sample_from = now    # no round trip is timed before this time
         self._stranger_window = (now, 0)
         self._table: dict[tuple[State, type], Handler] = {}
 
@@ -426,7 +433,10 @@ class SendingTransfer(Transfer):
         timed = self._timed
         if timed is not None:
             self._rto.sample(now - timed[1])
-        self._timed = (block, now)
+            self._timed = None
+        if now >= self._sample_from:
+            self._timed = (block, now)
+            self._sample_from = now + SAMPLE_SPACING_S
         self._acked = block - 1
         self._sent = block
         self._next = block + 1
@@ -489,8 +499,9 @@ class SendingTransfer(Transfer):
             if block - 1 > self._sent:
                 # Karn's rule: only a block sent for the first time is timed; the ACK of
                 # a repeated one may answer any of its copies.
-                if self._timed is None:
+                if self._timed is None and now >= self._sample_from:
                     self._timed = (block - 1, now)
+                    self._sample_from = now + SAMPLE_SPACING_S
                 self._sent = block - 1
             if self._deadline is None:
                 self._deadline = now + self._rto.rto_s
@@ -665,7 +676,11 @@ class ReceivingTransfer(Transfer):
         acked_at = self._acked_at
         if acked_at is not None:
             self._rto.sample(now - acked_at)
-        self._acked_at = now
+        if now >= self._sample_from:
+            self._acked_at = now
+            self._sample_from = now + SAMPLE_SPACING_S
+        else:
+            self._acked_at = None
         self._heard_at = now
         self._received = self._acked = block = self._received + 1
         self._gap_reported = False
@@ -722,7 +737,11 @@ class ReceivingTransfer(Transfer):
         self._acked = block
         self._reply = reply = _pack_header(_ACK, block & 0xFFFF)
         self._out.append((reply, self.peer))  # type: ignore[arg-type]
-        self._acked_at = now if fresh else None
+        if fresh and now >= self._sample_from:
+            self._acked_at = now  # time the round trip to the next block
+            self._sample_from = now + SAMPLE_SPACING_S
+        else:
+            self._acked_at = None
         self._deadline = now + self._rto.rto_s
 
     def _on_data(self, packet: Data, now: float) -> None:
