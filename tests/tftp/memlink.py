@@ -164,9 +164,7 @@ class Session:
         """As the driver does: in lock-step, the peer's datagrams try the one-step path
         first and its answer goes out at once."""
         if src == core.peer and core.options.windowsize == 1:
-            step = core.take_ack if isinstance(core, SendingTransfer) else (
-                core.take_block if isinstance(core, ReceivingTransfer) else None)
-            reply = step(data, self.now) if step is not None else None
+            reply = one_step(core, data, self.now)
             if reply is not None:
                 self.link.send(reply, dst, src, self.now)
                 self.steps += 1
@@ -191,6 +189,20 @@ class Session:
             if self.server is not None:
                 self.server.core.handle_timeout(self.now)
         raise AssertionError("the transfer did not finish within the step budget")
+
+
+def one_step(core: Transfer, data: bytes, now: float) -> bytes | None:
+    """What the driver does with a datagram from the peer in lock-step: take the ready
+    answer (to be sent at once), then let the core finish the step."""
+    if isinstance(core, SendingTransfer):
+        reply = core.take_ack(data)
+    elif isinstance(core, ReceivingTransfer):
+        reply = core.take_block(data)
+    else:
+        return None
+    if reply is not None:
+        core.finish_step(now)
+    return reply
 
 
 def session(*, read: bool, payload: bytes, link: LossyLink, blksize: int = 512,

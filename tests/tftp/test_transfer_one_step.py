@@ -1,4 +1,5 @@
-"""The one-step paths (``take_ack``, ``take_block``) against the general path.
+"""The one-step paths (``take_ack`` or ``take_block``, then ``finish_step``) against the
+general path.
 
 Two cores of the same kind get the same datagrams, timeouts and file bytes; one tries
 the one-step path first, as the driver does, the other only ever uses
@@ -34,6 +35,7 @@ from sockferry.tftp.transfer import (
     Timing,
     Transfer,
 )
+from tests.tftp.memlink import one_step
 
 PEER = ("peer", 1)
 BLKSIZE = 8
@@ -59,11 +61,7 @@ class Twin:
 
     def deliver(self, data: bytes, now: float) -> None:
         fast = self.fast
-        if isinstance(fast, SendingTransfer):
-            reply = fast.take_ack(data, now)
-        else:
-            assert isinstance(fast, ReceivingTransfer)
-            reply = fast.take_block(data, now)
+        reply = one_step(fast, data, now)
         if reply is None:
             fast.receive_datagram(data, PEER, now)
         self.general.receive_datagram(data, PEER, now)
@@ -258,7 +256,7 @@ def test_take_ack_and_take_block_carry_a_transfer_past_the_rollover() -> None:
         packet = decode_packet(data)
         assert isinstance(packet, Data)
         wires.append(packet.block)
-        ack = receiver.take_block(data, now)
+        ack = one_step(receiver, data, now)
         if ack is None:
             receiver.receive_datagram(data, PEER, now)
             received += collect(receiver, now)
@@ -267,7 +265,7 @@ def test_take_ack_and_take_block_carry_a_transfer_past_the_rollover() -> None:
             steps += 1
             acks = [ack]
         [ack] = acks
-        reply = sender.take_ack(ack, now)
+        reply = one_step(sender, ack, now)
         if reply is None:
             sender.receive_datagram(ack, PEER, now)
             feed(sender, source, now, chunk=64 * 1024)
@@ -297,7 +295,7 @@ def test_take_block_hands_over_data_in_batches() -> None:
     general = []
     for block in range(1, 2 * (MAX_PENDING_BLOCKS + 1) + 1):
         data = encode_data(block, bytes([block]) * BLKSIZE)
-        reply = core.take_block(data, 0.001 * block)
+        reply = one_step(core, data, 0.001 * block)
         if reply is None:
             general.append(block)
             core.receive_datagram(data, PEER, 0.001 * block)
@@ -315,9 +313,9 @@ def test_take_block_leaves_the_block_over_the_size_limit_to_the_general_path() -
     core = ServerWrite(PEER, TransferOptions(blksize=BLKSIZE), {}, Timing(), 0.0,
                        max_size=3 * BLKSIZE - 1)
     core.datagrams_to_send()
-    assert core.take_block(encode_data(1, b"a" * BLKSIZE), 0.01) == encode_ack(1)
-    assert core.take_block(encode_data(2, b"b" * BLKSIZE), 0.02) == encode_ack(2)
-    assert core.take_block(encode_data(3, b"c" * BLKSIZE), 0.03) is None
+    assert one_step(core, encode_data(1, b"a" * BLKSIZE), 0.01) == encode_ack(1)
+    assert one_step(core, encode_data(2, b"b" * BLKSIZE), 0.02) == encode_ack(2)
+    assert core.take_block(encode_data(3, b"c" * BLKSIZE)) is None
     assert core.size == 2 * BLKSIZE
 
 
@@ -325,11 +323,11 @@ def test_take_ack_leaves_a_block_not_yet_supplied_to_the_general_path() -> None:
     core = ServerRead(PEER, TransferOptions(blksize=BLKSIZE), {}, Timing(), 0.0)
     core.send_data(b"x" * (2 * BLKSIZE - 1), 0.0)  # block 2 lacks its last byte
     assert core.datagrams_to_send() == [(encode_data(1, b"x" * BLKSIZE), PEER)]
-    assert core.take_ack(encode_ack(1), 0.01) is None
+    assert core.take_ack(encode_ack(1)) is None
 
 
 def test_take_block_leaves_the_last_block_to_the_general_path() -> None:
     core = ServerWrite(PEER, TransferOptions(blksize=BLKSIZE), {}, Timing(), 0.0)
     core.datagrams_to_send()
-    assert core.take_block(encode_data(1, b"a" * (BLKSIZE - 1)), 0.01) is None
-    assert core.take_block(encode_data(1, b""), 0.01) is None
+    assert core.take_block(encode_data(1, b"a" * (BLKSIZE - 1))) is None
+    assert core.take_block(encode_data(1, b"")) is None

@@ -193,7 +193,8 @@ class TransferDriver:
         # Set once the peer's connected twin exists (see _connect_peer).
         self._recv: Callable[[int], bytes]
         self._send: Callable[[bytes], int]
-        self._step: Callable[[bytes, float], bytes | None]
+        self._take: Callable[[bytes], bytes | None]
+        self._finish_step: Callable[[float], None]
         self._peer_address: PeerAddress
         # The core to hand file bytes to, when this driver reads a file.
         self._sender = core if source is not None and isinstance(core, SendingTransfer) \
@@ -276,9 +277,10 @@ class TransferDriver:
         self._pump()
 
     def _on_peer_step(self) -> None:
-        """The connected twin in lock-step: one datagram per wakeup.  The steady state
-        (the next ACK, or the next block) takes the core's one-step path and its answer
-        goes out before anything else is done; the rest takes the general path."""
+        """The connected twin in lock-step: one datagram per wakeup.  In the steady
+        state (the next ACK, or the next block) the core has the answer ready: it goes
+        out first, and the core does its bookkeeping afterwards, while the peer is busy
+        with it.  Anything else takes the general path."""
         try:
             data = self._recv(MAX_DATAGRAM_BYTES + 1)
         except (BlockingIOError, InterruptedError):
@@ -286,10 +288,9 @@ class TransferDriver:
         except OSError as exc:
             self._peer_gone(exc)
             return
-        now = self._time()
-        reply = self._step(data, now)
+        reply = self._take(data)
         if reply is None:
-            self.core.receive_datagram(data, self._peer_address, now)
+            self.core.receive_datagram(data, self._peer_address, self._time())
             self._pump()
             return
         try:
@@ -297,9 +298,11 @@ class TransferDriver:
         except (BlockingIOError, InterruptedError):
             pass  # as good as lost; the timer resends
         except OSError as exc:
+            self._finish_step(self._time())
             self._local_failure(network_error(exc, format_sockaddr(self._peer), "send"))
             return
-        # The one-step path only moves the deadline, and later unless the timeout shrank.
+        self._finish_step(self._time())
+        # A step only moves the deadline, and later unless the timeout shrank.
         deadline = self.core.next_deadline()
         if deadline is not None and deadline < self._timer_at:
             self._rearm(deadline)
@@ -320,9 +323,9 @@ class TransferDriver:
         self._recv, self._send = twin.recv, twin.send
         core = self.core
         if core.options.windowsize == 1 and isinstance(core, SendingTransfer):
-            self._step = core.take_ack
+            self._take, self._finish_step = core.take_ack, core.finish_step
         elif core.options.windowsize == 1 and isinstance(core, ReceivingTransfer):
-            self._step = core.take_block
+            self._take, self._finish_step = core.take_block, core.finish_step
         else:
             self.loop.add_reader(twin.fileno(), self._on_peer_readable)
             return

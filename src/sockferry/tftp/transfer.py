@@ -386,8 +386,10 @@ class SendingTransfer(Transfer):
         self._sent = 0            # highest block sent so far
         self._timed: tuple[int, float] | None = None  # (block, sent_at) for an RTT sample
         self._control = b""       # OACK or request, repeated until answered
-        # In lock-step, the ACK of the one block in flight (see take_ack); else None.
+        # In lock-step, the ACK of the one block in flight and the DATA that answers
+        # it (see take_ack); else None.
         self._awaited_ack: bytes | None = None
+        self._ready: bytes | None = None
         self._table[(State.SENDING, Ack)] = self._on_ack
 
     def _find_final(self) -> None:
@@ -410,25 +412,29 @@ class SendingTransfer(Transfer):
         else:
             super().receive_datagram(data, addr, now)
 
-    def take_ack(self, data: bytes, now: float) -> bytes | None:
-        """Lock-step sending's steady state in one step, for a datagram from the peer.
+    def take_ack(self, data: bytes) -> bytes | None:
+        """The first half of lock-step sending's steady state, for a datagram from the
+        peer: the answer, ready before the question.
 
         When ``data`` is the ACK of the one block in flight and the next block is a full
-        one already supplied, the ACK is accounted for exactly as ``receive_datagram``
-        would and the next DATA datagram is returned, for the driver to send to the peer
-        at once (nothing goes to ``datagrams_to_send``).  Anything else changes nothing
-        and returns None: the datagram then goes to ``receive_datagram``.
+        one already supplied, its DATA datagram, built in advance, is returned for the
+        driver to send at once; the driver then calls ``finish_step`` with the current
+        time, and the two calls together do exactly what ``receive_datagram`` would (the
+        DATA goes out here instead of through ``datagrams_to_send``).  Anything else
+        changes nothing and returns None: the datagram then goes to ``receive_datagram``.
+        The work a block needs is done after its answer left, while the peer is busy.
         """
-        if data != self._awaited_ack or self._timeouts or self.state is not _SENDING:
+        ready = self._ready
+        if (data != self._awaited_ack or ready is None or self._timeouts
+                or self.state is not _SENDING):
             return None
-        block = self._next
-        blksize = self.options.blksize
-        end = block * blksize - self._stream_start
-        stream = self._stream
-        if end > len(stream):
-            return None  # the last block, or one the driver has yet to supply
+        return ready
+
+    def finish_step(self, now: float) -> None:
+        """Account for the ACK ``take_ack`` took, and build the next answer."""
         # _heard, _on_ack_block and _send_window for this one case: no timeout is
-        # pending (so no back-off to undo) and the block sent is new, hence timed.
+        # pending (so no back-off to undo) and the block sent is new, hence may be timed.
+        block = self._next
         self._heard_at = now
         timed = self._timed
         if timed is not None:
@@ -441,9 +447,17 @@ class SendingTransfer(Transfer):
         self._sent = block
         self._next = block + 1
         self._deadline = now + self._rto.rto_s
-        wire = block & 0xFFFF
-        self._awaited_ack = _pack_header(_ACK, wire)
-        return _pack_header(_DATA, wire) + stream[end - blksize:end]
+        self._awaited_ack = _pack_header(_ACK, block & 0xFFFF)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Build the DATA of block _next in advance, if it is full and supplied."""
+        block = self._next
+        blksize = self.options.blksize
+        end = block * blksize - self._stream_start
+        stream = self._stream
+        self._ready = (_pack_header(_DATA, block & 0xFFFF) + stream[end - blksize:end]
+                       if end <= len(stream) else None)
 
     @property
     def wants_data(self) -> bool:
@@ -507,9 +521,11 @@ class SendingTransfer(Transfer):
                 self._deadline = now + self._rto.rto_s
         # take_ack handles the ACK of a lone block in flight.
         in_flight = self._next - 1
-        self._awaited_ack = (_pack_header(_ACK, in_flight & 0xFFFF)
-                             if options.windowsize == 1 and in_flight == self._acked + 1
-                             else None)
+        if options.windowsize == 1 and in_flight == self._acked + 1:
+            self._awaited_ack = _pack_header(_ACK, in_flight & 0xFFFF)
+            self._prepare()
+        else:
+            self._awaited_ack = self._ready = None
 
     def _on_ack(self, packet: Ack, now: float) -> None:
         self._on_ack_block(packet.block, now)
@@ -634,8 +650,11 @@ class ReceivingTransfer(Transfer):
         self._repeated_at = -1e9    # when a duplicate was last answered
         self._pending: list[bytes] = []
         self._decoder = netascii.Decoder() if self.netascii else None
-        # In lock-step octet mode, the header of the next DATA (see take_block); else None.
+        # In lock-step octet mode, the header of the next DATA and the ACK that answers
+        # it (see take_block); else None.
         self._awaited_data: bytes | None = None
+        self._ready: bytes | None = None
+        self._taken = b""
         self._await_data(1)
         self._table[(State.RECEIVING, Data)] = self._on_data
         self._table[(State.DALLYING, Data)] = self._on_data_while_dallying
@@ -652,27 +671,36 @@ class ReceivingTransfer(Transfer):
         else:
             super().receive_datagram(data, addr, now)
 
-    def take_block(self, data: bytes, now: float) -> bytes | None:
-        """Lock-step receiving's steady state in one step, for a datagram from the peer.
+    def take_block(self, data: bytes) -> bytes | None:
+        """The first half of lock-step receiving's steady state, for a datagram from the
+        peer: the answer, ready before the question.
 
         When ``data`` is the next block in order, full (so not the last) and within the
-        size limit, it is accepted exactly as ``receive_datagram`` would and the ACK
-        is returned, for the driver to send to the peer at once (nothing goes to
-        ``datagrams_to_send``).  Anything else changes nothing and returns None: the
-        datagram then goes to ``receive_datagram``.  Once ``MAX_PENDING_BLOCKS`` are
-        waiting, the next block is left to the general path too, after which the driver
-        collects the data with ``next_event``.
+        size limit, its ACK, built in advance, is returned for the driver to send at
+        once; the driver then calls ``finish_step`` with the current time, and the two
+        calls together do exactly what ``receive_datagram`` would (the ACK goes out here
+        instead of through ``datagrams_to_send``).  Anything else changes nothing and
+        returns None: the datagram then goes to ``receive_datagram``.  Once
+        ``MAX_PENDING_BLOCKS`` are waiting, the next block is left to the general path
+        too, after which the driver collects the data with ``next_event``.
         """
-        if (data[:4] != self._awaited_data or self._timeouts
+        ready = self._ready
+        if (data[:4] != self._awaited_data or ready is None or self._timeouts
                 or self.state is not _RECEIVING
-                or len(self._pending) >= MAX_PENDING_BLOCKS):
+                or len(self._pending) >= MAX_PENDING_BLOCKS
+                or len(data) - 4 != self.options.blksize
+                or (self.max_size is not None
+                    and self.size + self.options.blksize > self.max_size)):
             return None
-        blksize = self.options.blksize
-        size = self.size + blksize
-        if len(data) - 4 != blksize or (self.max_size is not None and size > self.max_size):
-            return None
+        self._taken = data
+        self._reply = ready
+        return ready
+
+    def finish_step(self, now: float) -> None:
+        """Accept the block ``take_block`` took, and build the next answer."""
         # _accept_block and _send_ack for this one case: no timeout is pending (so no
         # back-off to undo), no netascii decoding, one block per window.
+        data, self._taken = self._taken, b""
         acked_at = self._acked_at
         if acked_at is not None:
             self._rto.sample(now - acked_at)
@@ -684,18 +712,20 @@ class ReceivingTransfer(Transfer):
         self._heard_at = now
         self._received = self._acked = block = self._received + 1
         self._gap_reported = False
-        self.size = size
+        self.size += len(data) - 4
         self._pending.append(data[4:])
         self._deadline = now + self._rto.rto_s
-        self._awaited_data = _pack_header(_DATA, (block + 1) & 0xFFFF)
-        self._reply = reply = _pack_header(_ACK, block & 0xFFFF)
-        return reply
+        self._await_data(block + 1)
 
     def _await_data(self, block: int) -> None:
-        """Let take_block handle ``block`` next, when lock-step octet mode allows."""
-        self._awaited_data = (_pack_header(_DATA, block & 0xFFFF)
-                              if self.options.windowsize == 1 and self._decoder is None
-                              else None)
+        """Let take_block handle ``block`` next, when lock-step octet mode allows, and
+        build its ACK in advance."""
+        if self.options.windowsize == 1 and self._decoder is None:
+            wire = block & 0xFFFF
+            self._awaited_data = _pack_header(_DATA, wire)
+            self._ready = _pack_header(_ACK, wire)
+        else:
+            self._awaited_data = self._ready = None
 
     def _agree(self, options: TransferOptions) -> None:
         super()._agree(options)
