@@ -24,7 +24,7 @@ from sockferry.tftp.packets import (
     encode_oack,
 )
 from sockferry.tftp.transfer import (
-    MAX_PENDING_BLOCKS,
+    MAX_PENDING_BYTES,
     DataReceived,
     Event,
     LastBlockReceived,
@@ -39,6 +39,9 @@ from tests.tftp.memlink import one_step
 
 PEER = ("peer", 1)
 BLKSIZE = 8
+# Receivers here hand data over after this many blocks (MAX_PENDING_BYTES would take
+# thousands of 8-byte blocks).
+PENDING_BLOCKS = 64
 CHUNK = 20  # file bytes handed over at a time: not a multiple of BLKSIZE
 
 # Times between steps: the same instant, less than the sample spacing (the round trip
@@ -181,7 +184,7 @@ def test_take_ack_is_the_general_path(steps: list[Step], size: int, windowsize: 
 
 # A step is (what, offset, length, garbage, gap): "next" (the next block, full: the
 # steady state, so most steps), "data" (the block at offset from the next, of length
-# bytes), "burst" (a run of full blocks in order, longer than MAX_PENDING_BLOCKS), "gap"
+# bytes), "burst" (a run of full blocks in order, longer than PENDING_BLOCKS), "gap"
 # (the block after the next, then the next), "garbage", "timeout", "stall" or "drain"
 # (collect the events); the step comes after the gap.
 RECEIVER_STEPS = st.lists(st.tuples(
@@ -205,6 +208,7 @@ def test_take_block_is_the_general_path(steps: list[tuple[str, int, int, bytes, 
     fast, general = (ServerWrite(PEER, options, offer, Timing(timeout_s=1.0, retries=4), 0.0,
                                  netascii_mode=netascii, max_size=max_size)
                      for _ in range(2))
+    fast.max_pending_bytes = general.max_pending_bytes = PENDING_BLOCKS * BLKSIZE
     twin = Twin(fast, general)
     twin.settle(0.0)
     now = 0.0
@@ -222,7 +226,7 @@ def test_take_block_is_the_general_path(steps: list[tuple[str, int, int, bytes, 
         elif what == "data":
             send(following + offset, length)
         elif what == "burst":
-            for number in range(following, following + MAX_PENDING_BLOCKS + 8):
+            for number in range(following, following + PENDING_BLOCKS + 8):
                 send(number)
         elif what == "gap":
             send(following + 1)
@@ -276,7 +280,7 @@ def test_take_ack_and_take_block_carry_a_transfer_past_the_rollover() -> None:
     received += collect(receiver, now)
     assert b"".join(received) == source
     assert wires == [number % 65536 for number in range(1, 65538)]
-    assert steps > 2 * 65536 - 2 * 65536 // MAX_PENDING_BLOCKS - 20
+    assert steps > 2 * 65536 - 2 * 65536 * BLKSIZE // MAX_PENDING_BYTES - 20
 
 
 def collect(core: ReceivingTransfer, now: float) -> list[bytes]:
@@ -291,9 +295,10 @@ def collect(core: ReceivingTransfer, now: float) -> list[bytes]:
 
 def test_take_block_hands_over_data_in_batches() -> None:
     core = ServerWrite(PEER, TransferOptions(blksize=BLKSIZE), {}, Timing(), 0.0)
+    core.max_pending_bytes = PENDING_BLOCKS * BLKSIZE
     core.datagrams_to_send()
     general = []
-    for block in range(1, 2 * (MAX_PENDING_BLOCKS + 1) + 1):
+    for block in range(1, 2 * (PENDING_BLOCKS + 1) + 1):
         data = encode_data(block, bytes([block]) * BLKSIZE)
         reply = one_step(core, data, 0.001 * block)
         if reply is None:
@@ -302,11 +307,11 @@ def test_take_block_hands_over_data_in_batches() -> None:
             [(reply, _)] = core.datagrams_to_send()
             event = core.next_event()
             assert event == DataReceived(b"".join(
-                bytes([n]) * BLKSIZE for n in range(block - MAX_PENDING_BLOCKS, block + 1)))
+                bytes([n]) * BLKSIZE for n in range(block - PENDING_BLOCKS, block + 1)))
         assert reply == encode_ack(block)
-    # One block in MAX_PENDING_BLOCKS + 1 takes the general path, and the driver then
+    # One block in PENDING_BLOCKS + 1 takes the general path, and the driver then
     # collects what waits.
-    assert general == [MAX_PENDING_BLOCKS + 1, 2 * (MAX_PENDING_BLOCKS + 1)]
+    assert general == [PENDING_BLOCKS + 1, 2 * (PENDING_BLOCKS + 1)]
 
 
 def test_take_block_leaves_the_block_over_the_size_limit_to_the_general_path() -> None:

@@ -75,6 +75,9 @@ class FileSink:
         self._buffer = bytearray()
 
     def write(self, data: bytes) -> None:
+        if not self._buffer and len(data) >= CHUNK_BYTES:
+            self.target.write(data)  # a whole chunk already: no copy into the buffer
+            return
         self._buffer += data
         if len(self._buffer) >= CHUNK_BYTES:
             self._drain()

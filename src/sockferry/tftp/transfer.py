@@ -75,9 +75,10 @@ HALF_MODULUS = BLOCK_MODULUS // 2
 # lot, and 200 samples a second still follow that within a few tens of milliseconds.
 # Lock-step transfers on a LAN save the estimator's arithmetic on nearly every block.
 SAMPLE_SPACING_S = MIN_RTO_S / 4
-# A receiver's one-step path (take_block) hands blocks over in batches: it leaves a block
-# to the general path, after which the driver collects the data, once this many wait.
-MAX_PENDING_BLOCKS = 64
+# A receiver's one-step path (take_block) hands file bytes over in batches: once this
+# many wait, it leaves a block to the general path, after which the driver collects them
+# (one event, one write of the driver's usual size).
+MAX_PENDING_BYTES = 256 * 1024
 _ACK = int(Opcode.ACK)
 _DATA = int(Opcode.DATA)
 _pack_header = HEADER.pack
@@ -639,6 +640,8 @@ class ClientWrite(_ClientMixin, SendingTransfer):
 class ReceivingTransfer(Transfer):
     """Receives blocks in order, acknowledges each window, re-acknowledges duplicates."""
 
+    max_pending_bytes = MAX_PENDING_BYTES
+
     def __init__(self, *, max_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_size = max_size
@@ -649,6 +652,7 @@ class ReceivingTransfer(Transfer):
         self._gap_reported = False
         self._repeated_at = -1e9    # when a duplicate was last answered
         self._pending: list[bytes] = []
+        self._handed = 0          # bytes handed over in DataReceived events so far
         self._decoder = netascii.Decoder() if self.netascii else None
         # In lock-step octet mode, the header of the next DATA and the ACK that answers
         # it (see take_block); else None.
@@ -681,13 +685,13 @@ class ReceivingTransfer(Transfer):
         calls together do exactly what ``receive_datagram`` would (the ACK goes out here
         instead of through ``datagrams_to_send``).  Anything else changes nothing and
         returns None: the datagram then goes to ``receive_datagram``.  Once
-        ``MAX_PENDING_BLOCKS`` are waiting, the next block is left to the general path
+        ``max_pending_bytes`` are waiting, the next block is left to the general path
         too, after which the driver collects the data with ``next_event``.
         """
         ready = self._ready
         if (data[:4] != self._awaited_data or ready is None or self._timeouts
                 or self.state is not _RECEIVING
-                or len(self._pending) >= MAX_PENDING_BLOCKS
+                or self.size - self._handed >= self.max_pending_bytes
                 or len(data) - 4 != self.options.blksize
                 or (self.max_size is not None
                     and self.size + self.options.blksize > self.max_size)):
@@ -715,7 +719,9 @@ class ReceivingTransfer(Transfer):
         self.size += len(data) - 4
         self._pending.append(data[4:])
         self._deadline = now + self._rto.rto_s
-        self._await_data(block + 1)
+        wire = (block + 1) & 0xFFFF  # _await_data(block + 1), whose test take_block passed
+        self._awaited_data = _pack_header(_DATA, wire)
+        self._ready = _pack_header(_ACK, wire)
 
     def _await_data(self, block: int) -> None:
         """Let take_block handle ``block`` next, when lock-step octet mode allows, and
@@ -736,9 +742,13 @@ class ReceivingTransfer(Transfer):
         if self._events:
             return self._events.popleft()
         if self._pending:
-            data, self._pending = b"".join(self._pending), []
-            return DataReceived(data)
+            return self._hand_over()
         return None
+
+    def _hand_over(self) -> DataReceived:
+        data, self._pending = b"".join(self._pending), []
+        self._handed = self.size
+        return DataReceived(data)
 
     def confirm_stored(self, now: float) -> None:
         """The driver stored the file: acknowledge the last block and dally."""
@@ -754,8 +764,7 @@ class ReceivingTransfer(Transfer):
 
     def _emit(self, event: Event) -> None:
         if self._pending:
-            self._events.append(DataReceived(b"".join(self._pending)))
-            self._pending = []
+            self._events.append(self._hand_over())
         self._events.append(event)
 
     def _fail(self, error: SockferryError, now: float, code: ErrorCode | None = None,
