@@ -156,7 +156,7 @@ SENDER_STEPS = st.lists(st.tuples(
 Step = tuple[str, int, bytes, float]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(steps=SENDER_STEPS, size=st.integers(0, 400), windowsize=st.sampled_from([1, 1, 2]),
        oack=st.booleans(), netascii=st.booleans(), chunk=st.sampled_from([1, 7, 8, 9, 20]))
 def test_take_ack_is_the_general_path(steps: list[Step], size: int, windowsize: int,
@@ -197,7 +197,7 @@ RECEIVER_STEPS = st.lists(st.tuples(
     GAPS), min_size=10, max_size=40)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(steps=RECEIVER_STEPS, windowsize=st.sampled_from([1, 1, 2]), oack=st.booleans(),
        netascii=st.booleans(), max_size=st.sampled_from([None, None, 95, 96, 800]))
 def test_take_block_is_the_general_path(steps: list[tuple[str, int, int, bytes, float]],
