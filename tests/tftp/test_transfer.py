@@ -25,7 +25,9 @@ from sockferry.tftp.packets import (
     encode_error,
     encode_oack,
 )
+from sockferry.tftp.rto import RetransmitTimer
 from sockferry.tftp.transfer import (
+    SAMPLE_SPACING_S,
     ClientRead,
     ClientWrite,
     DataReceived,
@@ -44,6 +46,7 @@ from tests.tftp.memlink import (
     SERVER_PORT,
     SERVER_TID,
     LossyLink,
+    one_step,
     received_by_receiver,
     session,
 )
@@ -72,6 +75,10 @@ def run_and_check(*, read: bool, payload: bytes, link: LossyLink,
     else:
         assert isinstance(sender.result, TransferCompleted), sender.result
     assert s.stranger_replies == 0
+    blksize = kwargs.get("blksize", 512)
+    assert isinstance(blksize, int)
+    if kwargs.get("windowsize", 1) == 1 and len(payload) >= 4 * blksize:
+        assert s.steps > 0  # the one-step path carried part of the transfer
 
 
 @pytest.mark.parametrize("read", [True, False], ids=["read", "write"])
@@ -385,3 +392,62 @@ def test_absolute_block_is_nearest(wire: int, reference: int) -> None:
     block = absolute_block(wire, reference)
     assert block % 65536 == wire
     assert abs(block - reference) <= 32768
+
+
+def test_karn_a_retransmitted_block_gives_no_rtt_sample() -> None:
+    # Block 1 goes out at 0 and again at its timeout (1 s); an ACK just after the repeat
+    # may answer either copy, so it must not be read as a 1 ms round trip (Karn's rule).
+    core = reader()
+    assert sent(core) == [Data(1, b"x" * 512)]
+    core.handle_timeout(1.0)
+    assert sent(core) == [Data(1, b"x" * 512)]
+    core.receive_datagram(encode_ack(1), PEER, 1.001)
+    assert sent(core) == [Data(2, b"x" * 512)]
+    deadline = core.next_deadline()
+    assert deadline is not None and deadline - 1.001 == pytest.approx(1.0)
+
+
+class CountingTimer(RetransmitTimer):
+    """Counts the round trips a core measures."""
+
+    __slots__ = ("samples",)
+
+    def __init__(self, max_s: float) -> None:
+        super().__init__(max_s)
+        self.samples: list[float] = []
+
+    def sample(self, rtt_s: float) -> None:
+        self.samples.append(rtt_s)
+        super().sample(rtt_s)
+
+
+@pytest.mark.parametrize("use_one_step", [True, False], ids=["one-step", "general"])
+@pytest.mark.parametrize("rtt_s", [0.0001, 0.006])
+def test_round_trips_are_timed_at_most_every_sample_spacing(use_one_step: bool,
+                                                            rtt_s: float) -> None:
+    sender = reader(data=b"s" * 512 * 210)
+    receiver = ServerWrite(PEER, TransferOptions(), {}, Timing(), 0.0)
+    sender._rto = CountingTimer(5.0)
+    receiver._rto = CountingTimer(5.0)
+    receiver.datagrams_to_send()
+    [(data, _)] = sender.datagrams_to_send()
+    now = 0.0
+    for _ in range(200):
+        now += rtt_s / 2
+        ack = one_step(receiver, data, now) if use_one_step else None
+        if ack is None:
+            receiver.receive_datagram(data, PEER, now)
+            [(ack, _)] = receiver.datagrams_to_send()
+        now += rtt_s / 2
+        data = one_step(sender, ack, now) if use_one_step else None  # type: ignore[assignment]
+        if data is None:
+            sender.receive_datagram(ack, PEER, now)
+            [(data, _)] = sender.datagrams_to_send()
+    for timer in (sender._rto, receiver._rto):
+        assert isinstance(timer, CountingTimer)
+        if rtt_s >= SAMPLE_SPACING_S:  # every round trip, as RFC 6298 §3 has it for TCP
+            assert len(timer.samples) >= 199
+        else:  # 20 ms of blocks: not 200 samples but a handful
+            assert 2 <= len(timer.samples) <= now / SAMPLE_SPACING_S + 2
+        # The first one may be half a round trip (ACK 0 or DATA 1 left at time 0).
+        assert timer.samples[1:] == pytest.approx([rtt_s] * (len(timer.samples) - 1))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import math
 import os
 import socket
 from collections.abc import Callable
@@ -74,6 +75,9 @@ class FileSink:
         self._buffer = bytearray()
 
     def write(self, data: bytes) -> None:
+        if not self._buffer and len(data) >= CHUNK_BYTES:
+            self.target.write(data)  # a whole chunk already: no copy into the buffer
+            return
         self._buffer += data
         if len(self._buffer) >= CHUNK_BYTES:
             self._drain()
@@ -185,9 +189,16 @@ class TransferDriver:
         self._ended: float | None = None
         self._finished = self.loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._timer_at = math.inf  # when _timer fires; inf while none is armed
         self._storing: asyncio.Task[None] | None = None
         self._reported = -1
+        self._time = self.loop.time
+        # Set once the peer's connected twin exists (see _connect_peer).
+        self._recv: Callable[[int], bytes]
+        self._send: Callable[[bytes], int]
+        self._take: Callable[[bytes], bytes | None]
+        self._finish_step: Callable[[float], None]
+        self._peer_address: PeerAddress
         # The core to hand file bytes to, when this driver reads a file.
         self._sender = core if source is not None and isinstance(core, SendingTransfer) \
             else None
@@ -263,11 +274,45 @@ class TransferDriver:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                # ICMP port unreachable and the like: the peer's socket is gone.
-                self._local_failure(network_error(exc, format_sockaddr(peer), "receive"))
+                self._peer_gone(exc)
                 return
             core.receive_datagram(data, peer, now)
         self._pump()
+
+    def _on_peer_step(self) -> None:
+        """The connected twin in lock-step: one datagram per wakeup.  In the steady
+        state (the next ACK, or the next block) the core has the answer ready: it goes
+        out first, and the core does its bookkeeping afterwards, while the peer is busy
+        with it.  Anything else takes the general path."""
+        try:
+            data = self._recv(MAX_DATAGRAM_BYTES + 1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._peer_gone(exc)
+            return
+        reply = self._take(data)
+        if reply is None:
+            self.core.receive_datagram(data, self._peer_address, self._time())
+            self._pump()
+            return
+        try:
+            self._send(reply)
+        except (BlockingIOError, InterruptedError):
+            pass  # as good as lost; the timer resends
+        except OSError as exc:
+            self._finish_step(self._time())
+            self._local_failure(network_error(exc, format_sockaddr(self._peer), "send"))
+            return
+        self._finish_step(self._time())
+        # A step only moves the deadline, and later unless the timeout shrank.
+        deadline = self.core.next_deadline()
+        if deadline is not None and deadline < self._timer_at:
+            self._rearm(deadline)
+
+    def _peer_gone(self, exc: OSError) -> None:
+        # ICMP port unreachable and the like: the peer's socket is gone.
+        self._local_failure(network_error(exc, format_sockaddr(self._peer), "receive"))
 
     def _connect_peer(self, peer: PeerAddress) -> None:
         try:
@@ -277,11 +322,22 @@ class TransferDriver:
             return
         enlarge_buffers(twin)
         self._twin, self._peer = twin, peer
-        self.loop.add_reader(twin.fileno(), self._on_peer_readable)
+        self._peer_address = peer
+        self._recv, self._send = twin.recv, twin.send
+        core = self.core
+        if core.options.windowsize == 1 and isinstance(core, SendingTransfer):
+            self._take, self._finish_step = core.take_ack, core.finish_step
+        elif core.options.windowsize == 1 and isinstance(core, ReceivingTransfer):
+            self._take, self._finish_step = core.take_block, core.finish_step
+        else:
+            self.loop.add_reader(twin.fileno(), self._on_peer_readable)
+            return
+        self.loop.add_reader(twin.fileno(), self._on_peer_step)
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.core.handle_timeout(max(self._timer_at, self.loop.time()))
+        due, self._timer_at = self._timer_at, math.inf
+        self.core.handle_timeout(max(due, self.loop.time()))
         self._pump()
 
     # -- the flush ----------------------------------------------------------------------
@@ -375,6 +431,7 @@ class TransferDriver:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+                self._timer_at = math.inf
             return
         if self._timer is not None:
             if self._timer_at <= deadline:

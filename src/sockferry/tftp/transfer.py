@@ -57,7 +57,7 @@ from sockferry.tftp.packets import (
     opcode_of,
     printable,
 )
-from sockferry.tftp.rto import RetransmitTimer
+from sockferry.tftp.rto import MIN_RTO_S, RetransmitTimer
 
 # A socket address as the driver reports it; the core compares addresses, never parses
 # them (tests use any hashable tuple).
@@ -69,6 +69,16 @@ DEFAULT_RETRIES = 6
 # cannot turn a transfer into a reflector.
 MAX_WRONG_TID_REPLIES_PER_S = 10
 HALF_MODULUS = BLOCK_MODULUS // 2
+# Round trips are timed at most this often.  On a path whose round trip is this long or
+# longer every round trip is timed, the rate RFC 6298 §3 asks of TCP; on faster paths the
+# timeout sits at its floor (MIN_RTO_S, four times this) unless the round trip varies a
+# lot, and 200 samples a second still follow that within a few tens of milliseconds.
+# Lock-step transfers on a LAN save the estimator's arithmetic on nearly every block.
+SAMPLE_SPACING_S = MIN_RTO_S / 4
+# A receiver's one-step path (take_block) hands file bytes over in batches: once this
+# many wait, it leaves a block to the general path, after which the driver collects them
+# (one event, one write of the driver's usual size).
+MAX_PENDING_BYTES = 256 * 1024
 _ACK = int(Opcode.ACK)
 _DATA = int(Opcode.DATA)
 _pack_header = HEADER.pack
@@ -90,6 +100,9 @@ class State(Enum):
 
 
 TERMINAL = frozenset({State.DONE, State.FAILED})
+# For the per-packet paths: a module global is found faster than an Enum member.
+_SENDING = State.SENDING
+_RECEIVING = State.RECEIVING
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +189,7 @@ class Transfer:
         self._deadline: float | None = None
         self._timeouts = 0         # consecutive timeouts without progress
         self._heard_at = now
+        self._sample_from = now    # no round trip is timed before this time
         self._stranger_window = (now, 0)
         self._table: dict[tuple[State, type], Handler] = {}
 
@@ -370,8 +384,13 @@ class SendingTransfer(Transfer):
         self._final: int | None = None  # number of the last block, once known
         self._acked = 0           # highest block acknowledged
         self._next = 1            # next block to send
+        self._sent = 0            # highest block sent so far
         self._timed: tuple[int, float] | None = None  # (block, sent_at) for an RTT sample
         self._control = b""       # OACK or request, repeated until answered
+        # In lock-step, the ACK of the one block in flight and the DATA that answers
+        # it (see take_ack); else None.
+        self._awaited_ack: bytes | None = None
+        self._ready: bytes | None = None
         self._table[(State.SENDING, Ack)] = self._on_ack
 
     def _find_final(self) -> None:
@@ -389,10 +408,57 @@ class SendingTransfer(Transfer):
         # The hot path: an ACK while sending, handled without building a packet object;
         # equivalent to the (SENDING, Ack) entry of the table.
         if (len(data) == 4 and data[1] == _ACK and not data[0]
-                and self.state is State.SENDING and addr == self.peer):
+                and self.state is _SENDING and addr == self.peer):
             self._on_ack_block((data[2] << 8) | data[3], now)
         else:
             super().receive_datagram(data, addr, now)
+
+    def take_ack(self, data: bytes) -> bytes | None:
+        """The first half of lock-step sending's steady state, for a datagram from the
+        peer: the answer, ready before the question.
+
+        When ``data`` is the ACK of the one block in flight and the next block is a full
+        one already supplied, its DATA datagram, built in advance, is returned for the
+        driver to send at once; the driver then calls ``finish_step`` with the current
+        time, and the two calls together do exactly what ``receive_datagram`` would (the
+        DATA goes out here instead of through ``datagrams_to_send``).  Anything else
+        changes nothing and returns None: the datagram then goes to ``receive_datagram``.
+        The work a block needs is done after its answer left, while the peer is busy.
+        """
+        ready = self._ready
+        if (data != self._awaited_ack or ready is None or self._timeouts
+                or self.state is not _SENDING):
+            return None
+        return ready
+
+    def finish_step(self, now: float) -> None:
+        """Account for the ACK ``take_ack`` took, and build the next answer."""
+        # _heard, _on_ack_block and _send_window for this one case: no timeout is
+        # pending (so no back-off to undo) and the block sent is new, hence may be timed.
+        block = self._next
+        self._heard_at = now
+        timed = self._timed
+        if timed is not None:
+            self._rto.sample(now - timed[1])
+            self._timed = None
+        if now >= self._sample_from:
+            self._timed = (block, now)
+            self._sample_from = now + SAMPLE_SPACING_S
+        self._acked = block - 1
+        self._sent = block
+        self._next = block + 1
+        self._deadline = now + self._rto.rto_s
+        self._awaited_ack = _pack_header(_ACK, block & 0xFFFF)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Build the DATA of block _next in advance, if it is full and supplied."""
+        block = self._next
+        blksize = self.options.blksize
+        end = block * blksize - self._stream_start
+        stream = self._stream
+        self._ready = (_pack_header(_DATA, block & 0xFFFF) + stream[end - blksize:end]
+                       if end <= len(stream) else None)
 
     @property
     def wants_data(self) -> bool:
@@ -445,10 +511,22 @@ class SendingTransfer(Transfer):
             block += 1
         if block != first:
             self._next = block
-            if self._timed is None:
-                self._timed = (block - 1, now)
+            if block - 1 > self._sent:
+                # Karn's rule: only a block sent for the first time is timed; the ACK of
+                # a repeated one may answer any of its copies.
+                if self._timed is None and now >= self._sample_from:
+                    self._timed = (block - 1, now)
+                    self._sample_from = now + SAMPLE_SPACING_S
+                self._sent = block - 1
             if self._deadline is None:
                 self._deadline = now + self._rto.rto_s
+        # take_ack handles the ACK of a lone block in flight.
+        in_flight = self._next - 1
+        if options.windowsize == 1 and in_flight == self._acked + 1:
+            self._awaited_ack = _pack_header(_ACK, in_flight & 0xFFFF)
+            self._prepare()
+        else:
+            self._awaited_ack = self._ready = None
 
     def _on_ack(self, packet: Ack, now: float) -> None:
         self._on_ack_block(packet.block, now)
@@ -562,6 +640,8 @@ class ClientWrite(_ClientMixin, SendingTransfer):
 class ReceivingTransfer(Transfer):
     """Receives blocks in order, acknowledges each window, re-acknowledges duplicates."""
 
+    max_pending_bytes = MAX_PENDING_BYTES
+
     def __init__(self, *, max_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_size = max_size
@@ -572,7 +652,14 @@ class ReceivingTransfer(Transfer):
         self._gap_reported = False
         self._repeated_at = -1e9    # when a duplicate was last answered
         self._pending: list[bytes] = []
+        self._handed = 0          # bytes handed over in DataReceived events so far
         self._decoder = netascii.Decoder() if self.netascii else None
+        # In lock-step octet mode, the header of the next DATA and the ACK that answers
+        # it (see take_block); else None.
+        self._awaited_data: bytes | None = None
+        self._ready: bytes | None = None
+        self._taken = b""
+        self._await_data(1)
         self._table[(State.RECEIVING, Data)] = self._on_data
         self._table[(State.DALLYING, Data)] = self._on_data_while_dallying
         self._table[(State.STORING, Data)] = _ignore
@@ -581,21 +668,87 @@ class ReceivingTransfer(Transfer):
         # The hot path: the next block in order, handled without building a packet
         # object; equivalent to the (RECEIVING, Data) entry of the table.
         if (len(data) >= 4 and data[1] == _DATA and not data[0]
-                and self.state is State.RECEIVING and addr == self.peer
+                and self.state is _RECEIVING and addr == self.peer
                 and ((data[2] << 8) | data[3]) == (self._received + 1) & 0xFFFF
                 and len(data) - 4 <= self.options.blksize):
             self._accept_block(self._received + 1, data[4:], now)
         else:
             super().receive_datagram(data, addr, now)
 
+    def take_block(self, data: bytes) -> bytes | None:
+        """The first half of lock-step receiving's steady state, for a datagram from the
+        peer: the answer, ready before the question.
+
+        When ``data`` is the next block in order, full (so not the last) and within the
+        size limit, its ACK, built in advance, is returned for the driver to send at
+        once; the driver then calls ``finish_step`` with the current time, and the two
+        calls together do exactly what ``receive_datagram`` would (the ACK goes out here
+        instead of through ``datagrams_to_send``).  Anything else changes nothing and
+        returns None: the datagram then goes to ``receive_datagram``.  Once
+        ``max_pending_bytes`` are waiting, the next block is left to the general path
+        too, after which the driver collects the data with ``next_event``.
+        """
+        ready = self._ready
+        if (data[:4] != self._awaited_data or ready is None or self._timeouts
+                or self.state is not _RECEIVING
+                or self.size - self._handed >= self.max_pending_bytes
+                or len(data) - 4 != self.options.blksize
+                or (self.max_size is not None
+                    and self.size + self.options.blksize > self.max_size)):
+            return None
+        self._taken = data
+        self._reply = ready
+        return ready
+
+    def finish_step(self, now: float) -> None:
+        """Accept the block ``take_block`` took, and build the next answer."""
+        # _accept_block and _send_ack for this one case: no timeout is pending (so no
+        # back-off to undo), no netascii decoding, one block per window.
+        data, self._taken = self._taken, b""
+        acked_at = self._acked_at
+        if acked_at is not None:
+            self._rto.sample(now - acked_at)
+        if now >= self._sample_from:
+            self._acked_at = now
+            self._sample_from = now + SAMPLE_SPACING_S
+        else:
+            self._acked_at = None
+        self._heard_at = now
+        self._received = self._acked = block = self._received + 1
+        self._gap_reported = False
+        self.size += len(data) - 4
+        self._pending.append(data[4:])
+        self._deadline = now + self._rto.rto_s
+        wire = (block + 1) & 0xFFFF  # _await_data(block + 1), whose test take_block passed
+        self._awaited_data = _pack_header(_DATA, wire)
+        self._ready = _pack_header(_ACK, wire)
+
+    def _await_data(self, block: int) -> None:
+        """Let take_block handle ``block`` next, when lock-step octet mode allows, and
+        build its ACK in advance."""
+        if self.options.windowsize == 1 and self._decoder is None:
+            wire = block & 0xFFFF
+            self._awaited_data = _pack_header(_DATA, wire)
+            self._ready = _pack_header(_ACK, wire)
+        else:
+            self._awaited_data = self._ready = None
+
+    def _agree(self, options: TransferOptions) -> None:
+        super()._agree(options)
+        self._await_data(self._received + 1)
+
     def next_event(self) -> Event | None:
         # Queued events come first: _emit moved any data before them into the queue.
         if self._events:
             return self._events.popleft()
         if self._pending:
-            data, self._pending = b"".join(self._pending), []
-            return DataReceived(data)
+            return self._hand_over()
         return None
+
+    def _hand_over(self) -> DataReceived:
+        data, self._pending = b"".join(self._pending), []
+        self._handed = self.size
+        return DataReceived(data)
 
     def confirm_stored(self, now: float) -> None:
         """The driver stored the file: acknowledge the last block and dally."""
@@ -611,8 +764,7 @@ class ReceivingTransfer(Transfer):
 
     def _emit(self, event: Event) -> None:
         if self._pending:
-            self._events.append(DataReceived(b"".join(self._pending)))
-            self._pending = []
+            self._events.append(self._hand_over())
         self._events.append(event)
 
     def _fail(self, error: SockferryError, now: float, code: ErrorCode | None = None,
@@ -624,7 +776,11 @@ class ReceivingTransfer(Transfer):
         self._acked = block
         self._reply = reply = _pack_header(_ACK, block & 0xFFFF)
         self._out.append((reply, self.peer))  # type: ignore[arg-type]
-        self._acked_at = now if fresh else None
+        if fresh and now >= self._sample_from:
+            self._acked_at = now  # time the round trip to the next block
+            self._sample_from = now + SAMPLE_SPACING_S
+        else:
+            self._acked_at = None
         self._deadline = now + self._rto.rto_s
 
     def _on_data(self, packet: Data, now: float) -> None:
@@ -685,6 +841,8 @@ class ReceivingTransfer(Transfer):
             self._emit(LastBlockReceived(self.size))
         elif block - self._acked >= self.options.windowsize:
             self._send_ack(block, now)
+            if self._awaited_data is not None:
+                self._await_data(block + 1)
         else:
             self._arm(now)
 
