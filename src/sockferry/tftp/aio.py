@@ -5,6 +5,11 @@ The socket is read straight from a reader callback (``loop.add_reader`` and
 transfer in lock-step is one small datagram each way per block, so per-packet overhead
 decides its speed.  One timer serves every deadline; it is moved only when the core's
 deadline comes earlier, and a timer that fires early simply re-arms.
+
+Once the peer is known, its datagrams arrive on a connected twin of the socket.  A
+lock-step transfer in steady state leaves the loop altogether: the driver hands the core
+to a ``LockStepLane`` (lane.py), which answers each datagram from a thread blocked in
+recv, and does the file I/O between steps, until something needs the general path.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import math
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, assert_never
@@ -22,6 +29,7 @@ from typing import Any, assert_never
 from sockferry.errors import NetworkError, SockferryError, StorageError
 from sockferry.sockets import format_sockaddr, network_error
 from sockferry.storage import AtomicFile
+from sockferry.tftp.lane import MIN_WAIT_S, LaneReturn, LockStepLane
 from sockferry.tftp.options import TransferOptions
 from sockferry.tftp.packets import MAX_DATAGRAM_BYTES, ErrorCode
 from sockferry.tftp.transfer import (
@@ -36,6 +44,8 @@ from sockferry.tftp.transfer import (
     TransferCompleted,
     TransferFailed,
 )
+
+logger = logging.getLogger("sockferry.tftp")
 
 # File bytes move in chunks this large: one read() feeds hundreds of blocks and one
 # write() stores hundreds, so the disk costs no syscall per packet.
@@ -192,13 +202,8 @@ class TransferDriver:
         self._timer_at = math.inf  # when _timer fires; inf while none is armed
         self._storing: asyncio.Task[None] | None = None
         self._reported = -1
-        self._time = self.loop.time
-        # Set once the peer's connected twin exists (see _connect_peer).
-        self._recv: Callable[[int], bytes]
-        self._send: Callable[[bytes], int]
-        self._take: Callable[[bytes], bytes | None]
-        self._finish_step: Callable[[float], None]
-        self._peer_address: PeerAddress
+        # Runs lock-step steady state on its own thread, once the peer's twin exists.
+        self._lane: LockStepLane | None = None
         # The core to hand file bytes to, when this driver reads a file.
         self._sender = core if source is not None and isinstance(core, SendingTransfer) \
             else None
@@ -219,6 +224,8 @@ class TransferDriver:
         return self.result()
 
     def _close(self) -> None:
+        if self._lane is not None:
+            self._lane.stop()
         for sock in (self.sock, self._twin):
             if sock is not None:
                 self.loop.remove_reader(sock.fileno())
@@ -240,6 +247,8 @@ class TransferDriver:
 
     def cancel(self, error: SockferryError) -> None:
         """Stop from outside (shutdown, Ctrl-C): the peer gets an ERROR."""
+        if self._lane is not None:
+            self._lane.stop()
         self.core.abort(error, ErrorCode.NOT_DEFINED, self.loop.time())
         self._pump()
 
@@ -249,6 +258,7 @@ class TransferDriver:
         """The unconnected socket: the first answer to a client, and strangers."""
         core, sock = self.core, self.sock
         now = self.loop.time()
+        lane_running = self._lane is not None and self._lane.running
         for _ in range(MAX_BATCH):
             try:
                 data, addr = sock.recvfrom(MAX_DATAGRAM_BYTES + 1)
@@ -256,8 +266,15 @@ class TransferDriver:
                 break
             except OSError:
                 break  # an ICMP error about a stranger: nothing to do with this transfer
+            if lane_running and addr == self._peer:
+                continue  # sent before the twin existed: the lane has the peer's flow
             core.receive_datagram(data, addr, now)
-        self._pump()
+        if lane_running:
+            # Only strangers were answered: their ERROR 5 is all there is to send, and
+            # the lane's one-step path never touches the queue it comes from.
+            self._send_queued(core.datagrams_to_send())
+        else:
+            self._pump()
 
     def _on_peer_readable(self) -> None:
         """The connected twin: only the peer's datagrams arrive here."""
@@ -266,11 +283,12 @@ class TransferDriver:
         now = self.loop.time()
         # Read what one window brings: a sender expects one ACK per window, a receiver
         # windowsize blocks.  Reading on until EAGAIN would cost an exception per
-        # wakeup, and readiness is level-triggered, so nothing is left behind.
+        # wakeup, and readiness is level-triggered, so nothing is left behind.  The twin
+        # may be in blocking mode (the lane's): this side never waits on it.
         batch = 1 if self._sender else min(core.options.windowsize, MAX_BATCH)
         for _ in range(batch):
             try:
-                data = recv(MAX_DATAGRAM_BYTES + 1)
+                data = recv(MAX_DATAGRAM_BYTES + 1, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -278,37 +296,6 @@ class TransferDriver:
                 return
             core.receive_datagram(data, peer, now)
         self._pump()
-
-    def _on_peer_step(self) -> None:
-        """The connected twin in lock-step: one datagram per wakeup.  In the steady
-        state (the next ACK, or the next block) the core has the answer ready: it goes
-        out first, and the core does its bookkeeping afterwards, while the peer is busy
-        with it.  Anything else takes the general path."""
-        try:
-            data = self._recv(MAX_DATAGRAM_BYTES + 1)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._peer_gone(exc)
-            return
-        reply = self._take(data)
-        if reply is None:
-            self.core.receive_datagram(data, self._peer_address, self._time())
-            self._pump()
-            return
-        try:
-            self._send(reply)
-        except (BlockingIOError, InterruptedError):
-            pass  # as good as lost; the timer resends
-        except OSError as exc:
-            self._finish_step(self._time())
-            self._local_failure(network_error(exc, format_sockaddr(self._peer), "send"))
-            return
-        self._finish_step(self._time())
-        # A step only moves the deadline, and later unless the timeout shrank.
-        deadline = self.core.next_deadline()
-        if deadline is not None and deadline < self._timer_at:
-            self._rearm(deadline)
 
     def _peer_gone(self, exc: OSError) -> None:
         # ICMP port unreachable and the like: the peer's socket is gone.
@@ -322,17 +309,56 @@ class TransferDriver:
             return
         enlarge_buffers(twin)
         self._twin, self._peer = twin, peer
-        self._peer_address = peer
-        self._recv, self._send = twin.recv, twin.send
         core = self.core
-        if core.options.windowsize == 1 and isinstance(core, SendingTransfer):
-            self._take, self._finish_step = core.take_ack, core.finish_step
-        elif core.options.windowsize == 1 and isinstance(core, ReceivingTransfer):
-            self._take, self._finish_step = core.take_block, core.finish_step
-        else:
-            self.loop.add_reader(twin.fileno(), self._on_peer_readable)
+        if isinstance(core, SendingTransfer):
+            self._lane = LockStepLane(twin, core, core.take_ack, self._service_lane,
+                                      self._lane_returned)
+        elif isinstance(core, ReceivingTransfer):
+            self._lane = LockStepLane(twin, core, core.take_block, self._service_lane,
+                                      self._lane_returned)
+        self.loop.add_reader(twin.fileno(), self._on_peer_readable)
+
+    def _start_lane(self, lane: LockStepLane) -> None:
+        """Hand the core to the lane: neither the twin's reader nor the timer touches it
+        meanwhile (strangers on the other socket still get their ERROR 5)."""
+        assert self._twin is not None
+        self._rearm(None)
+        self.loop.remove_reader(self._twin.fileno())
+        lane.start()
+
+    def _service_lane(self) -> bool:
+        """On the lane's thread, between steps: the file I/O the core asked for (the
+        lane owns the core, and the source or sink, meanwhile)."""
+        core = self.core
+        if self._sender is not None:
+            self._feed(self._sender, time.monotonic())
+        elif isinstance(core, ReceivingTransfer):
+            data = core.take_pending()
+            if data:
+                self._write(data)
+        if self.on_progress is not None:
+            self.loop.call_soon_threadsafe(self.on_progress, core.size)
+        return core.step_ready
+
+    def _lane_returned(self, why: LaneReturn) -> None:
+        assert self._twin is not None and self._peer is not None
+        self.loop.add_reader(self._twin.fileno(), self._on_peer_readable)
+        core = self.core
+        if why.datagram is not None:
+            core.receive_datagram(why.datagram, self._peer, self.loop.time())
+        elif why.error is not None:
+            action = "send" if why.sending else "receive"
+            self._local_failure(network_error(why.error, format_sockaddr(self._peer), action))
             return
-        self.loop.add_reader(twin.fileno(), self._on_peer_step)
+        elif why.fault is not None:
+            logger.error("lock-step lane failed", exc_info=why.fault)
+            core.abort(SockferryError(f"internal error: {why.fault}"), ErrorCode.NOT_DEFINED,
+                       self.loop.time())
+        else:  # the receive timed out: the deadline has come (or nearly: the lane re-checks)
+            due = core.next_deadline()
+            if due is not None and due <= time.monotonic() + MIN_WAIT_S:
+                core.handle_timeout(max(due, self.loop.time()))
+        self._pump()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -346,35 +372,54 @@ class TransferDriver:
         core = self.core
         sender = self._sender
         if sender is not None and sender.wants_data:
-            self._feed(sender)
+            self._feed(sender, self.loop.time())
         if self._peer is None and core.peer is not None:
             self._connect_peer(core.peer)
-        peer, twin, sock = self._peer, self._twin, self.sock
-        for data, addr in core.datagrams_to_send():
-            try:
-                if twin is not None and addr == peer:
-                    twin.send(data)
-                else:
-                    sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
-                pass  # the kernel's buffer is full: as good as lost; the timer resends
-            except OSError as exc:
-                self._local_failure(network_error(exc, format_sockaddr(addr), "send"))
-                return
+        if not self._send_queued(core.datagrams_to_send()):
+            return
         while (event := core.next_event()) is not None:
             self._on_event(event)
         if self.on_progress is not None and core.size != self._reported:
             self._reported = core.size
             self.on_progress(core.size)
+        self._wait_next()
+
+    def _send_queued(self, datagrams: list[tuple[bytes, PeerAddress]]) -> bool:
+        """Send what the core queued; False when a send failed the transfer."""
+        peer, twin, sock = self._peer, self._twin, self.sock
+        for data, addr in datagrams:
+            try:
+                if twin is not None and addr == peer:
+                    twin.send(data, socket.MSG_DONTWAIT)  # the lane may leave it blocking
+                else:
+                    sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                pass  # the kernel's buffer is full: as good as lost; the timer resends
+            except OSError as exc:
+                if addr != peer:
+                    continue  # a stranger's ERROR 5 that could not go: nothing lost
+                self._local_failure(network_error(exc, format_sockaddr(addr), "send"))
+                return False
+        return True
+
+    def _wait_next(self) -> None:
+        """After a flush: done, or the lane takes over, or the timer waits the deadline."""
+        core = self.core
+        if core.finished:
+            self._rearm(core.next_deadline())
+            if not self._finished.done():
+                self._finished.set_result(None)
+            return
+        lane = self._lane
+        if lane is not None and core.step_ready:
+            self._start_lane(lane)
+            return
         deadline = core.next_deadline()
         if deadline is None or self._timer is None or self._timer_at > deadline:
             self._rearm(deadline)
-        if core.finished and not self._finished.done():
-            self._finished.set_result(None)
 
-    def _feed(self, core: SendingTransfer) -> None:
+    def _feed(self, core: SendingTransfer, now: float) -> None:
         assert self.source is not None
-        now = self.loop.time()
         while core.wants_data:
             try:
                 chunk = self.source.read()

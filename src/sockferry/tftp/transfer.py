@@ -79,6 +79,9 @@ SAMPLE_SPACING_S = MIN_RTO_S / 4
 # many wait, it leaves a block to the general path, after which the driver collects them
 # (one event, one write of the driver's usual size).
 MAX_PENDING_BYTES = 256 * 1024
+# A sender asks for file bytes this far beyond its window, so that its driver tops the
+# stream up between lock-step steps (see ``service_due``) before it runs dry.
+READ_AHEAD_BYTES = 256 * 1024
 _ACK = int(Opcode.ACK)
 _DATA = int(Opcode.DATA)
 _pack_header = HEADER.pack
@@ -198,6 +201,16 @@ class Transfer:
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL
+
+    @property
+    def step_ready(self) -> bool:
+        """True in lock-step steady state: the next datagram, if it is the expected
+        one, can be answered through the one-step path (see the subclasses)."""
+        return False
+
+    # Set by ``finish_step`` when the driver should do its file I/O before the next
+    # step: supply file bytes (a sender) or collect them (``take_pending``, a receiver).
+    service_due = False
 
     def receive_datagram(self, data: bytes, addr: PeerAddress, now: float) -> None:
         if self.state in TERMINAL:
@@ -431,6 +444,10 @@ class SendingTransfer(Transfer):
             return None
         return ready
 
+    @property
+    def step_ready(self) -> bool:
+        return self._ready is not None and not self._timeouts and self.state is _SENDING
+
     def finish_step(self, now: float) -> None:
         """Account for the ACK ``take_ack`` took, and build the next answer."""
         # _heard, _on_ack_block and _send_window for this one case: no timeout is
@@ -459,14 +476,17 @@ class SendingTransfer(Transfer):
         stream = self._stream
         self._ready = (_pack_header(_DATA, block & 0xFFFF) + stream[end - blksize:end]
                        if end <= len(stream) else None)
+        # wants_data, for this one case (lock-step, block _next - 1 in flight).
+        self.service_due = self._total is None and len(stream) - end < READ_AHEAD_BYTES
 
     @property
     def wants_data(self) -> bool:
-        """True while the window needs more file bytes than were supplied."""
+        """True while fewer file bytes were supplied than the window needs, plus
+        READ_AHEAD_BYTES."""
         if self._total is not None or self.state in TERMINAL:
             return False
         window_end = (self._acked + self.options.windowsize + 1) * self.options.blksize
-        return self._stream_start + len(self._stream) < window_end
+        return self._stream_start + len(self._stream) < window_end + READ_AHEAD_BYTES
 
     def send_data(self, chunk: bytes, now: float, *, end: bool = False) -> None:
         """The next bytes of the file; ``end`` says there are no more."""
@@ -640,11 +660,10 @@ class ClientWrite(_ClientMixin, SendingTransfer):
 class ReceivingTransfer(Transfer):
     """Receives blocks in order, acknowledges each window, re-acknowledges duplicates."""
 
-    max_pending_bytes = MAX_PENDING_BYTES
-
     def __init__(self, *, max_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_size = max_size
+        self._max_pending = MAX_PENDING_BYTES
         self._received = 0        # highest block received in order
         self._acked = 0           # highest block acknowledged
         self._reply = b""         # the last ACK (or OACK) sent, repeated on timeout
@@ -659,6 +678,12 @@ class ReceivingTransfer(Transfer):
         self._awaited_data: bytes | None = None
         self._ready: bytes | None = None
         self._taken = b""
+        # take_block's limits, kept up to date rather than computed per block: the
+        # datagram length of a full block, and the size below which one may be taken.
+        self._step_length = 0
+        self._step_below = 0
+        self._hand_over_at = 0   # service_due from this size on
+        self._limit_steps()
         self._await_data(1)
         self._table[(State.RECEIVING, Data)] = self._on_data
         self._table[(State.DALLYING, Data)] = self._on_data_while_dallying
@@ -689,16 +714,38 @@ class ReceivingTransfer(Transfer):
         too, after which the driver collects the data with ``next_event``.
         """
         ready = self._ready
-        if (data[:4] != self._awaited_data or ready is None or self._timeouts
-                or self.state is not _RECEIVING
-                or self.size - self._handed >= self.max_pending_bytes
-                or len(data) - 4 != self.options.blksize
-                or (self.max_size is not None
-                    and self.size + self.options.blksize > self.max_size)):
+        if (ready is None or len(data) != self._step_length
+                or data[:4] != self._awaited_data or self.size >= self._step_below
+                or self._timeouts or self.state is not _RECEIVING):
             return None
         self._taken = data
         self._reply = ready
         return ready
+
+    @property
+    def step_ready(self) -> bool:
+        return (self._ready is not None and not self._timeouts
+                and self.state is _RECEIVING and self.size < self._step_below)
+
+    @property
+    def max_pending_bytes(self) -> int:
+        """Bytes received and not yet handed over, beyond which take_block declines."""
+        return self._max_pending
+
+    @max_pending_bytes.setter
+    def max_pending_bytes(self, value: int) -> None:
+        self._max_pending = value
+        self._limit_steps()
+
+    def _limit_steps(self) -> None:
+        # take_block takes a block only when it is full, when the data waiting to be
+        # handed over stays under max_pending_bytes, and when the size limit allows.
+        blksize = self.options.blksize
+        self._hand_over_at = below = self._handed + self._max_pending
+        if self.max_size is not None:
+            below = min(below, self.max_size - blksize + 1)
+        self._step_length = blksize + 4
+        self._step_below = below
 
     def finish_step(self, now: float) -> None:
         """Accept the block ``take_block`` took, and build the next answer."""
@@ -719,6 +766,7 @@ class ReceivingTransfer(Transfer):
         self.size += len(data) - 4
         self._pending.append(data[4:])
         self._deadline = now + self._rto.rto_s
+        self.service_due = self.size >= self._hand_over_at
         wire = (block + 1) & 0xFFFF  # _await_data(block + 1), whose test take_block passed
         self._awaited_data = _pack_header(_DATA, wire)
         self._ready = _pack_header(_ACK, wire)
@@ -735,6 +783,7 @@ class ReceivingTransfer(Transfer):
 
     def _agree(self, options: TransferOptions) -> None:
         super()._agree(options)
+        self._limit_steps()
         self._await_data(self._received + 1)
 
     def next_event(self) -> Event | None:
@@ -745,9 +794,19 @@ class ReceivingTransfer(Transfer):
             return self._hand_over()
         return None
 
+    def take_pending(self) -> bytes:
+        """The bytes received in order and not yet handed over (a driver collecting
+        them between lock-step steps, when ``service_due`` says so); nothing while
+        events are queued, which come first through ``next_event``."""
+        if self._events or not self._pending:
+            return b""
+        return self._hand_over().data
+
     def _hand_over(self) -> DataReceived:
         data, self._pending = b"".join(self._pending), []
         self._handed = self.size
+        self.service_due = False
+        self._limit_steps()
         return DataReceived(data)
 
     def confirm_stored(self, now: float) -> None:
@@ -835,6 +894,7 @@ class ReceivingTransfer(Transfer):
             return
         if data:
             self._pending.append(data)
+            self.service_due = self.size >= self._hand_over_at
         if last:
             self.state = State.STORING
             self._deadline = None
