@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +26,23 @@ def require_program(name: str) -> str:
             pytest.fail(f"{name} is required (SOCKFERRY_REQUIRE_PEERS=1) but not installed")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A small tmpfs at ``path`` (a real disk-full or read-only file system); mounting
+    needs root: skip without it, or fail in CI."""
+    path.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        if os.environ.get("SOCKFERRY_REQUIRE_PEERS") == "1":
+            pytest.fail(f"cannot mount a tmpfs: {result.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
 
 
 # Subprocesses (the CLI under test, servers) must import this checkout's sources, not

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,33 +10,20 @@ import pytest
 
 from sockferry.cli.runtime import ExitCode
 from sockferry.storage import is_temporary_name
+from tests.conftest import mounted_tmpfs
 from tests.ferry.harness import ServerThread, run_cli, write_token
-
-
-def _mount_tmpfs(path: Path, options: str) -> None:
-    path.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        if os.environ.get("SOCKFERRY_REQUIRE_PEERS") == "1":
-            pytest.fail(f"cannot mount a tmpfs: {result.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "small"
-    _mount_tmpfs(path, "size=2m")
-    yield path
-    subprocess.run(["umount", str(path)], check=False)
+    with mounted_tmpfs(tmp_path / "small", "size=2m") as path:
+        yield path
 
 
 @pytest.fixture
 def read_only_disk(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "ro"
-    _mount_tmpfs(path, "size=1m,ro")
-    yield path
-    subprocess.run(["umount", str(path)], check=False)
+    with mounted_tmpfs(tmp_path / "ro", "size=1m,ro") as path:
+        yield path
 
 
 def test_disk_full_is_reported_and_cleaned_up(small_disk: Path, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,8 @@ from sockferry.tftp.packets import (
     encode_request,
 )
 from sockferry.tftp.server import ServerConfig, UploadPolicy
-from tests.tftp.udp_helpers import running_server, server_thread
+from tests.conftest import mounted_tmpfs
+from tests.tftp.udp_helpers import client_socket, running_server, server_thread
 
 BLKSIZE = 1468
 FILE_BYTES = 3 * 1024 * 1024 + 77  # past the read-ahead: the lane tops the stream up
@@ -44,13 +44,6 @@ def root(tmp_path: Path) -> Path:
     return root
 
 
-def _peer() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(WAIT_S)
-    return sock
-
-
 def _start_read(sock: socket.socket, port: int, name: bytes) -> tuple[str, int]:
     """RRQ with blksize, ACK the OACK; returns the transfer's port."""
     sock.sendto(encode_request(Opcode.RRQ, name, "octet", {"blksize": str(BLKSIZE)}),
@@ -62,7 +55,7 @@ def _start_read(sock: socket.socket, port: int, name: bytes) -> tuple[str, int]:
 
 
 def _still_serves(port: int) -> None:
-    with _peer() as sock:
+    with client_socket(WAIT_S) as sock:
         sock.sendto(encode_request(Opcode.RRQ, b"hello.txt", "octet"), ("127.0.0.1", port))
         reply, tid = sock.recvfrom(70000)
         assert decode_packet(reply) == Data(1, b"hello\n")
@@ -76,7 +69,7 @@ def test_a_silent_peer_gets_the_block_again_and_the_transfer_ends_whole(root: Pa
     pause_at = blocks // 2
     received: dict[int, bytes] = {}
     repeats = 0
-    with server_thread(ServerConfig(str(root))) as (_, port), _peer() as sock:
+    with server_thread(ServerConfig(str(root))) as (_, port), client_socket(WAIT_S) as sock:
         tid = _start_read(sock, port, b"big.bin")
         block = 1
         while block <= blocks:
@@ -99,23 +92,15 @@ def test_a_silent_peer_gets_the_block_again_and_the_transfer_ends_whole(root: Pa
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "small"
-    path.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        if os.environ.get("SOCKFERRY_REQUIRE_PEERS") == "1":
-            pytest.fail(f"cannot mount a tmpfs: {result.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    (path / "hello.txt").write_bytes(b"hello\n")
-    yield path
-    subprocess.run(["umount", str(path)], check=False)
+    with mounted_tmpfs(tmp_path / "small", "size=1m") as path:
+        (path / "hello.txt").write_bytes(b"hello\n")
+        yield path
 
 
 def test_a_full_disk_in_mid_upload_ends_it_with_disk_full(small_disk: Path) -> None:
     payload = os.urandom(3 * 1024 * 1024)
     config = ServerConfig(str(small_disk), allow_upload=UploadPolicy.CREATE)
-    with server_thread(config) as (_, port), _peer() as sock:
+    with server_thread(config) as (_, port), client_socket(WAIT_S) as sock:
         sock.sendto(encode_request(Opcode.WRQ, b"big.bin", "octet",
                                    {"blksize": str(BLKSIZE)}), ("127.0.0.1", port))
         reply, tid = sock.recvfrom(70000)
@@ -135,7 +120,7 @@ def test_a_full_disk_in_mid_upload_ends_it_with_disk_full(small_disk: Path) -> N
 def test_stopping_the_server_ends_a_running_transfer_at_once(root: Path) -> None:
     async def main() -> tuple[object, float]:
         loop = asyncio.get_running_loop()
-        with _peer() as sock:
+        with client_socket(WAIT_S) as sock:
             sock.setblocking(False)
             async with running_server(ServerConfig(str(root))) as (server, port):
                 await loop.sock_sendto(sock, encode_request(

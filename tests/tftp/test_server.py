@@ -29,10 +29,9 @@ from sockferry.tftp.packets import (
 )
 from sockferry.tftp.server import ServerConfig, UploadPolicy
 from tests.conftest import require_program
-from tests.tftp.udp_helpers import server_thread
+from tests.tftp.udp_helpers import client_socket, server_thread
 
 SECRET = b"top secret, outside the root"
-REPLY_TIMEOUT_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +55,6 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(tree: Path) -> Iterator[int]:
     with server_thread(ServerConfig(str(tree), max_per_peer=64)) as (_, port):
         yield port
-
-
-def client_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(REPLY_TIMEOUT_S)
-    return sock
 
 
 def ask(port: int, data: bytes, sock: socket.socket | None = None,

@@ -23,6 +23,14 @@ from sockferry.tftp.server import ServerConfig, TftpServer
 Addr = tuple[Any, ...]
 
 
+def client_socket(timeout_s: float = 3.0) -> socket.socket:
+    """A blocking UDP socket on 127.0.0.1 for a raw peer, reads bounded by ``timeout_s``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(timeout_s)
+    return sock
+
+
 @contextlib.asynccontextmanager
 async def running_server(config: ServerConfig, host: str = "127.0.0.1",
                          ) -> AsyncIterator[tuple[TftpServer, int]]:
