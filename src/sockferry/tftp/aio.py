@@ -347,14 +347,18 @@ class TransferDriver:
         if why.datagram is not None:
             core.receive_datagram(why.datagram, self._peer, self.loop.time())
         elif why.error is not None:
-            action = "send" if why.sending else "receive"
-            self._local_failure(network_error(why.error, format_sockaddr(self._peer), action))
+            if why.sending:
+                self._local_failure(network_error(why.error, format_sockaddr(self._peer),
+                                                  "send"))
+            else:
+                self._peer_gone(why.error)
             return
         elif why.fault is not None:
             logger.error("lock-step lane failed", exc_info=why.fault)
             core.abort(SockferryError(f"internal error: {why.fault}"), ErrorCode.NOT_DEFINED,
                        self.loop.time())
-        else:  # the receive timed out: the deadline has come (or nearly: the lane re-checks)
+        else:  # a receive timeout, or a service that left the steady state: run the
+            # timeout if its deadline has come (if not quite, the lane waits the rest)
             due = core.next_deadline()
             if due is not None and due <= time.monotonic() + MIN_WAIT_S:
                 core.handle_timeout(max(due, self.loop.time()))

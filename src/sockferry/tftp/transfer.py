@@ -76,8 +76,9 @@ HALF_MODULUS = BLOCK_MODULUS // 2
 # Lock-step transfers on a LAN save the estimator's arithmetic on nearly every block.
 SAMPLE_SPACING_S = MIN_RTO_S / 4
 # A receiver's one-step path (take_block) hands file bytes over in batches: once this
-# many wait, it leaves a block to the general path, after which the driver collects them
-# (one event, one write of the driver's usual size).
+# many wait, ``service_due`` asks the driver to collect them (``take_pending``: one write
+# of the driver's usual size); should it not, take_block leaves the next block to the
+# general path, which hands them over through ``next_event``.
 MAX_PENDING_BYTES = 256 * 1024
 # A sender asks for file bytes this far beyond its window, so that its driver tops the
 # stream up between lock-step steps (see ``service_due``) before it runs dry.
@@ -710,8 +711,9 @@ class ReceivingTransfer(Transfer):
         calls together do exactly what ``receive_datagram`` would (the ACK goes out here
         instead of through ``datagrams_to_send``).  Anything else changes nothing and
         returns None: the datagram then goes to ``receive_datagram``.  Once
-        ``max_pending_bytes`` are waiting, the next block is left to the general path
-        too, after which the driver collects the data with ``next_event``.
+        ``max_pending_bytes`` are waiting (and the driver did not collect them with
+        ``take_pending``), the next block is left to the general path too, after which
+        the driver collects the data with ``next_event``.
         """
         ready = self._ready
         if (ready is None or len(data) != self._step_length
