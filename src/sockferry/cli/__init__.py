@@ -19,10 +19,9 @@ from sockferry import __version__, errors
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, exit_code_for
 
-# One module per family of sub-commands; each has register(subparsers).
-COMMAND_MODULES = ("ferry", "probe", "sctp", "tftp")
-# Which module registers each command: only the one asked for is imported, so a
-# `sockferry send` does not pay for loading the TFTP and SCTP stacks.
+# Which module (one per family of sub-commands, each with register(subparsers))
+# registers each command: only the one asked for is imported, so a `sockferry send`
+# does not pay for loading the TFTP and SCTP stacks.
 COMMANDS = {
     "serve": "ferry", "send": "ferry", "get": "ferry", "ls": "ferry", "probe": "probe",
     "sctp-serve": "sctp", "sctp-send": "sctp",
@@ -53,7 +52,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         help="show debug logs and the traceback of unexpected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    names = [COMMANDS[command]] if command in COMMANDS else list(COMMAND_MODULES)
+    names = [COMMANDS[command]] if command in COMMANDS else dict.fromkeys(COMMANDS.values())
     for name in names:
         importlib.import_module(f"sockferry.cli.{name}").register(sub)
     return parser
