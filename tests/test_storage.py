@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 from sockferry.errors import PathRefused, StorageError
 from sockferry.storage import (
     AtomicFile,
+    DirCache,
     Kind,
     Root,
     capped_mode,
+    commit_group,
     is_temporary_name,
     split_client_path,
 )
@@ -232,3 +234,66 @@ def _remove_chain(top: Path, depth: int) -> None:
         fd = fds.pop()
         os.rmdir("d", dir_fd=fd)
         os.close(fd)
+
+
+def test_dir_cache_walks_once_per_directory(tree: tuple[Path, Path]) -> None:
+    root_dir, _ = tree
+    with Root(str(root_dir)) as root:
+        dirs = DirCache(root)
+        first = root.create("sub/a", dirs)
+        second = root.create("sub/b", dirs)
+        assert first.dir is second.dir  # one fd for the directory, shared
+        first.commit(0o644)
+        second.commit(0o644)
+        assert (root_dir / "sub" / "a").exists() and (root_dir / "sub" / "b").exists()
+        # Links in the parent are followed inside the root; `..` is never cached.
+        root.create("dirlink-in/c", dirs).commit(0o600)
+        assert (root_dir / "sub" / "c").exists()
+        assert dirs.parent("sub/../file.txt") is None
+        dirs.close()
+
+
+def test_dir_cache_refuses_what_the_walk_refuses(tree: tuple[Path, Path]) -> None:
+    root_dir, outside = tree
+    before = snapshot(outside)
+    with Root(str(root_dir)) as root:
+        dirs = DirCache(root)
+        for path in ("dirlink-out/x", "link-out", "abs-link", "/etc/x", "sub/.sockferry-a.part"):
+            with pytest.raises(StorageError):
+                root.create(path, dirs).abort()
+        dirs.close()
+    assert snapshot(outside) == before
+
+
+def test_dir_cache_forgets_after_its_ttl(tree: tuple[Path, Path]) -> None:
+    """A directory swapped for a link to the outside after it was cached: once the entry
+    is too old the walk is made again, and refuses it."""
+    root_dir, outside = tree
+    with Root(str(root_dir)) as root:
+        dirs = DirCache(root, ttl_s=0.0)
+        (root_dir / "moving").mkdir()
+        root.create("moving/one", dirs).commit(0o644)
+        (root_dir / "moving" / "one").unlink()
+        (root_dir / "moving").rmdir()
+        (root_dir / "moving").symlink_to(str(outside))
+        with pytest.raises(StorageError, match="outside"):
+            root.create("moving/two", dirs).abort()
+        dirs.close()
+    assert not (outside / "two").exists()
+
+
+def test_commit_group_reports_each_file(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_bytes(b"old")
+    with Root(str(tmp_path)) as root:
+        files = []
+        for name in ("a", "taken", "b"):
+            f = root.create(name)
+            f.write(name.encode())
+            files.append((f, 0o640, None))
+        outcomes = commit_group(files, clobber=False)
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], StorageError) and "already exists" in str(outcomes[1])
+    assert (tmp_path / "a").read_bytes() == b"a" and (tmp_path / "b").read_bytes() == b"b"
+    assert (tmp_path / "taken").read_bytes() == b"old"
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o640
+    assert not [p for p in tmp_path.iterdir() if is_temporary_name(p.name)]

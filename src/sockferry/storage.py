@@ -17,7 +17,8 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Generator, Iterator
+import time
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -267,27 +268,46 @@ class Root:
             except OSError as exc:
                 raise storage_error(exc, shown) from exc
 
-    def create(self, path: str | bytes) -> AtomicFile:
-        """Start writing ``path``; the parent directory must exist."""
+    def create(self, path: str | bytes, dirs: DirCache | None = None) -> AtomicFile:
+        """Start writing ``path``; the parent directory must exist.  With ``dirs`` the
+        parent comes from that cache when it can."""
         shown = _shown(path)
+        found = dirs.parent(path) if dirs is not None else None
+        if found is not None:
+            handle, name = found
+            st = self._existing(handle.fd, name, shown)
+            if st is None or not stat.S_ISLNK(st.st_mode):
+                return self._start(handle, name, shown, st)
         dir_fd, name = self.resolve_parent(path)
+        handle = DirHandle(dir_fd)
         if not name:
-            os.close(dir_fd)
+            handle.retire()
             raise StorageError(f"'{shown}' is a directory", errno=errno.EISDIR, path=shown)
         try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            st = self._existing(dir_fd, name, shown)
+        except StorageError:
+            handle.retire()
+            raise
+        return self._start(handle, name, shown, st)
+
+    @staticmethod
+    def _existing(dir_fd: int, name: str, shown: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
-            pass
+            return None
         except OSError as exc:
-            os.close(dir_fd)
             raise storage_error(exc, shown) from exc
-        else:
-            if not stat.S_ISREG(st.st_mode):
-                os.close(dir_fd)
-                what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-                raise StorageError(f"'{shown}' exists and is {what}", errno=errno.EISDIR,
-                                   path=shown)
-        return AtomicFile(dir_fd, name, shown)
+
+    @staticmethod
+    def _start(handle: DirHandle, name: str, shown: str,
+               st: os.stat_result | None) -> AtomicFile:
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            handle.acquire().release()  # closes a handle nobody else holds
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise StorageError(f"'{shown}' exists and is {what}", errno=errno.EISDIR,
+                               path=shown)
+        return AtomicFile(handle, name, shown)
 
     def exists(self, path: str | bytes) -> bool:
         try:
@@ -390,26 +410,117 @@ def _shown(path: str | bytes) -> str:
     return path.decode("utf-8", "backslashreplace") if isinstance(path, bytes) else path
 
 
+class Durability(Enum):
+    """When a written file is made durable (``serve --fsync``)."""
+
+    NONE = "none"  # never fsynced: safe from a crash of sockferry, not of the machine
+    BATCH = "batch"  # files finished together are fsynced together, then answered
+    EACH = "each"  # every file fsynced with its directory on its own, answered at once
+
+
+class DirHandle:
+    """An open directory fd shared by the files being written in it.
+
+    It is closed once nobody uses it: neither a ``DirCache`` nor an unfinished file.
+    """
+
+    __slots__ = ("cached", "fd", "users")
+
+    def __init__(self, fd: int, *, cached: bool = False) -> None:
+        self.fd = fd
+        self.users = 0
+        self.cached = cached
+
+    def acquire(self) -> DirHandle:
+        self.users += 1
+        return self
+
+    def release(self) -> None:
+        self.users -= 1
+        self._close_if_unused()
+
+    def retire(self) -> None:
+        """The cache lets go; the fd lives on while files still use it."""
+        self.cached = False
+        self._close_if_unused()
+
+    def _close_if_unused(self) -> None:
+        if self.users <= 0 and not self.cached and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(slots=True)
+class _Cached:
+    handle: DirHandle
+    at: float
+
+
+class DirCache:
+    """Directories recently resolved for one connection, so that a tree of small files
+    costs one walk per directory instead of one per file.
+
+    An entry is reused for at most ``ttl_s``: a cached fd keeps naming the directory it
+    was opened on even if that is moved afterwards, so its life stays as short as that of
+    the fd an upload in progress holds anyway.  Paths with ``..`` are never cached.
+    """
+
+    def __init__(self, root: Root, *, limit: int = 64, ttl_s: float = 1.0) -> None:
+        self.root = root
+        self.limit = limit
+        self.ttl_s = ttl_s
+        self._entries: dict[str, _Cached] = {}
+
+    def parent(self, path: str | bytes) -> tuple[DirHandle, str] | None:
+        """The directory holding ``path``'s last name (links in it followed), and that
+        name unresolved; None where the cache does not apply."""
+        parts = split_client_path(path)
+        if not parts or ".." in parts:
+            return None
+        key = "/".join(parts[:-1])
+        now = time.monotonic()
+        cached = self._entries.pop(key, None)
+        if cached is not None and now - cached.at > self.ttl_s:
+            cached.handle.retire()
+            cached = None
+        if cached is None:
+            fd, _name = self.root.resolve_parent(path, follow_last=False)
+            cached = _Cached(DirHandle(fd, cached=True), now)
+            while len(self._entries) >= self.limit:
+                self._entries.pop(next(iter(self._entries))).handle.retire()
+        self._entries[key] = cached  # most recently used last
+        return cached.handle, parts[-1]
+
+    def close(self) -> None:
+        for cached in self._entries.values():
+            cached.handle.retire()
+        self._entries.clear()
+
+
 class AtomicFile:
     """A file being written under a temporary name in its final directory.
 
     ``commit`` fsyncs, sets the mode (and mtime), renames over the final name (or links,
-    refusing to replace, with ``clobber=False``) and fsyncs the directory.  ``abort``
-    removes the temporary.  Exactly one of the two must be called; the directory fd is
-    owned and closed here.
+    refusing to replace, with ``clobber=False``) and fsyncs the directory; ``seal`` and
+    ``publish`` are its first two steps, for callers that make many files durable
+    together (``commit_group``).  ``abort`` removes the temporary.  Exactly one of
+    ``commit``, ``abort`` or ``commit_group`` must finish the file; the directory is
+    released then.
     """
 
-    def __init__(self, dir_fd: int, name: str, shown: str) -> None:
-        self.dir_fd = dir_fd
+    def __init__(self, directory: int | DirHandle, name: str, shown: str) -> None:
+        self.dir = (directory if isinstance(directory, DirHandle)
+                    else DirHandle(directory)).acquire()
+        self.dir_fd = self.dir.fd
         self.name = name
         self.shown = shown
         self.temp_name = f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
         self.written = 0
         try:
             self.fd = os.open(self.temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                              | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+                              | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
         except OSError as exc:
-            os.close(dir_fd)
+            self.dir.release()
             raise storage_error(exc, shown) from exc
         self._done = False
         self._holes = False
@@ -453,16 +564,25 @@ class AtomicFile:
         self.written += count
         self._holes = True
 
-    def commit(self, mode: int, mtime_ns: int | None = None, *, clobber: bool = True) -> None:
+    def seal(self, mode: int, mtime_ns: int | None = None, *, durable: bool = True) -> None:
+        """Size, mode and mtime set, the data fsynced (when ``durable``), the fd closed."""
         try:
             if self._holes:  # a trailing hole needs the size set explicitly
                 os.ftruncate(self.fd, self.written)
             os.fchmod(self.fd, mode)
             if mtime_ns is not None:
                 os.utime(self.fd, ns=(mtime_ns, mtime_ns))
-            os.fsync(self.fd)
+            if durable:
+                os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
+        except OSError as exc:
+            self.abort()
+            raise storage_error(exc, self.shown, "nothing was written") from exc
+
+    def publish(self, clobber: bool = True) -> None:
+        """Give the sealed file its final name (the directory is not fsynced here)."""
+        try:
             if clobber:
                 os.rename(self.temp_name, self.name, src_dir_fd=self.dir_fd,
                           dst_dir_fd=self.dir_fd)
@@ -471,14 +591,24 @@ class AtomicFile:
                 os.link(self.temp_name, self.name, src_dir_fd=self.dir_fd,
                         dst_dir_fd=self.dir_fd, follow_symlinks=False)
                 os.unlink(self.temp_name, dir_fd=self.dir_fd)
-            os.fsync(self.dir_fd)
         except OSError as exc:
             self.abort()
             if exc.errno == errno.EEXIST:
                 raise StorageError(f"'{self.shown}' already exists and the server does not "
                                    "overwrite files", errno=exc.errno, path=self.shown) from exc
             raise storage_error(exc, self.shown, "nothing was written") from exc
-        self._finish()
+
+    def commit(self, mode: int, mtime_ns: int | None = None, *, clobber: bool = True,
+               durable: bool = True) -> None:
+        self.seal(mode, mtime_ns, durable=durable)
+        self.publish(clobber)
+        try:
+            if durable:
+                os.fsync(self.dir_fd)
+        except OSError as exc:
+            raise storage_error(exc, self.shown, _NOT_DURABLE) from exc
+        finally:
+            self._finish()
 
     def abort(self) -> None:
         if self._done:
@@ -492,9 +622,49 @@ class AtomicFile:
         self._finish()
 
     def _finish(self) -> None:
-        self._done = True
-        with contextlib.suppress(OSError):
-            os.close(self.dir_fd)
+        if not self._done:
+            self._done = True
+            self.dir.release()
+
+
+_NOT_DURABLE = "the file is in place but may not survive a crash"
+
+
+def commit_group(files: Sequence[tuple[AtomicFile, int, int | None]], *,
+                 clobber: bool = True) -> list[StorageError | None]:
+    """Make files durable together, each with its mode and mtime: every file fsynced,
+    then all renamed into place, then each of their directories fsynced once.
+
+    Returns one outcome per file, in order (None: committed).  A file that failed was
+    removed, except after a failed directory fsync, which leaves it in place.
+    """
+    outcomes: list[StorageError | None] = []
+    for file, mode, mtime_ns in files:
+        try:
+            file.seal(mode, mtime_ns, durable=True)
+            outcomes.append(None)
+        except StorageError as exc:
+            outcomes.append(exc)
+    for index, (file, _, _) in enumerate(files):
+        if outcomes[index] is None:
+            try:
+                file.publish(clobber)
+            except StorageError as exc:
+                outcomes[index] = exc
+    synced: dict[int, OSError | None] = {}
+    for index, (file, _, _) in enumerate(files):
+        if outcomes[index] is None:
+            key = id(file.dir)
+            if key not in synced:
+                try:
+                    os.fsync(file.dir_fd)
+                    synced[key] = None
+                except OSError as exc:
+                    synced[key] = exc
+            if (error := synced[key]) is not None:
+                outcomes[index] = storage_error(error, file.shown, _NOT_DURABLE)
+        file._finish()
+    return outcomes
 
 
 def data_segments(fd: int, size: int, *, sparse: bool) -> Iterator[tuple[int, int, bool]]:

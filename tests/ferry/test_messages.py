@@ -29,6 +29,8 @@ messages = st.one_of(
               blob32),
     st.builds(m.Auth, blob32),
     st.builds(m.Put, ids, paths, sizes, u32, i64, st.sampled_from(list(m.PutFlag))),
+    st.builds(m.PutInline, ids, paths, u32, i64, st.binary(max_size=3000), blob32,
+              st.sampled_from(list(m.PutFlag))),
     st.builds(m.Hole, ids, st.integers(1, m.MAX_FILE_SIZE)),
     st.builds(m.Done, ids, blob32),
     st.builds(m.Cancel, ids),
@@ -155,3 +157,27 @@ def test_error_text_is_cut_at_a_code_point() -> None:
     assert isinstance(decoded, m.Error)
     assert len(decoded.message.encode()) <= m.MAX_MESSAGE_BYTES
     assert set(decoded.message) == {"é"}
+
+
+def test_put_inline_golden_bytes() -> None:
+    wire = m.encode_put_inline(5, "a", 0o644, 7, b"xyz", b"d" * 32)
+    assert wire == (bytes.fromhex("1f00 0000 00000005 0000003a") + bytes.fromhex(
+        "0000000000000003 000001a4 0000000000000007 0001") + b"a" + b"xyz" + b"d" * 32)
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_put_inline_size_must_match_its_body(delta: int) -> None:
+    good = m.encode_put_inline(5, "a", 0o644, 7, b"xyz", b"d" * 32)
+    body = bytearray(good[m.HEADER.size:])
+    struct.pack_into("!Q", body, 0, 3 + delta)
+    with pytest.raises(MalformedPacket, match="announces"):
+        parse_all(good[: m.HEADER.size] + bytes(body))
+
+
+def test_put_inline_refuses_what_cannot_fit() -> None:
+    too_big = bytes(m.MAX_CONTROL_BODY)
+    assert not m.inline_fits("f", len(too_big))
+    assert m.inline_fits("f", m.MAX_CONTROL_BODY - m.INLINE_OVERHEAD - 1)
+    assert not m.inline_fits("f", m.MAX_CONTROL_BODY - m.INLINE_OVERHEAD)
+    with pytest.raises(ValueError, match="do not fit"):
+        m.encode_put_inline(1, "f", 0, 0, too_big, b"d" * 32)

@@ -84,6 +84,50 @@ def test_put_round_trip(step: int | None) -> None:
     assert client.open_requests == server.open_requests == 0
 
 
+def test_small_file_in_one_frame() -> None:
+    client, server = connected()
+    assert client.features & m.Feature.INLINE
+    request = client.put_inline("d/small", b"tiny", 0o640, 9, True, DIGEST)
+    assert client.requests[request].phase is s.Phase.AWAIT_REPLY
+    _, server_events = pump(client, server)
+    assert server_events == [s.SmallFileReceived(request, "d/small", 0o640, 9, True, b"tiny",
+                                                 DIGEST)]
+    server.commit(request, 4, DIGEST)
+    client_events, _ = pump(client, server)
+    assert client_events == [s.PutCommitted(request, 4, DIGEST)]
+    assert client.open_requests == server.open_requests == 0
+
+
+def test_small_file_refused_like_a_put() -> None:
+    client, server = connected()
+    request = client.put_inline("x", b"tiny", 0o600, 0, False, DIGEST)
+    pump(client, server)
+    server.refuse(request, m.ErrorCode.PERMISSION, "no")
+    client_events, _ = pump(client, server)
+    assert client_events == [s.RequestFailed(request, m.ErrorCode.PERMISSION, "no")]
+    assert client.open_requests == server.open_requests == 0
+
+
+def test_inline_is_negotiated_and_a_v1_peer_never_sees_it() -> None:
+    # A server without INLINE (an older one) does not grant it: the client uses PUT.
+    client, server = connected(features=m.ALL_FEATURES & ~m.Feature.INLINE)
+    assert not client.features & m.Feature.INLINE
+    with pytest.raises(LocalProtocolError, match="INLINE"):
+        client.put_inline("f", b"x", 0, 0, False, DIGEST)
+    # A client that never offered it cannot send the frame behind the server's back.
+    with pytest.raises(RemoteProtocolError, match="without the INLINE feature"):
+        server.receive_data(m.encode(m.PutInline(1, "f", 0, 0, b"x", DIGEST)))
+    assert server.state is s.ConnState.FAILED
+
+
+def test_small_file_cannot_be_cancelled() -> None:
+    client, server = connected()
+    request = client.put_inline("f", b"x", 0, 0, False, DIGEST)
+    pump(client, server)
+    with pytest.raises(RemoteProtocolError, match="CANCEL after DONE"):
+        server.receive_data(m.encode(m.Cancel(request)))
+
+
 def test_get_with_hole_round_trip() -> None:
     client, server = connected()
     request = client.get("big")
@@ -277,7 +321,7 @@ SAMPLES: list[m.Message] = [
     m.Auth(b"p" * 32), m.Put(1, "f", 1, 0, 0), m.Done(1, DIGEST), m.Cancel(1),
     m.Get(1, "f"), m.ListDir(1, ""), m.Stat(1, "f"), m.Mkdir(1, "d", 0), m.Ok(1),
     m.FileHeader(1, 1, 0, 0), m.Entries(1, (), True), m.Committed(1, 1, DIGEST),
-    m.Error(1, 1, "x"), m.Hole(1, 1),
+    m.Error(1, 1, "x"), m.Hole(1, 1), m.PutInline(1, "f", 0, 0, b"x", DIGEST),
 ]
 
 

@@ -32,7 +32,7 @@ from sockferry.sockets import (
     parse_address,
     parse_port,
 )
-from sockferry.storage import DEFAULT_UMASK, Entry, Kind
+from sockferry.storage import DEFAULT_UMASK, Durability, Entry, Kind
 from sockferry.units import format_bytes, format_rate
 
 if TYPE_CHECKING:
@@ -116,6 +116,13 @@ def _register_serve(sub: Any) -> None:
                         "(default 10)")
     parser.add_argument("--backlog", type=_positive, default=128, metavar="N",
                         help="listen() backlog (default 128)")
+    parser.add_argument("--fsync", choices=[d.value for d in Durability],
+                        default=Durability.BATCH.value,
+                        help="when uploads are made durable before COMMITTED is sent: "
+                        "batch (default) fsyncs the files finished together, then their "
+                        "directories, and answers them together; each fsyncs every file "
+                        "and its directory on its own; none never fsyncs (a crash of the "
+                        "machine may lose files the client was told were committed)")
     _transport_options(parser)
     parser.set_defaults(handler=run_serve)
 
@@ -228,7 +235,8 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
                                                           [f"localhost:{DEFAULT_PORT}"])]
     config = ServerConfig(token=token, umask=args.umask, clobber=not args.no_clobber,
                           max_connections=args.max_connections,
-                          idle_timeout_s=args.idle_timeout, backlog=args.backlog)
+                          idle_timeout_s=args.idle_timeout, backlog=args.backlog,
+                          durability=Durability(args.fsync))
     sctp = _SctpListen(args.sctp_stack, args.udp_port) if args.transport == "sctp" else None
     return run_async(_serve(args.root, addresses, config, args.grace, sctp))
 

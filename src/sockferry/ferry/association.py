@@ -110,8 +110,8 @@ class AssociationStream:
     def _timeout(self) -> TransferTimeout:
         return stalled(self.peer, self.idle_timeout_s)
 
-    async def recv_into(self, buffer: bytearray | memoryview) -> int:
-        """Bytes in protocol order; 0 once the peer has ended its side."""
+    async def receive(self) -> memoryview:
+        """The next frame's bytes as they arrived (no copy); empty at the end."""
         try:
             async with asyncio.timeout(self.idle_timeout_s):
                 while not self._incoming and self._failure is None and not (
@@ -121,27 +121,14 @@ class AssociationStream:
         except TimeoutError:
             raise self._timeout() from None
         if self._incoming:
-            count = self._copy_into(memoryview(buffer).cast("B"))
-            self.bytes_in += count
+            frame = self._incoming.popleft()
+            self._incoming_bytes -= len(frame)
+            self.bytes_in += len(frame)
             self._changed.set()  # room for the endpoint's reader
-            return count
+            return frame
         if self._failure is not None:
             raise self._failure
-        return 0
-
-    def _copy_into(self, buffer: memoryview) -> int:
-        count = 0
-        while self._incoming and count < len(buffer):
-            frame = self._incoming[0]
-            n = min(len(frame), len(buffer) - count)
-            buffer[count:count + n] = frame[:n]
-            count += n
-            if n == len(frame):
-                self._incoming.popleft()
-            else:
-                self._incoming[0] = frame[n:]
-        self._incoming_bytes -= count
-        return count
+        return memoryview(b"")
 
     async def _send_pieces(self, pieces: Sequence[Piece]) -> None:
         try:

@@ -17,6 +17,9 @@ from sockferry.streams import Stream
 
 SEND_CHUNK = 4 * 1024 * 1024  # DATA frame size for large files (one sendfile each)
 SMALL_FILE = 256 * 1024  # below this a body is read, hashed and sent in one sendmsg
+# Small files' frames are gathered until this much waits, then leave in one sendmsg
+# (the caller flushes the rest before it waits for anything).
+GATHER_BYTES = 256 * 1024
 
 Core = s.ServerSession | s.ClientSession
 
@@ -37,12 +40,15 @@ async def send_body(core: Core, stream: Stream, request: int, fd: int, size: int
                     progress: Callable[[int], None] | None = None) -> bytes:
     """Send ``size`` bytes of ``fd`` as DATA (and HOLE) frames, then DONE; the digest.
 
-    Small files are read, hashed and sent with their frames in one sendmsg; large ones
-    go out with sendfile while a worker thread hashes the same bytes.
+    Small files are read and hashed, their frames queued in the core and sent together
+    with those of other small files once ``GATHER_BYTES`` wait (the caller flushes the
+    core before it waits for anything); large ones go out with sendfile while a worker
+    thread hashes the same bytes.
     """
     if size <= SMALL_FILE and not sparse:
         digest = _send_small(core, request, fd, size)
-        await stream.send(core.buffers_to_send())
+        if core.unsent >= GATHER_BYTES:
+            await stream.send(core.buffers_to_send())
         if progress:
             progress(size)
         return digest
@@ -70,15 +76,19 @@ async def send_body(core: Core, stream: Stream, request: int, fd: int, size: int
     return digest
 
 
-def _send_small(core: Core, request: int, fd: int, size: int) -> bytes:
+def read_whole(fd: int, size: int) -> bytes:
+    """The ``size`` bytes of a small file, read at once."""
     data = os.pread(fd, size, 0) if size else b""
     if len(data) != size:
         raise StorageError("the file shrank while it was being sent")
-    hasher = digests.new_hasher(core.digest_feature)
-    hasher.update(data)
+    return data
+
+
+def _send_small(core: Core, request: int, fd: int, size: int) -> bytes:
+    data = read_whole(fd, size)
     if data:
         core.data(request, data)
-    digest = hasher.digest()
+    digest = digests.digest_of(data, core.digest_feature)
     _finish(core, request, digest)
     return digest
 

@@ -23,16 +23,26 @@ from sockferry.errors import (
     SockferryError,
     StorageError,
 )
+from sockferry.ferry import digests
 from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
-from sockferry.ferry.bodies import Sink, TransferCancelled, send_body
+from sockferry.ferry.bodies import (
+    GATHER_BYTES,
+    Sink,
+    TransferCancelled,
+    read_whole,
+    send_body,
+)
 from sockferry.ferry.codes import exception_for
 from sockferry.sockets import Address, connect, storage_error
 from sockferry.storage import AtomicFile, Entry, is_sparse
 from sockferry.streams import SocketStream, Stream
 
-RECV_BUFFER = 1024 * 1024
 Progress = Callable[[int], None]
+# Files up to this size go as one PUT_INLINE frame where the server offers INLINE: the
+# frame's 64 KiB bound would allow more, but past a few pages the saved frames matter
+# little and a larger frame is copied once more by the receiver's parser.
+INLINE_FILE = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -65,27 +75,30 @@ class FerryClient:
 
     @classmethod
     async def connect(cls, address: Address, token: bytes, *, timeout_s: float = 10.0,
-                      idle_timeout_s: float = 120.0) -> FerryClient:
-        """Connect, authenticate both ways, and start reading."""
+                      idle_timeout_s: float = 120.0,
+                      features: int = m.ALL_FEATURES) -> FerryClient:
+        """Connect, authenticate both ways, and start reading.  ``features``: what to
+        offer (fewer to behave as an older client would)."""
         sock = await connect(address, timeout_s)
-        return await cls.start(SocketStream(sock, idle_timeout_s), token, timeout_s=timeout_s)
+        return await cls.start(SocketStream(sock, idle_timeout_s), token, timeout_s=timeout_s,
+                               features=features)
 
     @classmethod
-    async def start(cls, stream: Stream, token: bytes, *, timeout_s: float) -> FerryClient:
+    async def start(cls, stream: Stream, token: bytes, *, timeout_s: float,
+                    features: int = m.ALL_FEATURES) -> FerryClient:
         """Authenticate both ways over a connected ``stream``, and start reading."""
-        session = s.ClientSession(token, os.urandom(m.NONCE_BYTES))
+        session = s.ClientSession(token, os.urandom(m.NONCE_BYTES), features=features)
         client = cls(stream, session)
         try:
             await stream.send(session.buffers_to_send())
-            buffer = bytearray(4096)
             async with asyncio.timeout(timeout_s):
                 while session.state is s.ConnState.AWAIT_REPLY:
-                    n = await stream.recv_into(buffer)
-                    if n == 0:
+                    data = await stream.receive()
+                    if not data:
                         raise NetworkError(f"{stream.peer} closed the connection during the "
                                            "handshake — is it a sockferry server?",
                                            address=stream.peer)
-                    session.receive_data(memoryview(buffer)[:n])
+                    session.receive_data(data)
             await stream.send(session.buffers_to_send())  # our AUTH
         except TimeoutError:
             stream.close()
@@ -103,14 +116,12 @@ class FerryClient:
     # -- reading ------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        buffer = bytearray(RECV_BUFFER)
-        view = memoryview(buffer)
         try:
             while True:
-                n = await self.stream.recv_into(buffer)
-                self.session.receive_data(view[:n])
-                self._handle_events()
-                if n == 0:
+                data = await self.stream.receive()
+                self.session.receive_data(data)
+                self._handle_events()  # consumes every view of ``data``
+                if not data:
                     break
             if self._commits:  # files received in full are still being fsynced
                 await asyncio.gather(*self._commits)
@@ -262,6 +273,7 @@ class FerryClient:
             self._check_alive()
             if self.session.window_open:
                 return
+            await self._flush()  # what is gathered must leave before we wait
             self._slot_freed.clear()
             await self._slot_freed.wait()
 
@@ -271,7 +283,14 @@ class FerryClient:
         return future
 
     async def _flush(self) -> None:
-        await self.stream.send(self.session.buffers_to_send())
+        buffers = self.session.buffers_to_send()
+        if buffers:
+            await self.stream.send(buffers)
+
+    async def _gathered(self) -> None:
+        """Send what waits once there is enough of it (requests pipeline meanwhile)."""
+        if self.session.unsent >= GATHER_BYTES:
+            await self._flush()
 
     async def stat(self, path: str) -> Entry:
         await self._slot()
@@ -301,15 +320,21 @@ class FerryClient:
         await self._slot()
         future = self._track(self.session.get(remote), s.Kind.GET, local_path=local,
                              keep_mtime=keep_mtime, umask=self._umask, progress=progress)
-        await self._flush()
+        await self._gathered()
         return future
 
     async def start_put(self, local: str, remote: str, *, keep_mtime: bool = False,
-                        progress: Progress | None = None) -> asyncio.Future[object]:
-        """Send one local file; the future settles with the size when it is committed."""
-        fd, st = open_local_file(local)
+                        progress: Progress | None = None,
+                        opened: tuple[int, os.stat_result] | None = None,
+                        ) -> asyncio.Future[object]:
+        """Send one local file (``opened``: already opened with ``open_local_file``; its
+        fd is closed here); the future settles with the size when it is committed."""
+        fd, st = opened or open_local_file(local)
         try:
             await self._slot()
+            if st.st_size <= INLINE_FILE and self.session.features & m.Feature.INLINE \
+                    and m.inline_fits(remote, st.st_size):
+                return await self._put_inline(local, remote, fd, st, keep_mtime, progress)
             request = self.session.put(remote, st.st_size, stat_module.S_IMODE(st.st_mode),
                                        st.st_mtime_ns, keep_mtime)
             future = self._track(request, s.Kind.PUT)
@@ -333,6 +358,23 @@ class FerryClient:
         finally:
             os.close(fd)
 
+    async def _put_inline(self, local: str, remote: str, fd: int, st: os.stat_result,
+                          keep_mtime: bool, progress: Progress | None,
+                          ) -> asyncio.Future[object]:
+        """A small file as one PUT_INLINE frame, gathered with others into one sendmsg."""
+        try:
+            data = read_whole(fd, st.st_size)
+        except StorageError as exc:
+            raise StorageError(f"{local}: {exc}", errno=exc.errno, path=local) from exc
+        digest = digests.digest_of(data, self.session.digest_feature)
+        request = self.session.put_inline(remote, data, stat_module.S_IMODE(st.st_mode),
+                                          st.st_mtime_ns, keep_mtime, digest)
+        future = self._track(request, s.Kind.PUT)
+        await self._gathered()
+        if progress:
+            progress(st.st_size)
+        return future
+
     async def _cancel(self, request: int) -> None:
         self.session.cancel(request)
         if request not in self.session.requests:
@@ -343,6 +385,8 @@ class FerryClient:
     async def finish(self) -> None:
         """Half-close, wait for every verdict and for the server to close, then close."""
         try:
+            self._check_alive()
+            await self._flush()
             self.stream.shutdown_write()
             if self._reader is not None:
                 await self._reader

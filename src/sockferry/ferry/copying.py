@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sockferry.errors import PathRefused, PeerRefused, SockferryError, StorageError, UsageError
-from sockferry.ferry.client import FerryClient
+from sockferry.ferry.client import FerryClient, open_local_file
 from sockferry.ferry.messages import ErrorCode
 from sockferry.sockets import storage_error
 from sockferry.storage import Entry, Kind, split_client_path
@@ -121,10 +121,11 @@ async def _send_one(client: FerryClient, source: str, target: str, keep_mtime: b
                     reporter: Reporter, waiting: list[_Waiting],
                     failed: list[Outcome]) -> None:
     try:
-        size = os.stat(source).st_size
+        opened = open_local_file(source)
+        size = opened[1].st_size
         progress = reporter.progress_for(target, source, size)
         future = await client.start_put(source, target, keep_mtime=keep_mtime,
-                                        progress=progress)
+                                        progress=progress, opened=opened)
     except StorageError as exc:
         reporter.done(target)
         failed.append(Outcome(source, target, 0, exc))

@@ -11,7 +11,8 @@ import blake3
 
 from sockferry.ferry.messages import Feature
 
-__all__ = ["Feature", "Hasher", "hash_fd", "name_of", "new_hasher", "update_zeros"]
+__all__ = ["Feature", "Hasher", "digest_of", "hash_fd", "name_of", "new_hasher",
+           "update_zeros"]
 
 HASH_CHUNK = 1024 * 1024
 _ZEROS = memoryview(bytes(HASH_CHUNK))
@@ -27,6 +28,13 @@ def new_hasher(feature: Feature) -> Hasher:
     if feature is Feature.DIGEST_BLAKE3:
         return blake3.blake3()
     return hashlib.sha256()
+
+
+def digest_of(data: bytes | bytearray | memoryview, feature: Feature) -> bytes:
+    """The digest of a whole small body."""
+    if feature is Feature.DIGEST_BLAKE3:
+        return bytes(blake3.blake3(data).digest())
+    return hashlib.sha256(data).digest()
 
 
 def name_of(feature: Feature) -> str:

@@ -35,6 +35,9 @@ MAX_MESSAGE_BYTES = 1024  # error texts are one sentence
 MAX_FILE_SIZE = 2**63 - 1  # sizes are u64 on the wire; Linux off_t is signed 64-bit
 MAX_ENTRIES_PER_FRAME = 0xFFFF
 STAT_ENTRY = struct.Struct("!BIQq")  # kind, mode, size, mtime_ns
+PUT_FIELDS = struct.Struct("!QIqH")  # size, mode, mtime_ns, path length (PUT, PUT_INLINE)
+# PUT_INLINE: its fixed fields and digest around the path and the content.
+INLINE_OVERHEAD = PUT_FIELDS.size + DIGEST_BYTES
 
 
 class FrameType(IntEnum):
@@ -50,6 +53,7 @@ class FrameType(IntEnum):
     STAT = 0x16
     MKDIR = 0x17
     HOLE = 0x18
+    PUT_INLINE = 0x1F  # INLINE: a small file's PUT, DATA and DONE in one frame
     OK = 0x20
     FILE = 0x21
     ENTRIES = 0x22
@@ -63,10 +67,11 @@ class Feature(IntFlag):
     DIGEST_BLAKE3 = 0x1
     DIGEST_SHA256 = 0x2
     SPARSE = 0x4  # HOLE frames may stand for runs of zero bytes
+    INLINE = 0x10  # PUT_INLINE frames may carry small files whole
 
 
 DIGEST_FEATURES = Feature.DIGEST_BLAKE3 | Feature.DIGEST_SHA256
-ALL_FEATURES = DIGEST_FEATURES | Feature.SPARSE
+ALL_FEATURES = DIGEST_FEATURES | Feature.SPARSE | Feature.INLINE
 
 
 class PutFlag(IntFlag):
@@ -139,6 +144,19 @@ class Put:
     size: int
     mode: int
     mtime_ns: int
+    flags: PutFlag = PutFlag.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class PutInline:
+    """A whole small file: PUT, its one DATA and its DONE in one frame (INLINE)."""
+
+    request: int
+    path: str
+    mode: int
+    mtime_ns: int
+    data: bytes
+    digest: bytes
     flags: PutFlag = PutFlag.NONE
 
 
@@ -238,8 +256,8 @@ class Error:
     message: str
 
 
-Message = (Hello | HelloReply | Auth | Put | Data | DataChunk | Hole | Done | Cancel | Get
-           | ListDir | Stat | Mkdir | Ok | FileHeader | Entries | Committed | Error)
+Message = (Hello | HelloReply | Auth | Put | PutInline | Data | DataChunk | Hole | Done
+           | Cancel | Get | ListDir | Stat | Mkdir | Ok | FileHeader | Entries | Committed | Error)
 
 
 # ------------------------------------------------------------------------------------
@@ -280,6 +298,26 @@ def _encode_put(x: Put) -> bytes:
     return frame(FrameType.PUT, x.request, _path(w, x.path).getvalue(), x.flags)
 
 
+def encode_put_inline(request: int, path: str, mode: int, mtime_ns: int, data: bytes,
+                      digest: bytes, flags: int = 0) -> bytes:
+    """A PUT_INLINE frame, packed in one go (it is sent once per small file)."""
+    raw = path.encode("utf-8", "surrogateescape")
+    if len(raw) > MAX_PATH_BYTES:
+        raise ValueError(f"path of {len(raw)} bytes is over the limit of {MAX_PATH_BYTES}")
+    length = INLINE_OVERHEAD + len(raw) + len(data)
+    if length > MAX_CONTROL_BODY:
+        raise ValueError(f"{len(data)} bytes do not fit a PUT_INLINE frame")
+    return b"".join((HEADER.pack(FrameType.PUT_INLINE, flags, 0, request, length),
+                     PUT_FIELDS.pack(len(data), mode, mtime_ns, len(raw)), raw, data,
+                     _exact(digest, DIGEST_BYTES, "digest")))
+
+
+def inline_fits(path: str, size: int) -> bool:
+    """Whether a file of ``size`` bytes at ``path`` fits one PUT_INLINE frame."""
+    return INLINE_OVERHEAD + len(path.encode("utf-8", "surrogateescape")) + size \
+        <= MAX_CONTROL_BODY
+
+
 def _encode_hole(x: Hole) -> bytes:
     if x.length <= 0:
         raise ValueError("a HOLE must be at least one byte long")
@@ -308,6 +346,8 @@ _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     HelloReply: _encode_hello_reply,
     Auth: lambda x: frame(FrameType.AUTH, 0, _exact(x.proof, PROOF_BYTES, "proof")),
     Put: _encode_put,
+    PutInline: lambda x: encode_put_inline(x.request, x.path, x.mode, x.mtime_ns, x.data,
+                                           x.digest, x.flags),
     Hole: _encode_hole,
     Done: lambda x: frame(FrameType.DONE, x.request, _exact(x.digest, DIGEST_BYTES, "digest")),
     Cancel: lambda x: frame(FrameType.CANCEL, x.request),
@@ -409,6 +449,22 @@ def _decode_put(r: Reader, request: int, flags: int) -> Put:
     return Put(request, _read_path(r), size, mode, mtime, PutFlag(flags & PutFlag.KEEP_MTIME))
 
 
+def _decode_put_inline(r: Reader, request: int, flags: int) -> PutInline:
+    size, mode, mtime, path_length = r.unpack(PUT_FIELDS)
+    if path_length > MAX_PATH_BYTES:
+        raise MalformedPacket(f"path of {path_length} bytes is over the limit of "
+                              f"{MAX_PATH_BYTES}")
+    try:
+        path = r.read(path_length).decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedPacket("path is not valid UTF-8") from None
+    if size != r.remaining - DIGEST_BYTES:  # the frame's length bounds it (64 KiB)
+        raise MalformedPacket(f"PUT_INLINE announces {size} bytes but carries "
+                              f"{r.remaining - DIGEST_BYTES}")
+    return PutInline(request, path, mode, mtime, r.read(size), r.read(DIGEST_BYTES),
+                     PutFlag(flags & PutFlag.KEEP_MTIME))
+
+
 def _decode_hole(r: Reader, request: int, flags: int) -> Hole:
     length = _read_size(r)
     if length == 0:
@@ -437,6 +493,7 @@ _DECODERS: dict[FrameType, Callable[[Reader, int, int], Message]] = {
     FrameType.HELLO_REPLY: _decode_hello_reply,
     FrameType.AUTH: lambda r, q, f: Auth(r.read(PROOF_BYTES)),
     FrameType.PUT: _decode_put,
+    FrameType.PUT_INLINE: _decode_put_inline,
     FrameType.DONE: lambda r, q, f: Done(q, r.read(DIGEST_BYTES)),
     FrameType.HOLE: _decode_hole,
     FrameType.CANCEL: lambda r, q, f: Cancel(q),

@@ -16,8 +16,9 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sockferry.errors import (
     AuthenticationFailed,
@@ -30,7 +31,7 @@ from sockferry.errors import (
 from sockferry.ferry import digests
 from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
-from sockferry.ferry.bodies import Sink, TransferCancelled, send_body
+from sockferry.ferry.bodies import GATHER_BYTES, Sink, TransferCancelled, send_body
 from sockferry.ferry.codes import code_for
 from sockferry.sockets import (
     Address,
@@ -40,9 +41,12 @@ from sockferry.sockets import (
 )
 from sockferry.storage import (
     DEFAULT_UMASK,
+    DirCache,
+    Durability,
     Entry,
     Root,
     capped_mode,
+    commit_group,
     is_sparse,
 )
 from sockferry.streams import SocketStream, Stream
@@ -50,8 +54,7 @@ from sockferry.units import format_bytes, format_rate
 
 log = logging.getLogger("sockferry.ferry")
 
-RECV_BUFFER = 1024 * 1024
-MAX_COMMITS_IN_FLIGHT = 16  # fsync+rename threads per connection
+MAX_COMMITS_IN_FLIGHT = 16  # fsync+rename threads per connection (--fsync each)
 FLUSH_ON_CLOSE_S = 2.0
 
 
@@ -65,6 +68,8 @@ class ServerConfig:
     idle_timeout_s: float = 120.0
     max_file_size: int = m.MAX_FILE_SIZE
     backlog: int = 128
+    durability: Durability = Durability.BATCH
+    features: int = m.ALL_FEATURES  # fewer to behave as an older server would
 
 
 @dataclass(slots=True)
@@ -75,6 +80,15 @@ class Upload:
     mode: int
     mtime_ns: int | None
     started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """An upload whose content matched the sender's digest, waiting to be committed."""
+
+    request: int
+    digest: bytes
+    upload: Upload
 
 
 class FerryServer:
@@ -182,11 +196,14 @@ class Connection:
         self.config = server.config
         self.stream = stream
         self.session = s.ServerSession(server.config.token, os.urandom(m.NONCE_BYTES),
-                                       max_requests=server.config.max_requests)
+                                       max_requests=server.config.max_requests,
+                                       features=server.config.features)
         self.uploads: dict[int, Upload] = {}
         self.jobs: deque[s.GetRequested | s.ListRequested] = deque()
         self.cancelled: set[int] = set()
         self.commits: set[asyncio.Task[None]] = set()
+        self.verified: list[Verified] = []  # the next group to commit (--fsync batch)
+        self.dirs = DirCache(self.root)
         self.commit_slots = asyncio.Semaphore(MAX_COMMITS_IN_FLIGHT)
         self.path_locks: dict[str, asyncio.Lock] = {}
         self.wake = asyncio.Event()
@@ -195,6 +212,7 @@ class Connection:
         self.auth = "not authenticated"
         self.started = time.monotonic()
         self.peer = self.stream.peer
+        self._handlers = self._handler_table()
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -239,6 +257,12 @@ class Connection:
                 await self.stream.send(self.session.buffers_to_send())
 
     def _abort_everything(self) -> None:
+        for verified in self.verified:
+            upload = verified.upload
+            upload.sink.file.abort()
+            self._log_file("PUT", upload.path, upload.size, upload.started,
+                           "aborted: the connection ended before it was committed")
+        self.verified.clear()
         for upload in self.uploads.values():
             upload.sink.file.abort()
             self._log_file("PUT", upload.path, upload.sink.file.written, upload.started,
@@ -246,66 +270,84 @@ class Connection:
         self.uploads.clear()
         for task in self.commits:
             task.cancel()
+        self.dirs.close()
 
     # -- reading ------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        buffer = bytearray(RECV_BUFFER)
-        view = memoryview(buffer)
         while True:
-            n = await self.stream.recv_into(buffer)
-            self.session.receive_data(view[:n])
+            data = await self.stream.receive()
+            self.session.receive_data(data)
             if self.session.state is s.ConnState.AWAIT_AUTH:
                 # Our proof is out; a client with another token hangs up here.
                 self.auth = ("authentication failed (the client hung up before proving "
                              "it knows the token)")
-            self._handle_events()
+            self._handle_events()  # consumes every view of ``data`` before the next await
             self.wake.set()
-            if n == 0:
+            if not data:
                 return
 
     def _handle_events(self) -> None:
+        handlers = self._handlers
         while (event := self.session.next_event()) is not None:
-            match event:
-                case s.ClientAuthenticated():
-                    self.auth = (f"authenticated (client {event.software}, "
-                                 f"{digests.name_of(self.session.digest_feature)})")
-                case s.PutRequested():
-                    self._on_put(event)
-                case s.DataReceived():
-                    self._on_body(event.request, event.data)
-                case s.HoleReceived():
-                    self._on_body(event.request, event.length)
-                case s.PutFinished():
-                    self._on_put_finished(event)
-                case s.RequestCancelled():
-                    self._on_cancel(event.request)
-                case s.GetRequested() | s.ListRequested():
-                    self.jobs.append(event)
-                case s.StatRequested():
-                    self._on_stat(event)
-                case s.MkdirRequested():
-                    self._on_mkdir(event)
-                case s.InputEnded():
-                    self._on_input_ended()
-                case _:
-                    raise AssertionError(f"server core emitted {event!r}")
+            handler = handlers.get(type(event))
+            if handler is None:
+                raise AssertionError(f"server core emitted {event!r}")
+            handler(event)
+
+    def _handler_table(self) -> dict[type, Callable[[Any], None]]:
+        """One handler per event the server core emits."""
+        return {
+            s.ClientAuthenticated: self._on_authenticated,
+            s.PutRequested: self._on_put,
+            s.SmallFileReceived: self._on_small_file,
+            s.DataReceived: lambda e: self._on_body(e.request, e.data),
+            s.HoleReceived: lambda e: self._on_body(e.request, e.length),
+            s.PutFinished: self._on_put_finished,
+            s.RequestCancelled: lambda e: self._on_cancel(e.request),
+            s.GetRequested: self.jobs.append,
+            s.ListRequested: self.jobs.append,
+            s.StatRequested: self._on_stat,
+            s.MkdirRequested: self._on_mkdir,
+            s.InputEnded: lambda _e: self._on_input_ended(),
+        }
+
+    def _on_authenticated(self, event: s.ClientAuthenticated) -> None:
+        self.auth = (f"authenticated (client {event.software}, "
+                     f"{digests.name_of(self.session.digest_feature)})")
 
     def _on_put(self, event: s.PutRequested) -> None:
-        if event.size > self.config.max_file_size:
-            self._refuse(event.request, "PUT", event.path, m.ErrorCode.TOO_LARGE,
-                         f"'{event.path}' is {event.size} bytes; this server accepts at "
+        upload = self._start_upload(event.request, event.path, event.size, event.mode,
+                                    event.mtime_ns if event.keep_mtime else None)
+        if upload is not None:
+            self.uploads[event.request] = upload
+
+    def _start_upload(self, request: int, path: str, size: int, mode: int,
+                      mtime_ns: int | None) -> Upload | None:
+        if size > self.config.max_file_size:
+            self._refuse(request, "PUT", path, m.ErrorCode.TOO_LARGE,
+                         f"'{path}' is {size} bytes; this server accepts at "
                          f"most {self.config.max_file_size}")
+            return None
+        try:
+            file = self.root.create(path, self.dirs)
+        except StorageError as exc:
+            self._refuse(request, "PUT", path, code_for(exc), str(exc))
+            return None
+        return Upload(path, Sink(file, self.session.digest_feature), size,
+                      capped_mode(mode, self.config.umask), mtime_ns)
+
+    def _on_small_file(self, event: s.SmallFileReceived) -> None:
+        upload = self._start_upload(event.request, event.path, len(event.data), event.mode,
+                                    event.mtime_ns if event.keep_mtime else None)
+        if upload is None:
             return
         try:
-            file = self.root.create(event.path)
+            upload.sink.receive(event.data)
         except StorageError as exc:
-            self._refuse(event.request, "PUT", event.path, code_for(exc), str(exc))
+            self._refuse(event.request, "PUT", upload.path, code_for(exc), str(exc))
             return
-        self.uploads[event.request] = Upload(
-            event.path, Sink(file, self.session.digest_feature), event.size,
-            capped_mode(event.mode, self.config.umask),
-            event.mtime_ns if event.keep_mtime else None)
+        self._verify(event.request, event.digest, upload)
 
     def _on_body(self, request: int, piece: bytes | memoryview | int) -> None:
         upload = self.uploads.get(request)
@@ -321,35 +363,92 @@ class Connection:
         upload = self.uploads.pop(event.request, None)
         if upload is None:
             return  # already refused (disk full, ...): the reply has been sent
-        if not upload.sink.matches(event.digest):
+        self._verify(event.request, event.digest, upload)
+
+    def _verify(self, request: int, digest: bytes, upload: Upload) -> None:
+        """Check the whole content against the sender's digest, then commit it as
+        --fsync says."""
+        if not upload.sink.matches(digest):
             upload.sink.file.abort()
-            self._refuse(event.request, "PUT", upload.path, m.ErrorCode.DIGEST_MISMATCH,
+            self._refuse(request, "PUT", upload.path, m.ErrorCode.DIGEST_MISMATCH,
                          f"digest mismatch for '{upload.path}': the data was damaged in "
                          "transit or the file changed while it was sent; nothing was "
                          "written")
             return
-        task = asyncio.get_running_loop().create_task(self._commit(event, upload))
+        verified = Verified(request, digest, upload)
+        match self.config.durability:
+            case Durability.NONE:
+                self._commit_now(verified)
+            case Durability.BATCH:
+                self.verified.append(verified)
+                if len(self.verified) == 1 and not self.commits:
+                    self._spawn_commit(self._commit_groups())
+            case Durability.EACH:
+                self._spawn_commit(self._commit_one(verified))
+
+    def _spawn_commit(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self.commits.add(task)
         task.add_done_callback(self.commits.discard)
 
-    async def _commit(self, event: s.PutFinished, upload: Upload) -> None:
+    def _commit_now(self, verified: Verified) -> None:
+        """--fsync none: rename at once, on the loop (no fsync, so nothing blocks)."""
+        upload = verified.upload
+        try:
+            upload.sink.file.commit(upload.mode, upload.mtime_ns, clobber=self.config.clobber,
+                                    durable=False)
+        except StorageError as exc:
+            self._refuse(verified.request, "PUT", upload.path, code_for(exc), str(exc),
+                         upload.started, upload.size)
+        else:
+            self._committed(verified)
+
+    async def _commit_groups(self) -> None:
+        """--fsync batch: what was verified while a group was being made durable forms
+        the next group; one worker-thread job and one send per group, in request order."""
+        while self.verified:
+            group, self.verified = self.verified, []
+            outcomes = await asyncio.to_thread(
+                commit_group, [(v.upload.sink.file, v.upload.mode, v.upload.mtime_ns)
+                               for v in group], clobber=self.config.clobber)
+            for verified, error in zip(group, outcomes, strict=True):
+                if error is None:
+                    self._committed(verified)
+                else:
+                    upload = verified.upload
+                    self._refuse(verified.request, "PUT", upload.path, code_for(error),
+                                 str(error), upload.started, upload.size)
+            self.wake.set()
+        self._leave_commits()
+
+    async def _commit_one(self, verified: Verified) -> None:
+        """--fsync each: this file and its directory fsynced on their own."""
+        upload = verified.upload
         lock = self.path_locks.setdefault(upload.path, asyncio.Lock())
         async with self.commit_slots, lock:  # same path twice: commit in request order
             try:
                 await asyncio.to_thread(upload.sink.file.commit, upload.mode, upload.mtime_ns,
                                         clobber=self.config.clobber)
             except StorageError as exc:
-                self._refuse(event.request, "PUT", upload.path, code_for(exc), str(exc),
+                self._refuse(verified.request, "PUT", upload.path, code_for(exc), str(exc),
                              upload.started, upload.size)
             else:
-                self.session.commit(event.request, upload.size, event.digest)
-                self.files += 1
-                self._log_file("PUT", upload.path, upload.size, upload.started, "ok")
+                self._committed(verified)
         if not lock.locked():
             self.path_locks.pop(upload.path, None)
+        self._leave_commits()
+
+    def _leave_commits(self) -> None:
         # Leave the set before waking the writer: it exits once no commit is left.
         self.commits.discard(asyncio.current_task())
         self.wake.set()
+
+    def _committed(self, verified: Verified) -> None:
+        upload = verified.upload
+        self.session.commit(verified.request, upload.size, verified.digest)
+        self.files += 1
+        self._log_file("PUT", upload.path, upload.size, upload.started, "ok",
+                       logging.DEBUG)
 
     def _on_cancel(self, request: int) -> None:
         upload = self.uploads.pop(request, None)
@@ -391,9 +490,13 @@ class Connection:
         self._log_file(verb, path, nbytes, started, f"refused: {message}")
 
     def _log_file(self, verb: str, path: str, nbytes: int, started: float | None,
-                  result: str) -> None:
+                  result: str, level: int = logging.INFO) -> None:
+        """One line per file: failures at info, successes at debug (the connection's
+        summary line counts them; a line per small file would cost more than the file)."""
+        if not log.isEnabledFor(level):
+            return
         elapsed = time.monotonic() - started if started is not None else 0.0
-        log.info("%s: %s '%s' %s in %.3f s (%s): %s", self.peer, verb, path,
+        log.log(level, "%s: %s '%s' %s in %.3f s (%s): %s", self.peer, verb, path,
                  format_bytes(nbytes), elapsed, format_rate(nbytes, elapsed), result)
 
     # -- writing ------------------------------------------------------------------------
@@ -405,16 +508,17 @@ class Connection:
 
     async def _write_loop(self) -> None:
         while True:
-            await self._flush()
             if self.jobs:
                 job = self.jobs.popleft()
                 if isinstance(job, s.GetRequested):
                     await self._send_file(job)
                 else:
                     await self._send_listing(job)
+                if self.session.unsent >= GATHER_BYTES:  # small files' frames, gathered
+                    await self._flush()
                 continue
+            await self._flush()
             if self.input_done and not self.commits:
-                await self._flush()
                 return
             await self.wake.wait()
             self.wake.clear()
@@ -449,7 +553,7 @@ class Connection:
                          started)
         else:
             self.files += 1
-            self._log_file("GET", job.path, st.st_size, started, "ok")
+            self._log_file("GET", job.path, st.st_size, started, "ok", logging.DEBUG)
         finally:
             os.close(fd)
             self.cancelled.discard(job.request)

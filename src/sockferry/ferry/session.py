@@ -101,6 +101,19 @@ class PutRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class SmallFileReceived:
+    """A whole file in one frame (PUT_INLINE): the request now awaits its verdict."""
+
+    request: int
+    path: str
+    mode: int
+    mtime_ns: int
+    keep_mtime: bool
+    data: bytes
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class DataReceived:
     """File bytes; ``data`` may view the fed buffer: consume before the next feed."""
 
@@ -201,7 +214,8 @@ class InputEnded:
     open_requests: tuple[int, ...]
 
 
-Event = (ClientAuthenticated | ServerVerified | PutRequested | DataReceived | HoleReceived
+Event = (ClientAuthenticated | ServerVerified | PutRequested | SmallFileReceived
+         | DataReceived | HoleReceived
          | PutFinished
          | RequestCancelled | GetRequested | ListRequested | StatRequested | MkdirRequested
          | PutCommitted | MkdirDone | FileStarted | FileFinished | EntriesReceived
@@ -231,6 +245,7 @@ class _Session:
         self._nonce = nonce
         self._parser = m.FrameParser()
         self._out: list[bytes | memoryview] = []
+        self.unsent = 0  # bytes in ``_out``: drivers gather small frames up to a limit
         self._events: deque[Event] = deque()
         self.requests: dict[int, Request] = {}
         self.state = ConnState.READY
@@ -261,6 +276,7 @@ class _Session:
     def buffers_to_send(self) -> list[bytes | memoryview]:
         """What to send, as a list for sendmsg scatter/gather (file chunks uncopied)."""
         out, self._out = self._out, []
+        self.unsent = 0
         return out
 
     def next_event(self) -> Event | None:
@@ -273,7 +289,9 @@ class _Session:
     # -- internals ----------------------------------------------------------------------
 
     def _emit(self, message: m.Message) -> None:
-        self._out.append(m.encode(message))
+        frame = m.encode(message)
+        self._out.append(frame)
+        self.unsent += len(frame)
 
     def _dispatch(self, message: m.Message) -> None:
         handler = self.TABLE.get((self.state, type(message)))
@@ -332,6 +350,7 @@ class _Session:
                                      f"({state.left} left)")
         state.done += length
         self._out.append(m.data_header(request, length))
+        self.unsent += m.HEADER.size
 
     def _emit_hole(self, request: int, state: Request, length: int) -> None:
         if not self.features & m.Feature.SPARSE:
@@ -363,6 +382,7 @@ class ServerSession(_Session):
         (ConnState.AWAIT_HELLO, m.Hello): "_on_hello",
         (ConnState.AWAIT_AUTH, m.Auth): "_on_auth",
         (ConnState.READY, m.Put): "_on_put",
+        (ConnState.READY, m.PutInline): "_on_put_inline",
         (ConnState.READY, m.Data): "_on_data",
         (ConnState.READY, m.DataChunk): "_on_chunk",
         (ConnState.READY, m.Hole): "_on_hole",
@@ -433,6 +453,17 @@ class ServerSession(_Session):
         self._events.append(PutRequested(message.request, message.path, message.size,
                                          message.mode, message.mtime_ns,
                                          bool(message.flags & m.PutFlag.KEEP_MTIME)))
+
+    def _on_put_inline(self, message: m.PutInline) -> None:
+        if not self.features & m.Feature.INLINE:
+            raise RemoteProtocolError("PUT_INLINE frame without the INLINE feature",
+                                      code=m.ErrorCode.BAD_REQUEST)
+        size = len(message.data)
+        self._open(message.request, Request(Kind.PUT, Phase.AWAIT_REPLY, size=size,
+                                            done=size))
+        self._events.append(SmallFileReceived(
+            message.request, message.path, message.mode, message.mtime_ns,
+            bool(message.flags & m.PutFlag.KEEP_MTIME), message.data, message.digest))
 
     def _on_done(self, message: m.Done) -> None:
         state = self._request(message.request, Phase.RECEIVING, Phase.DISCARDING)
@@ -526,6 +557,7 @@ class ServerSession(_Session):
     def data(self, request: int, chunk: bytes | memoryview) -> None:
         self.data_header(request, len(chunk))
         self._out.append(chunk)
+        self.unsent += len(chunk)
 
     def hole(self, request: int, length: int) -> None:
         self._emit_hole(request, self._local(request, Phase.SENDING), length)
@@ -616,6 +648,21 @@ class ClientSession(_Session):
         self._emit(m.Put(request, path, size, mode, mtime_ns, flags))
         return request
 
+    def put_inline(self, path: str, data: bytes, mode: int, mtime_ns: int, keep_mtime: bool,
+                   digest: bytes) -> int:
+        """A whole small file in one frame (needs INLINE); it then awaits its verdict."""
+        if not self.features & m.Feature.INLINE:
+            raise LocalProtocolError("PUT_INLINE needs the INLINE feature")
+        if not m.inline_fits(path, len(data)):
+            raise LocalProtocolError(f"{len(data)} bytes do not fit a PUT_INLINE frame")
+        request = self._new_request(Request(Kind.PUT, Phase.AWAIT_REPLY, size=len(data),
+                                            done=len(data)))
+        flags = m.PutFlag.KEEP_MTIME if keep_mtime else m.PutFlag.NONE
+        frame = m.encode_put_inline(request, path, mode, mtime_ns, data, digest, flags)
+        self._out.append(frame)
+        self.unsent += len(frame)
+        return request
+
     def data_header(self, request: int, length: int) -> None:
         state = self._local(request, Phase.SENDING)
         if state.cancelled:
@@ -625,6 +672,7 @@ class ClientSession(_Session):
     def data(self, request: int, chunk: bytes | memoryview) -> None:
         self.data_header(request, len(chunk))
         self._out.append(chunk)
+        self.unsent += len(chunk)
 
     def hole(self, request: int, length: int) -> None:
         state = self._local(request, Phase.SENDING)

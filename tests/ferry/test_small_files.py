@@ -1,0 +1,173 @@
+"""Trees of small files: every durability mode, PUT_INLINE against older peers, order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from sockferry.cli.runtime import ExitCode
+from sockferry.ferry import messages as m
+from sockferry.ferry.client import INLINE_FILE, FerryClient
+from sockferry.ferry.copying import send_paths
+from sockferry.sockets import HostPort
+from sockferry.storage import Durability, is_temporary_name
+from tests.ferry.harness import TOKEN, ServerThread, run, run_cli
+
+# Around every size boundary of the sending side: empty, inline, the last inline size,
+# the first PUT, a small PUT gathered with others, and a body that goes by sendfile.
+SIZES = [0, 1, 4096, INLINE_FILE, INLINE_FILE + 1, 70_000, 300 * 1024]
+
+
+def make_tree(top: Path, dirs: int = 4, per_dir: int = 30) -> dict[str, bytes]:
+    """A tree with files of every size above in nested and empty directories."""
+    files: dict[str, bytes] = {}
+    for d in range(dirs):
+        directory = top / f"d{d}" / "inner"
+        directory.mkdir(parents=True)
+        for i in range(per_dir):
+            data = os.urandom(SIZES[(d * per_dir + i) % len(SIZES)])
+            rel = f"d{d}/inner/f{i:03d}"
+            (top / rel).write_bytes(data)
+            (top / rel).chmod(0o600 + (i % 8) * 0o10)
+            files[rel] = data
+    (top / "empty").mkdir()
+    return files
+
+
+def check_tree(copy: Path, source: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        assert (copy / rel).read_bytes() == data, rel
+        assert stat.S_IMODE((copy / rel).stat().st_mode) == \
+            stat.S_IMODE((source / rel).stat().st_mode) & ~0o022
+    assert (copy / "empty").is_dir()
+    assert not [p for p in copy.rglob("*") if is_temporary_name(p.name)]
+
+
+def cli(server: ServerThread, token: Path, *argv: str) -> tuple[int, str, str]:
+    return run_cli(argv[0], "-P", str(server.port), "--token-file", str(token), *argv[1:])
+
+
+@pytest.mark.parametrize("durability", list(Durability), ids=[d.value for d in Durability])
+def test_every_fsync_mode_writes_the_whole_tree(env: dict[str, Path],
+                                                durability: Durability) -> None:
+    tree = env["src"] / "tree"
+    files = make_tree(tree)
+    with ServerThread(env["root"], durability=durability) as server:
+        code, _, err = cli(server, env["token"], "send", "-r", str(tree), "127.0.0.1:")
+        assert code == ExitCode.OK, err
+        code, _, err = cli(server, env["token"], "get", "-r", "127.0.0.1:tree",
+                           str(env["back"]))
+        assert code == ExitCode.OK, err
+    check_tree(env["root"] / "tree", tree, files)
+    check_tree(env["back"] / "tree", tree, files)
+
+
+@pytest.mark.parametrize("older", ["client", "server"])
+def test_a_peer_without_inline_still_gets_every_file(env: dict[str, Path],
+                                                     older: str) -> None:
+    """A version-1 peer that does not know PUT_INLINE: the files go as PUT, DATA, DONE."""
+    tree = env["src"] / "tree"
+    files = make_tree(tree, dirs=2, per_dir=14)
+    without = m.ALL_FEATURES & ~m.Feature.INLINE
+    client_features = without if older == "client" else m.ALL_FEATURES
+    server_features = without if older == "server" else m.ALL_FEATURES
+
+    async def send(port: int) -> None:
+        client = await FerryClient.connect(HostPort("127.0.0.1", port), TOKEN,
+                                           features=client_features)
+        assert not client.session.features & m.Feature.INLINE
+        outcomes = await send_paths(client, [str(tree)], "", recursive=True,
+                                    keep_mtime=False)
+        assert [o.error for o in outcomes if o.error] == []
+
+    with ServerThread(env["root"], features=server_features) as server:
+        run(send(server.port))
+    check_tree(env["root"] / "tree", tree, files)
+
+
+@pytest.mark.parametrize("durability", [Durability.BATCH, Durability.NONE],
+                         ids=["batch", "none"])
+def test_pipelined_puts_of_one_path_commit_in_request_order(env: dict[str, Path],
+                                                            durability: Durability) -> None:
+    versions = [os.urandom(1000 + i) for i in range(60)]
+    for i, data in enumerate(versions):
+        (env["src"] / f"v{i}").write_bytes(data)
+
+    async def send_all(port: int) -> None:
+        client = await FerryClient.connect(HostPort("127.0.0.1", port), TOKEN)
+        futures = [await client.start_put(str(env["src"] / f"v{i}"), "same")
+                   for i in range(len(versions))]
+        await client.finish()
+        assert [f.result() for f in futures] == [len(v) for v in versions]
+
+    with ServerThread(env["root"], durability=durability) as server:
+        run(send_all(server.port))
+    assert (env["root"] / "same").read_bytes() == versions[-1]
+
+
+def test_many_clients_sending_trees_at_once(env: dict[str, Path]) -> None:
+    """Every connection's bytes pass through the one shared receive buffer: none may
+    see another's."""
+    trees = {}
+    for c in range(12):
+        top = env["src"] / f"t{c}"
+        trees[c] = make_tree(top, dirs=2, per_dir=10)
+
+    async def one(port: int, c: int) -> None:
+        client = await FerryClient.connect(HostPort("127.0.0.1", port), TOKEN)
+        outcomes = await send_paths(client, [str(env["src"] / f"t{c}")], "", recursive=True,
+                                    keep_mtime=False)
+        assert [o.error for o in outcomes if o.error] == []
+
+    async def all_at_once(port: int) -> None:
+        async with asyncio.TaskGroup() as group:
+            for c in trees:
+                group.create_task(one(port, c))
+
+    with ServerThread(env["root"]) as server:
+        run(all_at_once(server.port))
+    for c, files in trees.items():
+        check_tree(env["root"] / f"t{c}", env["src"] / f"t{c}", files)
+
+
+def test_a_refused_small_file_does_not_stop_the_others(env: dict[str, Path]) -> None:
+    tree = env["src"] / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "ok1").write_bytes(b"one")
+    (tree / "a" / "blocked").write_bytes(b"two")
+    (tree / "a" / "ok2").write_bytes(b"three")
+    (env["root"] / "tree" / "a" / "blocked").mkdir(parents=True)  # a directory in the way
+    with ServerThread(env["root"]) as server:
+        code, _, err = cli(server, env["token"], "send", "-r", str(tree), "127.0.0.1:")
+    assert code == ExitCode.REFUSED
+    assert "'tree/a/blocked' exists and is a directory" in err
+    assert (env["root"] / "tree" / "a" / "ok1").read_bytes() == b"one"
+    assert (env["root"] / "tree" / "a" / "ok2").read_bytes() == b"three"
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_descriptor_outlives_its_connection(env: dict[str, Path]) -> None:
+    """Cached directories, uploads refused half-way and connections that vanish all give
+    their descriptors back."""
+    tree = env["src"] / "tree"
+    make_tree(tree, dirs=3, per_dir=10)
+    (env["root"] / "tree" / "d0" / "inner" / "f001").mkdir(parents=True)  # refused
+    counts = []
+    for attempt in range(2):  # the first run also sets up the event loop's one-time pipes
+        counts.append(open_fds())
+        with ServerThread(env["root"]) as server:
+            for _ in range(2):
+                code, _, _ = cli(server, env["token"], "send", "-r", str(tree), "127.0.0.1:")
+                assert code == ExitCode.REFUSED
+            code, _, err = cli(server, env["token"], "get", "-r", "127.0.0.1:tree",
+                               str(env["back"] / str(attempt)))
+            assert code == ExitCode.OK, err
+    counts.append(open_fds())
+    assert counts[1] == counts[2], counts
