@@ -65,9 +65,10 @@ class FerryClient:
 
     @classmethod
     async def connect(cls, address: Address, token: bytes, *, timeout_s: float = 10.0,
-                      idle_timeout_s: float = 120.0) -> FerryClient:
-        """Connect, authenticate both ways, and start reading."""
-        sock = await connect(address, timeout_s)
+                      idle_timeout_s: float = 120.0, mptcp: bool = False) -> FerryClient:
+        """Connect (``mptcp``: with Multipath TCP), authenticate both ways, and start
+        reading."""
+        sock = await connect(address, timeout_s, mptcp=mptcp)
         return await cls.start(SocketStream(sock, idle_timeout_s), token, timeout_s=timeout_s)
 
     @classmethod
