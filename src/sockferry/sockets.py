@@ -485,11 +485,33 @@ async def connect_one(target: Resolved, timeout_s: float, *,
     sock.setblocking(False)
     try:
         async with asyncio.timeout(timeout_s):
-            await loop.sock_connect(sock, target.sockaddr)
+            await _connect_nonblocking(loop, sock, target.sockaddr)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+async def _connect_nonblocking(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                               sockaddr: SockAddr) -> None:
+    """connect(2) on a resolved address.  Not ``loop.sock_connect``: asyncio passes the
+    socket's protocol to getaddrinfo, which refuses IPPROTO_MPTCP (EAI_SOCKTYPE)."""
+    code = sock.connect_ex(sockaddr)
+    if code == errno.EINPROGRESS:
+        writable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not writable.done():
+                writable.set_result(None)
+
+        loop.add_writer(sock.fileno(), ready)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(sock.fileno())
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
 
 
 async def connect(address: Address, timeout_s: float = 10.0,
