@@ -497,7 +497,7 @@ async def _connect_nonblocking(loop: asyncio.AbstractEventLoop, sock: socket.soc
     """connect(2) on a resolved address.  Not ``loop.sock_connect``: asyncio passes the
     socket's protocol to getaddrinfo, which refuses IPPROTO_MPTCP (EAI_SOCKTYPE)."""
     code = sock.connect_ex(sockaddr)
-    if code == errno.EINPROGRESS:
+    if code in (errno.EINPROGRESS, errno.EINTR):  # EINTR: still connecting, as EINPROGRESS
         writable: asyncio.Future[None] = loop.create_future()
 
         def ready() -> None:

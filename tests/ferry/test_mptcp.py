@@ -294,3 +294,21 @@ def test_transfer_survives_losing_a_path(paths: TwoPaths, env: dict[str, Path],
     assert source.read_bytes() == (env["root"] / "f.bin").read_bytes()
     # What was left after the cut came over the second path.
     assert after_second - at_cut > size // 4
+
+
+@pytest.mark.parametrize("command", ["serve", "send"])
+def test_mptcp_and_sctp_are_a_usage_error(env: dict[str, Path], command: str) -> None:
+    argv = ([str(env["root"])] if command == "serve"
+            else [str(env["token"]), "127.0.0.1:x"])
+    code, _out, err = run_cli(command, "--mptcp", "--transport", "sctp",
+                              *_token_args(env), *argv)
+    assert code == 2
+    assert "--mptcp and --transport sctp do not go together" in err
+
+
+def test_help_says_what_mptcp_needs() -> None:
+    code, out, _err = run_cli("send", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    for needed in ("several paths", "ip mptcp endpoint", "AF_UNIX", "Falls back"):
+        assert needed in text, needed
