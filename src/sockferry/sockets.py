@@ -5,6 +5,8 @@
 - resolution with getaddrinfo (every result) and reverse names with getnameinfo;
 - listeners: one socket per resolved address, IPV6_V6ONLY set explicitly;
 - connect: each resolved address in turn, bounded by a timeout;
+- the choice of stream protocol over IP: TCP, or Multipath TCP (RFC 8684) with a
+  fallback to TCP where this kernel lacks it (``stream_socket``, ``multipath``);
 - the one place where ``OSError`` becomes a sentence (``network_error``,
   ``storage_error``).
 """
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
+import logging
 import os
 import platform
 import socket
@@ -27,6 +31,8 @@ from sockferry.errors import NetworkError, StorageError, UsageError
 # A socket address as the socket module returns it: (host, port) for IPv4,
 # (host, port, flowinfo, scope_id) for IPv6, a path for AF_UNIX.
 SockAddr = tuple[str, int] | tuple[str, int, int, int] | str
+
+log = logging.getLogger("sockferry.sockets")
 
 DEFAULT_BACKLOG = 128
 MAX_PORT = 65535
@@ -267,6 +273,72 @@ async def reverse_name(sockaddr: SockAddr) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------
+# Stream protocols: TCP, or Multipath TCP
+
+
+class StreamProtocol(enum.IntEnum):
+    """The protocol number of a stream socket over IP (``SO_PROTOCOL``)."""
+
+    TCP = socket.IPPROTO_TCP
+    MPTCP = 262  # IPPROTO_MPTCP; the socket module names it only on some builds
+
+
+TCP_IS_MPTCP = 43  # <linux/tcp.h>, Linux >= 5.16: 1 once the peer agreed to MPTCP
+# What socket() says where the kernel has no MPTCP: not built in, or
+# net.mptcp.enabled = 0 (ENOPROTOOPT), or an old kernel that rejects the number.
+_NO_MPTCP_ERRNOS = frozenset({errno.EPROTONOSUPPORT, errno.ENOPROTOOPT, errno.EINVAL})
+_NO_MPTCP_SAID: set[int] = set()  # errnos logged: say it once per process, not per socket
+
+
+def stream_socket(family: socket.AddressFamily, *, mptcp: bool = False) -> socket.socket:
+    """A TCP socket, or with ``mptcp`` an MPTCP one where this kernel has MPTCP (else
+    TCP, said once at info level).  The one place stream sockets over IP are made."""
+    if mptcp:
+        try:
+            return socket.socket(family, socket.SOCK_STREAM, StreamProtocol.MPTCP)
+        except OSError as exc:
+            if exc.errno not in _NO_MPTCP_ERRNOS:
+                raise
+            if exc.errno not in _NO_MPTCP_SAID:
+                _NO_MPTCP_SAID.add(exc.errno)
+                log.info("this kernel does not offer Multipath TCP (%s); using plain TCP",
+                         exc.strerror or exc)
+    return socket.socket(family, socket.SOCK_STREAM)
+
+
+class Multipath(enum.StrEnum):
+    """Whether a connected stream socket runs Multipath TCP."""
+
+    YES = "Multipath TCP"
+    NO = "plain TCP"
+    UNKNOWN = "MPTCP, if the peer agreed (this kernel cannot tell: it predates 5.16)"
+
+
+def multipath(sock: socket.socket) -> Multipath:
+    """Ask the kernel, after connect or accept: an MPTCP socket whose peer lacks MPTCP
+    falls back to TCP by itself (accepted ones then even report IPPROTO_TCP)."""
+    if sock.family == socket.AF_UNIX:
+        return Multipath.NO
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) != StreamProtocol.MPTCP:
+            return Multipath.NO
+        agreed = sock.getsockopt(socket.IPPROTO_TCP, TCP_IS_MPTCP)
+    except OSError:
+        return Multipath.UNKNOWN
+    return Multipath.YES if agreed else Multipath.NO
+
+
+def describe_multipath(sock: socket.socket) -> str:
+    """``Multipath TCP`` or why not, for logs and --verbose."""
+    state = multipath(sock)
+    if sock.family == socket.AF_UNIX:
+        return "AF_UNIX (MPTCP does not apply)"
+    if state is Multipath.NO:
+        return "plain TCP: MPTCP was not agreed (the peer, or this host, does not offer it)"
+    return str(state)
+
+
+# ---------------------------------------------------------------------------------------
 # Listening
 
 
@@ -308,8 +380,9 @@ def _remove_stale_unix_socket(path: str) -> None:
 
 
 def _inet_socket(family: socket.AddressFamily, kind: socket.SocketKind,
-                 *, dual_stack: bool) -> socket.socket:
-    sock = socket.socket(family, kind)
+                 *, dual_stack: bool, mptcp: bool) -> socket.socket:
+    sock = (stream_socket(family, mptcp=mptcp) if kind == socket.SOCK_STREAM
+            else socket.socket(family, kind))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6:
         # Set explicitly: the system default (net.ipv6.bindv6only) varies between hosts.
@@ -318,12 +391,15 @@ def _inet_socket(family: socket.AddressFamily, kind: socket.SocketKind,
 
 
 async def open_listeners(address: Address, kind: socket.SocketKind = socket.SOCK_STREAM,
-                         backlog: int = DEFAULT_BACKLOG) -> list[socket.socket]:
+                         backlog: int = DEFAULT_BACKLOG, *,
+                         mptcp: bool = False) -> list[socket.socket]:
     """Bound (and, for streams, listening) non-blocking sockets for ``address``.
 
     ``""`` as host gives one dual-stack socket on ``::`` (``0.0.0.0`` where IPv6 is
     missing); a name gives one socket per resolved address.  With port 0 every socket
-    shares the port the kernel picked for the first one.
+    shares the port the kernel picked for the first one.  ``mptcp``: stream sockets
+    over IP listen with Multipath TCP, which still accepts plain TCP clients; AF_UNIX
+    and datagram sockets ignore it.
     """
     if isinstance(address, UnixPath):
         return [_unix_listener(address.path, kind, backlog)]
@@ -341,10 +417,12 @@ async def open_listeners(address: Address, kind: socket.SocketKind = socket.SOCK
             assert not isinstance(sockaddr, str)
             sockaddr = (sockaddr[0], port, *sockaddr[2:])
             try:
-                sock = _inet_socket(target.family, kind, dual_stack=address.host == "")
+                sock = _inet_socket(target.family, kind, dual_stack=address.host == "",
+                                    mptcp=mptcp)
             except OSError as exc:
                 if address.host == "" and exc.errno == errno.EAFNOSUPPORT:
-                    return await open_listeners(HostPort("0.0.0.0", port), kind, backlog)
+                    return await open_listeners(HostPort("0.0.0.0", port), kind, backlog,
+                                                mptcp=mptcp)
                 raise network_error(exc, format_sockaddr(sockaddr), "socket") from exc
             _bind(sock, sockaddr, format_sockaddr(sockaddr))
             if kind == socket.SOCK_STREAM:
@@ -397,23 +475,51 @@ def recv_with_destination(sock: socket.socket, bufsize: int,
 # Connecting
 
 
-async def connect_one(target: Resolved, timeout_s: float) -> socket.socket:
-    """A non-blocking connect (EINPROGRESS, then poll, then SO_ERROR) with a deadline."""
+async def connect_one(target: Resolved, timeout_s: float, *,
+                      mptcp: bool = False) -> socket.socket:
+    """A non-blocking connect (EINPROGRESS, then poll, then SO_ERROR) with a deadline;
+    ``mptcp`` asks for Multipath TCP on a stream target (see ``stream_socket``)."""
     loop = asyncio.get_running_loop()
-    sock = socket.socket(target.family, target.type, target.proto)
+    sock = (stream_socket(target.family, mptcp=mptcp) if target.type == socket.SOCK_STREAM
+            else socket.socket(target.family, target.type, target.proto))
     sock.setblocking(False)
     try:
         async with asyncio.timeout(timeout_s):
-            await loop.sock_connect(sock, target.sockaddr)
+            await _connect_nonblocking(loop, sock, target.sockaddr)
     except BaseException:
         sock.close()
         raise
     return sock
 
 
+async def _connect_nonblocking(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                               sockaddr: SockAddr) -> None:
+    """connect(2) on a resolved address.  Not ``loop.sock_connect``: asyncio passes the
+    socket's protocol to getaddrinfo, which refuses IPPROTO_MPTCP (EAI_SOCKTYPE)."""
+    code = sock.connect_ex(sockaddr)
+    if code in (errno.EINPROGRESS, errno.EINTR):  # EINTR: still connecting, as EINPROGRESS
+        writable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not writable.done():
+                writable.set_result(None)
+
+        loop.add_writer(sock.fileno(), ready)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(sock.fileno())
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
+
+
 async def connect(address: Address, timeout_s: float = 10.0,
-                  kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
-    """Connect to the first resolved address that answers; the timeout covers them all."""
+                  kind: socket.SocketKind = socket.SOCK_STREAM, *,
+                  mptcp: bool = False) -> socket.socket:
+    """Connect to the first resolved address that answers; the timeout covers them all.
+    ``mptcp``: over IP, ask for Multipath TCP (AF_UNIX ignores it); the kernel falls
+    back to TCP by itself when the server lacks it."""
     loop = asyncio.get_running_loop()
     if isinstance(address, UnixPath):
         sock = socket.socket(socket.AF_UNIX, kind)
@@ -435,9 +541,13 @@ async def connect(address: Address, timeout_s: float = 10.0,
         if share <= 0:
             break
         try:
-            return await connect_one(target, share)
+            sock = await connect_one(target, share, mptcp=mptcp)
         except (OSError, TimeoutError) as exc:
             failures.append((target, exc))
+            continue
+        if mptcp:
+            log.info("connected to %s over %s", target, describe_multipath(sock))
+        return sock
     raise _connect_failure(address, failures)
 
 

@@ -59,6 +59,15 @@ def _transport_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--udp-port", type=parse_port, metavar="N",
                         help="with --transport sctp over UDP: the UDP port, when it "
                         "differs from the SCTP port (servers bind it; clients send to it)")
+    parser.add_argument("--mptcp", action="store_true",
+                        help="Multipath TCP (RFC 8684): one connection over several paths "
+                        "at once, for more bandwidth and to survive losing a path. Needs "
+                        "it at both ends (Linux, net.mptcp.enabled=1); extra paths also "
+                        "need addresses configured with 'ip mptcp endpoint' (signal on "
+                        "the server, subflow on the client) and 'ip mptcp limits'. Falls "
+                        "back to plain TCP where this kernel or the peer lacks MPTCP, and "
+                        "says which was used. AF_UNIX (--unix, unix:) ignores it; not "
+                        "with --transport sctp")
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
@@ -207,6 +216,9 @@ def _server_address(args: argparse.Namespace, host: str) -> Address:
 async def _connected(args: argparse.Namespace, address: Address,
                      token: bytes) -> AsyncIterator[FerryClient]:
     """An authenticated client over TCP (or AF_UNIX), or over an SCTP association."""
+    if args.transport == "sctp" and args.mptcp:
+        raise UsageError("--mptcp and --transport sctp do not go together: SCTP has "
+                         "its own multihoming")
     if args.transport == "sctp":
         # The SCTP stacks take a while to import; plain TCP never loads them.
         from sockferry.ferry.association import sctp_client  # noqa: PLC0415
@@ -215,7 +227,8 @@ async def _connected(args: argparse.Namespace, address: Address,
                                udp_port=args.udp_port, timeout_s=args.timeout) as client:
             yield client
         return
-    client = await FerryClient.connect(address, token, timeout_s=args.timeout)
+    client = await FerryClient.connect(address, token, timeout_s=args.timeout,
+                                       mptcp=args.mptcp)
     try:
         yield client
     finally:
@@ -236,7 +249,10 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     config = ServerConfig(token=token, umask=args.umask, clobber=not args.no_clobber,
                           max_connections=args.max_connections,
                           idle_timeout_s=args.idle_timeout, backlog=args.backlog,
-                          durability=Durability(args.fsync))
+                          durability=Durability(args.fsync), mptcp=args.mptcp)
+    if args.transport == "sctp" and args.mptcp:
+        raise UsageError("--mptcp and --transport sctp do not go together: SCTP has "
+                         "its own multihoming")
     sctp = _SctpListen(args.sctp_stack, args.udp_port) if args.transport == "sctp" else None
     return run_async(_serve(args.root, addresses, config, args.grace, sctp))
 

@@ -75,11 +75,12 @@ class FerryClient:
 
     @classmethod
     async def connect(cls, address: Address, token: bytes, *, timeout_s: float = 10.0,
-                      idle_timeout_s: float = 120.0,
+                      idle_timeout_s: float = 120.0, mptcp: bool = False,
                       features: int = m.ALL_FEATURES) -> FerryClient:
-        """Connect, authenticate both ways, and start reading.  ``features``: what to
-        offer (fewer to behave as an older client would)."""
-        sock = await connect(address, timeout_s)
+        """Connect (``mptcp``: with Multipath TCP), authenticate both ways, and start
+        reading.  ``features``: what to offer (fewer to behave as an older client
+        would)."""
+        sock = await connect(address, timeout_s, mptcp=mptcp)
         return await cls.start(SocketStream(sock, idle_timeout_s), token, timeout_s=timeout_s,
                                features=features)
 

@@ -36,6 +36,7 @@ from sockferry.ferry.codes import code_for
 from sockferry.sockets import (
     Address,
     UnixPath,
+    describe_multipath,
     format_sockaddr,
     open_listeners,
 )
@@ -70,6 +71,7 @@ class ServerConfig:
     backlog: int = 128
     durability: Durability = Durability.BATCH
     features: int = m.ALL_FEATURES  # fewer to behave as an older server would
+    mptcp: bool = False  # listen with Multipath TCP (still accepts plain TCP clients)
 
 
 @dataclass(slots=True)
@@ -110,7 +112,7 @@ class FerryServer:
         try:
             for address in addresses:
                 socks = await open_listeners(address, socket.SOCK_STREAM,
-                                             self.config.backlog)
+                                             self.config.backlog, mptcp=self.config.mptcp)
                 self._listeners += socks
                 if isinstance(address, UnixPath):
                     self._unix_paths.append(address.path)
@@ -127,7 +129,7 @@ class FerryServer:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                conn, _addr = await loop.sock_accept(listener)
+                conn, addr = await loop.sock_accept(listener)
             except OSError as exc:
                 # EMFILE/ENFILE/ENOBUFS: out of resources; back off instead of spinning.
                 log.warning("accept on %s failed: %s", format_sockaddr(listener.getsockname()),
@@ -137,6 +139,8 @@ class FerryServer:
             if self.full:
                 _refuse_busy(conn, self.config.max_connections)
                 continue
+            if self.config.mptcp and conn.family != socket.AF_UNIX:
+                log.info("%s: %s", format_sockaddr(addr), describe_multipath(conn))
             self.serve(SocketStream(conn, self.config.idle_timeout_s))
 
     @property
