@@ -37,6 +37,18 @@ IDLE_CONCURRENCY = 100
 # How long `idle` waits for the word to close before closing on its own.
 MAX_HOLD_S = 600.0
 FD_HEADROOM = 256
+# Stop opening idle connections when the machine has less memory than this available
+# (each connection costs the server and this generator a receive buffer; the machine is
+# shared, and running it out of memory would hurt everyone on it).
+MIN_AVAILABLE_BYTES = 2 * 1024**3
+
+
+def available_memory() -> int:
+    with open("/proc/meminfo") as info:
+        for line in info:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/meminfo has no MemAvailable")
 
 
 def raise_fd_limit(needed: int) -> None:
@@ -67,10 +79,15 @@ async def idle(args: argparse.Namespace) -> None:
     gate = asyncio.Semaphore(IDLE_CONCURRENCY)
     clients: list[FerryClient] = []
     errors: Counter[str] = Counter()
+    low_memory = False
 
     async def open_one(index: int) -> None:
+        nonlocal low_memory
         target = HostPort(addresses[index % len(addresses)], args.port)
         async with gate:
+            if low_memory or available_memory() < MIN_AVAILABLE_BYTES:
+                low_memory = True
+                return
             try:
                 clients.append(await FerryClient.connect(target, token,
                                                          timeout_s=args.timeout))
@@ -81,7 +98,9 @@ async def idle(args: argparse.Namespace) -> None:
     await asyncio.gather(*(open_one(i) for i in range(args.count)))
     seconds = time.perf_counter() - started
     emit({"event": "open", "opened": len(clients), "failed": sum(errors.values()),
-          "seconds": seconds, "errors": dict(errors.most_common(5))})
+          "not_tried": args.count - len(clients) - sum(errors.values()),
+          "low_memory": low_memory, "seconds": seconds,
+          "errors": dict(errors.most_common(5))})
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(MAX_HOLD_S):

@@ -277,6 +277,13 @@ def proc_status(pid: int) -> dict[str, int]:
     return values
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -571,7 +578,7 @@ def case_bulk_disk(b: Bench) -> list[Table]:
     """d: the same send onto a real disk, with equal durability for every tool."""
     source = bulk_source(b)
     size = source.stat().st_size
-    table = Table("d", f"{size // MiB} MiB send onto a real disk ({b.disk}), durable",
+    table = Table("d", f"{size // MiB} MiB send onto a real disk (under /var/tmp), durable",
                   "MB/s", "higher")
     table.notes.append("Source on tmpfs, receivers write under /var/tmp. sockferry "
                        "fsyncs before COMMITTED; nc and scp are each followed by "
@@ -693,7 +700,8 @@ def case_idle(b: Bench) -> list[Table]:
                   "", "", reference="")
     table.units = {"RSS before": "MiB", "RSS with all open": "MiB", "RSS after close": "MiB",
                    "VmHWM": "MiB", "bytes per idle connection": "bytes",
-                   "handshakes/s": "1/s", "failed handshakes": "count",
+                   "connections opened": "count", "handshakes/s": "1/s",
+                   "server CPU per handshake": "ms", "failed handshakes": "count",
                    "1 MiB send while open": "s", "fds before": "count",
                    "fds with all open": "count", "fds after close": "count"}
     table.chart_rows = ["bytes per idle connection"]
@@ -723,6 +731,7 @@ def one_idle_round(b: Bench, table: Table, mode: str, count: int, port: int,
                    server: subprocess.Popen[bytes], one_mib: Path, root: Path) -> None:
     pid = server.pid
     before, fds_before = proc_status(pid), fd_count(pid)
+    cpu_before = cpu_seconds(pid)
     gen = b.procs.start(b.pin_client(mode, [
         sys.executable, str(LOADGEN), "idle", "--port", str(port), "--token-file",
         str(b.token), "--count", str(count), "--addresses", ",".join(IDLE_ADDRESSES)]),
@@ -730,11 +739,12 @@ def one_idle_round(b: Bench, table: Table, mode: str, count: int, port: int,
     assert gen.stdin is not None and gen.stdout is not None
     try:
         opened = read_record(gen, "open", transfer_timeout(0) + count / 50)
-        if opened["opened"] + opened["failed"] != count:
+        if opened["opened"] + opened["failed"] + opened["not_tried"] != count:
             raise BenchError("the load generator lost track of connections")
         wait_until(lambda: fd_count(pid) >= fds_before + opened["opened"],
                    "the server to accept every connection")
         during, fds_during = proc_status(pid), fd_count(pid)
+        cpu_open = cpu_seconds(pid) - cpu_before
         send_s = timed(b.pin_client(mode, [*b.sockferry, "send", *b.client_options(port),
                                            str(one_mib), "127.0.0.1:one-mib.bin"]),
                        "sockferry send (1 MiB, with the idle connections open)",
@@ -756,13 +766,19 @@ def one_idle_round(b: Bench, table: Table, mode: str, count: int, port: int,
         ("RSS after close", after["VmRSS"] / MiB),
         ("VmHWM", after["VmHWM"] / MiB),
         ("bytes per idle connection", (during["VmRSS"] - before["VmRSS"]) / opened_n),
+        ("connections opened", opened["opened"]),
         ("handshakes/s", opened["opened"] / opened["seconds"]),
+        ("server CPU per handshake", cpu_open / opened_n * 1000),
         ("failed handshakes", opened["failed"]),
         ("1 MiB send while open", send_s),
         ("fds before", fds_before), ("fds with all open", fds_during),
         ("fds after close", fds_after),
     ]:
         table.add(mode, row, float(value))
+    if opened["low_memory"]:
+        table.notes.append(f"{mode}: the load generator stopped after {opened['opened']} "
+                           "connections because the machine had less than 2 GiB of memory "
+                           "available; the figures are for the connections it opened")
     if opened["failed"]:
         table.notes.append(f"{mode}: {opened['failed']} handshakes failed: "
                            f"{opened['errors']}")
