@@ -1193,6 +1193,7 @@ def run(args: argparse.Namespace, command: str) -> int:
 
 def main() -> int:
     args = parse_args()
+    signal.signal(signal.SIGINT, interrupt)  # also when started with SIGINT ignored (&)
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
     command = os.environ.get("BENCH_COMMAND") or shlex.join(sys.argv)
