@@ -825,12 +825,15 @@ def case_uploads(b: Bench) -> list[Table]:
     table = Table("f", f"{count:,} clients uploading {size // 1024} KiB each at once",
                   "", "", reference="")
     table.units = {"wall time": "s", "server VmHWM": "MiB", "aggregate": "MB/s",
-                   "failed uploads": "count"}
+                   "failed uploads": "count", "peak server fds above baseline": "count"}
     table.chart_rows = ["wall time"]
     table.notes.append("One load generator process (bench/loadgen.py) starts every client at "
                        "once (connect, start_put, finish, the future's size checked); a "
-                       "fresh server per round; every file on the server compared with its "
-                       "source. Wall time is the generator's, first connect to last verdict.")
+                       "fresh server per round, with `--max-connections` twice the client "
+                       "count so that none is refused as busy; every file on the server "
+                       "compared with its source. Wall time is the generator's, first "
+                       "connect to last verdict. Peak server fds (sampled every 10 ms) "
+                       "shows how many clients the server really held at once.")
     sources = fresh_dir(b.shm / "upload-sources")
     digests = {}
     for i in range(count):
@@ -841,15 +844,14 @@ def case_uploads(b: Bench) -> list[Table]:
     for mode in MODES:
         for index in range(b.args.rounds):
             fresh_dir(root)
-            with b.sockferry_server(mode, root) as (port, server):
-                done = run_checked(b.pin_client(mode, [
+            with b.sockferry_server(mode, root, "--max-connections",
+                                    str(max(256, 2 * count))) as (port, server):
+                fds_before = fd_count(server.pid)
+                record, peak_fds = run_sampling_fds(b, b.pin_client(mode, [
                     sys.executable, str(LOADGEN), "uploads", "--port", str(port),
                     "--token-file", str(b.token), "--count", str(count), "--sources",
-                    str(sources)]), "the upload load generator",
-                    transfer_timeout(count * size) + count * 0.1, env=b.env,
-                    stdout=subprocess.PIPE)
+                    str(sources)]), server.pid, transfer_timeout(count * size) + count * 0.1)
                 peak = proc_status(server.pid)["VmHWM"]
-            record = json.loads(done.stdout.decode().strip().splitlines()[-1])
             if record["failed"]:
                 raise BenchError(f"{record['failed']} of {count} uploads failed: "
                                  f"{record['errors']}")
@@ -858,11 +860,39 @@ def case_uploads(b: Bench) -> list[Table]:
             table.add(mode, "server VmHWM", peak / MiB)
             table.add(mode, "aggregate", count * size / record["seconds"] / 1e6)
             table.add(mode, "failed uploads", float(record["failed"]))
+            table.add(mode, "peak server fds above baseline", float(peak_fds - fds_before))
             b.say(f"  {mode} round {index + 1}/{b.args.rounds}: {record['seconds']:.2f} s, "
                   f"server VmHWM {peak / MiB:.0f} MiB")
     shutil.rmtree(root)
     shutil.rmtree(sources)
     return [table]
+
+
+def run_sampling_fds(b: Bench, argv: list[str], pid: int, timeout_s: float
+                     ) -> tuple[dict[str, Any], int]:
+    """Run a load generator to its end while sampling the server's fd count; return
+    the generator's JSON record and the peak fd count."""
+    with tempfile.TemporaryFile() as out:
+        gen = b.procs.start(argv, env=b.env, stdout=out, stderr=b.log)
+        peak = 0
+        deadline = time.monotonic() + timeout_s
+        try:
+            while gen.poll() is None:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the load generator did not finish within "
+                                     f"{timeout_s:g} s — is the machine overloaded?")
+                peak = max(peak, fd_count(pid))
+                time.sleep(0.01)
+        finally:
+            b.procs.stop(gen)
+        if gen.returncode != 0:
+            raise BenchError(f"the load generator exited with status {gen.returncode} "
+                             f"({last_line(b.log)})")
+        out.seek(0)
+        lines = out.read().decode().strip().splitlines()
+    if not lines:
+        raise BenchError("the load generator printed no result")
+    return json.loads(lines[-1]), peak
 
 
 def check_uploads(root: Path, digests: dict[str, bytes]) -> None:
