@@ -18,7 +18,7 @@ every tool once, the order rotating from round to round.  Every sample is checke
 receiver must hold every byte (size, file count, or content), or the suite stops.
 
 Writes OUT/latest.md, OUT/latest.png and OUT/latest.json (all raw samples).
-Run it through ``bench/run``, which picks the interpreter.
+Run it through ``bench/run``, which picks the interpreter ($PYTHON, else .venv).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ import json
 import math
 import os
 import platform
+import pwd
 import resource
+import selectors
 import shlex
 import shutil
 import signal
@@ -479,8 +481,6 @@ class SshSetup:
 
 
 def user() -> str:
-    import pwd  # noqa: PLC0415 - only here
-
     return pwd.getpwuid(os.getuid()).pw_name
 
 
@@ -570,7 +570,7 @@ def case_bulk_send(b: Bench) -> list[Table]:
                        "until `send` exits (after the server's COMMITTED: digest checked, "
                        "fsynced, renamed); nc until `nc -l` exits; scp until it exits. "
                        f"scp uses `-c {SCP_CIPHER}`. MB = 10^6 bytes.")
-    table.samples = one_file_rounds(b, source, b.shm, sync_after=False).samples
+    one_file_rounds(b, table, source, b.shm, sync_after=False)
     return [table]
 
 
@@ -586,14 +586,15 @@ def case_bulk_disk(b: Bench) -> list[Table]:
                        "Plain `sync` would also flush what other users of the machine "
                        "wrote, so it is not used. The received file is deleted before "
                        "every sample.")
-    table.samples = one_file_rounds(b, source, b.disk, sync_after=True).samples
+    one_file_rounds(b, table, source, b.disk, sync_after=True)
     return [table]
 
 
-def one_file_rounds(b: Bench, source: Path, where: Path, sync_after: bool) -> Table:
+def one_file_rounds(b: Bench, table: Table, source: Path, where: Path,
+                    sync_after: bool) -> None:
+    """Cases b and d: one file sent with sockferry, nc and scp, into ``where``."""
     size = source.stat().st_size
     timeout_s = transfer_timeout(size)
-    collected = Table("", "", "MB/s", "higher")
     root = fresh_dir(where / "one-file")
     ferry_root = fresh_dir(root / "ferry")
     ferry_target, nc_target, scp_target = (ferry_root / "copy.bin", root / "nc.bin",
@@ -629,9 +630,8 @@ def one_file_rounds(b: Bench, source: Path, where: Path, sync_after: bool) -> Ta
                           lambda: nc_target.unlink(missing_ok=True)),
                      Tool("scp" + (" + sync" if sync else ""), scp,
                           lambda: scp_target.unlink(missing_ok=True))]
-            run_rounds(collected, mode, tools, b.args.rounds, size / 1e6, b.say)
+            run_rounds(table, mode, tools, b.args.rounds, size / 1e6, b.say)
     shutil.rmtree(root)
-    return collected
 
 
 def case_bulk_get(b: Bench) -> list[Table]:
@@ -790,8 +790,6 @@ def one_idle_round(b: Bench, table: Table, mode: str, count: int, port: int,
 def read_record(proc: subprocess.Popen[bytes], event: str, timeout_s: float
                 ) -> dict[str, Any]:
     """The next JSON line of a load generator, waiting at most ``timeout_s``."""
-    import selectors  # noqa: PLC0415 - only here
-
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout_s
     with selectors.DefaultSelector() as sel:
@@ -1134,15 +1132,17 @@ def chart(tables: list[Table], path: Path, title: str) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0],
-                                     epilog="Cases: " + ", ".join(CASES))
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, help="rounds per case and mode (default 5, "
                         "3 with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, to check the suite itself in a minute or two")
     parser.add_argument("--only", default="", metavar="CASES",
                         help="run only these cases, e.g. --only b or --only a,g")
-    parser.add_argument("--out", type=Path, default=HERE / "results", metavar="DIR")
+    parser.add_argument("--out", type=Path, default=HERE / "results", metavar="DIR",
+                        help="where latest.md, latest.png and latest.json go "
+                        "(default bench/results)")
     parser.add_argument("--bulk-mib", type=int, help="size of the bulk file (b, c, d)")
     parser.add_argument("--tree-files", type=int, help="files in the tree of case a")
     parser.add_argument("--idle-connections", type=int, help="connections of case e")
