@@ -444,9 +444,12 @@ def _decode_hello_reply(r: Reader, request: int, flags: int) -> HelloReply:
                       _read_text(r, MAX_SOFTWARE_BYTES, "software"), r.read(PROOF_BYTES))
 
 
+_PUT_FLAGS = {0: PutFlag.NONE, 1: PutFlag.KEEP_MTIME}  # no enum call per frame
+
+
 def _decode_put(r: Reader, request: int, flags: int) -> Put:
     size, mode, mtime = _read_size(r), r.u32(), r.i64()
-    return Put(request, _read_path(r), size, mode, mtime, PutFlag(flags & PutFlag.KEEP_MTIME))
+    return Put(request, _read_path(r), size, mode, mtime, _PUT_FLAGS[flags & PutFlag.KEEP_MTIME])
 
 
 def _decode_put_inline(r: Reader, request: int, flags: int) -> PutInline:
@@ -462,7 +465,7 @@ def _decode_put_inline(r: Reader, request: int, flags: int) -> PutInline:
         raise MalformedPacket(f"PUT_INLINE announces {size} bytes but carries "
                               f"{r.remaining - DIGEST_BYTES}")
     return PutInline(request, path, mode, mtime, r.read(size), r.read(DIGEST_BYTES),
-                     PutFlag(flags & PutFlag.KEEP_MTIME))
+                     _PUT_FLAGS[flags & PutFlag.KEEP_MTIME])
 
 
 def _decode_hole(r: Reader, request: int, flags: int) -> Hole:
@@ -512,29 +515,36 @@ _DECODERS: dict[FrameType, Callable[[Reader, int, int], Message]] = {
 _CONNECTION_FRAMES = {FrameType.HELLO, FrameType.HELLO_REPLY, FrameType.AUTH}
 
 
-def decode_body(kind: int, flags: int, request: int, body: bytes) -> Message:
+# Frame type code -> (type, decoder), looked up once per frame.
+_BY_CODE = {int(kind): (kind, decoder) for kind, decoder in _DECODERS.items()}
+
+
+def decode_body(kind: int, flags: int, request: int,
+                body: bytes | bytearray | memoryview) -> Message:
     """Decode one non-DATA frame; raises only ``MalformedPacket``."""
-    try:
-        frame_type = FrameType(kind)
-    except ValueError:
-        raise MalformedPacket(f"unknown frame type 0x{kind:02x}") from None
+    known = _BY_CODE.get(kind)
+    if known is None:
+        try:
+            name = FrameType(kind).name
+        except ValueError:
+            raise MalformedPacket(f"unknown frame type 0x{kind:02x}") from None
+        raise MalformedPacket(f"{name} has no body to decode")
+    frame_type, decoder = known
     if (frame_type in _CONNECTION_FRAMES) != (request == 0) and frame_type is not FrameType.ERROR:
         raise MalformedPacket(f"{frame_type.name} with request id {request}")
-    decoder = _DECODERS.get(frame_type)
-    if decoder is None:
-        raise MalformedPacket(f"{frame_type.name} has no body to decode")
     reader = Reader(body)
-    with reader.limited(len(body), frame_type.name):
-        message: Message = decoder(reader, request, flags)
+    message: Message = decoder(reader, request, flags)
+    reader.expect_end(frame_type.name)  # the body must be consumed exactly
     return message
 
 
 class FrameParser:
     """Incremental parser: feed bytes in any pieces, get messages out.
 
-    Control frames are buffered whole (at most ``MAX_CONTROL_BODY``).  DATA bodies are
-    not buffered: they come out as ``Data`` (the header) then ``DataChunk`` pieces that
-    may view the fed buffer, valid only until the next ``feed``.
+    Control frames are decoded straight from the fed bytes when they arrived whole, and
+    buffered (at most ``MAX_CONTROL_BODY``) when they are split across feeds.  DATA
+    bodies are never buffered: they come out as ``Data`` (the header) then
+    ``DataChunk`` pieces that view the fed buffer, valid only until the next ``feed``.
     """
 
     def __init__(self) -> None:
@@ -549,20 +559,22 @@ class FrameParser:
 
     def feed(self, data: bytes | bytearray | memoryview) -> Iterator[Message]:
         view = memoryview(data).cast("B")
-        while view:
+        pos, end = 0, len(view)
+        while pos < end:
             if self._data_left:
-                take = min(self._data_left, len(view))
+                take = min(self._data_left, end - pos)
                 self._data_left -= take
-                yield DataChunk(self._data_request, view[:take])
-                view = view[take:]
+                yield DataChunk(self._data_request, view[pos : pos + take])
+                pos += take
                 continue
-            need = HEADER.size - len(self._buffer)
-            if need > 0:
-                self._buffer += view[:need]
-                view = view[need:]
+            if self._buffer or end - pos < HEADER.size:
+                pos = self._buffer_header(view, pos)
                 if len(self._buffer) < HEADER.size:
                     return
-            kind, flags, reserved, request, length = HEADER.unpack_from(self._buffer)
+                kind, flags, reserved, request, length = HEADER.unpack_from(self._buffer)
+            else:
+                kind, flags, reserved, request, length = HEADER.unpack_from(view, pos)
+                pos += HEADER.size
             if reserved != 0:
                 raise MalformedPacket("reserved header bits are not zero")
             if kind == FrameType.DATA:
@@ -576,12 +588,25 @@ class FrameParser:
             if length > MAX_CONTROL_BODY:
                 raise MalformedPacket(f"frame of {length} bytes is over the limit of "
                                       f"{MAX_CONTROL_BODY}")
-            have = len(self._buffer) - HEADER.size
-            take = min(length - have, len(view))
-            self._buffer += view[:take]
-            view = view[take:]
+            if not self._buffer and end - pos >= length:  # the whole frame is here
+                yield decode_body(kind, flags, request, view[pos : pos + length])
+                pos += length
+                continue
+            if not self._buffer:  # keep the header with the partial body
+                self._buffer += HEADER.pack(kind, flags, reserved, request, length)
+            take = min(length - (len(self._buffer) - HEADER.size), end - pos)
+            self._buffer += view[pos : pos + take]
+            pos += take
             if len(self._buffer) - HEADER.size < length:
                 return
             body = bytes(self._buffer[HEADER.size :])
             del self._buffer[:]
             yield decode_body(kind, flags, request, body)
+
+    def _buffer_header(self, view: memoryview, pos: int) -> int:
+        """Gather a header split across feeds; returns the new position."""
+        need = HEADER.size - len(self._buffer)
+        if need > 0:
+            self._buffer += view[pos : pos + need]
+            pos += min(need, len(view) - pos)
+        return pos
