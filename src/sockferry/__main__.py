@@ -1,7 +1,5 @@
 """``python -m sockferry`` runs the command line."""
 
-import sys
+from sockferry.cli import run
 
-from sockferry.cli import main
-
-sys.exit(main())
+run()

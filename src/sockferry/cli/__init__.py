@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import logging
+import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
@@ -19,13 +18,22 @@ from sockferry import __version__, errors
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, exit_code_for
 
-# Which module (one per family of sub-commands, each with register(subparsers))
-# registers each command: only the one asked for is imported, so a `sockferry send`
-# does not pay for loading the TFTP and SCTP stacks.
-COMMANDS = {
-    "serve": "ferry", "send": "ferry", "get": "ferry", "ls": "ferry", "probe": "probe",
-    "sctp-serve": "sctp", "sctp-send": "sctp",
-    "tftp-serve": "tftp", "tftp-get": "tftp", "tftp-put": "tftp",
+# Each command: the module that registers it (one per family of sub-commands, each with
+# register(subparsers)) and the line that `sockferry --help` shows for it.  Only the
+# module of the command asked for is imported, so `sockferry send` does not load the
+# TFTP and SCTP stacks and `sockferry --help` or `--version` loads none of them.  The
+# lines equal the modules' own help= (tests/cli/test_startup.py checks).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("ferry", "serve a directory to sockferry clients"),
+    "send": ("ferry", "copy local files to a server"),
+    "get": ("ferry", "copy files from a server"),
+    "ls": ("ferry", "list a directory on a server"),
+    "probe": ("probe", "resolve an address and try to connect to each of its addresses"),
+    "sctp-serve": ("sctp", "one-to-many SCTP message server"),
+    "sctp-send": ("sctp", "send messages to an SCTP server"),
+    "tftp-serve": ("tftp", "serve a directory over TFTP (RFC 1350, 2347-2349, 7440)"),
+    "tftp-get": ("tftp", "download a file from a TFTP server"),
+    "tftp-put": ("tftp", "upload a file to a TFTP server"),
 }
 
 
@@ -52,9 +60,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         help="show debug logs and the traceback of unexpected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    names = [COMMANDS[command]] if command in COMMANDS else dict.fromkeys(COMMANDS.values())
-    for name in names:
-        importlib.import_module(f"sockferry.cli.{name}").register(sub)
+    if command in COMMANDS:
+        importlib.import_module(f"sockferry.cli.{COMMANDS[command][0]}").register(sub)
+    else:  # no command (--help, --version) or a wrong one: names and lines suffice
+        for name, (_, summary) in COMMANDS.items():
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
 
 
@@ -86,12 +96,29 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         return ExitCode.INTERRUPTED
     except Exception as exc:  # a bug: say so in one line, details only with --debug
         if debug:
+            import traceback  # noqa: PLC0415 - only a bug needs it
+
             traceback.print_exc(file=err)
         console.error(f"internal error: {type(exc).__name__}: {exc} — please report this "
                       "bug (run with --debug for details)")
         return ExitCode.FAILURE
     finally:
         console.close()
+
+
+def run() -> None:
+    """The console script and ``python -m sockferry``: ``main``, then exit at once.
+
+    Once main has returned nothing is left to do but flush (argparse's --help and
+    --version leave their text in stdout's buffer), yet interpreter finalization (tearing
+    down every module, joining the resolver threads) takes ~20 ms after a transfer:
+    ``os._exit`` skips it.  In-process callers use ``main``, which returns.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    os._exit(code)
 
 
 def _command_in(argv: list[str]) -> str | None:
@@ -101,6 +128,9 @@ def _command_in(argv: list[str]) -> str | None:
 
 
 def _configure_logging(stream: TextIO, debug: bool) -> None:
+    # Not at the top: --help and --version never log, and logging costs ~10 ms.
+    import logging  # noqa: PLC0415
+
     root = logging.getLogger("sockferry")
     for handler in list(root.handlers):
         root.removeHandler(handler)

@@ -21,8 +21,6 @@ from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
 from sockferry.errors import SockferryError, UsageError
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.copying import Outcome, Reporter, get_paths, send_paths
-from sockferry.ferry.server import FerryServer, ServerConfig
-from sockferry.ferry.tokens import client_token, server_token
 from sockferry.sctp.endpoint import TRANSPORTS
 from sockferry.sockets import (
     Address,
@@ -36,6 +34,7 @@ from sockferry.storage import DEFAULT_UMASK, Durability, Entry, Kind
 from sockferry.units import format_bytes, format_rate
 
 if TYPE_CHECKING:
+    from sockferry.ferry.server import ServerConfig
     from sockferry.sctp.endpoint import Endpoint
 
 DEFAULT_PORT = 2345
@@ -239,6 +238,10 @@ async def _connected(args: argparse.Namespace, address: Address,
 
 
 def run_serve(args: argparse.Namespace, console: Console) -> int:
+    # Here, not at the top: a client command or --help loads no server and no token code.
+    from sockferry.ferry.server import ServerConfig  # noqa: PLC0415
+    from sockferry.ferry.tokens import server_token  # noqa: PLC0415
+
     raise_open_file_limit()
     token, token_path, created = server_token(args.token_file)
     if created:
@@ -274,6 +277,8 @@ def raise_open_file_limit() -> None:
 
 async def _serve(root: str, addresses: list[Address], config: ServerConfig,
                  grace_s: float, sctp: _SctpListen | None) -> int:
+    from sockferry.ferry.server import FerryServer  # noqa: PLC0415 - see run_serve
+
     server = FerryServer(root, config)
     endpoint: Endpoint | None = None
     reader: asyncio.Task[None] | None = None
@@ -361,6 +366,8 @@ def run_get(args: argparse.Namespace, console: Console) -> int:
 
 def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
           operation: Callable[[FerryClient, Reporter], Any]) -> int:
+    from sockferry.ferry.tokens import client_token  # noqa: PLC0415 - not for --help
+
     token = client_token(args.token_file)
     address = _server_address(args, host)
     started = time.monotonic()
@@ -408,6 +415,8 @@ def run_ls(args: argparse.Namespace, console: Console) -> int:
     if remote is None:
         raise UsageError(f"'{args.target}' is not a remote path — write HOST:[PATH]")
     host, path = remote
+    from sockferry.ferry.tokens import client_token  # noqa: PLC0415 - not for --help
+
     token = client_token(args.token_file)
 
     async def go() -> list[Entry]:

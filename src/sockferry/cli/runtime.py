@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sockferry import errors
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 
@@ -52,6 +54,9 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
     ``SOCKFERRY_LOOP=asyncio`` forces the standard loop (for comparisons).
     """
+    # asyncio costs ~40 ms to import: only commands that run a loop pay for it.
+    import asyncio  # noqa: PLC0415
+
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if os.environ.get("SOCKFERRY_LOOP", "uvloop") == "uvloop":
         try:

@@ -7,8 +7,6 @@ import os
 import threading
 from typing import Protocol
 
-import blake3
-
 from sockferry.ferry.messages import Feature
 
 __all__ = ["Feature", "Hasher", "digest_of", "hash_fd", "name_of", "new_hasher",
@@ -26,6 +24,9 @@ class Hasher(Protocol):
 
 def new_hasher(feature: Feature) -> Hasher:
     if feature is Feature.DIGEST_BLAKE3:
+        # Imported here, not at the top: only a command that hashes loads the extension.
+        import blake3  # noqa: PLC0415
+
         return blake3.blake3()
     return hashlib.sha256()
 
