@@ -33,9 +33,9 @@ def new_hasher(feature: Feature) -> Hasher:
 
 def digest_of(data: bytes | bytearray | memoryview, feature: Feature) -> bytes:
     """The digest of a whole small body."""
-    if feature is Feature.DIGEST_BLAKE3:
-        return bytes(blake3.blake3(data).digest())
-    return hashlib.sha256(data).digest()
+    hasher = new_hasher(feature)
+    hasher.update(data)
+    return hasher.digest()
 
 
 def name_of(feature: Feature) -> str:
