@@ -1197,8 +1197,12 @@ def run(args: argparse.Namespace, command: str) -> int:
             token = shm / "token"
             token.write_text(os.urandom(24).hex() + "\n")
             token.chmod(0o600)
+            # Byte-compiled modules may be cached, as after any pip install (a machine that
+            # sets PYTHONDONTWRITEBYTECODE would otherwise recompile them on every run).
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(SRC)], check=False)
             bench = Bench(args, sizes, procs, shm, disk, sockferry, how, token,
-                          {**os.environ, "PYTHONPATH": str(SRC)},
+                          {**env, "PYTHONPATH": str(SRC)},
                           SshSetup.create(shm / "ssh"), log)
             print(f"sockferry run as {how}; temporary files in {shm} and {disk}")
             for key in args.cases:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import secrets
 import stat
@@ -90,27 +91,32 @@ def split_client_path(path: str | bytes) -> list[str]:
     directories so that a symbolic link cannot smuggle an escape past a textual check.
     """
     raw = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
+    if b"\0" in raw or len(raw) > MAX_PATH_BYTES or raw.startswith(b"/"):
+        _refuse_path(raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = raw.decode("utf-8", "backslashreplace")
+        raise PathRefused(f"path '{shown}' is not valid UTF-8", path=shown) from None
+    parts = [p for p in text.split("/") if p and p != "."]
+    for part in parts:
+        if len(part) > MAX_NAME_BYTES // 4 and len(part.encode()) > MAX_NAME_BYTES:
+            raise PathRefused(f"name '{part[:32]}…' is longer than {MAX_NAME_BYTES} bytes",
+                              path=text)
+        if part.startswith(TEMP_PREFIX) and part.endswith(TEMP_SUFFIX):
+            raise PathRefused(f"'{part}' is a reserved temporary name", path=text)
+    return parts
+
+
+def _refuse_path(raw: bytes) -> None:
     shown = raw.decode("utf-8", "backslashreplace")
     if b"\0" in raw:
         raise PathRefused(f"path '{shown}' contains a NUL byte", path=shown)
     if len(raw) > MAX_PATH_BYTES:
         raise PathRefused(f"path of {len(raw)} bytes is longer than {MAX_PATH_BYTES}",
                           path=shown[:64] + "…")
-    if raw.startswith(b"/"):
-        raise PathRefused(f"absolute path '{shown}' refused — paths are relative to the "
-                          "server's root", path=shown)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PathRefused(f"path '{shown}' is not valid UTF-8", path=shown) from None
-    parts = [p for p in text.split("/") if p not in ("", ".")]
-    for part in parts:
-        if len(part.encode()) > MAX_NAME_BYTES:
-            raise PathRefused(f"name '{part[:32]}…' is longer than {MAX_NAME_BYTES} bytes",
-                              path=shown)
-        if is_temporary_name(part):
-            raise PathRefused(f"'{part}' is a reserved temporary name", path=shown)
-    return parts
+    raise PathRefused(f"absolute path '{shown}' refused — paths are relative to the "
+                      "server's root", path=shown)
 
 
 class Root:
@@ -410,6 +416,15 @@ def _shown(path: str | bytes) -> str:
     return path.decode("utf-8", "backslashreplace") if isinstance(path, bytes) else path
 
 
+# Temporary names: a random 64-bit start per process, then counting (no getrandom call
+# per file); O_EXCL still refuses a name that is somehow taken.
+_temp_counter = itertools.count(int.from_bytes(secrets.token_bytes(8), "big"))
+
+
+def _temporary_name() -> str:
+    return f"{TEMP_PREFIX}{next(_temp_counter) & 0xFFFF_FFFF_FFFF_FFFF:016x}{TEMP_SUFFIX}"
+
+
 class Durability(Enum):
     """When a written file is made durable (``serve --fsync``)."""
 
@@ -514,7 +529,7 @@ class AtomicFile:
         self.dir_fd = self.dir.fd
         self.name = name
         self.shown = shown
-        self.temp_name = f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        self.temp_name = _temporary_name()
         self.written = 0
         try:
             self.fd = os.open(self.temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL

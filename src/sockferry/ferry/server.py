@@ -33,6 +33,7 @@ from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
 from sockferry.ferry.bodies import GATHER_BYTES, Sink, TransferCancelled, send_body
 from sockferry.ferry.codes import code_for
+from sockferry.ferry.digests import digest_of
 from sockferry.sockets import (
     Address,
     UnixPath,
@@ -42,6 +43,7 @@ from sockferry.sockets import (
 )
 from sockferry.storage import (
     DEFAULT_UMASK,
+    AtomicFile,
     DirCache,
     Durability,
     Entry,
@@ -77,7 +79,8 @@ class ServerConfig:
 @dataclass(slots=True)
 class Upload:
     path: str
-    sink: Sink
+    file: AtomicFile
+    sink: Sink | None  # hashes a body that arrives in pieces; None for PUT_INLINE
     size: int
     mode: int
     mtime_ns: int | None
@@ -263,13 +266,13 @@ class Connection:
     def _abort_everything(self) -> None:
         for verified in self.verified:
             upload = verified.upload
-            upload.sink.file.abort()
+            upload.file.abort()
             self._log_file("PUT", upload.path, upload.size, upload.started,
                            "aborted: the connection ended before it was committed")
         self.verified.clear()
         for upload in self.uploads.values():
-            upload.sink.file.abort()
-            self._log_file("PUT", upload.path, upload.sink.file.written, upload.started,
+            upload.file.abort()
+            self._log_file("PUT", upload.path, upload.file.written, upload.started,
                            "aborted: the connection ended")
         self.uploads.clear()
         for task in self.commits:
@@ -327,7 +330,7 @@ class Connection:
             self.uploads[event.request] = upload
 
     def _start_upload(self, request: int, path: str, size: int, mode: int,
-                      mtime_ns: int | None) -> Upload | None:
+                      mtime_ns: int | None, *, streamed: bool = True) -> Upload | None:
         if size > self.config.max_file_size:
             self._refuse(request, "PUT", path, m.ErrorCode.TOO_LARGE,
                          f"'{path}' is {size} bytes; this server accepts at "
@@ -338,25 +341,31 @@ class Connection:
         except StorageError as exc:
             self._refuse(request, "PUT", path, code_for(exc), str(exc))
             return None
-        return Upload(path, Sink(file, self.session.digest_feature), size,
-                      capped_mode(mode, self.config.umask), mtime_ns)
+        sink = Sink(file, self.session.digest_feature) if streamed else None
+        return Upload(path, file, sink, size, capped_mode(mode, self.config.umask), mtime_ns)
 
     def _on_small_file(self, event: s.SmallFileReceived) -> None:
+        """PUT_INLINE: the digest is checked before anything touches the disk."""
+        if digest_of(event.data, self.session.digest_feature) != event.digest:
+            self._refuse_mismatch(event.request, event.path)
+            return
         upload = self._start_upload(event.request, event.path, len(event.data), event.mode,
-                                    event.mtime_ns if event.keep_mtime else None)
+                                    event.mtime_ns if event.keep_mtime else None,
+                                    streamed=False)
         if upload is None:
             return
         try:
-            upload.sink.receive(event.data)
+            upload.file.write(event.data)
         except StorageError as exc:
             self._refuse(event.request, "PUT", upload.path, code_for(exc), str(exc))
             return
-        self._verify(event.request, event.digest, upload)
+        self._commit(Verified(event.request, event.digest, upload))
 
     def _on_body(self, request: int, piece: bytes | memoryview | int) -> None:
         upload = self.uploads.get(request)
         if upload is None:
             return
+        assert upload.sink is not None  # PUT_INLINE uploads are never in self.uploads
         try:
             upload.sink.receive(piece)
         except StorageError as exc:
@@ -370,16 +379,21 @@ class Connection:
         self._verify(event.request, event.digest, upload)
 
     def _verify(self, request: int, digest: bytes, upload: Upload) -> None:
-        """Check the whole content against the sender's digest, then commit it as
-        --fsync says."""
+        """Check the whole content against the sender's digest, then commit it."""
+        assert upload.sink is not None
         if not upload.sink.matches(digest):
-            upload.sink.file.abort()
-            self._refuse(request, "PUT", upload.path, m.ErrorCode.DIGEST_MISMATCH,
-                         f"digest mismatch for '{upload.path}': the data was damaged in "
-                         "transit or the file changed while it was sent; nothing was "
-                         "written")
+            upload.file.abort()
+            self._refuse_mismatch(request, upload.path)
             return
-        verified = Verified(request, digest, upload)
+        self._commit(Verified(request, digest, upload))
+
+    def _refuse_mismatch(self, request: int, path: str) -> None:
+        self._refuse(request, "PUT", path, m.ErrorCode.DIGEST_MISMATCH,
+                     f"digest mismatch for '{path}': the data was damaged in transit or "
+                     "the file changed while it was sent; nothing was written")
+
+    def _commit(self, verified: Verified) -> None:
+        """Make a verified upload visible, as durable as --fsync says."""
         match self.config.durability:
             case Durability.NONE:
                 self._commit_now(verified)
@@ -399,7 +413,7 @@ class Connection:
         """--fsync none: rename at once, on the loop (no fsync, so nothing blocks)."""
         upload = verified.upload
         try:
-            upload.sink.file.commit(upload.mode, upload.mtime_ns, clobber=self.config.clobber,
+            upload.file.commit(upload.mode, upload.mtime_ns, clobber=self.config.clobber,
                                     durable=False)
         except StorageError as exc:
             self._refuse(verified.request, "PUT", upload.path, code_for(exc), str(exc),
@@ -413,7 +427,7 @@ class Connection:
         while self.verified:
             group, self.verified = self.verified, []
             outcomes = await asyncio.to_thread(
-                commit_group, [(v.upload.sink.file, v.upload.mode, v.upload.mtime_ns)
+                commit_group, [(v.upload.file, v.upload.mode, v.upload.mtime_ns)
                                for v in group], clobber=self.config.clobber)
             for verified, error in zip(group, outcomes, strict=True):
                 if error is None:
@@ -431,7 +445,7 @@ class Connection:
         lock = self.path_locks.setdefault(upload.path, asyncio.Lock())
         async with self.commit_slots, lock:  # same path twice: commit in request order
             try:
-                await asyncio.to_thread(upload.sink.file.commit, upload.mode, upload.mtime_ns,
+                await asyncio.to_thread(upload.file.commit, upload.mode, upload.mtime_ns,
                                         clobber=self.config.clobber)
             except StorageError as exc:
                 self._refuse(verified.request, "PUT", upload.path, code_for(exc), str(exc),
@@ -457,8 +471,8 @@ class Connection:
     def _on_cancel(self, request: int) -> None:
         upload = self.uploads.pop(request, None)
         if upload is not None:
-            upload.sink.file.abort()
-            self._log_file("PUT", upload.path, upload.sink.file.written, upload.started,
+            upload.file.abort()
+            self._log_file("PUT", upload.path, upload.file.written, upload.started,
                            "cancelled by the client")
         else:
             self.cancelled.add(request)
@@ -482,11 +496,11 @@ class Connection:
     def _on_input_ended(self) -> None:
         self.input_done = True
         for request, upload in list(self.uploads.items()):
-            upload.sink.file.abort()
+            upload.file.abort()
             del self.uploads[request]
             self._refuse(request, "PUT", upload.path, m.ErrorCode.BAD_REQUEST,
                          "the connection ended before the file was complete",
-                         upload.started, upload.sink.file.written)
+                         upload.started, upload.file.written)
 
     def _refuse(self, request: int, verb: str, path: str, code: int, message: str,
                 started: float | None = None, nbytes: int = 0) -> None:
