@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import logging
 import os
 import socket
@@ -30,7 +32,14 @@ from sockferry.errors import (
 from sockferry.ferry import digests
 from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
-from sockferry.ferry.bodies import Sink, TransferCancelled, send_body
+from sockferry.ferry.bodies import (
+    ResumedSink,
+    Sink,
+    TransferCancelled,
+    send_body,
+    send_tail,
+    start_prefix_hash,
+)
 from sockferry.ferry.codes import code_for
 from sockferry.sockets import (
     Address,
@@ -41,6 +50,7 @@ from sockferry.sockets import (
 from sockferry.storage import (
     DEFAULT_UMASK,
     Entry,
+    PartialFile,
     Root,
     capped_mode,
     is_sparse,
@@ -65,6 +75,10 @@ class ServerConfig:
     idle_timeout_s: float = 120.0
     max_file_size: int = m.MAX_FILE_SIZE
     backlog: int = 128
+    # Resume (docs/protocol.md §5.1): how long and how much partial files are kept.
+    partial_keep_s: float = 24 * 3600.0
+    partial_max_bytes: int = 16 * 1024**3
+    partial_sweep_s: float = 600.0
 
 
 @dataclass(slots=True)
@@ -75,6 +89,7 @@ class Upload:
     mode: int
     mtime_ns: int | None
     started: float = field(default_factory=time.monotonic)
+    offset: int = 0  # resumed: the first bytes were kept from an earlier transfer
 
 
 class FerryServer:
@@ -90,6 +105,7 @@ class FerryServer:
         self.addresses: list[str] = []
         self.closing = False
         self.stopped = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, addresses: Sequence[Address]) -> list[str]:
         """Bind and listen on every address; returns them as bound (real ports)."""
@@ -107,7 +123,28 @@ class FerryServer:
         for sock in self._listeners:
             self.addresses.append(format_sockaddr(sock.getsockname()))
             self._accepting.append(loop.create_task(self._accept_loop(sock)))
+        self._start_sweeping()
         return self.addresses
+
+    def _start_sweeping(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+
+    async def _sweep_loop(self) -> None:
+        """Remove expired partial files, and the oldest over the budget (§5.1)."""
+        config = self.config
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.root.sweep_temporaries,
+                                                  config.partial_keep_s,
+                                                  config.partial_max_bytes)
+            except OSError as exc:
+                log.warning("sweeping partial files failed: %s", exc.strerror or exc)
+            else:
+                for path, size in removed:
+                    log.info("removed partial file %s (%s): expired or over the budget",
+                             path, format_bytes(size))
+            await asyncio.sleep(config.partial_sweep_s)
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -132,6 +169,7 @@ class FerryServer:
 
     def serve(self, stream: Stream) -> None:
         """Run one client's connection: an accepted socket, or an SCTP association."""
+        self._start_sweeping()
         task = asyncio.get_running_loop().create_task(Connection(self, stream).run())
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
@@ -148,6 +186,8 @@ class FerryServer:
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting; let connections finish for ``grace_s``; then abort them."""
         self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for task in self._accepting:
             task.cancel()
         await asyncio.gather(*self._accepting, return_exceptions=True)
@@ -184,7 +224,7 @@ class Connection:
         self.session = s.ServerSession(server.config.token, os.urandom(m.NONCE_BYTES),
                                        max_requests=server.config.max_requests)
         self.uploads: dict[int, Upload] = {}
-        self.jobs: deque[s.GetRequested | s.ListRequested] = deque()
+        self.jobs: deque[s.GetRequested | s.ListRequested | s.PartialRequested] = deque()
         self.cancelled: set[int] = set()
         self.commits: set[asyncio.Task[None]] = set()
         self.commit_slots = asyncio.Semaphore(MAX_COMMITS_IN_FLIGHT)
@@ -280,7 +320,7 @@ class Connection:
                     self._on_put_finished(event)
                 case s.RequestCancelled():
                     self._on_cancel(event.request)
-                case s.GetRequested() | s.ListRequested():
+                case s.GetRequested() | s.ListRequested() | s.PartialRequested():
                     self.jobs.append(event)
                 case s.StatRequested():
                     self._on_stat(event)
@@ -296,6 +336,9 @@ class Connection:
             self._refuse(event.request, "PUT", event.path, m.ErrorCode.TOO_LARGE,
                          f"'{event.path}' is {event.size} bytes; this server accepts at "
                          f"most {self.config.max_file_size}")
+            return
+        if event.resumable:
+            self._on_put_resumable(event)
             return
         try:
             file = self.root.create(event.path)
@@ -321,6 +364,11 @@ class Connection:
         upload = self.uploads.pop(event.request, None)
         if upload is None:
             return  # already refused (disk full, ...): the reply has been sent
+        if isinstance(upload.sink, ResumedSink):
+            task = asyncio.get_running_loop().create_task(self._commit_resumed(event, upload))
+            self.commits.add(task)
+            task.add_done_callback(self.commits.discard)
+            return
         if not upload.sink.matches(event.digest):
             upload.sink.file.abort()
             self._refuse(event.request, "PUT", upload.path, m.ErrorCode.DIGEST_MISMATCH,
@@ -350,6 +398,131 @@ class Connection:
         # Leave the set before waking the writer: it exits once no commit is left.
         self.commits.discard(asyncio.current_task())
         self.wake.set()
+
+    # -- resume (docs/protocol.md §5.1) ---------------------------------------------------
+
+    def _on_put_resumable(self, event: s.PutRequested) -> None:
+        """PUT with RESUMABLE, or PUT_AT: write under the target's partial name."""
+        feature = self.session.digest_feature
+        try:
+            file = self.root.create(event.path, PartialFile)
+        except StorageError as exc:
+            if exc.errno != errno.EAGAIN:
+                self._refuse(event.request, "PUT", event.path, code_for(exc), str(exc))
+                return
+            if event.offset:
+                self._refuse(event.request, "PUT", event.path, m.ErrorCode.BUSY,
+                             f"another transfer to '{event.path}' is in progress; try "
+                             "again later")
+                return
+            self._on_put(dataclasses.replace(event, resumable=False))  # a random temporary
+            return
+        assert isinstance(file, PartialFile)
+        if event.offset > file.kept:
+            file.abort()  # keeps the partial as it was
+            self._refuse(event.request, "PUT", event.path, m.ErrorCode.BAD_REQUEST,
+                         f"the server keeps {file.kept} bytes of '{event.path}', fewer "
+                         f"than the offset {event.offset}; send it again without resuming")
+            return
+        try:
+            file.start_at(event.offset)
+        except StorageError as exc:
+            self._refuse(event.request, "PUT", event.path, code_for(exc), str(exc))
+            return
+        sink = (ResumedSink(file, feature, event.offset,
+                            start_prefix_hash(file.fd, event.offset, feature))
+                if event.offset else Sink(file, feature))
+        self.uploads[event.request] = Upload(
+            event.path, sink, event.size, capped_mode(event.mode, self.config.umask),
+            event.mtime_ns if event.keep_mtime else None, offset=event.offset)
+
+    async def _commit_resumed(self, event: s.PutFinished, upload: Upload) -> None:
+        """Check the whole file (kept prefix, then tail) against DONE, then commit."""
+        sink = upload.sink
+        assert isinstance(sink, ResumedSink)
+        try:
+            matches = await sink.verify(event.digest)
+        except OSError as exc:
+            sink.file.abort()
+            matches = False
+            log.warning("%s: checking '%s' failed: %s", self.peer, upload.path, exc)
+        except BaseException:
+            sink.file.abort()
+            raise
+        if matches:
+            log.info("%s: PUT '%s' resumed at byte %d: %s received, the whole file "
+                     "verified", self.peer, upload.path, upload.offset,
+                     format_bytes(upload.size - upload.offset))
+            await self._commit(event, upload)
+            return
+        sink.file.abort()
+        self._refuse(event.request, "PUT", upload.path, m.ErrorCode.DIGEST_MISMATCH,
+                     f"digest mismatch for '{upload.path}': the resumed file does not match "
+                     "the sender's digest; nothing was written — send it again without "
+                     "resuming", upload.started, upload.size - upload.offset)
+        self.commits.discard(asyncio.current_task())
+        self.wake.set()
+
+    async def _send_prefix(self, job: s.PartialRequested) -> None:
+        """PARTIAL: the length of what is kept towards the path, and its digest."""
+        feature = self.session.digest_feature
+        try:
+            found = self.root.open_partial(job.path)
+        except StorageError as exc:
+            code = m.ErrorCode.BUSY if exc.errno == errno.EAGAIN else code_for(exc)
+            self._refuse(job.request, "PARTIAL", job.path, code, str(exc))
+            return
+        length, hasher = 0, None
+        if found is not None:
+            fd, st = found
+            try:
+                if time.time() - st.st_mtime_ns / 1e9 <= self.config.partial_keep_s:
+                    hasher = await start_prefix_hash(fd, st.st_size, feature)
+                    length = st.st_size
+            finally:
+                os.close(fd)
+        if hasher is None:
+            length, hasher = 0, digests.new_hasher(feature)
+        self.session.prefix(job.request, length, hasher.digest())
+        log.debug("%s: PARTIAL '%s': %s kept", self.peer, job.path, format_bytes(length))
+
+    async def _send_tail(self, job: s.GetRequested) -> bool:
+        """GET with a prefix digest: if our first ``offset`` bytes have that digest, send
+        the rest (True); otherwise False, and the whole file goes as for a plain GET."""
+        assert job.prefix_digest is not None
+        if job.request in self.cancelled:
+            return False
+        started = time.monotonic()
+        try:
+            fd, st = self.root.open_read(job.path)
+        except StorageError:
+            return False  # the plain path refuses it with the same error
+        try:
+            hasher = None
+            if job.offset <= st.st_size:
+                hasher = await start_prefix_hash(fd, job.offset, self.session.digest_feature)
+            if hasher is None or hasher.digest() != job.prefix_digest:
+                log.info("%s: GET '%s': the client's %s differ from this file; sending all "
+                         "of it", self.peer, job.path, format_bytes(job.offset))
+                return False
+            self.session.resumed_file_header(job.request, st.st_size, st.st_mode & 0o7777,
+                                             st.st_mtime_ns)
+            await send_tail(self.session, self.stream, job.request, fd, job.offset,
+                            st.st_size, hasher, lambda: job.request in self.cancelled)
+        except TransferCancelled:
+            self._refuse(job.request, "GET", job.path, m.ErrorCode.CANCELLED,
+                         "cancelled by the client", started)
+        except StorageError as exc:
+            self._refuse(job.request, "GET", job.path, m.ErrorCode.IO_ERROR, str(exc),
+                         started)
+        else:
+            self.files += 1
+            self._log_file("GET", job.path, st.st_size - job.offset, started,
+                           f"ok (resumed at byte {job.offset})")
+        finally:
+            os.close(fd)
+        self.cancelled.discard(job.request)
+        return True
 
     def _on_cancel(self, request: int) -> None:
         upload = self.uploads.pop(request, None)
@@ -410,6 +583,8 @@ class Connection:
                 job = self.jobs.popleft()
                 if isinstance(job, s.GetRequested):
                     await self._send_file(job)
+                elif isinstance(job, s.PartialRequested):
+                    await self._send_prefix(job)
                 else:
                     await self._send_listing(job)
                 continue
@@ -420,6 +595,10 @@ class Connection:
             self.wake.clear()
 
     async def _send_file(self, job: s.GetRequested) -> None:
+        if job.prefix_digest is not None:
+            if await self._send_tail(job):
+                return
+            job = dataclasses.replace(job, offset=0, prefix_digest=None)
         started = time.monotonic()
         if job.offset:
             self._refuse(job.request, "GET", job.path, m.ErrorCode.BAD_REQUEST,
