@@ -79,6 +79,7 @@ class ServerConfig:
     partial_keep_s: float = 24 * 3600.0
     partial_max_bytes: int = 16 * 1024**3
     partial_sweep_s: float = 600.0
+    features: int = m.ALL_FEATURES  # what the server grants (tests drop RESUME)
 
 
 @dataclass(slots=True)
@@ -222,7 +223,8 @@ class Connection:
         self.config = server.config
         self.stream = stream
         self.session = s.ServerSession(server.config.token, os.urandom(m.NONCE_BYTES),
-                                       max_requests=server.config.max_requests)
+                                       max_requests=server.config.max_requests,
+                                       features=server.config.features)
         self.uploads: dict[int, Upload] = {}
         self.jobs: deque[s.GetRequested | s.ListRequested | s.PartialRequested] = deque()
         self.cancelled: set[int] = set()
