@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import hashlib
 import itertools
 import os
 import secrets
@@ -35,6 +37,9 @@ MAX_SYMLINK_HOPS = 40
 # Temporaries carry this prefix and suffix; clients may not name such files.
 TEMP_PREFIX = ".sockferry-"
 TEMP_SUFFIX = ".part"
+# Partial files of resumable transfers: named after their target (docs/protocol.md §5.1).
+PARTIAL_PREFIX = TEMP_PREFIX + "resume-"
+PARTIAL_LABEL = b"sockferry partial v1\0"
 # Written bytes between two requests for early writeback (see AtomicFile.write).
 WRITEBACK_STEP = 8 * 1024 * 1024
 PERMISSION_BITS = 0o777
@@ -274,16 +279,18 @@ class Root:
             except OSError as exc:
                 raise storage_error(exc, shown) from exc
 
-    def create(self, path: str | bytes, dirs: DirCache | None = None) -> AtomicFile:
+    def create(self, path: str | bytes, dirs: DirCache | None = None,
+               kind: type[AtomicFile] | None = None) -> AtomicFile:
         """Start writing ``path``; the parent directory must exist.  With ``dirs`` the
-        parent comes from that cache when it can."""
+        parent comes from that cache when it can; ``kind`` PartialFile writes under the
+        target's partial name (resume)."""
         shown = _shown(path)
         found = dirs.parent(path) if dirs is not None else None
         if found is not None:
             handle, name = found
             st = self._existing(handle.fd, name, shown)
             if st is None or not stat.S_ISLNK(st.st_mode):
-                return self._start(handle, name, shown, st)
+                return self._start(handle, name, shown, st, kind)
         dir_fd, name = self.resolve_parent(path)
         handle = DirHandle(dir_fd)
         if not name:
@@ -294,7 +301,7 @@ class Root:
         except StorageError:
             handle.retire()
             raise
-        return self._start(handle, name, shown, st)
+        return self._start(handle, name, shown, st, kind)
 
     @staticmethod
     def _existing(dir_fd: int, name: str, shown: str) -> os.stat_result | None:
@@ -306,14 +313,88 @@ class Root:
             raise storage_error(exc, shown) from exc
 
     @staticmethod
-    def _start(handle: DirHandle, name: str, shown: str,
-               st: os.stat_result | None) -> AtomicFile:
+    def _start(handle: DirHandle, name: str, shown: str, st: os.stat_result | None,
+               kind: type[AtomicFile] | None = None) -> AtomicFile:
         if st is not None and not stat.S_ISREG(st.st_mode):
             handle.acquire().release()  # closes a handle nobody else holds
             what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
             raise StorageError(f"'{shown}' exists and is {what}", errno=errno.EISDIR,
                                path=shown)
-        return AtomicFile(handle, name, shown)
+        return (kind or AtomicFile)(handle, name, shown)
+
+    def open_partial(self, path: str | bytes) -> tuple[int, os.stat_result] | None:
+        """A read fd of the partial file kept towards ``path`` (shared-locked), or None.
+
+        Raises ``StorageError`` with EAGAIN while a transfer is writing it."""
+        shown = _shown(path)
+        with self.parent(path) as (dir_fd, name):
+            if not name:
+                raise StorageError(f"'{shown}' is a directory", errno=errno.EISDIR,
+                                   path=shown)
+            try:
+                fd = os.open(partial_name(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                             | os.O_NONBLOCK, dir_fd=dir_fd)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise storage_error(exc, shown) from exc
+        st = os.fstat(fd)
+        try:
+            if not stat.S_ISREG(st.st_mode):
+                raise StorageError(f"the partial file of '{shown}' is not a regular file",
+                                   errno=errno.EEXIST, path=shown)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _busy(shown) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.set_blocking(fd, True)
+        return fd, st
+
+    def sweep_temporaries(self, keep_s: float, max_partial_bytes: int,
+                          now: float | None = None) -> list[tuple[str, int]]:
+        """Remove expired temporaries, then the oldest partials over the budget.
+
+        Walks the root without following links; a file some transfer holds locked is
+        never removed.  Returns (path, size) of what was removed."""
+        now = time.time() if now is None else now
+        removed: list[tuple[str, int]] = []
+        kept: list[tuple[int, int, str, str]] = []  # mtime_ns, size, directory, name
+        for directory, name, dir_fd, st in self._temporaries():
+            if now - st.st_mtime_ns / 1e9 > keep_s:
+                if _unlink_unlocked(dir_fd, name, st):
+                    removed.append((os.path.normpath(os.path.join(directory, name)),
+                                    st.st_size))
+            elif name.startswith(PARTIAL_PREFIX):
+                kept.append((st.st_mtime_ns, st.st_size, directory, name))
+        total = sum(size for _, size, _, _ in kept)
+        over: set[tuple[str, str]] = set()
+        for _mtime, size, directory, name in sorted(kept):
+            if total <= max_partial_bytes:
+                break
+            over.add((directory, name))
+            total -= size
+        if over:
+            for directory, name, dir_fd, st in self._temporaries():
+                if (directory, name) in over and _unlink_unlocked(dir_fd, name, st):
+                    removed.append((os.path.normpath(os.path.join(directory, name)),
+                                    st.st_size))
+        return removed
+
+    def _temporaries(self) -> Iterator[tuple[str, str, int, os.stat_result]]:
+        """(directory, name, directory fd, stat) of every regular temporary file."""
+        for directory, _dirs, files, dir_fd in os.fwalk(".", dir_fd=self._fd):
+            for name in files:
+                if not is_temporary_name(name):
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield directory, name, dir_fd, st
 
     def exists(self, path: str | bytes) -> bool:
         try:
@@ -529,17 +610,23 @@ class AtomicFile:
         self.dir_fd = self.dir.fd
         self.name = name
         self.shown = shown
-        self.temp_name = _temporary_name()
+        self.temp_name = self._temporary_name()
         self.written = 0
         try:
-            self.fd = os.open(self.temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                              | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
+            self.fd = self._open_temporary()
         except OSError as exc:
             self.dir.release()
             raise storage_error(exc, shown) from exc
         self._done = False
         self._holes = False
         self._queued = 0  # bytes already handed to early writeback
+
+    def _temporary_name(self) -> str:
+        return _temporary_name()
+
+    def _open_temporary(self) -> int:
+        return os.open(self.temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                       | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
 
     @classmethod
     def beside(cls, local_path: str) -> AtomicFile:
@@ -581,6 +668,7 @@ class AtomicFile:
 
     def seal(self, mode: int, mtime_ns: int | None = None, *, durable: bool = True) -> None:
         """Size, mode and mtime set, the data fsynced (when ``durable``), the fd closed."""
+        self._committing()
         try:
             if self._holes:  # a trailing hole needs the size set explicitly
                 os.ftruncate(self.fd, self.written)
@@ -624,6 +712,9 @@ class AtomicFile:
             raise storage_error(exc, self.shown, _NOT_DURABLE) from exc
         finally:
             self._finish()
+
+    def _committing(self) -> None:
+        """Called as the commit starts (a partial file is no longer kept from then)."""
 
     def abort(self) -> None:
         if self._done:
@@ -680,6 +771,121 @@ def commit_group(files: Sequence[tuple[AtomicFile, int, int | None]], *,
                 outcomes[index] = storage_error(error, file.shown, _NOT_DURABLE)
         file._finish()
     return outcomes
+
+
+def partial_name(name: str) -> str:
+    """The partial file's name for target ``name``: bound to that name in its directory."""
+    key = hashlib.sha256(PARTIAL_LABEL + name.encode("utf-8", "surrogateescape"))
+    return f"{PARTIAL_PREFIX}{key.hexdigest()[:16]}{TEMP_SUFFIX}"
+
+
+def _busy(shown: str) -> StorageError:
+    return StorageError(f"another transfer to '{shown}' is in progress; try again later",
+                        errno=errno.EAGAIN, path=shown)
+
+
+def _unlink_unlocked(dir_fd: int, name: str, st: os.stat_result) -> bool:
+    """Remove ``name`` unless a transfer holds it locked or it was replaced meanwhile."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        now = os.fstat(fd)
+        if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+            return False
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+class PartialFile(AtomicFile):
+    """An ``AtomicFile`` under its target's partial name, kept when abandoned (resume).
+
+    An exclusive flock on a second open file description guards it from the moment it
+    is opened until it is renamed into place or closed (closing ``fd`` in ``commit``
+    must not drop the lock before the rename).  ``abort`` keeps what was written, so a
+    later transfer can resume; failed writes and commits still remove it.
+    """
+
+    def __init__(self, directory: int | DirHandle, name: str, shown: str) -> None:
+        self._lock_fd = -1
+        self.keep = True
+        super().__init__(directory, name, shown)
+        self.kept = os.fstat(self.fd).st_size  # what an earlier transfer left
+
+    def _temporary_name(self) -> str:
+        return partial_name(self.name)
+
+    def _open_temporary(self) -> int:
+        fd = os.open(self.temp_name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | os.O_NONBLOCK, 0o600, dir_fd=self.dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EEXIST, "the partial file is not a regular file")
+            self._lock_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            self._close_lock()
+            raise
+        os.set_blocking(fd, True)
+        return fd
+
+    def start_at(self, offset: int) -> None:
+        """Keep the first ``offset`` bytes and write on from there (0: start over)."""
+        try:
+            os.ftruncate(self.fd, offset)
+            os.lseek(self.fd, offset, os.SEEK_SET)
+        except OSError as exc:
+            self.keep = False
+            self.abort()
+            raise storage_error(exc, self.shown, "the partial file was removed") from exc
+        self.written = self._queued = offset
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        keep, self.keep = self.keep, False  # a failed write removes the partial
+        super().write(data)
+        self.keep = keep
+
+    def skip(self, count: int) -> None:
+        keep, self.keep = self.keep, False
+        super().skip(count)
+        self.keep = keep
+
+    def _committing(self) -> None:
+        self.keep = False  # a failed commit leaves nothing behind
+
+    def abort(self) -> None:
+        """Close, keeping what was written for a later resume (nothing: remove it)."""
+        if self._done or not self.keep or self._empty():
+            super().abort()
+            return
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        self._finish()
+
+    def _finish(self) -> None:
+        super()._finish()
+        self._close_lock()
+
+    def _empty(self) -> bool:
+        try:
+            return self.fd < 0 or os.fstat(self.fd).st_size == 0
+        except OSError:
+            return True
+
+    def _close_lock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
 
 def data_segments(fd: int, size: int, *, sparse: bool) -> Iterator[tuple[int, int, bool]]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sockferry.cli.console import Console, TransferProgress
 from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
 from sockferry.errors import SockferryError, UsageError
-from sockferry.ferry.client import FerryClient
+from sockferry.ferry.client import NO_RESUME, FerryClient
 from sockferry.ferry.copying import Outcome, Reporter, get_paths, send_paths
 from sockferry.sctp.endpoint import TRANSPORTS
 from sockferry.sockets import (
@@ -131,6 +131,12 @@ def _register_serve(sub: Any) -> None:
                         "directories, and answers them together; each fsyncs every file "
                         "and its directory on its own; none never fsyncs (a crash of the "
                         "machine may lose files the client was told were committed)")
+    parser.add_argument("--partial-keep", type=_hours, default=24.0, metavar="HOURS",
+                        help="keep the partial file of an interrupted resumable upload "
+                        "this long for send --resume (default 24)")
+    parser.add_argument("--partial-max-bytes", type=_byte_count, default=16 * 1024**3,
+                        metavar="BYTES", help="at most this much in partial files; the "
+                        "oldest go first (suffixes K, M, G, T; default 16G)")
     _transport_options(parser)
     parser.set_defaults(handler=run_serve)
 
@@ -145,6 +151,10 @@ def _register_send(sub: Any) -> None:
     parser.add_argument("dest", metavar="HOST:DEST",
                         help="server and path ([::1]:DEST for IPv6, :DEST for localhost)")
     _copy_options(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="let the server keep what it got if the transfer breaks, and "
+                        "send only what it lacks of an earlier broken transfer (its kept "
+                        "bytes are proven by digest first)")
     parser.set_defaults(handler=run_send)
 
 
@@ -156,6 +166,10 @@ def _register_get(sub: Any) -> None:
     parser.add_argument("sources", nargs="+", metavar="HOST:SRC", help="remote files")
     parser.add_argument("dest", metavar="DEST", help="local file or directory")
     _copy_options(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep what was received beside DEST if the transfer breaks, and "
+                        "fetch only the rest of an earlier broken transfer (proven by "
+                        "digest first)")
     parser.set_defaults(handler=run_get)
 
 
@@ -177,6 +191,28 @@ def _octal(text: str) -> int:
     if not 0 <= value <= 0o777:
         raise argparse.ArgumentTypeError(f"'{text}' is not a mask between 000 and 777")
     return value
+
+
+def _hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of hours")
+    return value
+
+
+_BYTE_SUFFIXES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _byte_count(text: str) -> int:
+    number, suffix = text[:-1], text[-1:].upper()
+    if suffix.isdigit():
+        number, suffix = text, ""
+    if not number.isdigit() or suffix not in _BYTE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a byte count like 500M or 16G")
+    return int(number) * _BYTE_SUFFIXES[suffix]
 
 
 def _positive(text: str) -> int:
@@ -252,7 +288,9 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     config = ServerConfig(token=token, umask=args.umask, clobber=not args.no_clobber,
                           max_connections=args.max_connections,
                           idle_timeout_s=args.idle_timeout, backlog=args.backlog,
-                          durability=Durability(args.fsync), mptcp=args.mptcp)
+                          durability=Durability(args.fsync), mptcp=args.mptcp,
+                          partial_keep_s=args.partial_keep * 3600,
+                          partial_max_bytes=args.partial_max_bytes)
     if args.transport == "sctp" and args.mptcp:
         raise UsageError("--mptcp and --transport sctp do not go together: SCTP has "
                          "its own multihoming")
@@ -354,14 +392,14 @@ def run_send(args: argparse.Namespace, console: Console) -> int:
     host, dest = remote
     return _copy(args, console, host, "sent", lambda client, reporter: send_paths(
         client, args.sources, dest, recursive=args.recursive, keep_mtime=args.preserve,
-        reporter=reporter))
+        reporter=reporter, resume=args.resume))
 
 
 def run_get(args: argparse.Namespace, console: Console) -> int:
     host, sources = _remote_sources(args.sources)
     return _copy(args, console, host, "received", lambda client, reporter: get_paths(
         client, sources, args.dest, recursive=args.recursive, keep_mtime=args.preserve,
-        reporter=reporter))
+        reporter=reporter, resume=args.resume))
 
 
 def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
@@ -386,6 +424,7 @@ def _report(console: Console, args: argparse.Namespace, outcomes: list[Outcome],
             elapsed: float) -> int:
     code = ExitCode.OK
     files = total = 0
+    told = False
     for outcome in outcomes:
         if outcome.error is None:
             if not outcome.is_directory:
@@ -393,7 +432,13 @@ def _report(console: Console, args: argparse.Namespace, outcomes: list[Outcome],
                 total += outcome.size
                 if args.verbose:
                     console.print(f"{verb} {outcome.source} -> {outcome.target} "
-                                  f"({format_bytes(outcome.size)}, digest verified)")
+                                  f"({format_bytes(outcome.size)}{_resumed(outcome)}, "
+                                  "digest verified)")
+                    if outcome.resume_note and outcome.resume_note != NO_RESUME:
+                        console.notice(outcome.resume_note)
+                if outcome.resume_note == NO_RESUME and not args.quiet and not told:
+                    console.notice(NO_RESUME)  # once, and even without -v
+                    told = True
         elif outcome.skipped:
             if not args.quiet:
                 console.notice(str(outcome.error))
@@ -405,6 +450,14 @@ def _report(console: Console, args: argparse.Namespace, outcomes: list[Outcome],
         console.notice(f"{verb} {files} file(s), {format_bytes(total)} in {elapsed:.2f} s "
                        f"({format_rate(total, elapsed)})")
     return code
+
+
+def _resumed(outcome: Outcome) -> str:
+    """``-v``: how much of the file an earlier transfer had already moved."""
+    if not outcome.resumed:
+        return ""
+    return (f", resumed at {format_bytes(outcome.resumed)} ({outcome.resumed} bytes): "
+            f"{format_bytes(outcome.size - outcome.resumed)} moved")
 
 
 # ---- ls --------------------------------------------------------------------------------

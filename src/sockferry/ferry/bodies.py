@@ -12,7 +12,7 @@ from collections.abc import Callable
 from sockferry.errors import StorageError
 from sockferry.ferry import digests
 from sockferry.ferry import session as s
-from sockferry.storage import AtomicFile, data_segments
+from sockferry.storage import AtomicFile, PartialFile, data_segments
 from sockferry.streams import Stream
 
 SEND_CHUNK = 4 * 1024 * 1024  # DATA frame size for large files (one sendfile each)
@@ -128,3 +128,109 @@ class Sink:
 
     def matches(self, digest: bytes) -> bool:
         return self.hasher.digest() == digest
+
+
+# ---- resume (docs/protocol.md §5.1) ---------------------------------------------------
+
+
+def start_prefix_hash(fd: int, length: int, feature: digests.Feature,
+                      ) -> asyncio.Future[digests.Hasher | None]:
+    """A hasher fed with the first ``length`` bytes of ``fd`` (None if it is shorter),
+    from a worker thread.  The thread reads a duplicate of ``fd``, taken here, so the
+    caller may close ``fd`` whenever it likes."""
+    own = os.dup(fd)
+
+    def run() -> digests.Hasher | None:
+        hasher = digests.new_hasher(feature)
+        try:
+            got = digests.hash_range(hasher, own, 0, length)
+        finally:
+            os.close(own)
+        return hasher if got == length else None
+
+    return asyncio.ensure_future(asyncio.to_thread(run))
+
+
+def _continue_hash(hasher: digests.Hasher, fd: int, start: int, end: int,
+                   stop: threading.Event | None = None) -> Callable[[], bytes]:
+    """A worker-thread job: ``hasher`` continued over bytes ``start``..``end`` of ``fd``
+    (a duplicate taken now), then its digest."""
+    own = os.dup(fd)
+
+    def run() -> bytes:
+        try:
+            if os.fstat(own).st_size < end:
+                os.ftruncate(own, end)  # a trailing hole not yet given its size
+            digests.hash_range(hasher, own, start, end, stop)
+        finally:
+            os.close(own)
+        return hasher.digest()
+
+    return run
+
+
+async def send_tail(core: Core, stream: Stream, request: int, fd: int, offset: int,
+                    size: int, prefix: digests.Hasher,
+                    is_cancelled: Callable[[], bool] | None = None,
+                    progress: Callable[[int], None] | None = None) -> bytes:
+    """Send bytes ``offset`` to ``size`` of ``fd`` as DATA, then DONE with the digest of
+    the whole file: ``prefix`` (already fed with the first ``offset`` bytes) continued
+    over the tail in a worker thread while sendfile sends it."""
+    stop = threading.Event()
+    own = os.dup(fd)
+
+    def hash_tail() -> bytes:
+        try:
+            digests.hash_range(prefix, own, offset, size, stop)
+        finally:
+            os.close(own)
+        return prefix.digest()
+
+    hashing = asyncio.ensure_future(asyncio.to_thread(hash_tail))
+    try:
+        if size > offset:
+            await _send_run(core, stream, request, fd, offset, size - offset, is_cancelled,
+                            progress)
+        digest = await hashing
+    except BaseException:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(hashing)
+        raise
+    _finish(core, request, digest)
+    await stream.send(core.buffers_to_send())
+    return digest
+
+
+class ResumedSink(Sink):
+    """The tail of a resumed body, appended to a kept partial file.
+
+    The digest covers the whole file: the kept prefix is hashed in a worker thread
+    (``prefix``, started by the caller) while the tail arrives; ``verify`` then continues
+    that hasher over the tail as written to disk.
+    """
+
+    def __init__(self, file: PartialFile, feature: digests.Feature, offset: int,
+                 prefix: asyncio.Future[digests.Hasher | None]) -> None:
+        super().__init__(file, feature)
+        self.partial = file
+        self.offset = offset
+        self.prefix = prefix
+
+    def receive(self, piece: bytes | memoryview | int) -> int:
+        if isinstance(piece, int):
+            self.file.skip(piece)
+            return piece
+        self.file.write(piece)
+        return len(piece)
+
+    def matches(self, digest: bytes) -> bool:
+        raise TypeError("a resumed body is checked with verify()")
+
+    async def verify(self, digest: bytes) -> bool:
+        """Whether the whole file (kept prefix, then tail) has ``digest``."""
+        hasher = await self.prefix
+        if hasher is None:
+            return False
+        job = _continue_hash(hasher, self.file.fd, self.offset, self.file.written)
+        return await asyncio.to_thread(job) == digest

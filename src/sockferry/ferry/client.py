@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from sockferry.errors import (
     AuthenticationFailed,
     NetworkError,
+    PeerRefused,
     RemoteProtocolError,
     SockferryError,
     StorageError,
@@ -28,14 +29,17 @@ from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
 from sockferry.ferry.bodies import (
     GATHER_BYTES,
+    ResumedSink,
     Sink,
     TransferCancelled,
     read_whole,
     send_body,
+    send_tail,
+    start_prefix_hash,
 )
 from sockferry.ferry.codes import exception_for
 from sockferry.sockets import Address, connect, storage_error
-from sockferry.storage import AtomicFile, Entry, is_sparse
+from sockferry.storage import AtomicFile, Entry, PartialFile, is_sparse
 from sockferry.streams import SocketStream, Stream
 
 Progress = Callable[[int], None]
@@ -43,6 +47,15 @@ Progress = Callable[[int], None]
 # frame's 64 KiB bound would allow more, but past a few pages the saved frames matter
 # little and a larger frame is copied once more by the receiver's parser.
 INLINE_FILE = 16 * 1024
+NO_RESUME = "resume is not available on this server; the whole file is sent"
+
+
+@dataclass(slots=True)
+class ResumeReport:
+    """What ``--resume`` did for one file: bytes kept, or why it started from 0."""
+
+    offset: int = 0
+    note: str = ""
 
 
 @dataclass(slots=True)
@@ -60,6 +73,8 @@ class _Pending:
     mode: int = 0o644
     mtime_ns: int = 0
     refused: bool = False
+    prefix: digests.Hasher | None = None  # get --resume: fed with our partial's bytes
+    resume: ResumeReport | None = None
 
 
 class FerryClient:
@@ -178,6 +193,8 @@ class FerryClient:
                     self._on_file_finished(event)
                 case s.RequestFailed():
                     self._on_failed(event)
+                case s.PrefixReceived():
+                    self._settle(event.request, (event.length, event.digest))
                 case s.InputEnded() | s.ServerVerified():
                     pass
                 case _:
@@ -192,6 +209,9 @@ class FerryClient:
     def _on_file_started(self, event: s.FileStarted) -> None:
         pending = self._pending[event.request]
         pending.mode, pending.mtime_ns = event.mode, event.mtime_ns
+        if pending.resume is not None:
+            self._on_partial_started(event, pending)
+            return
         try:
             pending.sink = Sink(AtomicFile.beside(pending.local_path),
                                 self.session.digest_feature)
@@ -223,6 +243,12 @@ class FerryClient:
         sink, pending.sink = pending.sink, None
         if sink is None:
             self._settle(event.request)
+            return
+        if isinstance(sink, ResumedSink):
+            task = asyncio.get_running_loop().create_task(
+                self._commit_resumed(event, pending, sink))
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
             return
         if not sink.matches(event.digest):
             sink.file.abort()
@@ -375,6 +401,169 @@ class FerryClient:
         if progress:
             progress(st.st_size)
         return future
+
+    # -- resume (docs/protocol.md §5.1) ---------------------------------------------------
+
+    @property
+    def can_resume(self) -> bool:
+        return bool(self.session.features & m.Feature.RESUME)
+
+    async def partial(self, path: str) -> tuple[int, bytes]:
+        """PARTIAL: how many bytes the server keeps towards ``path``, and their digest."""
+        await self._slot()
+        future = self._track(self.session.partial(path), s.Kind.PARTIAL)
+        await self._flush()
+        result = await future
+        assert isinstance(result, tuple)
+        return result
+
+    async def start_put_resumable(self, local: str, remote: str, *, keep_mtime: bool = False,
+                                  progress: Progress | None = None,
+                                  ) -> tuple[asyncio.Future[object], ResumeReport]:
+        """``send --resume``: send only what the server lacks, if it proves its prefix.
+
+        The server states what it keeps (PARTIAL); only if our first bytes have the same
+        digest does the rest go as PUT_AT.  Otherwise the whole file goes, resumable.
+        """
+        report = ResumeReport()
+        if not self.can_resume:
+            report.note = NO_RESUME
+            return await self.start_put(local, remote, keep_mtime=keep_mtime,
+                                        progress=progress), report
+        fd, st = open_local_file(local)
+        try:
+            hasher = await self._proven_prefix(fd, st.st_size, remote, report)
+            await self._slot()
+            mode = stat_module.S_IMODE(st.st_mode)
+            if hasher is not None:
+                request = self.session.put_at(remote, report.offset, st.st_size, mode,
+                                              st.st_mtime_ns, keep_mtime)
+            else:
+                request = self.session.put(remote, st.st_size, mode, st.st_mtime_ns,
+                                           keep_mtime, resumable=True)
+            future = self._track(request, s.Kind.PUT)
+            pending = self._pending[request]
+            try:
+                if hasher is not None:
+                    if progress:
+                        progress(report.offset)
+                    await send_tail(self.session, self.stream, request, fd, report.offset,
+                                    st.st_size, hasher, lambda: pending.refused, progress)
+                else:
+                    sparse = bool(self.session.features & m.Feature.SPARSE) and is_sparse(st)
+                    await send_body(self.session, self.stream, request, fd, st.st_size,
+                                    sparse, lambda: pending.refused, progress)
+                if request not in self.session.requests and pending.refused:
+                    self._pending.pop(request, None)
+                    self._slot_freed.set()
+            except TransferCancelled:
+                await self._cancel(request)
+            except StorageError as exc:
+                await self._cancel(request)
+                if not future.done():
+                    future.set_exception(StorageError(f"{local}: {exc}", errno=exc.errno,
+                                                      path=local))
+            return future, report
+        finally:
+            os.close(fd)
+
+    async def _proven_prefix(self, fd: int, size: int, remote: str,
+                             report: ResumeReport) -> digests.Hasher | None:
+        """A hasher over our first bytes if they are what the server keeps, else None."""
+        try:
+            length, digest = await self.partial(remote)
+        except PeerRefused as exc:
+            report.note = f"the server cannot resume '{remote}' ({exc}); sending all of it"
+            return None
+        if length == 0:
+            return None
+        hasher = None
+        if length <= size:
+            hasher = await start_prefix_hash(fd, length, self.session.digest_feature)
+        if hasher is None or hasher.digest() != digest:
+            report.note = (f"the {length} bytes the server keeps of '{remote}' differ from "
+                           "this file; sending all of it")
+            return None
+        report.offset = length
+        return hasher
+
+    async def start_get_resumable(self, remote: str, local: str, *, keep_mtime: bool = False,
+                                  progress: Progress | None = None,
+                                  ) -> tuple[asyncio.Future[object], ResumeReport]:
+        """``get --resume``: keep the partial beside ``local``; offer its length and
+        digest; the server sends the rest only if its own first bytes match."""
+        report = ResumeReport(note="" if self.can_resume else NO_RESUME)
+        try:
+            partial = PartialFile.beside(local)
+        except StorageError as exc:
+            if exc.errno == errno.EAGAIN:
+                raise StorageError(f"another transfer to {local} is in progress; try again "
+                                   "later", errno=exc.errno, path=local) from None
+            raise
+        assert isinstance(partial, PartialFile)
+        sink = Sink(partial, self.session.digest_feature)  # replaced once FILE says more
+        try:
+            prefix = None
+            if partial.kept and self.can_resume:
+                prefix = await start_prefix_hash(partial.fd, partial.kept,
+                                                 self.session.digest_feature)
+            await self._slot()
+            if prefix is not None:
+                request = self.session.get(remote, partial.kept, prefix.digest())
+            else:
+                request = self.session.get(remote)
+        except BaseException:
+            partial.abort()
+            raise
+        future = self._track(request, s.Kind.GET, local_path=local, keep_mtime=keep_mtime,
+                             umask=self._umask, progress=progress, sink=sink, prefix=prefix,
+                             resume=report)
+        await self._flush()
+        return future, report
+
+    def _on_partial_started(self, event: s.FileStarted, pending: _Pending) -> None:
+        sink, report = pending.sink, pending.resume
+        if sink is None or report is None:
+            return  # given up locally already
+        partial = sink.file
+        assert isinstance(partial, PartialFile)
+        try:
+            partial.start_at(event.offset)
+        except StorageError as exc:
+            self._give_up(event.request, exc)
+            return
+        if event.offset and pending.prefix is not None:
+            kept: asyncio.Future[digests.Hasher | None] = \
+                asyncio.get_running_loop().create_future()
+            kept.set_result(pending.prefix)
+            pending.sink = ResumedSink(partial, self.session.digest_feature, event.offset,
+                                       kept)
+            report.offset = event.offset
+            if pending.progress:
+                pending.progress(event.offset)
+            return
+        pending.sink = Sink(partial, self.session.digest_feature)
+        if pending.prefix is not None:
+            report.note = (f"the server's file differs from the {partial.kept} bytes kept "
+                           f"of {pending.local_path}; receiving all of it")
+
+    async def _commit_resumed(self, event: s.FileFinished, pending: _Pending,
+                              sink: ResumedSink) -> None:
+        try:
+            matches = await sink.verify(event.digest)
+        except OSError as exc:
+            sink.partial.keep = False
+            sink.file.abort()
+            self._settle(event.request, error=storage_error(exc, pending.local_path))
+            return
+        if not matches:
+            sink.partial.keep = False
+            sink.file.abort()
+            self._settle(event.request, error=RemoteProtocolError(
+                f"digest mismatch for {pending.local_path}: the resumed file does not match "
+                "the server's digest; the partial file was removed — get it again"))
+            return
+        await self._commit(event.request, pending, sink)
 
     async def _cancel(self, request: int) -> None:
         self.session.cancel(request)

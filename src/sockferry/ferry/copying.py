@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sockferry.errors import PathRefused, PeerRefused, SockferryError, StorageError, UsageError
-from sockferry.ferry.client import FerryClient, open_local_file
+from sockferry.ferry.client import FerryClient, ResumeReport, open_local_file
 from sockferry.ferry.messages import ErrorCode
 from sockferry.sockets import storage_error
 from sockferry.storage import Entry, Kind, split_client_path
@@ -32,6 +32,8 @@ class Outcome:
     error: SockferryError | None = None
     is_directory: bool = False
     skipped: bool = False  # deliberately not copied (links to directories, devices)
+    resumed: int = 0  # --resume: bytes kept from an earlier, interrupted transfer
+    resume_note: str = ""  # --resume: why it started from 0 (or "")
 
 
 class Reporter:
@@ -51,6 +53,7 @@ class _Waiting:
     size: int
     future: asyncio.Future[object]
     is_directory: bool = False
+    resume: ResumeReport | None = None
 
 
 async def _settled(client: FerryClient, waiting: list[_Waiting], failed: list[Outcome],
@@ -66,8 +69,10 @@ async def _settled(client: FerryClient, waiting: list[_Waiting], failed: list[Ou
             error = PeerRefused("the connection ended before the server answered")
         elif (exc := item.future.exception()) is not None:
             error = exc if isinstance(exc, SockferryError) else SockferryError(str(exc))
+        report = item.resume or ResumeReport()
         outcomes.append(Outcome(item.source, item.target, item.size, error,
-                                item.is_directory))
+                                item.is_directory, resumed=report.offset,
+                                resume_note=report.note))
     return outcomes
 
 
@@ -91,7 +96,7 @@ def _local_name(path: str) -> str:
 
 async def send_paths(client: FerryClient, sources: list[str], dest: str, *,
                      recursive: bool, keep_mtime: bool,
-                     reporter: Reporter | None = None) -> list[Outcome]:
+                     reporter: Reporter | None = None, resume: bool = False) -> list[Outcome]:
     reporter = reporter or Reporter()
     into_directory = await _remote_is_directory(client, dest)
     if len(sources) > 1 and not into_directory:
@@ -111,31 +116,39 @@ async def send_paths(client: FerryClient, sources: list[str], dest: str, *,
                 failed.append(Outcome(source, target, 0, StorageError(
                     f"'{source}' is a directory (use -r to copy trees)", errno=errno.EISDIR)))
                 continue
-            await _send_tree(client, source, target, keep_mtime, reporter, waiting, failed)
+            await _send_tree(client, source, target, keep_mtime, reporter, waiting, failed,
+                             resume)
         else:
-            await _send_one(client, source, target, keep_mtime, reporter, waiting, failed)
+            await _send_one(client, source, target, keep_mtime, reporter, waiting, failed,
+                            resume)
     return await _settled(client, waiting, failed, reporter)
 
 
 async def _send_one(client: FerryClient, source: str, target: str, keep_mtime: bool,
                     reporter: Reporter, waiting: list[_Waiting],
-                    failed: list[Outcome]) -> None:
+                    failed: list[Outcome], resume: bool = False) -> None:
+    report = None
     try:
         opened = open_local_file(source)
         size = opened[1].st_size
         progress = reporter.progress_for(target, source, size)
-        future = await client.start_put(source, target, keep_mtime=keep_mtime,
-                                        progress=progress, opened=opened)
+        if resume:
+            os.close(opened[0])
+            future, report = await client.start_put_resumable(
+                source, target, keep_mtime=keep_mtime, progress=progress)
+        else:
+            future = await client.start_put(source, target, keep_mtime=keep_mtime,
+                                            progress=progress, opened=opened)
     except StorageError as exc:
         reporter.done(target)
         failed.append(Outcome(source, target, 0, exc))
         return
-    waiting.append(_Waiting(source, target, size, future))
+    waiting.append(_Waiting(source, target, size, future, resume=report))
 
 
 async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: bool,
                      reporter: Reporter, waiting: list[_Waiting],
-                     failed: list[Outcome]) -> None:
+                     failed: list[Outcome], resume: bool = False) -> None:
     def on_error(exc: OSError) -> None:
         failed.append(Outcome(exc.filename or source, target, 0,
                               storage_error(exc, exc.filename or source)))
@@ -156,7 +169,7 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
         for name in sorted(files):
             await _send_one(client, os.path.join(directory, name),
                             posixpath.join(remote_dir, name), keep_mtime, reporter, waiting,
-                            failed)
+                            failed, resume)
 
 
 # ---- get -------------------------------------------------------------------------------
@@ -176,7 +189,7 @@ def safe_relative(path: str) -> list[str]:
 
 async def get_paths(client: FerryClient, sources: list[str], dest: str, *,
                     recursive: bool, keep_mtime: bool,
-                    reporter: Reporter | None = None) -> list[Outcome]:
+                    reporter: Reporter | None = None, resume: bool = False) -> list[Outcome]:
     reporter = reporter or Reporter()
     into_directory = os.path.isdir(dest)
     if dest.endswith("/") and not into_directory:
@@ -200,9 +213,13 @@ async def get_paths(client: FerryClient, sources: list[str], dest: str, *,
                     f"'{source}' is a directory on the server (use -r to copy trees)")))
                 continue
             await _get_tree(client, source, entry, target, keep_mtime, reporter, waiting,
-                            failed)
+                            failed, resume)
         elif entry.kind is Kind.FILE:
-            await _get_one(client, source, target, entry.size, keep_mtime, reporter, waiting)
+            try:
+                await _get_one(client, source, target, entry.size, keep_mtime, reporter,
+                               waiting, resume)
+            except StorageError as exc:
+                failed.append(Outcome(source, target, 0, exc))
         else:
             failed.append(Outcome(source, target, 0, PeerRefused(
                 f"'{source}' is not a regular file on the server")))
@@ -210,10 +227,21 @@ async def get_paths(client: FerryClient, sources: list[str], dest: str, *,
 
 
 async def _get_one(client: FerryClient, source: str, target: str, size: int,
-                   keep_mtime: bool, reporter: Reporter, waiting: list[_Waiting]) -> None:
+                   keep_mtime: bool, reporter: Reporter, waiting: list[_Waiting],
+                   resume: bool = False) -> None:
     progress = reporter.progress_for(target, source, size)
-    future = await client.start_get(source, target, keep_mtime=keep_mtime, progress=progress)
-    waiting.append(_Waiting(source, target, size, future))
+    report = None
+    try:
+        if resume:
+            future, report = await client.start_get_resumable(
+                source, target, keep_mtime=keep_mtime, progress=progress)
+        else:
+            future = await client.start_get(source, target, keep_mtime=keep_mtime,
+                                            progress=progress)
+    except StorageError:
+        reporter.done(target)
+        raise
+    waiting.append(_Waiting(source, target, size, future, resume=report))
 
 
 def _make_local_dir(path: str, mode: int) -> None:
@@ -225,7 +253,7 @@ def _make_local_dir(path: str, mode: int) -> None:
 
 async def _get_tree(client: FerryClient, source: str, top: Entry, target: str,
                     keep_mtime: bool, reporter: Reporter, waiting: list[_Waiting],
-                    failed: list[Outcome]) -> None:
+                    failed: list[Outcome], resume: bool = False) -> None:
     try:
         _make_local_dir(target, top.mode & 0o777)
         entries = await client.list(source, recursive=True)
@@ -240,7 +268,7 @@ async def _get_tree(client: FerryClient, source: str, top: Entry, target: str,
                 _make_local_dir(local, entry.mode & 0o777)
             elif entry.kind is Kind.FILE:
                 await _get_one(client, remote, local, entry.size, keep_mtime, reporter,
-                               waiting)
+                               waiting, resume)
             else:
                 failed.append(Outcome(remote, local, 0, PeerRefused(
                     f"'{remote}' is a {entry.kind.value} on the server; skipped"),

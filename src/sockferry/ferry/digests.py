@@ -9,7 +9,7 @@ from typing import Protocol
 
 from sockferry.ferry.messages import Feature
 
-__all__ = ["Feature", "Hasher", "digest_of", "hash_fd", "name_of", "new_hasher",
+__all__ = ["Feature", "Hasher", "digest_of", "hash_fd", "hash_range", "name_of", "new_hasher",
            "update_zeros"]
 
 HASH_CHUNK = 1024 * 1024
@@ -68,3 +68,22 @@ def hash_fd(fd: int, size: int, feature: Feature, stop: threading.Event | None =
         hasher.update(view[:n])
         offset += n
     return hasher.digest()
+
+
+def hash_range(hasher: Hasher, fd: int, start: int, end: int,
+               stop: threading.Event | None = None) -> int:
+    """Feed bytes ``start`` to ``end`` of ``fd`` into ``hasher`` (pread); how many there were.
+
+    Resume hashes a kept prefix with it, then continues the same hasher over the tail.
+    Fewer than ``end - start`` means the file is shorter (or ``stop`` was set).
+    """
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    offset = start
+    while offset < end and not (stop and stop.is_set()):
+        n = os.preadv(fd, [view[: min(HASH_CHUNK, end - offset)]], offset)
+        if n == 0:
+            break
+        hasher.update(view[:n])
+        offset += n
+    return offset - start

@@ -53,11 +53,14 @@ class FrameType(IntEnum):
     STAT = 0x16
     MKDIR = 0x17
     HOLE = 0x18
+    PARTIAL = 0x19  # RESUME: what do you keep towards this path?
+    PUT_AT = 0x1A  # RESUME: a PUT carrying the file from an offset on
     PUT_INLINE = 0x1F  # INLINE: a small file's PUT, DATA and DONE in one frame
     OK = 0x20
     FILE = 0x21
     ENTRIES = 0x22
     COMMITTED = 0x24
+    PREFIX = 0x25  # RESUME: length and digest of a kept partial file
     ERROR = 0x2F
 
 
@@ -67,16 +70,28 @@ class Feature(IntFlag):
     DIGEST_BLAKE3 = 0x1
     DIGEST_SHA256 = 0x2
     SPARSE = 0x4  # HOLE frames may stand for runs of zero bytes
+    RESUME = 0x8  # PARTIAL, PUT_AT, PREFIX and GET offsets proven by digest
     INLINE = 0x10  # PUT_INLINE frames may carry small files whole
 
 
 DIGEST_FEATURES = Feature.DIGEST_BLAKE3 | Feature.DIGEST_SHA256
-ALL_FEATURES = DIGEST_FEATURES | Feature.SPARSE | Feature.INLINE
+ALL_FEATURES = DIGEST_FEATURES | Feature.SPARSE | Feature.RESUME | Feature.INLINE
 
 
 class PutFlag(IntFlag):
     NONE = 0
     KEEP_MTIME = 0x1
+    RESUMABLE = 0x2  # RESUME: keep the partial file under its partial name if interrupted
+
+
+class GetFlag(IntFlag):
+    NONE = 0
+    PREFIX = 0x1  # RESUME: the digest of the client's first ``offset`` bytes follows
+
+
+class FileFlag(IntFlag):
+    NONE = 0
+    RESUMED = 0x1  # RESUME: the body starts at the GET's offset
 
 
 class ListFlag(IntFlag):
@@ -200,6 +215,37 @@ class Get:
     request: int
     path: str
     offset: int = 0
+    prefix_digest: bytes | None = None  # RESUME: digest of the client's first offset bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """RESUME: ask what the server keeps of an interrupted upload to ``path``."""
+
+    request: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class PutAt:
+    """RESUME: a PUT whose body is the file from ``offset`` on."""
+
+    request: int
+    path: str
+    offset: int
+    size: int
+    mode: int
+    mtime_ns: int
+    flags: PutFlag = PutFlag.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class Prefix:
+    """RESUME: the answer to PARTIAL: ``length`` bytes kept, and their digest."""
+
+    request: int
+    length: int
+    digest: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +279,7 @@ class FileHeader:
     size: int
     mode: int
     mtime_ns: int
+    resumed: bool = False  # RESUME: the body starts at the GET's offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +304,8 @@ class Error:
 
 
 Message = (Hello | HelloReply | Auth | Put | PutInline | Data | DataChunk | Hole | Done
-           | Cancel | Get | ListDir | Stat | Mkdir | Ok | FileHeader | Entries | Committed | Error)
+           | Cancel | Get | ListDir | Stat | Mkdir | Ok | FileHeader | Entries | Committed
+           | Error | Partial | PutAt | Prefix)
 
 
 # ------------------------------------------------------------------------------------
@@ -326,7 +374,31 @@ def _encode_hole(x: Hole) -> bytes:
 
 def _encode_file(x: FileHeader) -> bytes:
     w = Writer().u64(x.size).u32(x.mode).i64(x.mtime_ns)
-    return frame(FrameType.FILE, x.request, w.getvalue())
+    return frame(FrameType.FILE, x.request, w.getvalue(),
+                 FileFlag.RESUMED if x.resumed else 0)
+
+
+def _encode_get(x: Get) -> bytes:
+    w = _path(Writer().u64(x.offset), x.path)
+    if x.prefix_digest is None:
+        return frame(FrameType.GET, x.request, w.getvalue())
+    if x.offset == 0:
+        raise ValueError("a GET with a prefix digest needs an offset of at least 1")
+    w.raw(_exact(x.prefix_digest, DIGEST_BYTES, "digest"))
+    return frame(FrameType.GET, x.request, w.getvalue(), GetFlag.PREFIX)
+
+
+def _encode_put_at(x: PutAt) -> bytes:
+    if not 0 <= x.offset <= x.size:
+        raise ValueError(f"PUT_AT offset {x.offset} is beyond the size {x.size}")
+    w = Writer().u64(x.offset).u64(x.size).u32(x.mode).i64(x.mtime_ns)
+    return frame(FrameType.PUT_AT, x.request, _path(w, x.path).getvalue(),
+                 x.flags & PutFlag.KEEP_MTIME)
+
+
+def _encode_prefix(x: Prefix) -> bytes:
+    w = Writer().u64(x.length).raw(_exact(x.digest, DIGEST_BYTES, "digest"))
+    return frame(FrameType.PREFIX, x.request, w.getvalue())
 
 
 def _encode_committed(x: Committed) -> bytes:
@@ -351,8 +423,10 @@ _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     Hole: _encode_hole,
     Done: lambda x: frame(FrameType.DONE, x.request, _exact(x.digest, DIGEST_BYTES, "digest")),
     Cancel: lambda x: frame(FrameType.CANCEL, x.request),
-    Get: lambda x: frame(FrameType.GET, x.request,
-                         _path(Writer().u64(x.offset), x.path).getvalue()),
+    Get: _encode_get,
+    Partial: lambda x: frame(FrameType.PARTIAL, x.request, _path(Writer(), x.path).getvalue()),
+    PutAt: _encode_put_at,
+    Prefix: _encode_prefix,
     ListDir: lambda x: frame(FrameType.LIST, x.request, _path(Writer(), x.path).getvalue(),
                              x.flags),
     Stat: lambda x: frame(FrameType.STAT, x.request, _path(Writer(), x.path).getvalue()),
@@ -444,12 +518,13 @@ def _decode_hello_reply(r: Reader, request: int, flags: int) -> HelloReply:
                       _read_text(r, MAX_SOFTWARE_BYTES, "software"), r.read(PROOF_BYTES))
 
 
-_PUT_FLAGS = {0: PutFlag.NONE, 1: PutFlag.KEEP_MTIME}  # no enum call per frame
+_PUT_FLAGS = {bits: PutFlag(bits) for bits in range(4)}  # no enum call per frame
 
 
 def _decode_put(r: Reader, request: int, flags: int) -> Put:
     size, mode, mtime = _read_size(r), r.u32(), r.i64()
-    return Put(request, _read_path(r), size, mode, mtime, _PUT_FLAGS[flags & PutFlag.KEEP_MTIME])
+    return Put(request, _read_path(r), size, mode, mtime,
+               _PUT_FLAGS[flags & (PutFlag.KEEP_MTIME | PutFlag.RESUMABLE)])
 
 
 def _decode_put_inline(r: Reader, request: int, flags: int) -> PutInline:
@@ -466,6 +541,28 @@ def _decode_put_inline(r: Reader, request: int, flags: int) -> PutInline:
                               f"{r.remaining - DIGEST_BYTES}")
     return PutInline(request, path, mode, mtime, r.read(size), r.read(DIGEST_BYTES),
                      _PUT_FLAGS[flags & PutFlag.KEEP_MTIME])
+
+
+def _decode_put_at(r: Reader, request: int, flags: int) -> PutAt:
+    offset, size, mode, mtime = _read_size(r), _read_size(r), r.u32(), r.i64()
+    if offset > size:
+        raise MalformedPacket(f"PUT_AT offset {offset} is beyond the size {size}")
+    return PutAt(request, _read_path(r), offset, size, mode, mtime,
+                 PutFlag(flags & PutFlag.KEEP_MTIME))
+
+
+def _decode_get(r: Reader, request: int, flags: int) -> Get:
+    offset, path = _read_size(r), _read_path(r)
+    if not flags & GetFlag.PREFIX:
+        return Get(request, path, offset)
+    if offset == 0:
+        raise MalformedPacket("GET with a prefix digest at offset 0")
+    return Get(request, path, offset, r.read(DIGEST_BYTES))
+
+
+def _decode_file(r: Reader, request: int, flags: int) -> FileHeader:
+    return FileHeader(request, _read_size(r), r.u32(), r.i64(),
+                      bool(flags & FileFlag.RESUMED))
 
 
 def _decode_hole(r: Reader, request: int, flags: int) -> Hole:
@@ -500,12 +597,15 @@ _DECODERS: dict[FrameType, Callable[[Reader, int, int], Message]] = {
     FrameType.DONE: lambda r, q, f: Done(q, r.read(DIGEST_BYTES)),
     FrameType.HOLE: _decode_hole,
     FrameType.CANCEL: lambda r, q, f: Cancel(q),
-    FrameType.GET: lambda r, q, f: Get(q, offset=_read_size(r), path=_read_path(r)),
+    FrameType.GET: _decode_get,
+    FrameType.PARTIAL: lambda r, q, f: Partial(q, _read_path(r)),
+    FrameType.PUT_AT: _decode_put_at,
+    FrameType.PREFIX: lambda r, q, f: Prefix(q, _read_size(r), r.read(DIGEST_BYTES)),
     FrameType.LIST: lambda r, q, f: ListDir(q, _read_path(r), ListFlag(f & ListFlag.RECURSIVE)),
     FrameType.STAT: lambda r, q, f: Stat(q, _read_path(r)),
     FrameType.MKDIR: lambda r, q, f: Mkdir(q, mode=r.u32(), path=_read_path(r)),
     FrameType.OK: lambda r, q, f: Ok(q),
-    FrameType.FILE: lambda r, q, f: FileHeader(q, _read_size(r), r.u32(), r.i64()),
+    FrameType.FILE: _decode_file,
     FrameType.ENTRIES: _decode_entries,
     FrameType.COMMITTED: lambda r, q, f: Committed(q, _read_size(r), r.read(DIGEST_BYTES)),
     FrameType.ERROR: _decode_error,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import logging
 import os
 import socket
@@ -31,7 +33,15 @@ from sockferry.errors import (
 from sockferry.ferry import digests
 from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
-from sockferry.ferry.bodies import GATHER_BYTES, Sink, TransferCancelled, send_body
+from sockferry.ferry.bodies import (
+    GATHER_BYTES,
+    ResumedSink,
+    Sink,
+    TransferCancelled,
+    send_body,
+    send_tail,
+    start_prefix_hash,
+)
 from sockferry.ferry.codes import code_for
 from sockferry.ferry.digests import digest_of
 from sockferry.sockets import (
@@ -47,6 +57,7 @@ from sockferry.storage import (
     DirCache,
     Durability,
     Entry,
+    PartialFile,
     Root,
     capped_mode,
     commit_group,
@@ -72,6 +83,10 @@ class ServerConfig:
     max_file_size: int = m.MAX_FILE_SIZE
     backlog: int = 128
     durability: Durability = Durability.BATCH
+    # Resume (docs/protocol.md §5.1): how long and how much partial files are kept.
+    partial_keep_s: float = 24 * 3600.0
+    partial_max_bytes: int = 16 * 1024**3
+    partial_sweep_s: float = 600.0
     features: int = m.ALL_FEATURES  # fewer to behave as an older server would
     mptcp: bool = False  # listen with Multipath TCP (still accepts plain TCP clients)
 
@@ -85,6 +100,7 @@ class Upload:
     mode: int
     mtime_ns: int | None
     started: float = field(default_factory=time.monotonic)
+    offset: int = 0  # resumed: the first bytes were kept from an earlier transfer
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +125,7 @@ class FerryServer:
         self.addresses: list[str] = []
         self.closing = False
         self.stopped = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, addresses: Sequence[Address]) -> list[str]:
         """Bind and listen on every address; returns them as bound (real ports)."""
@@ -126,7 +143,28 @@ class FerryServer:
         for sock in self._listeners:
             self.addresses.append(format_sockaddr(sock.getsockname()))
             self._accepting.append(loop.create_task(self._accept_loop(sock)))
+        self._start_sweeping()
         return self.addresses
+
+    def _start_sweeping(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+
+    async def _sweep_loop(self) -> None:
+        """Remove expired partial files, and the oldest over the budget (§5.1)."""
+        config = self.config
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.root.sweep_temporaries,
+                                                  config.partial_keep_s,
+                                                  config.partial_max_bytes)
+            except OSError as exc:
+                log.warning("sweeping partial files failed: %s", exc.strerror or exc)
+            else:
+                for path, size in removed:
+                    log.info("removed partial file %s (%s): expired or over the budget",
+                             path, format_bytes(size))
+            await asyncio.sleep(config.partial_sweep_s)
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -153,6 +191,7 @@ class FerryServer:
 
     def serve(self, stream: Stream) -> None:
         """Run one client's connection: an accepted socket, or an SCTP association."""
+        self._start_sweeping()
         task = asyncio.get_running_loop().create_task(Connection(self, stream).run())
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
@@ -169,6 +208,8 @@ class FerryServer:
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting; let connections finish for ``grace_s``; then abort them."""
         self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for task in self._accepting:
             task.cancel()
         await asyncio.gather(*self._accepting, return_exceptions=True)
@@ -206,10 +247,11 @@ class Connection:
                                        max_requests=server.config.max_requests,
                                        features=server.config.features)
         self.uploads: dict[int, Upload] = {}
-        self.jobs: deque[s.GetRequested | s.ListRequested] = deque()
+        self.jobs: deque[s.GetRequested | s.ListRequested | s.PartialRequested] = deque()
         self.cancelled: set[int] = set()
         self.commits: set[asyncio.Task[None]] = set()
         self.verified: list[Verified] = []  # the next group to commit (--fsync batch)
+        self.grouping = False  # a task is committing groups
         self.dirs = DirCache(self.root)
         self.commit_slots = asyncio.Semaphore(MAX_COMMITS_IN_FLIGHT)
         self.path_locks: dict[str, asyncio.Lock] = {}
@@ -314,6 +356,7 @@ class Connection:
             s.RequestCancelled: lambda e: self._on_cancel(e.request),
             s.GetRequested: self.jobs.append,
             s.ListRequested: self.jobs.append,
+            s.PartialRequested: self.jobs.append,
             s.StatRequested: self._on_stat,
             s.MkdirRequested: self._on_mkdir,
             s.InputEnded: lambda _e: self._on_input_ended(),
@@ -324,6 +367,9 @@ class Connection:
                      f"{digests.name_of(self.session.digest_feature)})")
 
     def _on_put(self, event: s.PutRequested) -> None:
+        if event.resumable and event.size <= self.config.max_file_size:
+            self._on_put_resumable(event)
+            return
         upload = self._start_upload(event.request, event.path, event.size, event.mode,
                                     event.mtime_ns if event.keep_mtime else None)
         if upload is not None:
@@ -376,6 +422,9 @@ class Connection:
         upload = self.uploads.pop(event.request, None)
         if upload is None:
             return  # already refused (disk full, ...): the reply has been sent
+        if isinstance(upload.sink, ResumedSink):
+            self._spawn_commit(self._commit_resumed(event, upload))
+            return
         self._verify(event.request, event.digest, upload)
 
     def _verify(self, request: int, digest: bytes, upload: Upload) -> None:
@@ -399,7 +448,8 @@ class Connection:
                 self._commit_now(verified)
             case Durability.BATCH:
                 self.verified.append(verified)
-                if len(self.verified) == 1 and not self.commits:
+                if not self.grouping:
+                    self.grouping = True
                     self._spawn_commit(self._commit_groups())
             case Durability.EACH:
                 self._spawn_commit(self._commit_one(verified))
@@ -437,6 +487,7 @@ class Connection:
                     self._refuse(verified.request, "PUT", upload.path, code_for(error),
                                  str(error), upload.started, upload.size)
             self.wake.set()
+        self.grouping = False
         self._leave_commits()
 
     async def _commit_one(self, verified: Verified) -> None:
@@ -467,6 +518,130 @@ class Connection:
         self.files += 1
         self._log_file("PUT", upload.path, upload.size, upload.started, "ok",
                        logging.DEBUG)
+    # -- resume (docs/protocol.md §5.1) ---------------------------------------------------
+
+    def _on_put_resumable(self, event: s.PutRequested) -> None:
+        """PUT with RESUMABLE, or PUT_AT: write under the target's partial name."""
+        feature = self.session.digest_feature
+        try:
+            file = self.root.create(event.path, kind=PartialFile)
+        except StorageError as exc:
+            if exc.errno != errno.EAGAIN:
+                self._refuse(event.request, "PUT", event.path, code_for(exc), str(exc))
+                return
+            if event.offset:
+                self._refuse(event.request, "PUT", event.path, m.ErrorCode.BUSY,
+                             f"another transfer to '{event.path}' is in progress; try "
+                             "again later")
+                return
+            self._on_put(dataclasses.replace(event, resumable=False))  # a random temporary
+            return
+        assert isinstance(file, PartialFile)
+        if event.offset > file.kept:
+            file.abort()  # keeps the partial as it was
+            self._refuse(event.request, "PUT", event.path, m.ErrorCode.BAD_REQUEST,
+                         f"the server keeps {file.kept} bytes of '{event.path}', fewer "
+                         f"than the offset {event.offset}; send it again without resuming")
+            return
+        try:
+            file.start_at(event.offset)
+        except StorageError as exc:
+            self._refuse(event.request, "PUT", event.path, code_for(exc), str(exc))
+            return
+        sink = (ResumedSink(file, feature, event.offset,
+                            start_prefix_hash(file.fd, event.offset, feature))
+                if event.offset else Sink(file, feature))
+        self.uploads[event.request] = Upload(
+            event.path, file, sink, event.size, capped_mode(event.mode, self.config.umask),
+            event.mtime_ns if event.keep_mtime else None, offset=event.offset)
+
+    async def _commit_resumed(self, event: s.PutFinished, upload: Upload) -> None:
+        """Check the whole file (kept prefix, then tail) against DONE, then commit."""
+        sink = upload.sink
+        assert isinstance(sink, ResumedSink)
+        try:
+            matches = await sink.verify(event.digest)
+        except OSError as exc:
+            sink.file.abort()
+            matches = False
+            log.warning("%s: checking '%s' failed: %s", self.peer, upload.path, exc)
+        except BaseException:
+            sink.file.abort()
+            raise
+        if matches:
+            log.info("%s: PUT '%s' resumed at byte %d: %s received, the whole file "
+                     "verified", self.peer, upload.path, upload.offset,
+                     format_bytes(upload.size - upload.offset))
+            self._commit(Verified(event.request, event.digest, upload))
+            self._leave_commits()
+            return
+        sink.file.abort()
+        self._refuse(event.request, "PUT", upload.path, m.ErrorCode.DIGEST_MISMATCH,
+                     f"digest mismatch for '{upload.path}': the resumed file does not match "
+                     "the sender's digest; nothing was written — send it again without "
+                     "resuming", upload.started, upload.size - upload.offset)
+        self._leave_commits()
+
+    async def _send_prefix(self, job: s.PartialRequested) -> None:
+        """PARTIAL: the length of what is kept towards the path, and its digest."""
+        feature = self.session.digest_feature
+        try:
+            found = self.root.open_partial(job.path)
+        except StorageError as exc:
+            code = m.ErrorCode.BUSY if exc.errno == errno.EAGAIN else code_for(exc)
+            self._refuse(job.request, "PARTIAL", job.path, code, str(exc))
+            return
+        length, hasher = 0, None
+        if found is not None:
+            fd, st = found
+            try:
+                if time.time() - st.st_mtime_ns / 1e9 <= self.config.partial_keep_s:
+                    hasher = await start_prefix_hash(fd, st.st_size, feature)
+                    length = st.st_size
+            finally:
+                os.close(fd)
+        if hasher is None:
+            length, hasher = 0, digests.new_hasher(feature)
+        self.session.prefix(job.request, length, hasher.digest())
+        log.debug("%s: PARTIAL '%s': %s kept", self.peer, job.path, format_bytes(length))
+
+    async def _send_tail(self, job: s.GetRequested) -> bool:
+        """GET with a prefix digest: if our first ``offset`` bytes have that digest, send
+        the rest (True); otherwise False, and the whole file goes as for a plain GET."""
+        assert job.prefix_digest is not None
+        if job.request in self.cancelled:
+            return False
+        started = time.monotonic()
+        try:
+            fd, st = self.root.open_read(job.path)
+        except StorageError:
+            return False  # the plain path refuses it with the same error
+        try:
+            hasher = None
+            if job.offset <= st.st_size:
+                hasher = await start_prefix_hash(fd, job.offset, self.session.digest_feature)
+            if hasher is None or hasher.digest() != job.prefix_digest:
+                log.info("%s: GET '%s': the client's %s differ from this file; sending all "
+                         "of it", self.peer, job.path, format_bytes(job.offset))
+                return False
+            self.session.resumed_file_header(job.request, st.st_size, st.st_mode & 0o7777,
+                                             st.st_mtime_ns)
+            await send_tail(self.session, self.stream, job.request, fd, job.offset,
+                            st.st_size, hasher, lambda: job.request in self.cancelled)
+        except TransferCancelled:
+            self._refuse(job.request, "GET", job.path, m.ErrorCode.CANCELLED,
+                         "cancelled by the client", started)
+        except StorageError as exc:
+            self._refuse(job.request, "GET", job.path, m.ErrorCode.IO_ERROR, str(exc),
+                         started)
+        else:
+            self.files += 1
+            self._log_file("GET", job.path, st.st_size - job.offset, started,
+                           f"ok (resumed at byte {job.offset})")
+        finally:
+            os.close(fd)
+        self.cancelled.discard(job.request)
+        return True
 
     def _on_cancel(self, request: int) -> None:
         upload = self.uploads.pop(request, None)
@@ -530,6 +705,8 @@ class Connection:
                 job = self.jobs.popleft()
                 if isinstance(job, s.GetRequested):
                     await self._send_file(job)
+                elif isinstance(job, s.PartialRequested):
+                    await self._send_prefix(job)
                 else:
                     await self._send_listing(job)
                 if self.session.unsent >= GATHER_BYTES:  # small files' frames, gathered
@@ -542,6 +719,10 @@ class Connection:
             self.wake.clear()
 
     async def _send_file(self, job: s.GetRequested) -> None:
+        if job.prefix_digest is not None:
+            if await self._send_tail(job):
+                return
+            job = dataclasses.replace(job, offset=0, prefix_digest=None)
         started = time.monotonic()
         if job.offset:
             self._refuse(job.request, "GET", job.path, m.ErrorCode.BAD_REQUEST,

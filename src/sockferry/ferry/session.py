@@ -59,6 +59,7 @@ class Kind(Enum):
     LIST = auto()
     STAT = auto()
     MKDIR = auto()
+    PARTIAL = auto()  # RESUME: what the server keeps of an upload
 
 
 @dataclass(slots=True)
@@ -68,6 +69,7 @@ class Request:
     size: int = 0  # bytes the DATA frames must total
     done: int = 0  # bytes so far
     cancelled: bool = False
+    offset: int = 0  # RESUME: a GET's proven offset (the body may start there)
 
     @property
     def left(self) -> int:
@@ -98,6 +100,8 @@ class PutRequested:
     mode: int
     mtime_ns: int
     keep_mtime: bool
+    offset: int = 0  # RESUME (PUT_AT): the body is the file from here on
+    resumable: bool = False  # RESUME: keep the partial file if interrupted
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +149,24 @@ class GetRequested:
     request: int
     path: str
     offset: int
+    prefix_digest: bytes | None = None  # RESUME: the client's digest of its first offset
+
+
+@dataclass(frozen=True, slots=True)
+class PartialRequested:
+    """RESUME: answer with ``prefix`` (what is kept towards ``path``) or ``refuse``."""
+
+    request: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixReceived:
+    """RESUME: the server keeps ``length`` bytes towards the path, with this digest."""
+
+    request: int
+    length: int
+    digest: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +207,7 @@ class FileStarted:
     size: int
     mode: int
     mtime_ns: int
+    offset: int = 0  # RESUME: the body starts here (the prefix matched)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +242,13 @@ Event = (ClientAuthenticated | ServerVerified | PutRequested | SmallFileReceived
          | PutFinished
          | RequestCancelled | GetRequested | ListRequested | StatRequested | MkdirRequested
          | PutCommitted | MkdirDone | FileStarted | FileFinished | EntriesReceived
-         | RequestFailed | InputEnded)
+         | RequestFailed | InputEnded | PartialRequested | PrefixReceived)
+
+
+def _need_resume(features: int, what: str) -> None:
+    if not features & m.Feature.RESUME:
+        raise RemoteProtocolError(f"{what} without the RESUME feature",
+                                  code=m.ErrorCode.BAD_REQUEST)
 
 
 def choose_digest(features: int) -> m.Feature:
@@ -392,6 +421,8 @@ class ServerSession(_Session):
         (ConnState.READY, m.ListDir): "_on_list",
         (ConnState.READY, m.Stat): "_on_stat",
         (ConnState.READY, m.Mkdir): "_on_mkdir",
+        (ConnState.READY, m.Partial): "_on_partial",
+        (ConnState.READY, m.PutAt): "_on_put_at",
     }
 
     def __init__(self, token: bytes, nonce: bytes, *, max_requests: int = DEFAULT_MAX_REQUESTS,
@@ -450,9 +481,27 @@ class ServerSession(_Session):
 
     def _on_put(self, message: m.Put) -> None:
         self._open(message.request, Request(Kind.PUT, Phase.RECEIVING, size=message.size))
+        # RESUMABLE is an undefined flag without RESUME: ignored, as §2 says.
+        resumable = bool(message.flags & m.PutFlag.RESUMABLE
+                         and self.features & m.Feature.RESUME)
         self._events.append(PutRequested(message.request, message.path, message.size,
                                          message.mode, message.mtime_ns,
-                                         bool(message.flags & m.PutFlag.KEEP_MTIME)))
+                                         bool(message.flags & m.PutFlag.KEEP_MTIME),
+                                         resumable=resumable))
+
+    def _on_put_at(self, message: m.PutAt) -> None:
+        _need_resume(self.features, "PUT_AT")
+        self._open(message.request, Request(Kind.PUT, Phase.RECEIVING,
+                                            size=message.size - message.offset))
+        self._events.append(PutRequested(message.request, message.path, message.size,
+                                         message.mode, message.mtime_ns,
+                                         bool(message.flags & m.PutFlag.KEEP_MTIME),
+                                         offset=message.offset, resumable=True))
+
+    def _on_partial(self, message: m.Partial) -> None:
+        _need_resume(self.features, "PARTIAL")
+        self._open(message.request, Request(Kind.PARTIAL, Phase.SERVING))
+        self._events.append(PartialRequested(message.request, message.path))
 
     def _on_put_inline(self, message: m.PutInline) -> None:
         if not self.features & m.Feature.INLINE:
@@ -494,8 +543,12 @@ class ServerSession(_Session):
             self._events.append(RequestCancelled(message.request))
 
     def _on_get(self, message: m.Get) -> None:
-        self._open(message.request, Request(Kind.GET, Phase.SERVING))
-        self._events.append(GetRequested(message.request, message.path, message.offset))
+        if message.prefix_digest is not None:
+            _need_resume(self.features, "GET with a prefix digest")
+        self._open(message.request, Request(Kind.GET, Phase.SERVING,
+                                            offset=message.offset))
+        self._events.append(GetRequested(message.request, message.path, message.offset,
+                                         message.prefix_digest))
 
     def _on_list(self, message: m.ListDir) -> None:
         self._open(message.request, Request(Kind.LIST, Phase.SERVING))
@@ -550,6 +603,24 @@ class ServerSession(_Session):
         state.phase, state.size = Phase.SENDING, size
         self._emit(m.FileHeader(request, size, mode, mtime_ns))
 
+    def resumed_file_header(self, request: int, size: int, mode: int,
+                            mtime_ns: int) -> None:
+        """FILE with RESUMED: the prefix matched, the body is the file from the offset."""
+        state = self._local(request, Phase.SERVING)
+        if state.kind is not Kind.GET or not state.offset or state.offset > size:
+            raise LocalProtocolError("a resumed FILE answers a GET with an offset within "
+                                     "the file")
+        state.phase, state.size = Phase.SENDING, size - state.offset
+        self._emit(m.FileHeader(request, size, mode, mtime_ns, resumed=True))
+
+    def prefix(self, request: int, length: int, digest: bytes) -> None:
+        """PREFIX: the answer to PARTIAL."""
+        state = self._local(request, Phase.SERVING)
+        if state.kind is not Kind.PARTIAL:
+            raise LocalProtocolError("PREFIX answers PARTIAL only")
+        self._emit(m.Prefix(request, length, digest))
+        del self.requests[request]
+
     def data_header(self, request: int, length: int) -> None:
         """Emit a DATA header; the driver sends ``length`` body bytes right after it."""
         self._emit_data(request, self._local(request, Phase.SENDING), length)
@@ -590,6 +661,7 @@ class ClientSession(_Session):
         (ConnState.READY, m.Done): "_on_done",
         (ConnState.READY, m.Entries): "_on_entries",
         (ConnState.READY, m.Error): "_on_error",
+        (ConnState.READY, m.Prefix): "_on_prefix",
     }
 
     def __init__(self, token: bytes, nonce: bytes, *,
@@ -642,9 +714,13 @@ class ClientSession(_Session):
         self.requests[request] = state
         return request
 
-    def put(self, path: str, size: int, mode: int, mtime_ns: int, keep_mtime: bool) -> int:
+    def put(self, path: str, size: int, mode: int, mtime_ns: int, keep_mtime: bool,
+            resumable: bool = False) -> int:
         request = self._new_request(Request(Kind.PUT, Phase.SENDING, size=size))
         flags = m.PutFlag.KEEP_MTIME if keep_mtime else m.PutFlag.NONE
+        if resumable:
+            self._local_resume("a resumable PUT")
+            flags |= m.PutFlag.RESUMABLE
         self._emit(m.Put(request, path, size, mode, mtime_ns, flags))
         return request
 
@@ -661,6 +737,28 @@ class ClientSession(_Session):
         frame = m.encode_put_inline(request, path, mode, mtime_ns, data, digest, flags)
         self._out.append(frame)
         self.unsent += len(frame)
+        return request
+
+    def _local_resume(self, what: str) -> None:
+        if not self.features & m.Feature.RESUME:
+            raise LocalProtocolError(f"{what} needs the RESUME feature")
+
+    def put_at(self, path: str, offset: int, size: int, mode: int, mtime_ns: int,
+               keep_mtime: bool) -> int:
+        """PUT_AT: the DATA that follows is the file from ``offset`` on."""
+        self._local_resume("PUT_AT")
+        if not 0 <= offset <= size:
+            raise LocalProtocolError(f"offset {offset} is beyond the size {size}")
+        request = self._new_request(Request(Kind.PUT, Phase.SENDING, size=size - offset))
+        flags = m.PutFlag.KEEP_MTIME if keep_mtime else m.PutFlag.NONE
+        self._emit(m.PutAt(request, path, offset, size, mode, mtime_ns, flags))
+        return request
+
+    def partial(self, path: str) -> int:
+        """PARTIAL: ask what the server keeps towards ``path``."""
+        self._local_resume("PARTIAL")
+        request = self._new_request(Request(Kind.PARTIAL, Phase.AWAIT_REPLY))
+        self._emit(m.Partial(request, path))
         return request
 
     def data_header(self, request: int, length: int) -> None:
@@ -700,9 +798,15 @@ class ClientSession(_Session):
         if state.kind is Kind.PUT and state.phase is Phase.DISCARDING:
             del self.requests[request]
 
-    def get(self, path: str, offset: int = 0) -> int:
-        request = self._new_request(Request(Kind.GET, Phase.AWAIT_REPLY))
-        self._emit(m.Get(request, path, offset))
+    def get(self, path: str, offset: int = 0, prefix_digest: bytes | None = None) -> int:
+        """GET; with RESUME, ``offset`` > 0 comes with the digest of our first bytes."""
+        if prefix_digest is not None:
+            self._local_resume("a GET with a prefix digest")
+            if offset <= 0:
+                raise LocalProtocolError("a prefix digest needs an offset of at least 1")
+        request = self._new_request(Request(Kind.GET, Phase.AWAIT_REPLY,
+                                            offset=offset if prefix_digest else 0))
+        self._emit(m.Get(request, path, offset, prefix_digest))
         return request
 
     def list(self, path: str, recursive: bool = False) -> int:
@@ -742,9 +846,21 @@ class ClientSession(_Session):
 
     def _on_file(self, message: m.FileHeader) -> None:
         state = self._expect(message.request, Kind.GET, Phase.AWAIT_REPLY)
-        state.phase, state.size = Phase.RECEIVING, message.size
+        offset = 0
+        if message.resumed:
+            if not state.offset or state.offset > message.size:
+                raise RemoteProtocolError(
+                    f"resumed FILE for request {message.request}, which asked for no "
+                    "offset within the file", code=m.ErrorCode.BAD_REQUEST)
+            offset = state.offset
+        state.phase, state.size = Phase.RECEIVING, message.size - offset
         self._events.append(FileStarted(message.request, message.size, message.mode,
-                                        message.mtime_ns))
+                                        message.mtime_ns, offset))
+
+    def _on_prefix(self, message: m.Prefix) -> None:
+        self._expect(message.request, Kind.PARTIAL, Phase.AWAIT_REPLY)
+        del self.requests[message.request]
+        self._events.append(PrefixReceived(message.request, message.length, message.digest))
 
     def _on_done(self, message: m.Done) -> None:
         state = self._expect(message.request, Kind.GET, Phase.RECEIVING)
