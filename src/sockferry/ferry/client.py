@@ -359,7 +359,7 @@ class FerryClient:
         fd, st = opened or open_local_file(local)
         try:
             await self._slot()
-            if st.st_size <= INLINE_FILE and self.session.features & m.Feature.INLINE \
+            if st.st_size <= INLINE_FILE and self.session.inline \
                     and m.inline_fits(remote, st.st_size):
                 return await self._put_inline(local, remote, fd, st, keep_mtime, progress)
             request = self.session.put(remote, st.st_size, stat_module.S_IMODE(st.st_mode),

@@ -166,10 +166,12 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
                 failed.append(Outcome(os.path.join(directory, name), "", 0, StorageError(
                     f"{os.path.join(directory, name)} is a link to a directory; skipped"),
                     skipped=True))
-        for name in sorted(files):
-            await _send_one(client, os.path.join(directory, name),
-                            posixpath.join(remote_dir, name), keep_mtime, reporter, waiting,
-                            failed, resume)
+        local_prefix = directory + os.sep if not directory.endswith(os.sep) else directory
+        remote_prefix = remote_dir + "/" if remote_dir and not remote_dir.endswith("/") \
+            else remote_dir
+        for name in sorted(files):  # plain concatenation: path.join per file adds up
+            await _send_one(client, local_prefix + name, remote_prefix + name, keep_mtime,
+                            reporter, waiting, failed, resume)
 
 
 # ---- get -------------------------------------------------------------------------------

@@ -279,6 +279,7 @@ class _Session:
         self.requests: dict[int, Request] = {}
         self.state = ConnState.READY
         self.features = 0
+        self.inline = False  # INLINE agreed (checked once per small file: a plain bool)
         self.digest_feature = m.Feature.DIGEST_SHA256
         self.max_requests = DEFAULT_MAX_REQUESTS
 
@@ -316,6 +317,10 @@ class _Session:
         return len(self.requests)
 
     # -- internals ----------------------------------------------------------------------
+
+    def _agreed(self, features: int) -> None:
+        self.features = features
+        self.inline = bool(features & m.Feature.INLINE)
 
     def _emit(self, message: m.Message) -> None:
         frame = m.encode(message)
@@ -448,7 +453,7 @@ class ServerSession(_Session):
             self._emit(m.Error(0, m.ErrorCode.UNSUPPORTED_VERSION, str(exc)))
             raise
         # Reply with the one digest chosen; other bits are the intersection.
-        self.features = (common & ~m.DIGEST_FEATURES) | digest
+        self._agreed((common & ~m.DIGEST_FEATURES) | digest)
         self.digest_feature = digest
         self._client_software = hello.software
         reply = m.HelloReply(m.VERSION, self.features, self.max_requests, self._nonce,
@@ -504,7 +509,7 @@ class ServerSession(_Session):
         self._events.append(PartialRequested(message.request, message.path))
 
     def _on_put_inline(self, message: m.PutInline) -> None:
-        if not self.features & m.Feature.INLINE:
+        if not self.inline:
             raise RemoteProtocolError("PUT_INLINE frame without the INLINE feature",
                                       code=m.ErrorCode.BAD_REQUEST)
         size = len(message.data)
@@ -512,7 +517,7 @@ class ServerSession(_Session):
                                             done=size))
         self._events.append(SmallFileReceived(
             message.request, message.path, message.mode, message.mtime_ns,
-            bool(message.flags & m.PutFlag.KEEP_MTIME), message.data, message.digest))
+            message.flags == m.PutFlag.KEEP_MTIME, message.data, message.digest))
 
     def _on_done(self, message: m.Done) -> None:
         state = self._request(message.request, Phase.RECEIVING, Phase.DISCARDING)
@@ -688,7 +693,8 @@ class ClientSession(_Session):
         if not auth.verify(expected, reply.proof):
             # The server does not know our token: never reveal our proof to it.
             raise AuthenticationFailed
-        self.features, self.digest_feature = reply.features, digest
+        self._agreed(reply.features)
+        self.digest_feature = digest
         self.max_requests = reply.max_requests
         self.server_software = reply.software
         self._emit(m.Auth(auth.proof(self._token, auth.CLIENT_LABEL, transcript)))
@@ -727,7 +733,7 @@ class ClientSession(_Session):
     def put_inline(self, path: str, data: bytes, mode: int, mtime_ns: int, keep_mtime: bool,
                    digest: bytes) -> int:
         """A whole small file in one frame (needs INLINE); it then awaits its verdict."""
-        if not self.features & m.Feature.INLINE:
+        if not self.inline:
             raise LocalProtocolError("PUT_INLINE needs the INLINE feature")
         if not m.inline_fits(path, len(data)):
             raise LocalProtocolError(f"{len(data)} bytes do not fit a PUT_INLINE frame")
