@@ -113,6 +113,17 @@ def split_client_path(path: str | bytes) -> list[str]:
     return parts
 
 
+# Paths of up to this many characters are within MAX_PATH_BYTES however they encode.
+_SAFE_PATH_CHARS = MAX_PATH_BYTES // 4
+
+
+def _plain_name(name: str) -> bool:
+    """One path component that ``split_client_path`` would pass unchanged."""
+    return (name not in ("", ".", "..") and "\0" not in name
+            and (len(name) <= MAX_NAME_BYTES // 4 or len(name.encode()) <= MAX_NAME_BYTES)
+            and not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)))
+
+
 def _refuse_path(raw: bytes) -> None:
     shown = raw.decode("utf-8", "backslashreplace")
     if b"\0" in raw:
@@ -570,6 +581,12 @@ class DirCache:
     def parent(self, path: str | bytes) -> tuple[DirHandle, str] | None:
         """The directory holding ``path``'s last name (links in it followed), and that
         name unresolved; None where the cache does not apply."""
+        if isinstance(path, str):
+            head, _, name = path.rpartition("/")
+            cached = self._entries.get(head)
+            if (cached is not None and _plain_name(name) and len(path) <= _SAFE_PATH_CHARS
+                    and time.monotonic() - cached.at <= self.ttl_s):
+                return cached.handle, name  # the head was checked when it was cached
         parts = split_client_path(path)
         if not parts or ".." in parts:
             return None
@@ -582,9 +599,9 @@ class DirCache:
         if cached is None:
             fd, _name = self.root.resolve_parent(path, follow_last=False)
             cached = _Cached(DirHandle(fd, cached=True), now)
-            while len(self._entries) >= self.limit:
+            while len(self._entries) >= self.limit:  # the oldest goes first
                 self._entries.pop(next(iter(self._entries))).handle.retire()
-        self._entries[key] = cached  # most recently used last
+        self._entries[key] = cached
         return cached.handle, parts[-1]
 
     def close(self) -> None:

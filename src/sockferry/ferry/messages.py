@@ -36,6 +36,8 @@ MAX_FILE_SIZE = 2**63 - 1  # sizes are u64 on the wire; Linux off_t is signed 64
 MAX_ENTRIES_PER_FRAME = 0xFFFF
 STAT_ENTRY = struct.Struct("!BIQq")  # kind, mode, size, mtime_ns
 PUT_FIELDS = struct.Struct("!QIqH")  # size, mode, mtime_ns, path length (PUT, PUT_INLINE)
+COMMITTED_FRAME = struct.Struct("!BBHIIQ")  # header, then size; the digest follows
+COMMITTED_BODY = 8 + DIGEST_BYTES
 # PUT_INLINE: its fixed fields and digest around the path and the content.
 INLINE_OVERHEAD = PUT_FIELDS.size + DIGEST_BYTES
 
@@ -402,8 +404,9 @@ def _encode_prefix(x: Prefix) -> bytes:
 
 
 def _encode_committed(x: Committed) -> bytes:
-    w = Writer().u64(x.size).raw(_exact(x.digest, DIGEST_BYTES, "digest"))
-    return frame(FrameType.COMMITTED, x.request, w.getvalue())
+    # Sent once per file: packed in one go.
+    return COMMITTED_FRAME.pack(FrameType.COMMITTED, 0, 0, x.request, COMMITTED_BODY,
+                                x.size) + _exact(x.digest, DIGEST_BYTES, "digest")
 
 
 def _encode_error(x: Error) -> bytes:
@@ -535,13 +538,13 @@ def _decode_put_inline(r: Reader, request: int, flags: int) -> PutInline:
     if path_length > MAX_PATH_BYTES:
         raise MalformedPacket(f"path of {path_length} bytes is over the limit of "
                               f"{MAX_PATH_BYTES}")
+    if size != r.remaining - path_length - DIGEST_BYTES:  # the frame bounds it (64 KiB)
+        raise MalformedPacket(f"PUT_INLINE announces {size} bytes but carries "
+                              f"{r.remaining - path_length - DIGEST_BYTES}")
     try:
         path = r.read(path_length).decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedPacket("path is not valid UTF-8") from None
-    if size != r.remaining - DIGEST_BYTES:  # the frame's length bounds it (64 KiB)
-        raise MalformedPacket(f"PUT_INLINE announces {size} bytes but carries "
-                              f"{r.remaining - DIGEST_BYTES}")
     return PutInline(request, path, mode, mtime, r.read(size), r.read(DIGEST_BYTES),
                      _PUT_FLAGS[flags & _KEEP_MTIME])
 
