@@ -21,7 +21,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -637,12 +637,14 @@ class AtomicFile:
         self._done = False
         self._holes = False
         self._queued = 0  # bytes already handed to early writeback
+        self.on_finish: list[Callable[[], object]] = []  # run once, committed or not
 
     def _temporary_name(self) -> str:
         return _temporary_name()
 
     def _open_temporary(self) -> int:
-        return os.open(self.temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        # O_RDWR: a digests.Follower reads back what is written.
+        return os.open(self.temp_name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                        | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
 
     @classmethod
@@ -662,16 +664,28 @@ class AtomicFile:
                 n = os.write(self.fd, view)
                 view = view[n:]
                 self.written += n
-            if self.written - self._queued >= WRITEBACK_STEP:
-                # Start writing back what is done now, so the fsync in commit() does not
-                # have to push the whole file at the end (on Linux, DONTNEED on dirty
-                # pages queues their writeback without waiting for it).
-                os.posix_fadvise(self.fd, self._queued, self.written - self._queued,
-                                 os.POSIX_FADV_DONTNEED)
-                self._queued = self.written
+            self._write_back()
         except OSError as exc:
             self.abort()
             raise storage_error(exc, self.shown, "the partial file was removed") from exc
+
+    def spliced(self, count: int) -> None:
+        """``count`` bytes were written at the current offset by someone else (splice)."""
+        self.written += count
+        try:
+            self._write_back()
+        except OSError as exc:
+            self.abort()
+            raise storage_error(exc, self.shown, "the partial file was removed") from exc
+
+    def _write_back(self) -> None:
+        if self.written - self._queued >= WRITEBACK_STEP:
+            # Start writing back what is done now, so the fsync in commit() does not
+            # have to push the whole file at the end (on Linux, DONTNEED on dirty
+            # pages queues their writeback without waiting for it).
+            os.posix_fadvise(self.fd, self._queued, self.written - self._queued,
+                             os.POSIX_FADV_DONTNEED)
+            self._queued = self.written
 
     def skip(self, count: int) -> None:
         """Leave ``count`` zero bytes as a hole instead of writing them."""
@@ -748,6 +762,8 @@ class AtomicFile:
         if not self._done:
             self._done = True
             self.dir.release()
+            for callback in self.on_finish:
+                callback()
 
 
 _NOT_DURABLE = "the file is in place but may not survive a crash"

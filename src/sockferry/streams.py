@@ -12,9 +12,12 @@ become ``NetworkError`` sentences through ``sockets.network_error``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
+import fcntl
 import os
+import select
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -56,6 +59,13 @@ class Stream(Protocol):
     async def send(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None: ...
 
     async def sendfile(self, fd: int, offset: int, count: int) -> None: ...
+
+    async def splice_into(self, fd: int, count: int) -> tuple[int, OSError | None]:
+        """Move the next ``count`` received bytes straight into file ``fd`` at its offset
+        (no copy through user space): how many were taken off the connection (fewer at
+        its end), and the error writing the file met, if any (the bytes taken are lost
+        then).  A stream that cannot splice takes 0 bytes at once."""
+        ...
 
     def shutdown_write(self) -> None: ...
 
@@ -158,6 +168,17 @@ class SocketStream:
             offset += sent
             self.bytes_out += sent
 
+    async def splice_into(self, fd: int, count: int) -> tuple[int, OSError | None]:
+        try:
+            taken, error = await self._loop.run_in_executor(
+                _splicers(), _splice_to_file, self._fd, fd, count, self.idle_timeout_s)
+        except TimeoutError:
+            raise self._timeout() from None
+        except OSError as exc:
+            raise network_error(exc, self.peer, "recv") from exc
+        self.bytes_in += taken
+        return taken, error
+
     def shutdown_write(self) -> None:
         """Half-close: the peer reads end of input; we can still read its replies."""
         with contextlib.suppress(OSError):
@@ -165,6 +186,54 @@ class SocketStream:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# splice(2) moves at most this much per call, through a pipe of this size.
+SPLICE_CHUNK = 1024 * 1024
+MAX_SPLICERS = 16  # threads moving bodies at once; more wait their turn
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_splice_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _splicers() -> concurrent.futures.ThreadPoolExecutor:
+    global _splice_pool  # noqa: PLW0603 - one pool per process, made on first use
+    if _splice_pool is None:
+        _splice_pool = concurrent.futures.ThreadPoolExecutor(
+            MAX_SPLICERS, thread_name_prefix="sockferry-splice")
+    return _splice_pool
+
+
+def _splice_to_file(sock_fd: int, file_fd: int, count: int, timeout_s: float,
+                    ) -> tuple[int, OSError | None]:
+    """Socket -> pipe -> file, ``count`` bytes, in a worker thread (splice and poll
+    release the GIL).  Returns the bytes taken off the socket and the file's error."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):  # a smaller pipe only means more calls
+            fcntl.fcntl(write_end, _F_SETPIPE_SZ, SPLICE_CHUNK)
+        poller = select.poll()
+        poller.register(sock_fd, select.POLLIN)
+        taken = 0
+        while taken < count:
+            try:
+                n = os.splice(sock_fd, write_end, min(SPLICE_CHUNK, count - taken),
+                              flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                if not poller.poll(timeout_s * 1000):
+                    raise TimeoutError from None
+                continue
+            if n == 0:
+                break  # the peer closed: the caller sees the end of the stream next
+            taken += n
+            try:
+                while n:
+                    n -= os.splice(read_end, file_fd, n, flags=os.SPLICE_F_MOVE)
+            except OSError as exc:
+                return taken, exc
+        return taken, None
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def _set_done(waiter: asyncio.Future[None]) -> None:

@@ -64,3 +64,41 @@ def test_local_disk_full_on_get(small_disk: Path, tmp_path: Path) -> None:
     assert f"disk full while writing '{small_disk}/big.bin'; the partial file was " \
         "removed" in err
     assert list(small_disk.iterdir()) == []
+
+
+@pytest.fixture
+def twelve_mib_disk(tmp_path: Path) -> Iterator[Path]:
+    with mounted_tmpfs(tmp_path / "twelve", "size=12m") as path:
+        yield path
+
+
+def test_disk_full_while_splicing_an_upload(twelve_mib_disk: Path, tmp_path: Path) -> None:
+    """A body large enough to be spliced straight into its file (and hashed by a thread
+    reading it back) meets a full disk: the same sentence, nothing left behind."""
+    token = write_token(tmp_path / "token")
+    big, small = tmp_path / "big.bin", tmp_path / "small.bin"
+    big.write_bytes(os.urandom(40 * 1024 * 1024))
+    small.write_bytes(b"fits")
+    with ServerThread(twelve_mib_disk) as server:
+        code, _, err = run_cli("send", "-P", str(server.port), "--token-file", str(token),
+                               str(big), str(small), "127.0.0.1:")
+        assert server.connection_count() <= 1
+    assert code == ExitCode.REFUSED
+    assert "sockferry: error: disk full while writing 'big.bin'; the partial file was " \
+        "removed" in err.splitlines()
+    assert not [p for p in twelve_mib_disk.iterdir() if is_temporary_name(p.name)]
+    assert (twelve_mib_disk / "small.bin").read_bytes() == b"fits"
+
+
+def test_local_disk_full_while_splicing_a_get(twelve_mib_disk: Path, tmp_path: Path) -> None:
+    token = write_token(tmp_path / "token")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "big.bin").write_bytes(os.urandom(40 * 1024 * 1024))
+    with ServerThread(root) as server:
+        code, _, err = run_cli("get", "-P", str(server.port), "--token-file", str(token),
+                               "127.0.0.1:big.bin", str(twelve_mib_disk))
+    assert code == ExitCode.STORAGE
+    assert f"disk full while writing '{twelve_mib_disk}/big.bin'; the partial file was " \
+        "removed" in err
+    assert list(twelve_mib_disk.iterdir()) == []

@@ -159,6 +159,9 @@ class AssociationStream:
             await self._send_pieces(self._sender.feed(chunk))
             offset += len(chunk)
 
+    async def splice_into(self, fd: int, count: int) -> tuple[int, OSError | None]:
+        return 0, None  # SCTP messages arrive whole in user space: nothing to splice
+
     def shutdown_write(self) -> None:
         """END on every stream; the peer's replies can still be read."""
         self._spawn(self._send_pieces(self._sender.end()))

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from sockferry.errors import StorageError
 from sockferry.ferry import digests
 from sockferry.ferry import session as s
-from sockferry.storage import AtomicFile, PartialFile, data_segments
+from sockferry.sockets import storage_error
+from sockferry.storage import AtomicFile, data_segments
 from sockferry.streams import Stream
 
-SEND_CHUNK = 4 * 1024 * 1024  # DATA frame size for large files (one sendfile each)
+SEND_CHUNK = 16 * 1024 * 1024  # DATA frame size for large files (one sendfile each)
 SMALL_FILE = 256 * 1024  # below this a body is read, hashed and sent in one sendmsg
 # Small files' frames are gathered until this much waits, then leave in one sendmsg
 # (the caller flushes the rest before it waits for anything).
@@ -109,25 +110,119 @@ async def _send_run(core: Core, stream: Stream, request: int, fd: int, offset: i
             progress(n)
 
 
-class Sink:
-    """A body being received: written to a temporary file and hashed as it comes."""
+# Bodies at least this large are hashed by a ``digests.Follower`` thread reading back
+# what was written (the receiving thread then only moves bytes); smaller ones, and any
+# beyond MAX_FOLLOWERS at once, are hashed as they come.
+FOLLOW_BYTES = 8 * 1024 * 1024
+MAX_FOLLOWERS = 32
 
-    def __init__(self, file: AtomicFile, feature: digests.Feature) -> None:
+
+class Sink:
+    """A body being received: written to a temporary file and hashed.
+
+    ``kept`` bytes at the start of ``file`` are an earlier transfer's (resume): with
+    ``prefix`` (a hasher already fed with them) the digest continues it, otherwise they
+    are hashed from the file first.  ``deferred`` sinks hash in a thread: check them with
+    ``verify``; the others also with ``matches``.
+    """
+
+    following = 0  # hashing threads running now (Sinks live on the event loop's thread)
+
+    def __init__(self, file: AtomicFile, feature: digests.Feature, *, size: int = 0,
+                 kept: int = 0, prefix: digests.Hasher | None = None) -> None:
         self.file = file
-        self.hasher = digests.new_hasher(feature)
+        self.follower: digests.Follower | None = None
+        self.hasher: digests.Hasher | None = None
+        if kept or (size >= FOLLOW_BYTES and Sink.following < MAX_FOLLOWERS):
+            self.follower = digests.Follower(file.fd, feature, start=kept, hasher=prefix)
+            Sink.following += 1
+            file.on_finish.append(self._stop_following)
+        else:
+            self.hasher = digests.new_hasher(feature)
+
+    @property
+    def deferred(self) -> bool:
+        return self.follower is not None
 
     def receive(self, piece: bytes | memoryview | int) -> int:
         """Take file bytes, or an ``int``: that many zero bytes (a hole); their count."""
         if isinstance(piece, int):
             self.file.skip(piece)
-            digests.update_zeros(self.hasher, piece)
+            if self.follower is not None:
+                self.follower.hole(piece)
+            else:
+                assert self.hasher is not None
+                digests.update_zeros(self.hasher, piece)
             return piece
         self.file.write(piece)
-        self.hasher.update(piece)
+        if self.follower is not None:
+            self.follower.data(len(piece))
+        else:
+            assert self.hasher is not None
+            self.hasher.update(piece)
         return len(piece)
 
+    def spliced(self, count: int) -> None:
+        """``count`` bytes were moved into the file by splice (deferred sinks only)."""
+        assert self.follower is not None
+        self.file.spliced(count)
+        self.follower.data(count)
+
     def matches(self, digest: bytes) -> bool:
+        assert self.hasher is not None, "a deferred sink is checked with verify()"
         return self.hasher.digest() == digest
+
+    async def verify(self, digest: bytes) -> bool:
+        """Whether everything received has ``digest``; reading it back may fail
+        (``StorageError``)."""
+        if self.follower is None:
+            return self.matches(digest)
+        try:
+            return await asyncio.to_thread(self.follower.result) == digest
+        except OSError as exc:
+            raise StorageError(f"reading back '{self.file.shown}' failed: {exc.strerror}",
+                               errno=exc.errno, path=self.file.shown) from exc
+
+    def _stop_following(self) -> None:
+        if self.follower is not None:
+            self.follower.cancel()
+            Sink.following -= 1
+
+
+# What is left of one DATA body for it to be spliced into its file; less goes through
+# the receive buffer like any other frame.
+SPLICE_MIN = 512 * 1024
+
+
+async def splice_bodies(core: Core, stream: Stream, sink_of: Callable[[int], Sink | None],
+                        moved: Callable[[int, int], None],
+                        failed: Callable[[int, StorageError], None]) -> None:
+    """Splice the rest of each large DATA body now arriving straight into its file.
+
+    ``sink_of`` gives the request's sink (None: not ours to move); ``moved(request,
+    count)`` is told of bytes now in the file, ``failed(request, error)`` of a file
+    that could not take them (the request is then to be refused or given up).
+    """
+    while (pending := core.body_pending()) is not None:
+        request, left = pending
+        sink = sink_of(request)
+        if sink is None or not sink.deferred or left < SPLICE_MIN:
+            return
+        taken, error = await stream.splice_into(sink.file.fd, left)
+        if taken == 0 and error is None:
+            return  # this stream cannot splice, or the peer closed: the buffer path goes on
+        core.body_moved(request, taken)
+        try:
+            if error is not None:
+                sink.file.abort()
+                raise storage_error(error, sink.file.shown, "the partial file was removed")
+            sink.spliced(taken)
+        except StorageError as exc:
+            failed(request, exc)
+        else:
+            moved(request, taken)
+        if taken < left:
+            return
 
 
 # ---- resume (docs/protocol.md §5.1) ---------------------------------------------------
@@ -149,24 +244,6 @@ def start_prefix_hash(fd: int, length: int, feature: digests.Feature,
         return hasher if got == length else None
 
     return asyncio.ensure_future(asyncio.to_thread(run))
-
-
-def _continue_hash(hasher: digests.Hasher, fd: int, start: int, end: int,
-                   stop: threading.Event | None = None) -> Callable[[], bytes]:
-    """A worker-thread job: ``hasher`` continued over bytes ``start``..``end`` of ``fd``
-    (a duplicate taken now), then its digest."""
-    own = os.dup(fd)
-
-    def run() -> bytes:
-        try:
-            if os.fstat(own).st_size < end:
-                os.ftruncate(own, end)  # a trailing hole not yet given its size
-            digests.hash_range(hasher, own, start, end, stop)
-        finally:
-            os.close(own)
-        return hasher.digest()
-
-    return run
 
 
 async def send_tail(core: Core, stream: Stream, request: int, fd: int, offset: int,
@@ -200,37 +277,3 @@ async def send_tail(core: Core, stream: Stream, request: int, fd: int, offset: i
     _finish(core, request, digest)
     await stream.send(core.buffers_to_send())
     return digest
-
-
-class ResumedSink(Sink):
-    """The tail of a resumed body, appended to a kept partial file.
-
-    The digest covers the whole file: the kept prefix is hashed in a worker thread
-    (``prefix``, started by the caller) while the tail arrives; ``verify`` then continues
-    that hasher over the tail as written to disk.
-    """
-
-    def __init__(self, file: PartialFile, feature: digests.Feature, offset: int,
-                 prefix: asyncio.Future[digests.Hasher | None]) -> None:
-        super().__init__(file, feature)
-        self.partial = file
-        self.offset = offset
-        self.prefix = prefix
-
-    def receive(self, piece: bytes | memoryview | int) -> int:
-        if isinstance(piece, int):
-            self.file.skip(piece)
-            return piece
-        self.file.write(piece)
-        return len(piece)
-
-    def matches(self, digest: bytes) -> bool:
-        raise TypeError("a resumed body is checked with verify()")
-
-    async def verify(self, digest: bytes) -> bool:
-        """Whether the whole file (kept prefix, then tail) has ``digest``."""
-        hasher = await self.prefix
-        if hasher is None:
-            return False
-        job = _continue_hash(hasher, self.file.fd, self.offset, self.file.written)
-        return await asyncio.to_thread(job) == digest

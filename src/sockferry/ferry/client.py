@@ -29,12 +29,12 @@ from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
 from sockferry.ferry.bodies import (
     GATHER_BYTES,
-    ResumedSink,
     Sink,
     TransferCancelled,
     read_whole,
     send_body,
     send_tail,
+    splice_bodies,
     start_prefix_hash,
 )
 from sockferry.ferry.codes import exception_for
@@ -139,6 +139,8 @@ class FerryClient:
                 self._handle_events()  # consumes every view of ``data``
                 if not data:
                     break
+                await splice_bodies(self.session, self.stream, self._sink_of, self._spliced,
+                                    self._splice_failed)
             if self._commits:  # files received in full are still being fsynced
                 await asyncio.gather(*self._commits)
             if self._pending:
@@ -214,9 +216,24 @@ class FerryClient:
             return
         try:
             pending.sink = Sink(AtomicFile.beside(pending.local_path),
-                                self.session.digest_feature)
+                                self.session.digest_feature, size=event.size)
         except StorageError as exc:
             self._give_up(event.request, exc)
+
+    def _sink_of(self, request: int) -> Sink | None:
+        pending = self._pending.get(request)
+        return pending.sink if pending is not None else None
+
+    def _spliced(self, request: int, count: int) -> None:
+        progress = self._pending[request].progress
+        if progress:
+            progress(count)
+
+    def _splice_failed(self, request: int, exc: StorageError) -> None:
+        sink = self._pending[request].sink
+        if sink is not None:
+            sink.file.abort()
+        self._give_up(request, exc)
 
     def _give_up(self, request: int, exc: SockferryError) -> None:
         """A local failure while receiving: cancel on the wire, fail the future now."""
@@ -244,33 +261,54 @@ class FerryClient:
         if sink is None:
             self._settle(event.request)
             return
-        if isinstance(sink, ResumedSink):
-            task = asyncio.get_running_loop().create_task(
-                self._commit_resumed(event, pending, sink))
-            self._commits.add(task)
-            task.add_done_callback(self._commits.discard)
-            return
-        if not sink.matches(event.digest):
+        if not sink.deferred and not sink.matches(event.digest):
             sink.file.abort()
             self._settle(event.request, error=RemoteProtocolError(
                 f"digest mismatch for {pending.local_path}: the data was damaged in "
                 "transit; the partial file was removed"))
             return
-        # fsync and rename off the event loop; the request stays counted until then.
+        # (Verify a deferred sink,) fsync and rename off the event loop; the request
+        # stays counted until then.
         task = asyncio.get_running_loop().create_task(
-            self._commit(event.request, pending, sink))
+            self._commit(event, pending, sink))
         self._commits.add(task)
         task.add_done_callback(self._commits.discard)
 
-    async def _commit(self, request: int, pending: _Pending, sink: Sink) -> None:
+    async def _commit(self, event: s.FileFinished, pending: _Pending, sink: Sink) -> None:
+        if sink.deferred and not await self._verified(event, pending, sink):
+            return
         mode = pending.mode & 0o777 & ~pending.umask
         mtime = pending.mtime_ns if pending.keep_mtime else None
         try:
             await asyncio.to_thread(sink.file.commit, mode, mtime)
         except StorageError as exc:
-            self._settle(request, error=exc)
+            self._settle(event.request, error=exc)
         else:
-            self._settle(request, sink.file.written)
+            self._settle(event.request, sink.file.written)
+
+    async def _verified(self, event: s.FileFinished, pending: _Pending, sink: Sink) -> bool:
+        """A body hashed in a thread: whether it matches DONE (if not, it is settled)."""
+        resumed = isinstance(sink.file, PartialFile) and pending.resume is not None \
+            and pending.resume.offset > 0
+        try:
+            matches = await sink.verify(event.digest)
+        except StorageError as exc:
+            if isinstance(sink.file, PartialFile):
+                sink.file.keep = False
+            sink.file.abort()
+            self._settle(event.request, error=exc)
+            return False
+        if matches:
+            return True
+        if isinstance(sink.file, PartialFile):
+            sink.file.keep = False
+        sink.file.abort()
+        what = ("the resumed file does not match the server's digest; the partial file was "
+                "removed — get it again") if resumed else \
+            "the data was damaged in transit; the partial file was removed"
+        self._settle(event.request, error=RemoteProtocolError(
+            f"digest mismatch for {pending.local_path}: {what}"))
+        return False
 
     def _on_failed(self, event: s.RequestFailed) -> None:
         pending = self._pending.get(event.request)
@@ -533,37 +571,17 @@ class FerryClient:
             self._give_up(event.request, exc)
             return
         if event.offset and pending.prefix is not None:
-            kept: asyncio.Future[digests.Hasher | None] = \
-                asyncio.get_running_loop().create_future()
-            kept.set_result(pending.prefix)
-            pending.sink = ResumedSink(partial, self.session.digest_feature, event.offset,
-                                       kept)
+            # The prefix hasher already covers the kept bytes: it goes on over the tail.
+            pending.sink = Sink(partial, self.session.digest_feature, size=event.size,
+                                kept=event.offset, prefix=pending.prefix)
             report.offset = event.offset
             if pending.progress:
                 pending.progress(event.offset)
             return
-        pending.sink = Sink(partial, self.session.digest_feature)
+        pending.sink = Sink(partial, self.session.digest_feature, size=event.size)
         if pending.prefix is not None:
             report.note = (f"the server's file differs from the {partial.kept} bytes kept "
                            f"of {pending.local_path}; receiving all of it")
-
-    async def _commit_resumed(self, event: s.FileFinished, pending: _Pending,
-                              sink: ResumedSink) -> None:
-        try:
-            matches = await sink.verify(event.digest)
-        except OSError as exc:
-            sink.partial.keep = False
-            sink.file.abort()
-            self._settle(event.request, error=storage_error(exc, pending.local_path))
-            return
-        if not matches:
-            sink.partial.keep = False
-            sink.file.abort()
-            self._settle(event.request, error=RemoteProtocolError(
-                f"digest mismatch for {pending.local_path}: the resumed file does not match "
-                "the server's digest; the partial file was removed — get it again"))
-            return
-        await self._commit(event.request, pending, sink)
 
     async def _cancel(self, request: int) -> None:
         self.session.cancel(request)

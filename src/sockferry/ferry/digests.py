@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
 import os
 import threading
 from typing import Protocol
 
 from sockferry.ferry.messages import Feature
 
-__all__ = ["Feature", "Hasher", "digest_of", "hash_fd", "hash_range", "name_of", "new_hasher",
-           "update_zeros"]
+__all__ = ["Feature", "Follower", "Hasher", "digest_of", "hash_fd", "hash_range", "name_of",
+           "new_hasher", "update_zeros"]
 
 HASH_CHUNK = 1024 * 1024
+MAP_CHUNK = 8 * 1024 * 1024  # mapped and hashed at once: no copy out of the page cache
 _ZEROS = memoryview(bytes(HASH_CHUNK))
 
 
@@ -54,22 +57,32 @@ def update_zeros(hasher: Hasher, count: int) -> None:
 
 def hash_fd(fd: int, size: int, feature: Feature, stop: threading.Event | None = None,
             ) -> bytes:
-    """Digest of the first ``size`` bytes of ``fd`` (pread: the offset is untouched).
+    """Digest of the first ``size`` bytes of ``fd``, straight from the page cache.
 
     Runs in a worker thread beside sendfile; both hashers release the GIL.  A file
     that shrinks meanwhile makes the digest differ, which the receiver then reports.
     """
     hasher = new_hasher(feature)
-    buffer = bytearray(HASH_CHUNK)
-    view = memoryview(buffer)
     offset = 0
-    while offset < size and not (stop and stop.is_set()):
-        n = os.preadv(fd, [view[: min(HASH_CHUNK, size - offset)]], offset)
-        if n == 0:
-            break
-        hasher.update(view[:n])
-        offset += n
+    try:
+        while offset < size and not (stop and stop.is_set()):
+            offset += hash_mapped(hasher, fd, offset, min(MAP_CHUNK, size - offset))
+    except OSError:
+        pass  # shrank: the digest now differs, which is the receiver's to report
     return hasher.digest()
+
+
+def hash_mapped(hasher: Hasher, fd: int, offset: int, length: int) -> int:
+    """Feed ``length`` bytes of ``fd`` from ``offset`` into ``hasher`` straight from the
+    page cache (mmap), without copying them out first; returns ``length``."""
+    base = offset - offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        mapped = mmap.mmap(fd, offset + length - base, access=mmap.ACCESS_READ, offset=base)
+    except ValueError:  # the file is shorter than what was reported
+        raise OSError(errno.EIO, "the file being hashed shrank") from None
+    with mapped, memoryview(mapped) as view:
+        hasher.update(view[offset - base :])
+    return length
 
 
 def hash_range(hasher: Hasher, fd: int, start: int, end: int,
@@ -89,3 +102,88 @@ def hash_range(hasher: Hasher, fd: int, start: int, end: int,
         hasher.update(view[:n])
         offset += n
     return offset - start
+
+
+class Follower:
+    """Hashes a file in a thread of its own while it is being written, so that the digest
+    is ready moments after the last byte instead of costing the receiving thread a pass
+    over every byte (or a second pass at the end).
+
+    The writer reports what it appended: ``data(n)`` (bytes now in the file, read back
+    from the page cache) and ``hole(n)`` (zeros left unwritten).  ``result`` waits for
+    everything reported and returns the digest; ``cancel`` stops early.  The thread reads
+    a duplicate of the fd, so closing or aborting the file never leaves it reading a
+    reused descriptor.  ``hasher`` continues a digest already fed with the first
+    ``start`` bytes; without one those bytes are hashed from the file first.
+    """
+
+    def __init__(self, fd: int, feature: Feature, *, start: int = 0,
+                 hasher: Hasher | None = None) -> None:
+        self._fd = os.dup(fd)
+        self._hasher = hasher or new_hasher(feature)
+        self._offset = start if hasher is not None else 0
+        self._pending: list[int] = [start] if hasher is None and start else []
+        self._cond = threading.Condition()
+        self._closed = False  # no more will be reported
+        self._stopped = False
+        self._error: OSError | None = None
+        self._digest: bytes | None = None
+        self._thread = threading.Thread(target=self._run, name="sockferry-hash", daemon=True)
+        self._thread.start()
+
+    def data(self, count: int) -> None:
+        self._report(count)
+
+    def hole(self, count: int) -> None:
+        self._report(-count)
+
+    def _report(self, amount: int) -> None:
+        with self._cond:
+            if self._pending and (self._pending[-1] > 0) == (amount > 0):
+                self._pending[-1] += amount  # runs of the same kind merge
+            else:
+                self._pending.append(amount)
+            self._cond.notify()
+
+    def result(self) -> bytes:
+        """The digest of everything reported (blocks: call it from a worker thread)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._digest is None:
+            raise OSError(errno.ECANCELED, "hashing was cancelled")
+        return self._digest
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._stopped = self._closed = True
+            self._cond.notify()
+
+    def _next(self) -> int | None:
+        with self._cond:
+            while not self._pending and not self._closed and not self._stopped:
+                self._cond.wait()
+            if self._stopped or not self._pending:
+                return None
+            return self._pending.pop(0)
+
+    def _run(self) -> None:
+        try:
+            while (amount := self._next()) is not None:
+                if amount < 0:
+                    update_zeros(self._hasher, -amount)
+                    self._offset -= amount
+                    continue
+                end = self._offset + amount
+                while self._offset < end and not self._stopped:
+                    self._offset += hash_mapped(self._hasher, self._fd, self._offset,
+                                                min(end - self._offset, MAP_CHUNK))
+            if not self._stopped:
+                self._digest = self._hasher.digest()
+        except OSError as exc:
+            self._error = exc
+        finally:
+            os.close(self._fd)

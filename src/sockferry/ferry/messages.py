@@ -663,6 +663,17 @@ class FrameParser:
         """True between frames: nothing partial is buffered."""
         return not self._buffer and self._data_left == 0
 
+    @property
+    def body_left(self) -> tuple[int, int]:
+        """(request, bytes) of the DATA body being received; (0, 0) between bodies."""
+        return (self._data_request, self._data_left) if self._data_left else (0, 0)
+
+    def skip_body(self, count: int) -> None:
+        """``count`` bytes of the current DATA body were taken by someone else."""
+        if not 0 < count <= self._data_left:
+            raise ValueError(f"cannot skip {count} of {self._data_left} body bytes")
+        self._data_left -= count
+
     def feed(self, data: bytes | bytearray | memoryview) -> Iterator[Message]:
         view = memoryview(data).cast("B")
         pos, end = 0, len(view)

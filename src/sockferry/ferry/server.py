@@ -35,11 +35,11 @@ from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
 from sockferry.ferry.bodies import (
     GATHER_BYTES,
-    ResumedSink,
     Sink,
     TransferCancelled,
     send_body,
     send_tail,
+    splice_bodies,
     start_prefix_hash,
 )
 from sockferry.ferry.codes import code_for
@@ -335,6 +335,19 @@ class Connection:
             self.wake.set()
             if not data:
                 return
+            await splice_bodies(self.session, self.stream, self._sink_of,
+                                lambda _request, _count: None, self._body_failed)
+            self.wake.set()  # a refusal may wait to be sent
+
+    def _sink_of(self, request: int) -> Sink | None:
+        upload = self.uploads.get(request)
+        return upload.sink if upload is not None else None
+
+    def _body_failed(self, request: int, exc: StorageError) -> None:
+        upload = self.uploads.pop(request, None)
+        if upload is not None:
+            upload.file.abort()
+            self._refuse(request, "PUT", upload.path, code_for(exc), str(exc))
 
     def _handle_events(self) -> None:
         handlers = self._handlers
@@ -387,7 +400,7 @@ class Connection:
         except StorageError as exc:
             self._refuse(request, "PUT", path, code_for(exc), str(exc))
             return None
-        sink = Sink(file, self.session.digest_feature) if streamed else None
+        sink = Sink(file, self.session.digest_feature, size=size) if streamed else None
         return Upload(path, file, sink, size, capped_mode(mode, self.config.umask), mtime_ns)
 
     def _on_small_file(self, event: s.SmallFileReceived) -> None:
@@ -415,26 +428,51 @@ class Connection:
         try:
             upload.sink.receive(piece)
         except StorageError as exc:
-            del self.uploads[request]
-            self._refuse(request, "PUT", upload.path, code_for(exc), str(exc))
+            self._body_failed(request, exc)
 
     def _on_put_finished(self, event: s.PutFinished) -> None:
         upload = self.uploads.pop(event.request, None)
         if upload is None:
             return  # already refused (disk full, ...): the reply has been sent
-        if isinstance(upload.sink, ResumedSink):
-            self._spawn_commit(self._commit_resumed(event, upload))
-            return
-        self._verify(event.request, event.digest, upload)
-
-    def _verify(self, request: int, digest: bytes, upload: Upload) -> None:
-        """Check the whole content against the sender's digest, then commit it."""
         assert upload.sink is not None
-        if not upload.sink.matches(digest):
-            upload.file.abort()
-            self._refuse_mismatch(request, upload.path)
+        if upload.sink.deferred:  # hashed in a thread: wait for it off the read loop
+            self._spawn_commit(self._verify_later(event, upload))
             return
-        self._commit(Verified(request, digest, upload))
+        if not upload.sink.matches(event.digest):
+            upload.file.abort()
+            self._refuse_mismatch(event.request, upload.path)
+            return
+        self._commit(Verified(event.request, event.digest, upload))
+
+    async def _verify_later(self, event: s.PutFinished, upload: Upload) -> None:
+        """Check a large or resumed body against DONE once its hashing thread is done,
+        then commit it."""
+        assert upload.sink is not None
+        try:
+            matches = await upload.sink.verify(event.digest)
+        except StorageError as exc:
+            upload.file.abort()
+            self._refuse(event.request, "PUT", upload.path, m.ErrorCode.IO_ERROR, str(exc),
+                         upload.started, upload.size - upload.offset)
+            self._leave_commits()
+            return
+        except BaseException:
+            upload.file.abort()
+            raise
+        if not matches:
+            upload.file.abort()
+            resumed = " (resumed: send it again without --resume)" if upload.offset else ""
+            self._refuse(event.request, "PUT", upload.path, m.ErrorCode.DIGEST_MISMATCH,
+                         f"digest mismatch for '{upload.path}': the data was damaged in "
+                         "transit or the file changed while it was sent; nothing was "
+                         f"written{resumed}", upload.started, upload.size - upload.offset)
+        else:
+            if upload.offset:
+                log.info("%s: PUT '%s' resumed at byte %d: %s received, the whole file "
+                         "verified", self.peer, upload.path, upload.offset,
+                         format_bytes(upload.size - upload.offset))
+            self._commit(Verified(event.request, event.digest, upload))
+        self._leave_commits()
 
     def _refuse_mismatch(self, request: int, path: str) -> None:
         self._refuse(request, "PUT", path, m.ErrorCode.DIGEST_MISMATCH,
@@ -548,39 +586,10 @@ class Connection:
         except StorageError as exc:
             self._refuse(event.request, "PUT", event.path, code_for(exc), str(exc))
             return
-        sink = (ResumedSink(file, feature, event.offset,
-                            start_prefix_hash(file.fd, event.offset, feature))
-                if event.offset else Sink(file, feature))
+        sink = Sink(file, feature, size=event.size, kept=event.offset)
         self.uploads[event.request] = Upload(
             event.path, file, sink, event.size, capped_mode(event.mode, self.config.umask),
             event.mtime_ns if event.keep_mtime else None, offset=event.offset)
-
-    async def _commit_resumed(self, event: s.PutFinished, upload: Upload) -> None:
-        """Check the whole file (kept prefix, then tail) against DONE, then commit."""
-        sink = upload.sink
-        assert isinstance(sink, ResumedSink)
-        try:
-            matches = await sink.verify(event.digest)
-        except OSError as exc:
-            sink.file.abort()
-            matches = False
-            log.warning("%s: checking '%s' failed: %s", self.peer, upload.path, exc)
-        except BaseException:
-            sink.file.abort()
-            raise
-        if matches:
-            log.info("%s: PUT '%s' resumed at byte %d: %s received, the whole file "
-                     "verified", self.peer, upload.path, upload.offset,
-                     format_bytes(upload.size - upload.offset))
-            self._commit(Verified(event.request, event.digest, upload))
-            self._leave_commits()
-            return
-        sink.file.abort()
-        self._refuse(event.request, "PUT", upload.path, m.ErrorCode.DIGEST_MISMATCH,
-                     f"digest mismatch for '{upload.path}': the resumed file does not match "
-                     "the sender's digest; nothing was written — send it again without "
-                     "resuming", upload.started, upload.size - upload.offset)
-        self._leave_commits()
 
     async def _send_prefix(self, job: s.PartialRequested) -> None:
         """PARTIAL: the length of what is kept towards the path, and its digest."""

@@ -365,6 +365,27 @@ class _Session:
         if state.phase is Phase.RECEIVING:
             self._events.append(DataReceived(message.request, message.data))
 
+    def body_pending(self) -> tuple[int, int] | None:
+        """(request, bytes left) of a DATA body now arriving for a request being
+        received, which the driver may move itself (``body_moved``): zero-copy into a
+        file, as h11's data passthrough lets a driver do.  None otherwise."""
+        request, left = self._parser.body_left
+        if not left or self.state is not ConnState.READY:
+            return None
+        state = self.requests.get(request)
+        if state is None or state.phase is not Phase.RECEIVING:
+            return None
+        return request, left
+
+    def body_moved(self, request: int, count: int) -> None:
+        """The driver moved ``count`` bytes of the pending body itself (no events)."""
+        pending = self.body_pending()
+        if pending is None or pending[0] != request or not 0 < count <= pending[1]:
+            raise LocalProtocolError(f"{count} body bytes for request {request} were not "
+                                     "pending")
+        self._parser.skip_body(count)
+        self.requests[request].done += count
+
     def _check_complete(self, request: int, state: Request) -> None:
         if state.phase is Phase.RECEIVING and state.left:
             raise RemoteProtocolError(

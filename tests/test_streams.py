@@ -1,0 +1,120 @@
+"""SocketStream over real loopback TCP: the shared receive buffer and splice into files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from sockferry.errors import TransferTimeout
+from sockferry.streams import SocketStream
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return client, server
+
+
+def test_splice_moves_exactly_the_bytes_asked_for(tmp_path: Path) -> None:
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    after = b"next frame"
+
+    async def go() -> tuple[int, OSError | None, bytes]:
+        sender, receiver = tcp_pair()
+        stream = SocketStream(receiver, idle_timeout_s=10)
+        fd = os.open(tmp_path / "body", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            writer = asyncio.get_running_loop().run_in_executor(
+                None, sender.sendall, payload + after)
+            taken, error = await stream.splice_into(fd, len(payload))
+            await writer
+            rest = bytes(await stream.receive())
+        finally:
+            os.close(fd)
+            sender.close()
+            stream.close()
+        return taken, error, rest
+
+    taken, error, rest = asyncio.run(go())
+    assert (taken, error) == (len(payload), None)
+    assert (tmp_path / "body").read_bytes() == payload
+    assert rest == after  # not a byte past the body was taken off the socket
+
+
+def test_splice_reports_a_file_that_cannot_take_the_bytes(tmp_path: Path) -> None:
+    (tmp_path / "ro").write_bytes(b"")
+
+    async def go() -> tuple[int, OSError | None]:
+        sender, receiver = tcp_pair()
+        stream = SocketStream(receiver, idle_timeout_s=10)
+        fd = os.open(tmp_path / "ro", os.O_RDONLY)
+        try:
+            sender.sendall(b"x" * 1000)
+            return await stream.splice_into(fd, 1000)
+        finally:
+            os.close(fd)
+            sender.close()
+            stream.close()
+
+    taken, error = asyncio.run(go())
+    assert taken > 0 and isinstance(error, OSError)
+
+
+def test_splice_gives_up_on_a_silent_peer(tmp_path: Path) -> None:
+    async def go() -> None:
+        sender, receiver = tcp_pair()
+        stream = SocketStream(receiver, idle_timeout_s=0.3)
+        fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            await stream.splice_into(fd, 1000)
+        finally:
+            os.close(fd)
+            sender.close()
+            stream.close()
+
+    with pytest.raises(TransferTimeout, match="made no progress"):
+        asyncio.run(go())
+
+
+def test_the_end_of_the_stream_ends_a_splice_early(tmp_path: Path) -> None:
+    async def go() -> tuple[int, OSError | None]:
+        sender, receiver = tcp_pair()
+        stream = SocketStream(receiver, idle_timeout_s=10)
+        fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            sender.sendall(b"y" * 500)
+            sender.close()
+            return await stream.splice_into(fd, 1000)
+        finally:
+            os.close(fd)
+            stream.close()
+
+    assert asyncio.run(go()) == (500, None)
+
+
+def test_receive_views_one_buffer_shared_by_all_streams() -> None:
+    async def go() -> tuple[bytes, bytes, bool]:
+        (a_out, a_in), (b_out, b_in) = tcp_pair(), tcp_pair()
+        a, b = SocketStream(a_in), SocketStream(b_in)
+        try:
+            a_out.sendall(b"from a")
+            b_out.sendall(b"from b")
+            first = await a.receive()
+            got_a = bytes(first)  # consumed before the next receive, as drivers do
+            second = await b.receive()
+            shared = first.obj is second.obj
+            return got_a, bytes(second), shared
+        finally:
+            for sock in (a_out, b_out):
+                sock.close()
+            a.close()
+            b.close()
+
+    got_a, got_b, shared = asyncio.run(go())
+    assert (got_a, got_b) == (b"from a", b"from b")
+    assert shared  # an idle connection holds no buffer of its own
