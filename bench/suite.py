@@ -7,6 +7,7 @@ Cases (``--only`` takes their letters):
   b  1 GiB ``send`` (client -> server), tmpfs: vs nc and scp (aes128-gcm)
   c  1 GiB ``get`` (server -> client), tmpfs: vs nc and scp in that direction
   d  1 GiB ``send`` onto a real disk (it fsyncs): vs nc + sync FILE, scp + sync FILE
+  h  small files onto a real disk: sockferry --fsync batch|each|none vs rsync (--fsync)
   e  10,000 idle authenticated connections to one server: RSS, fds, handshakes/s, and a
      1 MiB send while they are open
   f  1,000 clients uploading 256 KiB each at once: peak RSS, wall time, every file checked
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -537,6 +539,76 @@ def case_small_files(b: Bench) -> list[Table]:
     return [table]
 
 
+def case_small_files_disk(b: Bench) -> list[Table]:
+    """h: a tree of small files onto a real disk, at each durability."""
+    s = b.sizes
+    count = max(s.tree_files // 5, 10)
+    table = Table("h", f"{count:,} files of {s.tree_file_bytes // 1024} KiB onto a real "
+                  "disk (under /var/tmp), each durability", "files/s", "higher",
+                  reference="sockferry --fsync batch")
+    tree = b.shm / "tree-h"
+    for i in range(count):
+        sub = tree / f"d{i % s.tree_dirs:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i:05d}").write_bytes(os.urandom(s.tree_file_bytes))
+    nbytes = count * s.tree_file_bytes
+    timeout_s = transfer_timeout(nbytes) + count * 0.1
+    table.notes.append("Source on tmpfs, destination on the real disk. sockferry `serve "
+                       "--fsync batch` (the default) and `each` answer COMMITTED only once "
+                       "a file and its directory are on stable storage, `none` never "
+                       "fsyncs; `rsync -r --fsync` fsyncs every file (not its directory), "
+                       "plain `rsync -r` does not fsync. The sample ends when the client "
+                       "exits; the written tree is deleted (and the disk synced) between "
+                       "samples, outside the timing.")
+    sizes = dataclasses.replace(s, tree_files=count)
+    ferry_roots = {mode: b.disk / f"h-{mode}" for mode in ("batch", "each", "none")}
+    rsync_root = b.disk / "h-rsync"
+    for root in (*ferry_roots.values(), rsync_root):
+        root.mkdir()
+    for mode in MODES:
+        with contextlib.ExitStack() as stack:
+            ports = {fsync: stack.enter_context(b.sockferry_server(mode, root, "--fsync",
+                                                                   fsync))[0]
+                     for fsync, root in ferry_roots.items()}
+            rsync_port = stack.enter_context(b.rsyncd(mode, rsync_root))
+
+            def ferry(fsync: str, mode: str = mode, ports: dict[str, int] = ports) -> float:
+                root = ferry_roots[fsync]
+                return checked_tree(sizes, nbytes, lambda: timed(
+                    b.pin_client(mode, [*b.sockferry, "send", "-r",
+                                        *b.client_options(ports[fsync]), str(tree),
+                                        "127.0.0.1:dest/"]),
+                    f"sockferry send -r (--fsync {fsync})", timeout_s, env=b.env),
+                    root, "sockferry")
+
+            def rsync(*flags: str, port: int = rsync_port, mode: str = mode) -> float:
+                return checked_tree(sizes, nbytes, lambda: timed(
+                    b.pin_client(mode, ["rsync", *flags, str(tree),
+                                        f"rsync://127.0.0.1:{port}/mod/dest/"]),
+                    f"rsync {' '.join(flags)}", timeout_s), rsync_root, "rsync")
+
+            tools = [Tool(f"sockferry --fsync {fsync}", lambda f=fsync: ferry(f),
+                          synced_empty(root / "dest"))
+                     for fsync, root in ferry_roots.items()]
+            tools += [Tool("rsync -r --fsync", lambda: rsync("-r", "--fsync"),
+                           synced_empty(rsync_root / "dest")),
+                      Tool("rsync -r", lambda: rsync("-r"), synced_empty(rsync_root / "dest"))]
+            run_rounds(table, mode, tools, b.args.rounds, count, b.say)
+    for root in (*ferry_roots.values(), rsync_root, tree):
+        shutil.rmtree(root)
+    return [table]
+
+
+def synced_empty(path: Path) -> Callable[[], None]:
+    """A prepare step: ``path`` exists and is empty, and the removal is on disk."""
+
+    def prepare() -> None:
+        fresh_dir(path)
+        os.sync()
+
+    return prepare
+
+
 def checked_tree(s: Sizes, nbytes: int, sample: Callable[[], float], root: Path,
                  tool: str) -> float:
     seconds = sample()
@@ -969,7 +1041,7 @@ def hyperfine_rounds(b: Bench, table: Table, mode: str, commands: dict[str, list
 
 CASES: dict[str, Callable[[Bench], list[Table]]] = {
     "a": case_small_files, "b": case_bulk_send, "c": case_bulk_get, "d": case_bulk_disk,
-    "e": case_idle, "f": case_uploads, "g": case_startup}
+    "e": case_idle, "f": case_uploads, "g": case_startup, "h": case_small_files_disk}
 
 
 # -- setup ----------------------------------------------------------------------------
