@@ -87,6 +87,7 @@ class FerryClient:
         self._failure: SockferryError | None = None
         self._commits: set[asyncio.Task[None]] = set()
         self._umask = _current_umask()
+        self._loop = asyncio.get_running_loop()
 
     @classmethod
     async def connect(cls, address: Address, token: bytes, *, timeout_s: float = 10.0,
@@ -334,6 +335,8 @@ class FerryClient:
 
     async def _slot(self) -> None:
         """Wait until the server's window has room for one more request."""
+        if self._failure is None and self.session.window_open:
+            return  # the common case, without a loop
         while True:
             self._check_alive()
             if self.session.window_open:
@@ -343,7 +346,7 @@ class FerryClient:
             await self._slot_freed.wait()
 
     def _track(self, request: int, kind: s.Kind, **details: object) -> asyncio.Future[object]:
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[object] = self._loop.create_future()
         self._pending[request] = _Pending(kind, future, **details)  # type: ignore[arg-type]
         return future
 
@@ -399,7 +402,12 @@ class FerryClient:
             await self._slot()
             if st.st_size <= INLINE_FILE and self.session.inline \
                     and m.inline_fits(remote, st.st_size):
-                return await self._put_inline(local, remote, fd, st, keep_mtime, progress)
+                future = self._put_inline(local, remote, fd, st, keep_mtime)
+                if self.session.unsent >= GATHER_BYTES:
+                    await self._flush()
+                if progress:
+                    progress(st.st_size)
+                return future
             request = self.session.put(remote, st.st_size, stat_module.S_IMODE(st.st_mode),
                                        st.st_mtime_ns, keep_mtime)
             future = self._track(request, s.Kind.PUT)
@@ -423,10 +431,10 @@ class FerryClient:
         finally:
             os.close(fd)
 
-    async def _put_inline(self, local: str, remote: str, fd: int, st: os.stat_result,
-                          keep_mtime: bool, progress: Progress | None,
-                          ) -> asyncio.Future[object]:
-        """A small file as one PUT_INLINE frame, gathered with others into one sendmsg."""
+    def _put_inline(self, local: str, remote: str, fd: int, st: os.stat_result,
+                    keep_mtime: bool) -> asyncio.Future[object]:
+        """A small file as one PUT_INLINE frame, to be gathered with others into one
+        sendmsg."""
         try:
             data = read_whole(fd, st.st_size)
         except StorageError as exc:
@@ -434,11 +442,7 @@ class FerryClient:
         digest = digests.digest_of(data, self.session.digest_feature)
         request = self.session.put_inline(remote, data, stat_module.S_IMODE(st.st_mode),
                                           st.st_mtime_ns, keep_mtime, digest)
-        future = self._track(request, s.Kind.PUT)
-        await self._gathered()
-        if progress:
-            progress(st.st_size)
-        return future
+        return self._track(request, s.Kind.PUT)
 
     # -- resume (docs/protocol.md §5.1) ---------------------------------------------------
 

@@ -261,7 +261,6 @@ class Connection:
         self.auth = "not authenticated"
         self.started = time.monotonic()
         self.peer = self.stream.peer
-        self._handlers = self._handler_table()
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -350,30 +349,11 @@ class Connection:
             self._refuse(request, "PUT", upload.path, code_for(exc), str(exc))
 
     def _handle_events(self) -> None:
-        handlers = self._handlers
         while (event := self.session.next_event()) is not None:
-            handler = handlers.get(type(event))
+            handler = _HANDLERS.get(type(event))
             if handler is None:
                 raise AssertionError(f"server core emitted {event!r}")
-            handler(event)
-
-    def _handler_table(self) -> dict[type, Callable[[Any], None]]:
-        """One handler per event the server core emits."""
-        return {
-            s.ClientAuthenticated: self._on_authenticated,
-            s.PutRequested: self._on_put,
-            s.SmallFileReceived: self._on_small_file,
-            s.DataReceived: lambda e: self._on_body(e.request, e.data),
-            s.HoleReceived: lambda e: self._on_body(e.request, e.length),
-            s.PutFinished: self._on_put_finished,
-            s.RequestCancelled: lambda e: self._on_cancel(e.request),
-            s.GetRequested: self.jobs.append,
-            s.ListRequested: self.jobs.append,
-            s.PartialRequested: self.jobs.append,
-            s.StatRequested: self._on_stat,
-            s.MkdirRequested: self._on_mkdir,
-            s.InputEnded: lambda _e: self._on_input_ended(),
-        }
+            handler(self, event)
 
     def _on_authenticated(self, event: s.ClientAuthenticated) -> None:
         self.auth = (f"authenticated (client {event.software}, "
@@ -786,3 +766,22 @@ class Connection:
             batch.append(entry)
             size += entry_size
         self.session.entries(job.request, batch, last=True)
+
+
+# One handler per event the server core emits (one table for all connections: an idle
+# connection should cost as little memory as it can).
+_HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
+    s.ClientAuthenticated: Connection._on_authenticated,
+    s.PutRequested: Connection._on_put,
+    s.SmallFileReceived: Connection._on_small_file,
+    s.DataReceived: lambda c, e: c._on_body(e.request, e.data),
+    s.HoleReceived: lambda c, e: c._on_body(e.request, e.length),
+    s.PutFinished: Connection._on_put_finished,
+    s.RequestCancelled: lambda c, e: c._on_cancel(e.request),
+    s.GetRequested: lambda c, e: c.jobs.append(e),
+    s.ListRequested: lambda c, e: c.jobs.append(e),
+    s.PartialRequested: lambda c, e: c.jobs.append(e),
+    s.StatRequested: Connection._on_stat,
+    s.MkdirRequested: Connection._on_mkdir,
+    s.InputEnded: lambda c, _e: c._on_input_ended(),
+}
