@@ -171,3 +171,42 @@ def test_no_descriptor_outlives_its_connection(env: dict[str, Path]) -> None:
             assert code == ExitCode.OK, err
     counts.append(open_fds())
     assert counts[1] == counts[2], counts
+
+
+def test_a_thousand_clients_at_once(env: dict[str, Path]) -> None:
+    """1,000 connections, each uploading its own 64 KiB file at the same moment: every
+    file committed intact, and every descriptor given back afterwards."""
+    import resource  # noqa: PLC0415 - only this test needs more descriptors
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 4 * 1000 + 200  # a socket each side, a temporary and a directory per upload
+    if hard < needed:
+        pytest.skip(f"the hard limit on open files is {hard}, below {needed}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
+    payloads = {f"c{i:04d}": os.urandom(64 * 1024) for i in range(1000)}
+    for name, data in payloads.items():
+        (env["src"] / name).write_bytes(data)
+
+    async def upload(client: FerryClient, name: str) -> object:
+        future = await client.start_put(str(env["src"] / name), name)
+        await client.finish()
+        return future.result()
+
+    async def all_at_once(port: int) -> list[object]:
+        clients = await asyncio.gather(*(
+            FerryClient.connect(HostPort("127.0.0.1", port), TOKEN, timeout_s=60)
+            for _ in payloads))  # all connected and authenticated: then all send at once
+        return await asyncio.gather(*(upload(c, name) for c, name in zip(clients, payloads,
+                                                                          strict=True)))
+
+    try:
+        before = open_fds()
+        with ServerThread(env["root"], max_connections=2000) as server:
+            sizes = run(all_at_once(server.port))
+            assert server.connection_count() <= 1000
+        assert sizes == [64 * 1024] * 1000
+        for name, data in payloads.items():
+            assert (env["root"] / name).read_bytes() == data
+        assert open_fds() <= before + 2  # the event loop's own pipes may stay
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
