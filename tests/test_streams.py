@@ -118,3 +118,33 @@ def test_receive_views_one_buffer_shared_by_all_streams() -> None:
     got_a, got_b, shared = asyncio.run(go())
     assert (got_a, got_b) == (b"from a", b"from b")
     assert shared  # an idle connection holds no buffer of its own
+
+
+def test_a_cancelled_splice_stops_its_thread_before_the_socket_closes(tmp_path: Path) -> None:
+    """A server stopping mid-upload: the worker thread must let go of the socket's
+    descriptor at once, or it would wait out the idle timeout and, once the number is
+    reused, read another connection's bytes."""
+
+    async def go() -> tuple[bool, int]:
+        sender, receiver = tcp_pair()
+        stream = SocketStream(receiver, idle_timeout_s=60)
+        fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+        task = asyncio.create_task(stream.splice_into(fd, 1 << 20))
+        await asyncio.sleep(0.2)  # the thread is waiting for data now
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stream.close()
+        work = stream._splicing
+        assert work is not None
+        for _ in range(200):  # bounded: 2 s at most
+            if work.done():
+                break
+            await asyncio.sleep(0.01)
+        os.close(fd)
+        sender.close()
+        return work.done(), receiver.fileno()
+
+    stopped, fileno = asyncio.run(go())
+    assert stopped, "the splice thread is still holding the socket"
+    assert fileno == -1, "the socket was not closed after the thread let go of it"

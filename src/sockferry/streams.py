@@ -93,6 +93,7 @@ class SocketStream:
         self._fd = sock.fileno()
         self.bytes_in = 0
         self.bytes_out = 0
+        self._splicing: asyncio.Future[tuple[int, OSError | None]] | None = None
 
     def _timeout(self) -> TransferTimeout:
         return stalled(self.peer, self.idle_timeout_s)
@@ -169,9 +170,19 @@ class SocketStream:
             self.bytes_out += sent
 
     async def splice_into(self, fd: int, count: int) -> tuple[int, OSError | None]:
+        # The worker thread polls a pipe beside the socket: a cancelled caller wakes it,
+        # and the socket is closed only once the thread is done with its descriptor (a
+        # number closed under it could be reused by the next connection).
+        stop_read, stop_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        work = self._loop.run_in_executor(_splicers(), _splice_to_file, self._fd, fd, count,
+                                          self.idle_timeout_s, stop_read)
+        self._splicing = work
+        work.add_done_callback(lambda _: _close_all(stop_read, stop_write))
         try:
-            taken, error = await self._loop.run_in_executor(
-                _splicers(), _splice_to_file, self._fd, fd, count, self.idle_timeout_s)
+            taken, error = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            os.write(stop_write, b"!")
+            raise
         except TimeoutError:
             raise self._timeout() from None
         except OSError as exc:
@@ -185,6 +196,9 @@ class SocketStream:
             self.sock.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
+        if self._splicing is not None and not self._splicing.done():
+            self._splicing.add_done_callback(lambda _: self.sock.close())
+            return
         self.sock.close()
 
 
@@ -204,23 +218,28 @@ def _splicers() -> concurrent.futures.ThreadPoolExecutor:
 
 
 def _splice_to_file(sock_fd: int, file_fd: int, count: int, timeout_s: float,
-                    ) -> tuple[int, OSError | None]:
+                    stop_fd: int) -> tuple[int, OSError | None]:
     """Socket -> pipe -> file, ``count`` bytes, in a worker thread (splice and poll
-    release the GIL).  Returns the bytes taken off the socket and the file's error."""
+    release the GIL); ``stop_fd`` readable means stop now.  Returns the bytes taken off
+    the socket and the file's error."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         with contextlib.suppress(OSError):  # a smaller pipe only means more calls
             fcntl.fcntl(write_end, _F_SETPIPE_SZ, SPLICE_CHUNK)
         poller = select.poll()
         poller.register(sock_fd, select.POLLIN)
+        poller.register(stop_fd, select.POLLIN)
         taken = 0
         while taken < count:
             try:
                 n = os.splice(sock_fd, write_end, min(SPLICE_CHUNK, count - taken),
                               flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
             except BlockingIOError:
-                if not poller.poll(timeout_s * 1000):
+                ready = poller.poll(timeout_s * 1000)
+                if not ready:
                     raise TimeoutError from None
+                if any(fd == stop_fd for fd, _ in ready):
+                    break
                 continue
             if n == 0:
                 break  # the peer closed: the caller sees the end of the stream next
@@ -234,6 +253,11 @@ def _splice_to_file(sock_fd: int, file_fd: int, count: int, timeout_s: float,
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def _close_all(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _set_done(waiter: asyncio.Future[None]) -> None:
