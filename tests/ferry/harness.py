@@ -19,6 +19,8 @@ from sockferry.cli import main
 from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
 from sockferry.ferry.association import open_sctp_server_endpoint, serve_sctp
+from sockferry.ferry.client import FerryClient
+from sockferry.ferry.copying import send_paths
 from sockferry.ferry.server import FerryServer, ServerConfig
 from sockferry.sctp.endpoint import Endpoint
 from sockferry.sockets import Address, HostPort, format_sockaddr
@@ -142,6 +144,24 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+def send_at_once(port: int, sources: Sequence[Path], *, recursive: bool = False) -> None:
+    """Each source sent to the server's root by a client of its own, all at the same
+    time; every one must succeed."""
+
+    async def one(source: Path) -> None:
+        client = await FerryClient.connect(HostPort("127.0.0.1", port), TOKEN)
+        outcomes = await send_paths(client, [str(source)], "", recursive=recursive,
+                                    keep_mtime=False)
+        assert [o.error for o in outcomes if o.error] == []
+
+    async def all_at_once() -> None:
+        async with asyncio.TaskGroup() as group:
+            for source in sources:
+                group.create_task(one(source))
+
+    run(all_at_once())
 
 
 def spawn_cli(*argv: str, **kwargs: Any) -> subprocess.Popen[bytes]:

@@ -15,7 +15,7 @@ from sockferry.ferry.client import INLINE_FILE, FerryClient
 from sockferry.ferry.copying import send_paths
 from sockferry.sockets import HostPort
 from sockferry.storage import Durability, is_temporary_name
-from tests.ferry.harness import TOKEN, ServerThread, run, run_cli
+from tests.ferry.harness import TOKEN, ServerThread, run, run_cli, send_at_once
 
 # Around every size boundary of the sending side: empty, inline, the last inline size,
 # the first PUT, a small PUT gathered with others, and a body that goes by sendfile.
@@ -117,19 +117,8 @@ def test_many_clients_sending_trees_at_once(env: dict[str, Path]) -> None:
         top = env["src"] / f"t{c}"
         trees[c] = make_tree(top, dirs=2, per_dir=10)
 
-    async def one(port: int, c: int) -> None:
-        client = await FerryClient.connect(HostPort("127.0.0.1", port), TOKEN)
-        outcomes = await send_paths(client, [str(env["src"] / f"t{c}")], "", recursive=True,
-                                    keep_mtime=False)
-        assert [o.error for o in outcomes if o.error] == []
-
-    async def all_at_once(port: int) -> None:
-        async with asyncio.TaskGroup() as group:
-            for c in trees:
-                group.create_task(one(port, c))
-
     with ServerThread(env["root"]) as server:
-        run(all_at_once(server.port))
+        send_at_once(server.port, [env["src"] / f"t{c}" for c in trees], recursive=True)
     for c, files in trees.items():
         check_tree(env["root"] / f"t{c}", env["src"] / f"t{c}", files)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import stat
@@ -11,11 +10,9 @@ from pathlib import Path
 import pytest
 
 from sockferry.cli.runtime import ExitCode
-from sockferry.ferry.client import FerryClient
-from sockferry.ferry.copying import send_paths
 from sockferry.sockets import HostPort, UnixPath
 from sockferry.storage import is_temporary_name
-from tests.ferry.harness import TOKEN, ServerThread, run, run_cli
+from tests.ferry.harness import ServerThread, run_cli, send_at_once
 
 MiB = 1024 * 1024
 
@@ -216,19 +213,8 @@ def test_fifty_clients_at_once(env: dict[str, Path]) -> None:
     for name, data in payloads.items():
         (env["src"] / name).write_bytes(data)
 
-    async def one(port: int, name: str) -> None:
-        client = await FerryClient.connect(HostPort("127.0.0.1", port), TOKEN)
-        outcomes = await send_paths(client, [str(env["src"] / name)], "", recursive=False,
-                                    keep_mtime=False)
-        assert [o.error for o in outcomes] == [None]
-
-    async def all_at_once(port: int) -> None:
-        async with asyncio.TaskGroup() as group:
-            for name in payloads:
-                group.create_task(one(port, name))
-
     with ServerThread(env["root"]) as server:
-        run(all_at_once(server.port))
+        send_at_once(server.port, [env["src"] / name for name in payloads])
     for name, data in payloads.items():
         assert (env["root"] / name).read_bytes() == data
 

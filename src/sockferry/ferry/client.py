@@ -13,7 +13,7 @@ import asyncio
 import errno
 import os
 import stat as stat_module
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from sockferry.errors import (
@@ -411,25 +411,32 @@ class FerryClient:
             request = self.session.put(remote, st.st_size, stat_module.S_IMODE(st.st_mode),
                                        st.st_mtime_ns, keep_mtime)
             future = self._track(request, s.Kind.PUT)
-            pending = self._pending[request]
             sparse = bool(self.session.features & m.Feature.SPARSE) and is_sparse(st)
-            try:
-                await send_body(self.session, self.stream, request, fd, st.st_size, sparse,
-                                lambda: pending.refused, progress)
-                if request not in self.session.requests and pending.refused:
-                    # Refused while our last bytes were leaving: the DONE closed it.
-                    self._pending.pop(request, None)
-                    self._slot_freed.set()
-            except TransferCancelled:
-                await self._cancel(request)
-            except StorageError as exc:
-                await self._cancel(request)
-                if not future.done():
-                    future.set_exception(StorageError(f"{local}: {exc}", errno=exc.errno,
-                                                      path=local))
+            await self._send_upload(request, local, future, lambda refused: send_body(
+                self.session, self.stream, request, fd, st.st_size, sparse, refused,
+                progress))
             return future
         finally:
             os.close(fd)
+
+    async def _send_upload(self, request: int, local: str, future: asyncio.Future[object],
+                           body: Callable[[Callable[[], bool]], Awaitable[object]]) -> None:
+        """Send a PUT's body (``body(refused)`` sends it, stopping once ``refused()``);
+        a refusal or a local read error on the way cancels the request on the wire."""
+        pending = self._pending[request]
+        try:
+            await body(lambda: pending.refused)
+            if request not in self.session.requests and pending.refused:
+                # Refused while our last bytes were leaving: the DONE closed it.
+                self._pending.pop(request, None)
+                self._slot_freed.set()
+        except TransferCancelled:
+            await self._cancel(request)
+        except StorageError as exc:
+            await self._cancel(request)
+            if not future.done():
+                future.set_exception(StorageError(f"{local}: {exc}", errno=exc.errno,
+                                                  path=local))
 
     def _put_inline(self, local: str, remote: str, fd: int, st: os.stat_result,
                     keep_mtime: bool) -> asyncio.Future[object]:
@@ -484,27 +491,18 @@ class FerryClient:
                 request = self.session.put(remote, st.st_size, mode, st.st_mtime_ns,
                                            keep_mtime, resumable=True)
             future = self._track(request, s.Kind.PUT)
-            pending = self._pending[request]
-            try:
-                if hasher is not None:
-                    if progress:
-                        progress(report.offset)
-                    await send_tail(self.session, self.stream, request, fd, report.offset,
-                                    st.st_size, hasher, lambda: pending.refused, progress)
-                else:
-                    sparse = bool(self.session.features & m.Feature.SPARSE) and is_sparse(st)
-                    await send_body(self.session, self.stream, request, fd, st.st_size,
-                                    sparse, lambda: pending.refused, progress)
-                if request not in self.session.requests and pending.refused:
-                    self._pending.pop(request, None)
-                    self._slot_freed.set()
-            except TransferCancelled:
-                await self._cancel(request)
-            except StorageError as exc:
-                await self._cancel(request)
-                if not future.done():
-                    future.set_exception(StorageError(f"{local}: {exc}", errno=exc.errno,
-                                                      path=local))
+            if hasher is not None:
+                if progress:
+                    progress(report.offset)
+                tail_hasher = hasher
+                await self._send_upload(request, local, future, lambda refused: send_tail(
+                    self.session, self.stream, request, fd, report.offset, st.st_size,
+                    tail_hasher, refused, progress))
+            else:
+                sparse = bool(self.session.features & m.Feature.SPARSE) and is_sparse(st)
+                await self._send_upload(request, local, future, lambda refused: send_body(
+                    self.session, self.stream, request, fd, st.st_size, sparse, refused,
+                    progress))
             return future, report
         finally:
             os.close(fd)

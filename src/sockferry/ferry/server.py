@@ -18,7 +18,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -615,21 +615,15 @@ class Connection:
                 return False
             self.session.resumed_file_header(job.request, st.st_size, st.st_mode & 0o7777,
                                              st.st_mtime_ns)
-            await send_tail(self.session, self.stream, job.request, fd, job.offset,
-                            st.st_size, hasher, lambda: job.request in self.cancelled)
-        except TransferCancelled:
-            self._refuse(job.request, "GET", job.path, m.ErrorCode.CANCELLED,
-                         "cancelled by the client", started)
-        except StorageError as exc:
-            self._refuse(job.request, "GET", job.path, m.ErrorCode.IO_ERROR, str(exc),
-                         started)
-        else:
-            self.files += 1
-            self._log_file("GET", job.path, st.st_size - job.offset, started,
-                           f"ok (resumed at byte {job.offset})")
+            prefix = hasher
+            await self._send_job_body(job, started, st.st_size - job.offset,
+                                      f"ok (resumed at byte {job.offset})", logging.INFO,
+                                      lambda: send_tail(self.session, self.stream,
+                                                        job.request, fd, job.offset,
+                                                        st.st_size, prefix,
+                                                        lambda: job.request in self.cancelled))
         finally:
             os.close(fd)
-        self.cancelled.discard(job.request)
         return True
 
     def _on_cancel(self, request: int) -> None:
@@ -731,8 +725,19 @@ class Connection:
             self.session.file_header(job.request, st.st_size, st.st_mode & 0o7777,
                                      st.st_mtime_ns)
             sparse = bool(self.session.features & m.Feature.SPARSE) and is_sparse(st)
-            await send_body(self.session, self.stream, job.request, fd, st.st_size, sparse,
-                            lambda: job.request in self.cancelled)
+            await self._send_job_body(job, started, st.st_size, "ok", logging.DEBUG,
+                                      lambda: send_body(self.session, self.stream,
+                                                        job.request, fd, st.st_size, sparse,
+                                                        lambda: job.request in self.cancelled))
+        finally:
+            os.close(fd)
+
+    async def _send_job_body(self, job: s.GetRequested, started: float, nbytes: int,
+                             result: str, level: int,
+                             body: Callable[[], Awaitable[object]]) -> None:
+        """Send a GET's body; cancellation or a read error ends it with ERROR."""
+        try:
+            await body()
         except TransferCancelled:
             self._refuse(job.request, "GET", job.path, m.ErrorCode.CANCELLED,
                          "cancelled by the client", started)
@@ -741,9 +746,8 @@ class Connection:
                          started)
         else:
             self.files += 1
-            self._log_file("GET", job.path, st.st_size, started, "ok", logging.DEBUG)
+            self._log_file("GET", job.path, nbytes, started, result, level)
         finally:
-            os.close(fd)
             self.cancelled.discard(job.request)
 
     async def _send_listing(self, job: s.ListRequested) -> None:
