@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Any
 
 from sockferry.errors import MalformedPacket
+from sockferry.records import record
 from sockferry.storage import MAX_PATH_BYTES, Entry, Kind
 from sockferry.wire import Reader, Writer
 
@@ -130,7 +130,7 @@ class ErrorCode(IntEnum):
 # Messages.  Each has the request id it travels under (0 = the connection itself).
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Hello:
     min_version: int
     max_version: int
@@ -139,7 +139,7 @@ class Hello:
     software: str = "sockferry"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HelloReply:
     version: int
     features: int
@@ -149,12 +149,12 @@ class HelloReply:
     proof: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Auth:
     proof: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Put:
     request: int
     path: str
@@ -164,7 +164,7 @@ class Put:
     flags: PutFlag = PutFlag.NONE
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PutInline:
     """A whole small file: PUT, its one DATA and its DONE in one frame (INLINE)."""
 
@@ -177,7 +177,7 @@ class PutInline:
     flags: PutFlag = PutFlag.NONE
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Data:
     """A DATA frame's header; its body follows as ``DataChunk`` pieces."""
 
@@ -185,7 +185,7 @@ class Data:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DataChunk:
     """Part of a DATA body.  ``data`` may view the caller's buffer: use it at once."""
 
@@ -193,7 +193,7 @@ class DataChunk:
     data: bytes | memoryview
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Hole:
     """``length`` zero bytes of a file, not sent (a hole in a sparse file)."""
 
@@ -201,18 +201,18 @@ class Hole:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Done:
     request: int
     digest: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Cancel:
     request: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Get:
     request: int
     path: str
@@ -220,7 +220,7 @@ class Get:
     prefix_digest: bytes | None = None  # RESUME: digest of the client's first offset bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Partial:
     """RESUME: ask what the server keeps of an interrupted upload to ``path``."""
 
@@ -228,7 +228,7 @@ class Partial:
     path: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PutAt:
     """RESUME: a PUT whose body is the file from ``offset`` on."""
 
@@ -241,7 +241,7 @@ class PutAt:
     flags: PutFlag = PutFlag.NONE
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Prefix:
     """RESUME: the answer to PARTIAL: ``length`` bytes kept, and their digest."""
 
@@ -250,32 +250,32 @@ class Prefix:
     digest: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ListDir:
     request: int
     path: str
     flags: ListFlag = ListFlag.NONE
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Stat:
     request: int
     path: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Mkdir:
     request: int
     path: str
     mode: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ok:
     request: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FileHeader:
     request: int
     size: int
@@ -284,21 +284,21 @@ class FileHeader:
     resumed: bool = False  # RESUME: the body starts at the GET's offset
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Entries:
     request: int
     entries: tuple[Entry, ...]
     last: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Committed:
     request: int
     size: int
     digest: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Error:
     request: int
     code: int

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
 import logging
 import os
@@ -44,6 +43,7 @@ from sockferry.ferry.bodies import (
 )
 from sockferry.ferry.codes import code_for
 from sockferry.ferry.digests import digest_of
+from sockferry.records import replace
 from sockferry.sockets import (
     Address,
     UnixPath,
@@ -552,7 +552,7 @@ class Connection:
                              f"another transfer to '{event.path}' is in progress; try "
                              "again later")
                 return
-            self._on_put(dataclasses.replace(event, resumable=False))  # a random temporary
+            self._on_put(replace(event, resumable=False))  # a random temporary
             return
         assert isinstance(file, PartialFile)
         if event.offset > file.kept:
@@ -705,7 +705,7 @@ class Connection:
         if job.prefix_digest is not None:
             if await self._send_tail(job):
                 return
-            job = dataclasses.replace(job, offset=0, prefix_digest=None)
+            job = replace(job, offset=0, prefix_digest=None)
         started = time.monotonic()
         if job.offset:
             self._refuse(job.request, "GET", job.path, m.ErrorCode.BAD_REQUEST,

@@ -27,6 +27,7 @@ from sockferry.errors import (
 )
 from sockferry.ferry import auth
 from sockferry.ferry import messages as m
+from sockferry.records import record
 from sockferry.storage import Entry
 
 DEFAULT_MAX_REQUESTS = 256  # pipelining window a server grants; clients keep under it
@@ -79,20 +80,20 @@ class Request:
 # --- events --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ClientAuthenticated:
     software: str
     features: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServerVerified:
     software: str
     features: int
     max_requests: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PutRequested:
     request: int
     path: str
@@ -104,7 +105,7 @@ class PutRequested:
     resumable: bool = False  # RESUME: keep the partial file if interrupted
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SmallFileReceived:
     """A whole file in one frame (PUT_INLINE): the request now awaits its verdict."""
 
@@ -117,7 +118,7 @@ class SmallFileReceived:
     digest: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DataReceived:
     """File bytes; ``data`` may view the fed buffer: consume before the next feed."""
 
@@ -125,7 +126,7 @@ class DataReceived:
     data: bytes | memoryview
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HoleReceived:
     """``length`` zero bytes of the file that were not sent."""
 
@@ -133,18 +134,18 @@ class HoleReceived:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PutFinished:
     request: int
     digest: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RequestCancelled:
     request: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GetRequested:
     request: int
     path: str
@@ -152,7 +153,7 @@ class GetRequested:
     prefix_digest: bytes | None = None  # RESUME: the client's digest of its first offset
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PartialRequested:
     """RESUME: answer with ``prefix`` (what is kept towards ``path``) or ``refuse``."""
 
@@ -160,7 +161,7 @@ class PartialRequested:
     path: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PrefixReceived:
     """RESUME: the server keeps ``length`` bytes towards the path, with this digest."""
 
@@ -169,39 +170,39 @@ class PrefixReceived:
     digest: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ListRequested:
     request: int
     path: str
     recursive: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StatRequested:
     request: int
     path: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MkdirRequested:
     request: int
     path: str
     mode: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PutCommitted:
     request: int
     size: int
     digest: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MkdirDone:
     request: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FileStarted:
     request: int
     size: int
@@ -210,27 +211,27 @@ class FileStarted:
     offset: int = 0  # RESUME: the body starts here (the prefix matched)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FileFinished:
     request: int
     digest: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EntriesReceived:
     request: int
     entries: tuple[Entry, ...]
     last: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RequestFailed:
     request: int
     code: int
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class InputEnded:
     """The peer closed its sending side; ``open_requests`` were still unfinished."""
 
