@@ -25,7 +25,9 @@ from tests.sctp.relay import LossyRelay
 pytestmark = pytest.mark.timeout(240)
 
 KiB = 1024
-SIZES = (0, 1, 100 * KiB, 1024 * KiB + 1, 3 * 1024 * KiB)  # several DATA pieces each
+# Several DATA pieces each; the last one small enough for PUT_INLINE (which must open its
+# request on stream 0 like any PUT).
+SIZES = (0, 1, 100 * KiB, 1024 * KiB + 1, 3 * 1024 * KiB, 7)
 STACKS = pytest.mark.parametrize("stack", [
     "udp", pytest.param("kernel", marks=pytest.mark.kernel_sctp)])
 

@@ -41,8 +41,10 @@ MAX_HELD_BYTES = 16 * 1024 * 1024
 # One stream per request the server lets a client have open, plus stream 0.
 STREAMS = 1 + 256
 
-OPENING = frozenset({m.FrameType.PUT, m.FrameType.GET, m.FrameType.LIST, m.FrameType.STAT,
-                     m.FrameType.MKDIR})
+# Frames that open a request: they travel on stream 0, in the order they were made.
+OPENING = frozenset({m.FrameType.PUT, m.FrameType.PUT_INLINE, m.FrameType.PUT_AT,
+                     m.FrameType.GET, m.FrameType.LIST, m.FrameType.STAT, m.FrameType.MKDIR,
+                     m.FrameType.PARTIAL})
 _HEADER = m.HEADER.size
 
 
