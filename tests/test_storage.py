@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from sockferry.errors import PathRefused, StorageError
 from sockferry.storage import (
+    LISTED_NAMES_MAX,
     AtomicFile,
     DirCache,
+    GroupCommit,
     Kind,
     Root,
     capped_mode,
@@ -22,6 +24,7 @@ from sockferry.storage import (
     is_temporary_name,
     split_client_path,
 )
+from sockferry.storage import _process_umask as process_umask
 
 
 @pytest.fixture
@@ -297,3 +300,102 @@ def test_commit_group_reports_each_file(tmp_path: Path) -> None:
     assert (tmp_path / "taken").read_bytes() == b"old"
     assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o640
     assert not [p for p in tmp_path.iterdir() if is_temporary_name(p.name)]
+
+
+def test_dir_cache_listing_spares_the_stat_but_keeps_every_refusal(
+        tree: tuple[Path, Path]) -> None:
+    """Names listed as links or directories still go through the checks; a directory made
+    behind the cache's back after the listing fails the commit, leaving nothing."""
+    root_dir, outside = tree
+    before = snapshot(outside)
+    with Root(str(root_dir)) as root:
+        dirs = DirCache(root)
+        found = dirs.parent("file.txt")
+        assert found is not None and found[2]  # a regular file: no stat needed
+        for name in ("sub", "link-out", "abs-link", "dirlink-out", "loop"):
+            found = dirs.parent(name)
+            assert found is not None and not found[2], name
+            with pytest.raises(StorageError):
+                root.create(name, dirs).abort()
+        fresh = root.create("fresh", dirs)  # absent in the listing
+        fresh.write(b"x")
+        (root_dir / "late").mkdir()
+        late = root.create("late", dirs)  # the listing predates it
+        late.write(b"y")
+        fresh.commit(0o644)
+        with pytest.raises(StorageError):
+            late.commit(0o644)
+        dirs.close()
+    assert (root_dir / "fresh").read_bytes() == b"x" and (root_dir / "late").is_dir()
+    assert not [p for p in root_dir.iterdir() if is_temporary_name(p.name)]
+    assert snapshot(outside) == before
+
+
+def test_dir_cache_forgets_listings_that_mkdir_changed(tree: tuple[Path, Path]) -> None:
+    root_dir, _ = tree
+    with Root(str(root_dir)) as root:
+        dirs = DirCache(root)
+        found = dirs.parent("sub/new")
+        assert found is not None and found[2]
+        root.make_dirs("sub/new", 0o755)
+        dirs.changed("sub/new")
+        found = dirs.parent("sub/new")
+        assert found is not None and not found[2]
+        with pytest.raises(StorageError, match="directory"):
+            root.create("sub/new", dirs).abort()
+        dirs.close()
+
+
+def test_dir_cache_lists_only_small_directories(tmp_path: Path) -> None:
+    (tmp_path / "big").mkdir()
+    for i in range(LISTED_NAMES_MAX + 1):
+        (tmp_path / "big" / f"f{i}").write_bytes(b"")
+    with Root(str(tmp_path)) as root:
+        dirs = DirCache(root)
+        found = dirs.parent("big/f0")
+        assert found is not None and not found[2]  # too big to list: stat each name
+        dirs.close()
+
+
+def test_small_file_created_with_its_final_mode(tmp_path: Path) -> None:
+    with Root(str(tmp_path)) as root:
+        for mode in (0o644, 0o600, 0o640, 0o755):
+            f = root.create(f"m{mode:o}", mode=mode)
+            f.write(b"data")
+            f.seal(mode, None, durable=False)
+            f.seal(mode, None, durable=False)  # a second seal changes nothing
+            f.commit(mode, durable=False)
+            assert stat.S_IMODE((tmp_path / f"m{mode:o}").stat().st_mode) == mode
+
+
+def test_small_file_mode_set_where_the_umask_would_strip_it(tmp_path: Path) -> None:
+    """The process umask (read once) strips bits from what open() creates: the mode is
+    then set explicitly, so the result never depends on the umask."""
+    mask = process_umask()
+    with Root(str(tmp_path)) as root:
+        mode = 0o777 & ~0o022 | mask  # bits the umask removes, if it removes any
+        f = root.create("wide", mode=mode)
+        f.write(b"data")
+        f.commit(mode, durable=False)
+    assert stat.S_IMODE((tmp_path / "wide").stat().st_mode) == mode
+
+
+def test_group_commit_in_steps_and_abandoned(tmp_path: Path) -> None:
+    with Root(str(tmp_path)) as root:
+        files = []
+        for name in ("a", "b"):
+            f = root.create(name)
+            f.write(name.encode())
+            files.append((f, 0o644, None))
+        group = GroupCommit(files)
+        group.seal()
+        group.flush_data()
+        group.abandon()  # cut short before the renames: nothing appears, nothing is left
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+        kept = root.create("c")
+        kept.write(b"c")
+        group = GroupCommit([(kept, 0o600, None)])
+        group.run_steps()
+        assert group.finish() == [None]
+    assert (tmp_path / "c").read_bytes() == b"c"
+    assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o600

@@ -47,6 +47,10 @@ PARTIAL_LABEL = b"sockferry partial v1\0"
 WRITEBACK_STEP = 8 * 1024 * 1024
 PERMISSION_BITS = 0o777
 DEFAULT_UMASK = 0o022
+# A directory entering a DirCache is listed when it holds at most this many names, so that
+# files written into it need no stat each; the names one cache keeps are capped too.
+LISTED_NAMES_MAX = 128
+LISTED_NAMES_PER_CACHE = 1024
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -294,17 +298,20 @@ class Root:
                 raise storage_error(exc, shown) from exc
 
     def create(self, path: str | bytes, dirs: DirCache | None = None,
-               kind: type[AtomicFile] | None = None) -> AtomicFile:
+               kind: type[AtomicFile] | None = None, mode: int = 0o600) -> AtomicFile:
         """Start writing ``path``; the parent directory must exist.  With ``dirs`` the
         parent comes from that cache when it can; ``kind`` PartialFile writes under the
-        target's partial name (resume)."""
+        target's partial name (resume).  ``mode`` is the temporary's mode from the start
+        (the final mode, for a file written whole at once)."""
         shown = _shown(path)
         found = dirs.parent(path) if dirs is not None else None
         if found is not None:
-            handle, name = found
+            handle, name, listed = found
+            if listed:  # absent or a regular file when the directory was listed
+                return self._start(handle, name, shown, None, kind, mode)
             st = self._existing(handle.fd, name, shown)
             if st is None or not stat.S_ISLNK(st.st_mode):
-                return self._start(handle, name, shown, st, kind)
+                return self._start(handle, name, shown, st, kind, mode)
         dir_fd, name = self.resolve_parent(path)
         handle = DirHandle(dir_fd)
         if not name:
@@ -315,7 +322,7 @@ class Root:
         except StorageError:
             handle.retire()
             raise
-        return self._start(handle, name, shown, st, kind)
+        return self._start(handle, name, shown, st, kind, mode)
 
     @staticmethod
     def _existing(dir_fd: int, name: str, shown: str) -> os.stat_result | None:
@@ -328,13 +335,15 @@ class Root:
 
     @staticmethod
     def _start(handle: DirHandle, name: str, shown: str, st: os.stat_result | None,
-               kind: type[AtomicFile] | None = None) -> AtomicFile:
+               kind: type[AtomicFile] | None, mode: int) -> AtomicFile:
         if st is not None and not stat.S_ISREG(st.st_mode):
             handle.acquire().release()  # closes a handle nobody else holds
             what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
             raise StorageError(f"'{shown}' exists and is {what}", errno=errno.EISDIR,
                                path=shown)
-        return (kind or AtomicFile)(handle, name, shown)
+        if kind is not None:
+            return kind(handle, name, shown)
+        return AtomicFile(handle, name, shown, mode)
 
     def open_partial(self, path: str | bytes) -> tuple[int, os.stat_result] | None:
         """A read fd of the partial file kept towards ``path`` (shared-locked), or None.
@@ -520,6 +529,21 @@ def _temporary_name() -> str:
     return f"{TEMP_PREFIX}{next(_temp_counter) & 0xFFFF_FFFF_FFFF_FFFF:016x}{TEMP_SUFFIX}"
 
 
+@functools.cache
+def _process_umask() -> int:
+    """This process's umask, read once (sockferry never changes it while serving)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # elsewhere: set and restore, once, at the first file
+    os.umask(mask)
+    return mask
+
+
 class Durability(Enum):
     """When a written file is made durable (``serve --fsync``)."""
 
@@ -571,6 +595,24 @@ class DirHandle:
 class _Cached:
     handle: DirHandle
     at: float
+    # The directory's names when it was cached (True: a regular file), or None where it
+    # was too big to list or has changed since: then each name is stat'ed.
+    names: dict[str, bool] | None = None
+
+
+def _listing(fd: int, room: int) -> dict[str, bool] | None:
+    """The names in directory ``fd`` and whether each is a regular file (from the
+    directory entries, no stat each), or None past ``room`` names or on an error."""
+    names: dict[str, bool] = {}
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                if len(names) >= room:
+                    return None
+                names[entry.name] = entry.is_file(follow_symlinks=False)
+    except OSError:
+        return None
+    return names
 
 
 class DirCache:
@@ -580,6 +622,11 @@ class DirCache:
     An entry is reused for at most ``ttl_s``: a cached fd keeps naming the directory it
     was opened on even if that is moved afterwards, so its life stays as short as that of
     the fd an upload in progress holds anyway.  Paths with ``..`` are never cached.
+
+    A small directory is listed as it enters, so a file written into it needs no stat
+    to learn whether its name is taken by a directory or a link.  The listing may be up to
+    ``ttl_s`` old; that is safe because the rename that publishes a file never follows a
+    link and fails on a directory, whatever appeared there meanwhile.
     """
 
     def __init__(self, root: Root, *, limit: int = 64, ttl_s: float = 1.0) -> None:
@@ -587,16 +634,20 @@ class DirCache:
         self.limit = limit
         self.ttl_s = ttl_s
         self._entries: dict[str, _Cached] = {}
+        self._listed = 0  # names held in listings, at most LISTED_NAMES_PER_CACHE
 
-    def parent(self, path: str | bytes) -> tuple[DirHandle, str] | None:
-        """The directory holding ``path``'s last name (links in it followed), and that
-        name unresolved; None where the cache does not apply."""
+    def parent(self, path: str | bytes) -> tuple[DirHandle, str, bool] | None:
+        """The directory holding ``path``'s last name (links in it followed), that name
+        unresolved, and True when the directory's listing shows the name absent or a
+        regular file; None where the cache does not apply."""
         if isinstance(path, str):
             head, _, name = path.rpartition("/")
             cached = self._entries.get(head)
             if (cached is not None and _plain_name(name) and len(path) <= _SAFE_PATH_CHARS
                     and time.monotonic() - cached.at <= self.ttl_s):
-                return cached.handle, name  # the head was checked when it was cached
+                # the head was checked when it was cached
+                names = cached.names
+                return cached.handle, name, names is not None and names.get(name, True)
         parts = split_client_path(path)
         if not parts or ".." in parts:
             return None
@@ -604,19 +655,37 @@ class DirCache:
         now = time.monotonic()
         cached = self._entries.pop(key, None)
         if cached is not None and now - cached.at > self.ttl_s:
-            cached.handle.retire()
+            self._drop(cached)
             cached = None
         if cached is None:
             fd, _name = self.root.resolve_parent(path, follow_last=False)
-            cached = _Cached(DirHandle(fd, cached=True), now)
+            room = min(LISTED_NAMES_MAX, LISTED_NAMES_PER_CACHE - self._listed)
+            names = _listing(fd, room) if room > 0 else None
+            self._listed += len(names) if names else 0
+            cached = _Cached(DirHandle(fd, cached=True), now, names)
             while len(self._entries) >= self.limit:  # the oldest goes first
-                self._entries.pop(next(iter(self._entries))).handle.retire()
+                self._drop(self._entries.pop(next(iter(self._entries))))
         self._entries[key] = cached
-        return cached.handle, parts[-1]
+        names = cached.names
+        return cached.handle, parts[-1], names is not None and names.get(parts[-1], True)
+
+    def changed(self, path: str) -> None:
+        """Directories were made along ``path``: listings it passes through are stale."""
+        parts = split_client_path(path)
+        for depth in range(len(parts)):
+            cached = self._entries.get("/".join(parts[:depth]))
+            if cached is not None and cached.names is not None:
+                self._listed -= len(cached.names)
+                cached.names = None
+
+    def _drop(self, cached: _Cached) -> None:
+        if cached.names:
+            self._listed -= len(cached.names)
+        cached.handle.retire()
 
     def close(self) -> None:
         for cached in self._entries.values():
-            cached.handle.retire()
+            self._drop(cached)
         self._entries.clear()
 
 
@@ -631,13 +700,15 @@ class AtomicFile:
     released then.
     """
 
-    def __init__(self, directory: int | DirHandle, name: str, shown: str) -> None:
+    def __init__(self, directory: int | DirHandle, name: str, shown: str,
+                 mode: int = 0o600) -> None:
         self.dir = (directory if isinstance(directory, DirHandle)
                     else DirHandle(directory)).acquire()
         self.dir_fd = self.dir.fd
         self.name = name
         self.shown = shown
         self.temp_name = self._temporary_name()
+        self._mode = mode  # what the temporary is created with (the umask permitting)
         self.written = 0
         try:
             self.fd = self._open_temporary()
@@ -655,7 +726,7 @@ class AtomicFile:
     def _open_temporary(self) -> int:
         # O_RDWR: a digests.Follower reads back what is written.
         return os.open(self.temp_name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                       | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
+                       | os.O_CLOEXEC, self._mode, dir_fd=self.dir_fd)
 
     @classmethod
     def beside(cls, local_path: str) -> AtomicFile:
@@ -708,12 +779,18 @@ class AtomicFile:
         self._holes = True
 
     def seal(self, mode: int, mtime_ns: int | None = None, *, durable: bool = True) -> None:
-        """Size, mode and mtime set, the data fsynced (when ``durable``), the fd closed."""
+        """Size, mode and mtime set, the data fsynced (when ``durable``), the fd closed.
+
+        A second call does nothing: a file sealed as soon as it was written whole stays
+        as it was sealed then."""
+        if self.fd < 0 and not self._done:
+            return
         self._committing()
         try:
             if self._holes:  # a trailing hole needs the size set explicitly
                 os.ftruncate(self.fd, self.written)
-            os.fchmod(self.fd, mode)
+            if mode != self._mode or mode & _process_umask():
+                os.fchmod(self.fd, mode)
             if mtime_ns is not None:
                 os.utime(self.fd, ns=(mtime_ns, mtime_ns))
             if durable:
@@ -779,44 +856,101 @@ class AtomicFile:
 _NOT_DURABLE = "the file is in place but may not survive a crash"
 
 
-def commit_group(files: Sequence[tuple[AtomicFile, int, int | None]], *,
-                 clobber: bool = True) -> list[StorageError | None]:
-    """Make files durable together, each with its mode and mtime, and only then visible
+class GroupCommit:
+    """Files made durable together, each with its mode and mtime, and only then visible
     under their names durably: data first, then the renames, then the directories.
 
     On Linux each file system involved is flushed with one syncfs(2) before the renames
     and one after — a group of any size costs two journal commits, where fsyncing file by
     file costs one each.  Elsewhere every file is fsynced, then each directory once.
-    Returns one outcome per file, in order (None: committed).  A file that failed was
-    removed, except after a failed flush of its directory, which leaves it in place.
+
+    The steps run in order: ``seal``, ``flush_data``, ``publish``, ``flush_names``, then
+    ``finish`` gives one outcome per file (None: committed).  Where ``cheap_steps``,
+    ``seal`` and ``publish`` never wait for the disk (only the two flushes do), so a
+    caller may run them itself and hand only the flushes to a thread.  A file that failed
+    was removed, except after a failed flush of its directory, which leaves it in place.
+    ``abandon`` ends a group cut short: what was not yet published is removed.
     """
-    syncfs = _syncfs()
-    outcomes: list[StorageError | None] = []
-    for file, mode, mtime_ns in files:
-        try:
-            file.seal(mode, mtime_ns, durable=syncfs is None)
-            outcomes.append(None)
-        except StorageError as exc:
-            outcomes.append(exc)
-    if syncfs is not None:  # the data of every file, before any rename
-        for index, error in _flush_file_systems(files, outcomes, syncfs).items():
-            files[index][0].abort()
-            outcomes[index] = storage_error(error, files[index][0].shown, "nothing was written")
-    for index, (file, _, _) in enumerate(files):
-        if outcomes[index] is None:
+
+    def __init__(self, files: Sequence[tuple[AtomicFile, int, int | None]], *,
+                 clobber: bool = True) -> None:
+        self.files = files
+        self.clobber = clobber
+        self.outcomes: list[StorageError | None] = [None] * len(files)
+        self._syncfs = _syncfs()
+        self._published = False
+
+    @property
+    def cheap_steps(self) -> bool:
+        return self._syncfs is not None
+
+    def seal(self) -> None:
+        for index, (file, mode, mtime_ns) in enumerate(self.files):
             try:
-                file.publish(clobber)
+                file.seal(mode, mtime_ns, durable=self._syncfs is None)
             except StorageError as exc:
-                outcomes[index] = exc
-    if syncfs is not None:
-        failures = _flush_file_systems(files, outcomes, syncfs)
-    else:
-        failures = _flush_directories(files, outcomes)
-    for index, error in failures.items():
-        outcomes[index] = storage_error(error, files[index][0].shown, _NOT_DURABLE)
-    for file, _, _ in files:
-        file._finish()
-    return outcomes
+                self.outcomes[index] = exc
+
+    def flush_data(self) -> None:
+        """The data of every file, before any rename (Linux; elsewhere seal fsynced)."""
+        if self._syncfs is None:
+            return
+        for index, error in _flush_file_systems(self.files, self.outcomes,
+                                                self._syncfs).items():
+            self.files[index][0].abort()
+            self.outcomes[index] = storage_error(error, self.files[index][0].shown,
+                                                 "nothing was written")
+
+    def publish(self) -> None:
+        self._published = True
+        for index, (file, _, _) in enumerate(self.files):
+            if self.outcomes[index] is None:
+                try:
+                    file.publish(self.clobber)
+                except StorageError as exc:
+                    self.outcomes[index] = exc
+
+    def flush_names(self) -> None:
+        if self._syncfs is not None:
+            failures = _flush_file_systems(self.files, self.outcomes, self._syncfs)
+        else:
+            failures = _flush_directories(self.files, self.outcomes)
+        for index, error in failures.items():
+            self.outcomes[index] = storage_error(error, self.files[index][0].shown,
+                                                 _NOT_DURABLE)
+
+    def run_steps(self) -> None:
+        """Every step before ``finish``, in order (in a worker thread where not cheap)."""
+        self.seal()
+        self.flush_data()
+        self.publish()
+        self.flush_names()
+
+    def finish(self) -> list[StorageError | None]:
+        for file, _, _ in self.files:
+            file._finish()
+        return self.outcomes
+
+    def abandon(self) -> None:
+        for file, _, _ in self.files:
+            if self._published:
+                file._finish()
+            else:
+                file.abort()
+
+
+def commit_group(files: Sequence[tuple[AtomicFile, int, int | None]], *,
+                 clobber: bool = True) -> list[StorageError | None]:
+    """All the steps of a ``GroupCommit`` at once; one outcome per file, in order."""
+    group = GroupCommit(files, clobber=clobber)
+    group.run_steps()
+    return group.finish()
+
+
+def flushes_file_systems() -> bool:
+    """True where group commits flush whole file systems (syncfs) rather than fsyncing
+    each file: there a file need not stay open until its group is committed."""
+    return _syncfs() is not None
 
 
 def _flush_file_systems(files: Sequence[tuple[AtomicFile, int, int | None]],

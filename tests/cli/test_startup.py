@@ -77,8 +77,8 @@ def test_send_help_loads_only_the_ferry_client_side() -> None:
     assert under(modules, "sockferry.tftp", "sockferry.cli.tftp", "sockferry.cli.sctp",
                  "sockferry.cli.probe", "sockferry.ferry.server",
                  "sockferry.ferry.association", "sockferry.ferry.tokens") == []
-    # The SCTP API module names the --sctp-stack choices; no SCTP stack is loaded.
-    assert under(modules, "sockferry.sctp") == ["sockferry.sctp", "sockferry.sctp.endpoint"]
+    # The sctp package names the --sctp-stack choices; no SCTP module is loaded.
+    assert under(modules, "sockferry.sctp") == ["sockferry.sctp"]
 
 
 def test_a_wrong_command_is_a_usage_error_without_loading_modules() -> None:

@@ -21,7 +21,7 @@ from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
 from sockferry.errors import SockferryError, UsageError
 from sockferry.ferry.client import NO_RESUME, FerryClient
 from sockferry.ferry.copying import Outcome, Reporter, get_paths, send_paths
-from sockferry.sctp.endpoint import TRANSPORTS
+from sockferry.sctp import TRANSPORTS
 from sockferry.sockets import (
     Address,
     HostPort,

@@ -627,7 +627,12 @@ def open_local_file(path: str) -> tuple[int, os.stat_result]:
         what = "a directory (use -r to copy trees)" if stat_module.S_ISDIR(st.st_mode) \
             else "not a regular file"
         raise StorageError(f"'{path}' is {what}", errno=errno.EISDIR, path=path)
-    os.set_blocking(fd, True)
+    # O_NONBLOCK kept a FIFO from blocking the open.  Local file systems ignore it on
+    # regular files, so a small file (read with one pread) keeps it: two fcntl calls per
+    # file saved in a tree of small files.  Bigger files are read blocking, as network
+    # and FUSE file systems may honour the flag.
+    if st.st_size > INLINE_FILE:
+        os.set_blocking(fd, True)
     return fd, st
 
 

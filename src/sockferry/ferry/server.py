@@ -57,10 +57,11 @@ from sockferry.storage import (
     DirCache,
     Durability,
     Entry,
+    GroupCommit,
     PartialFile,
     Root,
     capped_mode,
-    commit_group,
+    flushes_file_systems,
     is_sparse,
 )
 from sockferry.streams import SocketStream, Stream
@@ -253,6 +254,10 @@ class Connection:
         self.verified: list[Verified] = []  # the next group to commit (--fsync batch)
         self.grouping = False  # a task is committing groups
         self.dirs = DirCache(self.root)
+        # Small files are closed as soon as written where nothing fsyncs them one by one.
+        self.seal_early = (server.config.durability is Durability.NONE
+                           or (server.config.durability is Durability.BATCH
+                               and flushes_file_systems()))
         self.commit_slots = asyncio.Semaphore(MAX_COMMITS_IN_FLIGHT)
         self.path_locks: dict[str, asyncio.Lock] = {}
         self.wake = asyncio.Event()
@@ -369,36 +374,46 @@ class Connection:
             self.uploads[event.request] = upload
 
     def _start_upload(self, request: int, path: str, size: int, mode: int,
-                      mtime_ns: int | None, *, streamed: bool = True) -> Upload | None:
+                      mtime_ns: int | None) -> Upload | None:
         if size > self.config.max_file_size:
-            self._refuse(request, "PUT", path, m.ErrorCode.TOO_LARGE,
-                         f"'{path}' is {size} bytes; this server accepts at "
-                         f"most {self.config.max_file_size}")
+            self._refuse_too_large(request, path, size)
             return None
         try:
             file = self.root.create(path, self.dirs)
         except StorageError as exc:
             self._refuse(request, "PUT", path, code_for(exc), str(exc))
             return None
-        sink = Sink(file, self.session.digest_feature, size=size) if streamed else None
+        sink = Sink(file, self.session.digest_feature, size=size)
         return Upload(path, file, sink, size, capped_mode(mode, self.config.umask), mtime_ns)
 
+    def _refuse_too_large(self, request: int, path: str, size: int) -> None:
+        self._refuse(request, "PUT", path, m.ErrorCode.TOO_LARGE,
+                     f"'{path}' is {size} bytes; this server accepts at "
+                     f"most {self.config.max_file_size}")
+
     def _on_small_file(self, event: s.SmallFileReceived) -> None:
-        """PUT_INLINE: the digest is checked before anything touches the disk."""
-        if digest_of(event.data, self.session.digest_feature) != event.digest:
-            self._refuse_mismatch(event.request, event.path)
+        """PUT_INLINE: the digest is checked before anything touches the disk; the file
+        is then written whole, created with its final mode, and (where durability
+        allows) closed at once, so its commit is only the rename."""
+        data, path = event.data, event.path
+        if digest_of(data, self.session.digest_feature) != event.digest:
+            self._refuse_mismatch(event.request, path)
             return
-        upload = self._start_upload(event.request, event.path, len(event.data), event.mode,
-                                    event.mtime_ns if event.keep_mtime else None,
-                                    streamed=False)
-        if upload is None:
+        if len(data) > self.config.max_file_size:
+            self._refuse_too_large(event.request, path, len(data))
             return
+        mode = capped_mode(event.mode, self.config.umask)
+        mtime_ns = event.mtime_ns if event.keep_mtime else None
         try:
-            upload.file.write(event.data)
+            file = self.root.create(path, self.dirs, mode=mode)
+            file.write(data)
+            if self.seal_early:
+                file.seal(mode, mtime_ns, durable=False)
         except StorageError as exc:
-            self._refuse(event.request, "PUT", upload.path, code_for(exc), str(exc))
+            self._refuse(event.request, "PUT", path, code_for(exc), str(exc))
             return
-        self._commit(Verified(event.request, event.digest, upload))
+        self._commit(Verified(event.request, event.digest,
+                              Upload(path, file, None, len(data), mode, mtime_ns)))
 
     def _on_body(self, request: int, piece: bytes | memoryview | int) -> None:
         upload = self.uploads.get(request)
@@ -491,13 +506,24 @@ class Connection:
 
     async def _commit_groups(self) -> None:
         """--fsync batch: what was verified while a group was being made durable forms
-        the next group; one worker-thread job and one send per group, in request order."""
+        the next group; one send per group, in request order.  Only the flushes go to a
+        worker thread where the other steps never wait for the disk."""
         while self.verified:
             group, self.verified = self.verified, []
-            outcomes = await asyncio.to_thread(
-                commit_group, [(v.upload.file, v.upload.mode, v.upload.mtime_ns)
-                               for v in group], clobber=self.config.clobber)
-            for verified, error in zip(group, outcomes, strict=True):
+            commit = GroupCommit([(v.upload.file, v.upload.mode, v.upload.mtime_ns)
+                                  for v in group], clobber=self.config.clobber)
+            try:
+                if commit.cheap_steps:
+                    commit.seal()
+                    await asyncio.to_thread(commit.flush_data)
+                    commit.publish()
+                    await asyncio.to_thread(commit.flush_names)
+                else:
+                    await asyncio.to_thread(commit.run_steps)
+            except BaseException:
+                commit.abandon()
+                raise
+            for verified, error in zip(group, commit.finish(), strict=True):
                 if error is None:
                     self._committed(verified)
                 else:
@@ -649,6 +675,7 @@ class Connection:
         except StorageError as exc:
             self._refuse(event.request, "MKDIR", event.path, code_for(exc), str(exc))
             return
+        self.dirs.changed(event.path)
         self.session.ok(event.request)
 
     def _on_input_ended(self) -> None:

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal, NewType, Protocol
+from typing import NewType, Protocol
 
+from sockferry.sctp import TRANSPORTS, Transport
 from sockferry.sockets import Address, SockAddr
 
-AssocId = NewType("AssocId", int)
+__all__ = ["TRANSPORTS", "Transport"]  # re-exported: the backend names, with the API
 
-# Backends a user can ask for; "auto" is the kernel's where it has SCTP, else udp.
-Transport = Literal["auto", "kernel", "udp"]
-TRANSPORTS: tuple[Transport, ...] = ("auto", "kernel", "udp")
+AssocId = NewType("AssocId", int)
 
 # RFC 9260 §5.1: stream counts travel in 16-bit fields; 0 is not allowed.
 MAX_STREAMS = 65535
