@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -399,3 +401,19 @@ def test_group_commit_in_steps_and_abandoned(tmp_path: Path) -> None:
         assert group.finish() == [None]
     assert (tmp_path / "c").read_bytes() == b"c"
     assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o600
+
+
+def test_memory_file_systems_need_no_flush(tmp_path: Path) -> None:
+    """Files on tmpfs commit without a flush (there is no disk); elsewhere the group
+    waits for one.  Checked against what stat(1) says of each file system."""
+    for where in (Path("/dev/shm"), tmp_path):
+        kind = subprocess.run(["stat", "-f", "-c", "%T", str(where)], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        with tempfile.TemporaryDirectory(dir=where) as directory, Root(directory) as root:
+            f = root.create("x")
+            f.write(b"x")
+            group = GroupCommit([(f, 0o644, None)])
+            assert group.waits_for_disk() is (kind not in ("tmpfs", "ramfs")), kind
+            group.run_steps()
+            assert group.finish() == [None]
+            assert (Path(directory) / "x").read_bytes() == b"x"

@@ -558,19 +558,26 @@ class DirHandle:
     It is closed once nobody uses it: neither a ``DirCache`` nor an unfinished file.
     """
 
-    __slots__ = ("_device", "cached", "fd", "users")
+    __slots__ = ("_device", "_memory_only", "cached", "fd", "users")
 
     def __init__(self, fd: int, *, cached: bool = False) -> None:
         self.fd = fd
         self.users = 0
         self.cached = cached
         self._device = -1
+        self._memory_only: bool | None = None
 
     def device(self) -> int:
         """The file system (st_dev) the directory is on."""
         if self._device < 0:
             self._device = os.fstat(self.fd).st_dev
         return self._device
+
+    def memory_only(self) -> bool:
+        """True on tmpfs or ramfs: there is no disk, so nothing to flush."""
+        if self._memory_only is None:
+            self._memory_only = _file_system_type(self.fd) in _MEMORY_FILE_SYSTEMS
+        return self._memory_only
 
     def acquire(self) -> DirHandle:
         self.users += 1
@@ -884,6 +891,10 @@ class GroupCommit:
     def cheap_steps(self) -> bool:
         return self._syncfs is not None
 
+    def waits_for_disk(self) -> bool:
+        """False when every file is on tmpfs or ramfs: then no step can block."""
+        return self._syncfs is None or not all(f.dir.memory_only() for f, _, _ in self.files)
+
     def seal(self) -> None:
         for index, (file, mode, mtime_ns) in enumerate(self.files):
             try:
@@ -956,10 +967,11 @@ def flushes_file_systems() -> bool:
 def _flush_file_systems(files: Sequence[tuple[AtomicFile, int, int | None]],
                         outcomes: list[StorageError | None],
                         syncfs: Callable[[int], None]) -> dict[int, OSError]:
-    """syncfs once per file system holding a file still in the running; the failures."""
+    """syncfs once per file system holding a file still in the running (none for those
+    in memory only); the failures."""
     by_device: dict[int, list[int]] = {}
     for index, (file, _, _) in enumerate(files):
-        if outcomes[index] is None:
+        if outcomes[index] is None and not file.dir.memory_only():
             by_device.setdefault(file.dir.device(), []).append(index)
     failures: dict[int, OSError] = {}
     for indexes in by_device.values():
@@ -986,6 +998,34 @@ def _flush_directories(files: Sequence[tuple[AtomicFile, int, int | None]],
             if (error := synced[key]) is not None:
                 failures[index] = error
     return failures
+
+
+# statfs(2) f_type of file systems that live in memory only: TMPFS_MAGIC, RAMFS_MAGIC.
+_MEMORY_FILE_SYSTEMS = frozenset({0x01021994, 0x858458F6})
+
+
+def _file_system_type(fd: int) -> int:
+    """statfs(2) f_type of the file system holding ``fd`` (Linux), or -1 if unknown."""
+    fstatfs = _fstatfs()
+    if fstatfs is None:
+        return -1
+    buffer = (ctypes.c_long * 64)()  # struct statfs starts with f_type, a long
+    if fstatfs(fd, buffer) != 0:
+        return -1
+    return buffer[0] & 0xFFFF_FFFF
+
+
+@functools.cache
+def _fstatfs() -> Callable[[int, ctypes.Array[ctypes.c_long]], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fstatfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    function.restype = ctypes.c_int
+    return function
 
 
 @functools.cache

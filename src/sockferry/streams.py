@@ -132,22 +132,24 @@ class SocketStream:
 
     async def send(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         """Send every buffer, in order, with as few sendmsg calls as the kernel allows."""
-        views = [memoryview(b).cast("B") for b in buffers if len(b)]
-        while views:
+        # Byte buffers as they are (the many frames of small files need no view each);
+        # a view only for what is left of a buffer sent in part.
+        views = [b if isinstance(b, bytes) else memoryview(b).cast("B") for b in buffers]
+        first, count = 0, len(views)
+        while first < count:
             try:
-                sent = self.sock.sendmsg(views[:IOV_MAX])
+                sent = self.sock.sendmsg(views[first : first + IOV_MAX])
             except (BlockingIOError, InterruptedError):
                 await self._writable()
                 continue
             except OSError as exc:
                 raise network_error(exc, self.peer, "send") from exc
             self.bytes_out += sent
-            while sent:
-                if sent >= len(views[0]):
-                    sent -= len(views.pop(0))
-                else:
-                    views[0] = views[0][sent:]
-                    sent = 0
+            while first < count and sent >= len(views[first]):
+                sent -= len(views[first])
+                first += 1
+            if sent:
+                views[first] = memoryview(views[first]).cast("B")[sent:]
 
     async def sendfile(self, fd: int, offset: int, count: int) -> None:
         """Send ``count`` bytes of file ``fd`` from ``offset`` (zero-copy)."""

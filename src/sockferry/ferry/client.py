@@ -438,6 +438,24 @@ class FerryClient:
                 future.set_exception(StorageError(f"{local}: {exc}", errno=exc.errno,
                                                   path=local))
 
+    def can_put_at_once(self, remote: str, size: int) -> bool:
+        """Whether ``put_at_once`` may send a file of ``size`` bytes to ``remote`` now:
+        a PUT_INLINE file, the window open, less than a gather's worth queued."""
+        session = self.session
+        return (size <= INLINE_FILE and session.inline and self._failure is None
+                and session.window_open and session.unsent < GATHER_BYTES
+                and m.inline_fits(remote, size))
+
+    def put_at_once(self, local: str, remote: str, opened: tuple[int, os.stat_result],
+                    keep_mtime: bool = False) -> asyncio.Future[object]:
+        """``start_put`` without a wait, where ``can_put_at_once`` said so: the frame is
+        queued (sent with the next flush); the fd is closed here."""
+        fd, st = opened
+        try:
+            return self._put_inline(local, remote, fd, st, keep_mtime)
+        finally:
+            os.close(fd)
+
     def _put_inline(self, local: str, remote: str, fd: int, st: os.stat_result,
                     keep_mtime: bool) -> asyncio.Future[object]:
         """A small file as one PUT_INLINE frame, to be gathered with others into one

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from sockferry.errors import PathRefused, PeerRefused, SockferryError, StorageError, UsageError
 from sockferry.ferry.client import FerryClient, ResumeReport, open_local_file
 from sockferry.ferry.messages import ErrorCode
+from sockferry.records import record
 from sockferry.sockets import storage_error
 from sockferry.storage import Entry, Kind, split_client_path
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Outcome:
     source: str
     target: str
@@ -69,10 +70,10 @@ async def _settled(client: FerryClient, waiting: list[_Waiting], failed: list[Ou
             error = PeerRefused("the connection ended before the server answered")
         elif (exc := item.future.exception()) is not None:
             error = exc if isinstance(exc, SockferryError) else SockferryError(str(exc))
-        report = item.resume or ResumeReport()
+        report = item.resume
         outcomes.append(Outcome(item.source, item.target, item.size, error,
-                                item.is_directory, resumed=report.offset,
-                                resume_note=report.note))
+                                item.is_directory, False, report.offset if report else 0,
+                                report.note if report else ""))
     return outcomes
 
 
@@ -127,10 +128,50 @@ async def send_paths(client: FerryClient, sources: list[str], dest: str, *,
 async def _send_one(client: FerryClient, source: str, target: str, keep_mtime: bool,
                     reporter: Reporter, waiting: list[_Waiting],
                     failed: list[Outcome], resume: bool = False) -> None:
-    report = None
+    opened = _open(source, target, reporter, failed)
+    if opened is not None:
+        await _send_opened(client, source, target, opened, keep_mtime, reporter, waiting,
+                           failed, resume)
+
+
+def _open(source: str, target: str, reporter: Reporter,
+          failed: list[Outcome]) -> tuple[int, os.stat_result] | None:
     try:
-        opened = open_local_file(source)
-        size = opened[1].st_size
+        return open_local_file(source)
+    except StorageError as exc:
+        reporter.done(target)
+        failed.append(Outcome(source, target, 0, exc))
+        return None
+
+
+def _sent_at_once(client: FerryClient, source: str, target: str,
+                  opened: tuple[int, os.stat_result], keep_mtime: bool, reporter: Reporter,
+                  waiting: list[_Waiting], failed: list[Outcome]) -> bool:
+    """A small file queued without waiting for anything (no coroutine per file in a
+    tree of small files); False when it needs ``_send_opened`` (nothing done then)."""
+    size = opened[1].st_size
+    if not client.can_put_at_once(target, size):
+        return False
+    progress = reporter.progress_for(target, source, size)
+    try:
+        future = client.put_at_once(source, target, opened, keep_mtime)
+    except StorageError as exc:
+        reporter.done(target)
+        failed.append(Outcome(source, target, 0, exc))
+        return True
+    if progress:
+        progress(size)
+    waiting.append(_Waiting(source, target, size, future))
+    return True
+
+
+async def _send_opened(client: FerryClient, source: str, target: str,
+                       opened: tuple[int, os.stat_result], keep_mtime: bool,
+                       reporter: Reporter, waiting: list[_Waiting],
+                       failed: list[Outcome], resume: bool) -> None:
+    report = None
+    size = opened[1].st_size
+    try:
         progress = reporter.progress_for(target, source, size)
         if resume:
             os.close(opened[0])
@@ -170,8 +211,13 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
         remote_prefix = remote_dir + "/" if remote_dir and not remote_dir.endswith("/") \
             else remote_dir
         for name in sorted(files):  # plain concatenation: path.join per file adds up
-            await _send_one(client, local_prefix + name, remote_prefix + name, keep_mtime,
-                            reporter, waiting, failed, resume)
+            local, remote = local_prefix + name, remote_prefix + name
+            opened = _open(local, remote, reporter, failed)
+            if opened is None or (not resume and _sent_at_once(
+                    client, local, remote, opened, keep_mtime, reporter, waiting, failed)):
+                continue
+            await _send_opened(client, local, remote, opened, keep_mtime, reporter, waiting,
+                               failed, resume)
 
 
 # ---- get -------------------------------------------------------------------------------

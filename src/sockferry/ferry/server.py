@@ -507,13 +507,16 @@ class Connection:
     async def _commit_groups(self) -> None:
         """--fsync batch: what was verified while a group was being made durable forms
         the next group; one send per group, in request order.  Only the flushes go to a
-        worker thread where the other steps never wait for the disk."""
+        worker thread where the other steps never wait for the disk, and nothing does
+        where the files are in memory only."""
         while self.verified:
             group, self.verified = self.verified, []
             commit = GroupCommit([(v.upload.file, v.upload.mode, v.upload.mtime_ns)
                                   for v in group], clobber=self.config.clobber)
             try:
-                if commit.cheap_steps:
+                if not commit.waits_for_disk():  # tmpfs: no flush, so no thread either
+                    commit.run_steps()
+                elif commit.cheap_steps:
                     commit.seal()
                     await asyncio.to_thread(commit.flush_data)
                     commit.publish()
