@@ -183,9 +183,9 @@ def test_garbage_is_answered_or_dropped(server: int, garbage: bytes) -> None:
         if garbage[:2] == b"\x00\x05":
             # An ERROR, even a broken one, is never answered: the first thing to come
             # back is the answer to the request sent after it.
-            reply, source = ask(server, rrq(b"hello.txt"), sock)
-            assert reply == Data(1, b"hello\n")
-            sock.sendto(b"\x00\x05\x00\x00enough\x00", source)
+            answer, tid = ask(server, rrq(b"hello.txt"), sock)
+            assert answer == Data(1, b"hello\n")
+            sock.sendto(b"\x00\x05\x00\x00enough\x00", tid)
             return
         reply, source = sock.recvfrom(70000)
         # Anything else gets an answer (rate-limited, out of the way here): an ERROR,
