@@ -383,7 +383,13 @@ def _inet_socket(family: socket.AddressFamily, kind: socket.SocketKind,
                  *, dual_stack: bool, mptcp: bool) -> socket.socket:
     sock = (stream_socket(family, mptcp=mptcp) if kind == socket.SOCK_STREAM
             else socket.socket(family, kind))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if kind == socket.SOCK_STREAM:
+        # Lets a restarted server bind while old connections sit in TIME_WAIT; a port
+        # that another socket listens on still fails with EADDRINUSE.  Never on
+        # datagram sockets: there Linux lets a second socket with the option bind the
+        # same port and take its traffic, and a second server must fail instead.
+        # SO_REUSEPORT is not set either, for the same reason.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6:
         # Set explicitly: the system default (net.ipv6.bindv6only) varies between hosts.
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)

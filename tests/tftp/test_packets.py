@@ -25,7 +25,6 @@ from sockferry.tftp.packets import (
     encode_error,
     encode_packet,
     encode_request,
-    printable,
 )
 
 # What curl 7.88 sends for `curl --tftp-blksize 1468 tftp://host/big.bin` (captured).
@@ -122,6 +121,7 @@ def test_encode_request_refuses_oversized() -> None:
         encode_request(Opcode.RRQ, b"x" * 600, "octet")
 
 
-def test_printable_escapes_control_characters() -> None:
-    assert printable("bad\x1b[31mred\nline") == "bad\\x1b[31mred\\x0aline"
-    assert printable("x" * 200).endswith("…")
+def test_duplicated_option_is_refused_as_a_negotiation_failure() -> None:
+    with pytest.raises(MalformedPacket) as caught:
+        decode_packet(b"\x00\x01f\x00octet\x00blksize\x00512\x00BlkSize\x00512\x00")
+    assert caught.value.code == ErrorCode.OPTION_REFUSED

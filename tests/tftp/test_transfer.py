@@ -104,7 +104,9 @@ def test_survives_loss_duplication_and_reordering(*, seed: int, loss: float, rea
     link = LossyLink(random.Random(seed), loss=loss, duplicate=0.05, reorder=0.1)
     run_and_check(read=read, payload=payload_of(size, seed), link=link, blksize=512,
                   windowsize=windowsize, mode=mode, timing=Timing(timeout_s=2.0, retries=30),
-                  final_ack_may_be_lost=loss > 0.1)
+                  # At 10 % loss too, both final ACKs a receiver sends while it dallies
+                  # can be lost (seed 250942: 1 % of such endings).
+                  final_ack_may_be_lost=loss > 0)
 
 
 @pytest.mark.parametrize("read", [True, False], ids=["read", "write"])
@@ -283,13 +285,14 @@ def test_malformed_and_unexpected_packets_end_the_transfer_with_error_4() -> Non
         assert isinstance(failed, TransferFailed)
 
 
-def test_peer_error_fails_with_its_text_made_printable() -> None:
+def test_peer_error_fails_with_its_text_which_the_console_escapes() -> None:
     core = reader()
     core.datagrams_to_send()
     core.receive_datagram(encode_error(3, "disk \x1b[2Jfull"), PEER, 0.01)
     [failed] = events(core)
     assert isinstance(failed, TransferFailed) and isinstance(failed.error, PeerRefused)
-    assert str(failed.error) == "disk \\x1b[2Jfull (TFTP error 3, disk full)"
+    # Kept as sent (cut to a line's length); cli.console escapes whatever it prints.
+    assert str(failed.error) == "disk \x1b[2Jfull (TFTP error 3, disk full)"
     assert sent(core) == []  # never answer an ERROR
 
 

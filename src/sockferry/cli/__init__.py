@@ -131,11 +131,13 @@ def _configure_logging(stream: TextIO, debug: bool) -> None:
     # Not at the top: --help and --version never log, and logging costs ~10 ms.
     import logging  # noqa: PLC0415
 
+    from sockferry.cli.logs import EscapingFormatter  # noqa: PLC0415
+
     root = logging.getLogger("sockferry")
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s",
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s",
                                            "%Y-%m-%dT%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)

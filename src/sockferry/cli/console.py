@@ -1,10 +1,17 @@
-"""Where the command line writes: results to stdout, messages and progress to stderr."""
+"""Where the command line writes: results to stdout, messages and progress to stderr.
+
+Everything written here goes through ``safe_text.escape``: file names, error texts and
+log lines quote what peers sent, and a peer must not be able to write control sequences
+to the user's terminal or forge lines of output or of the log.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
+
+from sockferry.safe_text import escape
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -19,7 +26,11 @@ class TransferProgress:
 
     def start(self, key: str, description: str, total: int | None) -> None:
         if self._progress is not None:
-            self._tasks[key] = self._progress.add_task(description, total=total)
+            from rich.markup import escape as markup_escape  # noqa: PLC0415 - with the bar
+
+            # The bar's label is rich markup: a name like "[link=...]" must stay text.
+            label = markup_escape(escape(description))
+            self._tasks[key] = self._progress.add_task(label, total=total)
 
     def advance(self, key: str, nbytes: int) -> None:
         if self._progress is not None and key in self._tasks:
@@ -54,15 +65,16 @@ class Console:
         return bool(isatty and isatty())
 
     def print(self, text: str = "") -> None:
-        self.stdout.write(text + "\n")
+        """One line on stdout (a result: an ``ls`` entry, a summary)."""
+        self.stdout.write(escape(text) + "\n")
         self.stdout.flush()
 
     def notice(self, text: str) -> None:
-        self.stderr.write(f"sockferry: {text}\n")
+        self.stderr.write(f"sockferry: {escape(text)}\n")
         self.stderr.flush()
 
     def error(self, text: str) -> None:
-        self.stderr.write(f"sockferry: error: {text}\n")
+        self.stderr.write(f"sockferry: error: {escape(text)}\n")
         self.stderr.flush()
 
     def progress(self, quiet: bool = False) -> TransferProgress:
@@ -94,3 +106,4 @@ class Console:
         for stream in (self.stdout, self.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
+

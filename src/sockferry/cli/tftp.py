@@ -20,14 +20,21 @@ from sockferry.tftp.client import ClientOptions, download, upload
 from sockferry.tftp.options import MAX_TIMEOUT_S, MAX_WINDOWSIZE, MIN_TIMEOUT_S, ServerLimits
 from sockferry.tftp.packets import MAX_BLKSIZE, MIN_BLKSIZE
 from sockferry.tftp.server import (
+    DEFAULT_ERROR_RATE,
     DEFAULT_MAX_PER_PEER,
     DEFAULT_MAX_TRANSFERS,
+    DEFAULT_MAX_UNCONFIRMED_PER_SOURCE,
     DEFAULT_PORT,
     ServerConfig,
     TftpServer,
     UploadPolicy,
 )
-from sockferry.tftp.transfer import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, Timing
+from sockferry.tftp.transfer import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_UNCONFIRMED_S,
+    Timing,
+)
 
 # The largest window a command line may ask for: far beyond any useful value, and small
 # enough that 16-bit block numbers stay unambiguous within a window.
@@ -99,6 +106,20 @@ def _register_serve(sub: Any) -> None:
                        f"{DEFAULT_MAX_PER_PEER})")
     serve.add_argument("--max-upload-size", type=bounded_int(0, 1 << 62), metavar="BYTES",
                        help="largest file accepted (default: what the disk can hold)")
+    serve.add_argument("--max-unconfirmed-per-source", type=bounded_int(1, 100_000),
+                       default=DEFAULT_MAX_UNCONFIRMED_PER_SOURCE, metavar="N",
+                       help="transfers at once from one IPv4 address or IPv6 /64 whose "
+                       "client has not answered yet; further requests from there get no "
+                       f"answer (default {DEFAULT_MAX_UNCONFIRMED_PER_SOURCE})")
+    serve.add_argument("--unconfirmed-timeout", type=bounded_int(1, 255),
+                       default=int(DEFAULT_UNCONFIRMED_S), metavar="SECONDS",
+                       help="end a transfer whose client has not answered within this "
+                       f"time (default {DEFAULT_UNCONFIRMED_S:.0f})")
+    serve.add_argument("--error-rate", type=bounded_int(1, 1_000_000),
+                       default=DEFAULT_ERROR_RATE, metavar="N",
+                       help="ERROR answers a second on the request port (refusals, stray "
+                       "packets), all sources together; one source gets a tenth "
+                       f"(default {DEFAULT_ERROR_RATE})")
     serve.set_defaults(handler=run_serve)
 
 
@@ -136,7 +157,9 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
         limits=ServerLimits(blksize_max=args.blksize_max, windowsize_max=args.windowsize_max),
         timing=Timing(timeout_s=float(args.timeout), retries=args.retries),
         max_transfers=args.max_transfers, max_per_peer=args.max_per_peer,
-        max_upload_bytes=args.max_upload_size)
+        max_upload_bytes=args.max_upload_size,
+        max_unconfirmed_per_source=args.max_unconfirmed_per_source,
+        unconfirmed_s=float(args.unconfirmed_timeout), error_rate=args.error_rate)
     run_async(_serve(config, listen, console))
     return ExitCode.OK
 

@@ -134,12 +134,14 @@ class TransferResult:
         return self.size / self.seconds / 1e6 if self.seconds > 0 else 0.0
 
 
-def _shared_port_socket(family: socket.AddressFamily, address: tuple[Any, ...],
-                        ) -> socket.socket:
-    """A non-blocking UDP socket bound with SO_REUSEPORT (dual-stack for IPv6)."""
+def _udp_socket(family: socket.AddressFamily, address: tuple[Any, ...], *,
+                shared: bool) -> socket.socket:
+    """A non-blocking UDP socket bound to ``address`` (dual-stack for IPv6); ``shared``
+    sets SO_REUSEPORT before the bind, to join a port that allows it."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(address)
@@ -151,12 +153,19 @@ def _shared_port_socket(family: socket.AddressFamily, address: tuple[Any, ...],
 
 
 def tid_socket(family: socket.AddressFamily, host: str) -> socket.socket:
-    """A fresh socket on an ephemeral port of ``host``: a transfer's TID.  SO_REUSEPORT
-    lets the driver add a connected twin on the same port."""
+    """A fresh socket on an ephemeral port of ``host``: a transfer's TID.
+
+    Bound without SO_REUSEPORT: with it, Linux may pick for port 0 a port that another
+    SO_REUSEPORT socket of the same user holds (another transfer's TID, another
+    server's), and the two would then share each other's datagrams.  The option is set
+    after the bind, only so that the connected twin can join (``_connected_twin``)."""
     try:
-        return _shared_port_socket(family, (host, 0))
+        sock = _udp_socket(family, (host, 0), shared=False)
     except OSError as exc:
         raise network_error(exc, host, "bind") from exc
+    with contextlib.suppress(OSError):  # without it there is just no twin
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
 
 
 def _connected_twin(sock: socket.socket, peer: PeerAddress) -> socket.socket:
@@ -165,11 +174,18 @@ def _connected_twin(sock: socket.socket, peer: PeerAddress) -> socket.socket:
     The kernel hands a connected socket the datagrams of its peer and routes the rest
     of the port's traffic to the unconnected one, where strangers get ERROR 5.  Sending
     on a connected socket skips a route lookup and an address conversion per packet: on
-    a lock-step transfer that is a good part of the cost of a block.
+    a lock-step transfer that is a good part of the cost of a block.  Once the twin is
+    in, SO_REUSEPORT is cleared on both, which seals the port: no other socket can bind
+    it, and the kernel still routes by the best match (the connected twin for the peer).
     """
-    twin = _shared_port_socket(sock.family, sock.getsockname())
+    try:
+        twin = _udp_socket(sock.family, sock.getsockname(), shared=True)
+    finally:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
     try:
         twin.connect(peer)
+        twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
     except OSError:
         twin.close()
         raise
@@ -244,6 +260,13 @@ class TransferDriver:
         ended = self._ended if self._ended is not None else self.loop.time()
         return TransferResult(self.core.size, ended - self._started, self.options,
                               self.core.retransmissions, self.error)
+
+    def request_repeated(self, nbytes: int) -> None:
+        """The peer repeated its request (see ``Transfer.request_repeated``).  Only
+        before the peer answered: until then no lane holds the core."""
+        if not self.core.confirmed and not self.core.finished:
+            self.core.request_repeated(nbytes, self.loop.time())
+            self._pump()
 
     def cancel(self, error: SockferryError) -> None:
         """Stop from outside (shutdown, Ctrl-C): the peer gets an ERROR."""

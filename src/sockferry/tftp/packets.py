@@ -200,8 +200,9 @@ def _decode_options(reader: Reader, limit: int) -> dict[str, str]:
         value = _ascii(reader.cstring(limit, f"value of option '{name}'"), "option value")
         if not name:
             raise MalformedPacket("option with an empty name")
-        if name in options:
-            raise MalformedPacket(f"option '{name}' appears twice")
+        if name in options:  # ambiguous: refused as a negotiation failure (RFC 2347)
+            raise MalformedPacket(f"option '{name}' appears twice",
+                                  code=ErrorCode.OPTION_REFUSED)
         options[name] = value
     return options
 
@@ -252,8 +253,3 @@ _DECODERS: dict[int, Callable[[bytes], Packet]] = {
     Opcode.OACK: _decode_oack,
 }
 
-
-def printable(text: str, limit: int = 120) -> str:
-    """A peer-supplied text made safe for one log or terminal line."""
-    cleaned = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text[:limit])
-    return cleaned + ("…" if len(text) > limit else "")

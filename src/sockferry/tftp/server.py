@@ -4,7 +4,12 @@ Requests arrive on the listening sockets (port 69 by default); each accepted req
 its own socket on an ephemeral port, its TID (RFC 1350 §4), bound to the address the
 client wrote to.  Files come from a ``Root`` sandbox; uploads go through ``AtomicFile``
 and appear under their name only once complete, fsynced and acknowledged.  Every
-transfer, and every refused request, is one log line.
+transfer, and every refused request, is one log line (floods: a few a second).
+
+The request port cannot be turned into a weapon (see ``admission``): an ERROR is never
+answered; other stray packets and refusals are answered through token buckets; a source
+has at most ``max_unconfirmed_per_source`` transfers whose peer has not yet answered on
+the TID, and those expire after ``unconfirmed_s`` (the cores' anti-amplification rule).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from sockferry.errors import (
     SockferryError,
     StorageError,
 )
+from sockferry.safe_text import clip
 from sockferry.sockets import (
     Address,
     SockAddr,
@@ -37,6 +43,7 @@ from sockferry.sockets import (
     recv_with_destination,
 )
 from sockferry.storage import DEFAULT_UMASK, Root, capped_mode
+from sockferry.tftp.admission import ReplyLimiter, source_key
 from sockferry.tftp.aio import (
     FileSink,
     FileSource,
@@ -49,20 +56,32 @@ from sockferry.tftp.aio import (
 from sockferry.tftp.options import ServerLimits, negotiate
 from sockferry.tftp.packets import (
     MAX_REQUEST_BYTES,
+    Error,
     ErrorCode,
     Request,
     decode_packet,
     encode_error,
     opcode_of,
-    printable,
 )
-from sockferry.tftp.transfer import ServerRead, ServerWrite, Timing, Transfer
+from sockferry.tftp.transfer import (
+    DEFAULT_UNCONFIRMED_S,
+    ServerRead,
+    ServerWrite,
+    Timing,
+    Transfer,
+)
 
 log = logging.getLogger("sockferry.tftp")
 
 DEFAULT_PORT = 69
 DEFAULT_MAX_TRANSFERS = 256
 DEFAULT_MAX_PER_PEER = 16
+# Transfers from one source (IPv4 address, IPv6 /64) whose peer has not yet answered.
+DEFAULT_MAX_UNCONFIRMED_PER_SOURCE = 4
+# ERROR answers on the request port (refusals, stray packets), a second: all sources
+# together; each source gets a tenth of it (at least one).
+DEFAULT_ERROR_RATE = 50
+_ERROR_OPCODE = b"\x00\x05"
 # Refusals and garbage are logged, but a flood must not flood the log: this many lines a
 # second, then a count of what was left out.
 MAX_NOTICES_PER_S = 20
@@ -85,6 +104,9 @@ class ServerConfig:
     max_transfers: int = DEFAULT_MAX_TRANSFERS
     max_per_peer: int = DEFAULT_MAX_PER_PEER
     max_upload_bytes: int | None = None
+    max_unconfirmed_per_source: int = DEFAULT_MAX_UNCONFIRMED_PER_SOURCE
+    unconfirmed_s: float = DEFAULT_UNCONFIRMED_S
+    error_rate: int = DEFAULT_ERROR_RATE
 
 
 class Refusal(Exception):
@@ -127,6 +149,10 @@ class TftpServer:
         self._listeners: list[socket.socket] = []
         self._transfers: dict[tuple[SockAddr, bytes], TransferDriver] = {}
         self._per_host: Counter[str] = Counter()
+        # Each source's transfers, to count those whose peer has not answered yet.
+        self._by_source: dict[str, set[tuple[SockAddr, bytes]]] = {}
+        self._replies = ReplyLimiter(config.error_rate, max(1, config.error_rate // 10),
+                                     time.monotonic())
         self._notices = NoticeLimiter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
@@ -188,36 +214,70 @@ class TftpServer:
     def _handle(self, listener: socket.socket, data: bytes, peer: SockAddr,
                 local: str | None, truncated: bool) -> None:
         shown = format_sockaddr(peer)
+        request = self._parse(listener, data, peer, shown, truncated)
+        if request is not None:
+            self._admit(listener, request, data, peer, shown, local)
+
+    def _parse(self, listener: socket.socket, data: bytes, peer: SockAddr, shown: str,
+               truncated: bool) -> Request | None:
+        """The request in ``data``; anything else is refused or ignored (None)."""
         try:
             if truncated:
                 raise MalformedPacket(f"request longer than the RFC 2347 limit of "
                                       f"{MAX_REQUEST_BYTES} bytes")
             request = decode_packet(data)
-            if not isinstance(request, Request):
-                raise Refusal(ErrorCode.ILLEGAL_OPERATION,
-                              f"{opcode_of(request).name} sent to the request port")
+            if isinstance(request, Request):
+                return request
+            if isinstance(request, Error):
+                self._ignore(shown, "ERROR sent to the request port, not answered")
+                return None
+            raise Refusal(ErrorCode.ILLEGAL_OPERATION,
+                          f"{opcode_of(request).name} sent to the request port")
         except MalformedPacket as exc:
-            self._refuse(listener, peer, shown, "-",
-                         Refusal(ErrorCode.ILLEGAL_OPERATION, str(exc)))
-            return
+            if data[:2] == _ERROR_OPCODE:  # a broken ERROR is still never answered
+                self._ignore(shown, f"{exc}, not answered")
+                return None
+            code = ErrorCode(exc.code) if exc.code is not None \
+                else ErrorCode.ILLEGAL_OPERATION
+            self._refuse(listener, peer, shown, "-", Refusal(code, str(exc)))
         except Refusal as refusal:
             self._refuse(listener, peer, shown, "-", refusal)
-            return
+        return None
+
+    def _admit(self, listener: socket.socket, request: Request, data: bytes,
+               peer: SockAddr, shown: str, local: str | None) -> None:
+        """Start a transfer for ``request``, unless it is a repeat or must be refused."""
         key = (peer, data)
-        if key in self._transfers:
-            return  # the client repeated its request; the transfer's own timer answers
+        running = self._transfers.get(key)
+        if running is not None:
+            # The client repeated its request: its transfer's timer answers, or, while
+            # the peer has not answered yet, the transfer sends its first answer again.
+            running.request_repeated(len(data))
+            return
         what = f"{'read' if request.is_read else 'write'} " \
-               f"'{printable(request.filename.decode('utf-8', 'replace'))}'"
+               f"'{clip(request.filename.decode('utf-8', 'surrogateescape'))}'"
+        source = source_key(_host(peer))
+        if self._unconfirmed_from(source) >= self.config.max_unconfirmed_per_source:
+            # Likely forged: no answer at all, so no reflection either.
+            self._ignore(shown, f"{what} dropped: {self.config.max_unconfirmed_per_source} "
+                         f"transfers from {source} are waiting for their peer to answer")
+            return
         try:
             self._check_capacity(peer)
-            driver = self._open_transfer(listener, request, peer, local)
+            driver = self._open_transfer(listener, request, peer, local, len(data))
         except Refusal as refusal:
             self._refuse(listener, peer, shown, what, refusal)
             return
         self._transfers[key] = driver
         self._per_host[_host(peer)] += 1
+        self._by_source.setdefault(source, set()).add(key)
 
         def log_outcome(result: TransferResult) -> None:
+            # A transfer whose peer never answered was likely forged: its line goes
+            # through the flood limit like a refusal's.
+            if (result.error is not None and not driver.core.confirmed
+                    and not self._notices.allow(time.monotonic())):
+                return
             log.info("%s %s %s %s: %s", shown, what, request.mode,
                      result.options.describe(), describe_result(result))
 
@@ -225,6 +285,14 @@ class TftpServer:
         task = asyncio.get_running_loop().create_task(self._run(driver, key, shown, what))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _unconfirmed_from(self, source: str) -> int:
+        keys = self._by_source.get(source, ())
+        return sum(1 for key in keys if not self._transfers[key].core.confirmed)
+
+    def _ignore(self, shown: str, why: str) -> None:
+        if self._notices.allow(time.monotonic()):
+            log.info("%s %s", shown, why)
 
     def _check_capacity(self, peer: SockAddr) -> None:
         if len(self._transfers) >= self.config.max_transfers:
@@ -235,16 +303,18 @@ class TftpServer:
 
     def _refuse(self, listener: socket.socket, peer: SockAddr, shown: str, what: str,
                 refusal: Refusal) -> None:
-        with contextlib.suppress(OSError):
-            listener.sendto(encode_error(refusal.code, refusal.message), peer)
-        if self._notices.allow(time.monotonic()):
-            log.info("%s %s refused: %s", shown, what, printable(refusal.message))
+        now = time.monotonic()
+        if self._replies.allow(source_key(_host(peer)), now):
+            with contextlib.suppress(OSError):
+                listener.sendto(encode_error(refusal.code, refusal.message), peer)
+        if self._notices.allow(now):
+            log.info("%s %s refused: %s", shown, what, clip(refusal.message))
 
     def _open_transfer(self, listener: socket.socket, request: Request, peer: SockAddr,
-                       local: str | None) -> TransferDriver:
+                       local: str | None, received: int) -> TransferDriver:
         if request.mode not in MODES:
             raise Refusal(ErrorCode.ILLEGAL_OPERATION,
-                          f"transfer mode '{printable(request.mode)}' is not supported")
+                          f"transfer mode '{clip(request.mode)}' is not supported")
         # A leading '/' names the root, as tftpd-hpa's --secure mode has it: boot ROMs
         # often ask for "/pxelinux.0".  Nothing can climb out of the root either way.
         path = request.filename.lstrip(b"/")
@@ -275,12 +345,15 @@ class TftpServer:
         now = asyncio.get_running_loop().time()
         netascii = request.mode == "netascii"
         core: Transfer
+        unconfirmed_s = self.config.unconfirmed_s
         if request.is_read:
             core = ServerRead(peer, options, oack, self.config.timing, now,
-                              netascii_mode=netascii)
+                              netascii_mode=netascii, received=received,
+                              unconfirmed_s=unconfirmed_s)
         else:
             core = ServerWrite(peer, options, oack, self.config.timing, now,
-                               netascii_mode=netascii, max_size=self.config.max_upload_bytes)
+                               netascii_mode=netascii, max_size=self.config.max_upload_bytes,
+                               received=received, unconfirmed_s=unconfirmed_s)
         return TransferDriver(sock, core, source=source, sink=sink)
 
     def _open_source(self, path: bytes, mode: str) -> tuple[FileSource, int | None]:
@@ -335,6 +408,11 @@ class TftpServer:
         finally:
             del self._transfers[key]
             host = _host(key[0])
+            source = source_key(host)
+            keys = self._by_source[source]
+            keys.discard(key)
+            if not keys:
+                del self._by_source[source]
             self._per_host[host] -= 1
             if self._per_host[host] <= 0:
                 del self._per_host[host]

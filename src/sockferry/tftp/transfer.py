@@ -18,7 +18,14 @@ Rules implemented here, by source:
 - RFC 2347: OACK in place of the first ACK (write) or before the first DATA (read);
 - RFC 7440: windows of blocks; a receiver that sees a gap acknowledges the last block it
   has in order, and the sender restarts the window after it;
-- block numbers roll over from 65535 to 0 (the tftp-hpa and curl convention).
+- block numbers roll over from 65535 to 0 (the tftp-hpa and curl convention);
+- never an answer to an ERROR, from the peer or anyone else (two TFTP hosts answering
+  each other's errors ping-pong for ever: the "Loop DoS" class, CVE-2024-2169);
+- anti-amplification, after RFC 9000 §8: a server transfer whose peer has not yet
+  answered on the TID (its source address may be forged) sends it at most
+  ``AMPLIFICATION_FACTOR`` times the bytes received from it, except that each request
+  datagram gets its one answer (an OACK, ACK 0, or DATA 1 when no option was agreed, as
+  RFC 1350 has it); it expires ``unconfirmed_s`` after it started.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from sockferry.errors import (
     SockferryError,
     TransferTimeout,
 )
+from sockferry.safe_text import clip
 from sockferry.tftp import netascii
 from sockferry.tftp.options import TransferOptions, accept_oack
 from sockferry.tftp.packets import (
@@ -55,7 +63,6 @@ from sockferry.tftp.packets import (
     encode_oack,
     encode_request,
     opcode_of,
-    printable,
 )
 from sockferry.tftp.rto import MIN_RTO_S, RetransmitTimer
 
@@ -68,6 +75,15 @@ DEFAULT_RETRIES = 6
 # ERROR 5 answers to strangers are capped per second, so that a flood of spoofed packets
 # cannot turn a transfer into a reflector.
 MAX_WRONG_TID_REPLIES_PER_S = 10
+# Before a server's peer has proven its address (by answering on the TID), at most this
+# many bytes go to it per byte received from it (RFC 9000 §8's factor for QUIC).
+AMPLIFICATION_FACTOR = 3
+# ... and the transfer ends this long after it started if the peer has still not
+# answered: two retransmission intervals of the common clients (tftp-hpa and curl wait
+# 5 s), so one lost datagram does not cost a real client its transfer, yet a forged
+# request holds its slot a third of the time it did (a retransmission schedule of ~30 s).
+DEFAULT_UNCONFIRMED_S = 10.0
+_ERROR_OPCODE = b"\x00\x05"
 HALF_MODULUS = BLOCK_MODULUS // 2
 # Round trips are timed at most this often.  On a path whose round trip is this long or
 # longer every round trip is timed, the rate RFC 6298 §3 asks of TCP; on faster paths the
@@ -162,7 +178,7 @@ def peer_refusal(packet: Error) -> PeerRefused:
         name = ErrorCode(packet.code).name.replace("_", " ").lower()
     except ValueError:
         name = "unknown error code"
-    text = printable(packet.message) or "(no message)"
+    text = clip(packet.message) or "(no message)"
     return PeerRefused(f"{text} (TFTP error {packet.code}, {name})", code=packet.code)
 
 
@@ -196,6 +212,16 @@ class Transfer:
         self._sample_from = now    # no round trip is timed before this time
         self._stranger_window = (now, 0)
         self._table: dict[tuple[State, type], Handler] = {}
+        # Anti-amplification (servers only, see _guard): until the peer answers on the
+        # TID, what goes to it is charged against _budget; _answers_due datagrams (one per
+        # request received) go out whatever the budget.
+        self._confirmed = True
+        self._started_at = now
+        self._expires_at: float | None = None
+        self._budget = 0
+        self._answers_due = 0
+        self.sent_unconfirmed = 0  # bytes sent to the peer before it answered
+        self.withheld = 0          # datagrams not sent to it for lack of budget
 
     # -- the driver's interface ---------------------------------------------------------
 
@@ -213,20 +239,28 @@ class Transfer:
     # step: supply file bytes (a sender) or collect them (``take_pending``, a receiver).
     service_due = False
 
+    @property
+    def confirmed(self) -> bool:
+        """True once the peer answered on the TID (always, for a client)."""
+        return self._confirmed
+
     def receive_datagram(self, data: bytes, addr: PeerAddress, now: float) -> None:
         if self.state in TERMINAL:
             return
         if self.peer is not None and addr != self.peer:
-            self._answer_stranger(addr, now)
+            self._answer_stranger(data, addr, now)
             return
         try:
             packet = decode_packet(data)
         except MalformedPacket as exc:
             if self.peer is None:
                 return  # not even an answer: a stray datagram before the TID is known
-            self._fail(exc, now, ErrorCode.ILLEGAL_OPERATION, str(exc))
+            # A broken ERROR is still an ERROR: never answered.
+            code = None if data[:2] == _ERROR_OPCODE else ErrorCode.ILLEGAL_OPERATION
+            self._fail(exc, now, code, str(exc))
             return
         if self.peer is None and not self._adopt_peer(addr, now):
+            self._answer_stranger(data, addr, now)
             return
         handler = self._table.get((self.state, type(packet)))
         if handler is not None:
@@ -237,6 +271,13 @@ class Transfer:
             self._unexpected(packet, now)
 
     def handle_timeout(self, now: float) -> None:
+        expires = self._expires_at
+        if expires is not None and now >= expires:
+            # Nothing to tell a peer that may not exist: no ERROR.
+            self._fail(TransferTimeout(
+                f"the peer never answered on the transfer's port within "
+                f"{expires - self._started_at:.1f} s (its address may be forged)"), now)
+            return
         if self._deadline is not None and now >= self._deadline:
             self._deadline = None
             self._on_timeout(now)
@@ -246,10 +287,24 @@ class Transfer:
 
     def datagrams_to_send(self) -> list[tuple[bytes, PeerAddress]]:
         out, self._out = self._out, []
+        if not self._confirmed and out:
+            return self._charge(out)
         return out
 
     def next_deadline(self) -> float | None:
-        return self._deadline
+        deadline, expires = self._deadline, self._expires_at
+        if expires is not None and (deadline is None or expires < deadline):
+            return expires
+        return deadline
+
+    def request_repeated(self, nbytes: int, now: float) -> None:
+        """The peer sent its request again (a server's transfer).  Before the peer has
+        answered, that earns budget and one more answer: the first one, again."""
+        if self._confirmed or self.state in TERMINAL:
+            return
+        self._budget += AMPLIFICATION_FACTOR * nbytes
+        self._answers_due += 1
+        self._repeat_first_answer(now)
 
     def abort(self, error: SockferryError, code: ErrorCode, now: float) -> None:
         """Stop for a local reason (a disk error, a cancel): tell the peer with ERROR.
@@ -275,6 +330,36 @@ class Transfer:
         """Only clients start without a peer TID; servers override this."""
         raise NotImplementedError
 
+    def _guard(self, received: int, unconfirmed_s: float, now: float) -> None:
+        """A server's transfer: its peer is unconfirmed until it answers on the TID."""
+        self._confirmed = False
+        self._budget = AMPLIFICATION_FACTOR * received
+        self._answers_due = 1
+        self._started_at = now
+        self._expires_at = now + unconfirmed_s
+
+    def _confirm(self) -> None:
+        self._confirmed = True
+        self._expires_at = None
+
+    def _charge(self, out: list[tuple[bytes, PeerAddress]]) -> list[tuple[bytes, PeerAddress]]:
+        """What may go to an unconfirmed peer (strangers' ERROR 5 are capped apart)."""
+        kept = []
+        for item in out:
+            if item[1] == self.peer:
+                size = len(item[0])
+                if self._answers_due > 0:
+                    self._answers_due -= 1
+                elif self.sent_unconfirmed + size > self._budget:
+                    self.withheld += 1
+                    continue
+                self.sent_unconfirmed += size
+            kept.append(item)
+        return kept
+
+    def _repeat_first_answer(self, now: float) -> None:
+        """Queue the first answer again (servers override this)."""
+
     def _send(self, data: bytes) -> None:
         assert self.peer is not None
         self._out.append((data, self.peer))
@@ -286,6 +371,8 @@ class Transfer:
         self._heard_at = now
         self._timeouts = 0
         self._rto.progressed()
+        if not self._confirmed:
+            self._confirm()
 
     def _may_retry(self, now: float) -> bool:
         """Count a timeout; False (and FAILED) once the retries are spent."""
@@ -303,8 +390,11 @@ class Transfer:
         self.retransmissions += 1
         return True
 
-    def _answer_stranger(self, addr: PeerAddress, now: float) -> None:
-        """RFC 1350 §4: a packet from a wrong TID gets ERROR 5 and disturbs nothing."""
+    def _answer_stranger(self, data: bytes, addr: PeerAddress, now: float) -> None:
+        """RFC 1350 §4: a packet from a wrong TID gets ERROR 5 and disturbs nothing; an
+        ERROR gets nothing."""
+        if data[:2] == _ERROR_OPCODE:
+            return
         started, count = self._stranger_window
         if now - started >= 1.0:
             started, count = now, 0
@@ -332,7 +422,7 @@ class Transfer:
         if code is not None and self.peer is not None:
             self._send(encode_error(code, message))
         self.state = State.FAILED
-        self._deadline = None
+        self._deadline = self._expires_at = None
         self._events.append(TransferFailed(error))
 
     def _on_timeout(self, now: float) -> None:
@@ -359,8 +449,7 @@ class _ClientMixin(Transfer):
     def _adopt_peer(self, addr: PeerAddress, now: float) -> bool:
         # The answer comes from a fresh port (the server's TID) on the same host.
         if addr[0] != self.server[0]:
-            self._answer_stranger(addr, now)
-            return False
+            return False  # a stranger
         self.peer = addr
         self._heard(now)
         if self._sent_at is not None:
@@ -541,9 +630,10 @@ class SendingTransfer(Transfer):
                 self._sent = block - 1
             if self._deadline is None:
                 self._deadline = now + self._rto.rto_s
-        # take_ack handles the ACK of a lone block in flight.
+        # take_ack handles the ACK of a lone block in flight (once the peer is confirmed:
+        # the lane's one-step path does no anti-amplification accounting).
         in_flight = self._next - 1
-        if options.windowsize == 1 and in_flight == self._acked + 1:
+        if options.windowsize == 1 and in_flight == self._acked + 1 and self._confirmed:
             self._awaited_ack = _pack_header(_ACK, in_flight & 0xFFFF)
             self._prepare()
         else:
@@ -593,9 +683,15 @@ class ServerRead(SendingTransfer):
     """The server side of an RRQ: OACK first when options were agreed, then DATA."""
 
     def __init__(self, peer: PeerAddress, options: TransferOptions, oack: dict[str, str],
-                 timing: Timing, now: float, *, netascii_mode: bool = False) -> None:
+                 timing: Timing, now: float, *, netascii_mode: bool = False,
+                 received: int | None = None,
+                 unconfirmed_s: float = DEFAULT_UNCONFIRMED_S) -> None:
+        """``received``: the request's size, for the anti-amplification rule (None
+        takes the peer as confirmed: tests of the machinery behind it)."""
         super().__init__(peer=peer, options=options, timing=timing,
                          netascii_mode=netascii_mode, now=now)
+        if received is not None:
+            self._guard(received, unconfirmed_s, now)
         self._table[(State.OFFERING, Ack)] = self._on_oack_acked
         if oack:
             self.state = State.OFFERING
@@ -624,6 +720,14 @@ class ServerRead(SendingTransfer):
             self._timed = None
             self._send(self._control)
             self._arm(now)
+
+    def _repeat_first_answer(self, now: float) -> None:
+        self._timed = None  # Karn: the answer may now answer either copy
+        if self.state is State.OFFERING:
+            self._send(self._control)
+        elif self.state is State.SENDING:
+            self._next = self._acked + 1
+            self._send_window(now)
 
 
 class ClientWrite(_ClientMixin, SendingTransfer):
@@ -774,9 +878,9 @@ class ReceivingTransfer(Transfer):
         self._ready = _pack_header(_ACK, wire)
 
     def _await_data(self, block: int) -> None:
-        """Let take_block handle ``block`` next, when lock-step octet mode allows, and
-        build its ACK in advance."""
-        if self.options.windowsize == 1 and self._decoder is None:
+        """Let take_block handle ``block`` next, when lock-step octet mode allows and the
+        peer is confirmed, and build its ACK in advance."""
+        if self.options.windowsize == 1 and self._decoder is None and self._confirmed:
             wire = block & 0xFFFF
             self._awaited_data = _pack_header(_DATA, wire)
             self._ready = _pack_header(_ACK, wire)
@@ -786,6 +890,12 @@ class ReceivingTransfer(Transfer):
     def _agree(self, options: TransferOptions) -> None:
         super()._agree(options)
         self._limit_steps()
+        self._await_data(self._received + 1)
+
+    def _confirm(self) -> None:
+        # Called while a block is being accepted, before _received moves on to it: the
+        # block built here is the one arriving, rebuilt for the next after its ACK.
+        super()._confirm()
         self._await_data(self._received + 1)
 
     def next_event(self) -> Event | None:
@@ -940,9 +1050,14 @@ class ServerWrite(ReceivingTransfer):
 
     def __init__(self, peer: PeerAddress, options: TransferOptions, oack: dict[str, str],
                  timing: Timing, now: float, *, netascii_mode: bool = False,
-                 max_size: int | None = None) -> None:
+                 max_size: int | None = None, received: int | None = None,
+                 unconfirmed_s: float = DEFAULT_UNCONFIRMED_S) -> None:
+        """``received``: as for ``ServerRead``."""
         super().__init__(peer=peer, options=options, timing=timing,
                          netascii_mode=netascii_mode, now=now, max_size=max_size)
+        if received is not None:
+            self._guard(received, unconfirmed_s, now)
+            self._awaited_data = self._ready = None  # until the peer's first DATA
         self.state = State.RECEIVING
         self._reply = encode_oack(oack) if oack else encode_ack(0)
         self._send(self._reply)
@@ -951,6 +1066,10 @@ class ServerWrite(ReceivingTransfer):
 
     def _adopt_peer(self, addr: PeerAddress, now: float) -> bool:
         return True
+
+    def _repeat_first_answer(self, now: float) -> None:
+        self._acked_at = None  # Karn
+        self._send(self._reply)
 
 
 class ClientRead(_ClientMixin, ReceivingTransfer):
