@@ -777,7 +777,9 @@ def case_idle(b: Bench) -> list[Table]:
                    "1 MiB send while open": "s", "fds before": "count",
                    "fds with all open": "count", "fds after close": "count"}
     table.chart_rows = ["bytes per idle connection"]
-    table.notes.append(f"Server: `--max-connections 20000`, listening on "
+    table.notes.append(f"Server: `--max-connections 20000 --max-startups 200 "
+                       "--max-startups-per-source 200` (the load generator is one address), "
+                       f"listening on "
                        f"{IDLE_ADDRESSES[0]}..{IDLE_ADDRESSES[-1]}; the load generator "
                        f"(bench/loadgen.py) opens the connections round-robin over them, at "
                        "most 100 handshakes in flight, and holds them idle. A fresh server "
@@ -789,6 +791,8 @@ def case_idle(b: Bench) -> list[Table]:
         for index in range(b.args.rounds):
             fresh_dir(root)
             with b.sockferry_server(mode, root, "--max-connections", "20000",
+                                    "--max-startups", "200",
+                                    "--max-startups-per-source", "200",
                                     listen=IDLE_ADDRESSES) as (port, server):
                 one_idle_round(b, table, mode, count, port, server, one_mib, root)
             b.say(f"  {mode} round {index + 1}/{b.args.rounds}: "
@@ -899,8 +903,9 @@ def case_uploads(b: Bench) -> list[Table]:
     table.chart_rows = ["wall time"]
     table.notes.append("One load generator process (bench/loadgen.py) starts every client at "
                        "once (connect, start_put, finish, the future's size checked); a "
-                       "fresh server per round, with `--max-connections` twice the client "
-                       "count so that none is refused as busy; every file on the server "
+                       "fresh server per round, with `--max-connections`, `--max-startups` "
+                       "and `--max-startups-per-source` twice the client count so that "
+                       "none is refused as busy; every file on the server "
                        "compared with its source. Wall time is the generator's, first "
                        "connect to last verdict. Peak server fds (sampled every 10 ms) "
                        "shows how many clients the server really held at once.")
@@ -914,8 +919,10 @@ def case_uploads(b: Bench) -> list[Table]:
     for mode in MODES:
         for index in range(b.args.rounds):
             fresh_dir(root)
-            with b.sockferry_server(mode, root, "--max-connections",
-                                    str(max(256, 2 * count))) as (port, server):
+            limit = str(max(256, 2 * count))
+            with b.sockferry_server(mode, root, "--max-connections", limit,
+                                    "--max-startups", limit,
+                                    "--max-startups-per-source", limit) as (port, server):
                 fds_before = fd_count(server.pid)
                 record, peak_fds = run_sampling_fds(b, b.pin_client(mode, [
                     sys.executable, str(LOADGEN), "uploads", "--port", str(port),

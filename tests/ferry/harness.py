@@ -6,6 +6,8 @@ import asyncio
 import io
 import logging
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -201,3 +203,34 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class CliServer:
+    """``sockferry serve`` as a process on 127.0.0.1 (a free port), its log in a file."""
+
+    def __init__(self, root: Path, token: Path, log: Path, *extra: str) -> None:
+        self.log = log
+        with log.open("ab") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sockferry", "serve", str(root), "--listen",
+                 "127.0.0.1:0", "--token-file", str(token), "--grace", "1", *extra],
+                stdout=subprocess.DEVNULL, stderr=stderr)
+        self.port = self._port()
+
+    def _port(self) -> int:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log.read_text())
+            if found:
+                return int(found.group(1))
+            assert self.proc.poll() is None, self.log.read_text()
+            time.sleep(0.02)
+        raise AssertionError("the server did not start")
+
+    def connection_lines(self) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if " file(s), " in line]
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)

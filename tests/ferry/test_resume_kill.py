@@ -22,7 +22,7 @@ import blake3
 import pytest
 
 from sockferry.storage import PARTIAL_PREFIX
-from tests.ferry.harness import write_token
+from tests.ferry.harness import CliServer, write_token
 
 SIZE = 256 * 1024 * 1024
 SLACK = 2 * 1024 * 1024  # frames, handshake, rounding of the logged figures
@@ -37,35 +37,6 @@ def shm() -> Iterator[Path]:
     write_token(path / "token")
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-class Server:
-    def __init__(self, root: Path, token: Path, log: Path) -> None:
-        self.log = log
-        with log.open("ab") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sockferry", "serve", str(root), "--listen",
-                 "127.0.0.1:0", "--token-file", str(token), "--grace", "1"],
-                stdout=subprocess.DEVNULL, stderr=stderr)
-        self.port = self._port()
-
-    def _port(self) -> int:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log.read_text())
-            if found:
-                return int(found.group(1))
-            assert self.proc.poll() is None, self.log.read_text()
-            time.sleep(0.02)
-        raise AssertionError("the server did not start")
-
-    def connection_lines(self) -> list[str]:
-        return [line for line in self.log.read_text().splitlines() if " file(s), " in line]
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(30)
 
 
 def _cli(*argv: str) -> subprocess.Popen[bytes]:
@@ -99,7 +70,7 @@ def _logged_bytes(line: str, which: str) -> int:
     return int(float(number) * _UNITS[unit])
 
 
-def _wait_lines(server: Server, count: int) -> list[str]:
+def _wait_lines(server: CliServer, count: int) -> list[str]:
     deadline = time.monotonic() + 30
     while len(lines := server.connection_lines()) < count:
         assert time.monotonic() < deadline, server.log.read_text()
@@ -121,7 +92,7 @@ def test_resume_after_sigkill(shm: Path, direction: str, victim: str, share: flo
     token = str(shm / "token")
     if direction == "get":
         shutil.copyfile(shm / "data", root / "data")
-    server = Server(root, shm / "token", case / "server.log")
+    server = CliServer(root, shm / "token", case / "server.log")
     try:
         watched = root if direction == "send" else local
 
@@ -139,7 +110,7 @@ def test_resume_after_sigkill(shm: Path, direction: str, victim: str, share: flo
         if victim == "client":
             _wait_lines(server, 1)  # the server has seen the client go
         else:
-            server = Server(root, shm / "token", case / "restarted.log")
+            server = CliServer(root, shm / "token", case / "restarted.log")
         before = len(server.connection_lines())
         kept = _partial(watched)
         assert kept is not None and kept.stat().st_size >= share * SIZE

@@ -34,6 +34,7 @@ from sockferry.storage import DEFAULT_UMASK, Durability, Entry, Kind
 from sockferry.units import format_bytes, format_rate
 
 if TYPE_CHECKING:
+    from sockferry.admission import Startups
     from sockferry.ferry.server import ServerConfig
     from sockferry.sctp.endpoint import Endpoint
 
@@ -115,7 +116,18 @@ def _register_serve(sub: Any) -> None:
     parser.add_argument("--no-clobber", action="store_true",
                         help="refuse to overwrite existing files")
     parser.add_argument("--max-connections", type=_positive, default=256, metavar="N",
-                        help="clients served at once (default 256)")
+                        help="clients served at once, authenticated or not (default 256)")
+    parser.add_argument("--max-startups", type=_startups, default="10:30:100",
+                        metavar="START:RATE:FULL",
+                        help="connections still authenticating: from START on, a new one "
+                        "is refused with a chance of RATE %%, growing to 100 %% at FULL "
+                        "(as sshd's MaxStartups; N alone means N:100:N; default 10:30:100)")
+    parser.add_argument("--max-startups-per-source", type=_positive, default=4, metavar="N",
+                        help="connections still authenticating from one address (IPv6: "
+                        "one /64) at once; more are refused (default 4)")
+    parser.add_argument("--handshake-timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                        help="drop a client that has not authenticated this long after "
+                        "connecting (default 5)")
     parser.add_argument("--idle-timeout", type=float, default=120.0, metavar="SECONDS",
                         help="drop a client that makes no progress for this long "
                         "(default 120)")
@@ -215,6 +227,25 @@ def _byte_count(text: str) -> int:
     return int(number) * _BYTE_SUFFIXES[suffix]
 
 
+def _startups(text: str) -> Startups:
+    from sockferry.admission import Startups  # noqa: PLC0415 - serve only
+
+    try:
+        return Startups.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds above 0")
+    return value
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number")
@@ -287,6 +318,9 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
                                                           [f"localhost:{DEFAULT_PORT}"])]
     config = ServerConfig(token=token, umask=args.umask, clobber=not args.no_clobber,
                           max_connections=args.max_connections,
+                          max_startups=args.max_startups,
+                          max_startups_per_source=args.max_startups_per_source,
+                          handshake_timeout_s=args.handshake_timeout,
                           idle_timeout_s=args.idle_timeout, backlog=args.backlog,
                           durability=Durability(args.fsync), mptcp=args.mptcp,
                           partial_keep_s=args.partial_keep * 3600,

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from sockferry.admission import source_key
 from sockferry.errors import (
     NetworkError,
     RemoteProtocolError,
@@ -220,21 +221,21 @@ async def serve_sctp(server: FerryServer, endpoint: Endpoint) -> None:
 
     def on_up(change: AssociationChange) -> None:
         peer = format_sockaddr(change.peer) if change.peer is not None else "?"
-        if server.full:
-            reason = ("the server is shutting down" if server.closing else
-                      f"server busy: {server.config.max_connections} connections already "
-                      "— try again later")
-            log.warning("refused an association from %s: %s", peer, reason)
+        source = source_key(str(change.peer[0])) if change.peer is not None else "?"
+        reason = server.refusal(source)
+        if reason is not None:
+            server.refusals.refused(f"an association from {peer}", reason)
             endpoint.abort(change.assoc_id, reason)
             return
         try:
             stream = AssociationStream(endpoint, change.assoc_id, peer, client=False,
                                        idle_timeout_s=server.config.idle_timeout_s)
         except SockferryError as exc:  # it ended already
+            server.gate.release(source)
             log.info("association from %s: %s", peer, exc)
             return
         streams[change.assoc_id] = stream
-        server.serve(stream)
+        server.serve(stream, source)
 
     await route(endpoint, streams, on_up)
 

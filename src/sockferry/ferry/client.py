@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import random
 import stat as stat_module
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,10 @@ Progress = Callable[[int], None]
 # frame's 64 KiB bound would allow more, but past a few pages the saved frames matter
 # little and a larger frame is copied once more by the receiver's parser.
 INLINE_FILE = 16 * 1024
+# A server busy with handshakes (BUSY before authentication) is retried for this long.
+BUSY_RETRY_S = 10.0
+BUSY_FIRST_DELAY_S = 0.05
+BUSY_MAX_DELAY_S = 1.0
 NO_RESUME = "resume is not available on this server; the whole file is sent"
 
 
@@ -92,13 +97,27 @@ class FerryClient:
     @classmethod
     async def connect(cls, address: Address, token: bytes, *, timeout_s: float = 10.0,
                       idle_timeout_s: float = 120.0, mptcp: bool = False,
-                      features: int = m.ALL_FEATURES) -> FerryClient:
+                      features: int = m.ALL_FEATURES,
+                      busy_retry_s: float = BUSY_RETRY_S) -> FerryClient:
         """Connect (``mptcp``: with Multipath TCP), authenticate both ways, and start
         reading.  ``features``: what to offer (fewer to behave as an older client
-        would)."""
-        sock = await connect(address, timeout_s, mptcp=mptcp)
-        return await cls.start(SocketStream(sock, idle_timeout_s), token, timeout_s=timeout_s,
-                               features=features)
+        would).  A server that turns the connection away as busy before authentication
+        is tried again, with growing pauses, for up to ``busy_retry_s``."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + busy_retry_s
+        delay = BUSY_FIRST_DELAY_S
+        while True:
+            sock = await connect(address, timeout_s, mptcp=mptcp)
+            try:
+                return await cls.start(SocketStream(sock, idle_timeout_s), token,
+                                       timeout_s=timeout_s, features=features)
+            except PeerRefused as exc:
+                # Turned away before authenticating (too many clients handshaking at
+                # once, or from this address): that passes, so try again for a while.
+                if exc.code != m.ErrorCode.BUSY or loop.time() + delay > give_up:
+                    raise
+            await asyncio.sleep(delay * (0.5 + random.random()))  # jitter: no herd
+            delay = min(delay * 2, BUSY_MAX_DELAY_S)
 
     @classmethod
     async def start(cls, stream: Stream, token: bytes, *, timeout_s: float,

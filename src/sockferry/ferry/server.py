@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sockferry.admission import StartupGate, Startups, source_key
 from sockferry.errors import (
     AuthenticationFailed,
     NetworkError,
@@ -69,6 +70,8 @@ from sockferry.units import format_bytes, format_rate
 
 log = logging.getLogger("sockferry.ferry")
 
+DEFAULT_STARTUPS = Startups(10, 30, 100)  # sshd's MaxStartups default
+
 MAX_COMMITS_IN_FLIGHT = 16  # fsync+rename threads per connection (--fsync each)
 FLUSH_ON_CLOSE_S = 2.0
 
@@ -90,6 +93,10 @@ class ServerConfig:
     partial_sweep_s: float = 600.0
     features: int = m.ALL_FEATURES  # fewer to behave as an older server would
     mptcp: bool = False  # listen with Multipath TCP (still accepts plain TCP clients)
+    # Before authentication (sshd's MaxStartups, PerSourceMaxStartups, LoginGraceTime).
+    max_startups: Startups = DEFAULT_STARTUPS
+    max_startups_per_source: int = 4
+    handshake_timeout_s: float = 5.0
 
 
 @dataclass(slots=True)
@@ -127,6 +134,8 @@ class FerryServer:
         self.closing = False
         self.stopped = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        self.gate = StartupGate(config.max_startups, config.max_startups_per_source)
+        self.refusals = RefusalLog()
 
     async def start(self, addresses: Sequence[Address]) -> list[str]:
         """Bind and listen on every address; returns them as bound (real ports)."""
@@ -178,22 +187,37 @@ class FerryServer:
                             exc.strerror)
                 await asyncio.sleep(0.1)
                 continue
-            if self.full:
-                _refuse_busy(conn, self.config.max_connections)
+            source = (source_key(addr[0]) if conn.family != socket.AF_UNIX
+                      else "the local socket")
+            reason = self.refusal(source)
+            if reason is not None:
+                _refuse(conn, reason)
+                self.refusals.refused(f"a connection from {format_sockaddr(addr)}", reason)
                 continue
             if self.config.mptcp and conn.family != socket.AF_UNIX:
                 log.info("%s: %s", format_sockaddr(addr), describe_multipath(conn))
-            self.serve(SocketStream(conn, self.config.idle_timeout_s))
+            self.serve(SocketStream(conn, self.config.idle_timeout_s), source)
 
     @property
     def full(self) -> bool:
         """Refuse the next client: ``max_connections`` are being served, or we stop."""
         return self.closing or len(self._connections) >= self.config.max_connections
 
-    def serve(self, stream: Stream) -> None:
-        """Run one client's connection: an accepted socket, or an SCTP association."""
+    def refusal(self, source: str) -> str | None:
+        """Why a new client from ``source`` is turned away, or None: then it is counted as
+        authenticating (``serve`` with ``source``) until it authenticates or leaves."""
+        if self.closing:
+            return "the server is shutting down"
+        if len(self._connections) >= self.config.max_connections:
+            return (f"server busy: {self.config.max_connections} connections already — "
+                    "try again later")
+        return self.gate.admit(source)
+
+    def serve(self, stream: Stream, source: str | None = None) -> None:
+        """Run one client's connection: an accepted socket, or an SCTP association;
+        ``source``: admitted by ``refusal``, counted until it authenticates."""
         self._start_sweeping()
-        task = asyncio.get_running_loop().create_task(Connection(self, stream).run())
+        task = asyncio.get_running_loop().create_task(Connection(self, stream, source).run())
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
 
@@ -227,20 +251,43 @@ class FerryServer:
         self.stopped.set()
 
 
-def _refuse_busy(conn: socket.socket, limit: int) -> None:
-    """Tell an over-limit client why, without waiting for it, and hang up."""
+def _refuse(conn: socket.socket, reason: str) -> None:
+    """Tell a client turned away why, without waiting for it, and hang up."""
     with conn:
         conn.setblocking(False)
         with contextlib.suppress(OSError):
-            conn.send(m.encode(m.Error(0, m.ErrorCode.BUSY,
-                                       f"server busy: {limit} connections already — "
-                                       "try again later")))
-    log.warning("refused a connection: %d connections already", limit)
+            conn.send(m.encode(m.Error(0, m.ErrorCode.BUSY, reason)))
+            # What the client sent already is read, so that closing sends a FIN after
+            # the ERROR rather than a reset that could discard it.
+            conn.recv(4096)
+
+
+class RefusalLog:
+    """A log line per refusal, at most one a second: a flood of connections must not
+    become a flood of log lines (the lines left out are counted in the next one)."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._next = 0.0
+        self._left_out = 0
+
+    def refused(self, what: str, reason: str) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._left_out += 1
+            return
+        more = (f" ({self._left_out} more refused since the last such line)"
+                if self._left_out else "")
+        log.warning("refused %s: %s%s", what, reason, more)
+        self._left_out = 0
+        self._next = now + self.interval_s
 
 
 class Connection:
-    def __init__(self, server: FerryServer, stream: Stream) -> None:
+    def __init__(self, server: FerryServer, stream: Stream, source: str | None = None) -> None:
         self.server = server
+        self.source = source  # counted in server.gate until authenticated (None: not)
+        self.handshake_deadline: asyncio.Timeout | None = None
         self.root = server.root
         self.config = server.config
         self.stream = stream
@@ -297,6 +344,7 @@ class Connection:
             outcome = f"internal error: {group.exceptions[0]!r}"
             log.exception("%s: internal error", self.peer)
         finally:
+            self._leave_gate()
             self._abort_everything()
             self.stream.close()
             elapsed = time.monotonic() - self.started
@@ -328,6 +376,19 @@ class Connection:
     # -- reading ------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        """Frames in; the handshake must be done within ``handshake_timeout_s``."""
+        timeout = self.config.handshake_timeout_s
+        try:
+            async with asyncio.timeout(timeout) as self.handshake_deadline:
+                await self._read_frames()
+        except TimeoutError:
+            self.session.fail_connection(m.ErrorCode.BAD_REQUEST,
+                                         f"the handshake did not complete within {timeout:g} s")
+            await self._flush_before_close()
+            raise TransferTimeout(f"the handshake did not complete within {timeout:g} s",
+                                  ) from None
+
+    async def _read_frames(self) -> None:
         while True:
             data = await self.stream.receive()
             self.session.receive_data(data)
@@ -363,6 +424,14 @@ class Connection:
     def _on_authenticated(self, event: s.ClientAuthenticated) -> None:
         self.auth = (f"authenticated (client {event.software}, "
                      f"{digests.name_of(self.session.digest_feature)})")
+        if self.handshake_deadline is not None:
+            self.handshake_deadline.reschedule(None)
+        self._leave_gate()
+
+    def _leave_gate(self) -> None:
+        if self.source is not None:
+            self.server.gate.release(self.source)
+            self.source = None
 
     def _on_put(self, event: s.PutRequested) -> None:
         if event.resumable and event.size <= self.config.max_file_size:

@@ -9,48 +9,15 @@ that neither a forged flood nor a confused peer can turn it into a reflector.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
+
+from sockferry.admission import TokenBucket, source_key
+
+__all__ = ["MAX_TRACKED_SOURCES", "ReplyLimiter", "TokenBucket", "source_key"]
 
 # Sources whose buckets are remembered; beyond it the least recently seen is forgotten
 # (a forged flood from many addresses must not grow memory without bound).
 MAX_TRACKED_SOURCES = 4096
-
-
-def source_key(host: str) -> str:
-    """The source a peer address counts against: IPv4 as is (v4-mapped IPv6 too), IPv6
-    by its /64."""
-    bare = host.split("%", 1)[0]  # a link-local address's scope
-    try:
-        address = ipaddress.ip_address(bare)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up; ``take`` spends one."""
-
-    __slots__ = ("_at", "_tokens", "burst", "rate")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = burst
-        self._at = now
-
-    def take(self, now: float) -> bool:
-        tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-        if tokens < 1.0:
-            self._tokens = tokens
-            return False
-        self._tokens = tokens - 1.0
-        return True
 
 
 class ReplyLimiter:
