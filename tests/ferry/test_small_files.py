@@ -109,6 +109,31 @@ def test_pipelined_puts_of_one_path_commit_in_request_order(env: dict[str, Path]
     assert (env["root"] / "same").read_bytes() == versions[-1]
 
 
+@pytest.mark.parametrize("sizes", [[9 << 20, 1000, 9 << 20, 2000, 3000],
+                                   [1000, 9 << 20, 2000, 9 << 20]],
+                         ids=["small-last", "large-last"])
+def test_large_and_small_puts_of_one_path_commit_in_request_order(
+        env: dict[str, Path], sizes: list[int]) -> None:
+    """A large body is hashed in a worker thread and verified late; the small files
+    pipelined behind it (PUT_INLINE, verified at once) must still not be replaced by it."""
+    versions = [os.urandom(size) for size in sizes]
+    for i, data in enumerate(versions):
+        (env["src"] / f"v{i}").write_bytes(data)
+    names = ["same", "./same", "same", "same", "same"]  # one path, spelt two ways
+
+    async def send_all(port: int) -> None:
+        client = await FerryClient.connect(HostPort("127.0.0.1", port), TOKEN)
+        futures = [await client.start_put(str(env["src"] / f"v{i}"), names[i])
+                   for i in range(len(versions))]
+        await client.finish()
+        assert [f.result() for f in futures] == sizes
+
+    for trial in range(3):
+        with ServerThread(env["root"]) as server:
+            run(send_all(server.port))
+        assert (env["root"] / "same").read_bytes() == versions[-1], f"trial {trial}"
+
+
 def test_many_clients_sending_trees_at_once(env: dict[str, Path]) -> None:
     """Every connection's bytes pass through the one shared receive buffer: none may
     see another's."""

@@ -44,6 +44,7 @@ from sockferry.ferry.bodies import (
 )
 from sockferry.ferry.codes import code_for
 from sockferry.ferry.digests import digest_of
+from sockferry.ferry.ordering import PathOrder
 from sockferry.records import replace
 from sockferry.sockets import (
     Address,
@@ -64,6 +65,7 @@ from sockferry.storage import (
     capped_mode,
     flushes_file_systems,
     is_sparse,
+    split_client_path,
 )
 from sockferry.streams import SocketStream, Stream
 from sockferry.units import format_bytes, format_rate
@@ -251,6 +253,11 @@ class FerryServer:
         self.stopped.set()
 
 
+def _order_key(path: str) -> str:
+    """The path as PathOrder tells PUTs apart: "a//b" and "./a/b" are "a/b"."""
+    return "/".join(split_client_path(path))
+
+
 def _refuse(conn: socket.socket, reason: str) -> None:
     """Tell a client turned away why, without waiting for it, and hang up."""
     with conn:
@@ -301,6 +308,7 @@ class Connection:
         self.verified: list[Verified] = []  # the next group to commit (--fsync batch)
         self.grouping = False  # a task is committing groups
         self.dirs = DirCache(self.root)
+        self.order: PathOrder[Verified] = PathOrder(self._commit_in_turn)
         # Small files are closed as soon as written where nothing fsyncs them one by one.
         self.seal_early = (server.config.durability is Durability.NONE
                            or (server.config.durability is Durability.BATCH
@@ -364,6 +372,12 @@ class Connection:
             self._log_file("PUT", upload.path, upload.size, upload.started,
                            "aborted: the connection ended before it was committed")
         self.verified.clear()
+        for verified in self.order.held():
+            upload = verified.upload
+            upload.file.abort()
+            self._log_file("PUT", upload.path, upload.size, upload.started,
+                           "aborted: the connection ended before it was committed")
+        self.order.clear()
         for upload in self.uploads.values():
             upload.file.abort()
             self._log_file("PUT", upload.path, upload.file.written, upload.started,
@@ -453,6 +467,7 @@ class Connection:
             self._refuse(request, "PUT", path, code_for(exc), str(exc))
             return None
         sink = Sink(file, self.session.digest_feature, size=size)
+        self.order.opened(request, _order_key(path))
         return Upload(path, file, sink, size, capped_mode(mode, self.config.umask), mtime_ns)
 
     def _refuse_too_large(self, request: int, path: str, size: int) -> None:
@@ -481,6 +496,7 @@ class Connection:
         except StorageError as exc:
             self._refuse(event.request, "PUT", path, code_for(exc), str(exc))
             return
+        self.order.opened(event.request, _order_key(path))
         self._commit(Verified(event.request, event.digest,
                               Upload(path, file, None, len(data), mode, mtime_ns)))
 
@@ -544,7 +560,11 @@ class Connection:
                      "the file changed while it was sent; nothing was written")
 
     def _commit(self, verified: Verified) -> None:
-        """Make a verified upload visible, as durable as --fsync says."""
+        """Make a verified upload visible, as durable as --fsync says, once every
+        earlier PUT of its path has been (§5: same path, request order)."""
+        self.order.verified(verified.request, verified)
+
+    def _commit_in_turn(self, verified: Verified) -> None:
         match self.config.durability:
             case Durability.NONE:
                 self._commit_now(verified)
@@ -668,6 +688,7 @@ class Connection:
         self.uploads[event.request] = Upload(
             event.path, file, sink, event.size, capped_mode(event.mode, self.config.umask),
             event.mtime_ns if event.keep_mtime else None, offset=event.offset)
+        self.order.opened(event.request, _order_key(event.path))
 
     async def _send_prefix(self, job: s.PartialRequested) -> None:
         """PARTIAL: the length of what is kept towards the path, and its digest."""
@@ -728,6 +749,7 @@ class Connection:
         upload = self.uploads.pop(request, None)
         if upload is not None:
             upload.file.abort()
+            self.order.ended(request)
             self._log_file("PUT", upload.path, upload.file.written, upload.started,
                            "cancelled by the client")
         else:
@@ -762,6 +784,8 @@ class Connection:
     def _refuse(self, request: int, verb: str, path: str, code: int, message: str,
                 started: float | None = None, nbytes: int = 0) -> None:
         self.session.refuse(request, code, message)
+        if verb == "PUT":
+            self.order.ended(request)  # what waited on it in its path's order goes
         self._log_file(verb, path, nbytes, started, f"refused: {message}")
 
     def _log_file(self, verb: str, path: str, nbytes: int, started: float | None,
