@@ -197,6 +197,9 @@ _STORAGE_MESSAGES: dict[int, str] = {
     errno.EFBIG: "'{path}' would be larger than the file system allows",
     errno.ELOOP: "too many symbolic links in '{path}'",
     errno.EIO: "input/output error on '{path}' — the disk may be failing",
+    errno.EMFILE: "too many files open to work on '{path}' now; try again later",
+    errno.ENFILE: "the system has too many files open to work on '{path}' now; try "
+                  "again later",
 }
 
 

@@ -177,10 +177,17 @@ class Root:
         """
         shown = path.decode("utf-8", "backslashreplace") if isinstance(path, bytes) else path
         pending = split_client_path(path)
-        stack = [os.dup(self._fd)]
+        try:
+            stack = [os.dup(self._fd)]
+        except OSError as exc:  # EMFILE: out of descriptors
+            raise storage_error(exc, shown) from exc
         try:
             name = self._walk_to_parent(stack, pending, shown, follow_last=follow_last,
                                         make_parents=make_parents, dir_mode=dir_mode)
+        except OSError as exc:  # a readlink that failed otherwise than "not a link"
+            for fd in stack:
+                os.close(fd)
+            raise storage_error(exc, shown) from exc
         except BaseException:
             for fd in stack:
                 os.close(fd)

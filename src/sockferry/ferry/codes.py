@@ -27,6 +27,10 @@ _ERRNO_CODES = {
     errno.EFBIG: ErrorCode.TOO_LARGE,
     errno.EROFS: ErrorCode.READ_ONLY,
     errno.E2BIG: ErrorCode.TOO_LARGE,
+    # Out of descriptors or memory: transient, the client may try again.
+    errno.EMFILE: ErrorCode.BUSY,
+    errno.ENFILE: ErrorCode.BUSY,
+    errno.ENOMEM: ErrorCode.BUSY,
 }
 
 

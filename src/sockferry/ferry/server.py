@@ -185,8 +185,9 @@ class FerryServer:
                 conn, addr = await loop.sock_accept(listener)
             except OSError as exc:
                 # EMFILE/ENFILE/ENOBUFS: out of resources; back off instead of spinning.
-                log.warning("accept on %s failed: %s", format_sockaddr(listener.getsockname()),
-                            exc.strerror)
+                # The client waits in the backlog until a descriptor is free.
+                self.refusals.refused(f"to accept on {format_sockaddr(listener.getsockname())}"
+                                      , f"{exc.strerror} (waiting for descriptors)")
                 await asyncio.sleep(0.1)
                 continue
             source = (source_key(addr[0]) if conn.family != socket.AF_UNIX
