@@ -436,7 +436,7 @@ class Root:
         return True
 
     def list(self, path: str | bytes, *, recursive: bool = False,
-             limit: int = 1_000_000) -> Iterator[Entry]:
+             limit: int = 1_000_000) -> Generator[Entry, None, None]:
         """Entries below ``path`` (relative to it); temporaries are hidden.
 
         A recursive listing does not follow symbolic links: it reports them as such.

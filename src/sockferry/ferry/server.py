@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,7 @@ DEFAULT_STARTUPS = Startups(10, 30, 100)  # sshd's MaxStartups default
 
 MAX_COMMITS_IN_FLIGHT = 16  # fsync+rename threads per connection (--fsync each)
 FLUSH_ON_CLOSE_S = 2.0
+LISTING_CHUNK = 1024  # entries read ahead of what the client has taken (LIST -R)
 
 
 @dataclass(frozen=True, slots=True)
@@ -875,25 +877,37 @@ class Connection:
             self.cancelled.discard(job.request)
 
     async def _send_listing(self, job: s.ListRequested) -> None:
-        def collect() -> list[Entry]:
-            return list(self.root.list(job.path, recursive=job.recursive))
-
-        try:
-            entries = await asyncio.to_thread(collect)
-        except StorageError as exc:
-            self.session.refuse(job.request, code_for(exc), str(exc))
-            return
+        """ENTRIES frames as the walk goes: a worker thread reads LISTING_CHUNK entries at
+        a time and each chunk leaves before the next is read, so a huge tree or a client
+        that stops reading holds at most one chunk (and the socket buffers)."""
+        walk = self.root.list(job.path, recursive=job.recursive)
         batch: list[Entry] = []
         size = 2
-        for entry in entries:
-            entry_size = m.entry_wire_size(entry)
-            if size + entry_size > m.MAX_CONTROL_BODY or len(batch) == m.MAX_ENTRIES_PER_FRAME:
-                self.session.entries(job.request, batch, last=False)
-                await self._flush()
-                batch, size = [], 2
-            batch.append(entry)
-            size += entry_size
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.to_thread(_next_entries, walk, LISTING_CHUNK)
+                except StorageError as exc:  # an ERROR may follow ENTRIES (§5)
+                    self.session.refuse(job.request, code_for(exc), str(exc))
+                    return
+                for entry in chunk:
+                    entry_size = m.entry_wire_size(entry)
+                    if (size + entry_size > m.MAX_CONTROL_BODY
+                            or len(batch) == m.MAX_ENTRIES_PER_FRAME):
+                        self.session.entries(job.request, batch, last=False)
+                        batch, size = [], 2
+                    batch.append(entry)
+                    size += entry_size
+                if len(chunk) < LISTING_CHUNK:
+                    break
+                await self._flush()  # waits while the client does not read
+        finally:
+            walk.close()  # the walk's directory fds, also when the connection ends
         self.session.entries(job.request, batch, last=True)
+
+
+def _next_entries(walk: Iterator[Entry], count: int) -> list[Entry]:
+    return list(itertools.islice(walk, count))
 
 
 # One handler per event the server core emits (one table for all connections: an idle

@@ -1,19 +1,22 @@
-"""A server out of file descriptors answers BUSY and goes on serving; it never treats
-EMFILE as an internal error (real server process under a small RLIMIT_NOFILE)."""
+"""Resources a client could exhaust on a real server process: file descriptors (BUSY,
+never an internal error, under a small RLIMIT_NOFILE) and memory (a listing to a
+client that stops reading)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from sockferry.errors import PeerRefused, SockferryError
+from sockferry.ferry import messages as m
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.messages import ErrorCode
 from sockferry.sockets import HostPort
-from tests.ferry.harness import TOKEN, CliServer, write_token
+from tests.ferry.harness import TOKEN, CliServer, RawClient, write_token
 
 LIMIT = 64  # descriptors the server may hold
 
@@ -79,5 +82,54 @@ def test_out_of_descriptors_is_busy_and_passes(tmp_path: Path) -> None:
             assert future.result() == 1 << 20
         asyncio.run(after())
         assert (root / "after").read_bytes() == source.read_bytes()
+    finally:
+        server.stop()
+
+
+DIRS, PER_DIR = 200, 500
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_client_that_stops_reading_a_huge_listing_pins_little_memory(
+        tmp_path: Path) -> None:
+    """LIST -R of 100,000 entries to a client that never reads: the server reads the tree
+    a chunk at a time and stops while the socket is full (it used to build the whole
+    answer: ~47 MB for these)."""
+    root = tmp_path / "root"
+    for d in range(DIRS):
+        directory = root / f"d{d:03d}"
+        directory.mkdir(parents=True)
+        for f in range(PER_DIR):
+            (directory / f"file-with-a-long-name-{f:04d}").touch()
+    token = write_token(tmp_path / "token")
+    server = CliServer(root, token, tmp_path / "server.log")
+    try:
+        baseline = _rss_kib(server.proc.pid)
+        client = RawClient(server.port)
+        client.send(m.encode(m.ListDir(1, "", m.ListFlag.RECURSIVE)))
+        peak = baseline
+        for _ in range(30):  # 3 s: long enough to have built the whole answer before
+            time.sleep(0.1)
+            peak = max(peak, _rss_kib(server.proc.pid))
+        print(f"\nserver RSS {baseline} KiB -> peak {peak} KiB while the client stalls")
+        assert peak - baseline < 16 * 1024
+        # The listing is whole when the client does read.
+        client.sock.settimeout(30)
+        names, last = 0, False
+        while not last:
+            frames = client.replies(1, timeout_s=30)
+            assert frames, "the listing stopped"
+            for frame in frames:
+                assert isinstance(frame, m.Entries), frame
+                names += len(frame.entries)
+                last = frame.last
+        assert names == DIRS + DIRS * PER_DIR
+        client.close()
     finally:
         server.stop()
