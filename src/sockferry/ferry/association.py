@@ -220,6 +220,9 @@ async def serve_sctp(server: FerryServer, endpoint: Endpoint) -> None:
 
     def on_up(change: AssociationChange) -> None:
         peer = format_sockaddr(change.peer) if change.peer is not None else "?"
+        if not server.admits(change.peer):  # --allow/--deny, on the primary address
+            endpoint.abort(change.assoc_id, "not allowed by the server's --allow/--deny")
+            return
         if server.full:
             reason = ("the server is shutting down" if server.closing else
                       f"server busy: {server.config.max_connections} connections already "

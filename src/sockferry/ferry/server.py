@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sockferry.access import AccessRules, RateLimitedLog, host_of, peer_address
 from sockferry.errors import (
     AuthenticationFailed,
     NetworkError,
@@ -46,6 +47,7 @@ from sockferry.ferry.digests import digest_of
 from sockferry.records import replace
 from sockferry.sockets import (
     Address,
+    SockAddr,
     UnixPath,
     describe_multipath,
     format_sockaddr,
@@ -90,6 +92,8 @@ class ServerConfig:
     partial_sweep_s: float = 600.0
     features: int = m.ALL_FEATURES  # fewer to behave as an older server would
     mptcp: bool = False  # listen with Multipath TCP (still accepts plain TCP clients)
+    access: AccessRules = field(default_factory=AccessRules)  # --allow/--deny (not AF_UNIX)
+    read_only: bool = False  # refuse every request that writes (READ_ONLY)
 
 
 @dataclass(slots=True)
@@ -127,6 +131,8 @@ class FerryServer:
         self.closing = False
         self.stopped = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        self.denied_log = RateLimitedLog()
+        self.handlers = _READ_ONLY_HANDLERS if config.read_only else _HANDLERS
 
     async def start(self, addresses: Sequence[Address]) -> list[str]:
         """Bind and listen on every address; returns them as bound (real ports)."""
@@ -178,12 +184,32 @@ class FerryServer:
                             exc.strerror)
                 await asyncio.sleep(0.1)
                 continue
+            if not self.admits(addr, conn):
+                continue
             if self.full:
                 _refuse_busy(conn, self.config.max_connections)
                 continue
             if self.config.mptcp and conn.family != socket.AF_UNIX:
                 log.info("%s: %s", format_sockaddr(addr), describe_multipath(conn))
             self.serve(SocketStream(conn, self.config.idle_timeout_s))
+
+    def admits(self, peer: SockAddr | None, conn: socket.socket | None = None) -> bool:
+        """--allow/--deny: may ``peer`` be served?  A refused TCP client gets ERROR
+        PERMISSION at once (it cannot be forged: the handshake is done) and is closed;
+        one log line, rate-limited."""
+        host = host_of(peer)
+        if self.config.access.admits(host):
+            return True
+        if conn is not None:
+            _refuse(conn, m.ErrorCode.PERMISSION, f"this server does not accept "
+                    f"connections from {peer_address(host)} (--allow/--deny)")
+        show, left_out = self.denied_log.allow()
+        if left_out:
+            log.warning("%d more refused connections were not logged", left_out)
+        if show:
+            log.warning("refused a connection from %s: not allowed by --allow/--deny",
+                        format_sockaddr(peer))
+        return False
 
     @property
     def full(self) -> bool:
@@ -229,13 +255,17 @@ class FerryServer:
 
 def _refuse_busy(conn: socket.socket, limit: int) -> None:
     """Tell an over-limit client why, without waiting for it, and hang up."""
+    _refuse(conn, m.ErrorCode.BUSY, f"server busy: {limit} connections already — "
+            "try again later")
+    log.warning("refused a connection: %d connections already", limit)
+
+
+def _refuse(conn: socket.socket, code: m.ErrorCode, message: str) -> None:
+    """ERROR on the connection, sent without waiting, then hang up."""
     with conn:
         conn.setblocking(False)
         with contextlib.suppress(OSError):
-            conn.send(m.encode(m.Error(0, m.ErrorCode.BUSY,
-                                       f"server busy: {limit} connections already — "
-                                       "try again later")))
-    log.warning("refused a connection: %d connections already", limit)
+            conn.send(m.encode(m.Error(0, code, message)))
 
 
 class Connection:
@@ -355,7 +385,7 @@ class Connection:
 
     def _handle_events(self) -> None:
         while (event := self.session.next_event()) is not None:
-            handler = _HANDLERS.get(type(event))
+            handler = self.server.handlers.get(type(event))
             if handler is None:
                 raise AssertionError(f"server core emitted {event!r}")
             handler(self, event)
@@ -818,4 +848,22 @@ _HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
     s.StatRequested: Connection._on_stat,
     s.MkdirRequested: Connection._on_mkdir,
     s.InputEnded: lambda c, _e: c._on_input_ended(),
+}
+
+
+def _refuse_write(connection: Connection,
+                  event: s.PutRequested | s.SmallFileReceived | s.MkdirRequested
+                  | s.PartialRequested) -> None:
+    """serve --read-only: a request that would write is refused, and only that request
+    (a PUT's body that follows is discarded as for any refused PUT)."""
+    verb = {s.MkdirRequested: "MKDIR", s.PartialRequested: "PARTIAL"}.get(type(event), "PUT")
+    connection._refuse(event.request, verb, event.path, m.ErrorCode.READ_ONLY,
+                       "this server is read-only: nothing can be written to it")
+
+
+# The same table for serve --read-only: the writing requests go to _refuse_write.
+_READ_ONLY_HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
+    **_HANDLERS,
+    **{kind: _refuse_write for kind in (s.PutRequested, s.SmallFileReceived,
+                                        s.MkdirRequested, s.PartialRequested)},
 }

@@ -1,0 +1,118 @@
+"""Who may talk to a server: ``--allow CIDR`` and ``--deny CIDR`` (pure).
+
+The rule, the same for every server (TCP, TFTP, SCTP):
+
+1. an address that matches a ``--deny`` network is refused, whatever ``--allow`` says
+   (deny wins: a network carved out of an allowed range stays out, however the flags
+   are ordered, so a list can be extended without re-reading it);
+2. otherwise, if any ``--allow`` is given, only addresses matching one are admitted;
+3. with neither, everyone is admitted.
+
+IPv4-mapped IPv6 addresses (``::ffff:192.0.2.1``, what a dual-stack socket reports for
+an IPv4 peer) are judged as the IPv4 address they carry, so ``--allow 192.0.2.0/24``
+works on ``:PORT``.  A scope id (``fe80::1%eth0``) is ignored.  AF_UNIX peers have no
+address: the rules do not apply to them (file permissions guard a socket path).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sockferry.errors import UsageError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_network(text: str) -> Network:
+    """``192.0.2.0/24``, ``2001:db8::/32`` or a single address; host bits must be zero."""
+    try:
+        network = ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise UsageError(f"'{text}' is not a network: write an address or ADDRESS/PREFIX "
+                         f"like 192.0.2.0/24 or 2001:db8::/32 ({exc})") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped:
+        mapped = network.network_address.ipv4_mapped
+        if network.prefixlen >= 96:  # ::ffff:a.b.c.d/N is the IPv4 network a.b.c.d/(N-96)
+            return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
+    return network
+
+
+def peer_address(host: str) -> Address | None:
+    """The address a socket reported for a peer; None when it is not an IP address."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRules:
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+
+    @classmethod
+    def parse(cls, allow: Iterable[str] | None, deny: Iterable[str] | None) -> AccessRules:
+        return cls(tuple(parse_network(t) for t in allow or ()),
+                   tuple(parse_network(t) for t in deny or ()))
+
+    @property
+    def restricts(self) -> bool:
+        return bool(self.allow or self.deny)
+
+    def admits(self, host: str) -> bool:
+        """May a peer at ``host`` (as a socket reports it) be served?"""
+        if not self.restricts:
+            return True
+        address = peer_address(host)
+        if address is None:  # AF_UNIX, or no address at all: not ours to judge
+            return True
+        if any(address in network for network in self.deny):
+            return False
+        return not self.allow or any(address in network for network in self.allow)
+
+    def describe(self) -> str:
+        """For the server's start-up line."""
+        parts = []
+        if self.allow:
+            parts.append("allow " + ", ".join(map(str, self.allow)))
+        if self.deny:
+            parts.append("deny " + ", ".join(map(str, self.deny)))
+        return "; ".join(parts) or "everyone"
+
+
+def host_of(peer: tuple[object, ...] | str | bytes | None) -> str:
+    """The host of a socket address: ``(host, port, ...)``; a unix path is ``""``."""
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return ""
+
+
+class RateLimitedLog:
+    """At most ``per_second`` lines a second, then one line with how many were left out,
+    so a flood of refused peers cannot flood the log."""
+
+    def __init__(self, per_second: int = 10) -> None:
+        self.per_second = per_second
+        self._window = float("-inf")
+        self._count = 0
+        self.dropped = 0
+
+    def allow(self, now: float | None = None) -> tuple[bool, int]:
+        """(log this one?, lines left out in the window that just ended)."""
+        now = time.monotonic() if now is None else now
+        left_out = 0
+        if now - self._window >= 1.0:
+            left_out, self.dropped = self.dropped, 0
+            self._window, self._count = now, 0
+        if self._count < self.per_second:
+            self._count += 1
+            return True, left_out
+        self.dropped += 1
+        return False, left_out
