@@ -46,11 +46,15 @@ def test_scope_ids_are_ignored() -> None:
     assert not AccessRules.parse(None, ["fe80::/10"]).admits("fe80::1%eth0")
 
 
-def test_peers_without_an_address_are_not_judged() -> None:
-    """AF_UNIX peers: the rules do not apply (documented)."""
+def test_unix_peers_are_not_judged_and_unknown_peers_fail_closed() -> None:
+    """AF_UNIX peers: the rules do not apply (documented); no address at all: refused
+    once anything is restricted."""
     rules = AccessRules.parse(["192.0.2.0/24"], ["0.0.0.0/0", "::/0"])
-    assert rules.admits("") and rules.admits(host_of("/run/x.sock"))
-    assert host_of(("192.0.2.1", 5)) == "192.0.2.1" and host_of(None) == ""
+    assert rules.admits_peer("") and rules.admits_peer("/run/x.sock")
+    assert not rules.admits_peer(("192.0.2.1", 5)) and not rules.admits_peer(None)
+    assert AccessRules().admits_peer(None)
+    assert AccessRules.parse(["192.0.2.0/24"], None).admits_peer(("192.0.2.1", 5, 0, 0))
+    assert host_of(("192.0.2.1", 5)) == "192.0.2.1" and host_of(None) == "an unknown address"
 
 
 @pytest.mark.parametrize("text", ["192.0.2.1/24", "300.1.1.1", "example.com", "10.0.0.0/33",

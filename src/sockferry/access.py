@@ -87,11 +87,20 @@ class AccessRules:
         return "; ".join(parts) or "everyone"
 
 
+    def admits_peer(self, peer: tuple[object, ...] | str | bytes | None) -> bool:
+        """The same for a socket address: ``(host, port, ...)`` is judged by its host; an
+        AF_UNIX peer (a path, often empty) is admitted; an unknown peer (None) only
+        where nothing is restricted (fail closed)."""
+        if isinstance(peer, tuple) and peer:
+            return self.admits(str(peer[0]))
+        return peer is not None or not self.restricts
+
+
 def host_of(peer: tuple[object, ...] | str | bytes | None) -> str:
-    """The host of a socket address: ``(host, port, ...)``; a unix path is ``""``."""
+    """The host of a socket address, for messages: ``(host, port, ...)`` -> host."""
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
-    return ""
+    return "an unknown address"
 
 
 class RateLimitedLog:

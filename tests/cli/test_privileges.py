@@ -75,8 +75,10 @@ def test_tftp_serve_on_port_69_serves_curl_as_nobody(tmp_path: Path) -> None:
     root = nobody_root(tmp_path)
     (root / "boot.img").write_bytes(os.urandom(200_000))
     # A loopback address of its own: port 69 of 127.0.0.1 may be taken on a shared machine.
+    upload = tmp_path / "up.bin"
+    upload.write_bytes(os.urandom(100_000))
     with running("tftp-serve", str(root), "--listen", "127.0.0.69:69", "--user", "nobody",
-                 "--group", "nogroup") as server:
+                 "--group", "nogroup", "--allow-upload", "create") as server:
         server.wait_for(r"serving .* over TFTP on 127\.0\.0\.69:69$")
         server.wait_for(DROPPED)
         assert_nobody(server)
@@ -86,9 +88,16 @@ def test_tftp_serve_on_port_69_serves_curl_as_nobody(tmp_path: Path) -> None:
                                 text=True, check=False)
         assert result.returncode == 0, result.stderr
         assert copy.read_bytes() == (root / "boot.img").read_bytes()
+        result = subprocess.run([curl, "-sS", "--max-time", "30", "-T", str(upload),
+                                 "tftp://127.0.0.69/up.bin"], capture_output=True,
+                                text=True, check=False)
+        assert result.returncode == 0, result.stderr
         assert_nobody(server)
         status, log = server.stop()
     assert status == 0 and "Traceback" not in log
+    stored = root / "up.bin"
+    assert stored.read_bytes() == upload.read_bytes()
+    assert stored.stat().st_uid == NOBODY.pw_uid
 
 
 def test_sctp_serve_drops_to_nobody_and_echoes(tmp_path: Path) -> None:

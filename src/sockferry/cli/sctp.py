@@ -12,7 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from sockferry.access import AccessRules, RateLimitedLog, host_of
+from sockferry.access import AccessRules, RateLimitedLog
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, run_async
 from sockferry.cli.serving import ServerOptions, add_server_options
@@ -211,7 +211,7 @@ class _Gate:
                 self._refused.discard(item.assoc_id)  # it has ended: the id may return
             return False
         if item.state not in (AssocState.COMM_UP, AssocState.RESTART) or \
-                self._access.admits(host_of(item.peer)):
+                self._access.admits_peer(item.peer):
             return True
         self._refused.add(item.assoc_id)
         self._endpoint.abort(item.assoc_id, "not allowed by the server's --allow/--deny")

@@ -197,12 +197,12 @@ class FerryServer:
         """--allow/--deny: may ``peer`` be served?  A refused TCP client gets ERROR
         PERMISSION at once (it cannot be forged: the handshake is done) and is closed;
         one log line, rate-limited."""
-        host = host_of(peer)
-        if self.config.access.admits(host):
+        if self.config.access.admits_peer(peer):
             return True
         if conn is not None:
+            host = host_of(peer)
             _refuse(conn, m.ErrorCode.PERMISSION, f"this server does not accept "
-                    f"connections from {peer_address(host)} (--allow/--deny)")
+                    f"connections from {peer_address(host) or host} (--allow/--deny)")
         show, left_out = self.denied_log.allow()
         if left_out:
             log.warning("%d more refused connections were not logged", left_out)
