@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -131,3 +132,27 @@ class StartupGate:
 
     def holding(self, source: str) -> int:
         return self._by_source.get(source, 0)
+
+
+class RateLimitedLog:
+    """At most ``per_second`` lines a second, then one line with how many were left out,
+    so a flood of refused peers cannot flood the log."""
+
+    def __init__(self, per_second: int = 10) -> None:
+        self.per_second = per_second
+        self._window = float("-inf")
+        self._count = 0
+        self.dropped = 0
+
+    def allow(self, now: float | None = None) -> tuple[bool, int]:
+        """(log this one?, lines left out in the window that just ended)."""
+        now = time.monotonic() if now is None else now
+        left_out = 0
+        if now - self._window >= 1.0:
+            left_out, self.dropped = self.dropped, 0
+            self._window, self._count = now, 0
+        if self._count < self.per_second:
+            self._count += 1
+            return True, left_out
+        self.dropped += 1
+        return False, left_out

@@ -157,6 +157,11 @@ class Root:
             os.close(self._fd)
             self._fd = -1
 
+    def statvfs(self) -> os.statvfs_result:
+        """The root's file system, through the open descriptor (works after a server
+        dropped its privileges, whatever the permissions above the root)."""
+        return os.fstatvfs(self._fd)
+
     def __enter__(self) -> Root:
         return self
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sockferry.cli.console import Console, TransferProgress
 from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
+from sockferry.cli.serving import ServerOptions, add_server_options
 from sockferry.errors import SockferryError, UsageError
 from sockferry.ferry.client import NO_RESUME, FerryClient
 from sockferry.ferry.copying import Outcome, Reporter, get_paths, send_paths
@@ -149,6 +150,10 @@ def _register_serve(sub: Any) -> None:
     parser.add_argument("--partial-max-bytes", type=_byte_count, default=16 * 1024**3,
                         metavar="BYTES", help="at most this much in partial files; the "
                         "oldest go first (suffixes K, M, G, T; default 16G)")
+    parser.add_argument("--read-only", action="store_true",
+                        help="serve ROOT for reading only: uploads, MKDIR and resume "
+                        "queries are refused with READ_ONLY")
+    add_server_options(parser, unix=True)
     _transport_options(parser)
     parser.set_defaults(handler=run_serve)
 
@@ -309,6 +314,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     from sockferry.ferry.server import ServerConfig  # noqa: PLC0415
     from sockferry.ferry.tokens import server_token  # noqa: PLC0415
 
+    options = ServerOptions.from_args(args)
     raise_open_file_limit()
     token, token_path, created = server_token(args.token_file)
     if created:
@@ -324,12 +330,13 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
                           idle_timeout_s=args.idle_timeout, backlog=args.backlog,
                           durability=Durability(args.fsync), mptcp=args.mptcp,
                           partial_keep_s=args.partial_keep * 3600,
-                          partial_max_bytes=args.partial_max_bytes)
+                          partial_max_bytes=args.partial_max_bytes,
+                          access=options.access, read_only=args.read_only)
     if args.transport == "sctp" and args.mptcp:
         raise UsageError("--mptcp and --transport sctp do not go together: SCTP has "
                          "its own multihoming")
     sctp = _SctpListen(args.sctp_stack, args.udp_port) if args.transport == "sctp" else None
-    return run_async(_serve(args.root, addresses, config, args.grace, sctp))
+    return run_async(_serve(args.root, addresses, config, args.grace, sctp, options))
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +355,7 @@ def raise_open_file_limit() -> None:
 
 
 async def _serve(root: str, addresses: list[Address], config: ServerConfig,
-                 grace_s: float, sctp: _SctpListen | None) -> int:
+                 grace_s: float, sctp: _SctpListen | None, options: ServerOptions) -> int:
     from sockferry.ferry.server import FerryServer  # noqa: PLC0415 - see run_serve
 
     server = FerryServer(root, config)
@@ -365,12 +372,14 @@ async def _serve(root: str, addresses: list[Address], config: ServerConfig,
         endpoint = await open_sctp_server_endpoint(addresses, sctp.stack, sctp.udp_port)
         reader = asyncio.get_running_loop().create_task(serve_sctp(server, endpoint))
         bound = [f"{format_sockaddr(a)} (SCTP)" for a in endpoint.local_addresses]
-    log.info("serving %s; listening on %s", server.root.path, ", ".join(bound))
+    log.info("serving %s%s; listening on %s", server.root.path,
+             " (read-only)" if config.read_only else "", ", ".join(bound))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
+        options.after_binding()  # bound, root open, token read: drop to --user now
         await stop.wait()
     finally:
         log.info("stopping: no new connections")

@@ -12,9 +12,11 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from sockferry.access import AccessRules, RateLimitedLog
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, run_async
-from sockferry.errors import PeerRefused, SockferryError, UsageError
+from sockferry.cli.serving import ServerOptions, add_server_options
+from sockferry.errors import NetworkError, PeerRefused, SockferryError, UsageError
 from sockferry.sctp.endpoint import (
     DEFAULT_UDP_PORT,
     MAX_STREAMS,
@@ -63,6 +65,7 @@ def register(sub: Any) -> None:
                        f"repeated (default :{DEFAULT_PORT}, all addresses)")
     serve.add_argument("--echo", action="store_true",
                        help="send every message back on its stream with its ppid")
+    add_server_options(serve)
     _common(serve)
     serve.set_defaults(handler=run_serve)
 
@@ -136,10 +139,11 @@ def describe_change(change: AssociationChange) -> str:
 
 def run_serve(args: argparse.Namespace, console: Console) -> int:
     listen = [parse_address(a, DEFAULT_PORT) for a in args.listen or [f":{DEFAULT_PORT}"]]
-    return run_async(_serve(args, listen, console))
+    return run_async(_serve(args, listen, console, ServerOptions.from_args(args)))
 
 
-async def _serve(args: argparse.Namespace, listen: list[Any], console: Console) -> int:
+async def _serve(args: argparse.Namespace, listen: list[Any], console: Console,
+                 options: ServerOptions) -> int:
     endpoint = await open_endpoint(args.transport, listen=listen, udp_port=args.udp_port,
                                    streams=StreamCounts(args.streams, args.streams))
     stop = asyncio.Event()
@@ -150,8 +154,10 @@ async def _serve(args: argparse.Namespace, listen: list[Any], console: Console) 
     shown = ", ".join(format_sockaddr(a) for a in endpoint.local_addresses)
     console.notice(f"SCTP server on {shown} — Ctrl-C to stop")
     try:
+        options.after_binding()  # bound: drop to --user now
         async with asyncio.TaskGroup() as group:
-            worker = group.create_task(_serve_loop(endpoint, args.echo, console))
+            worker = group.create_task(_serve_loop(endpoint, args.echo, console,
+                                                   options.access))
             await stop.wait()
             worker.cancel()
     finally:
@@ -163,11 +169,15 @@ async def _serve(args: argparse.Namespace, listen: list[Any], console: Console) 
     return ExitCode.OK
 
 
-async def _serve_loop(endpoint: Endpoint, echo: bool, console: Console) -> None:
+async def _serve_loop(endpoint: Endpoint, echo: bool, console: Console,
+                      access: AccessRules) -> None:
     echoes = _Echoes(endpoint, console)
+    gate = _Gate(endpoint, access, console)
     try:
         while True:
             item = await endpoint.receive()
+            if not gate.admits(item):
+                continue
             if isinstance(item, AssociationChange):
                 console.print(describe_change(item))
                 if item.state not in (AssocState.COMM_UP, AssocState.RESTART):
@@ -178,6 +188,41 @@ async def _serve_loop(endpoint: Endpoint, echo: bool, console: Console) -> None:
                 echoes.queue(item)
     finally:
         echoes.close()
+
+
+class _Gate:
+    """--allow/--deny: an association from a refused peer is aborted as soon as it is
+    up (the ABORT says why), and nothing of it is shown or echoed."""
+
+    def __init__(self, endpoint: Endpoint, access: AccessRules, console: Console) -> None:
+        self._endpoint = endpoint
+        self._access = access
+        self._console = console
+        self._refused: set[AssocId] = set()
+        self._log = RateLimitedLog()
+
+    def admits(self, item: Message | AssociationChange) -> bool:
+        if not self._access.restricts:
+            return True
+        if isinstance(item, Message):
+            return item.assoc_id not in self._refused
+        if item.assoc_id in self._refused:
+            if item.state not in (AssocState.COMM_UP, AssocState.RESTART):
+                self._refused.discard(item.assoc_id)  # it has ended: the id may return
+            return False
+        if item.state not in (AssocState.COMM_UP, AssocState.RESTART) or \
+                self._access.admits_peer(item.peer):
+            return True
+        self._refused.add(item.assoc_id)
+        self._endpoint.abort(item.assoc_id, "not allowed by the server's --allow/--deny")
+        show, left_out = self._log.allow()
+        if left_out:
+            self._console.notice(f"{left_out} more refused associations were not shown")
+        if show:
+            self._console.notice(f"[assoc {item.assoc_id}] refused "
+                                 f"{format_sockaddr(item.peer)}: not allowed by "
+                                 "--allow/--deny")
+        return False
 
 
 class _Echoes:
@@ -240,15 +285,27 @@ async def _send(args: argparse.Namespace, address: Any, console: Console) -> int
                                    streams=StreamCounts(args.streams, args.streams))
     try:
         assoc_id = await endpoint.connect(address, timeout_s=args.timeout)
-        outbound, inbound = endpoint.streams(assoc_id)
+        try:
+            outbound, inbound = endpoint.streams(assoc_id)
+        except NetworkError:  # aborted at once (a server refusing us): say why
+            reason = await _why_it_ended(endpoint, assoc_id, args.timeout)
+            if reason is None:
+                raise
+            raise PeerRefused(f"the association with {address} ended: {reason}") from None
         console.notice(f"association {assoc_id} with {address} is up (streams out "
                        f"{outbound}, in {inbound})")
         replies = _Replies(endpoint, assoc_id, console)
         async with asyncio.TaskGroup() as group:
             reader = group.create_task(replies.run())
             async for data in _messages(args.messages):
-                await endpoint.send(data, to=assoc_id, stream=args.stream,
-                                    ppid=args.ppid, unordered=args.unordered)
+                try:
+                    await endpoint.send(data, to=assoc_id, stream=args.stream,
+                                        ppid=args.ppid, unordered=args.unordered)
+                except NetworkError:
+                    # Aborted under us (a server refusing us, say): report its reason.
+                    if not await replies.ended_within(args.timeout):
+                        raise
+                    break
             await replies.settle(args.linger)
             if replies.lost is None:
                 await endpoint.shutdown(assoc_id)
@@ -259,6 +316,19 @@ async def _send(args: argparse.Namespace, address: Any, console: Console) -> int
         return ExitCode.OK
     finally:
         await endpoint.close()
+
+
+async def _why_it_ended(endpoint: Endpoint, assoc_id: AssocId, timeout_s: float
+                        ) -> str | None:
+    """The reason of the event that ended ``assoc_id``, from the endpoint's queue."""
+    with contextlib.suppress(TimeoutError, SockferryError):
+        async with asyncio.timeout(timeout_s):
+            while True:
+                item = await endpoint.receive()
+                if (isinstance(item, AssociationChange) and item.assoc_id == assoc_id
+                        and item.state not in (AssocState.COMM_UP, AssocState.RESTART)):
+                    return item.reason or item.state.value
+    return None
 
 
 class _Replies:
@@ -284,6 +354,13 @@ class _Replies:
                 self._activity.set()
             elif item.state == AssocState.SHUTDOWN_COMP:
                 self._ended.set()
+
+    async def ended_within(self, timeout_s: float) -> bool:
+        """Wait for the event that ended the association; True once it is lost."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._ended.wait()
+        return self.lost is not None
 
     async def settle(self, linger_s: float) -> None:
         """Wait until no reply has come for ``linger_s`` (or the association ended)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from sockferry.cli.console import Console, TransferProgress
 from sockferry.cli.runtime import ExitCode, run_async
+from sockferry.cli.serving import ServerOptions, add_server_options
 from sockferry.errors import UsageError
 from sockferry.sockets import Address, HostPort, format_sockaddr, parse_address
 from sockferry.tftp.aio import TransferResult
@@ -120,6 +121,7 @@ def _register_serve(sub: Any) -> None:
                        help="ERROR answers a second on the request port (refusals, stray "
                        "packets), all sources together; one source gets a tenth "
                        f"(default {DEFAULT_ERROR_RATE})")
+    add_server_options(serve)
     serve.set_defaults(handler=run_serve)
 
 
@@ -151,6 +153,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     if not os.path.isdir(args.root):
         raise UsageError(f"'{args.root}' is not a directory — give the directory to serve")
     listen = [parse_address(text, DEFAULT_PORT) for text in args.listen or [f":{DEFAULT_PORT}"]]
+    options = ServerOptions.from_args(args)
     config = ServerConfig(
         root=args.root,
         allow_upload=UploadPolicy(args.allow_upload or "none"),
@@ -159,12 +162,14 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
         max_transfers=args.max_transfers, max_per_peer=args.max_per_peer,
         max_upload_bytes=args.max_upload_size,
         max_unconfirmed_per_source=args.max_unconfirmed_per_source,
-        unconfirmed_s=float(args.unconfirmed_timeout), error_rate=args.error_rate)
-    run_async(_serve(config, listen, console))
+        unconfirmed_s=float(args.unconfirmed_timeout), error_rate=args.error_rate,
+        access=options.access)
+    run_async(_serve(config, listen, console, options))
     return ExitCode.OK
 
 
-async def _serve(config: ServerConfig, listen: list[Address], console: Console) -> None:
+async def _serve(config: ServerConfig, listen: list[Address], console: Console,
+                 options: ServerOptions) -> None:
     server = TftpServer(config)
     await server.start(listen)
     loop = asyncio.get_running_loop()
@@ -174,6 +179,7 @@ async def _serve(config: ServerConfig, listen: list[Address], console: Console) 
     for sockaddr in server.addresses:
         console.print(f"serving {config.root} over TFTP on {format_sockaddr(sockaddr)}")
     try:
+        options.after_binding()  # listening, root open: drop to --user now
         await server.serve_forever()
     finally:
         await server.close()

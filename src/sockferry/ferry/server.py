@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sockferry.admission import StartupGate, Startups, source_key
+from sockferry.access import AccessRules, host_of, peer_address
+from sockferry.admission import RateLimitedLog, StartupGate, Startups, source_key
 from sockferry.errors import (
     AuthenticationFailed,
     NetworkError,
@@ -49,6 +50,7 @@ from sockferry.ferry.ordering import PathOrder
 from sockferry.records import replace
 from sockferry.sockets import (
     Address,
+    SockAddr,
     UnixPath,
     describe_multipath,
     format_sockaddr,
@@ -101,6 +103,8 @@ class ServerConfig:
     max_startups: Startups = DEFAULT_STARTUPS
     max_startups_per_source: int = 4
     handshake_timeout_s: float = 5.0
+    access: AccessRules = field(default_factory=AccessRules)  # --allow/--deny (not AF_UNIX)
+    read_only: bool = False  # refuse every request that writes (READ_ONLY)
 
 
 @dataclass(slots=True)
@@ -139,7 +143,8 @@ class FerryServer:
         self.stopped = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         self.gate = StartupGate(config.max_startups, config.max_startups_per_source)
-        self.refusals = RefusalLog()
+        self.refusals = RateLimitedLog()
+        self.handlers = _READ_ONLY_HANDLERS if config.read_only else _HANDLERS
 
     async def start(self, addresses: Sequence[Address]) -> list[str]:
         """Bind and listen on every address; returns them as bound (real ports)."""
@@ -188,20 +193,46 @@ class FerryServer:
             except OSError as exc:
                 # EMFILE/ENFILE/ENOBUFS: out of resources; back off instead of spinning.
                 # The client waits in the backlog until a descriptor is free.
-                self.refusals.refused(f"to accept on {format_sockaddr(listener.getsockname())}"
-                                      , f"{exc.strerror} (waiting for descriptors)")
+                where = format_sockaddr(listener.getsockname())
+                self.log_refusal(f"to accept on {where}",
+                                 f"{exc.strerror} (waiting for descriptors)")
                 await asyncio.sleep(0.1)
+                continue
+            if not self.admits(addr, conn):
                 continue
             source = (source_key(addr[0]) if conn.family != socket.AF_UNIX
                       else "the local socket")
             reason = self.refusal(source)
             if reason is not None:
-                _refuse(conn, reason)
-                self.refusals.refused(f"a connection from {format_sockaddr(addr)}", reason)
+                _refuse(conn, m.ErrorCode.BUSY, reason)
+                self.log_refusal(f"a connection from {format_sockaddr(addr)}", reason)
                 continue
             if self.config.mptcp and conn.family != socket.AF_UNIX:
                 log.info("%s: %s", format_sockaddr(addr), describe_multipath(conn))
             self.serve(SocketStream(conn, self.config.idle_timeout_s), source)
+
+    def admits(self, peer: SockAddr | None, conn: socket.socket | None = None) -> bool:
+        """--allow/--deny: may ``peer`` be served?  A refused TCP client gets ERROR
+        PERMISSION at once (it cannot be forged: the handshake is done) and is closed;
+        one log line, rate-limited."""
+        if self.config.access.admits_peer(peer):
+            return True
+        if conn is not None:
+            host = host_of(peer)
+            _refuse(conn, m.ErrorCode.PERMISSION, f"this server does not accept "
+                    f"connections from {peer_address(host) or host} (--allow/--deny)")
+        self.log_refusal(f"a connection from {format_sockaddr(peer)}",
+                              "not allowed by --allow/--deny")
+        return False
+
+    def log_refusal(self, what: str, reason: str) -> None:
+        """One log line per refusal, as many as the limiter lets through (a flood of
+        connections must not become a flood of log lines)."""
+        show, left_out = self.refusals.allow()
+        if left_out:
+            log.warning("%d more refusals were not logged", left_out)
+        if show:
+            log.warning("refused %s: %s", what, reason)
 
     @property
     def full(self) -> bool:
@@ -261,36 +292,17 @@ def _order_key(path: str) -> str:
     return "/".join(split_client_path(path))
 
 
-def _refuse(conn: socket.socket, reason: str) -> None:
-    """Tell a client turned away why, without waiting for it, and hang up."""
+def _refuse(conn: socket.socket, code: m.ErrorCode, message: str) -> None:
+    """ERROR on a connection turned away, sent without waiting, then hang up."""
     with conn:
         conn.setblocking(False)
         with contextlib.suppress(OSError):
-            conn.send(m.encode(m.Error(0, m.ErrorCode.BUSY, reason)))
+            conn.send(m.encode(m.Error(0, code, message)))
             # What the client sent already is read, so that closing sends a FIN after
             # the ERROR rather than a reset that could discard it.
             conn.recv(4096)
 
 
-class RefusalLog:
-    """A log line per refusal, at most one a second: a flood of connections must not
-    become a flood of log lines (the lines left out are counted in the next one)."""
-
-    def __init__(self, interval_s: float = 1.0) -> None:
-        self.interval_s = interval_s
-        self._next = 0.0
-        self._left_out = 0
-
-    def refused(self, what: str, reason: str) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._left_out += 1
-            return
-        more = (f" ({self._left_out} more refused since the last such line)"
-                if self._left_out else "")
-        log.warning("refused %s: %s%s", what, reason, more)
-        self._left_out = 0
-        self._next = now + self.interval_s
 
 
 class Connection:
@@ -433,7 +445,7 @@ class Connection:
 
     def _handle_events(self) -> None:
         while (event := self.session.next_event()) is not None:
-            handler = _HANDLERS.get(type(event))
+            handler = self.server.handlers.get(type(event))
             if handler is None:
                 raise AssertionError(f"server core emitted {event!r}")
             handler(self, event)
@@ -926,4 +938,22 @@ _HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
     s.StatRequested: Connection._on_stat,
     s.MkdirRequested: Connection._on_mkdir,
     s.InputEnded: lambda c, _e: c._on_input_ended(),
+}
+
+
+def _refuse_write(connection: Connection,
+                  event: s.PutRequested | s.SmallFileReceived | s.MkdirRequested
+                  | s.PartialRequested) -> None:
+    """serve --read-only: a request that would write is refused, and only that request
+    (a PUT's body that follows is discarded as for any refused PUT)."""
+    verb = {s.MkdirRequested: "MKDIR", s.PartialRequested: "PARTIAL"}.get(type(event), "PUT")
+    connection._refuse(event.request, verb, event.path, m.ErrorCode.READ_ONLY,
+                       "this server is read-only: nothing can be written to it")
+
+
+# The same table for serve --read-only: the writing requests go to _refuse_write.
+_READ_ONLY_HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
+    **_HANDLERS,
+    **{kind: _refuse_write for kind in (s.PutRequested, s.SmallFileReceived,
+                                        s.MkdirRequested, s.PartialRequested)},
 }

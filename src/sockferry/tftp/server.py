@@ -18,13 +18,13 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 
+from sockferry.access import AccessRules
 from sockferry.errors import (
     MalformedPacket,
     NetworkError,
@@ -107,6 +107,8 @@ class ServerConfig:
     max_unconfirmed_per_source: int = DEFAULT_MAX_UNCONFIRMED_PER_SOURCE
     unconfirmed_s: float = DEFAULT_UNCONFIRMED_S
     error_rate: int = DEFAULT_ERROR_RATE
+    # --allow/--deny: other peers are never answered
+    access: AccessRules = field(default_factory=AccessRules)
 
 
 class Refusal(Exception):
@@ -214,6 +216,9 @@ class TftpServer:
     def _handle(self, listener: socket.socket, data: bytes, peer: SockAddr,
                 local: str | None, truncated: bool) -> None:
         shown = format_sockaddr(peer)
+        if not self.config.access.admits(_host(peer)):  # never answered: no reflection
+            self._ignore(shown, "dropped: not allowed by --allow/--deny")
+            return
         request = self._parse(listener, data, peer, shown, truncated)
         if request is not None:
             self._admit(listener, request, data, peer, shown, local)
@@ -382,7 +387,7 @@ class TftpServer:
     def _upload_limit(self) -> int | None:
         limit = self.config.max_upload_bytes
         try:
-            st = os.statvfs(self.root.path)
+            st = self.root.statvfs()
         except OSError:
             return limit
         free = st.f_bavail * st.f_frsize

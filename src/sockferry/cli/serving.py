@@ -1,0 +1,56 @@
+"""Options every server shares: who may connect, and whom to run as once bound."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+
+from sockferry import privileges
+from sockferry.access import AccessRules
+from sockferry.privileges import Identity
+
+log = logging.getLogger("sockferry")
+
+
+def add_server_options(parser: argparse.ArgumentParser, *, unix: bool = False) -> None:
+    unix_note = " Not applied to unix: listeners (they have no peer address)." if unix else ""
+    parser.add_argument("--allow", action="append", metavar="CIDR",
+                        help="serve only peers in this network (192.0.2.0/24, "
+                        "2001:db8::/32 or one address); repeatable. IPv4 peers of a "
+                        "dual-stack socket match IPv4 networks. Default: everyone."
+                        + unix_note)
+    parser.add_argument("--deny", action="append", metavar="CIDR",
+                        help="never serve peers in this network, even if --allow "
+                        "includes them (deny wins); repeatable")
+    parser.add_argument("--user", metavar="NAME",
+                        help="started as root: become this user (name or uid) right "
+                        "after binding the listeners and opening ROOT, so a port below "
+                        "1024 needs no root afterwards. ROOT must be readable (and "
+                        "writable, for uploads) by that user")
+    parser.add_argument("--group", metavar="NAME",
+                        help="with --user: the group to become (default: the user's "
+                        "primary group); supplementary groups are dropped")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    access: AccessRules
+    identity: Identity | None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServerOptions:
+        """Everything checked before anything is bound."""
+        return cls(AccessRules.parse(args.allow, args.deny),
+                   privileges.resolve(args.user, args.group))
+
+    def after_binding(self) -> None:
+        """Log the access rules; drop to --user, or warn once that we still are root."""
+        if self.access.restricts:
+            log.info("access: %s", self.access.describe())
+        if self.identity is not None:
+            privileges.drop(self.identity)
+            log.info("dropped privileges: now %s; root cannot be regained",
+                     self.identity.describe())
+        elif privileges.running_as_root():
+            log.warning(privileges.ROOT_WARNING)
