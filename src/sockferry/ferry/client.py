@@ -15,6 +15,7 @@ import os
 import stat as stat_module
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sockferry.errors import (
     AuthenticationFailed,
@@ -41,6 +42,9 @@ from sockferry.ferry.codes import exception_for
 from sockferry.sockets import Address, connect, storage_error
 from sockferry.storage import AtomicFile, Entry, PartialFile, is_sparse
 from sockferry.streams import SocketStream, Stream
+
+if TYPE_CHECKING:
+    from sockferry.ferry.secure import ClientTLS
 
 Progress = Callable[[int], None]
 # Files up to this size go as one PUT_INLINE frame where the server offers INLINE: the
@@ -92,19 +96,36 @@ class FerryClient:
     @classmethod
     async def connect(cls, address: Address, token: bytes, *, timeout_s: float = 10.0,
                       idle_timeout_s: float = 120.0, mptcp: bool = False,
-                      features: int = m.ALL_FEATURES) -> FerryClient:
-        """Connect (``mptcp``: with Multipath TCP), authenticate both ways, and start
-        reading.  ``features``: what to offer (fewer to behave as an older client
-        would)."""
+                      features: int = m.ALL_FEATURES, tls: ClientTLS | None = None,
+                      ) -> FerryClient:
+        """Connect (``mptcp``: with Multipath TCP; ``tls``: inside TLS 1.3, the server
+        checked as it says), authenticate both ways, and start reading.  ``features``:
+        what to offer (fewer to behave as an older client would)."""
         sock = await connect(address, timeout_s, mptcp=mptcp)
-        return await cls.start(SocketStream(sock, idle_timeout_s), token, timeout_s=timeout_s,
-                               features=features)
+        if tls is None:
+            return await cls.start(SocketStream(sock, idle_timeout_s), token,
+                                   timeout_s=timeout_s, features=features)
+        # Only TLS clients load the TLS modules (and through them ``cryptography``).
+        from sockferry.ferry import secure  # noqa: PLC0415
+
+        stream = await secure.connect_tls(sock, address, tls, timeout_s, idle_timeout_s)
+        client = await cls.start(stream, token, timeout_s=timeout_s, features=features,
+                                 channel_binding=stream.binding)
+        try:
+            secure.remember(tls, address, stream)
+        except BaseException:
+            client.close()
+            raise
+        return client
 
     @classmethod
     async def start(cls, stream: Stream, token: bytes, *, timeout_s: float,
-                    features: int = m.ALL_FEATURES) -> FerryClient:
-        """Authenticate both ways over a connected ``stream``, and start reading."""
-        session = s.ClientSession(token, os.urandom(m.NONCE_BYTES), features=features)
+                    features: int = m.ALL_FEATURES, channel_binding: bytes | None = None,
+                    ) -> FerryClient:
+        """Authenticate both ways over a connected ``stream`` (``channel_binding``: that
+        of its TLS channel), and start reading."""
+        session = s.ClientSession(token, os.urandom(m.NONCE_BYTES), features=features,
+                                  channel_binding=channel_binding)
         client = cls(stream, session)
         try:
             await stream.send(session.buffers_to_send())

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sockferry.errors import (
     AuthenticationFailed,
@@ -66,6 +66,9 @@ from sockferry.storage import (
 from sockferry.streams import SocketStream, Stream
 from sockferry.units import format_bytes, format_rate
 
+if TYPE_CHECKING:
+    from sockferry.tls import ServerTLS
+
 log = logging.getLogger("sockferry.ferry")
 
 MAX_COMMITS_IN_FLIGHT = 16  # fsync+rename threads per connection (--fsync each)
@@ -89,6 +92,8 @@ class ServerConfig:
     partial_sweep_s: float = 600.0
     features: int = m.ALL_FEATURES  # fewer to behave as an older server would
     mptcp: bool = False  # listen with Multipath TCP (still accepts plain TCP clients)
+    tls: ServerTLS | None = None  # accept TLS 1.3 clients only (ferry/secure.py)
+    handshake_timeout_s: float = 10.0  # for the TLS handshake
 
 
 @dataclass(slots=True)
@@ -182,7 +187,10 @@ class FerryServer:
                 continue
             if self.config.mptcp and conn.family != socket.AF_UNIX:
                 log.info("%s: %s", format_sockaddr(addr), describe_multipath(conn))
-            self.serve(SocketStream(conn, self.config.idle_timeout_s))
+            if self.config.tls is not None:
+                self._spawn(self._serve_tls(conn, self.config.tls))
+            else:
+                self.serve(SocketStream(conn, self.config.idle_timeout_s))
 
     @property
     def full(self) -> bool:
@@ -191,10 +199,22 @@ class FerryServer:
 
     def serve(self, stream: Stream) -> None:
         """Run one client's connection: an accepted socket, or an SCTP association."""
+        self._spawn(Connection(self, stream).run())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._start_sweeping()
-        task = asyncio.get_running_loop().create_task(Connection(self, stream).run())
+        task = asyncio.get_running_loop().create_task(work)
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
+
+    async def _serve_tls(self, conn: socket.socket, tls: ServerTLS) -> None:
+        """The TLS handshake, then the connection, bound to the certificate (§3.1)."""
+        from sockferry.ferry.secure import accept_tls  # noqa: PLC0415 - TLS servers only
+
+        stream = await accept_tls(conn, tls, self.config.idle_timeout_s,
+                                  self.config.handshake_timeout_s)
+        if stream is not None:
+            await Connection(self, stream, channel_binding=stream.binding).run()
 
     def _close_listeners(self) -> None:
         for sock in self._listeners:
@@ -238,14 +258,16 @@ def _refuse_busy(conn: socket.socket, limit: int) -> None:
 
 
 class Connection:
-    def __init__(self, server: FerryServer, stream: Stream) -> None:
+    def __init__(self, server: FerryServer, stream: Stream,
+                 channel_binding: bytes | None = None) -> None:
         self.server = server
         self.root = server.root
         self.config = server.config
         self.stream = stream
         self.session = s.ServerSession(server.config.token, os.urandom(m.NONCE_BYTES),
                                        max_requests=server.config.max_requests,
-                                       features=server.config.features)
+                                       features=server.config.features,
+                                       channel_binding=channel_binding)
         self.uploads: dict[int, Upload] = {}
         self.jobs: deque[s.GetRequested | s.ListRequested | s.PartialRequested] = deque()
         self.cancelled: set[int] = set()

@@ -1,0 +1,197 @@
+"""TLS around a ferry connection: the client's trust policy and the server's accept.
+
+A client trusts the server's certificate in one of three ways (``ClientTLS.trust``):
+``ca`` (OpenSSL checks the chain and the host name), ``pin`` (its SHA-256 fingerprint
+must equal the one given), or ``tofu`` (trust on first use: the known-hosts line must
+match; a host without one is written down once the token handshake, bound to this
+certificate, has succeeded).  The server peeks at the first byte before its handshake
+so that a plaintext client hears one sentence instead of a TLS alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from sockferry.errors import IdentityRefused, NetworkError
+from sockferry.ferry import messages as m
+from sockferry.known_hosts import KnownHosts
+from sockferry.sockets import Address, HostPort, peer_and_local
+from sockferry.tls import (
+    ServerTLS,
+    client_context,
+    describe_handshake_error,
+    end_point_binding,
+    fingerprint,
+    format_fingerprint,
+)
+from sockferry.tlsstream import TLSStream, handshake
+
+log = logging.getLogger("sockferry.ferry")
+
+PLAINTEXT_REFUSED = ("this server accepts TLS only — connect with --tls (and --fingerprint, "
+                     "--ca, or trust on first use)")
+TLS_RECORD_HANDSHAKE = 0x16
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTLS:
+    """How a client checks the server: ``ca`` file, ``pin`` fingerprint, or else the
+    ``known_hosts`` file (trust on first use)."""
+
+    ca: str | None = None
+    pin: bytes | None = None
+    known_hosts: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.ca is None and self.pin is None and self.known_hosts is None:
+            raise ValueError("ClientTLS needs a CA file, a fingerprint or a known-hosts file")
+
+    @property
+    def trust(self) -> str:
+        return "ca" if self.ca else "pin" if self.pin else "tofu"
+
+
+def host_key(address: Address) -> str:
+    """How a server is named in the known-hosts file: HOST:PORT, [v6]:PORT, unix:PATH."""
+    return str(address)
+
+
+async def connect_tls(sock: socket.socket, address: Address, tls: ClientTLS,
+                      timeout_s: float, idle_timeout_s: float) -> TLSStream:
+    """Handshake over ``sock`` and check the certificate before anything else is sent."""
+    hostname = address.host if isinstance(address, HostPort) and tls.ca else None
+    peer, _ = peer_and_local(sock)
+    try:
+        wrapped = client_context(tls.ca).wrap_socket(
+            sock, server_hostname=hostname, do_handshake_on_connect=False,
+            suppress_ragged_eofs=True)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await handshake(wrapped, peer, timeout_s)
+    except ssl.SSLError as exc:
+        wrapped.close()
+        raise NetworkError(describe_handshake_error(exc, peer), address=peer) from None
+    except TimeoutError:
+        wrapped.close()
+        raise NetworkError(f"{peer} did not complete the TLS handshake in {timeout_s:g} s — "
+                           "is it a sockferry server with --tls?", address=peer) from None
+    except OSError as exc:
+        wrapped.close()
+        raise NetworkError(f"TLS handshake with {peer} failed: {exc.strerror or exc} — is "
+                           "the server running with --tls?", address=peer) from None
+    except BaseException:
+        wrapped.close()
+        raise
+    der = wrapped.getpeercert(binary_form=True) or b""
+    try:
+        _check_identity(tls, host_key(address), fingerprint(der))
+        binding = end_point_binding(der)
+    except BaseException:
+        wrapped.close()
+        raise
+    return TLSStream(wrapped, binding, idle_timeout_s)
+
+
+def _check_identity(tls: ClientTLS, host: str, seen: bytes) -> None:
+    if tls.pin is not None and seen != tls.pin:
+        raise IdentityRefused(
+            f"the TLS certificate of {host} has fingerprint {format_fingerprint(seen)}, not "
+            f"the pinned {format_fingerprint(tls.pin)} — refusing it; check --fingerprint "
+            "against the fingerprint `sockferry serve --tls` logged")
+    if tls.trust != "tofu":
+        return
+    assert tls.known_hosts is not None
+    known = KnownHosts(tls.known_hosts).lookup(host)
+    if known is not None and known != seen:
+        raise IdentityRefused(
+            f"the TLS certificate of {host} has CHANGED since it was first trusted (known "
+            f"{format_fingerprint(known)}, now {format_fingerprint(seen)}): someone may be "
+            "intercepting the connection, or the server got a new certificate. Refusing it. "
+            f"If the change is expected, run: sockferry known-hosts forget {host}")
+
+
+def remember(tls: ClientTLS | None, address: Address, stream: TLSStream) -> None:
+    """After the token handshake: write down a server trusted on first use."""
+    if tls is None or tls.trust != "tofu":
+        return
+    assert tls.known_hosts is not None
+    known = KnownHosts(tls.known_hosts)
+    host = host_key(address)
+    if known.lookup(host) is None:
+        seen = fingerprint(stream.peer_der)
+        known.add(host, seen)
+        log.warning("trusting %s on first use: TLS certificate %s, added to %s", host,
+                    format_fingerprint(seen), tls.known_hosts)
+
+
+# ---- the server ------------------------------------------------------------------------
+
+
+async def accept_tls(conn: socket.socket, tls: ServerTLS, idle_timeout_s: float,
+                     handshake_timeout_s: float) -> TLSStream | None:
+    """The TLS stream of an accepted connection, or None (closed, logged) if it is not a
+    TLS client or its handshake fails."""
+    conn.setblocking(False)
+    peer, _ = peer_and_local(conn)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(handshake_timeout_s):
+            first = await _peek(loop, conn)
+            if first and first[0] != TLS_RECORD_HANDSHAKE:
+                _refuse_plaintext(conn, first)
+                log.warning("%s: refused a plaintext client: this server accepts TLS only "
+                            "(the client needs --tls)", peer)
+                return None
+            if not first:
+                conn.close()
+                return None
+            wrapped = tls.context.wrap_socket(conn, server_side=True,
+                                              do_handshake_on_connect=False,
+                                              suppress_ragged_eofs=True)
+            try:
+                await handshake(wrapped, peer, handshake_timeout_s)
+            except BaseException:
+                wrapped.close()
+                raise
+    except ssl.SSLError as exc:
+        log.warning("%s: TLS handshake failed: %s", peer, exc.reason or exc)
+        return None
+    except (TimeoutError, OSError) as exc:
+        conn.close()
+        log.info("%s: no TLS handshake: %s", peer,
+                 "timed out" if isinstance(exc, TimeoutError) else exc)
+        return None
+    return TLSStream(wrapped, tls.binding, idle_timeout_s)
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
+    while True:
+        try:
+            return conn.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            ready = loop.create_future()
+            loop.add_reader(conn.fileno(), _set_done, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(conn.fileno())
+
+
+def _refuse_plaintext(conn: socket.socket, first: bytes) -> None:
+    with conn:
+        if first[0] == m.FrameType.HELLO:
+            with contextlib.suppress(OSError):
+                conn.send(m.encode(m.Error(0, m.ErrorCode.BAD_REQUEST, PLAINTEXT_REFUSED)))
+
+
+def _set_done(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
