@@ -30,7 +30,7 @@ from sockferry.tls import (
     fingerprint,
     format_fingerprint,
 )
-from sockferry.tlsstream import TLSStream, handshake
+from sockferry.tlsstream import TLSStream
 
 log = logging.getLogger("sockferry.ferry")
 
@@ -66,38 +66,33 @@ async def connect_tls(sock: socket.socket, address: Address, tls: ClientTLS,
                       timeout_s: float, idle_timeout_s: float) -> TLSStream:
     """Handshake over ``sock`` and check the certificate before anything else is sent."""
     hostname = address.host if isinstance(address, HostPort) and tls.ca else None
-    peer, _ = peer_and_local(sock)
     try:
-        wrapped = client_context(tls.ca).wrap_socket(
-            sock, server_hostname=hostname, do_handshake_on_connect=False,
-            suppress_ragged_eofs=True)
+        stream = TLSStream.wrap(sock, client_context(tls.ca), server_side=False,
+                                server_hostname=hostname, idle_timeout_s=idle_timeout_s)
     except BaseException:
         sock.close()
         raise
+    peer = stream.peer
     try:
-        await handshake(wrapped, peer, timeout_s)
+        await stream.handshake(timeout_s)
+        der = stream.peer_der
+        _check_identity(tls, host_key(address), fingerprint(der))
+        stream.binding = end_point_binding(der)
     except ssl.SSLError as exc:
-        wrapped.close()
+        stream.close()
         raise NetworkError(describe_handshake_error(exc, peer), address=peer) from None
     except TimeoutError:
-        wrapped.close()
+        stream.close()
         raise NetworkError(f"{peer} did not complete the TLS handshake in {timeout_s:g} s — "
                            "is it a sockferry server with --tls?", address=peer) from None
-    except OSError as exc:
-        wrapped.close()
-        raise NetworkError(f"TLS handshake with {peer} failed: {exc.strerror or exc} — is "
-                           "the server running with --tls?", address=peer) from None
+    except NetworkError as exc:
+        stream.close()
+        raise NetworkError(f"TLS handshake with {peer} failed: {exc} — is the server "
+                           "running with --tls?", address=peer) from None
     except BaseException:
-        wrapped.close()
+        stream.close()
         raise
-    der = wrapped.getpeercert(binary_form=True) or b""
-    try:
-        _check_identity(tls, host_key(address), fingerprint(der))
-        binding = end_point_binding(der)
-    except BaseException:
-        wrapped.close()
-        raise
-    return TLSStream(wrapped, binding, idle_timeout_s)
+    return stream
 
 
 def _check_identity(tls: ClientTLS, host: str, seen: bytes) -> None:
@@ -142,6 +137,7 @@ async def accept_tls(conn: socket.socket, tls: ServerTLS, idle_timeout_s: float,
     conn.setblocking(False)
     peer, _ = peer_and_local(conn)
     loop = asyncio.get_running_loop()
+    stream: TLSStream | None = None
     try:
         async with asyncio.timeout(handshake_timeout_s):
             first = await _peek(loop, conn)
@@ -153,23 +149,27 @@ async def accept_tls(conn: socket.socket, tls: ServerTLS, idle_timeout_s: float,
             if not first:
                 conn.close()
                 return None
-            wrapped = tls.context.wrap_socket(conn, server_side=True,
-                                              do_handshake_on_connect=False,
-                                              suppress_ragged_eofs=True)
-            try:
-                await handshake(wrapped, peer, handshake_timeout_s)
-            except BaseException:
-                wrapped.close()
-                raise
+            stream = TLSStream.wrap(conn, tls.context, server_side=True,
+                                    idle_timeout_s=idle_timeout_s)
+            await stream.handshake(handshake_timeout_s)
     except ssl.SSLError as exc:
         log.warning("%s: TLS handshake failed: %s", peer, exc.reason or exc)
-        return None
-    except (TimeoutError, OSError) as exc:
-        conn.close()
+    except (TimeoutError, OSError, NetworkError) as exc:
         log.info("%s: no TLS handshake: %s", peer,
                  "timed out" if isinstance(exc, TimeoutError) else exc)
-        return None
-    return TLSStream(wrapped, tls.binding, idle_timeout_s)
+    except BaseException:
+        if stream is not None:
+            stream.close()
+        conn.close()
+        raise
+    else:
+        assert stream is not None
+        stream.binding = tls.binding
+        return stream
+    if stream is not None:
+        stream.close()
+    conn.close()
+    return None
 
 
 async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
