@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
+import mmap
 import socket
 import ssl
 import threading
@@ -228,23 +228,28 @@ class TLSStream:
             raise self._tls_error(exc) from exc
 
     async def sendfile(self, fd: int, offset: int, count: int) -> None:
-        """``count`` bytes of file ``fd`` from ``offset``, read here and encrypted."""
-        piece = bytearray(min(SEND_PIECE, count))
-        view = memoryview(piece)
-        end = offset + count
-        while offset < end:
-            want = min(len(piece), end - offset)
+        """``count`` bytes of file ``fd`` from ``offset``, encrypted straight from the page
+        cache (mmap, as the sender's digest thread reads them) — no copy out first."""
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapped = mmap.mmap(fd, offset + count - base, access=mmap.ACCESS_READ,
+                               offset=base)
+        except ValueError:  # shorter than the size it had when the PUT was sent
+            raise StorageError("the file shrank while it was being sent",
+                               errno=errno.ENODATA) from None
+        except OSError as exc:
+            raise StorageError(f"reading the file failed: {exc.strerror}",
+                               errno=exc.errno) from exc
+        with mapped:
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+            view = memoryview(mapped)
             try:
-                got = os.preadv(fd, [view[:want]], offset)
-            except OSError as exc:
-                raise StorageError(f"reading the file failed: {exc.strerror}",
-                                   errno=exc.errno) from exc
-            if got == 0:
-                raise StorageError("the file shrank while it was being sent",
-                                   errno=errno.ENODATA)
-            self._encrypt(view[:got])
-            await self._flush()
-            offset += got
+                start = offset - base
+                for at in range(start, start + count, SEND_PIECE):
+                    self._encrypt(view[at : min(at + SEND_PIECE, start + count)])
+                    await self._flush()
+            finally:
+                view.release()
 
     async def splice_into(self, fd: int, count: int) -> tuple[int, OSError | None]:
         return 0, None  # the bytes must be decrypted first: the caller copies them
