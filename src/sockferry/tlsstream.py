@@ -59,6 +59,8 @@ class TLSStream:
     """A TLS connection over a connected non-blocking socket.  ``binding`` is its channel
     binding (the server certificate's tls-server-end-point value, §3.1)."""
 
+    zero_copy = False  # no sendfile, no splice: receivers hash bodies as they copy them
+
     def __init__(self, sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO,
                  outgoing: ssl.MemoryBIO, idle_timeout_s: float = 120.0) -> None:
         sock.setblocking(False)

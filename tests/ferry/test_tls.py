@@ -158,7 +158,7 @@ def test_certificate_of_a_throwaway_ca(tmp_path: Path, env: dict[str, Path]) -> 
                                   str(env["token"]), "--ca", str(ca), str(source), "127.0.0.1:")
         assert code == ExitCode.OK, err
         code, _out, err = ls(server.port, env["token"], "--ca", str(other_ca))
-        assert code == ExitCode.NETWORK
+        assert code == ExitCode.AUTH
         assert f"the TLS certificate of 127.0.0.1:{server.port} is not trusted" in err
     assert (env["root"] / "a.bin").read_bytes() == source.read_bytes()
 

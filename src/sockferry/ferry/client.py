@@ -92,6 +92,8 @@ class FerryClient:
         self._commits: set[asyncio.Task[None]] = set()
         self._umask = _current_umask()
         self._loop = asyncio.get_running_loop()
+        # False for TLS streams (tlsstream.py): bodies are copied, not spliced.
+        self._zero_copy: bool = getattr(stream, "zero_copy", True)
 
     @classmethod
     async def connect(cls, address: Address, token: bytes, *, timeout_s: float = 10.0,
@@ -238,7 +240,8 @@ class FerryClient:
             return
         try:
             pending.sink = Sink(AtomicFile.beside(pending.local_path),
-                                self.session.digest_feature, size=event.size)
+                                self.session.digest_feature, size=event.size,
+                                follow=self._zero_copy)
         except StorageError as exc:
             self._give_up(event.request, exc)
 
@@ -601,7 +604,8 @@ class FerryClient:
             if pending.progress:
                 pending.progress(event.offset)
             return
-        pending.sink = Sink(partial, self.session.digest_feature, size=event.size)
+        pending.sink = Sink(partial, self.session.digest_feature, size=event.size,
+                            follow=self._zero_copy)
         if pending.prefix is not None:
             report.note = (f"the server's file differs from the {partial.kept} bytes kept "
                            f"of {pending.local_path}; receiving all of it")

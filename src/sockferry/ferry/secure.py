@@ -80,6 +80,8 @@ async def connect_tls(sock: socket.socket, address: Address, tls: ClientTLS,
         stream.binding = end_point_binding(der)
     except ssl.SSLError as exc:
         stream.close()
+        if exc.reason == "CERTIFICATE_VERIFY_FAILED":
+            raise IdentityRefused(describe_handshake_error(exc, peer)) from None
         raise NetworkError(describe_handshake_error(exc, peer), address=peer) from None
     except TimeoutError:
         stream.close()

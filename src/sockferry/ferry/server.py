@@ -283,6 +283,8 @@ class Connection:
         self.auth = "not authenticated"
         self.started = time.monotonic()
         self.peer = self.stream.peer
+        # False for TLS streams (tlsstream.py): bodies are copied, not spliced.
+        self.zero_copy: bool = getattr(stream, "zero_copy", True)
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -402,7 +404,8 @@ class Connection:
         except StorageError as exc:
             self._refuse(request, "PUT", path, code_for(exc), str(exc))
             return None
-        sink = Sink(file, self.session.digest_feature, size=size) if streamed else None
+        sink = Sink(file, self.session.digest_feature, size=size,
+                    follow=self.zero_copy) if streamed else None
         return Upload(path, file, sink, size, capped_mode(mode, self.config.umask), mtime_ns)
 
     def _on_small_file(self, event: s.SmallFileReceived) -> None:
