@@ -43,6 +43,8 @@ SEND_PIECE = 256 * 1024
 # The most ciphertext one recv takes off the socket (it then waits in OpenSSL's buffer
 # until the caller has consumed the plaintext before it).
 RECEIVE_PIECE = 256 * 1024
+# What a stream keeps of the peer's first bytes: a plaintext peer's ERROR frame fits.
+FIRST_BYTES = 2048
 _shared = threading.local()
 
 
@@ -80,6 +82,7 @@ class TLSStream:
         self._loop = asyncio.get_running_loop()
         self._fd = sock.fileno()
         self._queue: list[bytes] = []  # ciphertext to send, in order
+        self.first_bytes = b""  # the start of what the peer sent
         self._sending = asyncio.Lock()
         self._ended = False
         self._half_closed = False
@@ -129,6 +132,8 @@ class TLSStream:
         if n == 0:
             self._in.write_eof()
         else:
+            if len(self.first_bytes) < FIRST_BYTES:  # kept to explain a failed handshake
+                self.first_bytes += raw[: FIRST_BYTES - len(self.first_bytes)]
             self._in.write(raw[:n])
             self.bytes_in += n
         return True

@@ -344,8 +344,9 @@ def test_tls_client_meets_plaintext_server(tmp_path: Path, env: dict[str, Path])
         server.stop()
     assert code == ExitCode.NETWORK
     assert said(err) == [
-        f"sockferry: error: 127.0.0.1:{server.port} does not answer in TLS — is the server "
-        "running without --tls? Connect without --tls, or restart the server with --tls"]
+        f"sockferry: error: 127.0.0.1:{server.port} does not answer in TLS (it said: the "
+        "client speaks TLS but this server runs without --tls) — connect without --tls, or "
+        "restart the server with --tls"]
     assert any("the client speaks TLS but this server runs without --tls" in line
                for line in server.logs), server.logs
 
@@ -455,3 +456,35 @@ def test_serve_tls_makes_its_certificate_beside_the_token(
     code, _out, err = run_cli("ls", "-P", str(port), "--token-file", str(config / "token"),
                               "--fingerprint", printed, "127.0.0.1:")
     assert code == ExitCode.OK, err
+
+
+def test_a_client_from_before_tls_still_works_with_a_plaintext_server(
+        env: dict[str, Path]) -> None:
+    """A version-1 client that has never heard of CHANNEL_BINDING, over real sockets."""
+    (env["root"] / "old.txt").write_text("x")
+    with ServerThread(env["root"]) as server:
+
+        async def go() -> list[str]:
+            client = await FerryClient.connect(HostPort("127.0.0.1", server.port), TOKEN,
+                                               features=NO_BINDING)
+            names = [e.path for e in await client.list("")]
+            await client.finish()
+            return names
+
+        assert run(go()) == ["old.txt"]
+
+
+def test_a_busy_tls_server_is_reported_as_busy(tmp_path: Path, env: dict[str, Path]) -> None:
+    _c, _k, tls = self_signed(tmp_path / "tls")
+    with ServerThread(env["root"], tls=tls, max_connections=1) as server, \
+            socket.create_connection(("127.0.0.1", server.port)) as idle:
+        for _ in range(100):  # bounded: until the idle connection is being served
+            if server.connection_count() == 1:
+                break
+            threading.Event().wait(0.02)
+        code, _out, err = ls(server.port, env["token"], "--fingerprint",
+                             format_fingerprint(tls.fingerprint))
+        idle.close()
+    assert code == ExitCode.REFUSED
+    assert said(err) == ["sockferry: error: server closed the connection: server busy: 1 "
+                         "connections already — try again later"]

@@ -18,7 +18,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from sockferry.errors import IdentityRefused, NetworkError
+from sockferry.errors import IdentityRefused, NetworkError, PeerRefused, RemoteProtocolError
 from sockferry.ferry import messages as m
 from sockferry.known_hosts import KnownHosts
 from sockferry.sockets import Address, HostPort, peer_and_local
@@ -82,6 +82,14 @@ async def connect_tls(sock: socket.socket, address: Address, tls: ClientTLS,
         stream.close()
         if exc.reason == "CERTIFICATE_VERIFY_FAILED":
             raise IdentityRefused(describe_handshake_error(exc, peer)) from None
+        said = _plaintext_error(stream.first_bytes)
+        if said is not None and said.code == m.ErrorCode.BUSY:
+            raise PeerRefused(f"server closed the connection: {said.message}",
+                              code=said.code) from None
+        if said is not None:
+            raise NetworkError(f"{peer} does not answer in TLS (it said: {said.message}) — "
+                               "connect without --tls, or restart the server with --tls",
+                               address=peer) from None
         raise NetworkError(describe_handshake_error(exc, peer), address=peer) from None
     except TimeoutError:
         stream.close()
@@ -95,6 +103,16 @@ async def connect_tls(sock: socket.socket, address: Address, tls: ClientTLS,
         stream.close()
         raise
     return stream
+
+
+def _plaintext_error(first: bytes) -> m.Error | None:
+    """The ferry ERROR a plaintext server sent where TLS was expected, if that is what
+    ``first`` starts with."""
+    try:
+        message = next(iter(m.FrameParser().feed(first)), None)
+    except RemoteProtocolError:
+        return None
+    return message if isinstance(message, m.Error) else None
 
 
 def _check_identity(tls: ClientTLS, host: str, seen: bytes) -> None:
