@@ -31,7 +31,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Protocol, cast
 
 from sockferry.errors import NetworkError, StorageError
 from sockferry.sockets import network_error, peer_and_local
@@ -46,6 +46,10 @@ RECEIVE_PIECE = 256 * 1024
 # What a stream keeps of the peer's first bytes: a plaintext peer's ERROR frame fits.
 FIRST_BYTES = 2048
 _shared = threading.local()
+
+
+class Hasher(Protocol):
+    def update(self, data: memoryview, /) -> object: ...
 
 
 def _buffers() -> tuple[memoryview, memoryview]:
@@ -235,8 +239,13 @@ class TLSStream:
             raise self._tls_error(exc) from exc
 
     async def sendfile(self, fd: int, offset: int, count: int) -> None:
+        await self.sendfile_hashing(fd, offset, count, None)
+
+    async def sendfile_hashing(self, fd: int, offset: int, count: int,
+                               hasher: Hasher | None) -> None:
         """``count`` bytes of file ``fd`` from ``offset``, encrypted straight from the page
-        cache (mmap, as the sender's digest thread reads them) — no copy out first."""
+        cache (mmap) — no copy out first — and fed to ``hasher`` on the way, while they
+        are in the CPU's cache."""
         base = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
             mapped = mmap.mmap(fd, offset + count - base, access=mmap.ACCESS_READ,
@@ -253,7 +262,11 @@ class TLSStream:
             try:
                 start = offset - base
                 for at in range(start, start + count, SEND_PIECE):
-                    self._encrypt(view[at : min(at + SEND_PIECE, start + count)])
+                    piece = view[at : min(at + SEND_PIECE, start + count)]
+                    if hasher is not None:
+                        hasher.update(piece)
+                    self._encrypt(piece)
+                    piece.release()
                     await self._flush()
             finally:
                 view.release()

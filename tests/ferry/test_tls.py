@@ -488,3 +488,19 @@ def test_a_busy_tls_server_is_reported_as_busy(tmp_path: Path, env: dict[str, Pa
     assert code == ExitCode.REFUSED
     assert said(err) == ["sockferry: error: server closed the connection: server busy: 1 "
                          "connections already — try again later"]
+
+
+def test_resume_over_tls(tmp_path: Path, env: dict[str, Path]) -> None:
+    """send --resume and get --resume take the same TLS options (PARTIAL, PUT, GET)."""
+    _c, _k, tls = self_signed(tmp_path / "tls")
+    source = env["src"] / "r.bin"
+    source.write_bytes(os.urandom(3 * 1024 * 1024))
+    pin = ("--fingerprint", format_fingerprint(tls.fingerprint))
+    with ServerThread(env["root"], tls=tls) as server:
+        common = ("-P", str(server.port), "--token-file", str(env["token"]), *pin)
+        code, _out, err = run_cli("send", "--resume", *common, str(source), "127.0.0.1:")
+        assert code == ExitCode.OK, err
+        code, _out, err = run_cli("get", "--resume", *common, "127.0.0.1:r.bin",
+                                  str(env["back"]))
+        assert code == ExitCode.OK, err
+    assert (env["back"] / "r.bin").read_bytes() == source.read_bytes()
