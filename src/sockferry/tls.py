@@ -205,9 +205,9 @@ def server_tls(cert: str, key: str) -> ServerTLS:
     _check_key_mode(key)
     try:
         context.load_cert_chain(cert, key)
-    except ssl.SSLError as exc:
-        raise UsageError(f"{cert} and {key} are not a matching PEM certificate and key "
-                         f"({exc.reason or exc})") from None
+    except ssl.SSLError:
+        raise UsageError(f"{cert} and {key} are not a PEM certificate and its private key "
+                         "— check --cert and --key") from None
     der = first_certificate(cert)
     return ServerTLS(context, end_point_binding(der), fingerprint(der))
 

@@ -504,3 +504,19 @@ def test_resume_over_tls(tmp_path: Path, env: dict[str, Path]) -> None:
                                   str(env["back"]))
         assert code == ExitCode.OK, err
     assert (env["back"] / "r.bin").read_bytes() == source.read_bytes()
+
+
+def test_unusable_certificate_or_key_is_one_sentence(tmp_path: Path, env: dict[str, Path],
+                                                     ) -> None:
+    cert, key, _tls = self_signed(tmp_path / "one")
+    other_cert, _other_key, _other = self_signed(tmp_path / "two")
+    serve = ("serve", str(env["root"]), "--listen", "127.0.0.1:0", "--token-file",
+             str(env["token"]))
+    code, _out, err = run_cli(*serve, "--cert", str(other_cert), "--key", str(env["token"]))
+    assert code == ExitCode.USAGE
+    assert "are not a PEM certificate and its private key — check --cert and --key" in err
+    key.chmod(0o640)
+    code, _out, err = run_cli(*serve, "--cert", str(cert), "--key", str(key))
+    assert code == ExitCode.USAGE and f"run: chmod 600 {key}" in err
+    code, _out, err = run_cli(*serve, "--cert", str(cert))
+    assert code == ExitCode.USAGE and "--cert and --key go together" in err
