@@ -46,6 +46,12 @@ class AuthenticationFailed(SockferryError):
         super().__init__("authentication failed")
 
 
+class IdentityRefused(SockferryError):
+    """The server's TLS certificate is not the one trusted (pinned, or known from a
+    first use); the message says which was expected and what to run if the change is
+    legitimate."""
+
+
 class PeerRefused(SockferryError):
     """The peer said no (a ferry or TFTP ERROR, an SCTP ABORT): its code and its text."""
 

@@ -32,6 +32,9 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stder
 """
 
 NEVER_FOR_HELP = ("asyncio", "rich", "uvloop", "blake3", "crc32c")
+# TLS code, and cryptography (~30 ms to import), only for --tls.
+TLS_MODULES = ("cryptography", "sockferry.tls", "sockferry.tlsstream",
+               "sockferry.ferry.secure", "sockferry.known_hosts")
 
 
 def loaded_by(*argv: str) -> tuple[int, str, set[str]]:
@@ -50,7 +53,7 @@ def under(modules: set[str], *packages: str) -> list[str]:
 def test_version_loads_no_command_module() -> None:
     code, out, modules = loaded_by("--version")
     assert (code, out) == (0, f"sockferry {sockferry.__version__}\n")
-    assert under(modules, *NEVER_FOR_HELP, "logging") == []
+    assert under(modules, *NEVER_FOR_HELP, *TLS_MODULES, "logging") == []
     assert under(modules, "sockferry.ferry", "sockferry.sctp", "sockferry.tftp",
                  "sockferry.sockets", "sockferry.storage", "sockferry.cli.ferry",
                  "sockferry.cli.tftp", "sockferry.cli.sctp", "sockferry.cli.probe") == []
@@ -73,7 +76,7 @@ def test_send_help_loads_only_the_ferry_client_side() -> None:
     assert code == 0
     assert out.startswith("usage: sockferry send [-h]")
     assert "HOST:DEST" in out
-    assert under(modules, "rich", "uvloop", "blake3", "crc32c") == []
+    assert under(modules, "rich", "uvloop", "blake3", "crc32c", *TLS_MODULES) == []
     assert under(modules, "sockferry.tftp", "sockferry.cli.tftp", "sockferry.cli.sctp",
                  "sockferry.cli.probe", "sockferry.ferry.server",
                  "sockferry.ferry.association", "sockferry.ferry.tokens") == []
@@ -129,3 +132,26 @@ def test_script_send_reports_after_the_transfer(tmp_path: Path) -> None:
     assert result.stdout == (f"sent {source} -> four-k.bin (4.0 KiB, digest verified)\n")
     assert result.stderr.startswith("sockferry: sent 1 file(s), 4.0 KiB in ")
     assert (root / "four-k.bin").read_bytes() == source.read_bytes()
+
+
+def test_a_plaintext_transfer_loads_no_tls_code(tmp_path: Path) -> None:
+    token = write_token(tmp_path / "token")
+    with ServerThread(tmp_path) as server:
+        code, _out, modules = loaded_by("ls", "-P", str(server.port), "--token-file",
+                                        str(token), "127.0.0.1:")
+    assert code == 0
+    assert under(modules, *TLS_MODULES) == []
+
+
+def test_a_tls_transfer_loads_it(tmp_path: Path) -> None:
+    from sockferry.tls import make_self_signed, server_tls  # noqa: PLC0415
+
+    token = write_token(tmp_path / "token")
+    make_self_signed(tmp_path / "c.pem", tmp_path / "k.pem", ["127.0.0.1"])
+    tls = server_tls(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    with ServerThread(tmp_path, tls=tls) as server:
+        code, _out, modules = loaded_by("ls", "-P", str(server.port), "--token-file",
+                                        str(token), "--fingerprint",
+                                        tls.fingerprint.hex(), "127.0.0.1:")
+    assert code == 0
+    assert "sockferry.tlsstream" in modules and "cryptography" in modules

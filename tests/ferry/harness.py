@@ -28,7 +28,8 @@ from sockferry.sctp.endpoint import Endpoint
 from sockferry.sockets import Address, HostPort, format_sockaddr
 
 T = TypeVar("T")
-TOKEN = b"test-token-0123456789abcdef"
+# Random-looking, as the token floor (tokens.MIN_TOKEN_BITS) requires.
+TOKEN = b"tEsT-h5Q2v9LrW0xKc7mZp3YbN8dF1gJsA6uQe4iOk"
 
 
 def write_token(path: Path, token: bytes = TOKEN) -> Path:

@@ -146,7 +146,7 @@ def test_userspace_client_to_kernel_server_over_udp(env: dict[str, Path],
 
 
 def test_wrong_token_is_refused_over_sctp(env: dict[str, Path], tmp_path: Path) -> None:
-    wrong = write_token(tmp_path / "wrong", b"another-token-0123456789")
+    wrong = write_token(tmp_path / "wrong", b"aNoThEr-Wq8Zk3Vn6Rt1Yb9Lm4Xs7Pd2Gf5Hj0Ca")
     source = make_files(env["src"], (10,), seed=6)[0]
     with ServerThread(env["root"], sctp_stack="udp") as server:
         code, _out, err = sctp_cli("udp", server.port, wrong, "send", str(source),

@@ -146,7 +146,7 @@ def test_request_window_violation_closes_connection(tmp_path: Path) -> None:
 
 def test_wrong_token_both_ways(tmp_path: Path) -> None:
     good = write_token(tmp_path / "good")
-    bad = write_token(tmp_path / "bad", b"some-other-token-0123456789")
+    bad = write_token(tmp_path / "bad", b"oThEr-Wq8Zk3Vn6Rt1Yb9Lm4Xs7Pd2Gf5Hj0Ca")
     with ServerThread(tmp_path) as server:
         code, _, err = run_cli("ls", "-P", str(server.port), "--token-file", str(bad),
                                "127.0.0.1:")

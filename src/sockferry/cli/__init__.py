@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("ferry", "copy local files to a server"),
     "get": ("ferry", "copy files from a server"),
     "ls": ("ferry", "list a directory on a server"),
+    "known-hosts": ("known_hosts", "list or forget the TLS certificates trusted on first use"),
     "probe": ("probe", "resolve an address and try to connect to each of its addresses"),
     "sctp-serve": ("sctp", "one-to-many SCTP message server"),
     "sctp-send": ("sctp", "send messages to an SCTP server"),

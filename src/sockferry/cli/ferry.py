@@ -12,8 +12,9 @@ import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sockferry.cli.console import Console, TransferProgress
@@ -36,8 +37,10 @@ from sockferry.units import format_bytes, format_rate
 
 if TYPE_CHECKING:
     from sockferry.admission import Startups
+    from sockferry.ferry.secure import ClientTLS
     from sockferry.ferry.server import ServerConfig
     from sockferry.sctp.endpoint import Endpoint
+    from sockferry.tls import ServerTLS
 
 DEFAULT_PORT = 2345
 log = logging.getLogger("sockferry.ferry")
@@ -83,6 +86,20 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
                         "~/.config/sockferry/token)")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="connect and handshake timeout (default 10)")
+    parser.add_argument("--tls", action="store_true",
+                        help="TLS 1.3 (the server must run with --tls). The server's "
+                        "certificate is checked against --ca or --fingerprint, or else "
+                        "trusted on first use and remembered in the known-hosts file")
+    parser.add_argument("--ca", metavar="FILE",
+                        help="with --tls (implied): trust certificates signed by these CA "
+                        "certificates (PEM) and check the host name")
+    parser.add_argument("--fingerprint", metavar="FP",
+                        help="with --tls (implied): trust only the certificate with this "
+                        "SHA-256 fingerprint (SHA256:base64, or the hex `openssl x509 "
+                        "-fingerprint -sha256` prints)")
+    parser.add_argument("--known-hosts", metavar="FILE",
+                        help="with --tls: the known-hosts file for trust on first use "
+                        "(default ~/.config/sockferry/known_hosts)")
 
 
 def _copy_options(parser: argparse.ArgumentParser) -> None:
@@ -150,6 +167,13 @@ def _register_serve(sub: Any) -> None:
     parser.add_argument("--partial-max-bytes", type=_byte_count, default=16 * 1024**3,
                         metavar="BYTES", help="at most this much in partial files; the "
                         "oldest go first (suffixes K, M, G, T; default 16G)")
+    parser.add_argument("--tls", action="store_true",
+                        help="accept TLS 1.3 clients only; without --cert, a self-signed "
+                        "certificate and key (mode 0600) are made beside the token on "
+                        "first use; the certificate's fingerprint is logged at start")
+    parser.add_argument("--cert", metavar="FILE",
+                        help="with --tls (implied): this PEM certificate (chain) instead")
+    parser.add_argument("--key", metavar="FILE", help="the private key (PEM) of --cert")
     parser.add_argument("--read-only", action="store_true",
                         help="serve ROOT for reading only: uploads, MKDIR and resume "
                         "queries are refused with READ_ONLY")
@@ -283,10 +307,34 @@ def _server_address(args: argparse.Namespace, host: str) -> Address:
     return HostPort(host, args.port)
 
 
+def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
+    """The TLS trust the options ask for (``--ca`` and ``--fingerprint`` imply --tls)."""
+    if not (args.tls or args.ca or args.fingerprint):
+        if args.known_hosts:
+            raise UsageError("--known-hosts applies to --tls connections only: add --tls")
+        return None
+    if args.transport == "sctp":
+        raise UsageError("--tls runs over TCP only; drop --transport sctp or --tls")
+    if args.ca and args.fingerprint:
+        raise UsageError("--ca and --fingerprint are two ways to trust a server: give one")
+    # Here, not at the top: only TLS clients load the TLS code.
+    from sockferry.ferry.secure import ClientTLS  # noqa: PLC0415
+    from sockferry.known_hosts import default_path  # noqa: PLC0415
+    from sockferry.tls import parse_fingerprint  # noqa: PLC0415
+
+    if args.fingerprint:
+        return ClientTLS(pin=parse_fingerprint(args.fingerprint))
+    if args.ca:
+        return ClientTLS(ca=args.ca)
+    return ClientTLS(known_hosts=Path(args.known_hosts) if args.known_hosts
+                     else default_path())
+
+
 @asynccontextmanager
 async def _connected(args: argparse.Namespace, address: Address,
                      token: bytes) -> AsyncIterator[FerryClient]:
     """An authenticated client over TCP (or AF_UNIX), or over an SCTP association."""
+    tls = _client_tls(args)
     if args.transport == "sctp" and args.mptcp:
         raise UsageError("--mptcp and --transport sctp do not go together: SCTP has "
                          "its own multihoming")
@@ -299,7 +347,7 @@ async def _connected(args: argparse.Namespace, address: Address,
             yield client
         return
     client = await FerryClient.connect(address, token, timeout_s=args.timeout,
-                                       mptcp=args.mptcp)
+                                       mptcp=args.mptcp, tls=tls)
     try:
         yield client
     finally:
@@ -335,8 +383,46 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     if args.transport == "sctp" and args.mptcp:
         raise UsageError("--mptcp and --transport sctp do not go together: SCTP has "
                          "its own multihoming")
+    tls = _server_tls(args, token_path, console)
+    if tls is not None:
+        config = replace(config, tls=tls)
+        # Loaded now, while the Python installation is surely readable: --user may
+        # make it unreadable before the first TLS client arrives.
+        import sockferry.ferry.secure  # noqa: F401, PLC0415
     sctp = _SctpListen(args.sctp_stack, args.udp_port) if args.transport == "sctp" else None
     return run_async(_serve(args.root, addresses, config, args.grace, sctp, options))
+
+
+def _server_tls(args: argparse.Namespace, token_path: Path,
+                console: Console) -> ServerTLS | None:
+    """The certificate of ``serve --tls``: --cert/--key, or the self-signed pair beside
+    the token, made on first use."""
+    if not (args.tls or args.cert or args.key):
+        return None
+    if args.transport == "sctp":
+        raise UsageError("--tls runs over TCP only; drop --transport sctp or --tls")
+    if bool(args.cert) != bool(args.key):
+        raise UsageError("--cert and --key go together: give both, or neither for a "
+                         "self-signed certificate")
+    from sockferry.tls import (  # noqa: PLC0415 - TLS servers only
+        ensure_certificate,
+        format_fingerprint,
+        format_hex,
+        server_tls,
+    )
+
+    if args.cert:
+        cert, key = Path(args.cert), Path(args.key)
+    else:
+        cert, key, created = ensure_certificate(token_path.parent)
+        if created:
+            console.notice(f"created a self-signed TLS certificate {cert} and its key {key} "
+                           "(mode 0600)")
+    tls = server_tls(str(cert), str(key))
+    log.info("TLS 1.3 only; certificate %s, SHA-256 fingerprint %s (%s) — clients pin it "
+             "with --fingerprint", cert, format_fingerprint(tls.fingerprint),
+             format_hex(tls.fingerprint))
+    return tls
 
 
 @dataclass(frozen=True, slots=True)

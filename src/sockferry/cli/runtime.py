@@ -21,7 +21,7 @@ class ExitCode:
     FAILURE = 1          # an error that fits none of the classes below
     USAGE = 2            # bad command line or configuration
     NETWORK = 3          # could not resolve, connect, or the connection broke
-    AUTH = 4             # authentication failed (either side)
+    AUTH = 4             # authentication failed, or the server's TLS certificate is refused
     REFUSED = 5          # the peer refused a request (no such file, not allowed, ...)
     STORAGE = 6          # a local file could not be read or written
     PROTOCOL = 7         # the peer broke the protocol or failed a digest check
@@ -33,6 +33,7 @@ class ExitCode:
 _EXIT_CODES: tuple[tuple[type[errors.SockferryError], int], ...] = (
     (errors.UsageError, ExitCode.USAGE),
     (errors.AuthenticationFailed, ExitCode.AUTH),
+    (errors.IdentityRefused, ExitCode.AUTH),
     (errors.PeerRefused, ExitCode.REFUSED),
     (errors.TransferTimeout, ExitCode.TIMEOUT),
     (errors.NetworkError, ExitCode.NETWORK),

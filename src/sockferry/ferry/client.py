@@ -16,6 +16,7 @@ import random
 import stat as stat_module
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sockferry.errors import (
     AuthenticationFailed,
@@ -42,6 +43,9 @@ from sockferry.ferry.codes import exception_for
 from sockferry.sockets import Address, connect, storage_error
 from sockferry.storage import AtomicFile, Entry, PartialFile, is_sparse
 from sockferry.streams import SocketStream, Stream
+
+if TYPE_CHECKING:
+    from sockferry.ferry.secure import ClientTLS
 
 Progress = Callable[[int], None]
 # Files up to this size go as one PUT_INLINE frame where the server offers INLINE: the
@@ -93,24 +97,26 @@ class FerryClient:
         self._commits: set[asyncio.Task[None]] = set()
         self._umask = _current_umask()
         self._loop = asyncio.get_running_loop()
+        # False for TLS streams (tlsstream.py): bodies are copied, not spliced.
+        self._zero_copy: bool = getattr(stream, "zero_copy", True)
 
     @classmethod
     async def connect(cls, address: Address, token: bytes, *, timeout_s: float = 10.0,
                       idle_timeout_s: float = 120.0, mptcp: bool = False,
-                      features: int = m.ALL_FEATURES,
+                      features: int = m.ALL_FEATURES, tls: ClientTLS | None = None,
                       busy_retry_s: float = BUSY_RETRY_S) -> FerryClient:
-        """Connect (``mptcp``: with Multipath TCP), authenticate both ways, and start
-        reading.  ``features``: what to offer (fewer to behave as an older client
-        would).  A server that turns the connection away as busy before authentication
-        is tried again, with growing pauses, for up to ``busy_retry_s``."""
+        """Connect (``mptcp``: with Multipath TCP; ``tls``: inside TLS 1.3, the server
+        checked as it says), authenticate both ways, and start reading.  ``features``:
+        what to offer (fewer to behave as an older client would).  A server that turns
+        the connection away as busy before authentication is tried again, with growing
+        pauses, for up to ``busy_retry_s``."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + busy_retry_s
         delay = BUSY_FIRST_DELAY_S
         while True:
-            sock = await connect(address, timeout_s, mptcp=mptcp)
             try:
-                return await cls.start(SocketStream(sock, idle_timeout_s), token,
-                                       timeout_s=timeout_s, features=features)
+                return await cls._connect_once(address, token, timeout_s, idle_timeout_s,
+                                               mptcp, features, tls)
             except PeerRefused as exc:
                 # Turned away before authenticating (too many clients handshaking at
                 # once, or from this address): that passes, so try again for a while.
@@ -120,10 +126,34 @@ class FerryClient:
             delay = min(delay * 2, BUSY_MAX_DELAY_S)
 
     @classmethod
+    async def _connect_once(cls, address: Address, token: bytes, timeout_s: float,
+                            idle_timeout_s: float, mptcp: bool, features: int,
+                            tls: ClientTLS | None) -> FerryClient:
+        sock = await connect(address, timeout_s, mptcp=mptcp)
+        if tls is None:
+            return await cls.start(SocketStream(sock, idle_timeout_s), token,
+                                   timeout_s=timeout_s, features=features)
+        # Only TLS clients load the TLS modules (and through them ``cryptography``).
+        from sockferry.ferry import secure  # noqa: PLC0415
+
+        stream = await secure.connect_tls(sock, address, tls, timeout_s, idle_timeout_s)
+        client = await cls.start(stream, token, timeout_s=timeout_s, features=features,
+                                 channel_binding=stream.binding)
+        try:
+            secure.remember(tls, address, stream)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    @classmethod
     async def start(cls, stream: Stream, token: bytes, *, timeout_s: float,
-                    features: int = m.ALL_FEATURES) -> FerryClient:
-        """Authenticate both ways over a connected ``stream``, and start reading."""
-        session = s.ClientSession(token, os.urandom(m.NONCE_BYTES), features=features)
+                    features: int = m.ALL_FEATURES, channel_binding: bytes | None = None,
+                    ) -> FerryClient:
+        """Authenticate both ways over a connected ``stream`` (``channel_binding``: that
+        of its TLS channel), and start reading."""
+        session = s.ClientSession(token, os.urandom(m.NONCE_BYTES), features=features,
+                                  channel_binding=channel_binding)
         client = cls(stream, session)
         try:
             await stream.send(session.buffers_to_send())
@@ -236,7 +266,8 @@ class FerryClient:
             return
         try:
             pending.sink = Sink(AtomicFile.beside(pending.local_path),
-                                self.session.digest_feature, size=event.size)
+                                self.session.digest_feature, size=event.size,
+                                follow=self._zero_copy)
         except StorageError as exc:
             self._give_up(event.request, exc)
 
@@ -617,7 +648,8 @@ class FerryClient:
             if pending.progress:
                 pending.progress(event.offset)
             return
-        pending.sink = Sink(partial, self.session.digest_feature, size=event.size)
+        pending.sink = Sink(partial, self.session.digest_feature, size=event.size,
+                            follow=self._zero_copy)
         if pending.prefix is not None:
             report.note = (f"the server's file differs from the {partial.kept} bytes kept "
                            f"of {pending.local_path}; receiving all of it")

@@ -74,10 +74,12 @@ class Feature(IntFlag):
     SPARSE = 0x4  # HOLE frames may stand for runs of zero bytes
     RESUME = 0x8  # PARTIAL, PUT_AT, PREFIX and GET offsets proven by digest
     INLINE = 0x10  # PUT_INLINE frames may carry small files whole
+    CHANNEL_BINDING = 0x20  # over TLS: the proofs cover the server certificate's hash
 
 
 DIGEST_FEATURES = Feature.DIGEST_BLAKE3 | Feature.DIGEST_SHA256
-ALL_FEATURES = DIGEST_FEATURES | Feature.SPARSE | Feature.RESUME | Feature.INLINE
+ALL_FEATURES = (DIGEST_FEATURES | Feature.SPARSE | Feature.RESUME | Feature.INLINE
+                | Feature.CHANNEL_BINDING)
 
 
 class PutFlag(IntFlag):

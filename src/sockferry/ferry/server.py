@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sockferry.access import AccessRules, host_of, peer_address
 from sockferry.admission import RateLimitedLog, StartupGate, Startups, source_key
@@ -73,6 +73,9 @@ from sockferry.storage import (
 from sockferry.streams import SocketStream, Stream
 from sockferry.units import format_bytes, format_rate
 
+if TYPE_CHECKING:
+    from sockferry.tls import ServerTLS
+
 log = logging.getLogger("sockferry.ferry")
 
 DEFAULT_STARTUPS = Startups(10, 30, 100)  # sshd's MaxStartups default
@@ -102,9 +105,10 @@ class ServerConfig:
     # Before authentication (sshd's MaxStartups, PerSourceMaxStartups, LoginGraceTime).
     max_startups: Startups = DEFAULT_STARTUPS
     max_startups_per_source: int = 4
-    handshake_timeout_s: float = 5.0
+    handshake_timeout_s: float = 5.0  # the TLS handshake, then the token proofs: each
     access: AccessRules = field(default_factory=AccessRules)  # --allow/--deny (not AF_UNIX)
     read_only: bool = False  # refuse every request that writes (READ_ONLY)
+    tls: ServerTLS | None = None  # accept TLS 1.3 clients only (ferry/secure.py)
 
 
 @dataclass(slots=True)
@@ -209,7 +213,10 @@ class FerryServer:
                 continue
             if self.config.mptcp and conn.family != socket.AF_UNIX:
                 log.info("%s: %s", format_sockaddr(addr), describe_multipath(conn))
-            self.serve(SocketStream(conn, self.config.idle_timeout_s), source)
+            if self.config.tls is not None:
+                self._spawn(self._serve_tls(conn, self.config.tls, source))
+            else:
+                self.serve(SocketStream(conn, self.config.idle_timeout_s), source)
 
     def admits(self, peer: SockAddr | None, conn: socket.socket | None = None) -> bool:
         """--allow/--deny: may ``peer`` be served?  A refused TCP client gets ERROR
@@ -252,10 +259,29 @@ class FerryServer:
     def serve(self, stream: Stream, source: str | None = None) -> None:
         """Run one client's connection: an accepted socket, or an SCTP association;
         ``source``: admitted by ``refusal``, counted until it authenticates."""
+        self._spawn(Connection(self, stream, source).run())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._start_sweeping()
-        task = asyncio.get_running_loop().create_task(Connection(self, stream, source).run())
+        task = asyncio.get_running_loop().create_task(work)
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
+
+    async def _serve_tls(self, conn: socket.socket, tls: ServerTLS, source: str) -> None:
+        """The TLS handshake, then the connection, bound to the certificate (§3.1);
+        ``source`` stays counted as authenticating until the token proofs are done."""
+        from sockferry.ferry.secure import accept_tls  # noqa: PLC0415 - TLS servers only
+
+        try:
+            stream = await accept_tls(conn, tls, self.config.idle_timeout_s,
+                                      self.config.handshake_timeout_s)
+        except BaseException:
+            self.gate.release(source)
+            raise
+        if stream is None:
+            self.gate.release(source)
+            return
+        await Connection(self, stream, source, channel_binding=stream.binding).run()
 
     def _close_listeners(self) -> None:
         for sock in self._listeners:
@@ -306,7 +332,8 @@ def _refuse(conn: socket.socket, code: m.ErrorCode, message: str) -> None:
 
 
 class Connection:
-    def __init__(self, server: FerryServer, stream: Stream, source: str | None = None) -> None:
+    def __init__(self, server: FerryServer, stream: Stream, source: str | None = None,
+                 channel_binding: bytes | None = None) -> None:
         self.server = server
         self.source = source  # counted in server.gate until authenticated (None: not)
         self.handshake_deadline: asyncio.Timeout | None = None
@@ -315,7 +342,8 @@ class Connection:
         self.stream = stream
         self.session = s.ServerSession(server.config.token, os.urandom(m.NONCE_BYTES),
                                        max_requests=server.config.max_requests,
-                                       features=server.config.features)
+                                       features=server.config.features,
+                                       channel_binding=channel_binding)
         self.uploads: dict[int, Upload] = {}
         self.jobs: deque[s.GetRequested | s.ListRequested | s.PartialRequested] = deque()
         self.cancelled: set[int] = set()
@@ -336,6 +364,8 @@ class Connection:
         self.auth = "not authenticated"
         self.started = time.monotonic()
         self.peer = self.stream.peer
+        # False for TLS streams (tlsstream.py): bodies are copied, not spliced.
+        self.zero_copy: bool = getattr(stream, "zero_copy", True)
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -481,7 +511,7 @@ class Connection:
         except StorageError as exc:
             self._refuse(request, "PUT", path, code_for(exc), str(exc))
             return None
-        sink = Sink(file, self.session.digest_feature, size=size)
+        sink = Sink(file, self.session.digest_feature, size=size, follow=self.zero_copy)
         self.order.opened(request, _order_key(path))
         return Upload(path, file, sink, size, capped_mode(mode, self.config.umask), mtime_ns)
 

@@ -297,8 +297,14 @@ class _Session:
         try:
             for message in self._parser.feed(data):
                 self._dispatch(message)
-        except (RemoteProtocolError, AuthenticationFailed):
+        except (RemoteProtocolError, AuthenticationFailed) as exc:
+            # A TLS ClientHello (record type 0x16) where a HELLO frame was expected.
+            tls_hello = self.state is ConnState.AWAIT_HELLO and data[:1] == b"\x16"
             self.state = ConnState.FAILED
+            if tls_hello:
+                raise RemoteProtocolError("the client speaks TLS but this server runs "
+                                          "without --tls", code=m.ErrorCode.BAD_REQUEST) \
+                    from exc
             raise
 
     def data_to_send(self) -> bytes:
@@ -453,10 +459,16 @@ class ServerSession(_Session):
     }
 
     def __init__(self, token: bytes, nonce: bytes, *, max_requests: int = DEFAULT_MAX_REQUESTS,
-                 features: int = m.ALL_FEATURES) -> None:
+                 features: int = m.ALL_FEATURES, channel_binding: bytes | None = None,
+                 ) -> None:
+        """``channel_binding``: over TLS, the server certificate's binding (§3.1); with
+        CHANNEL_BINDING in ``features`` a client that does not bind is refused."""
         super().__init__(token, nonce)
         self.state = ConnState.AWAIT_HELLO
         self.max_requests = max_requests
+        self._binding = channel_binding
+        if channel_binding is None:
+            features &= ~m.Feature.CHANNEL_BINDING  # nothing to bind to in plaintext
         self._offered_features = features
         self._transcript = b""
         self._client_software = ""
@@ -469,6 +481,12 @@ class ServerSession(_Session):
                 f"client speaks versions {hello.min_version}-{hello.max_version} only",
                 code=m.ErrorCode.UNSUPPORTED_VERSION)
         common = hello.features & self._offered_features
+        binds = self._offered_features & m.Feature.CHANNEL_BINDING
+        if binds and not common & m.Feature.CHANNEL_BINDING:
+            message = ("this TLS server binds authentication to the TLS channel and the "
+                       "client does not (no CHANNEL_BINDING) — upgrade the client")
+            self._emit(m.Error(0, m.ErrorCode.BAD_REQUEST, message))
+            raise RemoteProtocolError(message, code=m.ErrorCode.BAD_REQUEST)
         try:
             digest = choose_digest(common)
         except RemoteProtocolError as exc:
@@ -482,7 +500,8 @@ class ServerSession(_Session):
                              SOFTWARE, b"\0" * m.PROOF_BYTES)
         signed = m.hello_reply_signed_part(reply)
         hello_body = m.encode(hello)[m.HEADER.size :]
-        self._transcript = auth.transcript_hash(hello_body, signed)
+        self._transcript = auth.transcript_hash(hello_body, signed,
+                                                self._binding if binds else None)
         proof = auth.proof(self._token, auth.SERVER_LABEL, self._transcript)
         self._emit(m.HelloReply(m.VERSION, self.features, self.max_requests, self._nonce,
                                 SOFTWARE, proof))
@@ -691,9 +710,15 @@ class ClientSession(_Session):
         (ConnState.READY, m.Prefix): "_on_prefix",
     }
 
-    def __init__(self, token: bytes, nonce: bytes, *,
-                 features: int = m.ALL_FEATURES) -> None:
+    def __init__(self, token: bytes, nonce: bytes, *, features: int = m.ALL_FEATURES,
+                 channel_binding: bytes | None = None) -> None:
+        """``channel_binding``: over TLS, the binding of the certificate the server
+        presented (§3.1); offered, and then required, when ``features`` has
+        CHANNEL_BINDING."""
         super().__init__(token, nonce)
+        if channel_binding is None:
+            features &= ~m.Feature.CHANNEL_BINDING
+        self._binding = channel_binding
         self._hello = m.Hello(m.VERSION, m.VERSION, features, nonce, SOFTWARE)
         self._emit(self._hello)
         self.state = ConnState.AWAIT_REPLY
@@ -709,8 +734,13 @@ class ClientSession(_Session):
         if reply.features & ~self._hello.features:
             raise RemoteProtocolError("server chose a feature this client did not offer")
         digest = choose_digest(reply.features & m.DIGEST_FEATURES)
+        binds = bool(self._hello.features & m.Feature.CHANNEL_BINDING)
+        if binds and not reply.features & m.Feature.CHANNEL_BINDING:
+            raise RemoteProtocolError("the server did not bind authentication to the TLS "
+                                      "channel (no CHANNEL_BINDING); refusing it")
         transcript = auth.transcript_hash(m.encode(self._hello)[m.HEADER.size :],
-                                          m.hello_reply_signed_part(reply))
+                                          m.hello_reply_signed_part(reply),
+                                          self._binding if binds else None)
         expected = auth.proof(self._token, auth.SERVER_LABEL, transcript)
         if not auth.verify(expected, reply.proof):
             # The server does not know our token: never reveal our proof to it.

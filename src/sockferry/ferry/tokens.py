@@ -4,13 +4,20 @@
 (mode 0600) on first use.  Clients use ``--token-file``, then ``SOCKFERRY_TOKEN``, then
 the same default file, so a demo on one machine needs no flags.  Token files that other
 users can read are refused, as ssh refuses such keys.
+
+Tokens below ``MIN_TOKEN_BITS`` of estimated entropy are refused on both sides: anyone who
+can connect gets a server proof for a nonce of its choosing, which makes a weak token
+open to offline guessing (docs/protocol.md §3.2 states the attack and argues this floor
+against a PAKE).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import stat
+import string
 from pathlib import Path
 
 from sockferry.errors import UsageError
@@ -18,7 +25,57 @@ from sockferry.sockets import storage_error
 
 ENV_VAR = "SOCKFERRY_TOKEN"
 MIN_TOKEN_CHARS = 16
+MIN_TOKEN_BITS = 128
 MAX_TOKEN_BYTES = 4096
+_HEX = frozenset(b"0123456789abcdef")
+_HEX_UPPER = frozenset(b"0123456789ABCDEF")
+_BASE64 = frozenset((string.ascii_letters + string.digits + "+/-_").encode())
+# The classes a character may come from, for text of no known encoding.
+_CLASSES = ((frozenset(string.ascii_lowercase.encode()), 26),
+            (frozenset(string.ascii_uppercase.encode()), 26),
+            (frozenset(string.digits.encode()), 10),
+            (frozenset((string.punctuation + " ").encode()), 33))
+RUN = 3  # characters of a run (repeated, or counting up or down by one) that still count
+
+
+def estimate_bits(token: bytes) -> float:
+    """An upper estimate of the entropy of ``token``, in bits.
+
+    Per character: the bits of the smallest alphabet that holds the whole token (hex 4,
+    base64 or base64url 6, else the sum of the character classes present; 8 for bytes
+    outside ASCII), but no more than log2 of twice the number of distinct characters
+    (so "aaaa..." is worth little whatever its alphabet).  A character that continues a
+    run — the same as the one before, or one up or one down, for the third time in a
+    row or more — adds nothing.  Random tokens score near their real entropy; patterned
+    ones far less.  Words are not recognised: a passphrase of dictionary words scores
+    higher than it deserves, which is why tokens should come from a random source.
+    """
+    body = token.rstrip(b"=")
+    if not body:
+        return 0.0
+    chars = frozenset(body)
+    if chars <= _HEX or chars <= _HEX_UPPER:
+        alphabet = 16
+    elif chars <= _BASE64:
+        alphabet = 64
+    elif any(c > 0x7F for c in chars):
+        alphabet = 256
+    else:
+        alphabet = sum(size for members, size in _CLASSES if chars & members) or 1
+    per_char = min(math.log2(alphabet), math.log2(2 * len(chars)))
+    counted = 0
+    run = 1
+    for i in range(1, len(body) + 1):
+        if i == len(body):
+            counted += min(run, RUN)
+            break
+        step = body[i] - body[i - 1]
+        if abs(step) <= 1 and (run == 1 or step == body[i - 1] - body[i - 2]):
+            run += 1
+        else:
+            counted += min(run, RUN)
+            run = 1
+    return counted * per_char
 
 
 def default_token_path() -> Path:
@@ -46,6 +103,11 @@ def _check(token: bytes, where: str) -> bytes:
     if len(token) < MIN_TOKEN_CHARS:
         raise UsageError(f"{where} holds a token shorter than {MIN_TOKEN_CHARS} characters "
                          "— use a longer random token")
+    bits = estimate_bits(token)
+    if bits < MIN_TOKEN_BITS:
+        raise UsageError(f"{where} holds a guessable token (about {bits:.0f} bits, at least "
+                         f"{MIN_TOKEN_BITS} needed) — use a random one, e.g. `openssl rand "
+                         "-base64 32`, or remove the file and let `sockferry serve` make one")
     return token
 
 
