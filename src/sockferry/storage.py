@@ -35,6 +35,9 @@ from sockferry.sockets import storage_error
 # before touching the disk.
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
+# Components of one path: real trees are far shallower; a deeper one costs a directory
+# walk per request and trees other tools cannot handle (PATH_MAX).
+MAX_PATH_DEPTH = 256
 # Symbolic links followed while resolving one path (Linux's own limit is 40).
 MAX_SYMLINK_HOPS = 40
 # Temporaries carry this prefix and suffix; clients may not name such files.
@@ -111,6 +114,9 @@ def split_client_path(path: str | bytes) -> list[str]:
         shown = raw.decode("utf-8", "backslashreplace")
         raise PathRefused(f"path '{shown}' is not valid UTF-8", path=shown) from None
     parts = [p for p in text.split("/") if p and p != "."]
+    if len(parts) > MAX_PATH_DEPTH:
+        raise PathRefused(f"path of {len(parts)} components is deeper than "
+                          f"{MAX_PATH_DEPTH}", path=text[:64] + "…")
     for part in parts:
         if len(part) > MAX_NAME_BYTES // 4 and len(part.encode()) > MAX_NAME_BYTES:
             raise PathRefused(f"name '{part[:32]}…' is longer than {MAX_NAME_BYTES} bytes",
@@ -161,6 +167,18 @@ class Root:
         """The root's file system, through the open descriptor (works after a server
         dropped its privileges, whatever the permissions above the root)."""
         return os.fstatvfs(self._fd)
+
+    def usage(self) -> int:
+        """Bytes in the regular files under the root (apparent sizes, links not followed,
+        unreadable directories skipped): what ``serve --quota`` counts at start."""
+        total = 0
+        for _directory, _dirs, files, dir_fd in os.fwalk(".", dir_fd=self._fd):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode):
+                        total += st.st_size
+        return total
 
     def __enter__(self) -> Root:
         return self

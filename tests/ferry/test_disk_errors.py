@@ -6,12 +6,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
 import pytest
 
 from sockferry.cli.runtime import ExitCode
+from sockferry.ferry import messages as m
 from sockferry.storage import is_temporary_name
 from tests.conftest import mounted_tmpfs
-from tests.ferry.harness import ServerThread, run_cli, write_token
+from tests.ferry.harness import RawClient, ServerThread, run_cli, write_token
 
 # (tmpfs size, file size): a body that goes through the receive buffer, and one large
 # enough to be spliced straight into its file and hashed by a thread reading it back.
@@ -72,3 +74,26 @@ def test_local_disk_full_on_get(full_disk: tuple[Path, int], tmp_path: Path) -> 
     assert f"disk full while writing '{small_disk}/big.bin'; the partial file was " \
         "removed" in err
     assert list(small_disk.iterdir()) == []
+
+
+def test_target_replaced_by_a_directory_mid_upload(tmp_path: Path) -> None:
+    """The file being replaced becomes a directory while its upload is under way: the
+    client is told (IS_DIRECTORY), the directory is left alone, no temporary remains."""
+    (tmp_path / "target").write_bytes(b"old")
+    body = os.urandom(100_000)
+    with ServerThread(tmp_path) as server:
+        raw = RawClient(server.port)
+        raw.send(m.encode(m.Put(1, "target", len(body), 0o644, 0)),
+                 m.data_header(1, 50_000), body[:50_000])
+        raw.send(m.encode(m.Stat(3, "target")))  # answered: the first half is in
+        assert any(isinstance(r, m.Entries) for r in raw.replies(1))
+        (tmp_path / "target").unlink()
+        (tmp_path / "target").mkdir()
+        (tmp_path / "target" / "inside").write_bytes(b"keep")
+        raw.send(m.data_header(1, 50_000), body[50_000:],
+                 m.encode(m.Done(1, blake3.blake3(body).digest())))
+        replies = raw.replies(1)
+        raw.close()
+    assert isinstance(replies[0], m.Error) and replies[0].code == m.ErrorCode.IS_DIRECTORY
+    assert (tmp_path / "target" / "inside").read_bytes() == b"keep"
+    assert not [p for p in tmp_path.iterdir() if is_temporary_name(p.name)]

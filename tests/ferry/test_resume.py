@@ -322,9 +322,11 @@ def test_old_client_against_the_new_server(env: dict[str, Path]) -> None:
     ([m.encode(m.PutAt(1, "g", 10, 20, 0o644, 0))], m.ErrorCode.BAD_REQUEST),
     # the partial of "f" is not reachable under another target name
     ([m.encode(m.PutAt(1, "other", 1000, 2000, 0o644, 0))], m.ErrorCode.BAD_REQUEST),
-    # a huge offset
+    # a huge offset (and size: over the default --max-file-size)
     ([m.encode(m.PutAt(1, "f", m.MAX_FILE_SIZE, m.MAX_FILE_SIZE, 0o644, 0))],
-     m.ErrorCode.BAD_REQUEST),
+     m.ErrorCode.TOO_LARGE),
+    # a huge offset within the size limit
+    ([m.encode(m.PutAt(1, "f", 2**40, 2**40, 0o644, 0))], m.ErrorCode.BAD_REQUEST),
     # the partial asked for lies outside the root
     ([m.encode(m.Partial(1, "../f"))], m.ErrorCode.PERMISSION),
     ([m.encode(m.Partial(1, "/etc/passwd"))], m.ErrorCode.PERMISSION),

@@ -177,6 +177,23 @@ def _register_serve(sub: Any) -> None:
     parser.add_argument("--read-only", action="store_true",
                         help="serve ROOT for reading only: uploads, MKDIR and resume "
                         "queries are refused with READ_ONLY")
+    parser.add_argument("--max-file-size", type=_byte_count, default="4T", metavar="BYTES",
+                        help="refuse uploads announced larger than this, with TOO_LARGE "
+                        "(suffixes K, M, G, T; default 4T)")
+    parser.add_argument("--max-bytes-per-connection", type=_byte_count, default="0",
+                        metavar="BYTES", help="refuse a PUT or GET that would take one "
+                        "connection over this many bytes, with TOO_LARGE (default 0: no "
+                        "limit)")
+    parser.add_argument("--max-files-per-connection", type=_count, default=0, metavar="N",
+                        help="refuse PUTs and GETs on one connection after this many, with "
+                        "TOO_LARGE (default 0: no limit)")
+    parser.add_argument("--max-list-entries", type=_positive, default=1_000_000,
+                        metavar="N", help="refuse a LIST (ls -R, get -r) of more entries, "
+                        "with TOO_LARGE (default 1000000)")
+    parser.add_argument("--quota", type=_byte_count, default="0", metavar="BYTES",
+                        help="refuse an upload, with NO_SPACE, that would take the bytes "
+                        "under ROOT over this (approximate: measured at start, then "
+                        "counted; default 0: no quota)")
     add_server_options(parser, unix=True)
     _transport_options(parser)
     parser.set_defaults(handler=run_serve)
@@ -273,6 +290,12 @@ def _seconds(text: str) -> float:
     if not 0 < value < 86400:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds above 0")
     return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number")
+    return int(text)
 
 
 def _positive(text: str) -> int:
@@ -379,7 +402,11 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
                           durability=Durability(args.fsync), mptcp=args.mptcp,
                           partial_keep_s=args.partial_keep * 3600,
                           partial_max_bytes=args.partial_max_bytes,
-                          access=options.access, read_only=args.read_only)
+                          access=options.access, read_only=args.read_only,
+                          max_file_size=args.max_file_size,
+                          max_bytes_per_connection=args.max_bytes_per_connection,
+                          max_files_per_connection=args.max_files_per_connection,
+                          max_list_entries=args.max_list_entries, quota=args.quota)
     if args.transport == "sctp" and args.mptcp:
         raise UsageError("--mptcp and --transport sctp do not go together: SCTP has "
                          "its own multihoming")

@@ -97,7 +97,10 @@ async def _send_copied(core: Core, stream: HashingStream, request: int, fd: int,
     for start, length, hole in data_segments(fd, size, sparse=sparse):
         if hole:
             core.hole(request, length)
-            digests.update_zeros(hasher, length)
+            if length > INLINE_HOLE:  # a long run of zeros: hashed off the event loop
+                await asyncio.to_thread(digests.update_zeros, hasher, length)
+            else:
+                digests.update_zeros(hasher, length)
             if progress:
                 progress(length)
             continue
@@ -156,6 +159,9 @@ async def _send_run(core: Core, stream: Stream, request: int, fd: int, offset: i
 # beyond MAX_FOLLOWERS at once, are hashed as they come.
 FOLLOW_BYTES = 8 * 1024 * 1024
 MAX_FOLLOWERS = 32
+# Zeros hashed on the event loop at most at once (a few ms); a longer hole, whose length
+# the peer chose, goes to a thread.
+INLINE_HOLE = 4 * 1024 * 1024
 
 
 class Sink:
@@ -176,6 +182,7 @@ class Sink:
         the receiver's hands anyway; hashing it there, while it is in the CPU's cache,
         costs half of reading it back from the page cache."""
         self.file = file
+        self.feature = feature
         self.follower: digests.Follower | None = None
         self.hasher: digests.Hasher | None = None
         if kept or (follow and size >= FOLLOW_BYTES and Sink.following < MAX_FOLLOWERS):
@@ -192,6 +199,8 @@ class Sink:
     def receive(self, piece: bytes | memoryview | int) -> int:
         """Take file bytes, or an ``int``: that many zero bytes (a hole); their count."""
         if isinstance(piece, int):
+            if self.follower is None and piece > INLINE_HOLE:
+                self._follow_from(self.file.written)
             self.file.skip(piece)
             if self.follower is not None:
                 self.follower.hole(piece)
@@ -206,6 +215,16 @@ class Sink:
             assert self.hasher is not None
             self.hasher.update(piece)
         return len(piece)
+
+    def _follow_from(self, offset: int) -> None:
+        """Hand the digest so far to a Follower thread, which goes on from ``offset``
+        (reading what follows back from the file), beyond MAX_FOLLOWERS if need be: a
+        sink is never bound to hash a hole of the sender's choosing on the event loop."""
+        self.follower = digests.Follower(self.file.fd, self.feature, start=offset,
+                                         hasher=self.hasher)
+        self.hasher = None
+        Sink.following += 1
+        self.file.on_finish.append(self._stop_following)
 
     def spliced(self, count: int) -> None:
         """``count`` bytes were moved into the file by splice (deferred sinks only)."""

@@ -16,6 +16,7 @@ __all__ = ["Feature", "Follower", "Hasher", "digest_of", "hash_fd", "hash_range"
 
 HASH_CHUNK = 1024 * 1024
 MAP_CHUNK = 8 * 1024 * 1024  # mapped and hashed at once: no copy out of the page cache
+ZERO_SLICE = 64 * 1024 * 1024  # a Follower checks for cancel() this often in a hole
 _ZEROS = memoryview(bytes(HASH_CHUNK))
 
 
@@ -170,12 +171,19 @@ class Follower:
                 return None
             return self._pending.pop(0)
 
+    def _zeros(self, count: int) -> None:
+        """A hole, in slices: cancel() stops even one the sender made terabytes long."""
+        while count and not self._stopped:
+            n = min(count, ZERO_SLICE)
+            update_zeros(self._hasher, n)
+            self._offset += n
+            count -= n
+
     def _run(self) -> None:
         try:
             while (amount := self._next()) is not None:
                 if amount < 0:
-                    update_zeros(self._hasher, -amount)
-                    self._offset -= amount
+                    self._zeros(-amount)
                     continue
                 end = self._offset + amount
                 while self._offset < end and not self._stopped:

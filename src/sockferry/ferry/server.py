@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sockferry import memory
 from sockferry.access import AccessRules, host_of, peer_address
 from sockferry.admission import RateLimitedLog, StartupGate, Startups, source_key
 from sockferry.errors import (
@@ -46,6 +48,13 @@ from sockferry.ferry.bodies import (
 )
 from sockferry.ferry.codes import code_for
 from sockferry.ferry.digests import digest_of
+from sockferry.ferry.limits import (
+    DEFAULT_MAX_FILE_SIZE,
+    DEFAULT_MAX_LIST_ENTRIES,
+    Budget,
+    Quota,
+    Reservation,
+)
 from sockferry.ferry.ordering import PathOrder
 from sockferry.records import replace
 from sockferry.sockets import (
@@ -63,6 +72,7 @@ from sockferry.storage import (
     Durability,
     Entry,
     GroupCommit,
+    Kind,
     PartialFile,
     Root,
     capped_mode,
@@ -80,9 +90,13 @@ log = logging.getLogger("sockferry.ferry")
 
 DEFAULT_STARTUPS = Startups(10, 30, 100)  # sshd's MaxStartups default
 
+TRIM_AFTER_S = 0.5  # without connections this long: memory.trim()
 MAX_COMMITS_IN_FLIGHT = 16  # fsync+rename threads per connection (--fsync each)
 FLUSH_ON_CLOSE_S = 2.0
 LISTING_CHUNK = 1024  # entries read ahead of what the client has taken (LIST -R)
+# Answers waiting to be sent before the reader stops taking requests: a client that
+# pipelines STATs and never reads the answers pins this much (plus one read's worth).
+MAX_UNSENT = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +107,12 @@ class ServerConfig:
     max_connections: int = 256
     max_requests: int = s.DEFAULT_MAX_REQUESTS
     idle_timeout_s: float = 120.0
-    max_file_size: int = m.MAX_FILE_SIZE
+    # Limits of one connection and of the root (ferry/limits.py); 0: no limit.
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    max_bytes_per_connection: int = 0
+    max_files_per_connection: int = 0
+    max_list_entries: int = DEFAULT_MAX_LIST_ENTRIES
+    quota: int = 0
     backlog: int = 128
     durability: Durability = Durability.BATCH
     # Resume (docs/protocol.md §5.1): how long and how much partial files are kept.
@@ -121,6 +140,7 @@ class Upload:
     mtime_ns: int | None
     started: float = field(default_factory=time.monotonic)
     offset: int = 0  # resumed: the first bytes were kept from an earlier transfer
+    reservation: Reservation | None = None  # room under --quota
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +166,12 @@ class FerryServer:
         self.closing = False
         self.stopped = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._trim: asyncio.TimerHandle | None = None
         self.gate = StartupGate(config.max_startups, config.max_startups_per_source)
         self.refusals = RateLimitedLog()
         self.handlers = _READ_ONLY_HANDLERS if config.read_only else _HANDLERS
+        self.quota = Quota(config.quota) if config.quota else None
 
     async def start(self, addresses: Sequence[Address]) -> list[str]:
         """Bind and listen on every address; returns them as bound (real ports)."""
@@ -167,7 +190,27 @@ class FerryServer:
             self.addresses.append(format_sockaddr(sock.getsockname()))
             self._accepting.append(loop.create_task(self._accept_loop(sock)))
         self._start_sweeping()
+        if self.quota is not None:
+            self._spawn_background(self._measure_quota(self.quota))
         return self.addresses
+
+    async def _measure_quota(self, quota: Quota) -> None:
+        """--quota: what the root holds already, scanned once in a worker thread."""
+        started = time.monotonic()
+        try:
+            found = await asyncio.to_thread(self.root.usage)
+        except OSError as exc:
+            log.warning("measuring the root for --quota failed: %s; counting only "
+                        "uploads from now on", exc.strerror or exc)
+            return
+        quota.measured(found)
+        log.info("quota: %s used of %s (measured in %.1f s)", format_bytes(quota.used),
+                 format_bytes(quota.limit), time.monotonic() - started)
+
+    def _spawn_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _start_sweeping(self) -> None:
         if self._sweeper is None:
@@ -265,7 +308,19 @@ class FerryServer:
         self._start_sweeping()
         task = asyncio.get_running_loop().create_task(work)
         self._connections.add(task)
-        task.add_done_callback(self._connections.discard)
+        task.add_done_callback(self._connection_ended)
+
+    def _connection_ended(self, task: asyncio.Task[None]) -> None:
+        self._connections.discard(task)
+        if not self._connections and self._trim is None and not self.closing:
+            self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER_S,
+                                                               self._trim_if_idle)
+
+    def _trim_if_idle(self) -> None:
+        """After a burst: give the memory its connections held back to the system."""
+        self._trim = None
+        if not self._connections:
+            memory.trim()
 
     async def _serve_tls(self, conn: socket.socket, tls: ServerTLS, source: str) -> None:
         """The TLS handshake, then the connection, bound to the certificate (§3.1);
@@ -297,6 +352,10 @@ class FerryServer:
         self.closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for task in self._background:
+            task.cancel()
+        if self._trim is not None:
+            self._trim.cancel()
         for task in self._accepting:
             task.cancel()
         await asyncio.gather(*self._accepting, return_exceptions=True)
@@ -359,8 +418,11 @@ class Connection:
         self.commit_slots = asyncio.Semaphore(MAX_COMMITS_IN_FLIGHT)
         self.path_locks: dict[str, asyncio.Lock] = {}
         self.wake = asyncio.Event()
+        self.sent = asyncio.Event()  # the writer flushed the core's output
         self.input_done = False
         self.files = 0
+        self.budget = Budget(server.config.max_files_per_connection,
+                             server.config.max_bytes_per_connection)
         self.auth = "not authenticated"
         self.started = time.monotonic()
         self.peer = self.stream.peer
@@ -459,6 +521,10 @@ class Connection:
             self.wake.set()
             if not data:
                 return
+            while self.session.unsent > MAX_UNSENT:  # the client is not reading: wait
+                self.sent.clear()
+                self.wake.set()
+                await self.sent.wait()
             await splice_bodies(self.session, self.stream, self._sink_of,
                                 lambda _request, _count: None, self._body_failed)
             self.wake.set()  # a refusal may wait to be sent
@@ -494,7 +560,9 @@ class Connection:
 
     def _on_put(self, event: s.PutRequested) -> None:
         if event.resumable and event.size <= self.config.max_file_size:
-            self._on_put_resumable(event)
+            if self._within_budget(event.request, "PUT", event.path,
+                                   event.size - event.offset):
+                self._on_put_resumable(event)
             return
         upload = self._start_upload(event.request, event.path, event.size, event.mode,
                                     event.mtime_ns if event.keep_mtime else None)
@@ -506,14 +574,50 @@ class Connection:
         if size > self.config.max_file_size:
             self._refuse_too_large(request, path, size)
             return None
+        if not self._within_budget(request, "PUT", path, size):
+            return None
         try:
             file = self.root.create(path, self.dirs)
         except StorageError as exc:
             self._refuse(request, "PUT", path, code_for(exc), str(exc))
             return None
+        room, reservation = self._reserve(request, path, size, file)
+        if not room:
+            return None
         sink = Sink(file, self.session.digest_feature, size=size, follow=self.zero_copy)
         self.order.opened(request, _order_key(path))
-        return Upload(path, file, sink, size, capped_mode(mode, self.config.umask), mtime_ns)
+        return Upload(path, file, sink, size, capped_mode(mode, self.config.umask), mtime_ns,
+                      reservation=reservation)
+
+    def _within_budget(self, request: int, verb: str, path: str, size: int) -> bool:
+        """--max-files/--max-bytes-per-connection: count this transfer, or refuse it."""
+        if not self.budget.limited:
+            return True
+        reason = self.budget.take(path, size)
+        if reason is not None:
+            self._refuse(request, verb, path, m.ErrorCode.TOO_LARGE, reason)
+            return False
+        return True
+
+    def _reserve(self, request: int, path: str, size: int,
+                 file: AtomicFile) -> tuple[bool, Reservation | None]:
+        """--quota: room for ``size`` more bytes under the root, held until ``file`` is
+        finished (None: no quota); False: refused (``file`` aborted, the client told)."""
+        quota = self.server.quota
+        if quota is None:
+            return True, None
+        replaced = 0
+        if self.config.clobber:
+            with contextlib.suppress(StorageError):
+                entry = self.root.stat(path)
+                replaced = entry.size if entry.kind is Kind.FILE else 0
+        got = quota.reserve(path, size, replaced)
+        if isinstance(got, str):
+            file.abort()
+            self._refuse(request, "PUT", path, m.ErrorCode.NO_SPACE, got)
+            return False, None
+        file.on_finish.append(functools.partial(quota.release, got))
+        return True, got
 
     def _refuse_too_large(self, request: int, path: str, size: int) -> None:
         self._refuse(request, "PUT", path, m.ErrorCode.TOO_LARGE,
@@ -531,10 +635,15 @@ class Connection:
         if len(data) > self.config.max_file_size:
             self._refuse_too_large(event.request, path, len(data))
             return
+        if not self._within_budget(event.request, "PUT", path, len(data)):
+            return
         mode = capped_mode(event.mode, self.config.umask)
         mtime_ns = event.mtime_ns if event.keep_mtime else None
         try:
             file = self.root.create(path, self.dirs, mode=mode)
+            room, reservation = self._reserve(event.request, path, len(data), file)
+            if not room:
+                return
             file.write(data)
             if self.seal_early:
                 file.seal(mode, mtime_ns, durable=False)
@@ -543,7 +652,8 @@ class Connection:
             return
         self.order.opened(event.request, _order_key(path))
         self._commit(Verified(event.request, event.digest,
-                              Upload(path, file, None, len(data), mode, mtime_ns)))
+                              Upload(path, file, None, len(data), mode, mtime_ns,
+                                     reservation=reservation)))
 
     def _on_body(self, request: int, piece: bytes | memoryview | int) -> None:
         upload = self.uploads.get(request)
@@ -696,6 +806,9 @@ class Connection:
     def _committed(self, verified: Verified) -> None:
         upload = verified.upload
         self.session.commit(verified.request, upload.size, verified.digest)
+        if upload.reservation is not None:
+            assert self.server.quota is not None
+            self.server.quota.committed(upload.reservation)
         self.files += 1
         self._log_file("PUT", upload.path, upload.size, upload.started, "ok",
                        logging.DEBUG)
@@ -715,6 +828,8 @@ class Connection:
                              f"another transfer to '{event.path}' is in progress; try "
                              "again later")
                 return
+            self.budget.files -= 1  # counted again by the plain PUT
+            self.budget.bytes -= event.size - event.offset
             self._on_put(replace(event, resumable=False))  # a random temporary
             return
         assert isinstance(file, PartialFile)
@@ -729,10 +844,14 @@ class Connection:
         except StorageError as exc:
             self._refuse(event.request, "PUT", event.path, code_for(exc), str(exc))
             return
+        room, reservation = self._reserve(event.request, event.path, event.size, file)
+        if not room:
+            return
         sink = Sink(file, feature, size=event.size, kept=event.offset)
         self.uploads[event.request] = Upload(
             event.path, file, sink, event.size, capped_mode(event.mode, self.config.umask),
-            event.mtime_ns if event.keep_mtime else None, offset=event.offset)
+            event.mtime_ns if event.keep_mtime else None, offset=event.offset,
+            reservation=reservation)
         self.order.opened(event.request, _order_key(event.path))
 
     async def _send_prefix(self, job: s.PartialRequested) -> None:
@@ -777,6 +896,9 @@ class Connection:
                 log.info("%s: GET '%s': the client's %s differ from this file; sending all "
                          "of it", self.peer, job.path, format_bytes(job.offset))
                 return False
+            if not self._within_budget(job.request, "GET", job.path,
+                                       st.st_size - job.offset):
+                return True
             self.session.resumed_file_header(job.request, st.st_size, st.st_mode & 0o7777,
                                              st.st_mtime_ns)
             prefix = hasher
@@ -849,6 +971,7 @@ class Connection:
         buffers = self.session.buffers_to_send()
         if buffers:
             await self.stream.send(buffers)
+        self.sent.set()
 
     async def _write_loop(self) -> None:
         while True:
@@ -889,6 +1012,9 @@ class Connection:
         except StorageError as exc:
             self._refuse(job.request, "GET", job.path, code_for(exc), str(exc))
             return
+        if not self._within_budget(job.request, "GET", job.path, st.st_size):
+            os.close(fd)
+            return
         try:
             self.session.file_header(job.request, st.st_size, st.st_mode & 0o7777,
                                      st.st_mtime_ns)
@@ -922,7 +1048,8 @@ class Connection:
         """ENTRIES frames as the walk goes: a worker thread reads LISTING_CHUNK entries at
         a time and each chunk leaves before the next is read, so a huge tree or a client
         that stops reading holds at most one chunk (and the socket buffers)."""
-        walk = self.root.list(job.path, recursive=job.recursive)
+        walk = self.root.list(job.path, recursive=job.recursive,
+                              limit=self.config.max_list_entries)
         batch: list[Entry] = []
         size = 2
         try:
