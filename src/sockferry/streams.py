@@ -78,14 +78,19 @@ def stalled(peer: str, idle_timeout_s: float) -> TransferTimeout:
                            "stalled or gone")
 
 
+def prepare_socket(sock: socket.socket) -> None:
+    """Non-blocking, and without Nagle on TCP: frames are already gathered into few
+    sendmsg calls, and Nagle would only hold a small verdict back until the peer's
+    delayed ACK (up to 40 ms on Linux)."""
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class SocketStream:
     def __init__(self, sock: socket.socket, idle_timeout_s: float = 120.0) -> None:
-        sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Frames are already gathered into few sendmsg calls; Nagle would only hold a
-            # small verdict back until the peer's delayed ACK (up to 40 ms on Linux).
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        prepare_socket(sock)
         self.sock = sock
         self.idle_timeout_s = idle_timeout_s
         self.peer, self.local = peer_and_local(sock)

@@ -35,7 +35,7 @@ from typing import Protocol, cast
 
 from sockferry.errors import NetworkError, StorageError
 from sockferry.sockets import network_error, peer_and_local
-from sockferry.streams import IOV_MAX, RECEIVE_BUFFER, stalled
+from sockferry.streams import IOV_MAX, RECEIVE_BUFFER, prepare_socket, stalled
 
 # How much plaintext is encrypted before it is sent: big enough that a system call
 # carries many records, small enough to stay in the CPU's cache.
@@ -69,11 +69,7 @@ class TLSStream:
 
     def __init__(self, sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO,
                  outgoing: ssl.MemoryBIO, idle_timeout_s: float = 120.0) -> None:
-        sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            # As for SocketStream: frames are gathered already; Nagle only delays verdicts.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        prepare_socket(sock)  # as for SocketStream
         self.sock = sock
         self.tls = tls
         self._in = incoming

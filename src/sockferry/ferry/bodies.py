@@ -104,17 +104,8 @@ async def _send_copied(core: Core, stream: HashingStream, request: int, fd: int,
             if progress:
                 progress(length)
             continue
-        offset, end = start, start + length
-        while offset < end:
-            if is_cancelled and is_cancelled():
-                raise TransferCancelled
-            n = min(SEND_CHUNK, end - offset)
-            core.data_header(request, n)
-            await stream.send(core.buffers_to_send())
-            await stream.sendfile_hashing(fd, offset, n, hasher)
-            offset += n
-            if progress:
-                progress(n)
+        await _send_run(core, stream, request, fd, start, length, is_cancelled, progress,
+                        hasher)
     digest = hasher.digest()
     _finish(core, request, digest)
     await stream.send(core.buffers_to_send())
@@ -140,7 +131,10 @@ def _send_small(core: Core, request: int, fd: int, size: int) -> bytes:
 
 async def _send_run(core: Core, stream: Stream, request: int, fd: int, offset: int,
                     length: int, is_cancelled: Callable[[], bool] | None,
-                    progress: Callable[[int], None] | None) -> None:
+                    progress: Callable[[int], None] | None,
+                    hasher: digests.Hasher | None = None) -> None:
+    """DATA frames for ``length`` bytes of ``fd`` from ``offset``; with ``hasher`` (a
+    ``HashingStream``) the bytes are hashed as they are copied."""
     end = offset + length
     while offset < end:
         if is_cancelled and is_cancelled():
@@ -148,7 +142,10 @@ async def _send_run(core: Core, stream: Stream, request: int, fd: int, offset: i
         n = min(SEND_CHUNK, end - offset)
         core.data_header(request, n)
         await stream.send(core.buffers_to_send())
-        await stream.sendfile(fd, offset, n)
+        if hasher is None:
+            await stream.sendfile(fd, offset, n)
+        else:
+            await cast(HashingStream, stream).sendfile_hashing(fd, offset, n, hasher)
         offset += n
         if progress:
             progress(n)
