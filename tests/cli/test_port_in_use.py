@@ -64,3 +64,20 @@ def test_a_second_server_on_a_busy_port_fails(tmp_path: Path, transport: str) ->
     assert code == 3, err
     assert f"127.0.0.1:{port} is already in use" in err
     assert err.count("\n") == 1, err
+
+
+@pytest.mark.kernel_sctp
+@pytest.mark.parametrize("command", [["sctp-serve", "--transport", "kernel"],
+                                     ["serve", "--transport", "sctp", "--sctp-stack",
+                                      "kernel"]], ids=["sctp-serve", "serve"])
+def test_a_second_kernel_sctp_server_on_a_busy_port_fails(tmp_path: Path,
+                                                          command: list[str]) -> None:
+    """The same with the kernel's SCTP (run in the VM guest by scripts/vm-test)."""
+    if command[0] == "serve":
+        command = [*command, str(tmp_path), "--token-file",
+                   str(write_token(tmp_path / "token"))]
+    with first_server(*command, "--listen", "127.0.0.1:0") as port:
+        code, err = second(*command, "--listen", f"127.0.0.1:{port}")
+    assert code == 3, err
+    assert f"127.0.0.1:{port} is already in use" in err
+    assert err.count("\n") == 1, err
