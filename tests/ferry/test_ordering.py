@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sockferry.ferry.ordering import PathOrder
+from sockferry.ferry.server import _order_key
 
 
 def test_a_later_upload_waits_for_an_earlier_one_of_its_path() -> None:
@@ -54,3 +57,20 @@ def test_untracked_requests_and_clear() -> None:
     assert order.held() == ["p2"]
     order.clear()
     assert order.held() == []
+
+
+def test_opened_verified_waits_only_behind_an_open_put_of_its_path() -> None:
+    released: list[str] = []
+    order: PathOrder[str] = PathOrder(released.append)
+    order.opened_verified(1, "p", "p1")  # nothing open: at once, nothing kept
+    assert released == ["p1"] and order.held() == []
+    order.opened(2, "q")
+    order.opened_verified(3, "q", "q3")  # behind the open 2
+    assert released == ["p1"]
+    order.verified(2, "q2")
+    assert released == ["p1", "q2", "q3"]
+
+
+@pytest.mark.parametrize("path", ["a/b", "a//b", "./a/b", "a/./b", "a/b/", "a/b/."])
+def test_order_keys_name_one_path_one_way(path: str) -> None:
+    assert _order_key(path) == "a/b"

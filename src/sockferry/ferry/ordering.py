@@ -42,6 +42,15 @@ class PathOrder(Generic[T]):
         else:
             self._held[request] = item
 
+    def opened_verified(self, request: int, path: str, item: T) -> None:
+        """A PUT ready as it starts (PUT_INLINE): ``opened`` then ``verified``, without
+        the bookkeeping when no earlier PUT of its path is open (the common case)."""
+        if path in self._open:
+            self.opened(request, path)
+            self.verified(request, item)
+        else:
+            self._release(item)
+
     def ended(self, request: int) -> None:
         """``request`` is done (released, refused or cancelled): what waited on it goes."""
         path = self._path_of.pop(request, None)

@@ -374,7 +374,10 @@ class FerryServer:
 
 def _order_key(path: str) -> str:
     """The path as PathOrder tells PUTs apart: "a//b" and "./a/b" are "a/b"."""
-    return "/".join(split_client_path(path))
+    if "//" in path or "." in path and ("/./" in path or path.startswith("./")
+                                        or path.endswith("/.")):
+        return "/".join(split_client_path(path))
+    return path.rstrip("/")  # already plain: the common case costs no split
 
 
 def _refuse(conn: socket.socket, code: m.ErrorCode, message: str) -> None:
@@ -650,10 +653,9 @@ class Connection:
         except StorageError as exc:
             self._refuse(event.request, "PUT", path, code_for(exc), str(exc))
             return
-        self.order.opened(event.request, _order_key(path))
-        self._commit(Verified(event.request, event.digest,
-                              Upload(path, file, None, len(data), mode, mtime_ns,
-                                     reservation=reservation)))
+        self.order.opened_verified(event.request, _order_key(path), Verified(
+            event.request, event.digest, Upload(path, file, None, len(data), mode, mtime_ns,
+                                                reservation=reservation)))
 
     def _on_body(self, request: int, piece: bytes | memoryview | int) -> None:
         upload = self.uploads.get(request)
