@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sockferry import privileges
-from sockferry.access import AccessRules
-from sockferry.privileges import Identity
+from sockferry.records import record
+
+if TYPE_CHECKING:  # loaded by servers only: a client command's start-up skips them
+    from sockferry.access import AccessRules
+    from sockferry.privileges import Identity
 
 log = logging.getLogger("sockferry")
 
@@ -33,7 +35,7 @@ def add_server_options(parser: argparse.ArgumentParser, *, unix: bool = False) -
                         "primary group); supplementary groups are dropped")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServerOptions:
     access: AccessRules
     identity: Identity | None
@@ -41,11 +43,16 @@ class ServerOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerOptions:
         """Everything checked before anything is bound."""
+        from sockferry import privileges  # noqa: PLC0415
+        from sockferry.access import AccessRules  # noqa: PLC0415
+
         return cls(AccessRules.parse(args.allow, args.deny),
                    privileges.resolve(args.user, args.group))
 
     def after_binding(self) -> None:
         """Log the access rules; drop to --user, or warn once that we still are root."""
+        from sockferry import privileges  # noqa: PLC0415
+
         if self.access.restricts:
             log.info("access: %s", self.access.describe())
         if self.identity is not None:

@@ -374,8 +374,8 @@ class FerryServer:
 
 def _order_key(path: str) -> str:
     """The path as PathOrder tells PUTs apart: "a//b" and "./a/b" are "a/b"."""
-    if "//" in path or "." in path and ("/./" in path or path.startswith("./")
-                                        or path.endswith("/.")):
+    if "//" in path or ("." in path and ("/./" in path or path.startswith("./")
+                                        or path.endswith("/."))):
         return "/".join(split_client_path(path))
     return path.rstrip("/")  # already plain: the common case costs no split
 
