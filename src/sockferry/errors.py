@@ -40,10 +40,11 @@ class MalformedPacket(RemoteProtocolError):
 
 
 class AuthenticationFailed(SockferryError):
-    """Authentication failed; deliberately says nothing more."""
+    """Authentication failed; says nothing about the peer's token (the command line adds
+    what the user should check on its side)."""
 
-    def __init__(self) -> None:
-        super().__init__("authentication failed")
+    def __init__(self, message: str = "authentication failed") -> None:
+        super().__init__(message)
 
 
 class IdentityRefused(SockferryError):

@@ -151,7 +151,9 @@ def test_wrong_token_both_ways(tmp_path: Path) -> None:
         code, _, err = run_cli("ls", "-P", str(server.port), "--token-file", str(bad),
                                "127.0.0.1:")
         assert code == ExitCode.AUTH
-        assert "sockferry: error: authentication failed" in err.splitlines()
+        [line] = [x for x in err.splitlines() if x.startswith("sockferry: error:")]
+        assert line.startswith("sockferry: error: authentication failed — ")
+        assert f"the token file {bad} holds the server's token" in line
         assert run_cli("ls", "-P", str(server.port), "--token-file", str(good),
                        "127.0.0.1:")[0] == 0
         server.stop()

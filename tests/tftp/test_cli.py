@@ -153,3 +153,46 @@ def test_usage_errors(argv: list[str], message: str) -> None:
 def test_local_file_missing_for_put(tmp_path: Path) -> None:
     code, _, err = run_cli("tftp-put", str(tmp_path / "absent"), "127.0.0.1:9")
     assert code == ExitCode.STORAGE and "does not exist" in err
+
+
+def test_quiet_get_and_put_print_nothing_on_success(served: tuple[Path, ServerProcess],
+                                                    tmp_path: Path) -> None:
+    root, server = served
+    local = tmp_path / "copy.bin"
+    result = subprocess.run([sys.executable, "-m", "sockferry", "tftp-get", "-q",
+                             server.address, "file.bin", str(local)],
+                            capture_output=True, timeout=60, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (ExitCode.OK, b"", b"")
+    assert local.read_bytes() == (root / "file.bin").read_bytes()
+    assert run_cli("tftp-put", "-q", str(local), server.address, "q.bin") == (
+        ExitCode.OK, "", "")
+    assert (root / "q.bin").read_bytes() == local.read_bytes()
+
+
+@pytest.mark.parametrize("mode, new_ok, existing_ok", [
+    ("create", True, False), ("overwrite", False, True), ("any", True, True)])
+def test_upload_modes_create_overwrite_any(tmp_path: Path, mode: str, new_ok: bool,
+                                           existing_ok: bool) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "old.txt").write_bytes(b"old\n")
+    local = tmp_path / "up.txt"
+    local.write_bytes(b"new contents\n")
+    server = ServerProcess(root, "--allow-upload", mode)
+    try:
+        new = run_cli("tftp-put", str(local), server.address, "fresh.txt")
+        existing = run_cli("tftp-put", str(local), server.address, "old.txt")
+    finally:
+        server.stop()
+    assert (new[0] == ExitCode.OK) is new_ok, new
+    assert (existing[0] == ExitCode.OK) is existing_ok, existing
+    assert (root / "fresh.txt").exists() is new_ok
+    assert (root / "old.txt").read_bytes() == (b"new contents\n" if existing_ok
+                                               else b"old\n")
+    if not new_ok:
+        assert new[0] == ExitCode.REFUSED
+        assert "only overwrites existing files (TFTP error 1" in new[2]
+    if not existing_ok:
+        assert existing[0] == ExitCode.REFUSED
+        assert "only creates new files (TFTP error 6, file exists)" in existing[2]
+    assert sorted(os.listdir(root)) == sorted(["old.txt"] + ["fresh.txt"] * new_ok)

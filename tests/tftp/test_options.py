@@ -47,6 +47,12 @@ def test_tsize_on_read_without_a_known_size_is_left_out() -> None:
     assert server({"tsize": "0"}, file_size=None) == (TransferOptions(), {})
 
 
+def test_tsize_on_read_of_an_empty_file_is_left_out() -> None:
+    # curl fails a download whose OACK says tsize=0 (tests/tftp/test_interop.py).
+    assert server({"tsize": "0"}, file_size=0) == (TransferOptions(), {})
+    assert server({"tsize": "0", "blksize": "1468"}, file_size=0)[1] == {"blksize": "1468"}
+
+
 def test_tsize_on_write_is_echoed_or_refused() -> None:
     options, oack = server({"tsize": "500"}, is_read=False, upload_limit=1000)
     assert options.tsize == 500 and oack == {"tsize": "500"}

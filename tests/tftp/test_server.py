@@ -270,3 +270,22 @@ def test_upload_policies_and_size_limits(tmp_path: Path) -> None:
             assert isinstance(answer, Error) and answer.code == ErrorCode.DISK_FULL
     assert not (tmp_path / "sneaky").exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".sockferry-")]
+
+
+def test_create_never_replaces_a_file_that_appears_during_the_upload(tmp_path: Path) -> None:
+    with server_thread(ServerConfig(str(tmp_path), allow_upload=UploadPolicy.CREATE)) \
+            as (_, port):
+        (tmp_path / "taken").write_bytes(b"old")
+        reply, _ = ask(port, encode_request(Opcode.WRQ, b"taken", "octet"))
+        assert reply == Error(ErrorCode.FILE_EXISTS, "this server only creates new files")
+        with client_socket() as sock:
+            reply, tid = ask(port, encode_request(Opcode.WRQ, b"late", "octet"), sock)
+            assert reply == Ack(0)
+            # Someone else makes the file while the upload is under way.
+            (tmp_path / "late").write_bytes(b"theirs")
+            sock.sendto(b"\x00\x03\x00\x01" + b"mine", tid)
+            answer = decode_packet(sock.recvfrom(1000)[0])
+    assert isinstance(answer, Error) and answer.code == ErrorCode.FILE_EXISTS, answer
+    assert (tmp_path / "late").read_bytes() == b"theirs"
+    assert (tmp_path / "taken").read_bytes() == b"old"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".sockferry-")]

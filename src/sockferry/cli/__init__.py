@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "get": ("ferry", "copy files from a server"),
     "ls": ("ferry", "list a directory on a server"),
     "known-hosts": ("known_hosts", "list or forget the TLS certificates trusted on first use"),
+    "token": ("token", "make a new shared token, or print the one a server uses"),
     "probe": ("probe", "resolve an address and try to connect to each of its addresses"),
     "sctp-serve": ("sctp", "one-to-many SCTP message server"),
     "sctp-send": ("sctp", "send messages to an SCTP server"),

@@ -10,7 +10,7 @@ import resource
 import signal
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sockferry.cli.console import Console, TransferProgress
 from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
 from sockferry.cli.serving import ServerOptions, add_server_options
-from sockferry.errors import SockferryError, UsageError
+from sockferry.errors import AuthenticationFailed, SockferryError, UsageError
 from sockferry.ferry.client import NO_RESUME, FerryClient
 from sockferry.ferry.copying import Outcome, Reporter, get_paths, send_paths
 from sockferry.sctp import TRANSPORTS
@@ -560,9 +560,9 @@ def run_get(args: argparse.Namespace, console: Console) -> int:
 
 def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
           operation: Callable[[FerryClient, Reporter], Any]) -> int:
-    from sockferry.ferry.tokens import client_token  # noqa: PLC0415 - not for --help
+    from sockferry.ferry.tokens import client_token_and_source  # noqa: PLC0415 - not for --help
 
-    token = client_token(args.token_file)
+    token, source = client_token_and_source(args.token_file)
     address = _server_address(args, host)
     started = time.monotonic()
 
@@ -572,8 +572,20 @@ def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
                 result: list[Outcome] = await operation(client, _ConsoleReporter(progress))
                 return result
 
-    outcomes = run_async(go())
+    with _auth_hint(source):
+        outcomes = run_async(go())
     return _report(console, args, outcomes, verb, time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def _auth_hint(source: str) -> Iterator[None]:
+    """A refused token: say which one this client used and what to check."""
+    from sockferry.ferry.tokens import auth_failed_hint  # noqa: PLC0415 - not for --help
+
+    try:
+        yield
+    except AuthenticationFailed as exc:
+        raise AuthenticationFailed(auth_failed_hint(source)) from exc
 
 
 def _report(console: Console, args: argparse.Namespace, outcomes: list[Outcome], verb: str,
@@ -624,9 +636,9 @@ def run_ls(args: argparse.Namespace, console: Console) -> int:
     if remote is None:
         raise UsageError(f"'{args.target}' is not a remote path — write HOST:[PATH]")
     host, path = remote
-    from sockferry.ferry.tokens import client_token  # noqa: PLC0415 - not for --help
+    from sockferry.ferry.tokens import client_token_and_source  # noqa: PLC0415 - not for --help
 
-    token = client_token(args.token_file)
+    token, source = client_token_and_source(args.token_file)
 
     async def go() -> list[Entry]:
         async with _connected(args, _server_address(args, host), token) as client:
@@ -634,7 +646,9 @@ def run_ls(args: argparse.Namespace, console: Console) -> int:
             await client.finish()
             return entries
 
-    for entry in run_async(go()):
+    with _auth_hint(source):
+        listing = run_async(go())
+    for entry in listing:
         console.print(format_entry(entry))
     return ExitCode.OK
 

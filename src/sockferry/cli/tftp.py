@@ -84,9 +84,10 @@ def _register_serve(sub: Any) -> None:
     serve.add_argument("--listen", action="append", metavar="ADDR",
                        help=f"address to listen on, repeatable (default ':{DEFAULT_PORT}': "
                        "every interface, IPv6 and IPv4)")
-    serve.add_argument("--allow-upload", choices=["overwrite", "create"],
-                       help="accept uploads: 'overwrite' replaces existing files only, "
-                       "'create' also makes new ones")
+    serve.add_argument("--allow-upload", choices=["create", "overwrite", "any"],
+                       help="accept uploads: 'create' makes new files only and never "
+                       "replaces one, 'overwrite' replaces existing files only, 'any' "
+                       "does both")
     serve.add_argument("--blksize-max", type=bounded_int(MIN_BLKSIZE, MAX_BLKSIZE),
                        default=MAX_BLKSIZE, metavar="BYTES",
                        help=f"largest block size agreed (default {MAX_BLKSIZE})")
@@ -142,7 +143,8 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
                         help=f"timeouts in a row before giving up (default {DEFAULT_RETRIES})")
     parser.add_argument("--mode", choices=["octet", "netascii"], default="octet",
                         help="octet (bytes as they are, the default) or netascii (text)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="print nothing on success: no progress bar, no summary")
 
 
 # ---------------------------------------------------------------------------------------
@@ -239,7 +241,8 @@ def run_get(args: argparse.Namespace, console: Console) -> int:
     with console.progress(args.quiet) as bar:
         result = run_async(download(server, args.remote, local, _options(args),
                                     _Progress(bar, args.remote)))
-    console.print(_summary("received", f"'{args.remote}' into {local}", result))
+    if not args.quiet:
+        console.print(_summary("received", f"'{args.remote}' into {local}", result))
     return ExitCode.OK
 
 
@@ -249,5 +252,6 @@ def run_put(args: argparse.Namespace, console: Console) -> int:
     with console.progress(args.quiet) as bar:
         result = run_async(upload(args.local, server, remote, _options(args),
                                   _Progress(bar, args.local)))
-    console.print(_summary("sent", f"{args.local} as '{remote}'", result))
+    if not args.quiet:
+        console.print(_summary("sent", f"{args.local} as '{remote}'", result))
     return ExitCode.OK

@@ -13,6 +13,7 @@ against a PAKE).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import secrets
@@ -119,7 +120,24 @@ def create_token(path: Path) -> bytes:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(token + b"\n")
+    except FileExistsError as exc:
+        raise UsageError(f"{path} already exists — pass --force to replace its token "
+                         "(every client then needs the new one)") from exc
     except OSError as exc:
+        raise storage_error(exc, str(path)) from exc
+    return token
+
+
+def replace_token(path: Path) -> bytes:
+    """Write a fresh random token to ``path``, replacing any file there atomically: a
+    reader sees the old token or the new one, never half of either."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.new")
+    token = create_token(tmp)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise storage_error(exc, str(path)) from exc
     return token
 
@@ -135,13 +153,28 @@ def server_token(token_file: str | None) -> tuple[bytes, Path, bool]:
 
 
 def client_token(token_file: str | None) -> bytes:
+    return client_token_and_source(token_file)[0]
+
+
+def client_token_and_source(token_file: str | None) -> tuple[bytes, str]:
+    """(token, where it came from: a file's path or ``$SOCKFERRY_TOKEN``)."""
     if token_file:
-        return load_token(Path(token_file))
+        return load_token(Path(token_file)), token_file
     from_env = os.environ.get(ENV_VAR)
     if from_env:
-        return _check(from_env.strip().encode(), f"${ENV_VAR}")
+        return _check(from_env.strip().encode(), f"${ENV_VAR}"), f"${ENV_VAR}"
     path = default_token_path()
     if path.exists():
-        return load_token(path)
+        return load_token(path), str(path)
     raise UsageError(f"no token: pass --token-file FILE, set ${ENV_VAR}, or copy the "
                      f"server's token to {path}")
+
+
+def auth_failed_hint(source: str) -> str:
+    """What a client whose token was refused should check: the one it used."""
+    used = source if source.startswith("$") else f"the token file {source}"
+    also = (f" (it takes precedence over {default_token_path()})"
+            if source.startswith("$") else "")
+    return (f"authentication failed — the server and this client do not share the same "
+            f"token: check that {used}{also} holds the server's token (`sockferry token "
+            "show` on the server prints it)")

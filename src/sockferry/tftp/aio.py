@@ -79,9 +79,10 @@ class FileSource:
 class FileSink:
     """Collects a receiving transfer's bytes into an ``AtomicFile``, in large writes."""
 
-    def __init__(self, target: AtomicFile, mode: int) -> None:
+    def __init__(self, target: AtomicFile, mode: int, *, clobber: bool = True) -> None:
         self.target = target
         self.mode = mode
+        self.clobber = clobber  # False: the commit fails (EEXIST) rather than replace
         self._buffer = bytearray()
 
     def write(self, data: bytes) -> None:
@@ -99,7 +100,7 @@ class FileSink:
     def store(self) -> None:
         """Write the rest, fsync and rename into place (blocking: run it in a thread)."""
         self._drain()
-        self.target.commit(self.mode)
+        self.target.commit(self.mode, clobber=self.clobber)
 
     def discard(self) -> None:
         self.target.abort()

@@ -102,8 +102,10 @@ def _answer_tsize(number: int, *, is_read: bool, file_size: int | None,
                   upload_limit: int | None) -> int | None:
     if is_read:
         # RFC 2349 §4: a reader sends 0 and the OACK carries the size; without a size
-        # known in advance (netascii changes it) the option is left out.
-        return file_size
+        # known in advance (netascii changes it) the option is left out.  So it is for
+        # an empty file: curl (7.88 at least) takes "tsize=0" for a failed transfer and
+        # exits with an error, while without it it downloads the empty file.
+        return file_size or None
     if number > MAX_TSIZE or (upload_limit is not None and number > upload_limit):
         raise RemoteProtocolError(
             f"an upload of {number} bytes is over this server's limit of "

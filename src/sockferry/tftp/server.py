@@ -91,8 +91,9 @@ MODES = ("octet", "netascii")
 
 class UploadPolicy(Enum):
     NONE = "none"
+    CREATE = "create"        # new files only, never replacing one (atomically, at commit)
     OVERWRITE = "overwrite"  # existing files only
-    CREATE = "create"        # new files too
+    ANY = "any"              # new files, and existing ones replaced
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,8 +382,14 @@ class TftpServer:
                 raise Refusal(ErrorCode.FILE_NOT_FOUND,
                               "this server only overwrites existing files") from None
         else:
+            if policy is UploadPolicy.CREATE:
+                raise Refusal(ErrorCode.FILE_EXISTS,
+                              "this server only creates new files") from None
             mode = capped_mode(entry.mode, DEFAULT_UMASK)
-        return FileSink(self.root.create(path), mode)
+        # The check above answers early; the link at commit is what makes "create" safe
+        # against a file that appears while the upload runs.
+        return FileSink(self.root.create(path), mode,
+                        clobber=policy is not UploadPolicy.CREATE)
 
     def _upload_limit(self) -> int | None:
         limit = self.config.max_upload_bytes
