@@ -78,6 +78,22 @@ def stalled(peer: str, idle_timeout_s: float) -> TransferTimeout:
                            "stalled or gone")
 
 
+async def socket_ready(loop: asyncio.AbstractEventLoop, fd: int,
+                       watch: Callable[..., object], unwatch: Callable[[int], object],
+                       idle_timeout_s: float, peer: str) -> None:
+    """Wait until ``fd`` is ready (``watch`` is the loop's add_reader or add_writer),
+    for at most ``idle_timeout_s``: then the peer is taken as stalled."""
+    waiter = loop.create_future()
+    watch(fd, _set_done, waiter)
+    try:
+        async with asyncio.timeout(idle_timeout_s):
+            await waiter
+    except TimeoutError:
+        raise stalled(peer, idle_timeout_s) from None
+    finally:
+        unwatch(fd)
+
+
 def prepare_socket(sock: socket.socket) -> None:
     """Non-blocking, and without Nagle on TCP: frames are already gathered into few
     sendmsg calls, and Nagle would only hold a small verdict back until the peer's
@@ -124,16 +140,8 @@ class SocketStream:
 
     async def _ready(self, watch: Callable[..., object], unwatch: Callable[[int], object],
                      ) -> None:
-        """Wait until the socket is ready (``watch`` is add_reader or add_writer)."""
-        waiter = self._loop.create_future()
-        watch(self._fd, _set_done, waiter)
-        try:
-            async with asyncio.timeout(self.idle_timeout_s):
-                await waiter
-        except TimeoutError:
-            raise self._timeout() from None
-        finally:
-            unwatch(self._fd)
+        await socket_ready(self._loop, self._fd, watch, unwatch, self.idle_timeout_s,
+                           self.peer)
 
     async def send(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         """Send every buffer, in order, with as few sendmsg calls as the kernel allows."""

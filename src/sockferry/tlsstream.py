@@ -35,7 +35,7 @@ from typing import Protocol, cast
 
 from sockferry.errors import NetworkError, StorageError
 from sockferry.sockets import network_error, peer_and_local
-from sockferry.streams import IOV_MAX, RECEIVE_BUFFER, prepare_socket, stalled
+from sockferry.streams import IOV_MAX, RECEIVE_BUFFER, prepare_socket, socket_ready
 
 # How much plaintext is encrypted before it is sent: big enough that a system call
 # carries many records, small enough to stay in the CPU's cache.
@@ -110,15 +110,8 @@ class TLSStream:
 
     async def _ready(self, watch: Callable[..., object],
                      unwatch: Callable[[int], object]) -> None:
-        waiter = self._loop.create_future()
-        watch(self._fd, _set_done, waiter)
-        try:
-            async with asyncio.timeout(self.idle_timeout_s):
-                await waiter
-        except TimeoutError:
-            raise stalled(self.peer, self.idle_timeout_s) from None
-        finally:
-            unwatch(self._fd)
+        await socket_ready(self._loop, self._fd, watch, unwatch, self.idle_timeout_s,
+                           self.peer)
 
     def _take_in(self) -> bool:
         """Move what the socket holds into OpenSSL; False if it held nothing yet."""
@@ -290,7 +283,3 @@ class TLSStream:
                     self.sock.send(self._out.read())
         self.sock.close()
 
-
-def _set_done(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
