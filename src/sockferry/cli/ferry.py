@@ -109,10 +109,6 @@ def _copy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--preserve", action="store_true",
                         help="keep modification times too (permission bits are always "
                         "kept, capped by the receiver's umask)")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="no progress bar and no summary")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="one line per file copied")
 
 
 def _register_serve(sub: Any) -> None:

@@ -143,8 +143,6 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
                         help=f"timeouts in a row before giving up (default {DEFAULT_RETRIES})")
     parser.add_argument("--mode", choices=["octet", "netascii"], default="octet",
                         help="octet (bytes as they are, the default) or netascii (text)")
-    parser.add_argument("--quiet", "-q", action="store_true",
-                        help="print nothing on success: no progress bar, no summary")
 
 
 # ---------------------------------------------------------------------------------------
