@@ -141,7 +141,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
     debug: bool = args.debug
-    _configure_logging(err, debug)
+    console.quiet, console.verbose = args.quiet, args.verbose
+    _configure_logging(err, debug, args.quiet)
     try:
         handler: Callable[[argparse.Namespace, Console], int] = args.handler
         return handler(args, console)
@@ -184,7 +185,7 @@ def _command_index(argv: list[str]) -> int | None:
     return next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
 
 
-def _configure_logging(stream: TextIO, debug: bool) -> None:
+def _configure_logging(stream: TextIO, debug: bool, quiet: bool = False) -> None:
     # Not at the top: --help and --version never log, and logging costs ~10 ms.
     import logging  # noqa: PLC0415
 
@@ -197,5 +198,6 @@ def _configure_logging(stream: TextIO, debug: bool) -> None:
     handler.setFormatter(EscapingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s",
                                            "%Y-%m-%dT%H:%M:%S"))
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # -q: a server logs its warnings and errors only.
+    root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     root.propagate = False
