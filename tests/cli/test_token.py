@@ -76,7 +76,8 @@ def test_show_prints_the_token_and_a_hint_for_clients(home: Path) -> None:
 
 def test_show_of_a_missing_or_unsafe_file_fails_plainly(home: Path) -> None:
     missing = sockferry(home, "token", "show")
-    assert missing.returncode == ExitCode.STORAGE
+    assert missing.returncode == ExitCode.USAGE  # the README's "missing token file"
+    assert "cannot read the token file" in missing.stderr
     assert missing.stderr.count("\n") == 1 and "Traceback" not in missing.stderr
     path = home / "tok"
     assert sockferry(home, "token", "new", str(path)).returncode == ExitCode.OK

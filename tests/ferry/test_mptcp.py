@@ -200,7 +200,7 @@ def serving(ns: Namespace, root: Path, token: Path, log: Path,
 
 def client_command(ns: Namespace, token: Path, *argv: str) -> list[str]:
     return ns.command(sys.executable, "-m", "sockferry", argv[0], "--mptcp",
-                      "--token-file", str(token), "-q", *argv[1:])
+                      "--token-file", str(token), "-v", *argv[1:])  # -v: logs too
 
 
 def test_kernel_without_mptcp_falls_back_to_tcp(netns: None, env: dict[str, Path],

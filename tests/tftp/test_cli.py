@@ -59,14 +59,15 @@ def test_get_put_and_one_log_line_each(served: tuple[Path, ServerProcess],
                                        tmp_path: Path) -> None:
     root, server = served
     local = tmp_path / "copy.bin"
+    # The summary: on stderr, with -v (or on a terminal); nothing on stdout.
     code, out, err = run_cli("tftp-get", "--windowsize", "8", server.address, "file.bin",
-                             str(local))
-    assert (code, err) == (ExitCode.OK, "")
+                             str(local), "-v")
+    assert (code, out) == (ExitCode.OK, "")
     assert local.read_bytes() == (root / "file.bin").read_bytes()
-    assert out.startswith(f"received 'file.bin' into {local}: 300000 bytes in ")
-    assert "blksize=1468 windowsize=8" in out
-    code, out, _ = run_cli("tftp-put", str(local), server.address, "again.bin")
-    assert code == ExitCode.OK and out.startswith(f"sent {local} as 'again.bin': 300000 bytes")
+    assert err.startswith(f"sockferry: received 'file.bin' into {local}: 300000 bytes in ")
+    assert "blksize=1468 windowsize=8" in err
+    code, out, err = run_cli("tftp-put", str(local), server.address, "again.bin")
+    assert (code, out, err) == (ExitCode.OK, "", "")  # not a terminal, no -v: no summary
     assert (root / "again.bin").read_bytes() == local.read_bytes()
     status, log = server.stop()
     assert status == 0

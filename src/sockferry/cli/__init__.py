@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from sockferry import __version__, errors
 from sockferry.cli.console import Console
@@ -48,26 +48,81 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``command`` (a known command name) only its module is loaded."""
+    return _parsers(command)[0]
+
+
+def _parsers(command: str | None) -> tuple[argparse.ArgumentParser, Any]:
+    """The top parser and its sub-parsers action (``choices`` maps names to parsers)."""
     parser = _Parser(
         prog="sockferry",
         description="Move files and messages over plain sockets: an scp-like TCP file "
         "transfer, a TFTP server and client, and SCTP messaging.",
-        epilog="Run 'sockferry COMMAND --help' for a command's options. Exit codes: "
+        epilog="Run 'sockferry COMMAND --help' for a command's options. Options and "
+        "arguments may come in any order; '--' ends the options. Exit codes: "
         "0 ok, 1 other failure, 2 usage, 3 network, 4 authentication, 5 refused by "
         "the peer, 6 local storage, 7 protocol or digest, 8 timeout, 9 not available "
         "here, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"sockferry {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show debug logs and the traceback of unexpected errors")
+    _add_global_options(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     if command in COMMANDS:
         importlib.import_module(f"sockferry.cli.{COMMANDS[command][0]}").register(sub)
+        for name, command_parser in sub.choices.items():
+            # The same options after the command; SUPPRESS keeps what came before it.
+            _add_global_options(command_parser, default=argparse.SUPPRESS)
+            command_parser.set_defaults(command=name)
     else:  # no command (--help, --version) or a wrong one: names and lines suffice
         for name, (_, summary) in COMMANDS.items():
             sub.add_parser(name, help=summary, add_help=False)
-    return parser
+    return parser, sub
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    group = parser.add_argument_group("global options (before or after the command)")
+    group.add_argument("--debug", action="store_true", default=default,
+                       help="show debug logs and the traceback of unexpected errors")
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="print nothing but errors and the results asked for: no "
+                       "progress bar, no notice, no summary")
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="one line per file or message, and the summary even when "
+                       "stderr is not a terminal")
+
+
+def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
+    """Global options before the command, then the command's own options and arguments
+    in any order (``parse_intermixed_args``); ``--`` ends the options."""
+    args = list(argv)
+    at = _command_index(args)
+    if at is None or args[at] not in COMMANDS:
+        # --help, --version, no command or a wrong one: the top parser says which.
+        return build_parser(None).parse_args(args)
+    head, command, tail = args[:at], args[at], args[at + 1:]
+    namespace = build_parser(None).parse_args([*head, command])  # the stubs take nothing
+    command_parser: argparse.ArgumentParser = _parsers(command)[1].choices[command]
+    # parse_intermixed_args mishandles '--' (Python 3.11 drops the positionals after
+    # it): arguments after '--' that look like options stand in as placeholders.
+    stand_ins: dict[str, str] = {}
+    if "--" in tail:
+        cut = tail.index("--")
+        rest = []
+        for arg in tail[cut + 1:]:
+            stand_in = arg
+            if arg.startswith("-"):  # NUL cannot come from a real command line
+                stand_in = f"\x00{len(stand_ins)}"
+                stand_ins[stand_in] = arg
+            rest.append(stand_in)
+        tail = [*tail[:cut], *rest]
+    command_parser.parse_intermixed_args(tail, namespace)
+    for key, value in vars(namespace).items():
+        if isinstance(value, str) and value in stand_ins:
+            setattr(namespace, key, stand_ins[value])
+        elif isinstance(value, list):
+            setattr(namespace, key, [stand_ins.get(v, v) if isinstance(v, str) else v
+                                     for v in value])
+    return namespace
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
@@ -76,17 +131,18 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     args_list = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args_list
     console = Console(out, err)
     try:
         with contextlib.redirect_stdout(out):  # --help goes where the caller said
-            args = build_parser(_command_in(args_list)).parse_args(args_list)
+            args = parse_command_line(args_list)
     except errors.UsageError as exc:
         console.error(str(exc))
         return ExitCode.USAGE
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
-    _configure_logging(err, debug)
+    debug: bool = args.debug
+    console.quiet, console.verbose = args.quiet, args.verbose
+    _configure_logging(err, debug, args.quiet)
     try:
         handler: Callable[[argparse.Namespace, Console], int] = args.handler
         return handler(args, console)
@@ -123,13 +179,13 @@ def run() -> None:
     os._exit(code)
 
 
-def _command_in(argv: list[str]) -> str | None:
-    """The command word: the first argument that is not an option (top-level options
-    take no values)."""
-    return next((a for a in argv if not a.startswith("-")), None)
+def _command_index(argv: list[str]) -> int | None:
+    """Where the command word is: the first argument that is not an option (top-level
+    options take no values)."""
+    return next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
 
 
-def _configure_logging(stream: TextIO, debug: bool) -> None:
+def _configure_logging(stream: TextIO, debug: bool, quiet: bool = False) -> None:
     # Not at the top: --help and --version never log, and logging costs ~10 ms.
     import logging  # noqa: PLC0415
 
@@ -142,5 +198,6 @@ def _configure_logging(stream: TextIO, debug: bool) -> None:
     handler.setFormatter(EscapingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s",
                                            "%Y-%m-%dT%H:%M:%S"))
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # -q: a server logs its warnings and errors only.
+    root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     root.propagate = False

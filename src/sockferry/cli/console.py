@@ -53,11 +53,19 @@ class TransferProgress:
 
 
 class Console:
-    """stdout for results, stderr for errors, notices and progress bars."""
+    """stdout for results, stderr for errors, notices, summaries and progress bars.
 
-    def __init__(self, stdout: TextIO, stderr: TextIO) -> None:
+    The one rule of every command: ``quiet`` (-q) leaves errors and the results asked for
+    (an ``ls`` listing, ``token show``, received messages); a summary is written only on
+    a terminal or with ``verbose`` (-v).
+    """
+
+    def __init__(self, stdout: TextIO, stderr: TextIO, *, quiet: bool = False,
+                 verbose: bool = False) -> None:
         self.stdout = stdout
         self.stderr = stderr
+        self.quiet = quiet
+        self.verbose = verbose
 
     @property
     def interactive(self) -> bool:
@@ -70,15 +78,22 @@ class Console:
         self.stdout.flush()
 
     def notice(self, text: str) -> None:
+        if self.quiet:
+            return
         self.stderr.write(f"sockferry: {escape(text)}\n")
         self.stderr.flush()
+
+    def summary(self, text: str) -> None:
+        """What a command did (files, bytes, rate): for a person watching, or with -v."""
+        if self.verbose or self.interactive:
+            self.notice(text)
 
     def error(self, text: str) -> None:
         self.stderr.write(f"sockferry: error: {escape(text)}\n")
         self.stderr.flush()
 
     def progress(self, quiet: bool = False) -> TransferProgress:
-        if quiet or not self.interactive:
+        if quiet or self.quiet or not self.interactive:
             return TransferProgress(None)
         # rich costs a tenth of a second to import: only when a bar is shown.
         from rich.console import Console as RichConsole  # noqa: PLC0415

@@ -109,10 +109,6 @@ def _copy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--preserve", action="store_true",
                         help="keep modification times too (permission bits are always "
                         "kept, capped by the receiver's umask)")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="no progress bar and no summary")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="one line per file copied")
 
 
 def _register_serve(sub: Any) -> None:
@@ -568,7 +564,7 @@ def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
 
     async def go() -> list[Outcome]:
         async with _connected(args, address, token) as client:
-            with console.progress(quiet=args.quiet) as progress:
+            with console.progress() as progress:
                 result: list[Outcome] = await operation(client, _ConsoleReporter(progress))
                 return result
 
@@ -604,19 +600,17 @@ def _report(console: Console, args: argparse.Namespace, outcomes: list[Outcome],
                                   "digest verified)")
                     if outcome.resume_note and outcome.resume_note != NO_RESUME:
                         console.notice(outcome.resume_note)
-                if outcome.resume_note == NO_RESUME and not args.quiet and not told:
+                if outcome.resume_note == NO_RESUME and not told:
                     console.notice(NO_RESUME)  # once, and even without -v
                     told = True
         elif outcome.skipped:
-            if not args.quiet:
-                console.notice(str(outcome.error))
+            console.notice(str(outcome.error))
         else:
             console.error(str(outcome.error))
             if code == ExitCode.OK:
                 code = exit_code_for(outcome.error)
-    if not args.quiet and (args.verbose or console.interactive):
-        console.notice(f"{verb} {files} file(s), {format_bytes(total)} in {elapsed:.2f} s "
-                       f"({format_rate(total, elapsed)})")
+    console.summary(f"{verb} {files} file(s), {format_bytes(total)} in {elapsed:.2f} s "
+                    f"({format_rate(total, elapsed)})")
     return code
 
 

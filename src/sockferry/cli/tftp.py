@@ -143,8 +143,6 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
                         help=f"timeouts in a row before giving up (default {DEFAULT_RETRIES})")
     parser.add_argument("--mode", choices=["octet", "netascii"], default="octet",
                         help="octet (bytes as they are, the default) or netascii (text)")
-    parser.add_argument("--quiet", "-q", action="store_true",
-                        help="print nothing on success: no progress bar, no summary")
 
 
 # ---------------------------------------------------------------------------------------
@@ -178,7 +176,7 @@ async def _serve(config: ServerConfig, listen: list[Address], console: Console,
     for signum in (signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, lambda: loop.create_task(server.close()))
-    for sockaddr in server.addresses:
+    for sockaddr in server.addresses if not console.quiet else ():
         console.print(f"serving {config.root} over TFTP on {format_sockaddr(sockaddr)}")
     try:
         options.after_binding()  # listening, root open: drop to --user now
@@ -238,20 +236,18 @@ def run_get(args: argparse.Namespace, console: Console) -> int:
     local = args.local or name
     if os.path.isdir(local):
         local = os.path.join(local, name)
-    with console.progress(args.quiet) as bar:
+    with console.progress() as bar:
         result = run_async(download(server, args.remote, local, _options(args),
                                     _Progress(bar, args.remote)))
-    if not args.quiet:
-        console.print(_summary("received", f"'{args.remote}' into {local}", result))
+    console.summary(_summary("received", f"'{args.remote}' into {local}", result))
     return ExitCode.OK
 
 
 def run_put(args: argparse.Namespace, console: Console) -> int:
     server = _server(args.server)
     remote = args.remote or os.path.basename(args.local)
-    with console.progress(args.quiet) as bar:
+    with console.progress() as bar:
         result = run_async(upload(args.local, server, remote, _options(args),
                                   _Progress(bar, args.local)))
-    if not args.quiet:
-        console.print(_summary("sent", f"{args.local} as '{remote}'", result))
+    console.summary(_summary("sent", f"{args.local} as '{remote}'", result))
     return ExitCode.OK

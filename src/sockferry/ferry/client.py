@@ -25,6 +25,7 @@ from sockferry.errors import (
     RemoteProtocolError,
     SockferryError,
     StorageError,
+    TransferTimeout,
 )
 from sockferry.ferry import digests
 from sockferry.ferry import messages as m
@@ -168,9 +169,8 @@ class FerryClient:
             await stream.send(session.buffers_to_send())  # our AUTH
         except TimeoutError:
             stream.close()
-            raise NetworkError(f"{stream.peer} did not complete the handshake in "
-                               f"{timeout_s:g} s — is it a sockferry server?",
-                               address=stream.peer) from None
+            raise TransferTimeout(f"{stream.peer} did not complete the handshake in "
+                                  f"{timeout_s:g} s — is it a sockferry server?") from None
         except BaseException:
             stream.close()
             raise

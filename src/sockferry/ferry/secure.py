@@ -18,7 +18,13 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from sockferry.errors import IdentityRefused, NetworkError, PeerRefused, RemoteProtocolError
+from sockferry.errors import (
+    IdentityRefused,
+    NetworkError,
+    PeerRefused,
+    RemoteProtocolError,
+    TransferTimeout,
+)
 from sockferry.ferry import messages as m
 from sockferry.known_hosts import KnownHosts
 from sockferry.sockets import Address, HostPort, peer_and_local
@@ -93,8 +99,9 @@ async def connect_tls(sock: socket.socket, address: Address, tls: ClientTLS,
         raise NetworkError(describe_handshake_error(exc, peer), address=peer) from None
     except TimeoutError:
         stream.close()
-        raise NetworkError(f"{peer} did not complete the TLS handshake in {timeout_s:g} s — "
-                           "is it a sockferry server with --tls?", address=peer) from None
+        raise TransferTimeout(f"{peer} did not complete the TLS handshake in "
+                              f"{timeout_s:g} s — is it a sockferry server with --tls?"
+                              ) from None
     except NetworkError as exc:
         stream.close()
         raise NetworkError(f"TLS handshake with {peer} failed: {exc} — is the server "

@@ -91,7 +91,11 @@ def load_token(path: Path) -> bytes:
             st = os.fstat(f.fileno())
             data = f.read(MAX_TOKEN_BYTES + 1)
     except OSError as exc:
-        raise storage_error(exc, str(path)) from exc
+        # A bad path on the command line is a usage error (exit 2), and the sentence
+        # must say which file it was.
+        raise UsageError(f"cannot read the token file: {storage_error(exc, str(path))} — "
+                         "check --token-file, or copy the server's token there "
+                         "(`sockferry token show` on the server prints it)") from exc
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UsageError(f"token file {path} is accessible by other users — run: "
                          f"chmod 600 {path}")
