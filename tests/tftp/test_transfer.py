@@ -61,7 +61,8 @@ def payload_of(size: int, seed: int = 0) -> bytes:
 
 
 def run_and_check(*, read: bool, payload: bytes, link: LossyLink,
-                  final_ack_may_be_lost: bool = False, **kwargs: object) -> None:
+                  final_ack_may_be_lost: bool = False, one_step_expected: bool = True,
+                  **kwargs: object) -> None:
     s = session(read=read, payload=payload, link=link, **kwargs)  # type: ignore[arg-type]
     s.run()
     assert s.server is not None
@@ -77,7 +78,7 @@ def run_and_check(*, read: bool, payload: bytes, link: LossyLink,
     assert s.stranger_replies == 0
     blksize = kwargs.get("blksize", 512)
     assert isinstance(blksize, int)
-    if kwargs.get("windowsize", 1) == 1 and len(payload) >= 4 * blksize:
+    if one_step_expected and kwargs.get("windowsize", 1) == 1 and len(payload) >= 4 * blksize:
         assert s.steps > 0  # the one-step path carried part of the transfer
 
 
@@ -106,7 +107,10 @@ def test_survives_loss_duplication_and_reordering(*, seed: int, loss: float, rea
                   windowsize=windowsize, mode=mode, timing=Timing(timeout_s=2.0, retries=30),
                   # At 10 % loss too, both final ACKs a receiver sends while it dallies
                   # can be lost (seed 250942: 1 % of such endings).
-                  final_ack_may_be_lost=loss > 0)
+                  final_ack_may_be_lost=loss > 0,
+                  # At 30 % loss every block of a short file may be a retransmission or
+                  # out of order (seed 2817, 4 blocks): then only the general path runs.
+                  one_step_expected=loss == 0.0)
 
 
 @pytest.mark.parametrize("read", [True, False], ids=["read", "write"])
