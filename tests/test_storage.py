@@ -22,7 +22,6 @@ from sockferry.storage import (
     Kind,
     Root,
     capped_mode,
-    commit_group,
     is_temporary_name,
     split_client_path,
 )
@@ -287,7 +286,7 @@ def test_dir_cache_forgets_after_its_ttl(tree: tuple[Path, Path]) -> None:
     assert not (outside / "two").exists()
 
 
-def test_commit_group_reports_each_file(tmp_path: Path) -> None:
+def test_group_commit_reports_each_file(tmp_path: Path) -> None:
     (tmp_path / "taken").write_bytes(b"old")
     with Root(str(tmp_path)) as root:
         files = []
@@ -295,7 +294,9 @@ def test_commit_group_reports_each_file(tmp_path: Path) -> None:
             f = root.create(name)
             f.write(name.encode())
             files.append((f, 0o640, None))
-        outcomes = commit_group(files, clobber=False)
+        group = GroupCommit(files, clobber=False)
+        group.run_steps()
+        outcomes = group.finish()
     assert outcomes[0] is None and outcomes[2] is None
     assert isinstance(outcomes[1], StorageError) and "already exists" in str(outcomes[1])
     assert (tmp_path / "a").read_bytes() == b"a" and (tmp_path / "b").read_bytes() == b"b"

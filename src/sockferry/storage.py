@@ -732,8 +732,8 @@ class AtomicFile:
     ``commit`` fsyncs, sets the mode (and mtime), renames over the final name (or links,
     refusing to replace, with ``clobber=False``) and fsyncs the directory; ``seal`` and
     ``publish`` are its first two steps, for callers that make many files durable
-    together (``commit_group``).  ``abort`` removes the temporary.  Exactly one of
-    ``commit``, ``abort`` or ``commit_group`` must finish the file; the directory is
+    together (``GroupCommit``).  ``abort`` removes the temporary.  Exactly one of
+    ``commit``, ``abort`` or a ``GroupCommit`` must finish the file; the directory is
     released then.
     """
 
@@ -978,14 +978,6 @@ class GroupCommit:
                 file._finish()
             else:
                 file.abort()
-
-
-def commit_group(files: Sequence[tuple[AtomicFile, int, int | None]], *,
-                 clobber: bool = True) -> list[StorageError | None]:
-    """All the steps of a ``GroupCommit`` at once; one outcome per file, in order."""
-    group = GroupCommit(files, clobber=clobber)
-    group.run_steps()
-    return group.finish()
 
 
 def flushes_file_systems() -> bool:

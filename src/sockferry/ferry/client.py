@@ -450,8 +450,7 @@ class FerryClient:
         fd, st = opened or open_local_file(local)
         try:
             await self._slot()
-            if st.st_size <= INLINE_FILE and self.session.inline \
-                    and m.inline_fits(remote, st.st_size):
+            if self._inlines(remote, st.st_size):
                 future = self._put_inline(local, remote, fd, st, keep_mtime)
                 if self.session.unsent >= GATHER_BYTES:
                     await self._flush()
@@ -492,9 +491,12 @@ class FerryClient:
         """Whether ``put_at_once`` may send a file of ``size`` bytes to ``remote`` now:
         a PUT_INLINE file, the window open, less than a gather's worth queued."""
         session = self.session
-        return (size <= INLINE_FILE and session.inline and self._failure is None
-                and session.window_open and session.unsent < GATHER_BYTES
-                and m.inline_fits(remote, size))
+        return (self._failure is None and session.window_open
+                and session.unsent < GATHER_BYTES and self._inlines(remote, size))
+
+    def _inlines(self, remote: str, size: int) -> bool:
+        """A file of ``size`` bytes to ``remote`` goes as one PUT_INLINE frame."""
+        return size <= INLINE_FILE and self.session.inline and m.inline_fits(remote, size)
 
     def put_at_once(self, local: str, remote: str, opened: tuple[int, os.stat_result],
                     keep_mtime: bool = False) -> asyncio.Future[object]:
