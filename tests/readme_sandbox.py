@@ -30,6 +30,7 @@ DOCUMENTATION_ADDRESSES = ("2001:db8::5/128",)  # RFC 3849 addresses the README 
 HOSTS = "127.0.0.1 localhost server.example\n::1 localhost server.example\n"
 PLACEHOLDER_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]+\.\.\.")
 SERVER_FINGERPRINT = re.compile(r"fingerprint (SHA256:[A-Za-z0-9+/=]+)")
+SERVER_READY = re.compile(r"listening on|serving .* on |server on ")  # what each server logs
 SERVER_COMMANDS = ("sockferry serve ", "sockferry tftp-serve ", "sockferry sctp-serve ")
 
 
@@ -78,7 +79,7 @@ class _Server:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline and self.process.poll() is None:
             text = log.read_text(errors="replace")
-            if "listening on" in text or "serving" in text:
+            if SERVER_READY.search(text):
                 found = SERVER_FINGERPRINT.search(text)
                 self.fingerprint = found.group(1) if found else ""
                 return text
