@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sockferry.errors import PeerRefused, RemoteProtocolError, TransferTimeout
+from sockferry.rto import RetransmitTimer
 from sockferry.tftp.options import ServerLimits, TransferOptions
 from sockferry.tftp.packets import (
     Ack,
@@ -25,7 +26,6 @@ from sockferry.tftp.packets import (
     encode_error,
     encode_oack,
 )
-from sockferry.tftp.rto import RetransmitTimer
 from sockferry.tftp.transfer import (
     SAMPLE_SPACING_S,
     ClientRead,

@@ -20,6 +20,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 from sockferry.errors import NetworkError, UsageError
+from sockferry.rto import RetransmitTimer
 from sockferry.sctp import chunks as c
 from sockferry.sctp.checksum import crc32c
 from sockferry.sctp.cookie import CookieState
@@ -38,6 +39,7 @@ Event = Message | AssociationChange
 Random = Callable[[int], bytes]
 
 # A SACK reports at most this many gaps and duplicates; the rest wait for the next one.
+CLOCK_GRANULARITY_S = 0.001  # G of RFC 9260 §6.3.1: RTO is at least SRTT + 1 ms
 MAX_GAP_BLOCKS = 128
 MAX_DUPLICATES = 32
 # How far ahead of the cumulative TSN a DATA chunk may be and still be kept.
@@ -159,9 +161,9 @@ class Association:
         self._control: list[bytes] = []
         self.set_max_packet_size(max_packet_size)
         self._reset_transfer_state(0, 0, 0)
-        self._rto = config.rto_initial_s
-        self._srtt: float | None = None
-        self._rttvar = 0.0
+        self._rtx = RetransmitTimer(max_s=config.rto_max_s, min_s=config.rto_min_s,
+                                    initial_s=config.rto_initial_s,
+                                    granularity_s=CLOCK_GRANULARITY_S)
         self._errors = 0
         self._init_chunk = b""
         self._init_retransmits = 0
@@ -242,7 +244,7 @@ class Association:
         # §8.5.1: an INIT goes out with verification tag 0, alone in its packet.
         self._outbox.append(c.encode_packet(self.local_port, self.peer_port, 0,
                                             [self._init_chunk]))
-        self._t1_at = now + self._rto
+        self._t1_at = now + self._rtx.rto_s
 
     def accept_cookie(self, cookie: CookieState, now: float) -> None:
         """Create the association from a valid COOKIE ECHO (§5.1 D) and go ESTABLISHED."""
@@ -521,7 +523,7 @@ class Association:
         # §5.1 C: COOKIE ECHO must be the first chunk of its packet.
         self._outbox.append(self._packet([self._cookie_echo, *(extra or [])]))
         self._cookie_sent_at = now
-        self._t1_at = now + self._rto
+        self._t1_at = now + self._rtx.rto_s
 
     def _on_cookie_ack(self, chunk: c.CookieAckChunk, now: float) -> None:
         if self.state != State.COOKIE_ECHOED:
@@ -734,7 +736,7 @@ class Association:
         if self.state == State.SHUTDOWN_SENT:
             self._queue_control(c.ShutdownChunk(self._peer_cum))  # §9.2
             self._sack_now = True
-            self._t2_at = now + self._rto
+            self._t2_at = now + self._rtx.rto_s
         if self._data_packets_unacked >= 2:
             self._sack_now = True
         elif self._sack_at is None and not self._sack_now:
@@ -786,7 +788,7 @@ class Association:
             if self._fast_recovery_exit is not None and cum >= self._fast_recovery_exit:
                 self._fast_recovery_exit = None
             self._grow_cwnd(newly_acked, flight_before)
-            self._t3_at = now + self._rto if self._sent else None  # §6.3.2 R2/R3
+            self._t3_at = now + self._rtx.rto_s if self._sent else None  # §6.3.2 R2/R3
         self._peer_rwnd = max(0, sack.a_rwnd - self._flight)
         if not self._sent:
             self._t3_at = None
@@ -888,15 +890,7 @@ class Association:
 
     def _measure_rtt(self, rtt: float) -> None:
         """§6.3.1: SRTT, RTTVAR and RTO from one measurement."""
-        rtt = max(rtt, 0.0)
-        if self._srtt is None:
-            self._srtt = rtt
-            self._rttvar = rtt / 2
-        else:
-            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
-            self._srtt = 0.875 * self._srtt + 0.125 * rtt
-        rto = self._srtt + max(4 * self._rttvar, 0.001)
-        self._rto = min(max(rto, self.config.rto_min_s), self.config.rto_max_s)
+        self._rtx.sample(rtt)
 
     def _maybe_finish_shutdown(self, now: float) -> None:
         if self._sent or self._pending:
@@ -904,14 +898,14 @@ class Association:
         if self.state == State.SHUTDOWN_PENDING:
             self.state = State.SHUTDOWN_SENT
             self._queue_control(c.ShutdownChunk(self._peer_cum))
-            self._t2_at = now + self._rto
+            self._t2_at = now + self._rtx.rto_s
         elif self.state == State.SHUTDOWN_RECEIVED:
             self._send_shutdown_ack(now)
 
     def _send_shutdown_ack(self, now: float) -> None:
         self.state = State.SHUTDOWN_ACK_SENT
         self._queue_control(c.ShutdownAckChunk())
-        self._t2_at = now + self._rto
+        self._t2_at = now + self._rtx.rto_s
 
     # -----------------------------------------------------------------------------------
     # Timers (§6.3.3, §8.3, §9.2)
@@ -932,7 +926,7 @@ class Association:
             self._transmit(now)
 
     def _back_off(self) -> None:
-        self._rto = min(self._rto * 2, self.config.rto_max_s)
+        self._rtx.back_off()
 
     def _count_error(self, what: str) -> bool:
         """§8.1: count an unanswered retransmission; True when the peer is given up."""
@@ -969,7 +963,7 @@ class Association:
         else:
             self._t2_at = None
             return
-        self._t2_at = now + self._rto
+        self._t2_at = now + self._rtx.rto_s
 
     def _on_t3(self, now: float) -> None:
         mtu = self.max_packet_size
@@ -984,11 +978,11 @@ class Association:
             if not chunk.acked:
                 self._mark(chunk)
         self._rtt_tsn = None
-        self._t3_at = now + self._rto
+        self._t3_at = now + self._rtx.rto_s
 
     def _heartbeat_interval(self) -> float:
         jitter = int.from_bytes(self._rng(2), "big") / 65535 - 0.5  # §8.3: ±50% of RTO
-        return self.config.hb_interval_s + self._rto * (1 + jitter)
+        return self.config.hb_interval_s + self._rtx.rto_s * (1 + jitter)
 
     def _on_heartbeat_timer(self, now: float) -> None:
         if self.state not in _DATA_STATES:
@@ -1005,7 +999,7 @@ class Association:
             return
         self._hb_nonce = int.from_bytes(self._rng(8), "big")
         self._queue_control(c.HeartbeatChunk(_HEARTBEAT_INFO.pack(now, self._hb_nonce)))
-        self._hb_at = now + self._rto  # unanswered by then counts as an error
+        self._hb_at = now + self._rtx.rto_s  # unanswered by then counts as an error
 
     # -----------------------------------------------------------------------------------
     # Sending: control chunks, SACK, retransmissions, then new DATA (§6.1, §6.10)
@@ -1039,7 +1033,7 @@ class Association:
             self._control.clear()
         builder.finish()
         if builder.has_data and self._t3_at is None:
-            self._t3_at = now + self._rto  # §6.3.2 R1
+            self._t3_at = now + self._rtx.rto_s  # §6.3.2 R1
 
     def _send_retransmissions(self, builder: _PacketBuilder, now: float) -> None:
         # §7.2.4: the first packet of a fast retransmission ignores cwnd.

@@ -43,6 +43,7 @@ from sockferry.errors import (
     SockferryError,
     TransferTimeout,
 )
+from sockferry.rto import MIN_RTO_S, RetransmitTimer
 from sockferry.safe_text import clip
 from sockferry.tftp import netascii
 from sockferry.tftp.options import TransferOptions, accept_oack
@@ -64,7 +65,6 @@ from sockferry.tftp.packets import (
     encode_request,
     opcode_of,
 )
-from sockferry.tftp.rto import MIN_RTO_S, RetransmitTimer
 
 # A socket address as the driver reports it; the core compares addresses, never parses
 # them (tests use any hashable tuple).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sockferry.tftp.rto import MIN_RTO_S, RetransmitTimer
+from sockferry.rto import MIN_RTO_S, RetransmitTimer
 
 
 def test_starts_at_one_second_capped_by_the_bound() -> None:
@@ -45,3 +45,16 @@ def test_set_max_keeps_what_was_measured() -> None:
     before = timer.rto_s
     timer.set_max(2)
     assert timer.rto_s == before and timer.max_s == 2
+
+
+def test_clock_granularity_is_the_floor_of_the_variance_term() -> None:
+    # RFC 9260 §6.3.1 (SCTP): RTO = SRTT + max(G, 4 * RTTVAR); steady samples drive
+    # RTTVAR towards 0, leaving SRTT + G.
+    timer = RetransmitTimer(max_s=60.0, min_s=0.0, granularity_s=0.001)
+    for _ in range(200):
+        timer.sample(0.010)
+    assert abs(timer.rto_s - 0.011) < 1e-6
+    timer.back_off()
+    assert abs(timer.rto_s - 0.022) < 1e-6
+    timer.sample(0.010)  # a new measurement ends the backoff
+    assert abs(timer.rto_s - 0.011) < 1e-6
