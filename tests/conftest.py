@@ -7,7 +7,8 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,17 @@ def require_program(name: str) -> str:
             pytest.fail(f"{name} is required (SOCKFERRY_REQUIRE_PEERS=1) but not installed")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str,
+               interval_s: float = 0.01) -> None:
+    """Poll ``condition`` until it holds; a precondition that never came fails the test
+    (saying ``what`` was awaited) instead of letting it pass without testing anything."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"waited {timeout_s:g} s for {what}; it never happened")
+        time.sleep(interval_s)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
 from sockferry.ferry.copying import safe_relative
 from sockferry.storage import is_temporary_name
+from tests.conftest import wait_until
 from tests.ferry.harness import (
     TOKEN,
     RawClient,
@@ -124,9 +125,8 @@ def test_connection_limit_says_busy(tmp_path: Path) -> None:
     token = write_token(tmp_path / "token")
     with ServerThread(tmp_path, max_connections=1) as server:
         holder = RawClient(server.port)
-        deadline = time.monotonic() + 5
-        while server.connection_count() < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: server.connection_count() >= 1, 5, "the server to count the "
+                   "holding connection")
         code, _, err = run_cli("ls", "-P", str(server.port), "--token-file", str(token),
                                "127.0.0.1:")
         holder.close()
@@ -294,16 +294,12 @@ def test_client_killed_mid_upload_leaves_nothing(tmp_path: Path) -> None:
         # Slow the client's reads down to a crawl: its send buffer stays busy.
         client = spawn_cli("send", "-P", str(server.port), "--token-file", str(token),
                            str(big), "127.0.0.1:big.bin")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if any(is_temporary_name(p.name) for p in root.iterdir()):
-                break
-            time.sleep(0.005)
+        wait_until(lambda: any(is_temporary_name(p.name) for p in root.iterdir()), 30,
+                   "the upload's temporary file", interval_s=0.005)
         client.kill()
         client.communicate(timeout=10)
-        deadline = time.monotonic() + 10
-        while server.connection_count() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: not server.connection_count(), 10,
+                   "the server to notice the killed client")
         assert not (root / "big.bin").exists()
         assert not [p for p in root.iterdir() if is_temporary_name(p.name)]
         (tmp_path / "small").write_text("still serving")

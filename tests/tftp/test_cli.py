@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from sockferry.cli import main
 from sockferry.cli.runtime import ExitCode
+from tests.conftest import wait_until
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -120,11 +120,9 @@ def test_server_killed_mid_transfer_leaves_no_partial_file(tmp_path: Path) -> No
                               "--retries", "2", "-q", server.address, "big", str(local)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Kill the server once bytes have reached the client's temporary file.
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(
-            p.startswith(".sockferry-") and (tmp_path / p).stat().st_size
-            for p in os.listdir(tmp_path)):
-        time.sleep(0.01)
+    wait_until(lambda: any(p.startswith(".sockferry-") and (tmp_path / p).stat().st_size
+                           for p in os.listdir(tmp_path)), 20,
+               "bytes in the client's temporary file")
     server.process.kill()
     server.stop()
     _, err = child.communicate(timeout=30)

@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from sockferry.tftp.packets import (
     encode_request,
 )
 from sockferry.tftp.server import ServerConfig, UploadPolicy
-from tests.conftest import require_program
+from tests.conftest import require_program, wait_until
 from tests.tftp.udp_helpers import client_socket, server_thread
 
 SECRET = b"top secret, outside the root"
@@ -214,9 +213,8 @@ def test_a_flood_does_not_stop_a_download_and_logs_stay_bounded(
                                      f"tftp://127.0.0.1:{server}/big.bin"])
         # Flood once the download runs: a flood before its request would only fill the
         # kernel's queue and make curl wait to repeat the request, which tests nothing.
-        deadline = time.monotonic() + 10
-        while not (out.exists() and out.stat().st_size) and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda: out.exists() and out.stat().st_size, 10,
+                   "curl's first bytes", interval_s=0.005)
         with client_socket() as sock:
             for i in range(2000):
                 sock.sendto(bytes([i % 7, i % 251]) * (i % 40), ("127.0.0.1", server))
