@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import signal
 import stat
@@ -31,6 +32,7 @@ from sockferry.sockets import (
     format_sockaddr,
     parse_address,
     parse_port,
+    storage_error,
 )
 from sockferry.storage import DEFAULT_UMASK, Durability, Entry, Kind
 from sockferry.units import format_bytes, format_rate
@@ -201,7 +203,8 @@ def _register_send(sub: Any) -> None:
         description="Copy local files to HOST:DEST. A DEST that ends in / or names an "
         "existing directory receives the files under their own names. Succeeds only "
         "once the server has verified every file's digest and committed it.")
-    parser.add_argument("sources", nargs="+", metavar="SRC", help="local files")
+    parser.add_argument("sources", nargs="+", metavar="SRC",
+                        help="local files; - reads standard input (to HOST:NAME)")
     parser.add_argument("dest", metavar="HOST:DEST",
                         help="server and path ([::1]:DEST for IPv6, :DEST for localhost)")
     _copy_options(parser)
@@ -218,7 +221,9 @@ def _register_get(sub: Any) -> None:
         description="Copy HOST:SRC... to the local DEST. Each file is written under a "
         "temporary name and renamed once its digest matches the server's.")
     parser.add_argument("sources", nargs="+", metavar="HOST:SRC", help="remote files")
-    parser.add_argument("dest", metavar="DEST", help="local file or directory")
+    parser.add_argument("dest", metavar="DEST",
+                        help="local file or directory; - writes the one file to standard "
+                        "output once its digest is verified")
     _copy_options(parser)
     parser.add_argument("--resume", action="store_true",
                         help="keep what was received beside DEST if the transfer breaks, and "
@@ -537,6 +542,8 @@ def run_send(args: argparse.Namespace, console: Console) -> int:
     if remote is None:
         raise UsageError(f"'{args.dest}' is not a remote destination — write HOST:DEST "
                          "(:DEST for localhost)")
+    if STDIO in args.sources:
+        return _send_stdin(args, console, *remote)
     for source in args.sources:
         if split_remote(source) is not None:
             raise UsageError(f"'{source}' looks remote; send copies local files "
@@ -549,13 +556,101 @@ def run_send(args: argparse.Namespace, console: Console) -> int:
 
 def run_get(args: argparse.Namespace, console: Console) -> int:
     host, sources = _remote_sources(args.sources)
+    if args.dest == STDIO:
+        return _get_stdout(args, console, host, sources)
     return _copy(args, console, host, "received", lambda client, reporter: get_paths(
         client, sources, args.dest, recursive=args.recursive, keep_mtime=args.preserve,
         reporter=reporter, resume=args.resume))
 
 
+# ---- pipes: send - / get ... - ---------------------------------------------------------
+
+STDIO = "-"  # as a source: standard input; as a destination: standard output
+PIPE_CHUNK = 1 << 20
+
+
+def _pipe_checks(args: argparse.Namespace, what: str) -> None:
+    if args.recursive:
+        raise UsageError(f"{what} carries one file: drop -r")
+    if args.resume:
+        raise UsageError(f"{what} cannot resume: a pipe cannot be read again")
+
+
+def _send_stdin(args: argparse.Namespace, console: Console, host: str, dest: str) -> int:
+    """``send - HOST:NAME``: standard input is spooled into a private file, then sent as
+    an ordinary PUT (the protocol needs the size up front), digest-verified and atomic."""
+    _pipe_checks(args, "send -")
+    if args.sources != [STDIO]:
+        raise UsageError("send - reads one stream: give '-' as the only source "
+                         "(./- names a local file called '-')")
+    if not dest or dest.endswith("/"):
+        raise UsageError("send - needs the name of the file to create: HOST:NAME")
+    import shutil  # noqa: PLC0415 - pipes only
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from sockferry.ferry.copying import send_file_as  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="sockferry-stdin-") as spool_dir:  # mode 0700
+        spool = os.path.join(spool_dir, "stdin")
+        try:
+            os.set_blocking(sys.stdin.fileno(), True)
+            with open(spool, "wb") as out:
+                shutil.copyfileobj(sys.stdin.buffer, out, PIPE_CHUNK)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(spool, 0o666 & ~umask)  # what `cat > NAME` would make
+        except OSError as exc:
+            raise storage_error(exc, spool) from exc
+        return _copy(args, console, host, "sent", lambda client, reporter: send_file_as(
+            client, spool, "standard input", dest, reporter=reporter))
+
+
+def _get_stdout(args: argparse.Namespace, console: Console, host: str,
+                sources: list[str]) -> int:
+    """``get HOST:NAME -``: the file is received and verified as any other, then copied
+    to standard output — no byte that failed its digest check ever reaches the pipe."""
+    _pipe_checks(args, "get ... -")
+    if len(sources) != 1:
+        raise UsageError("get ... - writes one file to standard output: give one source")
+    import sys  # noqa: PLC0415 - pipes only
+    import tempfile  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="sockferry-stdout-") as spool_dir:
+        spool = os.path.join(spool_dir, "file")
+        async def received(client: FerryClient, reporter: Reporter) -> list[Outcome]:
+            outcomes = await get_paths(client, sources, spool, recursive=False,
+                                       keep_mtime=False, reporter=reporter)
+            return [Outcome(o.source, "standard output", o.size, o.error, o.is_directory,
+                            o.skipped) for o in outcomes]
+
+        code = _copy(args, console, host, "received", received, results_on_stdout=False)
+        if code != ExitCode.OK:
+            return code
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+        try:
+            os.set_blocking(fd, True)  # an inherited O_NONBLOCK would split writes
+            with open(spool, "rb") as spooled:
+                while chunk := spooled.read(PIPE_CHUNK):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+        except BrokenPipeError:
+            # The reader left (`| head`): not an error to report, but not everything
+            # was delivered either.  Point stdout at /dev/null so exit does not retry.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return ExitCode.STORAGE
+        except OSError as exc:
+            raise storage_error(exc, "standard output") from exc
+    return ExitCode.OK
+
+
 def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
-          operation: Callable[[FerryClient, Reporter], Any]) -> int:
+          operation: Callable[[FerryClient, Reporter], Any], *,
+          results_on_stdout: bool = True) -> int:
     from sockferry.ferry.tokens import client_token_and_source  # noqa: PLC0415 - not for --help
 
     token, source = client_token_and_source(args.token_file)
@@ -570,7 +665,8 @@ def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
 
     with _auth_hint(source):
         outcomes = run_async(go())
-    return _report(console, args, outcomes, verb, time.monotonic() - started)
+    return _report(console, args, outcomes, verb, time.monotonic() - started,
+                   results_on_stdout)
 
 
 @contextlib.contextmanager
@@ -585,7 +681,10 @@ def _auth_hint(source: str) -> Iterator[None]:
 
 
 def _report(console: Console, args: argparse.Namespace, outcomes: list[Outcome], verb: str,
-            elapsed: float) -> int:
+            elapsed: float, results_on_stdout: bool = True) -> int:
+    """Errors, notices and the summary on stderr; with -v a line per file on stdout
+    (stderr when stdout carries the file itself)."""
+    say = console.print if results_on_stdout else console.notice
     code = ExitCode.OK
     files = total = 0
     told = False
@@ -595,7 +694,7 @@ def _report(console: Console, args: argparse.Namespace, outcomes: list[Outcome],
                 files += 1
                 total += outcome.size
                 if args.verbose:
-                    console.print(f"{verb} {outcome.source} -> {outcome.target} "
+                    say(f"{verb} {outcome.source} -> {outcome.target} "
                                   f"({format_bytes(outcome.size)}{_resumed(outcome)}, "
                                   "digest verified)")
                     if outcome.resume_note and outcome.resume_note != NO_RESUME:

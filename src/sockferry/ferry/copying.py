@@ -125,6 +125,22 @@ async def send_paths(client: FerryClient, sources: list[str], dest: str, *,
     return await _settled(client, waiting, failed, reporter)
 
 
+async def send_file_as(client: FerryClient, source: str, label: str, dest: str, *,
+                       reporter: Reporter | None = None) -> list[Outcome]:
+    """Send the one file ``source`` to exactly the remote path ``dest`` (never into a
+    directory of that name): ``send -`` sends its spooled standard input so."""
+    reporter = reporter or Reporter()
+    if await _remote_is_directory(client, dest):
+        raise UsageError(f"'{dest or '.'}' is a directory on the server — give the file a "
+                         "name: HOST:DIR/NAME")
+    waiting: list[_Waiting] = []
+    failed: list[Outcome] = []
+    await _send_one(client, source, dest, False, reporter, waiting, failed)
+    outcomes = await _settled(client, waiting, failed, reporter)
+    return [Outcome(label, o.target, o.size, o.error, o.is_directory, o.skipped, o.resumed,
+                    o.resume_note) for o in outcomes]
+
+
 async def _send_one(client: FerryClient, source: str, target: str, keep_mtime: bool,
                     reporter: Reporter, waiting: list[_Waiting],
                     failed: list[Outcome], resume: bool = False) -> None:

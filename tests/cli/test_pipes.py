@@ -1,0 +1,130 @@
+"""``send - HOST:NAME`` and ``get HOST:NAME -`` through real pipes to a real server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sockferry.cli.runtime import ExitCode
+from tests.ferry.harness import ServerThread, write_token
+
+STREAM_BYTES = 100 * 1024 * 1024
+PIPE_TIMEOUT_S = 120
+
+
+def _cli(port: int, token: Path, *argv: str) -> list[str]:
+    return [sys.executable, "-m", "sockferry", *argv, "-P", str(port), "--token-file",
+            str(token)]
+
+
+def _producer(seed: int, count: int) -> subprocess.Popen[bytes]:
+    """A separate process writing ``count`` pseudo-random bytes to its stdout pipe."""
+    code = ("import random, sys\n"
+            f"r = random.Random({seed}); left = {count}\n"
+            "while left:\n"
+            "    n = min(left, 1 << 20); sys.stdout.buffer.write(r.randbytes(n)); left -= n\n")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+
+
+def _expected_digest(seed: int, count: int) -> str:
+    import random  # noqa: PLC0415
+
+    r, left, digest = random.Random(seed), count, hashlib.sha256()
+    while left:
+        n = min(left, 1 << 20)
+        digest.update(r.randbytes(n))
+        left -= n
+    return digest.hexdigest()
+
+
+def test_100_mib_through_pipes_both_ways(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    token = write_token(tmp_path / "token")
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    env = dict(os.environ, TMPDIR=str(spool))
+    expected = _expected_digest(7, STREAM_BYTES)
+    with ServerThread(root) as server:
+        producer = _producer(7, STREAM_BYTES)
+        assert producer.stdout is not None
+        send = subprocess.run(_cli(server.port, token, "send", "-v", "-", ":backup.bin"),
+                              stdin=producer.stdout, capture_output=True, env=env,
+                              timeout=PIPE_TIMEOUT_S, check=False)
+        producer.stdout.close()
+        assert producer.wait(PIPE_TIMEOUT_S) == 0
+        assert send.returncode == ExitCode.OK, send.stderr
+        assert b"sent standard input -> backup.bin" in send.stdout
+        assert (root / "backup.bin").stat().st_size == STREAM_BYTES
+        assert (root / "backup.bin").stat().st_mode & 0o777 == 0o666 & ~_umask() & ~0o022
+        assert list(spool.iterdir()) == [], "the spooled copy of stdin is removed"
+
+        get = subprocess.Popen(_cli(server.port, token, "get", "-v", ":backup.bin", "-"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert get.stdout is not None
+        digest, total = hashlib.sha256(), 0
+        while chunk := get.stdout.read(1 << 20):
+            digest.update(chunk)
+            total += len(chunk)
+        _, err = get.communicate(timeout=PIPE_TIMEOUT_S)
+    assert get.returncode == ExitCode.OK, err
+    assert total == STREAM_BYTES
+    assert digest.hexdigest() == expected
+    # -v's per-file line and the summary go to stderr: stdout is the file alone.
+    assert b"received backup.bin -> standard output" in err
+    assert list(spool.iterdir()) == []
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_reader_that_leaves_early_ends_quietly(tmp_path: Path) -> None:
+    token = write_token(tmp_path / "token")
+    (tmp_path / "big.bin").write_bytes(os.urandom(8 * 1024 * 1024))
+    with ServerThread(tmp_path) as server:
+        result = subprocess.run(
+            ["bash", "-o", "pipefail", "-c",
+             " ".join(_cli(server.port, token, "get", ":big.bin", "-")) + " | head -c 10"],
+            capture_output=True, timeout=PIPE_TIMEOUT_S, check=False)
+    assert len(result.stdout) == 10
+    assert result.returncode == ExitCode.STORAGE  # not everything was delivered
+    assert b"Traceback" not in result.stderr
+    assert result.stderr == b""
+
+
+def test_a_file_that_fails_never_reaches_stdout(tmp_path: Path) -> None:
+    token = write_token(tmp_path / "token")
+    with ServerThread(tmp_path) as server:
+        result = subprocess.run(_cli(server.port, token, "get", ":missing", "-"),
+                                capture_output=True, timeout=PIPE_TIMEOUT_S, check=False)
+    assert result.returncode == ExitCode.REFUSED
+    assert result.stdout == b""
+    assert b"'missing' does not exist" in result.stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["send", "-", ":"], "send - needs the name of the file to create"),
+    (["send", "-", ":dir/"], "send - needs the name of the file to create"),
+    (["send", "-", ":sub"], "'sub' is a directory on the server"),
+    (["send", "-r", "-", ":x"], "send - carries one file: drop -r"),
+    (["send", "--resume", "-", ":x"], "cannot resume: a pipe cannot be read again"),
+    (["get", ":a", ":b", "-"], "give one source"),
+])
+def test_pipe_misuse_is_one_sentence(tmp_path: Path, argv: list[str], message: str) -> None:
+    token = write_token(tmp_path / "token")
+    (tmp_path / "sub").mkdir()
+    with ServerThread(tmp_path) as server:
+        result = subprocess.run(_cli(server.port, token, *argv), input=b"data",
+                                capture_output=True, timeout=PIPE_TIMEOUT_S, check=False)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert message.encode() in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()
