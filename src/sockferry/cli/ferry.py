@@ -22,6 +22,7 @@ from sockferry.cli.console import Console, TransferProgress
 from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
 from sockferry.cli.serving import ServerOptions, add_server_options
 from sockferry.errors import AuthenticationFailed, SockferryError, UsageError
+from sockferry.ferry.bodies import Progress
 from sockferry.ferry.client import NO_RESUME, FerryClient
 from sockferry.ferry.copying import Outcome, Reporter, get_paths, send_paths
 from sockferry.sctp import TRANSPORTS
@@ -515,12 +516,15 @@ class _ConsoleReporter(Reporter):
     def __init__(self, progress: TransferProgress) -> None:
         self.bar = progress
 
-    def progress_for(self, key: str, label: str, size: int) -> Callable[[int], None]:
+    def progress_for(self, key: str, label: str, size: int) -> Progress:
         self.bar.start(key, label, size)
-        return lambda n: self.bar.advance(key, n)
+        return lambda n, hole=False: self.bar.advance(key, n, hole)
 
     def done(self, key: str) -> None:
         self.bar.finish(key)
+
+    def all_started(self) -> None:
+        self.bar.all_started()
 
 
 def _remote_sources(texts: list[str]) -> tuple[str, list[str]]:

@@ -37,9 +37,18 @@ def _finish(core: Core, request: int, digest: bytes) -> None:
         core.done(request, digest)
 
 
+
+class Progress(Protocol):
+    """Told how far a body has got: ``count`` more bytes of the file, which were a hole
+    (a run of zeros that crossed the wire as one HOLE frame, or not at all) when ``hole``
+    — a progress display rates what really moved, not what was skipped."""
+
+    def __call__(self, count: int, hole: bool = False) -> None: ...
+
+
 async def send_body(core: Core, stream: Stream, request: int, fd: int, size: int,
                     sparse: bool, is_cancelled: Callable[[], bool] | None = None,
-                    progress: Callable[[int], None] | None = None) -> bytes:
+                    progress: Progress | None = None) -> bytes:
     """Send ``size`` bytes of ``fd`` as DATA (and HOLE) frames, then DONE; the digest.
 
     Small files are read and hashed, their frames queued in the core and sent together
@@ -69,7 +78,7 @@ async def send_body(core: Core, stream: Stream, request: int, fd: int, size: int
                                 progress)
                 continue
             if progress:
-                progress(length)
+                progress(length, hole=True)
         digest = await hashing
     except BaseException:
         stop.set()
@@ -91,7 +100,7 @@ class HashingStream(Stream, Protocol):
 
 async def _send_copied(core: Core, stream: HashingStream, request: int, fd: int, size: int,
                        sparse: bool, is_cancelled: Callable[[], bool] | None,
-                       progress: Callable[[int], None] | None) -> bytes:
+                       progress: Progress | None) -> bytes:
     """``send_body`` over a stream without zero copy: the digest is made inline."""
     hasher = digests.new_hasher(core.digest_feature)
     for start, length, hole in data_segments(fd, size, sparse=sparse):
@@ -102,7 +111,7 @@ async def _send_copied(core: Core, stream: HashingStream, request: int, fd: int,
             else:
                 digests.update_zeros(hasher, length)
             if progress:
-                progress(length)
+                progress(length, hole=True)
             continue
         await _send_run(core, stream, request, fd, start, length, is_cancelled, progress,
                         hasher)
@@ -131,7 +140,7 @@ def _send_small(core: Core, request: int, fd: int, size: int) -> bytes:
 
 async def _send_run(core: Core, stream: Stream, request: int, fd: int, offset: int,
                     length: int, is_cancelled: Callable[[], bool] | None,
-                    progress: Callable[[int], None] | None,
+                    progress: Progress | None,
                     hasher: digests.Hasher | None = None) -> None:
     """DATA frames for ``length`` bytes of ``fd`` from ``offset``; with ``hasher`` (a
     ``HashingStream``) the bytes are hashed as they are copied."""
@@ -310,7 +319,7 @@ def start_prefix_hash(fd: int, length: int, feature: digests.Feature,
 async def send_tail(core: Core, stream: Stream, request: int, fd: int, offset: int,
                     size: int, prefix: digests.Hasher,
                     is_cancelled: Callable[[], bool] | None = None,
-                    progress: Callable[[int], None] | None = None) -> bytes:
+                    progress: Progress | None = None) -> bytes:
     """Send bytes ``offset`` to ``size`` of ``fd`` as DATA, then DONE with the digest of
     the whole file: ``prefix`` (already fed with the first ``offset`` bytes) continued
     over the tail in a worker thread while sendfile sends it."""

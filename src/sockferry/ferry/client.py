@@ -32,6 +32,7 @@ from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
 from sockferry.ferry.bodies import (
     GATHER_BYTES,
+    Progress,
     Sink,
     TransferCancelled,
     read_whole,
@@ -48,7 +49,6 @@ from sockferry.streams import SocketStream, Stream
 if TYPE_CHECKING:
     from sockferry.ferry.secure import ClientTLS
 
-Progress = Callable[[int], None]
 # Files up to this size go as one PUT_INLINE frame where the server offers INLINE: the
 # frame's 64 KiB bound would allow more, but past a few pages the saved frames matter
 # little and a larger frame is copied once more by the receiver's parser.
@@ -304,7 +304,7 @@ class FerryClient:
             self._give_up(request, exc)
             return
         if pending.progress:
-            pending.progress(count)
+            pending.progress(count, hole=isinstance(piece, int))
 
     def _on_file_finished(self, event: s.FileFinished) -> None:
         pending = self._pending[event.request]

@@ -14,10 +14,10 @@ import errno
 import os
 import posixpath
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sockferry.errors import PathRefused, PeerRefused, SockferryError, StorageError, UsageError
+from sockferry.ferry.bodies import Progress
 from sockferry.ferry.client import FerryClient, ResumeReport, open_local_file
 from sockferry.ferry.messages import ErrorCode
 from sockferry.records import record
@@ -40,10 +40,14 @@ class Outcome:
 class Reporter:
     """How a copy tells its caller about progress; the default says nothing."""
 
-    def progress_for(self, key: str, label: str, size: int) -> Callable[[int], None] | None:
+    def progress_for(self, key: str, label: str, size: int) -> Progress | None:
         return None
 
     def done(self, key: str) -> None:
+        return None
+
+    def all_started(self) -> None:
+        """Every file of the copy has been started: the totals are final."""
         return None
 
 
@@ -60,6 +64,7 @@ class _Waiting:
 async def _settled(client: FerryClient, waiting: list[_Waiting], failed: list[Outcome],
                    reporter: Reporter) -> list[Outcome]:
     """Half-close, wait for every answer, and turn them into outcomes in request order."""
+    reporter.all_started()
     with contextlib.suppress(SockferryError):  # unanswered futures carry the reason
         await client.finish()
     outcomes = list(failed)
