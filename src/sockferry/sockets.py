@@ -44,6 +44,7 @@ class HostPort:
 
     host: str
     port: int
+    family: int = 0  # AF_UNSPEC; AF_INET or AF_INET6 to use only that family (-4, -6)
 
     def __str__(self) -> str:
         if ":" in self.host:
@@ -221,13 +222,18 @@ async def resolve(address: HostPort, kind: socket.SocketKind = socket.SOCK_STREA
                   *, passive: bool = False) -> list[Resolved]:
     """Every getaddrinfo result for ``address``, de-duplicated, in the resolver's order."""
     if address.host.lower().rstrip(".") == "localhost":
-        return _localhost(address.port, kind)
+        found = [r for r in _localhost(address.port, kind)
+                 if address.family in (0, r.family)]
+        if not found:
+            raise NetworkError("localhost has no IPv6 address on this machine (-6)",
+                               address=address.host)
+        return found
     loop = asyncio.get_running_loop()
     # No AI_ADDRCONFIG: it hides ::1 on hosts whose only IPv6 address is loopback.
     flags = socket.AI_PASSIVE if passive else 0
     try:
         infos = await loop.getaddrinfo(address.host or None, address.port, type=kind,
-                                       flags=flags)
+                                       flags=flags, family=address.family)
     except (socket.gaierror, UnicodeError) as exc:
         if isinstance(exc, UnicodeError):
             exc = socket.gaierror(socket.EAI_NONAME, "not a valid host name")
@@ -240,7 +246,9 @@ async def resolve(address: HostPort, kind: socket.SocketKind = socket.SOCK_STREA
         seen.add(sockaddr)
         results.append(Resolved(family, type_, proto, sockaddr))  # type: ignore[arg-type]
     if not results:
-        raise NetworkError(f"'{address.host}' has no IPv4 or IPv6 address",
+        names: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+        which = names.get(address.family, "IPv4 or IPv6")
+        raise NetworkError(f"'{address.host}' has no {which} address",
                            address=address.host)
     return results
 

@@ -9,6 +9,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -79,7 +80,13 @@ def _transport_options(parser: argparse.ArgumentParser) -> None:
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-P", "--port", type=parse_port, default=DEFAULT_PORT,
-                        help=f"server port (default {DEFAULT_PORT})")
+                        help=f"server port (default {DEFAULT_PORT}); a port in the remote "
+                        "spec (HOST:PORT:PATH, sockferry://HOST:PORT/PATH) wins")
+    family = parser.add_mutually_exclusive_group()
+    family.add_argument("-4", "--ipv4", dest="family", action="store_const",
+                        const=socket.AF_INET, default=0, help="connect over IPv4 only")
+    family.add_argument("-6", "--ipv6", dest="family", action="store_const",
+                        const=socket.AF_INET6, help="connect over IPv6 only")
     _transport_options(parser)
     parser.add_argument("--unix", metavar="SOCKET",
                         help="connect over an AF_UNIX socket instead of TCP (write remote "
@@ -207,7 +214,8 @@ def _register_send(sub: Any) -> None:
     parser.add_argument("sources", nargs="+", metavar="SRC",
                         help="local files; - reads standard input (to HOST:NAME)")
     parser.add_argument("dest", metavar="HOST:DEST",
-                        help="server and path ([::1]:DEST for IPv6, :DEST for localhost)")
+                        help="server and path ([::1]:DEST for IPv6, :DEST for localhost, "
+                        "HOST:PORT:DEST or sockferry://HOST:PORT/DEST with a port)")
     _copy_options(parser)
     parser.add_argument("--resume", action="store_true",
                         help="let the server keep what it got if the transfer breaks, and "
@@ -309,18 +317,58 @@ def _positive(text: str) -> int:
 # ---- remote paths ----------------------------------------------------------------------
 
 
-def split_remote(text: str) -> tuple[str, str] | None:
-    """``HOST:PATH`` -> (host, path); None for a local path (scp's rule: a colon
-    before any slash means remote).  ``[v6]:PATH`` for IPv6; an empty host is localhost."""
+@dataclass(frozen=True, slots=True)
+class Remote:
+    host: str
+    path: str
+    port: int | None = None  # given in the spec: it wins over -P
+
+
+URL_SCHEME = "sockferry://"
+
+
+def parse_remote(text: str) -> Remote | None:
+    """A remote spec, or None for a local path (scp's rule: a colon before any slash
+    means remote).  ``HOST:PATH``, ``HOST:PORT:PATH`` (a part of digits between two
+    colons is a port), ``[v6]:PATH``, ``[v6]:PORT:PATH`` and
+    ``sockferry://HOST[:PORT]/PATH`` (percent-escapes decoded); an empty host is
+    localhost."""
+    if text.startswith(URL_SCHEME):
+        return _parse_url(text)
     if text.startswith("["):
         close = text.find("]")
-        if close > 0 and text[close + 1 : close + 2] == ":":
-            return text[1:close], text[close + 2 :]
-        return None
-    colon = text.find(":")
-    if colon < 0 or "/" in text[:colon]:
-        return None
-    return text[:colon] or "localhost", text[colon + 1 :]
+        if close <= 0 or text[close + 1 : close + 2] != ":":
+            return None
+        host, rest = text[1:close], text[close + 2 :]
+    else:
+        colon = text.find(":")
+        if colon < 0 or "/" in text[:colon]:
+            return None
+        host, rest = text[:colon], text[colon + 1 :]
+    port_text, separator, path = rest.partition(":")
+    if separator and port_text.isdigit():
+        return Remote(host or "localhost", path, parse_port(port_text))
+    return Remote(host or "localhost", rest)
+
+
+def _parse_url(text: str) -> Remote:
+    from urllib.parse import unquote, urlsplit  # noqa: PLC0415 - URLs only
+
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"'{text}' is not a valid sockferry:// URL ({exc})") from None
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise UsageError(f"'{text}': a sockferry:// URL has a host, a port and a path "
+                         "only")
+    return Remote(parts.hostname or "localhost", unquote(parts.path[1:]), port)
+
+
+def split_remote(text: str) -> tuple[str, str] | None:
+    """``HOST:PATH`` -> (host, path) (see ``parse_remote``; the port is dropped)."""
+    remote = parse_remote(text)
+    return None if remote is None else (remote.host, remote.path)
 
 
 def _server_address(args: argparse.Namespace, host: str) -> Address:
@@ -329,7 +377,7 @@ def _server_address(args: argparse.Namespace, host: str) -> Address:
             raise UsageError("--unix and --transport sctp do not go together: SCTP runs "
                              "over IP")
         return UnixPath(args.unix)
-    return HostPort(host, args.port)
+    return HostPort(host, args.port, args.family)
 
 
 def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
@@ -527,39 +575,41 @@ class _ConsoleReporter(Reporter):
         self.bar.all_started()
 
 
-def _remote_sources(texts: list[str]) -> tuple[str, list[str]]:
-    hosts: set[str] = set()
-    paths: list[str] = []
-    for text in texts:
-        remote = split_remote(text)
-        if remote is None:
-            raise UsageError(f"'{text}' is not a remote path — write HOST:PATH")
-        hosts.add(remote[0])
-        paths.append(remote[1])
-    if len(hosts) > 1:
+def _remote_sources(args: argparse.Namespace, texts: list[str]) -> tuple[str, list[str]]:
+    remotes = [_remote_or_fail(args, text, "a remote path — write HOST:PATH")
+               for text in texts]
+    if len({(r.host, r.port) for r in remotes}) > 1:
         raise UsageError("all sources must be on the same server")
-    return hosts.pop(), paths
+    return remotes[0].host, [r.path for r in remotes]
+
+
+def _remote_or_fail(args: argparse.Namespace, text: str, wanted: str) -> Remote:
+    """The remote spec ``text``; a port inside it replaces -P for this command."""
+    remote = parse_remote(text)
+    if remote is None:
+        raise UsageError(f"'{text}' is not {wanted}")
+    if remote.port is not None:
+        args.port = remote.port
+    return remote
 
 
 def run_send(args: argparse.Namespace, console: Console) -> int:
-    remote = split_remote(args.dest)
-    if remote is None:
-        raise UsageError(f"'{args.dest}' is not a remote destination — write HOST:DEST "
-                         "(:DEST for localhost)")
+    remote = _remote_or_fail(args, args.dest, "a remote destination — write HOST:DEST "
+                             "(:DEST for localhost)")
     if STDIO in args.sources:
-        return _send_stdin(args, console, *remote)
+        return _send_stdin(args, console, remote.host, remote.path)
     for source in args.sources:
         if split_remote(source) is not None:
             raise UsageError(f"'{source}' looks remote; send copies local files "
                              "(write ./NAME for a local name with a colon)")
-    host, dest = remote
+    host, dest = remote.host, remote.path
     return _copy(args, console, host, "sent", lambda client, reporter: send_paths(
         client, args.sources, dest, recursive=args.recursive, keep_mtime=args.preserve,
         reporter=reporter, resume=args.resume))
 
 
 def run_get(args: argparse.Namespace, console: Console) -> int:
-    host, sources = _remote_sources(args.sources)
+    host, sources = _remote_sources(args, args.sources)
     if args.dest == STDIO:
         return _get_stdout(args, console, host, sources)
     return _copy(args, console, host, "received", lambda client, reporter: get_paths(
@@ -729,10 +779,8 @@ def _resumed(outcome: Outcome) -> str:
 
 
 def run_ls(args: argparse.Namespace, console: Console) -> int:
-    remote = split_remote(args.target)
-    if remote is None:
-        raise UsageError(f"'{args.target}' is not a remote path — write HOST:[PATH]")
-    host, path = remote
+    remote = _remote_or_fail(args, args.target, "a remote path — write HOST:[PATH]")
+    host, path = remote.host, remote.path
     from sockferry.ferry.tokens import client_token_and_source  # noqa: PLC0415 - not for --help
 
     token, source = client_token_and_source(args.token_file)
