@@ -8,6 +8,7 @@ Cases (``--only`` takes their letters):
   c  1 GiB ``get`` (server -> client), tmpfs: vs nc and scp in that direction
   d  1 GiB ``send`` onto a real disk (it fsyncs): vs nc + sync FILE, scp + sync FILE
   h  small files onto a real disk: sockferry --fsync batch|each|none vs rsync (--fsync)
+  u  the same tree sent again unchanged: ``send -r -u`` vs ``rsync -a`` (their quick checks)
   e  10,000 idle authenticated connections to one server: RSS, fds, handshakes/s, and a
      1 MiB send while they are open
   f  1,000 clients uploading 256 KiB each at once: peak RSS, wall time, every file checked
@@ -539,6 +540,72 @@ def case_small_files(b: Bench) -> list[Table]:
     return [table]
 
 
+def loopback_bytes() -> int:
+    """Bytes sent over lo so far (both directions of every loopback connection)."""
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        name, _, counters = line.partition(":")
+        if name.strip() == "lo":
+            return int(counters.split()[8])
+    raise BenchError("no loopback interface in /proc/net/dev")
+
+
+def case_noop_update(b: Bench) -> list[Table]:
+    """u: an unchanged tree sent again: sockferry send -r -u vs rsync -a (quick checks)."""
+    s = b.sizes
+    table = Table("u", f"{s.tree_files:,} files of {s.tree_file_bytes // 1024} KiB, "
+                  "already on the receiver, sent again unchanged", "files/s", "higher",
+                  reference="rsync -a")
+    tree = b.shm / "tree-u"
+    for i in range(s.tree_files):
+        sub = tree / f"d{i % s.tree_dirs:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i:05d}").write_bytes(os.urandom(s.tree_file_bytes))
+    timeout_s = transfer_timeout(s.tree_files * s.tree_file_bytes) + s.tree_files * 0.05
+    moved: dict[str, list[int]] = {"sockferry -u": [], "rsync -a": []}
+    table.notes.append("One full copy first (untimed), then every sample is a no-op run "
+                       "that must copy nothing: `sockferry send -r -u TREE 127.0.0.1:dest/` "
+                       "(size and mtime compared against one recursive LIST) and `rsync -a "
+                       "TREE rsync://127.0.0.1/mod/dest/` (rsync's quick check). Loopback "
+                       "bytes per sample (both directions, from /proc/net/dev) in the "
+                       "second table.")
+    ferry_root, rsync_root = b.shm / "u-ferry", b.shm / "u-rsync"
+    for root in (ferry_root, rsync_root):
+        root.mkdir()
+    for mode in MODES:
+        with (b.sockferry_server(mode, ferry_root) as (port, _),
+              b.rsyncd(mode, rsync_root) as rsync_port):
+            ferry_argv = b.pin_client(mode, [*b.sockferry, "send", "-r", "-u",
+                                             *b.client_options(port), str(tree),
+                                             "127.0.0.1:dest/"])
+            rsync_argv = b.pin_client(mode, ["rsync", "-a", str(tree),
+                                             f"rsync://127.0.0.1:{rsync_port}/mod/dest/"])
+            run_checked(ferry_argv, "sockferry send -r -u (first copy)", timeout_s,
+                        env=b.env)
+            run_checked(rsync_argv, "rsync -a (first copy)", timeout_s)
+
+            def sample(name: str, argv: list[str], root: Path) -> float:
+                before = loopback_bytes()
+                seconds = timed(argv, name, timeout_s,
+                                **({"env": b.env} if name.startswith("sockferry") else {}))
+                moved[name].append(loopback_bytes() - before)
+                check_tree(root / "dest", s.tree_files, s.tree_files * s.tree_file_bytes,
+                           name)
+                return seconds
+
+            tools = [Tool("sockferry -u", lambda a=ferry_argv: sample("sockferry -u", a,
+                                                                       ferry_root)),
+                     Tool("rsync -a", lambda a=rsync_argv: sample("rsync -a", a,
+                                                                   rsync_root))]
+            run_rounds(table, mode, tools, b.args.rounds, s.tree_files, b.say)
+    for name, counts in moved.items():
+        table.notes.append(f"{name}: loopback bytes per no-op run, median "
+                           f"{median([float(c) for c in counts]):,.0f} "
+                           f"(min {min(counts):,}, max {max(counts):,})")
+    for root in (ferry_root, rsync_root, tree):
+        shutil.rmtree(root)
+    return [table]
+
+
 def case_small_files_disk(b: Bench) -> list[Table]:
     """h: a tree of small files onto a real disk, at each durability."""
     s = b.sizes
@@ -1047,8 +1114,9 @@ def hyperfine_rounds(b: Bench, table: Table, mode: str, commands: dict[str, list
 
 
 CASES: dict[str, Callable[[Bench], list[Table]]] = {
-    "a": case_small_files, "b": case_bulk_send, "c": case_bulk_get, "d": case_bulk_disk,
-    "e": case_idle, "f": case_uploads, "g": case_startup, "h": case_small_files_disk}
+    "a": case_small_files, "u": case_noop_update, "b": case_bulk_send, "c": case_bulk_get,
+    "d": case_bulk_disk, "e": case_idle, "f": case_uploads, "g": case_startup,
+    "h": case_small_files_disk}
 
 
 # -- setup ----------------------------------------------------------------------------

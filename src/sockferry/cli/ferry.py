@@ -25,7 +25,7 @@ from sockferry.cli.serving import ServerOptions, add_server_options
 from sockferry.errors import AuthenticationFailed, SockferryError, UsageError
 from sockferry.ferry.bodies import Progress
 from sockferry.ferry.client import NO_RESUME, FerryClient
-from sockferry.ferry.copying import Outcome, Reporter, get_paths, send_paths
+from sockferry.ferry.copying import Outcome, Reporter, SyncOptions, get_paths, send_paths
 from sockferry.sctp import TRANSPORTS
 from sockferry.sockets import (
     Address,
@@ -114,11 +114,43 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
 
 def _copy_options(parser: argparse.ArgumentParser) -> None:
     _client_options(parser)
+    parser.add_argument("-u", "--update", action="store_true",
+                        help="skip files the receiver already has with the same size and "
+                        "modification time (rsync's quick check); implies -p, so that a "
+                        "second run finds the times equal")
+    parser.add_argument("--exclude", action=_FilterRule, dest="filters", default=[],
+                        metavar="PATTERN", help="leave out names matching PATTERN "
+                        "(rsync's basic rules: * and ? stay within a name, ** crosses /, "
+                        "a leading / anchors at the tree's top, a trailing / matches "
+                        "directories only; the first matching --exclude/--include wins)")
+    parser.add_argument("--include", action=_FilterRule, dest="filters", default=[],
+                        metavar="PATTERN", help="keep names matching PATTERN even if a "
+                        "later --exclude matches them")
+    parser.add_argument("-n", "--dry-run", action="store_true",
+                        help="print what would be copied (on stdout) and copy nothing")
     parser.add_argument("-r", "--recursive", action="store_true",
                         help="copy directories and everything below them")
     parser.add_argument("-p", "--preserve", action="store_true",
                         help="keep modification times too (permission bits are always "
                         "kept, capped by the receiver's umask)")
+
+
+class _FilterRule(argparse.Action):
+    """--include and --exclude, kept in the order given: the first match decides."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        rules = [*getattr(namespace, self.dest, []), (option_string == "--include", values)]
+        setattr(namespace, self.dest, rules)
+
+
+def _sync_options(args: argparse.Namespace) -> SyncOptions:
+    from sockferry.ferry.sync import Filters  # noqa: PLC0415
+
+    if (args.update or args.dry_run or args.filters) and args.resume:
+        raise UsageError("--resume does not go with --update, --dry-run or filters")
+    return SyncOptions(update=args.update, filters=Filters.parse(args.filters),
+                       dry_run=args.dry_run)
 
 
 def _register_serve(sub: Any) -> None:
@@ -603,18 +635,22 @@ def run_send(args: argparse.Namespace, console: Console) -> int:
             raise UsageError(f"'{source}' looks remote; send copies local files "
                              "(write ./NAME for a local name with a colon)")
     host, dest = remote.host, remote.path
+    sync = _sync_options(args)
     return _copy(args, console, host, "sent", lambda client, reporter: send_paths(
-        client, args.sources, dest, recursive=args.recursive, keep_mtime=args.preserve,
-        reporter=reporter, resume=args.resume))
+        client, args.sources, dest, recursive=args.recursive,
+        keep_mtime=args.preserve or args.update, reporter=reporter, resume=args.resume,
+        sync=sync))
 
 
 def run_get(args: argparse.Namespace, console: Console) -> int:
     host, sources = _remote_sources(args, args.sources)
     if args.dest == STDIO:
         return _get_stdout(args, console, host, sources)
+    sync = _sync_options(args)
     return _copy(args, console, host, "received", lambda client, reporter: get_paths(
-        client, sources, args.dest, recursive=args.recursive, keep_mtime=args.preserve,
-        reporter=reporter, resume=args.resume))
+        client, sources, args.dest, recursive=args.recursive,
+        keep_mtime=args.preserve or args.update, reporter=reporter, resume=args.resume,
+        sync=sync))
 
 
 # ---- pipes: send - / get ... - ---------------------------------------------------------
@@ -740,10 +776,17 @@ def _report(console: Console, args: argparse.Namespace, outcomes: list[Outcome],
     (stderr when stdout carries the file itself)."""
     say = console.print if results_on_stdout else console.notice
     code = ExitCode.OK
-    files = total = 0
+    files = total = kept = 0
     told = False
     for outcome in outcomes:
-        if outcome.error is None:
+        if outcome.unchanged:
+            kept += 1
+        elif outcome.dry_run:
+            files += 1
+            total += outcome.size
+            say(f"would copy {outcome.source} -> {outcome.target} "
+                f"({format_bytes(outcome.size)})")
+        elif outcome.error is None:
             if not outcome.is_directory:
                 files += 1
                 total += outcome.size
@@ -762,9 +805,19 @@ def _report(console: Console, args: argparse.Namespace, outcomes: list[Outcome],
             console.error(str(outcome.error))
             if code == ExitCode.OK:
                 code = exit_code_for(outcome.error)
-    console.summary(f"{verb} {files} file(s), {format_bytes(total)} in {elapsed:.2f} s "
-                    f"({format_rate(total, elapsed)})")
+    _summarize(console, getattr(args, "dry_run", False), verb, files, total, kept, elapsed)
     return code
+
+
+def _summarize(console: Console, dry_run: bool, verb: str, files: int, total: int,
+               kept: int, elapsed: float) -> None:
+    unchanged = f", {kept} unchanged" if kept else ""
+    if dry_run:
+        console.summary(f"dry run: would have {verb} {files} file(s), "
+                        f"{format_bytes(total)}{unchanged}; nothing was copied")
+    else:
+        console.summary(f"{verb} {files} file(s), {format_bytes(total)}{unchanged} in "
+                        f"{elapsed:.2f} s ({format_rate(total, elapsed)})")
 
 
 def _resumed(outcome: Outcome) -> str:

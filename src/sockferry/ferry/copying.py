@@ -20,6 +20,7 @@ from sockferry.errors import PathRefused, PeerRefused, SockferryError, StorageEr
 from sockferry.ferry.bodies import Progress
 from sockferry.ferry.client import FerryClient, ResumeReport, open_local_file
 from sockferry.ferry.messages import ErrorCode
+from sockferry.ferry.sync import NO_FILTERS, Filters, unchanged
 from sockferry.records import record
 from sockferry.sockets import storage_error
 from sockferry.storage import Entry, Kind, split_client_path
@@ -35,6 +36,20 @@ class Outcome:
     skipped: bool = False  # deliberately not copied (links to directories, devices)
     resumed: int = 0  # --resume: bytes kept from an earlier, interrupted transfer
     resume_note: str = ""  # --resume: why it started from 0 (or "")
+    unchanged: bool = False  # --update: the receiver already had it
+    dry_run: bool = False  # -n: would have been copied
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    """rsync's habits: skip unchanged files, filter names, or only say what would go."""
+
+    update: bool = False
+    filters: Filters = NO_FILTERS
+    dry_run: bool = False
+
+
+NO_SYNC = SyncOptions()
 
 
 class Reporter:
@@ -102,7 +117,8 @@ def _local_name(path: str) -> str:
 
 async def send_paths(client: FerryClient, sources: list[str], dest: str, *,
                      recursive: bool, keep_mtime: bool,
-                     reporter: Reporter | None = None, resume: bool = False) -> list[Outcome]:
+                     reporter: Reporter | None = None, resume: bool = False,
+                     sync: SyncOptions = NO_SYNC) -> list[Outcome]:
     reporter = reporter or Reporter()
     into_directory = await _remote_is_directory(client, dest)
     if len(sources) > 1 and not into_directory:
@@ -123,7 +139,15 @@ async def send_paths(client: FerryClient, sources: list[str], dest: str, *,
                     f"'{source}' is a directory (use -r to copy trees)", errno=errno.EISDIR)))
                 continue
             await _send_tree(client, source, target, keep_mtime, reporter, waiting, failed,
-                             resume)
+                             resume, sync)
+        elif sync.dry_run or sync.update:
+            there = await _remote_entries(client, target, recursive=False) if sync.update \
+                else {}
+            if _skipped(Entry.from_stat("", st), there.get(""), source, target, sync,
+                        failed):
+                continue
+            await _send_one(client, source, target, keep_mtime, reporter, waiting, failed,
+                            resume)
         else:
             await _send_one(client, source, target, keep_mtime, reporter, waiting, failed,
                             resume)
@@ -208,19 +232,53 @@ async def _send_opened(client: FerryClient, source: str, target: str,
     waiting.append(_Waiting(source, target, size, future, resume=report))
 
 
+async def _remote_entries(client: FerryClient, path: str,
+                          recursive: bool = True) -> dict[str, Entry]:
+    """What the server has at ``path`` (relative paths; "" for a file itself), or {}."""
+    try:
+        entries = await client.list(path, recursive=recursive)
+    except PeerRefused as exc:
+        if exc.code == ErrorCode.NOT_FOUND:
+            return {}
+        raise
+    if len(entries) == 1 and entries[0].kind is not Kind.DIRECTORY and not recursive:
+        return {"": entries[0]}
+    return {entry.path: entry for entry in entries}
+
+
+def _skipped(local: Entry, there: Entry | None, source: str, target: str,
+             sync: SyncOptions, failed: list[Outcome]) -> bool:
+    """--update and -n: whether this file is left alone (its outcome recorded)."""
+    if sync.update and unchanged(local, there):
+        failed.append(Outcome(source, target, local.size, unchanged=True))
+        return True
+    if sync.dry_run:
+        failed.append(Outcome(source, target, local.size, dry_run=True))
+        return True
+    return False
+
+
 async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: bool,
                      reporter: Reporter, waiting: list[_Waiting],
-                     failed: list[Outcome], resume: bool = False) -> None:
+                     failed: list[Outcome], resume: bool = False,
+                     sync: SyncOptions = NO_SYNC) -> None:
     def on_error(exc: OSError) -> None:
         failed.append(Outcome(exc.filename or source, target, 0,
                               storage_error(exc, exc.filename or source)))
 
+    there = await _remote_entries(client, target) if sync.update else {}
+    judged = sync.update or sync.dry_run or bool(sync.filters.rules)
     for directory, subdirs, files in os.walk(source, onerror=on_error):
         rel = os.path.relpath(directory, source)
+        rel_prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
         remote_dir = target if rel == "." else posixpath.join(target, *rel.split(os.sep))
+        if sync.filters.rules:  # excluded directories are not entered
+            subdirs[:] = [d for d in subdirs
+                          if not sync.filters.excluded(rel_prefix + d, True)]
         mode = stat.S_IMODE(os.stat(directory).st_mode)
-        future = await client.start_mkdir(remote_dir, mode)
-        waiting.append(_Waiting(directory, remote_dir, 0, future, is_directory=True))
+        if not sync.dry_run and (rel == "." or rel_prefix[:-1] not in there):
+            future = await client.start_mkdir(remote_dir, mode)
+            waiting.append(_Waiting(directory, remote_dir, 0, future, is_directory=True))
         subdirs.sort()
         for name in list(subdirs):
             if os.path.islink(os.path.join(directory, name)):
@@ -233,12 +291,26 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
             else remote_dir
         for name in sorted(files):  # plain concatenation: path.join per file adds up
             local, remote = local_prefix + name, remote_prefix + name
+            if judged and await _judged_away(local, rel_prefix + name, remote, there, sync,
+                                             failed):
+                continue
             opened = _open(local, remote, reporter, failed)
             if opened is None or (not resume and _sent_at_once(
                     client, local, remote, opened, keep_mtime, reporter, waiting, failed)):
                 continue
             await _send_opened(client, local, remote, opened, keep_mtime, reporter, waiting,
                                failed, resume)
+
+
+async def _judged_away(local: str, rel: str, remote: str, there: dict[str, Entry],
+                       sync: SyncOptions, failed: list[Outcome]) -> bool:
+    if sync.filters.excluded(rel, False):
+        return True
+    try:
+        st = os.lstat(local)
+    except OSError:
+        return False  # _open reports it
+    return _skipped(Entry.from_stat(rel, st), there.get(rel), local, remote, sync, failed)
 
 
 # ---- get -------------------------------------------------------------------------------
@@ -258,7 +330,8 @@ def safe_relative(path: str) -> list[str]:
 
 async def get_paths(client: FerryClient, sources: list[str], dest: str, *,
                     recursive: bool, keep_mtime: bool,
-                    reporter: Reporter | None = None, resume: bool = False) -> list[Outcome]:
+                    reporter: Reporter | None = None, resume: bool = False,
+                    sync: SyncOptions = NO_SYNC) -> list[Outcome]:
     reporter = reporter or Reporter()
     into_directory = os.path.isdir(dest)
     if dest.endswith("/") and not into_directory:
@@ -282,8 +355,10 @@ async def get_paths(client: FerryClient, sources: list[str], dest: str, *,
                     f"'{source}' is a directory on the server (use -r to copy trees)")))
                 continue
             await _get_tree(client, source, entry, target, keep_mtime, reporter, waiting,
-                            failed, resume)
+                            failed, resume, sync)
         elif entry.kind is Kind.FILE:
+            if _skipped(entry, _local_entry(target), source, target, sync, failed):
+                continue
             try:
                 await _get_one(client, source, target, entry.size, keep_mtime, reporter,
                                waiting, resume)
@@ -320,12 +395,21 @@ def _make_local_dir(path: str, mode: int) -> None:
         raise storage_error(exc, path) from exc
 
 
+def _local_entry(path: str) -> Entry | None:
+    try:
+        return Entry.from_stat(path, os.stat(path))
+    except OSError:
+        return None
+
+
 async def _get_tree(client: FerryClient, source: str, top: Entry, target: str,
                     keep_mtime: bool, reporter: Reporter, waiting: list[_Waiting],
-                    failed: list[Outcome], resume: bool = False) -> None:
+                    failed: list[Outcome], resume: bool = False,
+                    sync: SyncOptions = NO_SYNC) -> None:
     try:
-        _make_local_dir(target, top.mode & 0o777)
-        entries = await client.list(source, recursive=True)
+        if not sync.dry_run:
+            _make_local_dir(target, top.mode & 0o777)
+        entries = sync.filters.select(await client.list(source, recursive=True))
     except (StorageError, PeerRefused) as exc:
         failed.append(Outcome(source, target, 0, exc))
         return
@@ -334,8 +418,13 @@ async def _get_tree(client: FerryClient, source: str, top: Entry, target: str,
         try:
             local = os.path.join(target, *safe_relative(entry.path))
             if entry.kind is Kind.DIRECTORY:
-                _make_local_dir(local, entry.mode & 0o777)
+                if not sync.dry_run:
+                    _make_local_dir(local, entry.mode & 0o777)
             elif entry.kind is Kind.FILE:
+                if (sync.update or sync.dry_run) and _skipped(
+                        entry, _local_entry(local) if sync.update else None, remote, local,
+                        sync, failed):
+                    continue
                 await _get_one(client, remote, local, entry.size, keep_mtime, reporter,
                                waiting, resume)
             else:

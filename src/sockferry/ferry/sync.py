@@ -1,0 +1,143 @@
+"""Deciding an incremental copy (pure): which names the filters keep, which files
+are unchanged.
+
+``send``/``get`` with ``--update``, ``--include`` and ``--exclude`` judge names by their
+paths relative to the copied tree's top (``/``-separated); this module decides,
+``copying.py`` does the I/O.  Nothing here touches a file or a socket.
+
+Filter rules follow rsync's basic semantics: the first rule that matches a name decides
+(``--include`` and ``--exclude`` in the order given); a name no rule matches is
+included; an excluded directory is not entered, so nothing below it is copied (nor
+deleted).  In a pattern ``*`` and ``?`` stop at ``/``, ``**`` does not, ``[...]`` is a
+class; a leading ``/`` anchors the pattern to the top of the tree, any other ``/``
+makes it match whole trailing components of the path (``a/b`` matches ``a/b`` and
+``x/a/b``), and without ``/`` it matches the last component; a trailing ``/`` matches
+directories only.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sockferry.errors import UsageError
+from sockferry.storage import Entry, Kind
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    include: bool
+    pattern: str
+    regex: re.Pattern[str] = field(compare=False, repr=False)
+    directories_only: bool = False
+
+    @classmethod
+    def parse(cls, include: bool, pattern: str) -> Rule:
+        body = pattern
+        directories_only = body.endswith("/")
+        body = body.rstrip("/") if directories_only else body
+        anchored = body.startswith("/")
+        body = body.lstrip("/")
+        if not body:
+            raise UsageError(f"the filter pattern '{pattern}' matches nothing — give a "
+                             "name or a glob such as '*.o' or 'cache/'")
+        translated = _translate(body, pattern)
+        regex = translated if anchored else f"(?:.*/)?{translated}"
+        return cls(include, pattern, re.compile(regex, re.DOTALL), directories_only)
+
+    def matches(self, path: str, is_directory: bool) -> bool:
+        if self.directories_only and not is_directory:
+            return False
+        return self.regex.fullmatch(path) is not None
+
+
+def _translate(glob: str, shown: str) -> str:
+    """A glob as a regular expression: ``**`` crosses ``/``, ``*`` and ``?`` do not."""
+    out: list[str] = []
+    i, n = 0, len(glob)
+    while i < n:
+        char = glob[i]
+        if char == "*":
+            if glob.startswith("**", i):
+                out.append(".*")
+                i += 2
+                continue
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            close = glob.find("]", i + 2 if glob.startswith(("[!", "[^"), i) else i + 1)
+            if close < 0:
+                raise UsageError(f"the filter pattern '{shown}' has '[' without ']' — "
+                                 "write \\[ for a literal bracket")
+            inner = glob[i + 1 : close]
+            negate = inner[:1] in ("!", "^")
+            inner = inner[1:] if negate else inner
+            escaped = inner.replace("\\", "\\\\").replace("[", "\\[")
+            out.append(f"[^/{escaped}]" if negate else f"[{escaped}]")
+            i = close
+        elif char == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(glob[i]))
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    rules: tuple[Rule, ...] = ()
+
+    @classmethod
+    def parse(cls, rules: Iterable[tuple[bool, str]]) -> Filters:
+        """``(include, pattern)`` pairs in the order the options came."""
+        return cls(tuple(Rule.parse(include, pattern) for include, pattern in rules))
+
+    def excluded(self, path: str, is_directory: bool) -> bool:
+        """Whether the first rule matching ``path`` (itself, not its parents) excludes it."""
+        for rule in self.rules:
+            if rule.matches(path, is_directory):
+                return not rule.include
+        return False
+
+    def select(self, entries: Iterable[Entry]) -> list[Entry]:
+        """The entries neither excluded themselves nor below an excluded directory."""
+        if not self.rules:
+            return list(entries)
+        dropped: dict[str, bool] = {}  # directory path -> itself or a parent excluded
+
+        def gone(directory: str) -> bool:
+            if not directory:
+                return False
+            known = dropped.get(directory)
+            if known is None:
+                known = gone(posixpath.dirname(directory)) or self.excluded(directory, True)
+                dropped[directory] = known
+            return known
+
+        kept = []
+        for entry in entries:
+            is_directory = entry.kind is Kind.DIRECTORY
+            if gone(posixpath.dirname(entry.path)):
+                continue
+            if is_directory:
+                if not gone(entry.path):
+                    kept.append(entry)
+            elif not self.excluded(entry.path, False):
+                kept.append(entry)
+        return kept
+
+
+def unchanged(source: Entry, existing: Entry | None) -> bool:
+    """rsync's quick check (``--update``): the receiver has a regular file of the same
+    size and modification time (to the second, as rsync compares; file systems keep
+    different fractions of a second)."""
+    return (existing is not None and existing.kind is Kind.FILE
+            and source.size == existing.size
+            and source.mtime_ns // 1_000_000_000 == existing.mtime_ns // 1_000_000_000)
+
+
+NO_FILTERS = Filters()
