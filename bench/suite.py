@@ -554,7 +554,7 @@ def case_noop_update(b: Bench) -> list[Table]:
     s = b.sizes
     table = Table("u", f"{s.tree_files:,} files of {s.tree_file_bytes // 1024} KiB, "
                   "already on the receiver, sent again unchanged", "files/s", "higher",
-                  reference="rsync -a")
+                  reference="sockferry -u")
     tree = b.shm / "tree-u"
     for i in range(s.tree_files):
         sub = tree / f"d{i % s.tree_dirs:02d}"
