@@ -141,3 +141,45 @@ def test_a_star_never_crosses_a_slash(parts: list[str]) -> None:
     assert filters.excluded(path, False) == (len(parts) == 1)
     deep = Filters.parse([(False, "/**")])
     assert deep.excluded(path, False)
+
+
+def test_get_delete_removes_only_what_the_server_lacks(tmp_path: Path,
+                                                       server: ServerThread) -> None:
+    root = tmp_path / "root"
+    _make(root / "proj", {"a.txt": "a", "src/c.txt": "c"})
+    dest = tmp_path / "copy"
+    _make(dest / "proj", {"a.txt": "old", "stale.txt": "x", "gone/deep/f": "f",
+                          "src/c.txt": "c", "src/old.o": "o", "notes.o": "mine"})
+    outside = tmp_path / "outside"
+    _make(outside, {"precious": "p"})
+    (dest / "proj" / "link").symlink_to(outside, target_is_directory=True)
+    (dest / "beside.txt").write_text("not in the copied tree")
+    # -n first: says what would go, removes nothing.
+    code, out, err = _cli(tmp_path, server.port, "get", "-r", "-n", "--delete",
+                          "--exclude", "notes.o", "127.0.0.1:proj", str(dest))
+    assert code == ExitCode.OK, err
+    doomed = sorted(line.split(" ", 2)[2] for line in out.splitlines()
+                    if line.startswith("would delete "))
+    assert doomed == sorted(str(dest / "proj" / p) for p in
+                            ("gone", "link", "src/old.o", "stale.txt"))
+    assert (dest / "proj" / "stale.txt").exists()
+    code, _, err = _cli(tmp_path, server.port, "get", "-r", "--delete", "--exclude",
+                        "notes.o", "127.0.0.1:proj", str(dest))
+    assert code == ExitCode.OK, err
+    assert _tree(dest / "proj") == {"a.txt": b"a", "src/c.txt": b"c", "notes.o": b"mine"}
+    assert not (dest / "proj" / "link").is_symlink()
+    assert (outside / "precious").read_text() == "p"  # the link was never followed
+    assert (dest / "beside.txt").exists()  # outside the copied tree
+
+
+def test_extraneous_keeps_directories_above_protected_names() -> None:
+    from sockferry.ferry.sync import Deletion, extraneous  # noqa: PLC0415
+    from sockferry.storage import Entry, Kind  # noqa: PLC0415
+
+    def entry(path: str, kind: Kind = Kind.FILE) -> Entry:
+        return Entry(path, kind, 0o644, 0, 0)
+
+    local = [entry("d", Kind.DIRECTORY), entry("d/keep.o"), entry("d/x"),
+             entry("e", Kind.DIRECTORY), entry("e/y")]
+    plan = extraneous(local, {}, Filters.parse([(False, "*.o")]))
+    assert plan == [Deletion("d/x", False), Deletion("e", True)]

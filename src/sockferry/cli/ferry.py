@@ -147,10 +147,12 @@ class _FilterRule(argparse.Action):
 def _sync_options(args: argparse.Namespace) -> SyncOptions:
     from sockferry.ferry.sync import Filters  # noqa: PLC0415
 
+    if getattr(args, "delete", False) and not args.recursive:
+        raise UsageError("--delete removes names inside a copied tree: add -r")
     if (args.update or args.dry_run or args.filters) and args.resume:
         raise UsageError("--resume does not go with --update, --dry-run or filters")
     return SyncOptions(update=args.update, filters=Filters.parse(args.filters),
-                       dry_run=args.dry_run)
+                       dry_run=args.dry_run, delete=getattr(args, "delete", False))
 
 
 def _register_serve(sub: Any) -> None:
@@ -266,6 +268,10 @@ def _register_get(sub: Any) -> None:
                         help="local file or directory; - writes the one file to standard "
                         "output once its digest is verified")
     _copy_options(parser)
+    parser.add_argument("--delete", action="store_true",
+                        help="with -r: remove local files and directories inside the copied "
+                        "tree that the server's tree lacks (names --exclude matches are kept; "
+                        "links are removed, never followed); try it with -n first")
     parser.add_argument("--resume", action="store_true",
                         help="keep what was received beside DEST if the transfer breaks, and "
                         "fetch only the rest of an earlier broken transfer (proven by "
@@ -776,16 +782,17 @@ def _report(console: Console, args: argparse.Namespace, outcomes: list[Outcome],
     (stderr when stdout carries the file itself)."""
     say = console.print if results_on_stdout else console.notice
     code = ExitCode.OK
-    files = total = kept = 0
+    files = total = kept = deleted = 0
     told = False
     for outcome in outcomes:
-        if outcome.unchanged:
-            kept += 1
-        elif outcome.dry_run:
-            files += 1
-            total += outcome.size
-            say(f"would copy {outcome.source} -> {outcome.target} "
-                f"({format_bytes(outcome.size)})")
+        if outcome.unchanged or outcome.deleted or outcome.dry_run:
+            line = _sync_line(outcome, args.verbose)
+            if line:
+                say(line)
+            kept += outcome.unchanged
+            deleted += outcome.deleted
+            if outcome.dry_run and not outcome.deleted:
+                files, total = files + 1, total + outcome.size
         elif outcome.error is None:
             if not outcome.is_directory:
                 files += 1
@@ -805,13 +812,25 @@ def _report(console: Console, args: argparse.Namespace, outcomes: list[Outcome],
             console.error(str(outcome.error))
             if code == ExitCode.OK:
                 code = exit_code_for(outcome.error)
-    _summarize(console, getattr(args, "dry_run", False), verb, files, total, kept, elapsed)
+    _summarize(console, getattr(args, "dry_run", False), verb, files, total,
+               f"{f', {kept} unchanged' if kept else ''}"
+               f"{f', {deleted} deleted' if deleted else ''}", elapsed)
     return code
 
 
+def _sync_line(outcome: Outcome, verbose: bool) -> str:
+    """What -n (always) or -v says of a file left alone, deleted or not copied."""
+    if outcome.deleted:
+        return (f"would delete {outcome.source}" if outcome.dry_run
+                else f"deleted {outcome.source}" if verbose else "")
+    if outcome.dry_run:
+        return f"would copy {outcome.source} -> {outcome.target} " \
+            f"({format_bytes(outcome.size)})"
+    return ""
+
+
 def _summarize(console: Console, dry_run: bool, verb: str, files: int, total: int,
-               kept: int, elapsed: float) -> None:
-    unchanged = f", {kept} unchanged" if kept else ""
+               unchanged: str, elapsed: float) -> None:
     if dry_run:
         console.summary(f"dry run: would have {verb} {files} file(s), "
                         f"{format_bytes(total)}{unchanged}; nothing was copied")

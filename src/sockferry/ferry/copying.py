@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import posixpath
+import shutil
 import stat
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from sockferry.errors import PathRefused, PeerRefused, SockferryError, StorageEr
 from sockferry.ferry.bodies import Progress
 from sockferry.ferry.client import FerryClient, ResumeReport, open_local_file
 from sockferry.ferry.messages import ErrorCode
-from sockferry.ferry.sync import NO_FILTERS, Filters, unchanged
+from sockferry.ferry.sync import NO_FILTERS, Filters, extraneous, unchanged
 from sockferry.records import record
 from sockferry.sockets import storage_error
 from sockferry.storage import Entry, Kind, split_client_path
@@ -37,7 +38,8 @@ class Outcome:
     resumed: int = 0  # --resume: bytes kept from an earlier, interrupted transfer
     resume_note: str = ""  # --resume: why it started from 0 (or "")
     unchanged: bool = False  # --update: the receiver already had it
-    dry_run: bool = False  # -n: would have been copied
+    dry_run: bool = False  # -n: would have been copied (or deleted)
+    deleted: bool = False  # --delete: removed from the receiver (source: what it was)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,7 @@ class SyncOptions:
     update: bool = False
     filters: Filters = NO_FILTERS
     dry_run: bool = False
+    delete: bool = False  # get -r: remove local names the server's tree lacks
 
 
 NO_SYNC = SyncOptions()
@@ -395,6 +398,41 @@ def _make_local_dir(path: str, mode: int) -> None:
         raise storage_error(exc, path) from exc
 
 
+def _local_tree(top: str) -> list[Entry]:
+    """The names under ``top``, parents first, links not followed (lstat)."""
+    found: list[Entry] = []
+    for directory, subdirs, files in os.walk(top):
+        rel = os.path.relpath(directory, top)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        subdirs.sort()
+        for name in sorted(subdirs) + sorted(files):
+            with contextlib.suppress(FileNotFoundError):
+                found.append(Entry.from_stat(prefix + name,
+                                             os.lstat(os.path.join(directory, name))))
+    found.sort(key=lambda e: e.path.split("/"))
+    return found
+
+
+def _delete_extraneous(target: str, wanted: list[Entry], sync: SyncOptions,
+                       failed: list[Outcome]) -> None:
+    """get --delete: remove what the server's (filtered) tree lacks, inside ``target``
+    only; links are removed, never followed; -n only says so."""
+    plan = extraneous(_local_tree(target), {e.path: e.kind is Kind.DIRECTORY for e in wanted},
+                      sync.filters)
+    for deletion in plan:
+        local = os.path.join(target, *deletion.path.split("/"))
+        if not sync.dry_run:
+            try:
+                if deletion.is_directory:
+                    shutil.rmtree(local)  # fd-based: links inside are not followed
+                else:
+                    os.unlink(local)
+            except OSError as exc:
+                failed.append(Outcome(local, local, 0, storage_error(exc, local)))
+                continue
+        failed.append(Outcome(local, local, 0, deleted=True, dry_run=sync.dry_run))
+
+
 def _local_entry(path: str) -> Entry | None:
     try:
         return Entry.from_stat(path, os.stat(path))
@@ -410,6 +448,8 @@ async def _get_tree(client: FerryClient, source: str, top: Entry, target: str,
         if not sync.dry_run:
             _make_local_dir(target, top.mode & 0o777)
         entries = sync.filters.select(await client.list(source, recursive=True))
+        if sync.delete:
+            _delete_extraneous(target, entries, sync, failed)
     except (StorageError, PeerRefused) as exc:
         failed.append(Outcome(source, target, 0, exc))
         return

@@ -141,3 +141,41 @@ def unchanged(source: Entry, existing: Entry | None) -> bool:
 
 
 NO_FILTERS = Filters()
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    path: str
+    is_directory: bool  # then with everything below it
+
+
+def extraneous(receiver: Iterable[Entry], wanted: dict[str, bool],
+               filters: Filters) -> list[Deletion]:
+    """What ``--delete`` removes from the receiver's tree (``receiver`` listed parents
+    first, paths relative to its top): each name the filtered source (``wanted``: path ->
+    is a directory) lacks, or has as the other kind.  Names the filters exclude are
+    protected, as in rsync, and so is every directory above them: such a directory is
+    not removed whole, only what else it holds."""
+    entries = list(receiver)
+    protected_above: set[str] = set()
+    for entry in entries:
+        if filters.excluded(entry.path, entry.kind is Kind.DIRECTORY):
+            parent = posixpath.dirname(entry.path)
+            while parent and parent not in protected_above:
+                protected_above.add(parent)
+                parent = posixpath.dirname(parent)
+    deletions: list[Deletion] = []
+    gone: set[str] = set()
+    for entry in entries:
+        is_directory = entry.kind is Kind.DIRECTORY
+        parent = posixpath.dirname(entry.path)
+        if parent in gone:
+            gone.add(entry.path)  # removed with its directory
+            continue
+        if filters.excluded(entry.path, is_directory) or wanted.get(entry.path) is is_directory:
+            continue
+        if is_directory and entry.path in protected_above:
+            continue  # kept for what is protected inside; its other names are judged
+        deletions.append(Deletion(entry.path, is_directory))
+        gone.add(entry.path)
+    return deletions
