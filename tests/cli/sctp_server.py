@@ -24,4 +24,5 @@ def sctp_server(transport: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        with proc:  # closes the pipes and reaps the process
+            pass

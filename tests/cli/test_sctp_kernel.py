@@ -8,7 +8,11 @@ import re
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from queue import Empty, Queue
+from typing import IO
 
 import pytest
 
@@ -24,6 +28,45 @@ def kernel_server(kernel_encap_port: int) -> Iterator[tuple[subprocess.Popen[str
     """``sctp-serve --transport kernel --echo``; the kernel also takes SCTP over UDP."""
     with sctp_server("kernel") as running:
         yield running
+
+
+class LineReader:
+    """A process's stdout lines with a deadline on each wait. A thread reads, because
+    select() cannot see lines already in the text wrapper's buffer."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._queue: Queue[str] = Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in iter(stream.readline, ""):
+            self._queue.put(line)
+        self._queue.put("")  # end of file
+
+    def until(self, done: Callable[[list[str]], bool], timeout_s: float) -> None:
+        """Reads until ``done(lines)`` holds; fails at end of file or after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not done(self.lines):
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except Empty:
+                raise AssertionError(f"still waiting after {timeout_s} s: {self.lines}") from None
+            if not line:
+                raise AssertionError(f"the output ended early: {self.lines}")
+            self.lines.append(line)
+
+    def rest(self, timeout_s: float) -> str:
+        """All the output, once its end comes within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except Empty:
+                raise AssertionError(f"no end of output after {timeout_s} s") from None
+            if not line:
+                return "".join(self.lines)
+            self.lines.append(line)
 
 
 def sctp_send(*args: str) -> tuple[int, str, str]:
@@ -45,19 +88,20 @@ def test_seed_scenario_with_clients_on_both_backends(
                                "--streams", "5")
     assert code == 0, err
     assert "stream 1 ppid 0 from 127.0.0.1" in out and "over udp" in out
-    # The seed's client: sctp_sendmsg() to the address, then close() — nothing more.
+    # The seed's client: sctp_sendmsg() to the address, the echo read, then close(). It
+    # reads the echo first because Linux deletes an association closed before its
+    # COOKIE-ACK without a SHUTDOWN (sctp_sf_cookie_*_prm_shutdown): no end to observe.
     with socket.socket(socket.AF_INET, socket.SOCK_SEQPACKET, socket.IPPROTO_SCTP) as seed:
+        seed.settimeout(30)
         seed.sendto(b"hello 2", ("127.0.0.1", port))
-    assert proc.stdout is not None
-    lines = []
-    while sum("SHUTDOWN_COMP" in line for line in lines) < 3:
-        line = proc.stdout.readline()
-        assert line, "the server stopped early"
-        lines.append(line)
+        assert seed.recv(64) == b"hello 2"
+    assert proc.stdout is not None and proc.stderr is not None
+    reader = LineReader(proc.stdout)
+    reader.until(lambda lines: sum("SHUTDOWN_COMP" in line for line in lines) >= 3, 60)
     proc.send_signal(signal.SIGINT)
-    rest, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    out = "".join(lines) + rest
+    out = reader.rest(60)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    err = proc.stderr.read()
     ids = re.findall(r"\[assoc (\d+)\] COMM_UP 127\.0\.0\.1:\d+ \(streams out 5, in 5\)",
                      out)
     assert len(set(ids)) == 3, out
