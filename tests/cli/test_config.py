@@ -148,3 +148,16 @@ def test_serve_started_from_a_config_file_serves_a_transfer(clean_env: Path,
                               timeout=60, check=False)
         assert done.returncode == 0, done.stderr
     assert (root / "hello.txt").read_text() == "from a config file\n"
+
+
+def test_the_readmes_config_file_is_valid(clean_env: Path, tmp_path: Path) -> None:
+    from tests.test_readme import readme_blocks  # noqa: PLC0415
+
+    [example] = [b for b in readme_blocks() if b.kind == "toml"]
+    conf = tmp_path / "c.toml"
+    conf.write_text(example.text)
+    serve = parse_command_line(["--config", str(conf), "serve", "/srv"])
+    assert (serve.max_connections, serve.umask, serve.fsync) == (512, 0o27, "each")
+    assert serve.listen == [":2345", "unix:/run/sockferry.sock"]
+    send = parse_command_line(["--config", str(conf), "send", "a", ":"])
+    assert (send.port, send.tls) == (2400, True)
