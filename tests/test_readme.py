@@ -32,7 +32,7 @@ from sockferry.cli import COMMANDS, build_parser
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SANDBOX = Path(__file__).resolve().parent / "readme_sandbox.py"
-KINDS = ("sh", "console", "text")
+KINDS = ("sh", "console", "text", "toml")  # toml: config files, checked in tests/cli/test_config.py
 OPTION = re.compile(r"(?<![\w/-])(--?[A-Za-z][\w-]*)(?:[ =]([a-z0-9]+(?:\\?\|[a-z0-9]+)+))?")
 GLOBAL_OPTIONS = {"-h", "--help", "--debug", "-q", "--quiet", "-v", "--verbose", "--version"}
 BLOCK_TIMEOUT_S = 300.0

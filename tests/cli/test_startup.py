@@ -62,7 +62,8 @@ def test_version_loads_no_command_module() -> None:
 def test_help_lists_every_command_and_loads_none() -> None:
     code, out, modules = loaded_by("--help")
     assert code == 0
-    assert out.startswith("usage: sockferry [-h] [--version] [--debug] [-q] [-v] COMMAND ...")
+    assert " ".join(out.split()).startswith(
+        "usage: sockferry [-h] [--version] [--debug] [-q] [-v] [--config FILE] COMMAND ...")
     for name, (_, summary) in COMMANDS.items():
         assert name in out
         assert " ".join(summary.split()[:3]) in " ".join(out.split())

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tftp-serve": ("tftp", "serve a directory over TFTP (RFC 1350, 2347-2349, 7440)"),
     "tftp-get": ("tftp", "download a file from a TFTP server"),
     "tftp-put": ("tftp", "upload a file to a TFTP server"),
+    "config": ("config", "show every setting a command would use and where it comes from"),
 }
 
 
@@ -79,6 +80,12 @@ def _parsers(command: str | None) -> tuple[argparse.ArgumentParser, Any]:
     return parser, sub
 
 
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one command (a name in COMMANDS)."""
+    parser: argparse.ArgumentParser = _parsers(command)[1].choices[command]
+    return parser
+
+
 def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
     group = parser.add_argument_group("global options (before or after the command)")
     group.add_argument("--debug", action="store_true", default=default,
@@ -89,6 +96,10 @@ def _add_global_options(parser: argparse.ArgumentParser, default: object) -> Non
     group.add_argument("-v", "--verbose", action="store_true", default=default,
                        help="one line per file or message, and the summary even when "
                        "stderr is not a terminal")
+    group.add_argument("--config", metavar="FILE", default=None if default is False else default,
+                       help="read settings from this TOML file only (default: "
+                       "/etc/sockferry/config.toml, then ~/.config/sockferry/config.toml; "
+                       "--config /dev/null reads none)")
 
 
 def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
@@ -101,7 +112,10 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
         return build_parser(None).parse_args(args)
     head, command, tail = args[:at], args[at], args[at + 1:]
     namespace = build_parser(None).parse_args([*head, command])  # the stubs take nothing
-    command_parser: argparse.ArgumentParser = _parsers(command)[1].choices[command]
+    from sockferry.cli import config  # noqa: PLC0415
+
+    parser = command_parser(command)
+    defaults = config.hide_defaults(parser)  # to see what the command line set
     # parse_intermixed_args mishandles '--' (Python 3.11 drops the positionals after
     # it): arguments after '--' that look like options stand in as placeholders.
     stand_ins: dict[str, str] = {}
@@ -115,13 +129,16 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
                 stand_ins[stand_in] = arg
             rest.append(stand_in)
         tail = [*tail[:cut], *rest]
-    command_parser.parse_intermixed_args(tail, namespace)
+    parser.parse_intermixed_args(tail, namespace)
     for key, value in vars(namespace).items():
         if isinstance(value, str) and value in stand_ins:
             setattr(namespace, key, stand_ins[value])
         elif isinstance(value, list):
             setattr(namespace, key, [stand_ins.get(v, v) if isinstance(v, str) else v
                                      for v in value])
+    files = config.read_files(namespace.config)
+    config.check(files, command_parser, COMMANDS)
+    config.resolve(command, parser, namespace, defaults, files, os.environ)
     return namespace
 
 
@@ -180,9 +197,17 @@ def run() -> None:
 
 
 def _command_index(argv: list[str]) -> int | None:
-    """Where the command word is: the first argument that is not an option (top-level
-    options take no values)."""
-    return next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    """Where the command word is: the first argument that is not an option nor the value
+    of --config (the only top-level option that takes one)."""
+    after_config = False
+    for i, arg in enumerate(argv):
+        if after_config:
+            after_config = False
+        elif arg == "--config":
+            after_config = True
+        elif not arg.startswith("-"):
+            return i
+    return None
 
 
 def _configure_logging(stream: TextIO, debug: bool, quiet: bool = False) -> None:

@@ -168,7 +168,7 @@ def _register_serve(sub: Any) -> None:
     parser.add_argument("--token-file", metavar="FILE",
                         help="shared token (default ~/.config/sockferry/token, created "
                         "with a random token if missing)")
-    parser.add_argument("--umask", type=_octal, default=DEFAULT_UMASK, metavar="MASK",
+    parser.add_argument("--umask", type=_octal, default=f"{DEFAULT_UMASK:03o}", metavar="MASK",
                         help="permission bits removed from every file and directory "
                         "written (default 022)")
     parser.add_argument("--no-clobber", action="store_true",
