@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from sockferry.cli import COMMANDS, command_parser, main, parse_command_line
 from sockferry.cli import config as cfg
+from sockferry.errors import UsageError
 from tests.cli.server_process import running
 from tests.ferry.harness import write_token
 
@@ -58,6 +60,32 @@ def test_user_file_over_system_and_client_section(clean_env: Path, tmp_path: Pat
     assert parse_command_line(["ls", ":"]).timeout == 10.0  # [send] is send's alone
     monkeypatch.setenv("SOCKFERRY_TLS", "off")
     assert parse_command_line(["get", ":a", "."]).tls is False
+
+
+def test_options_sharing_a_setting(clean_env: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """-4/-6 set one family and --include/--exclude one rule list: the first layer naming
+    any of them decides, include patterns from a file come first, and the command line
+    replaces the lot."""
+    conf = tmp_path / "c.toml"
+    conf.write_text("[client]\nipv4 = true\n[send]\nipv6 = true\n"
+                    "exclude = ['*.jpg']\ninclude = ['keep.jpg']\n")
+    args = parse_command_line(["--config", str(conf), "send", "a", ":"])
+    assert args.family == socket.AF_INET6              # [send] before [client]
+    assert args.filters == [(True, "keep.jpg"), (False, "*.jpg")]
+    assert parse_command_line(["--config", str(conf), "ls", ":"]).family == socket.AF_INET
+    monkeypatch.setenv("SOCKFERRY_IPV4", "1")
+    assert parse_command_line(["--config", str(conf), "send", "a", ":"]).family == \
+        socket.AF_INET                                 # the environment before files
+    args = parse_command_line(["--config", str(conf), "send", "-6", "--exclude", "x",
+                               "a", ":"])
+    assert (args.family, args.filters) == (socket.AF_INET6, [(False, "x")])
+    monkeypatch.delenv("SOCKFERRY_IPV4")
+    conf.write_text("[send]\nipv4 = true\nipv6 = true\n")
+    with pytest.raises(UsageError, match="'ipv4' .* and 'ipv6' .* exclude each other"):
+        parse_command_line(["--config", str(conf), "send", "a", ":"])
+    conf.write_text("[send]\nipv4 = false\n")
+    assert parse_command_line(["--config", str(conf), "send", "a", ":"]).family == 0
 
 
 def test_token_variable_beats_a_files_token_file(clean_env: Path, tmp_path: Path,

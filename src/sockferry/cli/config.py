@@ -190,32 +190,73 @@ def resolve(command: str, parser: argparse.ArgumentParser, namespace: argparse.N
     if command in CLIENT_COMMANDS:
         sections.append(files.get(CLIENT_SECTION, {}))
     sources: dict[str, str] = {}
-    for key, action in options(parser).items():
-        if _given(action, getattr(namespace, action.dest, UNSET)):
-            sources[key] = COMMAND_LINE
+    for members in _by_dest(parser).values():
+        first_key, first = members[0]
+        if _given(first, getattr(namespace, first.dest, UNSET)):
+            sources.update(dict.fromkeys((key for key, _ in members), COMMAND_LINE))
             continue
-        setting = _layered(key, command, sections, environ)
-        if setting is None:
-            setattr(namespace, action.dest, _default(parser, action, defaults[key]))
-            sources[key] = DEFAULT
-        else:
-            setattr(namespace, action.dest, convert(action, key, setting))
+        found = _layered(members, command, sections, environ)
+        default = _default(parser, first, defaults[first_key])
+        setattr(namespace, first.dest, default)
+        sources.update(dict.fromkeys((key for key, _ in members), DEFAULT))
+        _exclusive_flags(found)
+        for key, action, setting in found:
+            _apply(parser, namespace, action, key, convert(action, key, setting), default)
             sources[key] = setting.source
     return sources
 
 
-def _layered(key: str, command: str, sections: list[dict[str, Setting]],
-             environ: Mapping[str, str]) -> Setting | None:
-    name = env_name(key)
-    if name in environ:
-        return Setting(environ[name], name)
+def _by_dest(parser: argparse.ArgumentParser) -> dict[str, list[tuple[str, argparse.Action]]]:
+    """The configurable options grouped by the attribute they set (-4/-6 both set the
+    family; --include/--exclude both add filter rules), in the parser's order."""
+    groups: dict[str, list[tuple[str, argparse.Action]]] = {}
+    for key, action in options(parser).items():
+        groups.setdefault(action.dest, []).append((key, action))
+    return groups
+
+
+def _exclusive_flags(found: list[tuple[str, argparse.Action, Setting]]) -> None:
+    on = [(key, setting) for key, action, setting in found
+          if _is_flag(action) and _truth(setting.raw, setting.source.startswith(ENV_PREFIX))]
+    if len(on) > 1:
+        (key1, setting1), (key2, setting2) = on[:2]
+        raise UsageError(f"'{key1}' ({setting1.source}) and '{key2}' ({setting2.source}) "
+                         "exclude each other: set one of them")
+
+
+def _apply(parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+           action: argparse.Action, key: str, value: object, default: object) -> None:
+    """Sets ``value`` as the command line would: a flag that is off leaves the default,
+    and an action of sockferry's own is called once per item, as argparse calls it."""
+    if _is_flag(action):
+        setattr(namespace, action.dest, action.const if value else default)
+    elif type(action).__module__ == "argparse":
+        setattr(namespace, action.dest, value)
+    else:
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            action(parser, namespace, str(item), f"--{key}")
+
+
+def _layered(members: list[tuple[str, argparse.Action]], command: str,
+             sections: list[dict[str, Setting]],
+             environ: Mapping[str, str]) -> list[tuple[str, argparse.Action, Setting]]:
+    """The settings of the first layer (environment, [COMMAND], [client]) that sets any
+    option of ``members``: -6 in [send] beats -4 in [client]."""
+    found = [(key, action, Setting(environ[env_name(key)], env_name(key)))
+             for key, action in members if env_name(key) in environ]
     for settings in sections:
-        if key in settings:
-            if key == "token-file" and command in CLIENT_COMMANDS and environ.get(
-                    TOKEN_VARIABLE):
-                return None  # an environment setting of the token beats a file's
-            return settings[key]
-    return None
+        if found:
+            break
+        found = [(key, action, settings[key]) for key, action in members
+                 if key in settings and not _token_file_yields(key, command, environ)]
+    return found
+
+
+def _token_file_yields(key: str, command: str, environ: Mapping[str, str]) -> bool:
+    # An environment setting of the token beats a file's token-file.
+    return key == "token-file" and command in CLIENT_COMMANDS and bool(
+        environ.get(TOKEN_VARIABLE))
 
 
 def _given(action: argparse.Action, value: object) -> bool:
@@ -223,7 +264,9 @@ def _given(action: argparse.Action, value: object) -> bool:
 
 
 def _is_list(action: argparse.Action) -> bool:
-    return isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
+    """Repeatable: argparse's append actions, and actions that say so (``repeatable``)."""
+    return (isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
+            or getattr(action, "repeatable", False))
 
 
 def _is_flag(action: argparse.Action) -> bool:
@@ -248,7 +291,7 @@ def convert(action: argparse.Action, key: str, setting: Setting) -> object:
         if value is None:
             raise UsageError(f"{where}: '{key}' is a flag: write true or false"
                              + (" (or 1, 0, yes, no, on, off)" if from_env else ""))
-        return action.const if value else not action.const
+        return value
     if _is_list(action):
         if from_env:
             items: list[object] = _env_as_toml(action, str(raw))  # type: ignore[assignment]
@@ -357,7 +400,8 @@ def _show(command: str, parser: argparse.ArgumentParser, files: Files) -> Iterat
     yield f"[{command}]"
     for key, source in sources.items():
         if source == DEFAULT:
-            raw = defaults[key]
+            # A flag is off by default (-4's default is the family, not the flag's state).
+            raw = False if _is_flag(options(parser)[key]) else defaults[key]
         elif source.startswith(ENV_PREFIX):
             raw = _env_as_toml(options(parser)[key], os.environ[source])
         else:

@@ -118,14 +118,15 @@ def _copy_options(parser: argparse.ArgumentParser) -> None:
                         help="skip files the receiver already has with the same size and "
                         "modification time (rsync's quick check); implies -p, so that a "
                         "second run finds the times equal")
+    parser.add_argument("--include", action=_FilterRule, dest="filters", default=[],
+                        metavar="PATTERN", help="keep names matching PATTERN even if a "
+                        "later --exclude matches them (in a config file, include "
+                        "patterns come before exclude patterns)")
     parser.add_argument("--exclude", action=_FilterRule, dest="filters", default=[],
                         metavar="PATTERN", help="leave out names matching PATTERN "
                         "(rsync's basic rules: * and ? stay within a name, ** crosses /, "
                         "a leading / anchors at the tree's top, a trailing / matches "
                         "directories only; the first matching --exclude/--include wins)")
-    parser.add_argument("--include", action=_FilterRule, dest="filters", default=[],
-                        metavar="PATTERN", help="keep names matching PATTERN even if a "
-                        "later --exclude matches them")
     parser.add_argument("-n", "--dry-run", action="store_true",
                         help="print what would be copied (on stdout) and copy nothing")
     parser.add_argument("-r", "--recursive", action="store_true",
@@ -138,9 +139,13 @@ def _copy_options(parser: argparse.ArgumentParser) -> None:
 class _FilterRule(argparse.Action):
     """--include and --exclude, kept in the order given: the first match decides."""
 
+    repeatable = True  # for the config file: an array of patterns
+
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        rules = [*getattr(namespace, self.dest, []), (option_string == "--include", values)]
+        # None: the config layer's "not given yet" (see cli/config.hide_defaults).
+        rules = [*(getattr(namespace, self.dest, None) or []),
+                 (option_string == "--include", values)]
         setattr(namespace, self.dest, rules)
 
 
