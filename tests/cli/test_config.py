@@ -82,7 +82,7 @@ def test_options_sharing_a_setting(clean_env: Path, tmp_path: Path,
     assert (args.family, args.filters) == (socket.AF_INET6, [(False, "x")])
     monkeypatch.delenv("SOCKFERRY_IPV4")
     conf.write_text("[send]\nipv4 = true\nipv6 = true\n")
-    with pytest.raises(UsageError, match="'ipv4' .* and 'ipv6' .* exclude each other"):
+    with pytest.raises(UsageError, match=r"'ipv4' .* and 'ipv6' .* exclude each other"):
         parse_command_line(["--config", str(conf), "send", "a", ":"])
     conf.write_text("[send]\nipv4 = false\n")
     assert parse_command_line(["--config", str(conf), "send", "a", ":"]).family == 0
