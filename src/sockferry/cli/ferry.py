@@ -478,14 +478,15 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     from sockferry.ferry.server import ServerConfig  # noqa: PLC0415
     from sockferry.ferry.tokens import server_token  # noqa: PLC0415
 
-    options = ServerOptions.from_args(args)
+    options = ServerOptions.from_args(args, socket.SOCK_STREAM)
     raise_open_file_limit()
     token, token_path, created = server_token(args.token_file)
     if created:
         console.notice(f"created a new token in {token_path} (mode 0600); clients on "
                        "this machine use it automatically, others need a copy")
-    addresses = [parse_address(a, DEFAULT_PORT) for a in (args.listen or
-                                                          [f"localhost:{DEFAULT_PORT}"])]
+    # Socket activation: the unit's sockets, and --listen only if given.
+    default = [] if options.activated else [f"localhost:{DEFAULT_PORT}"]
+    addresses = [parse_address(a, DEFAULT_PORT) for a in args.listen or default]
     config = ServerConfig(token=token, umask=args.umask, clobber=not args.no_clobber,
                           max_connections=args.max_connections,
                           max_startups=args.max_startups,
@@ -500,6 +501,9 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
                           max_bytes_per_connection=args.max_bytes_per_connection,
                           max_files_per_connection=args.max_files_per_connection,
                           max_list_entries=args.max_list_entries, quota=args.quota)
+    if args.transport == "sctp" and options.activated:
+        raise UsageError("socket activation hands over TCP sockets: drop --transport sctp "
+                         "(or start this server without a .socket unit)")
     if args.transport == "sctp" and args.mptcp:
         raise UsageError("--mptcp and --transport sctp do not go together: SCTP has "
                          "its own multihoming")
@@ -568,7 +572,7 @@ async def _serve(root: str, addresses: list[Address], config: ServerConfig,
     endpoint: Endpoint | None = None
     reader: asyncio.Task[None] | None = None
     if sctp is None:
-        bound = await server.start(addresses)
+        bound = await server.start(addresses, options.activated)
     else:
         from sockferry.ferry.association import (  # noqa: PLC0415 - see _connected
             open_sctp_server_endpoint,
@@ -588,6 +592,7 @@ async def _serve(root: str, addresses: list[Address], config: ServerConfig,
         options.after_binding()  # bound, root open, token read: drop to --user now
         await stop.wait()
     finally:
+        options.stopping()
         log.info("stopping: no new connections")
         await server.stop(grace_s)
         if reader is not None:

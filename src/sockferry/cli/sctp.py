@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import stat
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -138,14 +139,20 @@ def describe_change(change: AssociationChange) -> str:
 
 
 def run_serve(args: argparse.Namespace, console: Console) -> int:
-    listen = [parse_address(a, DEFAULT_PORT) for a in args.listen or [f":{DEFAULT_PORT}"]]
-    return run_async(_serve(args, listen, console, ServerOptions.from_args(args)))
+    options = ServerOptions.from_args(args, socket.SOCK_DGRAM)
+    if options.activated and args.listen:
+        raise UsageError("with socket activation the .socket unit says where to listen: "
+                         "drop --listen")
+    default = [] if options.activated else [f":{DEFAULT_PORT}"]
+    listen = [parse_address(a, DEFAULT_PORT) for a in args.listen or default]
+    return run_async(_serve(args, listen, console, options))
 
 
 async def _serve(args: argparse.Namespace, listen: list[Any], console: Console,
                  options: ServerOptions) -> int:
     endpoint = await open_endpoint(args.transport, listen=listen, udp_port=args.udp_port,
-                                   streams=StreamCounts(args.streams, args.streams))
+                                   streams=StreamCounts(args.streams, args.streams),
+                                   inherited=options.activated)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -161,6 +168,7 @@ async def _serve(args: argparse.Namespace, listen: list[Any], console: Console,
             await stop.wait()
             worker.cancel()
     finally:
+        options.stopping()
         await endpoint.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 from typing import TYPE_CHECKING
 
+from sockferry import systemd
 from sockferry.records import record
 
 if TYPE_CHECKING:  # loaded by servers only: a client command's start-up skips them
@@ -39,15 +41,18 @@ def add_server_options(parser: argparse.ArgumentParser, *, unix: bool = False) -
 class ServerOptions:
     access: AccessRules
     identity: Identity | None
+    activated: tuple[socket.socket, ...]  # from socket activation, of the server's kind
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ServerOptions:
-        """Everything checked before anything is bound."""
+    def from_args(cls, args: argparse.Namespace, kind: socket.SocketKind) -> ServerOptions:
+        """Everything checked before anything is bound; the sockets systemd handed over
+        (``kind``: what the server listens with)."""
         from sockferry import privileges  # noqa: PLC0415
         from sockferry.access import AccessRules  # noqa: PLC0415
 
         return cls(AccessRules.parse(args.allow, args.deny),
-                   privileges.resolve(args.user, args.group))
+                   privileges.resolve(args.user, args.group),
+                   tuple(systemd.inherited_sockets(kind, f"sockferry {args.command}")))
 
     def after_binding(self) -> None:
         """Log the access rules; drop to --user, or warn once that we still are root."""
@@ -61,3 +66,9 @@ class ServerOptions:
                      self.identity.describe())
         elif privileges.running_as_root():
             log.warning(privileges.ROOT_WARNING)
+        systemd.notify("READY=1")  # with Type=notify: started units wait for this
+
+    @staticmethod
+    def stopping() -> None:
+        systemd.notify("STOPPING=1")
+

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -152,8 +153,10 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
 def run_serve(args: argparse.Namespace, console: Console) -> int:
     if not os.path.isdir(args.root):
         raise UsageError(f"'{args.root}' is not a directory — give the directory to serve")
-    listen = [parse_address(text, DEFAULT_PORT) for text in args.listen or [f":{DEFAULT_PORT}"]]
-    options = ServerOptions.from_args(args)
+    options = ServerOptions.from_args(args, socket.SOCK_DGRAM)
+    # Socket activation: the unit's sockets, and --listen only if given.
+    default = [] if options.activated else [f":{DEFAULT_PORT}"]
+    listen = [parse_address(text, DEFAULT_PORT) for text in args.listen or default]
     config = ServerConfig(
         root=args.root,
         allow_upload=UploadPolicy(args.allow_upload or "none"),
@@ -171,7 +174,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
 async def _serve(config: ServerConfig, listen: list[Address], console: Console,
                  options: ServerOptions) -> None:
     server = TftpServer(config)
-    await server.start(listen)
+    await server.start(listen, options.activated)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -182,6 +185,7 @@ async def _serve(config: ServerConfig, listen: list[Address], console: Console,
         options.after_binding()  # listening, root open: drop to --user now
         await server.serve_forever()
     finally:
+        options.stopping()
         await server.close()
 
 

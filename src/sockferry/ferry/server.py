@@ -173,8 +173,11 @@ class FerryServer:
         self.handlers = _READ_ONLY_HANDLERS if config.read_only else _HANDLERS
         self.quota = Quota(config.quota) if config.quota else None
 
-    async def start(self, addresses: Sequence[Address]) -> list[str]:
-        """Bind and listen on every address; returns them as bound (real ports)."""
+    async def start(self, addresses: Sequence[Address],
+                    inherited: Sequence[socket.socket] = ()) -> list[str]:
+        """Bind and listen on every address, and serve the ``inherited`` listening
+        sockets too (socket activation); returns them all as bound (real ports)."""
+        self._listeners += inherited
         try:
             for address in addresses:
                 socks = await open_listeners(address, socket.SOCK_STREAM,

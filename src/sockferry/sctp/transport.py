@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 from sockferry.errors import UsageError
@@ -17,7 +18,8 @@ __all__ = ["TRANSPORTS", "Transport", "open_endpoint"]
 
 async def open_endpoint(transport: str = "auto", *, listen: Sequence[Address] = (),
                         udp_port: int | None = None,
-                        streams: StreamCounts | None = None) -> Endpoint:
+                        streams: StreamCounts | None = None,
+                        inherited: Sequence[socket.socket] = ()) -> Endpoint:
     """An endpoint bound to ``listen`` (or to an ephemeral port, for a client).
 
     ``udp_port`` asks for SCTP over UDP (RFC 6951): with ``listen`` it is the local UDP
@@ -27,6 +29,11 @@ async def open_endpoint(transport: str = "auto", *, listen: Sequence[Address] = 
     if transport not in TRANSPORTS:
         raise UsageError(f"unknown SCTP transport '{transport}' — use auto, kernel or udp")
     config = Config(streams=streams or StreamCounts())
+    if inherited:  # socket activation hands over UDP sockets: SCTP over UDP in them
+        if transport == "kernel":
+            raise UsageError("socket activation hands over UDP sockets, which carry "
+                             "--transport udp only: drop --transport kernel")
+        return await UdpEndpoint.open(config=config, inherited=inherited)
     if transport == "kernel" or (transport == "auto" and _kernel_fits(udp_port, listen)):
         # Where the kernel lacks SCTP, opening the socket says so in one sentence.
         if listen:

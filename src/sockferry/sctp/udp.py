@@ -171,11 +171,17 @@ class UdpEndpoint:
 
     @classmethod
     async def open(cls, listen: Sequence[Address] = (), *, udp_port: int | None = None,
-                   peer_udp_port: int | None = None, config: Config | None = None) -> Self:
-        """Bind ``listen`` (SCTP port = UDP port unless ``udp_port``), or an ephemeral port."""
+                   peer_udp_port: int | None = None, config: Config | None = None,
+                   inherited: Sequence[socket.socket] = ()) -> Self:
+        """Bind ``listen`` (SCTP port = UDP port unless ``udp_port``), or an ephemeral
+        port; or carry SCTP in the ``inherited`` UDP sockets (socket activation: the SCTP
+        port is theirs)."""
         endpoint = cls(config or Config(), peer_udp_port)
         try:
-            await endpoint._bind(listen, udp_port)
+            if inherited:
+                await endpoint._adopt(inherited)
+            else:
+                await endpoint._bind(listen, udp_port)
         except BaseException:
             await endpoint.close()
             raise
@@ -195,14 +201,27 @@ class UdpEndpoint:
         for address in targets:
             assert isinstance(address, HostPort)
             for sock in await open_listeners(HostPort(address.host, bound), socket.SOCK_DGRAM):
-                grow_buffers(sock, SOCKET_BUFFER)
-                enable_icmp_errors(sock)
-                _, protocol = await self._loop.create_datagram_endpoint(
-                    lambda sock=sock: _Socket(self, sock), sock=sock)  # type: ignore[misc]
-                self._sockets.append(protocol)
+                await self._carry(sock)
                 bound = sock.getsockname()[1]  # port 0: the rest share the kernel's pick
-        if sctp_port == 0:
-            sctp_port = bound
+        self._start_stack(sctp_port or bound)
+
+    async def _adopt(self, sockets: Sequence[socket.socket]) -> None:
+        ports = {sock.getsockname()[1] for sock in sockets}
+        if len(ports) > 1:
+            raise UsageError("an SCTP endpoint has one port: give every ListenDatagram= of "
+                             "the .socket unit the same port")
+        self._start_stack(ports.pop())  # first: a datagram may be waiting already
+        for sock in sockets:
+            await self._carry(sock)
+
+    async def _carry(self, sock: socket.socket) -> None:
+        grow_buffers(sock, SOCKET_BUFFER)
+        enable_icmp_errors(sock)
+        _, protocol = await self._loop.create_datagram_endpoint(
+            lambda: _Socket(self, sock), sock=sock)
+        self._sockets.append(protocol)
+
+    def _start_stack(self, sctp_port: int) -> None:
         self._stack = Stack(sctp_port, self._config, secret=secrets.token_bytes(32),
                             rng=secrets.token_bytes, packet_size=path_packet_size)
 

@@ -21,6 +21,7 @@ import logging
 import socket
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -168,18 +169,25 @@ class TftpServer:
     def active_transfers(self) -> int:
         return len(self._transfers)
 
-    async def start(self, addresses: list[Address]) -> None:
-        loop = asyncio.get_running_loop()
+    async def start(self, addresses: list[Address],
+                    inherited: Sequence[socket.socket] = ()) -> None:
+        """Bind every address, and serve the ``inherited`` datagram sockets too (socket
+        activation)."""
         try:
+            for sock in inherited:
+                self._listen(sock)
             for address in addresses:
                 for sock in await open_listeners(address, socket.SOCK_DGRAM):
-                    self._listeners.append(sock)
-                    enable_destination_address(sock)
-                    enlarge_buffers(sock)  # absorbs bursts of requests
-                    loop.add_reader(sock.fileno(), self._on_request, sock)
+                    self._listen(sock)
         except BaseException:
             await self.close()
             raise
+
+    def _listen(self, sock: socket.socket) -> None:
+        self._listeners.append(sock)
+        enable_destination_address(sock)
+        enlarge_buffers(sock)  # absorbs bursts of requests
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_request, sock)
 
     async def serve_forever(self) -> None:
         await self._closed.wait()
