@@ -18,6 +18,7 @@ from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, run_async
 from sockferry.cli.serving import ServerOptions, add_server_options
 from sockferry.errors import NetworkError, PeerRefused, SockferryError, UsageError
+from sockferry.metrics import Metrics
 from sockferry.sctp.endpoint import (
     DEFAULT_UDP_PORT,
     MAX_STREAMS,
@@ -164,7 +165,7 @@ async def _serve(args: argparse.Namespace, listen: list[Any], console: Console,
         options.after_binding()  # bound: drop to --user now
         async with asyncio.TaskGroup() as group:
             worker = group.create_task(_serve_loop(endpoint, args.echo, console,
-                                                   options.access))
+                                                   options.access, options.metrics))
             await stop.wait()
             worker.cancel()
     finally:
@@ -178,9 +179,10 @@ async def _serve(args: argparse.Namespace, listen: list[Any], console: Console,
 
 
 async def _serve_loop(endpoint: Endpoint, echo: bool, console: Console,
-                      access: AccessRules) -> None:
+                      access: AccessRules, metrics: Metrics) -> None:
     echoes = _Echoes(endpoint, console)
     gate = _Gate(endpoint, access, console)
+    up: set[AssocId] = set()  # associations counted open in the metrics
     try:
         while True:
             item = await endpoint.receive()
@@ -188,11 +190,20 @@ async def _serve_loop(endpoint: Endpoint, echo: bool, console: Console,
                 continue
             if isinstance(item, AssociationChange):
                 console.print(describe_change(item))
-                if item.state not in (AssocState.COMM_UP, AssocState.RESTART):
-                    echoes.forget(item.assoc_id)
+                if item.state in (AssocState.COMM_UP, AssocState.RESTART):
+                    if item.assoc_id not in up:
+                        up.add(item.assoc_id)
+                        metrics.connection_opened("sctp")
+                    continue
+                echoes.forget(item.assoc_id)
+                if item.assoc_id in up:
+                    up.discard(item.assoc_id)
+                    metrics.connection_closed("sctp", item.state.value.lower(), 0, 0)
                 continue
             console.print(describe_message(item))
+            metrics.transferred("sctp", "upload", len(item.data))
             if echo:
+                metrics.transferred("sctp", "download", len(item.data))
                 echoes.queue(item)
     finally:
         echoes.close()

@@ -8,6 +8,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from sockferry import systemd
+from sockferry.metrics import OFF, Metrics
 from sockferry.records import record
 
 if TYPE_CHECKING:  # loaded by servers only: a client command's start-up skips them
@@ -15,6 +16,7 @@ if TYPE_CHECKING:  # loaded by servers only: a client command's start-up skips t
     from sockferry.privileges import Identity
 
 log = logging.getLogger("sockferry")
+METRICS_PORT = 9469  # when --metrics gives a host only
 
 
 def add_server_options(parser: argparse.ArgumentParser, *, unix: bool = False) -> None:
@@ -27,6 +29,10 @@ def add_server_options(parser: argparse.ArgumentParser, *, unix: bool = False) -
     parser.add_argument("--deny", action="append", metavar="CIDR",
                         help="never serve peers in this network, even if --allow "
                         "includes them (deny wins); repeatable")
+    parser.add_argument("--metrics", metavar="ADDR",
+                        help="serve Prometheus metrics over HTTP on HOST[:PORT] (port 9469 "
+                        "unless given; path /metrics); off by default. Anyone who can "
+                        "reach ADDR can read them: keep it on loopback or a private network")
     parser.add_argument("--user", metavar="NAME",
                         help="started as root: become this user (name or uid) right "
                         "after binding the listeners and opening ROOT, so a port below "
@@ -42,6 +48,7 @@ class ServerOptions:
     access: AccessRules
     identity: Identity | None
     activated: tuple[socket.socket, ...]  # from socket activation, of the server's kind
+    metrics: Metrics  # metrics.OFF without --metrics
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, kind: socket.SocketKind) -> ServerOptions:
@@ -52,7 +59,8 @@ class ServerOptions:
 
         return cls(AccessRules.parse(args.allow, args.deny),
                    privileges.resolve(args.user, args.group),
-                   tuple(systemd.inherited_sockets(kind, f"sockferry {args.command}")))
+                   tuple(systemd.inherited_sockets(kind, f"sockferry {args.command}")),
+                   _metrics(args.metrics))
 
     def after_binding(self) -> None:
         """Log the access rules; drop to --user, or warn once that we still are root."""
@@ -68,7 +76,20 @@ class ServerOptions:
             log.warning(privileges.ROOT_WARNING)
         systemd.notify("READY=1")  # with Type=notify: started units wait for this
 
-    @staticmethod
-    def stopping() -> None:
+    def stopping(self) -> None:
         systemd.notify("STOPPING=1")
+        self.metrics.close()
+
+
+def _metrics(address: str | None) -> Metrics:
+    """--metrics: the registry, served from now on (before privileges are dropped, so a
+    port below 1024 works too)."""
+    if address is None:
+        return OFF
+    from sockferry.sockets import parse_address  # noqa: PLC0415
+
+    metrics = Metrics()
+    where = metrics.serve(parse_address(address, METRICS_PORT))
+    log.info("metrics: http://%s/metrics", where)
+    return metrics
 

@@ -166,7 +166,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
         max_upload_bytes=args.max_upload_size,
         max_unconfirmed_per_source=args.max_unconfirmed_per_source,
         unconfirmed_s=float(args.unconfirmed_timeout), error_rate=args.error_rate,
-        access=options.access)
+        access=options.access, metrics=options.metrics)
     run_async(_serve(config, listen, console, options))
     return ExitCode.OK
 

@@ -55,6 +55,8 @@ SHUTDOWN_TIMEOUT_S = 10.0
 class AssociationStream:
     """A ferry ``Stream`` over one association of ``endpoint``."""
 
+    transport = "sctp"  # the metrics' label (ferry/server.py)
+
     def __init__(self, endpoint: Endpoint, assoc_id: AssocId, peer: str, *, client: bool,
                  idle_timeout_s: float) -> None:
         outbound, inbound = endpoint.streams(assoc_id)

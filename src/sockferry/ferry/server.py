@@ -56,6 +56,7 @@ from sockferry.ferry.limits import (
     Reservation,
 )
 from sockferry.ferry.ordering import PathOrder
+from sockferry.metrics import OFF, Metrics
 from sockferry.records import replace
 from sockferry.sockets import (
     Address,
@@ -128,6 +129,7 @@ class ServerConfig:
     access: AccessRules = field(default_factory=AccessRules)  # --allow/--deny (not AF_UNIX)
     read_only: bool = False  # refuse every request that writes (READ_ONLY)
     tls: ServerTLS | None = None  # accept TLS 1.3 clients only (ferry/secure.py)
+    metrics: Metrics = OFF  # --metrics: what the server counts (metrics.py)
 
 
 @dataclass(slots=True)
@@ -270,6 +272,7 @@ class FerryServer:
         one log line, rate-limited."""
         if self.config.access.admits_peer(peer):
             return True
+        self.config.metrics.limit_tripped("tcp", "access")
         if conn is not None:
             host = host_of(peer)
             _refuse(conn, m.ErrorCode.PERMISSION, f"this server does not accept "
@@ -298,9 +301,13 @@ class FerryServer:
         if self.closing:
             return "the server is shutting down"
         if len(self._connections) >= self.config.max_connections:
+            self.config.metrics.limit_tripped(_transport_of(source), "max-connections")
             return (f"server busy: {self.config.max_connections} connections already — "
                     "try again later")
-        return self.gate.admit(source)
+        reason = self.gate.admit(source)
+        if reason is not None:
+            self.config.metrics.limit_tripped(_transport_of(source), "max-startups")
+        return reason
 
     def serve(self, stream: Stream, source: str | None = None) -> None:
         """Run one client's connection: an accepted socket, or an SCTP association;
@@ -375,6 +382,27 @@ class FerryServer:
         self.stopped.set()
 
 
+_DIRECTIONS = {"PUT": "upload", "GET": "download"}
+
+
+def _error_kind(result: str) -> str | None:
+    """The metrics' error kind of a file's result: its first word (refused, aborted,
+    cancelled, ...), or None for a commit."""
+    return None if result.startswith("ok") else result.split(maxsplit=1)[0].rstrip(":")
+
+
+def _code_name(code: int) -> str:
+    try:
+        return m.ErrorCode(code).name.lower()
+    except ValueError:
+        return f"error_{code}"
+
+
+def _transport_of(source: str) -> str:
+    """The metrics' transport label of an admission source (sockferry.admission)."""
+    return "unix" if source == "the local socket" else "tcp"
+
+
 def _order_key(path: str) -> str:
     """The path as PathOrder tells PUTs apart: "a//b" and "./a/b" are "a/b"."""
     if "//" in path or ("." in path and ("/./" in path or path.startswith("./")
@@ -432,6 +460,10 @@ class Connection:
         self.auth = "not authenticated"
         self.started = time.monotonic()
         self.peer = self.stream.peer
+        self.metrics = server.config.metrics
+        self.transport: str = getattr(stream, "transport", "unix" if stream.local.startswith(
+            "unix:") else "tcp")
+        self.metrics.connection_opened(self.transport)
         # False for TLS streams (tlsstream.py): bodies are copied, not spliced.
         self.zero_copy: bool = getattr(stream, "zero_copy", True)
 
@@ -439,7 +471,7 @@ class Connection:
 
     async def run(self) -> None:
         log.debug("%s: connected to %s", self.peer, self.stream.local)
-        outcome = "closed"
+        outcome, kind = "closed", "closed"
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read_loop())
@@ -450,25 +482,29 @@ class Connection:
         except* RemoteProtocolError as group:
             error = group.exceptions[0]
             assert isinstance(error, RemoteProtocolError)
-            outcome = f"protocol error: {error}"
+            outcome, kind = f"protocol error: {error}", "protocol_error"
             self.session.fail_connection(error.code or m.ErrorCode.BAD_REQUEST, str(error))
             await self._flush_before_close()
         except* (NetworkError, TransferTimeout) as group:
-            outcome = f"dropped: {group.exceptions[0]}"
+            outcome, kind = f"dropped: {group.exceptions[0]}", "dropped"
         except* asyncio.CancelledError:
-            outcome = "aborted: the server is shutting down"
+            outcome, kind = "aborted: the server is shutting down", "shutdown"
             self.session.fail_connection(m.ErrorCode.SHUTTING_DOWN,
                                          "the server is shutting down")
             await self._flush_before_close()
             raise
         except* Exception as group:  # a bug: log it, keep serving everyone else
-            outcome = f"internal error: {group.exceptions[0]!r}"
+            outcome, kind = f"internal error: {group.exceptions[0]!r}", "internal_error"
             log.exception("%s: internal error", self.peer)
         finally:
             self._leave_gate()
             self._abort_everything()
             self.stream.close()
             elapsed = time.monotonic() - self.started
+            if self.auth.startswith("authentication failed"):
+                kind = "authentication_failed"
+            self.metrics.connection_closed(self.transport, kind, self.stream.bytes_in,
+                                           self.stream.bytes_out)
             log.info("%s -> %s: %s; %s after %.2f s: %d file(s), %s in, %s out", self.peer,
                      self.stream.local, self.auth, outcome, elapsed, self.files,
                      format_bytes(self.stream.bytes_in), format_bytes(self.stream.bytes_out))
@@ -565,6 +601,7 @@ class Connection:
             self.source = None
 
     def _on_put(self, event: s.PutRequested) -> None:
+        self.metrics.transfer_started(self.transport, "upload")
         if event.resumable and event.size <= self.config.max_file_size:
             if self._within_budget(event.request, "PUT", event.path,
                                    event.size - event.offset):
@@ -601,6 +638,7 @@ class Connection:
             return True
         reason = self.budget.take(path, size)
         if reason is not None:
+            self.metrics.limit_tripped(self.transport, "max-per-connection")
             self._refuse(request, verb, path, m.ErrorCode.TOO_LARGE, reason)
             return False
         return True
@@ -619,6 +657,7 @@ class Connection:
                 replaced = entry.size if entry.kind is Kind.FILE else 0
         got = quota.reserve(path, size, replaced)
         if isinstance(got, str):
+            self.metrics.limit_tripped(self.transport, "quota")
             file.abort()
             self._refuse(request, "PUT", path, m.ErrorCode.NO_SPACE, got)
             return False, None
@@ -626,6 +665,7 @@ class Connection:
         return True, got
 
     def _refuse_too_large(self, request: int, path: str, size: int) -> None:
+        self.metrics.limit_tripped(self.transport, "max-file-size")
         self._refuse(request, "PUT", path, m.ErrorCode.TOO_LARGE,
                      f"'{path}' is {size} bytes; this server accepts at "
                      f"most {self.config.max_file_size}")
@@ -635,6 +675,7 @@ class Connection:
         is then written whole, created with its final mode, and (where durability
         allows) closed at once, so its commit is only the rename."""
         data, path = event.data, event.path
+        self.metrics.transfer_started(self.transport, "upload")
         if digest_of(data, self.session.digest_feature) != event.digest:
             self._refuse_mismatch(event.request, path)
             return
@@ -958,15 +999,21 @@ class Connection:
         self.session.refuse(request, code, message)
         if verb == "PUT":
             self.order.ended(request)  # what waited on it in its path's order goes
-        self._log_file(verb, path, nbytes, started, f"refused: {message}")
+        self._log_file(verb, path, nbytes, started, f"refused: {message}",
+                       error=_code_name(code))
 
     def _log_file(self, verb: str, path: str, nbytes: int, started: float | None,
-                  result: str, level: int = logging.INFO) -> None:
+                  result: str, level: int = logging.INFO, error: str | None = None) -> None:
         """One line per file: failures at info, successes at debug (the connection's
-        summary line counts them; a line per small file would cost more than the file)."""
+        summary line counts them; a line per small file would cost more than the file).
+        The metrics count every one."""
+        elapsed = time.monotonic() - started if started is not None else 0.0
+        outcome = ("committed" if result.startswith("ok") else
+                   "refused" if result.startswith("refused") else "failed")
+        self.metrics.transfer_ended(self.transport, _DIRECTIONS[verb], outcome, nbytes,
+                                    elapsed, error or _error_kind(result))
         if not log.isEnabledFor(level):
             return
-        elapsed = time.monotonic() - started if started is not None else 0.0
         log.log(level, "%s: %s '%s' %s in %.3f s (%s): %s", self.peer, verb, path,
                  format_bytes(nbytes), elapsed, format_rate(nbytes, elapsed), result)
 
@@ -998,6 +1045,7 @@ class Connection:
             self.wake.clear()
 
     async def _send_file(self, job: s.GetRequested) -> None:
+        self.metrics.transfer_started(self.transport, "download")
         if job.prefix_digest is not None:
             if await self._send_tail(job):
                 return

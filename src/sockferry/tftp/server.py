@@ -34,6 +34,7 @@ from sockferry.errors import (
     SockferryError,
     StorageError,
 )
+from sockferry.metrics import OFF, Metrics
 from sockferry.safe_text import clip
 from sockferry.sockets import (
     Address,
@@ -111,6 +112,7 @@ class ServerConfig:
     error_rate: int = DEFAULT_ERROR_RATE
     # --allow/--deny: other peers are never answered
     access: AccessRules = field(default_factory=AccessRules)
+    metrics: Metrics = OFF  # --metrics: what the server counts (metrics.py)
 
 
 class Refusal(Exception):
@@ -226,6 +228,7 @@ class TftpServer:
                 local: str | None, truncated: bool) -> None:
         shown = format_sockaddr(peer)
         if not self.config.access.admits(_host(peer)):  # never answered: no reflection
+            self.config.metrics.limit_tripped("tftp", "access")
             self._ignore(shown, "dropped: not allowed by --allow/--deny")
             return
         request = self._parse(listener, data, peer, shown, truncated)
@@ -271,7 +274,9 @@ class TftpServer:
         what = f"{'read' if request.is_read else 'write'} " \
                f"'{clip(request.filename.decode('utf-8', 'surrogateescape'))}'"
         source = source_key(_host(peer))
+        direction = "download" if request.is_read else "upload"
         if self._unconfirmed_from(source) >= self.config.max_unconfirmed_per_source:
+            self.config.metrics.limit_tripped("tftp", "max-unconfirmed-per-source")
             # Likely forged: no answer at all, so no reflection either.
             self._ignore(shown, f"{what} dropped: {self.config.max_unconfirmed_per_source} "
                          f"transfers from {source} are waiting for their peer to answer")
@@ -280,13 +285,17 @@ class TftpServer:
             self._check_capacity(peer)
             driver = self._open_transfer(listener, request, peer, local, len(data))
         except Refusal as refusal:
+            self.config.metrics.transfer_ended("tftp", direction, "refused", 0, 0.0,
+                                               refusal.code.name.lower())
             self._refuse(listener, peer, shown, what, refusal)
             return
+        self.config.metrics.transfer_started("tftp", direction)
         self._transfers[key] = driver
         self._per_host[_host(peer)] += 1
         self._by_source.setdefault(source, set()).add(key)
 
         def log_outcome(result: TransferResult) -> None:
+            self._count(direction, result)
             # A transfer whose peer never answered was likely forged: its line goes
             # through the flood limit like a refusal's.
             if (result.error is not None and not driver.core.confirmed
@@ -300,6 +309,18 @@ class TftpServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _count(self, direction: str, result: TransferResult) -> None:
+        metrics = self.config.metrics
+        metrics.transferred("tftp", direction, result.size)
+        if result.error is None:
+            metrics.transfer_ended("tftp", direction, "committed", result.size,
+                                   result.seconds)
+        else:
+            kind = getattr(result.error, "code", None)
+            metrics.transfer_ended("tftp", direction, "failed", result.size, result.seconds,
+                                   kind.name.lower() if isinstance(kind, ErrorCode)
+                                   else type(result.error).__name__)
+
     def _unconfirmed_from(self, source: str) -> int:
         keys = self._by_source.get(source, ())
         return sum(1 for key in keys if not self._transfers[key].core.confirmed)
@@ -310,8 +331,10 @@ class TftpServer:
 
     def _check_capacity(self, peer: SockAddr) -> None:
         if len(self._transfers) >= self.config.max_transfers:
+            self.config.metrics.limit_tripped("tftp", "max-transfers")
             raise Refusal(ErrorCode.NOT_DEFINED, "server busy, try again later")
         if self._per_host[_host(peer)] >= self.config.max_per_peer:
+            self.config.metrics.limit_tripped("tftp", "max-per-peer")
             raise Refusal(ErrorCode.NOT_DEFINED,
                           "too many transfers from your address, try again later")
 
