@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         return int(exc.code or 0)
     debug: bool = args.debug
     console.quiet, console.verbose = args.quiet, args.verbose
-    _configure_logging(err, debug, args.quiet)
+    _configure_logging(err, debug, args.quiet, getattr(args, "log_format", "text"))
     try:
         handler: Callable[[argparse.Namespace, Console], int] = args.handler
         return handler(args, console)
@@ -210,18 +210,25 @@ def _command_index(argv: list[str]) -> int | None:
     return None
 
 
-def _configure_logging(stream: TextIO, debug: bool, quiet: bool = False) -> None:
+def _configure_logging(stream: TextIO, debug: bool, quiet: bool = False,
+                       log_format: str = "text") -> None:
     # Not at the top: --help and --version never log, and logging costs ~10 ms.
     import logging  # noqa: PLC0415
 
-    from sockferry.cli.logs import EscapingFormatter  # noqa: PLC0415
+    from sockferry.cli.logs import EscapingFormatter, JsonFormatter  # noqa: PLC0415
 
     root = logging.getLogger("sockferry")
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(EscapingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s",
-                                           "%Y-%m-%dT%H:%M:%S"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(EscapingFormatter(
+            "%(asctime)s %(name)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    # sctp-serve prints association changes on stdout; as text logs they would repeat.
+    logging.getLogger("sockferry.association").setLevel(
+        logging.NOTSET if log_format == "json" else logging.WARNING)
     root.addHandler(handler)
     # -q: a server logs its warnings and errors only.
     root.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)

@@ -501,7 +501,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
                           max_bytes_per_connection=args.max_bytes_per_connection,
                           max_files_per_connection=args.max_files_per_connection,
                           max_list_entries=args.max_list_entries, quota=args.quota,
-                          metrics=options.metrics)
+                          metrics=options.metrics, log_transfers=args.log_format == "json")
     if args.transport == "sctp" and options.activated:
         raise UsageError("socket activation hands over TCP sockets: drop --transport sctp "
                          "(or start this server without a .socket unit)")

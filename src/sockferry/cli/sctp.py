@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, run_async
 from sockferry.cli.serving import ServerOptions, add_server_options
 from sockferry.errors import NetworkError, PeerRefused, SockferryError, UsageError
+from sockferry.logfields import fields
 from sockferry.metrics import Metrics
 from sockferry.sctp.endpoint import (
     DEFAULT_UDP_PORT,
@@ -31,6 +33,8 @@ from sockferry.sctp.endpoint import (
 )
 from sockferry.sctp.transport import TRANSPORTS, open_endpoint
 from sockferry.sockets import format_sockaddr, parse_address, parse_port
+
+association_log = logging.getLogger("sockferry.association")
 
 DEFAULT_PORT = DEFAULT_UDP_PORT
 # Longest message text printed as is; longer or binary messages print as a byte count.
@@ -190,6 +194,7 @@ async def _serve_loop(endpoint: Endpoint, echo: bool, console: Console,
                 continue
             if isinstance(item, AssociationChange):
                 console.print(describe_change(item))
+                _log_change(item)
                 if item.state in (AssocState.COMM_UP, AssocState.RESTART):
                     if item.assoc_id not in up:
                         up.add(item.assoc_id)
@@ -207,6 +212,14 @@ async def _serve_loop(endpoint: Endpoint, echo: bool, console: Console,
                 echoes.queue(item)
     finally:
         echoes.close()
+
+
+def _log_change(change: AssociationChange) -> None:
+    """The association event of --log-format json (text logs leave it to stdout)."""
+    peer = format_sockaddr(change.peer) if change.peer is not None else None
+    association_log.info("%s", describe_change(change), extra=fields(
+        "association", transport="sctp", peer=peer, outcome=change.state.value.lower(),
+        error=change.reason or None))
 
 
 class _Gate:

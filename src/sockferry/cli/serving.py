@@ -29,6 +29,10 @@ def add_server_options(parser: argparse.ArgumentParser, *, unix: bool = False) -
     parser.add_argument("--deny", action="append", metavar="CIDR",
                         help="never serve peers in this network, even if --allow "
                         "includes them (deny wins); repeatable")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="text lines (the default) or one JSON object per line with "
+                        "a stable schema: one event per connection, transfer and "
+                        "association (see the README)")
     parser.add_argument("--metrics", metavar="ADDR",
                         help="serve Prometheus metrics over HTTP on HOST[:PORT] (port 9469 "
                         "unless given; path /metrics); off by default. Anyone who can "

@@ -56,6 +56,7 @@ from sockferry.ferry.limits import (
     Reservation,
 )
 from sockferry.ferry.ordering import PathOrder
+from sockferry.logfields import fields
 from sockferry.metrics import OFF, Metrics
 from sockferry.records import replace
 from sockferry.sockets import (
@@ -130,6 +131,7 @@ class ServerConfig:
     read_only: bool = False  # refuse every request that writes (READ_ONLY)
     tls: ServerTLS | None = None  # accept TLS 1.3 clients only (ferry/secure.py)
     metrics: Metrics = OFF  # --metrics: what the server counts (metrics.py)
+    log_transfers: bool = False  # every transfer at info, successes too (JSON logs)
 
 
 @dataclass(slots=True)
@@ -507,7 +509,13 @@ class Connection:
                                            self.stream.bytes_out)
             log.info("%s -> %s: %s; %s after %.2f s: %d file(s), %s in, %s out", self.peer,
                      self.stream.local, self.auth, outcome, elapsed, self.files,
-                     format_bytes(self.stream.bytes_in), format_bytes(self.stream.bytes_out))
+                     format_bytes(self.stream.bytes_in), format_bytes(self.stream.bytes_out),
+                     extra=fields("connection", transport=self.transport, peer=self.peer,
+                                  local=self.stream.local, outcome=kind, files=self.files,
+                                  bytes_in=self.stream.bytes_in,
+                                  bytes_out=self.stream.bytes_out,
+                                  duration=round(elapsed, 6),
+                                  error=None if kind == "closed" else outcome))
 
     async def _flush_before_close(self) -> None:
         with contextlib.suppress(SockferryError, OSError, TimeoutError):
@@ -1012,10 +1020,16 @@ class Connection:
                    "refused" if result.startswith("refused") else "failed")
         self.metrics.transfer_ended(self.transport, _DIRECTIONS[verb], outcome, nbytes,
                                     elapsed, error or _error_kind(result))
+        if self.config.log_transfers:
+            level = max(level, logging.INFO)
         if not log.isEnabledFor(level):
             return
         log.log(level, "%s: %s '%s' %s in %.3f s (%s): %s", self.peer, verb, path,
-                 format_bytes(nbytes), elapsed, format_rate(nbytes, elapsed), result)
+                format_bytes(nbytes), elapsed, format_rate(nbytes, elapsed), result,
+                extra=fields("transfer", transport=self.transport, peer=self.peer,
+                             path=path, direction=_DIRECTIONS[verb], outcome=outcome,
+                             bytes=nbytes, duration=round(elapsed, 6),
+                             error=error or _error_kind(result)))
 
     # -- writing ------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from sockferry.errors import (
     SockferryError,
     StorageError,
 )
+from sockferry.logfields import fields
 from sockferry.metrics import OFF, Metrics
 from sockferry.safe_text import clip
 from sockferry.sockets import (
@@ -275,6 +276,7 @@ class TftpServer:
                f"'{clip(request.filename.decode('utf-8', 'surrogateescape'))}'"
         source = source_key(_host(peer))
         direction = "download" if request.is_read else "upload"
+        path = request.filename.decode("utf-8", "surrogateescape")
         if self._unconfirmed_from(source) >= self.config.max_unconfirmed_per_source:
             self.config.metrics.limit_tripped("tftp", "max-unconfirmed-per-source")
             # Likely forged: no answer at all, so no reflection either.
@@ -302,7 +304,12 @@ class TftpServer:
                     and not self._notices.allow(time.monotonic())):
                 return
             log.info("%s %s %s %s: %s", shown, what, request.mode,
-                     result.options.describe(), describe_result(result))
+                     result.options.describe(), describe_result(result),
+                     extra=fields("transfer", transport="tftp", peer=shown, path=path,
+                                  direction=direction,
+                                  outcome="committed" if result.error is None else "failed",
+                                  bytes=result.size, duration=round(result.seconds, 6),
+                                  error=None if result.error is None else str(result.error)))
 
         driver.on_outcome = log_outcome
         task = asyncio.get_running_loop().create_task(self._run(driver, key, shown, what))
@@ -341,11 +348,13 @@ class TftpServer:
     def _refuse(self, listener: socket.socket, peer: SockAddr, shown: str, what: str,
                 refusal: Refusal) -> None:
         now = time.monotonic()
+        event = fields("transfer", transport="tftp", peer=shown, outcome="refused",
+                       error=refusal.code.name.lower())
         if self._replies.allow(source_key(_host(peer)), now):
             with contextlib.suppress(OSError):
                 listener.sendto(encode_error(refusal.code, refusal.message), peer)
         if self._notices.allow(now):
-            log.info("%s %s refused: %s", shown, what, clip(refusal.message))
+            log.info("%s %s refused: %s", shown, what, clip(refusal.message), extra=event)
 
     def _open_transfer(self, listener: socket.socket, request: Request, peer: SockAddr,
                        local: str | None, received: int) -> TransferDriver:
