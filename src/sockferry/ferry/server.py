@@ -1012,24 +1012,27 @@ class Connection:
 
     def _log_file(self, verb: str, path: str, nbytes: int, started: float | None,
                   result: str, level: int = logging.INFO, error: str | None = None) -> None:
-        """One line per file: failures at info, successes at debug (the connection's
-        summary line counts them; a line per small file would cost more than the file).
-        The metrics count every one."""
+        """One line per file (or other request refused): failures at info, successes at
+        debug (the connection's summary line counts them; a line per small file would
+        cost more than the file). The metrics count every transfer."""
         elapsed = time.monotonic() - started if started is not None else 0.0
         outcome = ("committed" if result.startswith("ok") else
                    "refused" if result.startswith("refused") else "failed")
-        self.metrics.transfer_ended(self.transport, _DIRECTIONS[verb], outcome, nbytes,
-                                    elapsed, error or _error_kind(result))
+        error = None if outcome == "committed" else error or _error_kind(result)
+        direction = _DIRECTIONS.get(verb)  # None: MKDIR, PARTIAL, ... (not a transfer)
+        if direction is not None:
+            self.metrics.transfer_ended(self.transport, direction, outcome, nbytes, elapsed,
+                                        error)
         if self.config.log_transfers:
             level = max(level, logging.INFO)
         if not log.isEnabledFor(level):
             return
+        event = "transfer" if direction is not None else "request"
         log.log(level, "%s: %s '%s' %s in %.3f s (%s): %s", self.peer, verb, path,
                 format_bytes(nbytes), elapsed, format_rate(nbytes, elapsed), result,
-                extra=fields("transfer", transport=self.transport, peer=self.peer,
-                             path=path, direction=_DIRECTIONS[verb], outcome=outcome,
-                             bytes=nbytes, duration=round(elapsed, 6),
-                             error=error or _error_kind(result)))
+                extra=fields(event, transport=self.transport, peer=self.peer, path=path,
+                             direction=direction, outcome=outcome, bytes=nbytes,
+                             duration=round(elapsed, 6), error=error))
 
     # -- writing ------------------------------------------------------------------------
 
