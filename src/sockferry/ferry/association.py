@@ -223,11 +223,11 @@ async def serve_sctp(server: FerryServer, endpoint: Endpoint) -> None:
 
     def on_up(change: AssociationChange) -> None:
         peer = format_sockaddr(change.peer) if change.peer is not None else "?"
-        if not server.admits(change.peer):  # --allow/--deny, on the primary address
+        if not server.admits(change.peer, "sctp"):  # --allow/--deny, on the primary address
             endpoint.abort(change.assoc_id, "not allowed by the server's --allow/--deny")
             return
         source = source_key(str(change.peer[0])) if change.peer is not None else "?"
-        reason = server.refusal(source)
+        reason = server.refusal(source, "sctp")
         if reason is not None:
             server.log_refusal(f"an association from {peer}", reason)
             endpoint.abort(change.assoc_id, reason)

@@ -252,11 +252,11 @@ class FerryServer:
                                  f"{exc.strerror} (waiting for descriptors)")
                 await asyncio.sleep(0.1)
                 continue
-            if not self.admits(addr, conn):
+            transport = "unix" if conn.family == socket.AF_UNIX else "tcp"
+            if not self.admits(addr, transport, conn):
                 continue
-            source = (source_key(addr[0]) if conn.family != socket.AF_UNIX
-                      else "the local socket")
-            reason = self.refusal(source)
+            source = source_key(addr[0]) if transport == "tcp" else "the local socket"
+            reason = self.refusal(source, transport)
             if reason is not None:
                 _refuse(conn, m.ErrorCode.BUSY, reason)
                 self.log_refusal(f"a connection from {format_sockaddr(addr)}", reason)
@@ -268,13 +268,14 @@ class FerryServer:
             else:
                 self.serve(SocketStream(conn, self.config.idle_timeout_s), source)
 
-    def admits(self, peer: SockAddr | None, conn: socket.socket | None = None) -> bool:
+    def admits(self, peer: SockAddr | None, transport: str,
+               conn: socket.socket | None = None) -> bool:
         """--allow/--deny: may ``peer`` be served?  A refused TCP client gets ERROR
         PERMISSION at once (it cannot be forged: the handshake is done) and is closed;
         one log line, rate-limited."""
         if self.config.access.admits_peer(peer):
             return True
-        self.config.metrics.limit_tripped("tcp", "access")
+        self.config.metrics.limit_tripped(transport, "access")
         if conn is not None:
             host = host_of(peer)
             _refuse(conn, m.ErrorCode.PERMISSION, f"this server does not accept "
@@ -297,18 +298,18 @@ class FerryServer:
         """Refuse the next client: ``max_connections`` are being served, or we stop."""
         return self.closing or len(self._connections) >= self.config.max_connections
 
-    def refusal(self, source: str) -> str | None:
+    def refusal(self, source: str, transport: str) -> str | None:
         """Why a new client from ``source`` is turned away, or None: then it is counted as
         authenticating (``serve`` with ``source``) until it authenticates or leaves."""
         if self.closing:
             return "the server is shutting down"
         if len(self._connections) >= self.config.max_connections:
-            self.config.metrics.limit_tripped(_transport_of(source), "max-connections")
+            self.config.metrics.limit_tripped(transport, "max-connections")
             return (f"server busy: {self.config.max_connections} connections already — "
                     "try again later")
         reason = self.gate.admit(source)
         if reason is not None:
-            self.config.metrics.limit_tripped(_transport_of(source), "max-startups")
+            self.config.metrics.limit_tripped(transport, "max-startups")
         return reason
 
     def serve(self, stream: Stream, source: str | None = None) -> None:
@@ -398,11 +399,6 @@ def _code_name(code: int) -> str:
         return m.ErrorCode(code).name.lower()
     except ValueError:
         return f"error_{code}"
-
-
-def _transport_of(source: str) -> str:
-    """The metrics' transport label of an admission source (sockferry.admission)."""
-    return "unix" if source == "the local socket" else "tcp"
 
 
 def _order_key(path: str) -> str:
@@ -515,7 +511,8 @@ class Connection:
                                   bytes_in=self.stream.bytes_in,
                                   bytes_out=self.stream.bytes_out,
                                   duration=round(elapsed, 6),
-                                  error=None if kind == "closed" else outcome))
+                                  error=None if kind == "closed" else
+                                  self.auth if kind == "authentication_failed" else outcome))
 
     async def _flush_before_close(self) -> None:
         with contextlib.suppress(SockferryError, OSError, TimeoutError):
