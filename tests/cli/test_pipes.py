@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sockferry.cli.runtime import ExitCode
+from sockferry.ferry import messages as m
 from tests.ferry.harness import ServerThread, write_token
 
 STREAM_BYTES = 100 * 1024 * 1024
@@ -128,3 +129,96 @@ def test_pipe_misuse_is_one_sentence(tmp_path: Path, argv: list[str], message: s
     assert message.encode() in result.stderr
     assert b"Traceback" not in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def _temporaries(root: Path) -> list[Path]:
+    return list(root.rglob(".sockferry-*.part"))
+
+
+def test_stdin_streams_before_it_ends(tmp_path: Path) -> None:
+    """The server holds bytes of the upload while standard input is still open: the
+    producer writes 8 MiB, waits until the server's temporary has grown, then ends."""
+    root = tmp_path / "root"
+    root.mkdir()
+    token = write_token(tmp_path / "token")
+    code = ("import os, sys, time, glob\n"
+            "sys.stdout.buffer.write(b'a' * (8 << 20)); sys.stdout.flush()\n"
+            "deadline = time.monotonic() + 30\n"
+            f"pattern = {str(root / '.sockferry-*.part')!r}\n"
+            "while not any(os.path.getsize(p) >= 1 << 20 for p in glob.glob(pattern)):\n"
+            "    if time.monotonic() > deadline: sys.exit(3)\n"
+            "    time.sleep(0.01)\n"
+            "sys.stdout.buffer.write(b'b' * 1000)\n")
+    with ServerThread(root) as server:
+        producer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        assert producer.stdout is not None
+        send = subprocess.run(_cli(server.port, token, "send", "-", ":stream.bin"),
+                              stdin=producer.stdout, capture_output=True,
+                              timeout=PIPE_TIMEOUT_S, check=False)
+        producer.stdout.close()
+        assert producer.wait(PIPE_TIMEOUT_S) == 0, "the server never held streamed bytes"
+    assert send.returncode == ExitCode.OK, send.stderr
+    assert (root / "stream.bin").read_bytes() == b"a" * (8 << 20) + b"b" * 1000
+    assert _temporaries(root) == []
+
+
+def test_an_empty_stream_makes_an_empty_file(tmp_path: Path) -> None:
+    token = write_token(tmp_path / "token")
+    with ServerThread(tmp_path) as server:
+        send = subprocess.run(_cli(server.port, token, "send", "-", ":empty"), input=b"",
+                              capture_output=True, timeout=PIPE_TIMEOUT_S, check=False)
+    assert send.returncode == ExitCode.OK, send.stderr
+    assert (tmp_path / "empty").read_bytes() == b""
+
+
+def test_an_older_server_gets_the_stream_spooled(tmp_path: Path) -> None:
+    """A server without STREAM (every server before it) still gets ``send -``."""
+    root = tmp_path / "root"
+    root.mkdir()
+    token = write_token(tmp_path / "token")
+    body = os.urandom(3 * 1024 * 1024 + 5)
+    with ServerThread(root, features=m.ALL_FEATURES & ~m.Feature.STREAM) as server:
+        send = subprocess.run(_cli(server.port, token, "send", "-v", "-", ":old.bin"),
+                              input=body, capture_output=True, timeout=PIPE_TIMEOUT_S,
+                              check=False)
+    assert send.returncode == ExitCode.OK, send.stderr
+    assert b"does not take streams" in send.stderr
+    assert (root / "old.bin").read_bytes() == body
+
+
+ENDLESS = ("import sys\n"
+           "try:\n"
+           "    while True: sys.stdout.buffer.write(b'x' * 65536)\n"
+           "except BrokenPipeError:\n"
+           "    pass\n")
+
+
+@pytest.mark.parametrize(("limit", "message"), [
+    ({"max_file_size": 2 * 1024 * 1024}, b"went over 2097152 bytes"),
+    ({"max_bytes_per_connection": 3 * 1024 * 1024}, b"--max-bytes-per-connection"),
+    ({"quota": 4 * 1024 * 1024}, b"quota"),
+])
+def test_a_stream_over_a_limit_is_refused_on_the_way(tmp_path: Path, limit: dict[str, int],
+                                                     message: bytes) -> None:
+    """An endless stdin against the server's size limits: refused once over, nothing
+    left on the server, and the client ends although its stdin never does."""
+    root = tmp_path / "root"
+    root.mkdir()
+    token = write_token(tmp_path / "token")
+    with ServerThread(root, **limit) as server:
+        producer = subprocess.Popen([sys.executable, "-c", ENDLESS], stdout=subprocess.PIPE)
+        assert producer.stdout is not None
+        try:
+            send = subprocess.run(_cli(server.port, token, "send", "-", ":huge.bin"),
+                                  stdin=producer.stdout, capture_output=True,
+                                  timeout=PIPE_TIMEOUT_S, check=False)
+        finally:
+            producer.kill()
+            producer.wait(PIPE_TIMEOUT_S)
+            producer.stdout.close()
+        logs = server.logs
+    assert send.returncode == ExitCode.REFUSED, send.stderr
+    assert message in send.stderr
+    assert b"Traceback" not in send.stderr
+    assert list(root.iterdir()) == []
+    assert any("huge.bin" in line and "refused" in line for line in logs), logs

@@ -90,6 +90,22 @@ def test_sizes_of_2_63_and_16_tib_holes_are_refused_before_any_work(
     assert len(_log_lines_with(server, "PUT 'sixteen'")) == 1
 
 
+def test_a_streamed_hole_over_the_limit_is_refused_before_any_work(
+        served: tuple[CliServer, Path]) -> None:
+    """A streamed PUT announces no size: its 2^62-byte HOLE is counted, and refused,
+    before the server hashes a single zero (the default limit is 4 TiB)."""
+    server, _ = served
+    raw = RawClient(server.port)
+    raw.send(m.encode(m.Put(1, "endless", 0, 0o644, 0, m.PutFlag.STREAMED)),
+             m.encode(m.Hole(1, 2**62)), m.encode(m.Done(1, b"\0" * 32)))
+    errors = [r for r in raw.replies(1) if isinstance(r, m.Error)]
+    _another_client_is_served(served, "after-endless")
+    raw.close()
+    assert [(e.request, e.code) for e in errors] == [(1, m.ErrorCode.TOO_LARGE)]
+    assert len(_log_lines_with(server, "PUT 'endless'")) == 1
+    assert not (server.log.parent / "root" / "endless").exists()
+
+
 def test_a_terabyte_hole_within_the_limit_stalls_nobody(
         served: tuple[CliServer, Path]) -> None:
     """Its zeros are hashed by a thread in slices; the client leaving stops it."""

@@ -77,7 +77,7 @@ def test_put_round_trip(step: int | None) -> None:
     assert server_events[0] == s.PutRequested(request, "dir/f.bin", 10, 0o640, 123, True)
     assert b"".join(e.data for e in server_events if isinstance(e, s.DataReceived)) == \
         b"0123456789"
-    assert server_events[-1] == s.PutFinished(request, DIGEST)
+    assert server_events[-1] == s.PutFinished(request, DIGEST, 10)
     server.commit(request, 10, DIGEST)
     client_events, _ = pump(client, server, step)
     assert client_events == [s.PutCommitted(request, 10, DIGEST)]
@@ -118,6 +118,57 @@ def test_inline_is_negotiated_and_a_v1_peer_never_sees_it() -> None:
     with pytest.raises(RemoteProtocolError, match="without the INLINE feature"):
         server.receive_data(m.encode(m.PutInline(1, "f", 0, 0, b"x", DIGEST)))
     assert server.state is s.ConnState.FAILED
+
+
+@pytest.mark.parametrize("step", [None, 3])
+@pytest.mark.parametrize("body", [b"", b"0123456789" * 7])
+def test_streamed_put_ends_where_done_says(step: int | None, body: bytes) -> None:
+    client, server = connected(step)
+    assert client.can_stream
+    request = client.put_streamed("pipe.out", 0o644, 5)
+    for i in range(0, len(body), 30):
+        client.data(request, body[i:i + 30])
+    client.done(request, DIGEST)
+    _, server_events = pump(client, server, step)
+    assert server_events[0] == s.PutRequested(request, "pipe.out", 0, 0o644, 5, False,
+                                              streamed=True)
+    assert b"".join(e.data for e in server_events if isinstance(e, s.DataReceived)) == body
+    assert server_events[-1] == s.PutFinished(request, DIGEST, len(body))
+    server.commit(request, len(body), DIGEST)
+    client_events, _ = pump(client, server, step)
+    assert client_events == [s.PutCommitted(request, len(body), DIGEST)]
+    assert client.open_requests == server.open_requests == 0
+
+
+def test_streamed_put_committed_at_another_size_is_a_violation() -> None:
+    client, server = connected()
+    request = client.put_streamed("f", 0o644, 0)
+    client.data(request, b"abc")
+    client.done(request, DIGEST)
+    pump(client, server)
+    server.commit(request, 2, DIGEST)
+    with pytest.raises(RemoteProtocolError, match="committed 2 bytes of the 3"):
+        client.receive_data(server.data_to_send())
+
+
+def test_stream_is_negotiated_and_a_v1_peer_never_sees_it() -> None:
+    client, server = connected(features=m.ALL_FEATURES & ~m.Feature.STREAM)
+    assert not client.can_stream
+    with pytest.raises(LocalProtocolError, match="STREAM"):
+        client.put_streamed("f", 0o644, 0)
+    with pytest.raises(RemoteProtocolError, match="without the STREAM feature"):
+        server.receive_data(m.encode(m.Put(1, "f", 0, 0, 0, m.PutFlag.STREAMED)))
+    assert server.state is s.ConnState.FAILED
+
+
+@pytest.mark.parametrize(("size", "flags", "problem"), [
+    (1, m.PutFlag.STREAMED, "announcing 1 bytes"),
+    (0, m.PutFlag.STREAMED | m.PutFlag.RESUMABLE, "also RESUMABLE"),
+])
+def test_streamed_put_rules(size: int, flags: m.PutFlag, problem: str) -> None:
+    _client, server = connected()
+    with pytest.raises(RemoteProtocolError, match=problem):
+        server.receive_data(m.encode(m.Put(1, "f", size, 0, 0, flags)))
 
 
 def test_small_file_cannot_be_cancelled() -> None:

@@ -613,7 +613,7 @@ class _ConsoleReporter(Reporter):
     def __init__(self, progress: TransferProgress) -> None:
         self.bar = progress
 
-    def progress_for(self, key: str, label: str, size: int) -> Progress:
+    def progress_for(self, key: str, label: str, size: int | None) -> Progress:
         self.bar.start(key, label, size)
         return lambda n, hole=False: self.bar.advance(key, n, hole)
 
@@ -683,25 +683,57 @@ def _pipe_checks(args: argparse.Namespace, what: str) -> None:
         raise UsageError(f"{what} cannot resume: a pipe cannot be read again")
 
 
+class _NoStream(Exception):
+    """The server does not take streamed PUTs (an older one): spool, then send."""
+
+
 def _send_stdin(args: argparse.Namespace, console: Console, host: str, dest: str) -> int:
-    """``send - HOST:NAME``: standard input is spooled into a private file, then sent as
-    an ordinary PUT (the protocol needs the size up front), digest-verified and atomic."""
+    """``send - HOST:NAME``: standard input sent as it is read, as a streamed PUT
+    (docs/protocol.md §5.2), digest-verified and atomic.  A server without STREAM gets
+    it spooled into a private file first and sent as an ordinary PUT, on a new
+    connection so that a slow pipe never holds one idle."""
     _pipe_checks(args, "send -")
     if args.sources != [STDIO]:
         raise UsageError("send - reads one stream: give '-' as the only source "
                          "(./- names a local file called '-')")
     if not dest or dest.endswith("/"):
         raise UsageError("send - needs the name of the file to create: HOST:NAME")
+    import sys  # noqa: PLC0415 - pipes only
+
+    from sockferry.ferry.copying import send_stream_as  # noqa: PLC0415
+
+    fd = sys.stdin.fileno()
+    try:
+        os.set_blocking(fd, True)  # an inherited O_NONBLOCK would fail the reads
+    except OSError as exc:
+        raise storage_error(exc, "standard input") from exc
+
+    async def streamed(client: FerryClient, reporter: Reporter) -> list[Outcome]:
+        if not client.can_stream:
+            raise _NoStream
+        return await send_stream_as(client, fd, "standard input", dest, reporter=reporter)
+
+    try:
+        return _copy(args, console, host, "sent", streamed)
+    except _NoStream:
+        return _send_spooled(args, console, host, dest)
+
+
+def _send_spooled(args: argparse.Namespace, console: Console, host: str, dest: str) -> int:
+    """``send -`` to a server without STREAM: standard input read to its end into a
+    private file, which is then sent."""
     import shutil  # noqa: PLC0415 - pipes only
     import sys  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
     from sockferry.ferry.copying import send_file_as  # noqa: PLC0415
 
+    if args.verbose:
+        console.notice("the server does not take streams; reading standard input to its "
+                       "end first")
     with tempfile.TemporaryDirectory(prefix="sockferry-stdin-") as spool_dir:  # mode 0700
         spool = os.path.join(spool_dir, "stdin")
         try:
-            os.set_blocking(sys.stdin.fileno(), True)
             with open(spool, "wb") as out:
                 shutil.copyfileobj(sys.stdin.buffer, out, PIPE_CHUNK)
             umask = os.umask(0)

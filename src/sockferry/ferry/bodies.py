@@ -90,6 +90,86 @@ async def send_body(core: Core, stream: Stream, request: int, fd: int, size: int
     return digest
 
 
+# A streamed body (docs/protocol.md §5.2) is read in pieces of this size: a pipe gives
+# at most 64 KiB per read, and a frame per read would cost more than the bytes.
+STREAM_CHUNK = 1024 * 1024
+
+
+def _read_chunk(fd: int, hasher: digests.Hasher, shown: str) -> bytes:
+    """Up to STREAM_CHUNK bytes of ``fd`` (fewer only at its end), hashed; blocking, so
+    called in a worker thread."""
+    parts: list[bytes] = []
+    got = 0
+    while got < STREAM_CHUNK:
+        try:
+            data = os.read(fd, STREAM_CHUNK - got)
+        except OSError as exc:
+            raise storage_error(exc, shown) from exc
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    chunk = b"".join(parts)
+    hasher.update(chunk)
+    return chunk
+
+
+def _read_aside(fd: int, hasher: digests.Hasher, shown: str) -> asyncio.Future[bytes]:
+    """``_read_chunk`` in a daemon thread of its own, not the loop's executor: a read
+    from a silent pipe may never return, and a failed transfer must still be able to
+    end (closing a loop waits for its executor's threads)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[bytes] = loop.create_future()
+
+    def settle(result: bytes | None, error: BaseException | None) -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert result is not None
+            future.set_result(result)
+
+    def read() -> None:
+        result: bytes | None = None
+        error: BaseException | None = None
+        try:
+            result = _read_chunk(fd, hasher, shown)
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=read, name="sockferry-stream-reader", daemon=True).start()
+    return future
+
+
+async def send_stream(core: s.ClientSession, stream: Stream, request: int, fd: int,
+                      shown: str, is_cancelled: Callable[[], bool],
+                      progress: Progress | None = None) -> bytes:
+    """Send what ``fd`` yields until its end as the body of the streamed PUT
+    ``request``, then DONE; the digest.  The next piece is read (and hashed) in a thread
+    while the one before it leaves."""
+    hasher = digests.new_hasher(core.digest_feature)
+    reading = _read_aside(fd, hasher, shown)
+    try:
+        while chunk := await reading:
+            reading = _read_aside(fd, hasher, shown)
+            if is_cancelled():
+                raise TransferCancelled
+            core.data(request, chunk)
+            await stream.send(core.buffers_to_send())
+            if progress:
+                progress(len(chunk))
+    except BaseException:
+        reading.cancel()  # the thread finishes its read; nothing waits for it
+        raise
+    digest = hasher.digest()
+    core.done(request, digest)
+    await stream.send(core.buffers_to_send())
+    return digest
+
+
 class HashingStream(Stream, Protocol):
     """A stream that copies file bytes through user space (TLS): it can hash them on
     the way, while they are in the CPU's cache, instead of a thread reading them again."""

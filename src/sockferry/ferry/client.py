@@ -14,6 +14,7 @@ import errno
 import os
 import random
 import stat as stat_module
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -37,6 +38,7 @@ from sockferry.ferry.bodies import (
     TransferCancelled,
     read_whole,
     send_body,
+    send_stream,
     send_tail,
     splice_bodies,
     start_prefix_hash,
@@ -467,6 +469,23 @@ class FerryClient:
             return future
         finally:
             os.close(fd)
+
+    @property
+    def can_stream(self) -> bool:
+        """Whether the server takes a body of unknown length (STREAM, §5.2)."""
+        return self.session.can_stream
+
+    async def start_put_stream(self, fd: int, remote: str, *, shown: str = "the stream",
+                               progress: Progress | None = None) -> asyncio.Future[object]:
+        """Send what ``fd`` (a pipe, or any readable descriptor, left open) yields until
+        its end as the file ``remote``, created with the mode ``cat > NAME`` would give;
+        needs ``can_stream``.  The future settles with the size once it is committed."""
+        await self._slot()
+        request = self.session.put_streamed(remote, 0o666 & ~self._umask, time.time_ns())
+        future = self._track(request, s.Kind.PUT)
+        await self._send_upload(request, shown, future, lambda refused: send_stream(
+            self.session, self.stream, request, fd, shown, refused, progress))
+        return future
 
     async def _send_upload(self, request: int, local: str, future: asyncio.Future[object],
                            body: Callable[[Callable[[], bool]], Awaitable[object]]) -> None:

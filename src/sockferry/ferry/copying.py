@@ -58,7 +58,8 @@ NO_SYNC = SyncOptions()
 class Reporter:
     """How a copy tells its caller about progress; the default says nothing."""
 
-    def progress_for(self, key: str, label: str, size: int) -> Progress | None:
+    def progress_for(self, key: str, label: str, size: int | None) -> Progress | None:
+        """``size`` None: not known until the end (a stream)."""
         return None
 
     def done(self, key: str) -> None:
@@ -171,6 +172,32 @@ async def send_file_as(client: FerryClient, source: str, label: str, dest: str, 
     outcomes = await _settled(client, waiting, failed, reporter)
     return [Outcome(label, o.target, o.size, o.error, o.is_directory, o.skipped, o.resumed,
                     o.resume_note) for o in outcomes]
+
+
+async def send_stream_as(client: FerryClient, fd: int, label: str, dest: str, *,
+                         reporter: Reporter | None = None) -> list[Outcome]:
+    """Send what ``fd`` yields until its end as exactly the remote file ``dest``, as a
+    streamed PUT (the server must take STREAM: ``client.can_stream``): ``send -``."""
+    reporter = reporter or Reporter()
+    if await _remote_is_directory(client, dest):
+        raise UsageError(f"'{dest or '.'}' is a directory on the server — give the file a "
+                         "name: HOST:DIR/NAME")
+    failed: list[Outcome] = []
+    waiting: list[_Waiting] = []
+    progress = reporter.progress_for(dest, label, None)
+    try:
+        future = await client.start_put_stream(fd, dest, shown=label, progress=progress)
+    except StorageError as exc:
+        reporter.done(dest)
+        failed.append(Outcome(label, dest, 0, exc))
+    else:
+        waiting.append(_Waiting(label, dest, 0, future))
+    [outcome] = await _settled(client, waiting, failed, reporter)
+    if outcome.error is None:  # the size the server committed (it checked it is ours)
+        size = waiting[0].future.result()
+        assert isinstance(size, int)
+        outcome = Outcome(label, dest, size)
+    return [outcome]
 
 
 async def _send_one(client: FerryClient, source: str, target: str, keep_mtime: bool,

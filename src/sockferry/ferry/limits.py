@@ -44,10 +44,21 @@ class Budget:
         self.bytes += size
         return None
 
+    def grow(self, path: str, count: int) -> str | None:
+        """A streamed upload taken with size 0 is ``count`` bytes longer: count them, or
+        say why not."""
+        if self.max_bytes and self.bytes + count > self.max_bytes:
+            return (f"'{path}' refused after {format_bytes(self.bytes)}: this connection "
+                    "went over the server's --max-bytes-per-connection of "
+                    f"{format_bytes(self.max_bytes)}; reconnect to go on")
+        self.bytes += count
+        return None
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Reservation:
-    """Room taken for one upload: ``size`` bytes coming, ``replaced`` going (overwrite)."""
+    """Room taken for one upload: ``size`` bytes coming, ``replaced`` going (overwrite);
+    a streamed upload's ``size`` grows as its body comes (``Quota.grow``)."""
 
     size: int
     replaced: int
@@ -86,6 +97,19 @@ class Quota:
                     "space on the server or ask for a larger --quota")
         self.reserved += size
         return Reservation(size, replaced)
+
+    def grow(self, path: str, reservation: Reservation, size: int) -> str | None:
+        """Room for a streamed upload that has come to ``size`` bytes, or why there is
+        none (the room taken so far stays reserved until the upload ends)."""
+        extra = size - reservation.size
+        after = self.used + self.reserved + extra
+        if size > reservation.replaced and after - reservation.replaced > self.limit:
+            return (f"'{path}' went over this server's quota of {format_bytes(self.limit)} "
+                    f"after {format_bytes(reservation.size)}; free some space on the server "
+                    "or ask for a larger --quota")
+        self.reserved += extra
+        reservation.size = size
+        return None
 
     def release(self, reservation: Reservation) -> None:
         """The upload ended, committed or not."""

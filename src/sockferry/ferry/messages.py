@@ -75,17 +75,19 @@ class Feature(IntFlag):
     RESUME = 0x8  # PARTIAL, PUT_AT, PREFIX and GET offsets proven by digest
     INLINE = 0x10  # PUT_INLINE frames may carry small files whole
     CHANNEL_BINDING = 0x20  # over TLS: the proofs cover the server certificate's hash
+    STREAM = 0x40  # PUT with STREAMED: a body whose size is known only at its end
 
 
 DIGEST_FEATURES = Feature.DIGEST_BLAKE3 | Feature.DIGEST_SHA256
 ALL_FEATURES = (DIGEST_FEATURES | Feature.SPARSE | Feature.RESUME | Feature.INLINE
-                | Feature.CHANNEL_BINDING)
+                | Feature.CHANNEL_BINDING | Feature.STREAM)
 
 
 class PutFlag(IntFlag):
     NONE = 0
     KEEP_MTIME = 0x1
     RESUMABLE = 0x2  # RESUME: keep the partial file under its partial name if interrupted
+    STREAMED = 0x4  # STREAM: size 0 stands for "known at DONE" (docs/protocol.md §5.2)
 
 
 class GetFlag(IntFlag):
@@ -524,15 +526,15 @@ def _decode_hello_reply(r: Reader, request: int, flags: int) -> HelloReply:
 
 
 # Flags as plain ints: an IntFlag operation per frame costs more than the frame's decode.
-_PUT_FLAGS = {bits: PutFlag(bits) for bits in range(4)}
+_PUT_FLAGS = {bits: PutFlag(bits) for bits in range(8)}
 _KEEP_MTIME = int(PutFlag.KEEP_MTIME)
-_KEEP_MTIME_OR_RESUMABLE = int(PutFlag.KEEP_MTIME | PutFlag.RESUMABLE)
+_PUT_DEFINED = int(PutFlag.KEEP_MTIME | PutFlag.RESUMABLE | PutFlag.STREAMED)
 
 
 def _decode_put(r: Reader, request: int, flags: int) -> Put:
     size, mode, mtime = _read_size(r), r.u32(), r.i64()
     return Put(request, _read_path(r), size, mode, mtime,
-               _PUT_FLAGS[flags & _KEEP_MTIME_OR_RESUMABLE])
+               _PUT_FLAGS[flags & _PUT_DEFINED])
 
 
 def _decode_put_inline(r: Reader, request: int, flags: int) -> PutInline:

@@ -145,6 +145,7 @@ class Upload:
     started: float = field(default_factory=time.monotonic)
     offset: int = 0  # resumed: the first bytes were kept from an earlier transfer
     reservation: Reservation | None = None  # room under --quota
+    streamed: bool = False  # STREAM: ``size`` grows with the body, checked as it comes
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,8 +578,10 @@ class Connection:
             self.wake.set()  # a refusal may wait to be sent
 
     def _sink_of(self, request: int) -> Sink | None:
+        """The sink a body may be spliced into: never a streamed one, whose every byte
+        is counted against the limits on its way (``_on_body``)."""
         upload = self.uploads.get(request)
-        return upload.sink if upload is not None else None
+        return upload.sink if upload is not None and not upload.streamed else None
 
     def _body_failed(self, request: int, exc: StorageError) -> None:
         upload = self.uploads.pop(request, None)
@@ -615,6 +618,7 @@ class Connection:
         upload = self._start_upload(event.request, event.path, event.size, event.mode,
                                     event.mtime_ns if event.keep_mtime else None)
         if upload is not None:
+            upload.streamed = event.streamed
             self.uploads[event.request] = upload
 
     def _start_upload(self, request: int, path: str, size: int, mode: int,
@@ -711,16 +715,45 @@ class Connection:
         if upload is None:
             return
         assert upload.sink is not None  # PUT_INLINE uploads are never in self.uploads
+        if upload.streamed and not self._stream_grows(request, upload,
+                                                      piece if isinstance(piece, int)
+                                                      else len(piece)):
+            return
         try:
             upload.sink.receive(piece)
         except StorageError as exc:
             self._body_failed(request, exc)
+
+    def _stream_grows(self, request: int, upload: Upload, count: int) -> bool:
+        """A streamed upload (§5.2) is ``count`` bytes longer: within every size limit,
+        or refused before those bytes (a hole of any length) cost anything."""
+        size = upload.size + count
+        reason: str | None = None
+        if size > self.config.max_file_size:
+            limit, code = "max-file-size", m.ErrorCode.TOO_LARGE
+            reason = (f"'{upload.path}' went over {self.config.max_file_size} bytes, the "
+                      "most this server accepts in one file")
+        elif self.budget.limited and (reason := self.budget.grow(upload.path, count)):
+            limit, code = "max-per-connection", m.ErrorCode.TOO_LARGE
+        elif upload.reservation is not None:
+            assert self.server.quota is not None
+            limit, code = "quota", m.ErrorCode.NO_SPACE
+            reason = self.server.quota.grow(upload.path, upload.reservation, size)
+        if reason is None:
+            upload.size = size
+            return True
+        self.metrics.limit_tripped(self.transport, limit)
+        del self.uploads[request]
+        upload.file.abort()
+        self._refuse(request, "PUT", upload.path, code, reason, upload.started, upload.size)
+        return False
 
     def _on_put_finished(self, event: s.PutFinished) -> None:
         upload = self.uploads.pop(event.request, None)
         if upload is None:
             return  # already refused (disk full, ...): the reply has been sent
         assert upload.sink is not None
+        assert not upload.streamed or upload.size == event.size, "every byte was counted"
         if upload.sink.deferred:  # hashed in a thread: wait for it off the read loop
             self._spawn_commit(self._verify_later(event, upload))
             return

@@ -71,6 +71,7 @@ class Request:
     done: int = 0  # bytes so far
     cancelled: bool = False
     offset: int = 0  # RESUME: a GET's proven offset (the body may start there)
+    streamed: bool = False  # STREAM: ``size`` is only a bound; DONE says where it ends
 
     @property
     def left(self) -> int:
@@ -103,6 +104,7 @@ class PutRequested:
     keep_mtime: bool
     offset: int = 0  # RESUME (PUT_AT): the body is the file from here on
     resumable: bool = False  # RESUME: keep the partial file if interrupted
+    streamed: bool = False  # STREAM: ``size`` is 0, the length is known at PutFinished
 
 
 @record
@@ -138,6 +140,7 @@ class HoleReceived:
 class PutFinished:
     request: int
     digest: bytes
+    size: int  # what the body came to (the announced size, unless streamed)
 
 
 @record
@@ -394,7 +397,7 @@ class _Session:
         self.requests[request].done += count
 
     def _check_complete(self, request: int, state: Request) -> None:
-        if state.phase is Phase.RECEIVING and state.left:
+        if state.phase is Phase.RECEIVING and state.left and not state.streamed:
             raise RemoteProtocolError(
                 f"request {request} ended after {state.done} of {state.size} bytes",
                 code=m.ErrorCode.BAD_REQUEST)
@@ -526,14 +529,27 @@ class ServerSession(_Session):
         self.requests[request] = state
 
     def _on_put(self, message: m.Put) -> None:
-        self._open(message.request, Request(Kind.PUT, Phase.RECEIVING, size=message.size))
         # RESUMABLE is an undefined flag without RESUME: ignored, as §2 says.
         resumable = bool(message.flags & m.PutFlag.RESUMABLE
                          and self.features & m.Feature.RESUME)
+        streamed = bool(message.flags & m.PutFlag.STREAMED)
+        if streamed:
+            self._check_streamed(message, resumable)
+        size = m.MAX_FILE_SIZE if streamed else message.size
+        self._open(message.request, Request(Kind.PUT, Phase.RECEIVING, size=size,
+                                            streamed=streamed))
         self._events.append(PutRequested(message.request, message.path, message.size,
                                          message.mode, message.mtime_ns,
                                          bool(message.flags & m.PutFlag.KEEP_MTIME),
-                                         resumable=resumable))
+                                         resumable=resumable, streamed=streamed))
+
+    def _check_streamed(self, message: m.Put, resumable: bool) -> None:
+        """§5.2: STREAMED needs STREAM, size 0, and no RESUMABLE."""
+        problem = ("without the STREAM feature" if not self.features & m.Feature.STREAM
+                   else f"announcing {message.size} bytes" if message.size
+                   else "that is also RESUMABLE" if resumable else None)
+        if problem is not None:
+            raise RemoteProtocolError(f"STREAMED PUT {problem}", code=m.ErrorCode.BAD_REQUEST)
 
     def _on_put_at(self, message: m.PutAt) -> None:
         _need_resume(self.features, "PUT_AT")
@@ -567,7 +583,8 @@ class ServerSession(_Session):
             del self.requests[message.request]  # already answered
             return
         state.phase = Phase.AWAIT_REPLY
-        self._events.append(PutFinished(message.request, message.digest))
+        self._events.append(PutFinished(message.request, message.digest,
+                                        state.done if state.streamed else state.size))
 
     def _on_cancel(self, message: m.Cancel) -> None:
         state = self.requests.get(message.request)
@@ -782,6 +799,19 @@ class ClientSession(_Session):
         self._emit(m.Put(request, path, size, mode, mtime_ns, flags))
         return request
 
+    @property
+    def can_stream(self) -> bool:
+        return bool(self.features & m.Feature.STREAM)
+
+    def put_streamed(self, path: str, mode: int, mtime_ns: int) -> int:
+        """A PUT whose length is known only at ``done`` (§5.2; needs STREAM)."""
+        if not self.can_stream:
+            raise LocalProtocolError("a streamed PUT needs the STREAM feature")
+        request = self._new_request(Request(Kind.PUT, Phase.SENDING, size=m.MAX_FILE_SIZE,
+                                            streamed=True))
+        self._emit(m.Put(request, path, 0, mode, mtime_ns, m.PutFlag.STREAMED))
+        return request
+
     def put_inline(self, path: str, data: bytes, mode: int, mtime_ns: int, keep_mtime: bool,
                    digest: bytes) -> int:
         """A whole small file in one frame (needs INLINE); it then awaits its verdict."""
@@ -838,7 +868,7 @@ class ClientSession(_Session):
 
     def done(self, request: int, digest: bytes) -> None:
         state = self._local(request, Phase.SENDING, Phase.DISCARDING)
-        if state.left:
+        if state.left and not state.streamed:
             raise LocalProtocolError(f"request {request} still owes {state.left} bytes")
         self._emit(m.Done(request, digest))
         if state.phase is Phase.DISCARDING:
@@ -893,7 +923,11 @@ class ClientSession(_Session):
         return state
 
     def _on_committed(self, message: m.Committed) -> None:
-        self._expect(message.request, Kind.PUT, Phase.AWAIT_REPLY)
+        state = self._expect(message.request, Kind.PUT, Phase.AWAIT_REPLY)
+        if state.streamed and message.size != state.done:
+            raise RemoteProtocolError(
+                f"the server committed {message.size} bytes of the {state.done} streamed "
+                f"for request {message.request}", code=m.ErrorCode.BAD_REQUEST)
         del self.requests[message.request]
         self._events.append(PutCommitted(message.request, message.size, message.digest))
 
