@@ -41,6 +41,11 @@ def _client_stream() -> bytes:
         m.encode(m.PutAt(9, "part", 4, 10, 0o644, 0)),
         m.encode(m.Hole(9, 6)),
         m.encode(m.Cancel(3)),
+        m.encode(m.Put(10, "stream", 0, 0o644, 0, m.PutFlag.STREAMED)),
+        m.data_header(10, 3), b"abc",
+        m.encode(m.Done(10, DIGEST)),
+        m.encode(m.Delete(11, "old", True)),
+        m.encode(m.Checksum(12, "dir/file.txt")),
     ])
 
 
@@ -56,6 +61,7 @@ def _server_stream() -> bytes:
         m.encode(m.Entries(5, (entry,), True)),
         m.encode(m.Committed(1, 13, DIGEST)),
         m.encode(m.Prefix(8, 4, DIGEST)),
+        m.encode(m.Sum(12, 13, DIGEST)),
         m.encode(m.Error(0, m.ErrorCode.BUSY, "server busy")),
     ])
 

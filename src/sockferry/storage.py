@@ -449,6 +449,38 @@ class Root:
                 if stat.S_ISREG(st.st_mode):
                     yield directory, name, dir_fd, st
 
+    def remove(self, path: str | bytes, *, directory: bool = False) -> int:
+        """Remove one name inside the root, never what a link points to: a non-directory
+        (a link itself), or with ``directory`` an empty directory — partial files of
+        interrupted resumable uploads in it go with it unless a transfer is writing
+        them.  Returns the bytes freed (a regular file's size, for --quota)."""
+        shown = _shown(path)
+        with self.parent(path, follow_last=False) as (dir_fd, name):
+            if not name:
+                raise PathRefused("the root itself cannot be removed", path=shown)
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                is_directory = stat.S_ISDIR(st.st_mode)
+                if is_directory != directory:
+                    what = "a directory" if is_directory else "not a directory"
+                    raise StorageError(f"'{shown}' is {what}", path=shown,
+                                       errno=errno.EISDIR if is_directory else errno.ENOTDIR)
+                if not directory:
+                    os.unlink(name, dir_fd=dir_fd)
+                    return st.st_size if stat.S_ISREG(st.st_mode) else 0
+                try:
+                    os.rmdir(name, dir_fd=dir_fd)
+                except OSError as exc:
+                    if exc.errno != errno.ENOTEMPTY or not _clear_partials(dir_fd, name):
+                        raise
+                    os.rmdir(name, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.ENOTEMPTY:
+                    raise StorageError(f"'{shown}' is not empty", errno=exc.errno,
+                                       path=shown) from exc
+                raise storage_error(exc, shown) from exc
+        return 0
+
     def exists(self, path: str | bytes) -> bool:
         try:
             self.stat(path)
@@ -714,6 +746,14 @@ class DirCache:
             if cached is not None and cached.names is not None:
                 self._listed -= len(cached.names)
                 cached.names = None
+
+    def removed(self, path: str) -> None:
+        """``path`` was removed: listings along it are stale, and a cached fd of it, or
+        of a directory below it, names a directory that is gone."""
+        self.changed(path)
+        key = "/".join(split_client_path(path))
+        for gone in [k for k in self._entries if k == key or k.startswith(key + "/")]:
+            self._drop(self._entries.pop(gone))
 
     def _drop(self, cached: _Cached) -> None:
         if cached.names:
@@ -1080,6 +1120,29 @@ def partial_name(name: str) -> str:
 def _busy(shown: str) -> StorageError:
     return StorageError(f"another transfer to '{shown}' is in progress; try again later",
                         errno=errno.EAGAIN, path=shown)
+
+
+def _clear_partials(parent_fd: int, name: str) -> bool:
+    """Remove the partial files in the directory ``name`` if they are all it holds and
+    none is being written; whether it is empty now."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=parent_fd)
+    except OSError:
+        return False
+    try:
+        names = os.listdir(fd)
+        if not all(n.startswith(PARTIAL_PREFIX) for n in names):
+            return False
+        for partial in names:
+            st = os.stat(partial, dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or not _unlink_unlocked(fd, partial, st):
+                return False
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _unlink_unlocked(dir_fd: int, name: str, st: os.stat_result) -> bool:

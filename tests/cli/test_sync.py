@@ -183,3 +183,101 @@ def test_extraneous_keeps_directories_above_protected_names() -> None:
              entry("e", Kind.DIRECTORY), entry("e/y")]
     plan = extraneous(local, {}, Filters.parse([(False, "*.o")]))
     assert plan == [Deletion("d/x", False), Deletion("e", True)]
+
+
+def test_send_delete_removes_only_what_the_local_tree_lacks(tmp_path: Path,
+                                                            server: ServerThread) -> None:
+    root = tmp_path / "root"
+    local = tmp_path / "proj"
+    _make(local, {"a.txt": "a", "src/c.txt": "c", "kind": "now a file"})
+    _make(root / "proj", {"a.txt": "old", "stale.txt": "x", "gone/deep/f": "f",
+                          "src/c.txt": "c", "src/old.o": "o", "notes.o": "theirs",
+                          "kind/inside": "a directory here"})
+    outside = root / "outside"
+    _make(outside, {"precious": "p"})
+    (root / "proj" / "link").symlink_to(outside, target_is_directory=True)
+    (root / "beside.txt").write_text("not in the copied tree")
+    # A partial file of an interrupted resumable upload goes with its directory.
+    (root / "proj" / "gone" / ".sockferry-resume-0123456789abcdef.part").write_bytes(b"p")
+    code, out, err = _cli(tmp_path, server.port, "send", "-r", "-n", "--delete",
+                          "--exclude", "notes.o", str(local), "127.0.0.1:")
+    assert code == ExitCode.OK, err
+    doomed = sorted(line.split(" ", 2)[2] for line in out.splitlines()
+                    if line.startswith("would delete "))
+    assert doomed == ["proj/gone", "proj/kind", "proj/link", "proj/src/old.o",
+                      "proj/stale.txt"]
+    assert (root / "proj" / "stale.txt").exists()
+    code, out, err = _cli(tmp_path, server.port, "send", "-r", "-v", "--delete",
+                          "--exclude", "notes.o", str(local), "127.0.0.1:")
+    assert code == ExitCode.OK, err
+    assert _tree(root / "proj") == {"a.txt": b"a", "src/c.txt": b"c", "kind": b"now a file",
+                                    "notes.o": b"theirs"}
+    assert sorted(os.listdir(root / "proj")) == ["a.txt", "kind", "notes.o", "src"]
+    assert (outside / "precious").read_text() == "p"  # the link was never followed
+    assert (root / "beside.txt").exists()  # outside the copied tree
+    assert "deleted proj/stale.txt" in out
+    assert "deleted" in err  # the summary counts them
+
+
+def test_send_delete_on_a_read_only_server_is_refused_per_name(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _make(root / "proj", {"stale.txt": "x"})
+    local = tmp_path / "proj"
+    _make(local, {"a.txt": "a"})
+    write_token(tmp_path / "token")
+    with ServerThread(root, read_only=True) as running:
+        code, _, err = _cli(tmp_path, running.port, "send", "-r", "--delete", str(local),
+                            "127.0.0.1:")
+    assert code == ExitCode.REFUSED
+    assert "read-only" in err
+    assert (root / "proj" / "stale.txt").exists()
+
+
+@pytest.mark.parametrize("direction", ["send", "get"])
+def test_checksum_skips_files_whose_digest_matches(tmp_path: Path, server: ServerThread,
+                                                   direction: str) -> None:
+    """Same size and a new time: -u would copy it again, -c sees the same content; same
+    size and time but other bytes: -u would skip it, -c copies it."""
+    root = tmp_path / "root" / "proj"
+    local = tmp_path / "proj"
+    big = os.urandom(600 * 1024)  # hashed in a thread on both sides
+    _make(local, {"same.txt": "same", "touched.txt": "abcd", "forged.txt": "AAAA"})
+    (local / "big.bin").write_bytes(big)
+    _make(root, {"same.txt": "same", "touched.txt": "abcd", "forged.txt": "BBBB",
+                 "short.txt": "x"})
+    (root / "big.bin").write_bytes(big)
+    (local / "short.txt").write_text("longer")
+    os.utime(local / "touched.txt", (1_000_000_000, 1_000_000_000))
+    stamp = os.stat(local / "forged.txt").st_mtime_ns
+    os.utime(root / "forged.txt", ns=(stamp, stamp))
+    sender, receiver = (local, root) if direction == "send" else (root, local)
+    argv = ((direction, "-r", "-c", "-v", str(local), "127.0.0.1:") if direction == "send"
+            else (direction, "-r", "-c", "-v", "127.0.0.1:proj", str(tmp_path)))
+    code, out, err = _cli(tmp_path, server.port, *argv)
+    assert code == ExitCode.OK, err
+    copied = sorted(line.split(" -> ")[1].split(" (")[0].rsplit("/", 1)[-1]
+                    for line in out.splitlines() if line.startswith(("sent ", "received ")))
+    assert copied == ["forged.txt", "short.txt"]
+    assert "3 unchanged" in err
+    assert _tree(receiver) == _tree(sender)
+
+
+def test_an_older_server_says_it_cannot_delete_or_checksum(tmp_path: Path) -> None:
+    from sockferry.ferry import messages as m  # noqa: PLC0415
+
+    root = tmp_path / "root"
+    _make(root / "proj", {"a.txt": "a", "stale": "x"})
+    local = tmp_path / "proj"
+    _make(local, {"a.txt": "b"})
+    write_token(tmp_path / "token")
+    with ServerThread(root, features=m.ALL_FEATURES & ~m.Feature.SYNC) as running:
+        for option, what in (("--delete", "cannot remove files"),
+                             ("-c", "cannot compute digests")):
+            code, _, err = _cli(tmp_path, running.port, "send", "-r", option, str(local),
+                                "127.0.0.1:")
+            assert code == ExitCode.USAGE, err
+            assert what in err
+        # Without the new options the old server is served as before.
+        code, _, err = _cli(tmp_path, running.port, "send", "-r", str(local), "127.0.0.1:")
+    assert code == ExitCode.OK, err
+    assert _tree(root / "proj") == {"a.txt": b"b", "stale": b"x"}

@@ -118,6 +118,10 @@ def _copy_options(parser: argparse.ArgumentParser) -> None:
                         help="skip files the receiver already has with the same size and "
                         "modification time (rsync's quick check); implies -p, so that a "
                         "second run finds the times equal")
+    parser.add_argument("-c", "--checksum", action="store_true",
+                        help="skip files the receiver already has with the same size and "
+                        "digest (rsync's -c; both sides read every such file, the server "
+                        "computes its digest on request)")
     parser.add_argument("--include", action=_FilterRule, dest="filters", default=[],
                         metavar="PATTERN", help="keep names matching PATTERN even if a "
                         "later --exclude matches them (in a config file, include "
@@ -154,10 +158,12 @@ def _sync_options(args: argparse.Namespace) -> SyncOptions:
 
     if getattr(args, "delete", False) and not args.recursive:
         raise UsageError("--delete removes names inside a copied tree: add -r")
-    if (args.update or args.dry_run or args.filters) and args.resume:
-        raise UsageError("--resume does not go with --update, --dry-run or filters")
+    if (args.update or args.checksum or args.dry_run or args.filters) and args.resume:
+        raise UsageError("--resume does not go with --update, --checksum, --dry-run or "
+                         "filters")
     return SyncOptions(update=args.update, filters=Filters.parse(args.filters),
-                       dry_run=args.dry_run, delete=getattr(args, "delete", False))
+                       dry_run=args.dry_run, delete=getattr(args, "delete", False),
+                       checksum=args.checksum)
 
 
 def _register_serve(sub: Any) -> None:
@@ -260,6 +266,11 @@ def _register_send(sub: Any) -> None:
                         help="let the server keep what it got if the transfer breaks, and "
                         "send only what it lacks of an earlier broken transfer (its kept "
                         "bytes are proven by digest first)")
+    parser.add_argument("--delete", action="store_true",
+                        help="with -r: remove files and directories on the server inside the "
+                        "copied tree that the local tree lacks, before sending (names "
+                        "--exclude matches are kept; links are removed, never followed); "
+                        "try it with -n first")
     parser.set_defaults(handler=run_send)
 
 

@@ -233,7 +233,7 @@ class FerryClient:
             match event:
                 case s.PutCommitted():
                     self._settle(event.request, event.size)
-                case s.MkdirDone():
+                case s.MkdirDone() | s.Deleted():
                     self._settle(event.request)
                 case s.EntriesReceived():
                     self._on_entries(event)
@@ -247,8 +247,9 @@ class FerryClient:
                     self._on_file_finished(event)
                 case s.RequestFailed():
                     self._on_failed(event)
-                case s.PrefixReceived():
-                    self._settle(event.request, (event.length, event.digest))
+                case (s.PrefixReceived(length=size, digest=digest)
+                      | s.Summed(size=size, digest=digest)):
+                    self._settle(event.request, (size, digest))
                 case s.InputEnded() | s.ServerVerified():
                     pass
                 case _:
@@ -407,6 +408,13 @@ class FerryClient:
         if buffers:
             await self.stream.send(buffers)
 
+    async def flush(self) -> None:
+        """Send every request queued so far (requests are gathered into few sends; do
+        this before waiting for an answer the caller did not get from a ``start_*``
+        wait)."""
+        self._check_alive()
+        await self._flush()
+
     async def _gathered(self) -> None:
         """Send what waits once there is enough of it (requests pipeline meanwhile)."""
         if self.session.unsent >= GATHER_BYTES:
@@ -433,6 +441,28 @@ class FerryClient:
         await self._slot()
         future = self._track(self.session.mkdir(path, mode), s.Kind.MKDIR)
         await self._flush()
+        return future
+
+    @property
+    def can_sync(self) -> bool:
+        """Whether the server removes names and computes digests (SYNC, §5.3)."""
+        return self.session.can_sync
+
+    async def start_delete(self, path: str, directory: bool = False,
+                           ) -> asyncio.Future[object]:
+        """Remove the remote ``path``: a non-directory (a link itself), or with
+        ``directory`` an empty directory; needs ``can_sync``."""
+        await self._slot()
+        future = self._track(self.session.delete(path, directory), s.Kind.DELETE)
+        await self._gathered()
+        return future
+
+    async def start_checksum(self, path: str) -> asyncio.Future[object]:
+        """The remote file's (size, digest) in the connection's digest; needs
+        ``can_sync``."""
+        await self._slot()
+        future = self._track(self.session.checksum(path), s.Kind.CHECKSUM)
+        await self._gathered()
         return future
 
     async def start_get(self, remote: str, local: str, *, keep_mtime: bool = False,

@@ -22,6 +22,7 @@ _ERRNO_CODES = {
     errno.ENAMETOOLONG: ErrorCode.PERMISSION,
     errno.EISDIR: ErrorCode.IS_DIRECTORY,
     errno.ENOTDIR: ErrorCode.NOT_DIRECTORY,
+    errno.ENOTEMPTY: ErrorCode.NOT_EMPTY,
     errno.ENOSPC: ErrorCode.NO_SPACE,
     errno.EDQUOT: ErrorCode.NO_SPACE,
     errno.EFBIG: ErrorCode.TOO_LARGE,

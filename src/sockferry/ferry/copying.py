@@ -15,10 +15,12 @@ import os
 import posixpath
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sockferry.errors import PathRefused, PeerRefused, SockferryError, StorageError, UsageError
-from sockferry.ferry.bodies import Progress
+from sockferry.ferry import digests
+from sockferry.ferry.bodies import SMALL_FILE, Progress
 from sockferry.ferry.client import FerryClient, ResumeReport, open_local_file
 from sockferry.ferry.messages import ErrorCode
 from sockferry.ferry.sync import NO_FILTERS, Filters, extraneous, unchanged
@@ -49,7 +51,8 @@ class SyncOptions:
     update: bool = False
     filters: Filters = NO_FILTERS
     dry_run: bool = False
-    delete: bool = False  # get -r: remove local names the server's tree lacks
+    delete: bool = False  # -r: remove the receiver's names the sender's tree lacks
+    checksum: bool = False  # skip files of the same size and digest (rsync's -c)
 
 
 NO_SYNC = SyncOptions()
@@ -78,6 +81,7 @@ class _Waiting:
     future: asyncio.Future[object]
     is_directory: bool = False
     resume: ResumeReport | None = None
+    deleted: bool = False  # a DELETE of send --delete (target: the remote name)
 
 
 async def _settled(client: FerryClient, waiting: list[_Waiting], failed: list[Outcome],
@@ -96,8 +100,10 @@ async def _settled(client: FerryClient, waiting: list[_Waiting], failed: list[Ou
             error = exc if isinstance(exc, SockferryError) else SockferryError(str(exc))
         report = item.resume
         outcomes.append(Outcome(item.source, item.target, item.size, error,
-                                item.is_directory, False, report.offset if report else 0,
-                                report.note if report else ""))
+                                item.is_directory and not item.deleted, False,
+                                report.offset if report else 0,
+                                report.note if report else "",
+                                deleted=item.deleted and error is None))
     return outcomes
 
 
@@ -144,11 +150,8 @@ async def send_paths(client: FerryClient, sources: list[str], dest: str, *,
                 continue
             await _send_tree(client, source, target, keep_mtime, reporter, waiting, failed,
                              resume, sync)
-        elif sync.dry_run or sync.update:
-            there = await _remote_entries(client, target, recursive=False) if sync.update \
-                else {}
-            if _skipped(Entry.from_stat("", st), there.get(""), source, target, sync,
-                        failed):
+        elif sync.dry_run or sync.update or sync.checksum:
+            if await _single_skipped(client, source, target, st, sync, failed):
                 continue
             await _send_one(client, source, target, keep_mtime, reporter, waiting, failed,
                             resume)
@@ -277,15 +280,28 @@ async def _remote_entries(client: FerryClient, path: str,
 
 
 def _skipped(local: Entry, there: Entry | None, source: str, target: str,
-             sync: SyncOptions, failed: list[Outcome]) -> bool:
-    """--update and -n: whether this file is left alone (its outcome recorded)."""
-    if sync.update and unchanged(local, there):
+             sync: SyncOptions, failed: list[Outcome], same: bool = False) -> bool:
+    """--update, --checksum and -n: whether this file is left alone (its outcome
+    recorded); ``same``: --checksum found its size and digest equal on both sides."""
+    if same if sync.checksum else sync.update and unchanged(local, there):
         failed.append(Outcome(source, target, local.size, unchanged=True))
         return True
     if sync.dry_run:
         failed.append(Outcome(source, target, local.size, dry_run=True))
         return True
     return False
+
+
+async def _single_skipped(client: FerryClient, source: str, target: str,
+                          st: os.stat_result, sync: SyncOptions,
+                          failed: list[Outcome]) -> bool:
+    """--update, --checksum, -n for one file given by name: whether it is left alone."""
+    local = Entry.from_stat("", st)
+    there = await _remote_entries(client, target, recursive=False) \
+        if sync.update or sync.checksum else {}
+    same = await _identical(client, _checksum_candidates(
+        [local], there, lambda _rel: source, lambda _rel: target)) if sync.checksum else set()
+    return _skipped(local, there.get(""), source, target, sync, failed, "" in same)
 
 
 async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: bool,
@@ -296,8 +312,17 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
         failed.append(Outcome(exc.filename or source, target, 0,
                               storage_error(exc, exc.filename or source)))
 
-    there = await _remote_entries(client, target) if sync.update else {}
-    judged = sync.update or sync.dry_run or bool(sync.filters.rules)
+    there = await _remote_entries(client, target) \
+        if sync.update or sync.delete or sync.checksum else {}
+    same: set[str] = set()
+    if sync.delete or sync.checksum:
+        local_tree = sync.filters.select(_local_tree(source))
+        if sync.delete:
+            await _delete_remote(client, target, there, local_tree, sync, waiting, failed)
+        same = await _identical(client, _checksum_candidates(
+            local_tree, there, lambda rel: os.path.join(source, *rel.split("/")),
+            lambda rel: posixpath.join(target, rel))) if sync.checksum else set()
+    judged = sync.update or sync.dry_run or sync.checksum or bool(sync.filters.rules)
     for directory, subdirs, files in os.walk(source, onerror=on_error):
         rel = os.path.relpath(directory, source)
         rel_prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
@@ -322,7 +347,7 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
         for name in sorted(files):  # plain concatenation: path.join per file adds up
             local, remote = local_prefix + name, remote_prefix + name
             if judged and await _judged_away(local, rel_prefix + name, remote, there, sync,
-                                             failed):
+                                             failed, rel_prefix + name in same):
                 continue
             opened = _open(local, remote, reporter, failed)
             if opened is None or (not resume and _sent_at_once(
@@ -333,14 +358,100 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
 
 
 async def _judged_away(local: str, rel: str, remote: str, there: dict[str, Entry],
-                       sync: SyncOptions, failed: list[Outcome]) -> bool:
+                       sync: SyncOptions, failed: list[Outcome], same: bool = False) -> bool:
     if sync.filters.excluded(rel, False):
         return True
     try:
         st = os.lstat(local)
     except OSError:
         return False  # _open reports it
-    return _skipped(Entry.from_stat(rel, st), there.get(rel), local, remote, sync, failed)
+    return _skipped(Entry.from_stat(rel, st), there.get(rel), local, remote, sync, failed,
+                    same)
+
+
+async def _delete_remote(client: FerryClient, target: str, there: dict[str, Entry],
+                         local_tree: list[Entry], sync: SyncOptions,
+                         waiting: list[_Waiting], failed: list[Outcome]) -> None:
+    """send --delete: remove what the local (filtered) tree lacks from the server's tree
+    at ``target``, before anything is sent (a name that changes kind is replaced); a
+    directory goes with everything in it, children first, all in one round trip.
+    ``there`` loses what is removed."""
+    if not client.can_sync and not sync.dry_run:
+        raise UsageError("this server cannot remove files (it predates send --delete); "
+                         "run it without --delete")
+    plan = extraneous(list(there.values()),
+                      {e.path: e.kind is Kind.DIRECTORY for e in local_tree}, sync.filters)
+    for deletion in plan:
+        below = [path for path in there if path.startswith(deletion.path + "/")] \
+            if deletion.is_directory else []
+        for path in [*reversed(below), deletion.path]:
+            remote = posixpath.join(target, path)
+            directory = there[path].kind is Kind.DIRECTORY
+            del there[path]
+            if sync.dry_run:
+                if path == deletion.path:
+                    failed.append(Outcome(remote, remote, 0, deleted=True, dry_run=True))
+                continue
+            future = await client.start_delete(remote, directory)
+            waiting.append(_Waiting(remote, remote, 0, future, is_directory=directory,
+                                    deleted=True))
+
+
+def _checksum_candidates(sender: list[Entry], receiver: dict[str, Entry],
+                         local_path: Callable[[str], str], remote_path: Callable[[str], str],
+                         ) -> list[tuple[str, str, str]]:
+    """--checksum: (relative path, local path, remote path) of each regular file of the
+    sender's tree that the receiver has as a regular file of the same size — the others
+    differ anyway."""
+    found = []
+    for entry in sender:
+        other = receiver.get(entry.path)
+        if (entry.kind is Kind.FILE and other is not None and other.kind is Kind.FILE
+                and other.size == entry.size):
+            found.append((entry.path, local_path(entry.path), remote_path(entry.path)))
+    return found
+
+
+async def _identical(client: FerryClient, candidates: list[tuple[str, str, str]],
+                     ) -> set[str]:
+    """--checksum: the relative paths among ``candidates`` whose local and remote digests
+    are equal.  Every CHECKSUM is pipelined first, then the local files are hashed while
+    the server hashes its own: one round trip in all."""
+    if not candidates:
+        return set()
+    if not client.can_sync:
+        raise UsageError("this server cannot compute digests (it predates --checksum); "
+                         "use --update, or copy without it")
+    asked = [(rel, local, await client.start_checksum(remote))
+             for rel, local, remote in candidates]
+    await client.flush()
+    feature = client.session.digest_feature
+    same: set[str] = set()
+    for rel, local, future in asked:
+        mine = await _local_digest(local, feature)
+        with contextlib.suppress(SockferryError):
+            answer = await future
+            if mine is not None and isinstance(answer, tuple) and answer[1] == mine:
+                same.add(rel)
+    return same
+
+
+async def _local_digest(path: str, feature: digests.Feature) -> bytes | None:
+    """The digest of a local file, or None where it cannot be read (it is then copied,
+    and the copy reports why)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if size <= SMALL_FILE:
+            return digests.digest_of(os.pread(fd, size, 0), feature)
+        return await asyncio.to_thread(digests.hash_fd, fd, size, feature)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 # ---- get -------------------------------------------------------------------------------
@@ -480,6 +591,13 @@ async def _get_tree(client: FerryClient, source: str, top: Entry, target: str,
     except (StorageError, PeerRefused) as exc:
         failed.append(Outcome(source, target, 0, exc))
         return
+    same: set[str] = set()
+    if sync.checksum:
+        # Only names found in the local tree are candidates: none of them climbs.
+        mine = {e.path: e for e in _local_tree(target)} if os.path.isdir(target) else {}
+        same = await _identical(client, _checksum_candidates(
+            entries, mine, lambda rel: os.path.join(target, *rel.split("/")),
+            lambda rel: posixpath.join(source, rel)))
     for entry in entries:
         remote = posixpath.join(source, entry.path)
         try:
@@ -488,9 +606,9 @@ async def _get_tree(client: FerryClient, source: str, top: Entry, target: str,
                 if not sync.dry_run:
                     _make_local_dir(local, entry.mode & 0o777)
             elif entry.kind is Kind.FILE:
-                if (sync.update or sync.dry_run) and _skipped(
+                if (sync.update or sync.dry_run or sync.checksum) and _skipped(
                         entry, _local_entry(local) if sync.update else None, remote, local,
-                        sync, failed):
+                        sync, failed, entry.path in same):
                     continue
                 await _get_one(client, remote, local, entry.size, keep_mtime, reporter,
                                waiting, resume)

@@ -115,5 +115,9 @@ class Quota:
         """The upload ended, committed or not."""
         self.reserved -= reservation.size
 
+    def freed(self, size: int) -> None:
+        """``size`` bytes under the root were removed (DELETE)."""
+        self.used = max(0, self.used - size)
+
     def committed(self, reservation: Reservation) -> None:
         self.used = max(0, self.used + reservation.size - reservation.replaced)

@@ -57,12 +57,15 @@ class FrameType(IntEnum):
     HOLE = 0x18
     PARTIAL = 0x19  # RESUME: what do you keep towards this path?
     PUT_AT = 0x1A  # RESUME: a PUT carrying the file from an offset on
+    DELETE = 0x1B  # SYNC: remove a name
+    CHECKSUM = 0x1C  # SYNC: what is the digest of this file?
     PUT_INLINE = 0x1F  # INLINE: a small file's PUT, DATA and DONE in one frame
     OK = 0x20
     FILE = 0x21
     ENTRIES = 0x22
     COMMITTED = 0x24
     PREFIX = 0x25  # RESUME: length and digest of a kept partial file
+    SUM = 0x26  # SYNC: the answer to CHECKSUM
     ERROR = 0x2F
 
 
@@ -76,11 +79,12 @@ class Feature(IntFlag):
     INLINE = 0x10  # PUT_INLINE frames may carry small files whole
     CHANNEL_BINDING = 0x20  # over TLS: the proofs cover the server certificate's hash
     STREAM = 0x40  # PUT with STREAMED: a body whose size is known only at its end
+    SYNC = 0x80  # DELETE and CHECKSUM, for incremental copies
 
 
 DIGEST_FEATURES = Feature.DIGEST_BLAKE3 | Feature.DIGEST_SHA256
 ALL_FEATURES = (DIGEST_FEATURES | Feature.SPARSE | Feature.RESUME | Feature.INLINE
-                | Feature.CHANNEL_BINDING | Feature.STREAM)
+                | Feature.CHANNEL_BINDING | Feature.STREAM | Feature.SYNC)
 
 
 class PutFlag(IntFlag):
@@ -88,6 +92,11 @@ class PutFlag(IntFlag):
     KEEP_MTIME = 0x1
     RESUMABLE = 0x2  # RESUME: keep the partial file under its partial name if interrupted
     STREAMED = 0x4  # STREAM: size 0 stands for "known at DONE" (docs/protocol.md §5.2)
+
+
+class DeleteFlag(IntFlag):
+    NONE = 0
+    DIRECTORY = 0x1  # SYNC: the name is an (empty) directory
 
 
 class GetFlag(IntFlag):
@@ -128,6 +137,7 @@ class ErrorCode(IntEnum):
     SHUTTING_DOWN = 16
     NOT_A_FILE = 17
     INTERNAL = 18
+    NOT_EMPTY = 19  # SYNC: DELETE of a directory that still holds names
 
 
 # ------------------------------------------------------------------------------------
@@ -275,6 +285,32 @@ class Mkdir:
 
 
 @record
+class Delete:
+    """SYNC: remove ``path``; ``directory``: an empty directory, else a non-directory."""
+
+    request: int
+    path: str
+    directory: bool = False
+
+
+@record
+class Checksum:
+    """SYNC: ask for the digest of the file at ``path``."""
+
+    request: int
+    path: str
+
+
+@record
+class Sum:
+    """SYNC: the answer to CHECKSUM."""
+
+    request: int
+    size: int
+    digest: bytes
+
+
+@record
 class Ok:
     request: int
 
@@ -311,7 +347,7 @@ class Error:
 
 Message = (Hello | HelloReply | Auth | Put | PutInline | Data | DataChunk | Hole | Done
            | Cancel | Get | ListDir | Stat | Mkdir | Ok | FileHeader | Entries | Committed
-           | Error | Partial | PutAt | Prefix)
+           | Error | Partial | PutAt | Prefix | Delete | Checksum | Sum)
 
 
 # ------------------------------------------------------------------------------------
@@ -440,6 +476,12 @@ _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     Mkdir: lambda x: frame(FrameType.MKDIR, x.request,
                            _path(Writer().u32(x.mode), x.path).getvalue()),
     Ok: lambda x: frame(FrameType.OK, x.request),
+    Delete: lambda x: frame(FrameType.DELETE, x.request, _path(Writer(), x.path).getvalue(),
+                            DeleteFlag.DIRECTORY if x.directory else 0),
+    Checksum: lambda x: frame(FrameType.CHECKSUM, x.request,
+                              _path(Writer(), x.path).getvalue()),
+    Sum: lambda x: frame(FrameType.SUM, x.request, Writer().u64(x.size).raw(
+        _exact(x.digest, DIGEST_BYTES, "digest")).getvalue()),
     FileHeader: _encode_file,
     Entries: lambda x: frame(FrameType.ENTRIES, x.request, encode_entries(x.entries),
                              EntriesFlag.LAST if x.last else 0),
@@ -615,6 +657,9 @@ _DECODERS: dict[FrameType, Callable[[Reader, int, int], Message]] = {
     FrameType.STAT: lambda r, q, f: Stat(q, _read_path(r)),
     FrameType.MKDIR: lambda r, q, f: Mkdir(q, mode=r.u32(), path=_read_path(r)),
     FrameType.OK: lambda r, q, f: Ok(q),
+    FrameType.DELETE: lambda r, q, f: Delete(q, _read_path(r), bool(f & DeleteFlag.DIRECTORY)),
+    FrameType.CHECKSUM: lambda r, q, f: Checksum(q, _read_path(r)),
+    FrameType.SUM: lambda r, q, f: Sum(q, _read_size(r), r.read(DIGEST_BYTES)),
     FrameType.FILE: _decode_file,
     FrameType.ENTRIES: _decode_entries,
     FrameType.COMMITTED: lambda r, q, f: Committed(q, _read_size(r), r.read(DIGEST_BYTES)),

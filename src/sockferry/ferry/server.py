@@ -39,8 +39,10 @@ from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
 from sockferry.ferry.bodies import (
     GATHER_BYTES,
+    SMALL_FILE,
     Sink,
     TransferCancelled,
+    read_whole,
     send_body,
     send_tail,
     splice_bodies,
@@ -66,6 +68,7 @@ from sockferry.sockets import (
     describe_multipath,
     format_sockaddr,
     open_listeners,
+    storage_error,
 )
 from sockferry.storage import (
     DEFAULT_UMASK,
@@ -437,7 +440,9 @@ class Connection:
                                        features=server.config.features,
                                        channel_binding=channel_binding)
         self.uploads: dict[int, Upload] = {}
-        self.jobs: deque[s.GetRequested | s.ListRequested | s.PartialRequested] = deque()
+        self.jobs: deque[s.GetRequested | s.ListRequested | s.PartialRequested
+                         | s.ChecksumRequested] = deque()
+        self.deletes: deque[s.DeleteRequested] = deque()  # waiting for earlier PUTs
         self.cancelled: set[int] = set()
         self.commits: set[asyncio.Task[None]] = set()
         self.verified: list[Verified] = []  # the next group to commit (--fsync batch)
@@ -890,6 +895,7 @@ class Connection:
     def _committed(self, verified: Verified) -> None:
         upload = verified.upload
         self.session.commit(verified.request, upload.size, verified.digest)
+        self._run_deletes()
         if upload.reservation is not None:
             assert self.server.quota is not None
             self.server.quota.committed(upload.reservation)
@@ -1003,6 +1009,7 @@ class Connection:
             self.order.ended(request)
             self._log_file("PUT", upload.path, upload.file.written, upload.started,
                            "cancelled by the client")
+            self._run_deletes()
         else:
             self.cancelled.add(request)
 
@@ -1023,6 +1030,62 @@ class Connection:
         self.dirs.changed(event.path)
         self.session.ok(event.request)
 
+    # -- incremental copies (docs/protocol.md §5.3) --------------------------------------
+
+    def _on_delete(self, event: s.DeleteRequested) -> None:
+        self.deletes.append(event)
+        self._run_deletes()
+
+    def _run_deletes(self) -> None:
+        """DELETEs in arrival order, each once every PUT sent before it is answered."""
+        while self.deletes and not self._put_open_before(self.deletes[0].request):
+            self._delete_now(self.deletes.popleft())
+
+    def _put_open_before(self, request: int) -> bool:
+        """Whether a PUT that arrived before ``request`` is still unanswered (the core's
+        requests are kept in arrival order; at most a window's worth)."""
+        for open_request, state in self.session.requests.items():
+            if open_request == request:
+                return False
+            if state.kind is s.Kind.PUT and state.phase is not s.Phase.DISCARDING:
+                return True
+        return False
+
+    def _delete_now(self, event: s.DeleteRequested) -> None:
+        try:
+            freed = self.root.remove(event.path, directory=event.directory)
+        except StorageError as exc:
+            self._refuse(event.request, "DELETE", event.path, code_for(exc), str(exc))
+            return
+        self.dirs.removed(event.path)
+        if self.server.quota is not None:
+            self.server.quota.freed(freed)
+        self.session.ok(event.request)
+        self._log_file("DELETE", event.path, freed, None, "ok", logging.DEBUG)
+
+    async def _send_sum(self, job: s.ChecksumRequested) -> None:
+        """CHECKSUM: the digest of a file, counted against the limits as a GET."""
+        try:
+            fd, st = self.root.open_read(job.path)
+        except StorageError as exc:
+            self._refuse(job.request, "CHECKSUM", job.path, code_for(exc), str(exc))
+            return
+        try:
+            if not self._within_budget(job.request, "CHECKSUM", job.path, st.st_size):
+                return
+            feature = self.session.digest_feature
+            if st.st_size <= SMALL_FILE:
+                digest = digest_of(read_whole(fd, st.st_size), feature)
+            else:  # hashing a large file takes long: off the event loop
+                digest = await asyncio.to_thread(digests.hash_fd, fd, st.st_size, feature)
+        except (StorageError, OSError) as exc:
+            error = exc if isinstance(exc, StorageError) else storage_error(exc, job.path)
+            self._refuse(job.request, "CHECKSUM", job.path, m.ErrorCode.IO_ERROR, str(error))
+            return
+        finally:
+            os.close(fd)
+        self.session.sum(job.request, st.st_size, digest)
+
     def _on_input_ended(self) -> None:
         self.input_done = True
         for request, upload in list(self.uploads.items()):
@@ -1037,6 +1100,7 @@ class Connection:
         self.session.refuse(request, code, message)
         if verb == "PUT":
             self.order.ended(request)  # what waited on it in its path's order goes
+            self._run_deletes()
         self._log_file(verb, path, nbytes, started, f"refused: {message}",
                        error=_code_name(code))
 
@@ -1080,6 +1144,8 @@ class Connection:
                     await self._send_file(job)
                 elif isinstance(job, s.PartialRequested):
                     await self._send_prefix(job)
+                elif isinstance(job, s.ChecksumRequested):
+                    await self._send_sum(job)
                 else:
                     await self._send_listing(job)
                 if self.session.unsent >= GATHER_BYTES:  # small files' frames, gathered
@@ -1194,16 +1260,19 @@ _HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
     s.PartialRequested: lambda c, e: c.jobs.append(e),
     s.StatRequested: Connection._on_stat,
     s.MkdirRequested: Connection._on_mkdir,
+    s.DeleteRequested: Connection._on_delete,
+    s.ChecksumRequested: lambda c, e: c.jobs.append(e),
     s.InputEnded: lambda c, _e: c._on_input_ended(),
 }
 
 
 def _refuse_write(connection: Connection,
                   event: s.PutRequested | s.SmallFileReceived | s.MkdirRequested
-                  | s.PartialRequested) -> None:
+                  | s.PartialRequested | s.DeleteRequested) -> None:
     """serve --read-only: a request that would write is refused, and only that request
     (a PUT's body that follows is discarded as for any refused PUT)."""
-    verb = {s.MkdirRequested: "MKDIR", s.PartialRequested: "PARTIAL"}.get(type(event), "PUT")
+    verb = {s.MkdirRequested: "MKDIR", s.PartialRequested: "PARTIAL",
+            s.DeleteRequested: "DELETE"}.get(type(event), "PUT")
     connection._refuse(event.request, verb, event.path, m.ErrorCode.READ_ONLY,
                        "this server is read-only: nothing can be written to it")
 
@@ -1212,5 +1281,6 @@ def _refuse_write(connection: Connection,
 _READ_ONLY_HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
     **_HANDLERS,
     **{kind: _refuse_write for kind in (s.PutRequested, s.SmallFileReceived,
-                                        s.MkdirRequested, s.PartialRequested)},
+                                        s.MkdirRequested, s.PartialRequested,
+                                        s.DeleteRequested)},
 }

@@ -61,6 +61,8 @@ class Kind(Enum):
     STAT = auto()
     MKDIR = auto()
     PARTIAL = auto()  # RESUME: what the server keeps of an upload
+    DELETE = auto()  # SYNC: remove a name
+    CHECKSUM = auto()  # SYNC: the digest of a file
 
 
 @dataclass(slots=True)
@@ -201,8 +203,35 @@ class PutCommitted:
 
 
 @record
+class DeleteRequested:
+    request: int
+    path: str
+    directory: bool
+
+
+@record
+class ChecksumRequested:
+    request: int
+    path: str
+
+
+@record
 class MkdirDone:
     request: int
+
+
+@record
+class Deleted:
+    request: int
+
+
+@record
+class Summed:
+    """The answer to CHECKSUM: the file's size and digest."""
+
+    request: int
+    size: int
+    digest: bytes
 
 
 @record
@@ -246,13 +275,19 @@ Event = (ClientAuthenticated | ServerVerified | PutRequested | SmallFileReceived
          | PutFinished
          | RequestCancelled | GetRequested | ListRequested | StatRequested | MkdirRequested
          | PutCommitted | MkdirDone | FileStarted | FileFinished | EntriesReceived
-         | RequestFailed | InputEnded | PartialRequested | PrefixReceived)
+         | RequestFailed | InputEnded | PartialRequested | PrefixReceived
+         | DeleteRequested | ChecksumRequested | Deleted | Summed)
+
+
+def _need(features: int, feature: m.Feature, what: str) -> None:
+    """A frame of ``feature`` from the peer: a violation unless it was negotiated."""
+    if not features & feature:
+        raise RemoteProtocolError(f"{what} without the {feature.name} feature",
+                                  code=m.ErrorCode.BAD_REQUEST)
 
 
 def _need_resume(features: int, what: str) -> None:
-    if not features & m.Feature.RESUME:
-        raise RemoteProtocolError(f"{what} without the RESUME feature",
-                                  code=m.ErrorCode.BAD_REQUEST)
+    _need(features, m.Feature.RESUME, what)
 
 
 def choose_digest(features: int) -> m.Feature:
@@ -459,6 +494,8 @@ class ServerSession(_Session):
         (ConnState.READY, m.Mkdir): "_on_mkdir",
         (ConnState.READY, m.Partial): "_on_partial",
         (ConnState.READY, m.PutAt): "_on_put_at",
+        (ConnState.READY, m.Delete): "_on_delete",
+        (ConnState.READY, m.Checksum): "_on_checksum",
     }
 
     def __init__(self, token: bytes, nonce: bytes, *, max_requests: int = DEFAULT_MAX_REQUESTS,
@@ -626,6 +663,16 @@ class ServerSession(_Session):
         self._open(message.request, Request(Kind.MKDIR, Phase.SERVING))
         self._events.append(MkdirRequested(message.request, message.path, message.mode))
 
+    def _on_delete(self, message: m.Delete) -> None:
+        _need(self.features, m.Feature.SYNC, "DELETE")
+        self._open(message.request, Request(Kind.DELETE, Phase.SERVING))
+        self._events.append(DeleteRequested(message.request, message.path, message.directory))
+
+    def _on_checksum(self, message: m.Checksum) -> None:
+        _need(self.features, m.Feature.SYNC, "CHECKSUM")
+        self._open(message.request, Request(Kind.CHECKSUM, Phase.SERVING))
+        self._events.append(ChecksumRequested(message.request, message.path))
+
     # -- answers ------------------------------------------------------------------------
 
     def refuse(self, request: int, code: int, message: str) -> None:
@@ -645,9 +692,17 @@ class ServerSession(_Session):
 
     def ok(self, request: int) -> None:
         state = self._local(request, Phase.SERVING)
-        if state.kind is not Kind.MKDIR:
-            raise LocalProtocolError("OK answers MKDIR only")
+        if state.kind not in (Kind.MKDIR, Kind.DELETE):
+            raise LocalProtocolError("OK answers MKDIR and DELETE only")
         self._emit(m.Ok(request))
+        del self.requests[request]
+
+    def sum(self, request: int, size: int, digest: bytes) -> None:
+        """SUM: the answer to CHECKSUM."""
+        state = self._local(request, Phase.SERVING)
+        if state.kind is not Kind.CHECKSUM:
+            raise LocalProtocolError("SUM answers CHECKSUM only")
+        self._emit(m.Sum(request, size, digest))
         del self.requests[request]
 
     def entries(self, request: int, entries: list[Entry] | tuple[Entry, ...],
@@ -725,6 +780,7 @@ class ClientSession(_Session):
         (ConnState.READY, m.Entries): "_on_entries",
         (ConnState.READY, m.Error): "_on_error",
         (ConnState.READY, m.Prefix): "_on_prefix",
+        (ConnState.READY, m.Sum): "_on_sum",
     }
 
     def __init__(self, token: bytes, nonce: bytes, *, features: int = m.ALL_FEATURES,
@@ -828,8 +884,7 @@ class ClientSession(_Session):
         return request
 
     def _local_resume(self, what: str) -> None:
-        if not self.features & m.Feature.RESUME:
-            raise LocalProtocolError(f"{what} needs the RESUME feature")
+        self._local_feature(m.Feature.RESUME, what)
 
     def put_at(self, path: str, offset: int, size: int, mode: int, mtime_ns: int,
                keep_mtime: bool) -> int:
@@ -915,6 +970,28 @@ class ClientSession(_Session):
 
     # -- replies ------------------------------------------------------------------------
 
+
+    @property
+    def can_sync(self) -> bool:
+        return bool(self.features & m.Feature.SYNC)
+
+    def delete(self, path: str, directory: bool = False) -> int:
+        """DELETE (needs SYNC): a non-directory, or (``directory``) an empty directory."""
+        self._local_feature(m.Feature.SYNC, "DELETE")
+        request = self._new_request(Request(Kind.DELETE, Phase.AWAIT_REPLY))
+        self._emit(m.Delete(request, path, directory))
+        return request
+
+    def checksum(self, path: str) -> int:
+        """CHECKSUM (needs SYNC): ask for the size and digest of a file."""
+        self._local_feature(m.Feature.SYNC, "CHECKSUM")
+        request = self._new_request(Request(Kind.CHECKSUM, Phase.AWAIT_REPLY))
+        self._emit(m.Checksum(request, path))
+        return request
+
+    def _local_feature(self, feature: m.Feature, what: str) -> None:
+        if not self.features & feature:
+            raise LocalProtocolError(f"{what} needs the {feature.name} feature")
     def _expect(self, request: int, kind: Kind, *phases: Phase) -> Request:
         state = self._request(request, *phases)
         if state.kind is not kind:
@@ -932,9 +1009,18 @@ class ClientSession(_Session):
         self._events.append(PutCommitted(message.request, message.size, message.digest))
 
     def _on_ok(self, message: m.Ok) -> None:
-        self._expect(message.request, Kind.MKDIR, Phase.AWAIT_REPLY)
+        state = self._request(message.request, Phase.AWAIT_REPLY)
+        if state.kind not in (Kind.MKDIR, Kind.DELETE):
+            raise RemoteProtocolError(f"OK for {state.kind.name} request {message.request}",
+                                      code=m.ErrorCode.BAD_REQUEST)
         del self.requests[message.request]
-        self._events.append(MkdirDone(message.request))
+        self._events.append(MkdirDone(message.request) if state.kind is Kind.MKDIR
+                            else Deleted(message.request))
+
+    def _on_sum(self, message: m.Sum) -> None:
+        self._expect(message.request, Kind.CHECKSUM, Phase.AWAIT_REPLY)
+        del self.requests[message.request]
+        self._events.append(Summed(message.request, message.size, message.digest))
 
     def _on_file(self, message: m.FileHeader) -> None:
         state = self._expect(message.request, Kind.GET, Phase.AWAIT_REPLY)

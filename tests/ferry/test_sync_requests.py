@@ -1,0 +1,142 @@
+"""DELETE and CHECKSUM (feature SYNC, docs/protocol.md §5.3): the cores, and a real
+server fed raw frames."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sockferry.errors import LocalProtocolError, RemoteProtocolError
+from sockferry.ferry import digests
+from sockferry.ferry import messages as m
+from sockferry.ferry import session as s
+from tests.ferry.harness import RawClient, ServerThread
+from tests.ferry.test_session import DIGEST, connected, pump
+
+
+def test_delete_and_checksum_round_trip() -> None:
+    client, server = connected()
+    assert client.can_sync
+    deleting = client.delete("d/f")
+    rmdir = client.delete("d", directory=True)
+    summing = client.checksum("g")
+    _, server_events = pump(client, server)
+    assert server_events == [s.DeleteRequested(deleting, "d/f", False),
+                             s.DeleteRequested(rmdir, "d", True),
+                             s.ChecksumRequested(summing, "g")]
+    server.ok(deleting)
+    server.refuse(rmdir, m.ErrorCode.NOT_EMPTY, "'d' is not empty")
+    server.sum(summing, 7, DIGEST)
+    client_events, _ = pump(client, server)
+    assert client_events == [s.Deleted(deleting),
+                             s.RequestFailed(rmdir, m.ErrorCode.NOT_EMPTY, "'d' is not empty"),
+                             s.Summed(summing, 7, DIGEST)]
+    assert client.open_requests == server.open_requests == 0
+
+
+def test_sync_is_negotiated_and_a_v1_peer_never_sees_it() -> None:
+    client, server = connected(features=m.ALL_FEATURES & ~m.Feature.SYNC)
+    assert not client.can_sync
+    with pytest.raises(LocalProtocolError, match="SYNC"):
+        client.delete("f")
+    with pytest.raises(LocalProtocolError, match="SYNC"):
+        client.checksum("f")
+    with pytest.raises(RemoteProtocolError, match="DELETE without the SYNC feature"):
+        server.receive_data(m.encode(m.Delete(1, "f")))
+
+
+def test_answers_of_the_wrong_kind_are_refused() -> None:
+    client, server = connected()
+    request = client.checksum("f")
+    pump(client, server)
+    with pytest.raises(LocalProtocolError, match="OK answers MKDIR and DELETE only"):
+        server.ok(request)
+    mkdir = client.mkdir("d", 0o755)
+    pump(client, server)
+    with pytest.raises(LocalProtocolError, match="SUM answers CHECKSUM only"):
+        server.sum(mkdir, 0, DIGEST)
+
+
+def test_frames_encode_as_specified() -> None:
+    # docs/protocol.md §2.1 and §5.3: DELETE of a/b with DIRECTORY as request 3.
+    assert m.encode(m.Delete(3, "a/b", True)).hex() == "1b01000000000003000000050003612f62"
+    assert m.encode(m.Checksum(4, "x")).hex() == "1c0000000000000400000003000178"
+    frame = m.encode(m.Sum(5, 10, DIGEST))
+    assert frame[:12].hex() == "260000000000000500000028"
+    assert list(m.FrameParser().feed(frame)) == [m.Sum(5, 10, DIGEST)]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    top = tmp_path / "root"
+    top.mkdir()
+    return top
+
+
+def _answers(raw: RawClient, count: int) -> dict[int, m.Message]:
+    return {reply.request: reply for reply in raw.replies(count)}  # type: ignore[union-attr]
+
+
+def test_a_delete_waits_for_the_put_of_its_path_sent_before_it(root: Path) -> None:
+    """PUT x then DELETE x, pipelined: x is gone at the end, whatever the commit's pace."""
+    body = os.urandom(9 * 1024 * 1024)  # hashed by a thread: committed later
+    digest = digests.digest_of(body, m.Feature.DIGEST_BLAKE3)
+    with ServerThread(root) as server:
+        raw = RawClient(server.port)
+        raw.send(m.encode(m.Put(1, "x", len(body), 0o644, 0)), m.data_header(1, len(body)),
+                 body, m.encode(m.Done(1, digest)), m.encode(m.Delete(2, "x")))
+        answers = _answers(raw, 2)
+        raw.close()
+    assert isinstance(answers[1], m.Committed)
+    assert isinstance(answers[2], m.Ok)
+    assert not (root / "x").exists()
+
+
+def test_delete_never_follows_a_link_nor_leaves_the_root(root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("p")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    (root / "d").mkdir()
+    (root / "d" / "f").write_text("f")
+    (root / "busy").mkdir()
+    (root / "busy" / ".sockferry-0123456789abcdef.part").write_text("upload in progress")
+    with ServerThread(root) as server:
+        raw = RawClient(server.port)
+        raw.send(m.encode(m.Delete(1, "link/precious")),  # through a link out of the root
+                 m.encode(m.Delete(2, "")),
+                 m.encode(m.Delete(3, "../outside/precious")),
+                 m.encode(m.Delete(4, "d", True)),
+                 m.encode(m.Delete(5, "d/f", True)),
+                 m.encode(m.Delete(6, "d")),
+                 m.encode(m.Delete(7, "busy", True)),
+                 m.encode(m.Delete(8, "link")),
+                 m.encode(m.Delete(9, "missing")))
+        answers = _answers(raw, 9)
+        raw.close()
+    codes = {request: getattr(answer, "code", "ok") for request, answer in answers.items()}
+    assert codes == {1: m.ErrorCode.PERMISSION, 2: m.ErrorCode.PERMISSION,
+                     3: m.ErrorCode.PERMISSION, 4: m.ErrorCode.NOT_EMPTY,
+                     5: m.ErrorCode.NOT_DIRECTORY, 6: m.ErrorCode.IS_DIRECTORY,
+                     7: m.ErrorCode.NOT_EMPTY, 8: "ok", 9: m.ErrorCode.NOT_FOUND}
+    assert (outside / "precious").read_text() == "p"
+    assert not (root / "link").is_symlink() and (root / "d" / "f").exists()
+
+
+def test_checksum_answers_size_and_digest_within_the_limits(root: Path) -> None:
+    small, large = b"hello", os.urandom(3 * 1024 * 1024)
+    (root / "small").write_bytes(small)
+    (root / "large").write_bytes(large)
+    (root / "dir").mkdir()
+    with ServerThread(root, max_files_per_connection=2) as server:
+        raw = RawClient(server.port)
+        raw.send(*(m.encode(m.Checksum(i, name)) for i, name in
+                   enumerate(["small", "large", "dir", "small"], start=1)))
+        answers = _answers(raw, 4)
+        raw.close()
+    assert answers[1] == m.Sum(1, len(small), digests.digest_of(small, m.Feature.DIGEST_BLAKE3))
+    assert answers[2] == m.Sum(2, len(large), digests.digest_of(large, m.Feature.DIGEST_BLAKE3))
+    assert getattr(answers[3], "code", None) == m.ErrorCode.IS_DIRECTORY
+    assert getattr(answers[4], "code", None) == m.ErrorCode.TOO_LARGE  # the third file
