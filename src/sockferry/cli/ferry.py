@@ -131,6 +131,10 @@ def _copy_options(parser: argparse.ArgumentParser) -> None:
                         "(rsync's basic rules: * and ? stay within a name, ** crosses /, "
                         "a leading / anchors at the tree's top, a trailing / matches "
                         "directories only; the first matching --exclude/--include wins)")
+    parser.add_argument("--limit-rate", type=_rate, metavar="RATE",
+                        help="move at most RATE bytes per second each way, averaged over "
+                        "a twentieth of a second (suffixes K, M, G are 1024-based: 10M is "
+                        "10 MiB/s; rsync's --bwlimit, curl's --limit-rate)")
     parser.add_argument("-n", "--dry-run", action="store_true",
                         help="print what would be copied (on stdout) and copy nothing")
     parser.add_argument("-r", "--recursive", action="store_true",
@@ -337,6 +341,15 @@ def _byte_count(text: str) -> int:
     return int(number) * _BYTE_SUFFIXES[suffix]
 
 
+def _rate(text: str) -> int:
+    """--limit-rate: bytes per second, with the suffixes of a byte count."""
+    rate = _byte_count(text)
+    if rate <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a rate like 500K or 10M (bytes "
+                                         "per second, more than 0)")
+    return rate
+
+
 def _startups(text: str) -> Startups:
     from sockferry.admission import Startups  # noqa: PLC0415 - serve only
 
@@ -471,10 +484,14 @@ async def _connected(args: argparse.Namespace, address: Address,
 
         async with sctp_client(address, token, stack=args.sctp_stack,
                                udp_port=args.udp_port, timeout_s=args.timeout) as client:
+            if getattr(args, "limit_rate", None):
+                client.limit_rate(args.limit_rate)
             yield client
         return
     client = await FerryClient.connect(address, token, timeout_s=args.timeout,
                                        mptcp=args.mptcp, tls=tls)
+    if getattr(args, "limit_rate", None):
+        client.limit_rate(args.limit_rate)
     try:
         yield client
     finally:

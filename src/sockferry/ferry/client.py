@@ -181,6 +181,12 @@ class FerryClient:
         client._reader = asyncio.get_running_loop().create_task(client._read_loop())
         return client
 
+    def limit_rate(self, bytes_per_second: int) -> None:
+        """From now on move at most ``bytes_per_second`` each way (``--limit-rate``)."""
+        from sockferry.pacing import PacedStream  # noqa: PLC0415 - only when asked
+
+        self.stream = PacedStream(self.stream, bytes_per_second)
+
     # -- reading ------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
