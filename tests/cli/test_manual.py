@@ -45,7 +45,7 @@ def visible(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def test_one_page_per_command_and_the_overview() -> None:
-    assert NAMES == sorted(["sockferry.1", *(f"sockferry-{name}.1" for name in COMMANDS)])
+    assert sorted(["sockferry.1", *(f"sockferry-{name}.1" for name in COMMANDS)]) == NAMES
 
 
 @pytest.mark.parametrize("name", NAMES)
