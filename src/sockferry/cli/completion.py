@@ -34,7 +34,8 @@ def register(sub: Any) -> None:
         "sockferry completion bash > ~/.local/share/bash-completion/completions/sockferry; "
         "zsh: sockferry completion zsh > DIR/_sockferry, DIR being on $fpath; fish: "
         "sockferry completion fish > ~/.config/fish/completions/sockferry.fish.")
-    parser.add_argument("shell", choices=SHELLS, help="the shell the script is for")
+    parser.add_argument("shell", choices=SHELLS, metavar="SHELL",
+                        help="the shell the script is for: bash, zsh or fish")
     parser.set_defaults(handler=run)
 
 
