@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tftp-get": ("tftp", "download a file from a TFTP server"),
     "tftp-put": ("tftp", "upload a file to a TFTP server"),
     "config": ("config", "show every setting a command would use and where it comes from"),
+    "completion": ("completion",
+                   "print a shell completion script (bash, zsh or fish) on standard output"),
 }
 
 

@@ -15,19 +15,47 @@ T = TypeVar("T")
 
 
 class ExitCode:
-    """Documented in the README; stable across releases."""
+    """Stable across releases; what each means is EXIT_CODE_MEANINGS (the README's table
+    and the man page say the same)."""
 
     OK = 0
-    FAILURE = 1          # an error that fits none of the classes below
-    USAGE = 2            # bad command line or configuration
-    NETWORK = 3          # could not resolve, connect, or the connection broke
-    AUTH = 4             # authentication failed, or the server's TLS certificate is refused
-    REFUSED = 5          # the peer refused a request (no such file, not allowed, ...)
-    STORAGE = 6          # a local file could not be read or written
-    PROTOCOL = 7         # the peer broke the protocol or failed a digest check
-    TIMEOUT = 8          # the peer went silent; retries exhausted
-    NOT_AVAILABLE = 9    # a needed facility is missing on this machine (kernel SCTP, ...)
-    INTERRUPTED = 130    # Ctrl-C
+    FAILURE = 1
+    USAGE = 2
+    NETWORK = 3
+    AUTH = 4
+    REFUSED = 5
+    STORAGE = 6
+    PROTOCOL = 7
+    TIMEOUT = 8
+    NOT_AVAILABLE = 9
+    INTERRUPTED = 130
+
+
+# One sentence per code: sockferry(1) lists them (cli/manual.py), and
+# tests/cli/test_manual.py checks that every code has one and that the README's table
+# has a row for each.
+EXIT_CODE_MEANINGS: dict[int, str] = {
+    ExitCode.OK: "Success.",
+    ExitCode.FAILURE: "An error that fits none of the classes below, internal errors "
+    "included.",
+    ExitCode.USAGE: "Usage: bad arguments or configuration, a missing, unreadable, unsafe "
+    "or guessable token file, or an unusable TLS certificate or key.",
+    ExitCode.NETWORK: "Network: the name does not resolve, the connection was refused or "
+    "reset, nothing answered (probe), or a server's address is already in use.",
+    ExitCode.AUTH: "Authentication failed, or the server's TLS certificate is not trusted "
+    "(not signed by --ca, not the pinned fingerprint, or changed since it was first "
+    "trusted).",
+    ExitCode.REFUSED: "The peer refused a request (no such file, outside the root, "
+    "exists, ...).",
+    ExitCode.STORAGE: "Local storage: a local file could not be read or written, or "
+    "standard output was closed before get ... - wrote all of the file.",
+    ExitCode.PROTOCOL: "Protocol: the peer broke the protocol, or a digest did not match.",
+    ExitCode.TIMEOUT: "Timeout: the peer stopped making progress, or did not complete the "
+    "handshake (TCP or TLS) within --timeout.",
+    ExitCode.NOT_AVAILABLE: "A needed facility is not available on this machine (kernel "
+    "SCTP, ...).",
+    ExitCode.INTERRUPTED: "Interrupted (Ctrl-C).",
+}
 
 
 _EXIT_CODES: tuple[tuple[type[errors.SockferryError], int], ...] = (
