@@ -3,6 +3,7 @@ server."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,34 @@ def test_4_and_6_choose_the_family(tmp_path: Path) -> None:
     assert "::1" in err or "IPv6" in err
     code, _, err = run_cli("ls", "-4", "-6", "localhost:")
     assert code == ExitCode.USAGE
+
+
+def test_remote_globs_expand_over_the_servers_listing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for name in ("a.txt", "b.txt", ".hidden.txt", "c.log", "sub1/d.txt", "sub2/e.txt",
+                 "sub2/f.log", "*"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name)
+    token = write_token(tmp_path / "token")
+
+    def get(*argv: str) -> tuple[int, str]:
+        code, _, err = run_cli("get", *argv, "-P", str(server.port), "--token-file",
+                               str(token))
+        return code, err
+
+    with ServerThread(root) as server:
+        for pattern, expected in (("*.txt", ["a.txt", "b.txt"]),
+                                  ("sub[12]/*.txt", ["d.txt", "e.txt"]),
+                                  ("sub?/f.l?g", ["f.log"]),
+                                  ("\\*", ["*"])):
+            dest = tmp_path / f"dest-{len(list(tmp_path.iterdir()))}"
+            dest.mkdir()
+            code, err = get(f"127.0.0.1:{pattern}", str(dest))
+            assert code == 0, err
+            assert sorted(os.listdir(dest)) == expected, pattern
+        code, err = get("127.0.0.1:*.jpg", str(tmp_path))
+        assert code == 5
+        assert "no file on the server matches '*.jpg'" in err
+        code, err = get("127.0.0.1:*.txt", str(tmp_path / "one-file"))
+        assert code == 2
+        assert "need a directory as destination" in err

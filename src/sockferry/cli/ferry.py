@@ -283,7 +283,9 @@ def _register_get(sub: Any) -> None:
         "get", help="copy files from a server",
         description="Copy HOST:SRC... to the local DEST. Each file is written under a "
         "temporary name and renamed once its digest matches the server's.")
-    parser.add_argument("sources", nargs="+", metavar="HOST:SRC", help="remote files")
+    parser.add_argument("sources", nargs="+", metavar="HOST:SRC",
+                        help="remote files; globs (quoted: 'host:*.txt') are matched "
+                        "against the server's listing, as a shell would")
     parser.add_argument("dest", metavar="DEST",
                         help="local file or directory; - writes the one file to standard "
                         "output once its digest is verified")

@@ -23,7 +23,15 @@ from sockferry.ferry import digests
 from sockferry.ferry.bodies import SMALL_FILE, Progress
 from sockferry.ferry.client import FerryClient, ResumeReport, open_local_file
 from sockferry.ferry.messages import ErrorCode
-from sockferry.ferry.sync import NO_FILTERS, Filters, extraneous, unchanged
+from sockferry.ferry.sync import (
+    NO_FILTERS,
+    Filters,
+    extraneous,
+    has_glob,
+    name_matcher,
+    unchanged,
+    unescape,
+)
 from sockferry.records import record
 from sockferry.sockets import storage_error
 from sockferry.storage import Entry, Kind, split_client_path
@@ -482,6 +490,10 @@ async def get_paths(client: FerryClient, sources: list[str], dest: str, *,
                          "as destination")
     waiting: list[_Waiting] = []
     failed: list[Outcome] = []
+    sources = await _expanded(client, sources, failed)
+    if len(sources) > 1 and not into_directory:
+        raise UsageError(f"{dest} is not a directory — the sources match several files, "
+                         "which need a directory as destination")
     for source in sources:
         name = posixpath.basename(source.rstrip("/"))
         target = os.path.join(dest, name) if into_directory else dest
@@ -527,6 +539,48 @@ async def _get_one(client: FerryClient, source: str, target: str, size: int,
         reporter.done(target)
         raise
     waiting.append(_Waiting(source, target, size, future, resume=report))
+
+
+async def _expanded(client: FerryClient, sources: list[str],
+                    failed: list[Outcome]) -> list[str]:
+    """Remote globs (``host:'logs/*.gz'``) replaced by the paths they match, sorted, as a
+    shell would; the server's listings are matched here, so the server never needs to
+    know glob syntax and still shows nothing outside its root.  A pattern that matches
+    nothing is a failed outcome of its own.  ``\\`` escapes a glob character."""
+    expanded: list[str] = []
+    for source in sources:
+        if not has_glob(source):
+            expanded.append(unescape(source))
+            continue
+        matches = await _glob(client, source)
+        if not matches:
+            failed.append(Outcome(source, source, 0, PeerRefused(
+                f"no file on the server matches '{source}'", code=ErrorCode.NOT_FOUND)))
+        expanded += matches
+    return expanded
+
+
+async def _glob(client: FerryClient, pattern: str) -> list[str]:
+    """The paths matching ``pattern``, one listing per directory a glob component
+    looks into (the last component matches any kind, the others directories)."""
+    parts = [p for p in pattern.split("/") if p not in ("", ".")]
+    paths = [""]
+    for depth, part in enumerate(parts):
+        if not has_glob(part):
+            paths = [posixpath.join(path, unescape(part)) for path in paths]
+            continue
+        matcher, last = name_matcher(part), depth == len(parts) - 1
+        found: list[str] = []
+        for path in paths:
+            try:
+                entries = await client.list(path)
+            except PeerRefused:
+                continue  # no such directory: nothing matches below it
+            found += sorted(posixpath.join(path, e.path) for e in entries
+                            if e.path and "/" not in e.path and matcher.fullmatch(e.path)
+                            and (last or e.kind is Kind.DIRECTORY))
+        paths = found
+    return paths
 
 
 def _make_local_dir(path: str, mode: int) -> None:

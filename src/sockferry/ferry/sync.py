@@ -140,6 +140,36 @@ def unchanged(source: Entry, existing: Entry | None) -> bool:
             and source.mtime_ns // 1_000_000_000 == existing.mtime_ns // 1_000_000_000)
 
 
+GLOB_CHARS = "*?["
+
+
+def has_glob(path: str) -> bool:
+    """Whether a remote path holds an unescaped ``*``, ``?`` or ``[``."""
+    escaped = False
+    for char in path:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in GLOB_CHARS:
+            return True
+    return False
+
+
+def unescape(path: str) -> str:
+    """A remote path with its backslash escapes resolved (``\\*`` is a literal star)."""
+    return re.sub(r"\\(.)", r"\1", path)
+
+
+def name_matcher(pattern: str) -> re.Pattern[str]:
+    """One component of a remote glob (``host:'*.txt'``) as the shell matches names:
+    ``*``, ``?``, ``[...]`` within the name, and a leading dot only matched by a dot."""
+    regex = _translate(pattern, pattern)
+    if not pattern.startswith("."):
+        regex = f"(?!\\.){regex}"
+    return re.compile(regex, re.DOTALL)
+
+
 NO_FILTERS = Filters()
 
 
