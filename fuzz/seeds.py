@@ -46,6 +46,8 @@ def _client_stream() -> bytes:
         m.encode(m.Done(10, DIGEST)),
         m.encode(m.Delete(11, "old", True)),
         m.encode(m.Checksum(12, "dir/file.txt")),
+        m.encode(m.Symlink(13, "dir/link", "../small")),
+        m.encode(m.Readlink(14, "dir/link")),
     ])
 
 
@@ -62,6 +64,7 @@ def _server_stream() -> bytes:
         m.encode(m.Committed(1, 13, DIGEST)),
         m.encode(m.Prefix(8, 4, DIGEST)),
         m.encode(m.Sum(12, 13, DIGEST)),
+        m.encode(m.Link(14, "../small")),
         m.encode(m.Error(0, m.ErrorCode.BUSY, "server busy")),
     ])
 

@@ -137,6 +137,31 @@ def _plain_name(name: str) -> bool:
             and not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)))
 
 
+def link_target_problem(target: str, depth: int) -> str | None:
+    """Why a symbolic link whose directory is ``depth`` levels below a root may not
+    point to ``target`` (None: it may).  A target must be relative, its ``..`` all at
+    its start and no more of them than ``depth``, then plain names: a ``..`` after a
+    name would be resolved against wherever that name (perhaps a link) leads, which no
+    textual check can know.  So every link made this way stays inside the root, and so
+    does any chain of them."""
+    raw = target.encode("utf-8", "surrogateescape")
+    if not raw or b"\0" in raw or len(raw) > MAX_PATH_BYTES:
+        return "an empty, over-long or NUL-holding link target"
+    if raw.startswith(b"/"):
+        return f"the absolute link target '{target}'"
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    if ".." in parts[ups:]:
+        return f"the link target '{target}' climbs after a name"
+    if ups > depth:
+        return f"the link target '{target}' leads outside the root"
+    if any(len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for p in parts):
+        return f"the link target '{target[:32]}…' has a name over {MAX_NAME_BYTES} bytes"
+    return None
+
+
 def _refuse_path(raw: bytes) -> None:
     shown = raw.decode("utf-8", "backslashreplace")
     if b"\0" in raw:
@@ -448,6 +473,70 @@ class Root:
                     continue
                 if stat.S_ISREG(st.st_mode):
                     yield directory, name, dir_fd, st
+
+    def _depth_of(self, dir_fd: int, shown: str) -> int:
+        """How many levels the directory ``dir_fd`` really is below the root (walking
+        ``..`` up to it, whatever links led there)."""
+        top = os.fstat(self._fd)
+        here = os.dup(dir_fd)
+        try:
+            for depth in range(MAX_PATH_DEPTH + 2):
+                st = os.fstat(here)
+                if (st.st_dev, st.st_ino) == (top.st_dev, top.st_ino):
+                    return depth
+                up = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=here)
+                os.close(here)
+                here = up
+        finally:
+            os.close(here)
+        raise self._refuse_escape(shown)
+
+    def symlink(self, path: str | bytes, target: str, *, clobber: bool = True) -> None:
+        """Make ``path`` a symbolic link to ``target``, which must stay inside the root
+        (``link_target_problem``); an existing non-directory is replaced atomically
+        (``clobber``) or refused."""
+        shown = _shown(path)
+        with self.parent(path, follow_last=False) as (dir_fd, name):
+            if not name:
+                raise PathRefused("the root itself cannot become a link", path=shown)
+            problem = link_target_problem(target, self._depth_of(dir_fd, shown))
+            if problem is not None:
+                raise PathRefused(f"'{shown}': {problem} is refused", path=shown)
+            try:
+                if not clobber:
+                    os.symlink(target, name, dir_fd=dir_fd)  # EEXIST: never replaces
+                    return
+                existing = self._existing(dir_fd, name, shown)
+                if existing is not None and stat.S_ISDIR(existing.st_mode):
+                    raise StorageError(f"'{shown}' is a directory", errno=errno.EISDIR,
+                                       path=shown)
+                temporary = _temporary_name()
+                os.symlink(target, temporary, dir_fd=dir_fd)
+                try:
+                    os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(temporary, dir_fd=dir_fd)
+                    raise
+            except OSError as exc:
+                raise storage_error(exc, shown) from exc
+
+    def readlink(self, path: str | bytes) -> str:
+        """Where the link ``path`` (itself, not followed) points, if that stays inside
+        the root; a target that does not is not revealed."""
+        shown = _shown(path)
+        with self.parent(path, follow_last=False) as (dir_fd, name):
+            try:
+                target = os.readlink(name or ".", dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:
+                    raise StorageError(f"'{shown}' is not a symbolic link", errno=exc.errno,
+                                       path=shown) from exc
+                raise storage_error(exc, shown) from exc
+            problem = link_target_problem(target, self._depth_of(dir_fd, shown))
+        if problem is not None:
+            raise PathRefused(f"'{shown}' points outside the server's root", path=shown)
+        return target
 
     def remove(self, path: str | bytes, *, directory: bool = False) -> int:
         """Remove one name inside the root, never what a link points to: a non-directory

@@ -281,3 +281,58 @@ def test_an_older_server_says_it_cannot_delete_or_checksum(tmp_path: Path) -> No
         code, _, err = _cli(tmp_path, running.port, "send", "-r", str(local), "127.0.0.1:")
     assert code == ExitCode.OK, err
     assert _tree(root / "proj") == {"a.txt": b"b", "stale": b"x"}
+
+
+@pytest.mark.parametrize("direction", ["send", "get"])
+def test_links_copied_as_links_inside_the_tree_only(tmp_path: Path, server: ServerThread,
+                                                   direction: str) -> None:
+    source = tmp_path / "proj" if direction == "send" else tmp_path / "root" / "proj"
+    _make(source, {"f": "file", "d/g": "g"})
+    (source / "lf").symlink_to("f")
+    (source / "d" / "up").symlink_to("../f")
+    (source / "dir-link").symlink_to("d")
+    (source / "dangling").symlink_to("nothing-here")
+    (source / "out").symlink_to("../../outside")
+    (source / "abs").symlink_to("/etc/passwd")
+    argv = ((direction, "-r", "-l", str(source), "127.0.0.1:") if direction == "send"
+            else (direction, "-r", "-l", "127.0.0.1:proj", str(tmp_path)))
+    code, _, err = _cli(tmp_path, server.port, *argv)
+    assert code == ExitCode.OK, err
+    copy = tmp_path / "root" / "proj" if direction == "send" else tmp_path / "proj"
+    links = {str(p.relative_to(copy)): os.readlink(p) for p in copy.rglob("*")
+             if p.is_symlink()}
+    assert links == {"lf": "f", "d/up": "../f", "dir-link": "d", "dangling": "nothing-here"}
+    assert (copy / "f").read_text() == "file" and not (copy / "f").is_symlink()
+    if direction == "send":  # the client's own check
+        assert "'../../outside' leads outside the root is not copied" in err
+        assert "absolute link target '/etc/passwd'" in err
+    else:  # the server does not even say where they point
+        assert "'proj/out' points outside the server's root; skipped" in err
+        assert "'proj/abs' points outside the server's root; skipped" in err
+
+
+def test_without_links_a_tree_follows_file_links_as_before(tmp_path: Path,
+                                                           server: ServerThread) -> None:
+    local = tmp_path / "proj"
+    _make(local, {"f": "file"})
+    (local / "lf").symlink_to("f")
+    code, _, err = _cli(tmp_path, server.port, "send", "-r", str(local), "127.0.0.1:")
+    assert code == ExitCode.OK, err
+    copied = tmp_path / "root" / "proj" / "lf"
+    assert not copied.is_symlink() and copied.read_text() == "file"
+
+
+def test_an_older_server_says_it_cannot_make_links(tmp_path: Path) -> None:
+    from sockferry.ferry import messages as m  # noqa: PLC0415
+
+    root = tmp_path / "root"
+    root.mkdir()
+    local = tmp_path / "proj"
+    _make(local, {"f": "f"})
+    (local / "lf").symlink_to("f")
+    write_token(tmp_path / "token")
+    with ServerThread(root, features=m.ALL_FEATURES & ~m.Feature.LINKS) as running:
+        code, _, err = _cli(tmp_path, running.port, "send", "-r", "-l", str(local),
+                            "127.0.0.1:")
+    assert code == ExitCode.USAGE
+    assert "cannot make symbolic links (it predates -l)" in err

@@ -51,7 +51,7 @@ def test_answers_of_the_wrong_kind_are_refused() -> None:
     client, server = connected()
     request = client.checksum("f")
     pump(client, server)
-    with pytest.raises(LocalProtocolError, match="OK answers MKDIR and DELETE only"):
+    with pytest.raises(LocalProtocolError, match="OK answers MKDIR, DELETE and SYMLINK only"):
         server.ok(request)
     mkdir = client.mkdir("d", 0o755)
     pump(client, server)
@@ -140,3 +140,50 @@ def test_checksum_answers_size_and_digest_within_the_limits(root: Path) -> None:
     assert answers[2] == m.Sum(2, len(large), digests.digest_of(large, m.Feature.DIGEST_BLAKE3))
     assert getattr(answers[3], "code", None) == m.ErrorCode.IS_DIRECTORY
     assert getattr(answers[4], "code", None) == m.ErrorCode.TOO_LARGE  # the third file
+
+
+def test_symlink_targets_stay_inside_the_root(root: Path, tmp_path: Path) -> None:
+    (root / "deep").mkdir()
+    (root / "deep" / "up").symlink_to("..")  # a link in the root that leads upwards
+    (root / "d").mkdir()
+    (root / "f").write_text("f")
+    (root / "escape").symlink_to(tmp_path)  # made by someone else, pointing out
+    with ServerThread(root) as server:
+        raw = RawClient(server.port)
+        raw.send(m.encode(m.Symlink(1, "ok", "f")),
+                 m.encode(m.Symlink(2, "d/ok", "../f")),
+                 m.encode(m.Symlink(3, "out", "../x")),
+                 m.encode(m.Symlink(4, "abs", "/etc/passwd")),
+                 m.encode(m.Symlink(5, "d/sneaky", "f/../../x")),
+                 # Textually one level down, really the root: "../x" would climb out.
+                 m.encode(m.Symlink(6, "deep/up/l", "../x")),
+                 m.encode(m.Symlink(7, "d", "f")),  # a directory is not replaced
+                 m.encode(m.Readlink(8, "d/ok")),
+                 m.encode(m.Readlink(9, "escape")),
+                 m.encode(m.Readlink(10, "f")))
+        answers = _answers(raw, 10)
+        raw.close()
+    codes = {request: getattr(answer, "code", "ok") for request, answer in answers.items()}
+    assert codes == {1: "ok", 2: "ok", 3: m.ErrorCode.PERMISSION, 4: m.ErrorCode.PERMISSION,
+                     5: m.ErrorCode.PERMISSION, 6: m.ErrorCode.PERMISSION,
+                     7: m.ErrorCode.IS_DIRECTORY, 8: "ok", 9: m.ErrorCode.PERMISSION,
+                     10: m.ErrorCode.BAD_REQUEST}
+    assert answers[8] == m.Link(8, "../f")
+    assert os.readlink(root / "ok") == "f" and os.readlink(root / "d" / "ok") == "../f"
+    assert not any(p.name.startswith(".sockferry-") for p in root.rglob("*"))
+    assert not (root / "out").is_symlink() and not (root / "l").exists()
+
+
+def test_links_are_negotiated_and_refused_on_a_read_only_server(root: Path) -> None:
+    client, server = connected(features=m.ALL_FEATURES & ~m.Feature.LINKS)
+    with pytest.raises(LocalProtocolError, match="LINKS"):
+        client.symlink("l", "f")
+    with pytest.raises(RemoteProtocolError, match="SYMLINK without the LINKS feature"):
+        server.receive_data(m.encode(m.Symlink(1, "l", "f")))
+    with ServerThread(root, read_only=True) as running:
+        raw = RawClient(running.port)
+        raw.send(m.encode(m.Symlink(1, "l", "f")))
+        [answer] = raw.replies(1)
+        raw.close()
+    assert getattr(answer, "code", None) == m.ErrorCode.READ_ONLY
+    assert not (root / "l").is_symlink()

@@ -135,6 +135,11 @@ def _copy_options(parser: argparse.ArgumentParser) -> None:
                         help="move at most RATE bytes per second each way, averaged over "
                         "a twentieth of a second (suffixes K, M, G are 1024-based: 10M is "
                         "10 MiB/s; rsync's --bwlimit, curl's --limit-rate)")
+    parser.add_argument("-l", "--links", action="store_true",
+                        help="with -r: copy symbolic links as links (their targets kept "
+                        "as they are) when they point inside the copied tree; others are "
+                        "skipped, and said so (without -l links to files are followed, "
+                        "links to directories skipped)")
     parser.add_argument("-n", "--dry-run", action="store_true",
                         help="print what would be copied (on stdout) and copy nothing")
     parser.add_argument("-r", "--recursive", action="store_true",
@@ -167,7 +172,7 @@ def _sync_options(args: argparse.Namespace) -> SyncOptions:
                          "filters")
     return SyncOptions(update=args.update, filters=Filters.parse(args.filters),
                        dry_run=args.dry_run, delete=getattr(args, "delete", False),
-                       checksum=args.checksum)
+                       checksum=args.checksum, links=args.links)
 
 
 def _register_serve(sub: Any) -> None:

@@ -237,9 +237,9 @@ class FerryClient:
     def _handle_events(self) -> None:
         while (event := self.session.next_event()) is not None:
             match event:
-                case s.PutCommitted():
-                    self._settle(event.request, event.size)
-                case s.MkdirDone() | s.Deleted():
+                case s.PutCommitted(size=result) | s.LinkRead(target=result):
+                    self._settle(event.request, result)
+                case s.MkdirDone() | s.Deleted() | s.Linked():
                     self._settle(event.request)
                 case s.EntriesReceived():
                     self._on_entries(event)
@@ -460,6 +460,26 @@ class FerryClient:
         ``directory`` an empty directory; needs ``can_sync``."""
         await self._slot()
         future = self._track(self.session.delete(path, directory), s.Kind.DELETE)
+        await self._gathered()
+        return future
+
+    @property
+    def can_link(self) -> bool:
+        """Whether the server copies symbolic links as links (LINKS, §5.4)."""
+        return self.session.can_link
+
+    async def start_symlink(self, path: str, target: str) -> asyncio.Future[object]:
+        """Make the remote ``path`` a link to ``target`` (relative, inside the root);
+        needs ``can_link``."""
+        await self._slot()
+        future = self._track(self.session.symlink(path, target), s.Kind.SYMLINK)
+        await self._gathered()
+        return future
+
+    async def start_readlink(self, path: str) -> asyncio.Future[object]:
+        """Where the remote link ``path`` points (a ``str``); needs ``can_link``."""
+        await self._slot()
+        future = self._track(self.session.readlink(path), s.Kind.READLINK)
         await self._gathered()
         return future
 

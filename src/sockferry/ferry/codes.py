@@ -23,6 +23,7 @@ _ERRNO_CODES = {
     errno.EISDIR: ErrorCode.IS_DIRECTORY,
     errno.ENOTDIR: ErrorCode.NOT_DIRECTORY,
     errno.ENOTEMPTY: ErrorCode.NOT_EMPTY,
+    errno.EINVAL: ErrorCode.BAD_REQUEST,  # READLINK of a name that is not a link
     errno.ENOSPC: ErrorCode.NO_SPACE,
     errno.EDQUOT: ErrorCode.NO_SPACE,
     errno.EFBIG: ErrorCode.TOO_LARGE,

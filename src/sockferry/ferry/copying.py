@@ -34,7 +34,7 @@ from sockferry.ferry.sync import (
 )
 from sockferry.records import record
 from sockferry.sockets import storage_error
-from sockferry.storage import Entry, Kind, split_client_path
+from sockferry.storage import Entry, Kind, link_target_problem, split_client_path
 
 
 @record
@@ -61,6 +61,7 @@ class SyncOptions:
     dry_run: bool = False
     delete: bool = False  # -r: remove the receiver's names the sender's tree lacks
     checksum: bool = False  # skip files of the same size and digest (rsync's -c)
+    links: bool = False  # -l: symbolic links in trees copied as links (inside the tree)
 
 
 NO_SYNC = SyncOptions()
@@ -320,6 +321,9 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
         failed.append(Outcome(exc.filename or source, target, 0,
                               storage_error(exc, exc.filename or source)))
 
+    if sync.links and not client.can_link and not sync.dry_run:
+        raise UsageError("this server cannot make symbolic links (it predates -l); run it "
+                         "without -l")
     there = await _remote_entries(client, target) \
         if sync.update or sync.delete or sync.checksum else {}
     same: set[str] = set()
@@ -343,16 +347,13 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
             future = await client.start_mkdir(remote_dir, mode)
             waiting.append(_Waiting(directory, remote_dir, 0, future, is_directory=True))
         subdirs.sort()
-        for name in list(subdirs):
-            if os.path.islink(os.path.join(directory, name)):
-                subdirs.remove(name)  # never follow links to directories: no loops
-                failed.append(Outcome(os.path.join(directory, name), "", 0, StorageError(
-                    f"{os.path.join(directory, name)} is a link to a directory; skipped"),
-                    skipped=True))
         local_prefix = directory + os.sep if not directory.endswith(os.sep) else directory
         remote_prefix = remote_dir + "/" if remote_dir and not remote_dir.endswith("/") \
             else remote_dir
-        for name in sorted(files):  # plain concatenation: path.join per file adds up
+        plain = await _send_links(client, subdirs, files, (local_prefix, rel_prefix,
+                                                           remote_prefix), sync, waiting,
+                                  failed)
+        for name in plain:  # plain concatenation: path.join per file adds up
             local, remote = local_prefix + name, remote_prefix + name
             if judged and await _judged_away(local, rel_prefix + name, remote, there, sync,
                                              failed, rel_prefix + name in same):
@@ -403,6 +404,53 @@ async def _delete_remote(client: FerryClient, target: str, there: dict[str, Entr
             future = await client.start_delete(remote, directory)
             waiting.append(_Waiting(remote, remote, 0, future, is_directory=directory,
                                     deleted=True))
+
+
+async def _send_links(client: FerryClient, subdirs: list[str], files: list[str],
+                      prefixes: tuple[str, str, str], sync: SyncOptions,
+                      waiting: list[_Waiting], failed: list[Outcome]) -> list[str]:
+    """The links among one directory's names: never walked into (no loops), sent as
+    links with -l, else skipped if they lead to directories; the files left to send,
+    sorted.  ``prefixes``: the directory as a local, relative and remote prefix."""
+    local_prefix, rel_prefix, remote_prefix = prefixes
+    directory_links = [d for d in subdirs if os.path.islink(local_prefix + d)]
+    for name in directory_links:
+        subdirs.remove(name)
+    if not sync.links:
+        failed += [Outcome(local_prefix + name, "", 0, StorageError(
+            f"{local_prefix + name} is a link to a directory; skipped (-l copies links as "
+            "links)"), skipped=True) for name in directory_links]
+        return sorted(files)
+    file_links = [n for n in files if os.path.islink(local_prefix + n)]
+    for name in sorted(directory_links + file_links):
+        await _send_link(client, local_prefix + name, rel_prefix + name,
+                         remote_prefix + name, sync, waiting, failed)
+    return sorted(set(files) - set(file_links))
+
+
+async def _send_link(client: FerryClient, local: str, rel: str, remote: str,
+                     sync: SyncOptions, waiting: list[_Waiting],
+                     failed: list[Outcome]) -> None:
+    """send -l: a symbolic link of the tree made a link on the server — when its target
+    stays inside the copied tree (else it is skipped, and said so)."""
+    if sync.filters.excluded(rel, False):
+        return
+    try:
+        target = os.readlink(local)
+    except OSError as exc:
+        failed.append(Outcome(local, remote, 0, storage_error(exc, local)))
+        return
+    problem = link_target_problem(target, rel.count("/"))
+    if problem is not None:
+        failed.append(Outcome(local, remote, 0, StorageError(
+            f"{local}: {problem} is not copied (-l keeps links inside the copied tree "
+            "only); skipped"), skipped=True))
+        return
+    if sync.dry_run:
+        failed.append(Outcome(local, remote, 0, dry_run=True))
+        return
+    future = await client.start_symlink(remote, target)
+    waiting.append(_Waiting(local, remote, 0, future))
 
 
 def _checksum_candidates(sender: list[Entry], receiver: dict[str, Entry],
@@ -583,6 +631,63 @@ async def _glob(client: FerryClient, pattern: str) -> list[str]:
     return paths
 
 
+async def _get_links(client: FerryClient, links: list[tuple[str, str, str]],
+                     sync: SyncOptions, failed: list[Outcome]) -> None:
+    """get -l: every link's target asked for at once (one round trip), then each made a
+    local link — when it stays inside the copied tree (a server's word is held to that
+    as a path is: CVE-2019-6111)."""
+    if not client.can_link:
+        failed += [Outcome(remote, local, 0, UsageError(
+            f"'{remote}' is a link and this server cannot read links (it predates -l)"))
+            for _rel, remote, local in links]
+        return
+    asked = [(rel, remote, local, await client.start_readlink(remote))
+             for rel, remote, local in links]
+    await client.flush()
+    for rel, remote, local, future in asked:
+        try:
+            target = await future
+        except PeerRefused as exc:  # PERMISSION: it points out of the server's root
+            failed.append(Outcome(remote, local, 0, PeerRefused(
+                f"{exc}; skipped", code=exc.code), skipped=exc.code == ErrorCode.PERMISSION))
+            continue
+        except SockferryError as exc:
+            failed.append(Outcome(remote, local, 0, exc))
+            continue
+        assert isinstance(target, str)
+        problem = link_target_problem(target, rel.count("/"))
+        if problem is not None:
+            failed.append(Outcome(remote, local, 0, PeerRefused(
+                f"'{remote}': {problem} is not copied (-l keeps links inside the copied "
+                "tree only); skipped"), skipped=True))
+        elif sync.dry_run:
+            failed.append(Outcome(remote, local, 0, dry_run=True))
+        else:
+            try:
+                _make_local_link(local, target)
+            except StorageError as exc:
+                failed.append(Outcome(remote, local, 0, exc))
+            else:
+                failed.append(Outcome(remote, local, 0))
+
+
+def _make_local_link(path: str, target: str) -> None:
+    """``path`` made a link to ``target`` at once (a temporary link renamed over it); a
+    directory there is not replaced."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise StorageError(f"{path} is a directory; the link is not made", errno=errno.EISDIR,
+                           path=path)
+    temporary = os.path.join(os.path.dirname(path),
+                             f".sockferry-link-{os.urandom(8).hex()}.part")
+    try:
+        os.symlink(target, temporary)
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise storage_error(exc, path) from exc
+
+
 def _make_local_dir(path: str, mode: int) -> None:
     try:
         os.makedirs(path, mode=mode | 0o700, exist_ok=True)
@@ -632,6 +737,16 @@ def _local_entry(path: str) -> Entry | None:
         return None
 
 
+async def _identical_in_tree(client: FerryClient, source: str, target: str,
+                             entries: list[Entry]) -> set[str]:
+    """get --checksum: the names of the server's tree whose local copy is identical."""
+    # Only names found in the local tree are candidates: none of them climbs.
+    mine = {e.path: e for e in _local_tree(target)} if os.path.isdir(target) else {}
+    return await _identical(client, _checksum_candidates(
+        entries, mine, lambda rel: os.path.join(target, *rel.split("/")),
+        lambda rel: posixpath.join(source, rel)))
+
+
 async def _get_tree(client: FerryClient, source: str, top: Entry, target: str,
                     keep_mtime: bool, reporter: Reporter, waiting: list[_Waiting],
                     failed: list[Outcome], resume: bool = False,
@@ -645,13 +760,9 @@ async def _get_tree(client: FerryClient, source: str, top: Entry, target: str,
     except (StorageError, PeerRefused) as exc:
         failed.append(Outcome(source, target, 0, exc))
         return
-    same: set[str] = set()
-    if sync.checksum:
-        # Only names found in the local tree are candidates: none of them climbs.
-        mine = {e.path: e for e in _local_tree(target)} if os.path.isdir(target) else {}
-        same = await _identical(client, _checksum_candidates(
-            entries, mine, lambda rel: os.path.join(target, *rel.split("/")),
-            lambda rel: posixpath.join(source, rel)))
+    same = await _identical_in_tree(client, source, target, entries) if sync.checksum \
+        else set()
+    links: list[tuple[str, str, str]] = []  # -l: (relative path, remote, local)
     for entry in entries:
         remote = posixpath.join(source, entry.path)
         try:
@@ -666,9 +777,14 @@ async def _get_tree(client: FerryClient, source: str, top: Entry, target: str,
                     continue
                 await _get_one(client, remote, local, entry.size, keep_mtime, reporter,
                                waiting, resume)
+            elif entry.kind is Kind.SYMLINK and sync.links:
+                links.append((entry.path, remote, local))
             else:
                 failed.append(Outcome(remote, local, 0, PeerRefused(
-                    f"'{remote}' is a {entry.kind.value} on the server; skipped"),
+                    f"'{remote}' is a {entry.kind.value} on the server; skipped"
+                    f"{' (-l copies links as links)' if entry.kind is Kind.SYMLINK else ''}"),
                     skipped=True))
         except StorageError as exc:
             failed.append(Outcome(remote, target, 0, exc))
+    if links:
+        await _get_links(client, links, sync, failed)

@@ -59,6 +59,8 @@ class FrameType(IntEnum):
     PUT_AT = 0x1A  # RESUME: a PUT carrying the file from an offset on
     DELETE = 0x1B  # SYNC: remove a name
     CHECKSUM = 0x1C  # SYNC: what is the digest of this file?
+    SYMLINK = 0x1D  # LINKS: make a symbolic link
+    READLINK = 0x1E  # LINKS: where does this link point?
     PUT_INLINE = 0x1F  # INLINE: a small file's PUT, DATA and DONE in one frame
     OK = 0x20
     FILE = 0x21
@@ -66,6 +68,7 @@ class FrameType(IntEnum):
     COMMITTED = 0x24
     PREFIX = 0x25  # RESUME: length and digest of a kept partial file
     SUM = 0x26  # SYNC: the answer to CHECKSUM
+    LINK = 0x27  # LINKS: the answer to READLINK
     ERROR = 0x2F
 
 
@@ -80,11 +83,12 @@ class Feature(IntFlag):
     CHANNEL_BINDING = 0x20  # over TLS: the proofs cover the server certificate's hash
     STREAM = 0x40  # PUT with STREAMED: a body whose size is known only at its end
     SYNC = 0x80  # DELETE and CHECKSUM, for incremental copies
+    LINKS = 0x100  # SYMLINK and READLINK: symbolic links copied as links
 
 
 DIGEST_FEATURES = Feature.DIGEST_BLAKE3 | Feature.DIGEST_SHA256
 ALL_FEATURES = (DIGEST_FEATURES | Feature.SPARSE | Feature.RESUME | Feature.INLINE
-                | Feature.CHANNEL_BINDING | Feature.STREAM | Feature.SYNC)
+                | Feature.CHANNEL_BINDING | Feature.STREAM | Feature.SYNC | Feature.LINKS)
 
 
 class PutFlag(IntFlag):
@@ -311,6 +315,31 @@ class Sum:
 
 
 @record
+class Symlink:
+    """LINKS: make ``path`` a symbolic link to ``target``."""
+
+    request: int
+    path: str
+    target: str
+
+
+@record
+class Readlink:
+    """LINKS: ask where the link at ``path`` points."""
+
+    request: int
+    path: str
+
+
+@record
+class Link:
+    """LINKS: the answer to READLINK."""
+
+    request: int
+    target: str
+
+
+@record
 class Ok:
     request: int
 
@@ -347,7 +376,8 @@ class Error:
 
 Message = (Hello | HelloReply | Auth | Put | PutInline | Data | DataChunk | Hole | Done
            | Cancel | Get | ListDir | Stat | Mkdir | Ok | FileHeader | Entries | Committed
-           | Error | Partial | PutAt | Prefix | Delete | Checksum | Sum)
+           | Error | Partial | PutAt | Prefix | Delete | Checksum | Sum | Symlink
+           | Readlink | Link)
 
 
 # ------------------------------------------------------------------------------------
@@ -478,6 +508,11 @@ _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     Ok: lambda x: frame(FrameType.OK, x.request),
     Delete: lambda x: frame(FrameType.DELETE, x.request, _path(Writer(), x.path).getvalue(),
                             DeleteFlag.DIRECTORY if x.directory else 0),
+    Symlink: lambda x: frame(FrameType.SYMLINK, x.request,
+                             _path(_path(Writer(), x.target), x.path).getvalue()),
+    Readlink: lambda x: frame(FrameType.READLINK, x.request,
+                              _path(Writer(), x.path).getvalue()),
+    Link: lambda x: frame(FrameType.LINK, x.request, _path(Writer(), x.target).getvalue()),
     Checksum: lambda x: frame(FrameType.CHECKSUM, x.request,
                               _path(Writer(), x.path).getvalue()),
     Sum: lambda x: frame(FrameType.SUM, x.request, Writer().u64(x.size).raw(
@@ -635,6 +670,11 @@ def _decode_entries(r: Reader, request: int, flags: int) -> Entries:
     return Entries(request, tuple(entries), bool(flags & EntriesFlag.LAST))
 
 
+def _decode_symlink(r: Reader, request: int, flags: int) -> Symlink:
+    target = _read_path(r)
+    return Symlink(request, _read_path(r), target)
+
+
 def _decode_error(r: Reader, request: int, flags: int) -> Error:
     code = r.u16()
     return Error(request, code, _read_text(r, MAX_MESSAGE_BYTES, "message"))
@@ -659,6 +699,9 @@ _DECODERS: dict[FrameType, Callable[[Reader, int, int], Message]] = {
     FrameType.OK: lambda r, q, f: Ok(q),
     FrameType.DELETE: lambda r, q, f: Delete(q, _read_path(r), bool(f & DeleteFlag.DIRECTORY)),
     FrameType.CHECKSUM: lambda r, q, f: Checksum(q, _read_path(r)),
+    FrameType.SYMLINK: _decode_symlink,
+    FrameType.READLINK: lambda r, q, f: Readlink(q, _read_path(r)),
+    FrameType.LINK: lambda r, q, f: Link(q, _read_path(r)),
     FrameType.SUM: lambda r, q, f: Sum(q, _read_size(r), r.read(DIGEST_BYTES)),
     FrameType.FILE: _decode_file,
     FrameType.ENTRIES: _decode_entries,

@@ -442,7 +442,8 @@ class Connection:
         self.uploads: dict[int, Upload] = {}
         self.jobs: deque[s.GetRequested | s.ListRequested | s.PartialRequested
                          | s.ChecksumRequested] = deque()
-        self.deletes: deque[s.DeleteRequested] = deque()  # waiting for earlier PUTs
+        # DELETEs and SYMLINKs, each waiting for the PUTs sent before it (§5.3).
+        self.name_changes: deque[s.DeleteRequested | s.SymlinkRequested] = deque()
         self.cancelled: set[int] = set()
         self.commits: set[asyncio.Task[None]] = set()
         self.verified: list[Verified] = []  # the next group to commit (--fsync batch)
@@ -895,7 +896,7 @@ class Connection:
     def _committed(self, verified: Verified) -> None:
         upload = verified.upload
         self.session.commit(verified.request, upload.size, verified.digest)
-        self._run_deletes()
+        self._run_name_changes()
         if upload.reservation is not None:
             assert self.server.quota is not None
             self.server.quota.committed(upload.reservation)
@@ -1009,7 +1010,7 @@ class Connection:
             self.order.ended(request)
             self._log_file("PUT", upload.path, upload.file.written, upload.started,
                            "cancelled by the client")
-            self._run_deletes()
+            self._run_name_changes()
         else:
             self.cancelled.add(request)
 
@@ -1032,14 +1033,19 @@ class Connection:
 
     # -- incremental copies (docs/protocol.md §5.3) --------------------------------------
 
-    def _on_delete(self, event: s.DeleteRequested) -> None:
-        self.deletes.append(event)
-        self._run_deletes()
+    def _on_name_change(self, event: s.DeleteRequested | s.SymlinkRequested) -> None:
+        self.name_changes.append(event)
+        self._run_name_changes()
 
-    def _run_deletes(self) -> None:
-        """DELETEs in arrival order, each once every PUT sent before it is answered."""
-        while self.deletes and not self._put_open_before(self.deletes[0].request):
-            self._delete_now(self.deletes.popleft())
+    def _run_name_changes(self) -> None:
+        """DELETEs and SYMLINKs in arrival order, each once every PUT sent before it is
+        answered."""
+        while self.name_changes and not self._put_open_before(self.name_changes[0].request):
+            event = self.name_changes.popleft()
+            if isinstance(event, s.DeleteRequested):
+                self._delete_now(event)
+            else:
+                self._symlink_now(event)
 
     def _put_open_before(self, request: int) -> bool:
         """Whether a PUT that arrived before ``request`` is still unanswered (the core's
@@ -1062,6 +1068,25 @@ class Connection:
             self.server.quota.freed(freed)
         self.session.ok(event.request)
         self._log_file("DELETE", event.path, freed, None, "ok", logging.DEBUG)
+
+    def _symlink_now(self, event: s.SymlinkRequested) -> None:
+        try:
+            self.root.symlink(event.path, event.target, clobber=self.config.clobber)
+        except StorageError as exc:
+            self._refuse(event.request, "SYMLINK", event.path, code_for(exc), str(exc))
+            return
+        self.dirs.changed(event.path)
+        self.session.ok(event.request)
+        self._log_file("SYMLINK", event.path, 0, None, f"ok (-> {event.target})",
+                       logging.DEBUG)
+
+    def _on_readlink(self, event: s.ReadlinkRequested) -> None:
+        try:
+            target = self.root.readlink(event.path)
+        except StorageError as exc:
+            self._refuse(event.request, "READLINK", event.path, code_for(exc), str(exc))
+            return
+        self.session.link(event.request, target)
 
     async def _send_sum(self, job: s.ChecksumRequested) -> None:
         """CHECKSUM: the digest of a file, counted against the limits as a GET."""
@@ -1100,7 +1125,7 @@ class Connection:
         self.session.refuse(request, code, message)
         if verb == "PUT":
             self.order.ended(request)  # what waited on it in its path's order goes
-            self._run_deletes()
+            self._run_name_changes()
         self._log_file(verb, path, nbytes, started, f"refused: {message}",
                        error=_code_name(code))
 
@@ -1260,7 +1285,9 @@ _HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
     s.PartialRequested: lambda c, e: c.jobs.append(e),
     s.StatRequested: Connection._on_stat,
     s.MkdirRequested: Connection._on_mkdir,
-    s.DeleteRequested: Connection._on_delete,
+    s.DeleteRequested: Connection._on_name_change,
+    s.SymlinkRequested: Connection._on_name_change,
+    s.ReadlinkRequested: Connection._on_readlink,
     s.ChecksumRequested: lambda c, e: c.jobs.append(e),
     s.InputEnded: lambda c, _e: c._on_input_ended(),
 }
@@ -1268,11 +1295,11 @@ _HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
 
 def _refuse_write(connection: Connection,
                   event: s.PutRequested | s.SmallFileReceived | s.MkdirRequested
-                  | s.PartialRequested | s.DeleteRequested) -> None:
+                  | s.PartialRequested | s.DeleteRequested | s.SymlinkRequested) -> None:
     """serve --read-only: a request that would write is refused, and only that request
     (a PUT's body that follows is discarded as for any refused PUT)."""
     verb = {s.MkdirRequested: "MKDIR", s.PartialRequested: "PARTIAL",
-            s.DeleteRequested: "DELETE"}.get(type(event), "PUT")
+            s.DeleteRequested: "DELETE", s.SymlinkRequested: "SYMLINK"}.get(type(event), "PUT")
     connection._refuse(event.request, verb, event.path, m.ErrorCode.READ_ONLY,
                        "this server is read-only: nothing can be written to it")
 
@@ -1282,5 +1309,5 @@ _READ_ONLY_HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
     **_HANDLERS,
     **{kind: _refuse_write for kind in (s.PutRequested, s.SmallFileReceived,
                                         s.MkdirRequested, s.PartialRequested,
-                                        s.DeleteRequested)},
+                                        s.DeleteRequested, s.SymlinkRequested)},
 }

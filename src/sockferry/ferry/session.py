@@ -63,6 +63,8 @@ class Kind(Enum):
     PARTIAL = auto()  # RESUME: what the server keeps of an upload
     DELETE = auto()  # SYNC: remove a name
     CHECKSUM = auto()  # SYNC: the digest of a file
+    SYMLINK = auto()  # LINKS: make a link
+    READLINK = auto()  # LINKS: read a link
 
 
 @dataclass(slots=True)
@@ -216,6 +218,34 @@ class ChecksumRequested:
 
 
 @record
+class SymlinkRequested:
+    request: int
+    path: str
+    target: str
+
+
+@record
+class ReadlinkRequested:
+    request: int
+    path: str
+
+
+@record
+class LinkRead:
+    """The answer to READLINK."""
+
+    request: int
+    target: str
+
+
+@record
+class Linked:
+    """SYMLINK answered OK."""
+
+    request: int
+
+
+@record
 class MkdirDone:
     request: int
 
@@ -276,7 +306,8 @@ Event = (ClientAuthenticated | ServerVerified | PutRequested | SmallFileReceived
          | RequestCancelled | GetRequested | ListRequested | StatRequested | MkdirRequested
          | PutCommitted | MkdirDone | FileStarted | FileFinished | EntriesReceived
          | RequestFailed | InputEnded | PartialRequested | PrefixReceived
-         | DeleteRequested | ChecksumRequested | Deleted | Summed)
+         | DeleteRequested | ChecksumRequested | Deleted | Summed | SymlinkRequested
+         | ReadlinkRequested | LinkRead | Linked)
 
 
 def _need(features: int, feature: m.Feature, what: str) -> None:
@@ -496,6 +527,8 @@ class ServerSession(_Session):
         (ConnState.READY, m.PutAt): "_on_put_at",
         (ConnState.READY, m.Delete): "_on_delete",
         (ConnState.READY, m.Checksum): "_on_checksum",
+        (ConnState.READY, m.Symlink): "_on_symlink",
+        (ConnState.READY, m.Readlink): "_on_readlink",
     }
 
     def __init__(self, token: bytes, nonce: bytes, *, max_requests: int = DEFAULT_MAX_REQUESTS,
@@ -673,6 +706,16 @@ class ServerSession(_Session):
         self._open(message.request, Request(Kind.CHECKSUM, Phase.SERVING))
         self._events.append(ChecksumRequested(message.request, message.path))
 
+    def _on_symlink(self, message: m.Symlink) -> None:
+        _need(self.features, m.Feature.LINKS, "SYMLINK")
+        self._open(message.request, Request(Kind.SYMLINK, Phase.SERVING))
+        self._events.append(SymlinkRequested(message.request, message.path, message.target))
+
+    def _on_readlink(self, message: m.Readlink) -> None:
+        _need(self.features, m.Feature.LINKS, "READLINK")
+        self._open(message.request, Request(Kind.READLINK, Phase.SERVING))
+        self._events.append(ReadlinkRequested(message.request, message.path))
+
     # -- answers ------------------------------------------------------------------------
 
     def refuse(self, request: int, code: int, message: str) -> None:
@@ -692,9 +735,17 @@ class ServerSession(_Session):
 
     def ok(self, request: int) -> None:
         state = self._local(request, Phase.SERVING)
-        if state.kind not in (Kind.MKDIR, Kind.DELETE):
-            raise LocalProtocolError("OK answers MKDIR and DELETE only")
+        if state.kind not in _ANSWERED_OK:
+            raise LocalProtocolError("OK answers MKDIR, DELETE and SYMLINK only")
         self._emit(m.Ok(request))
+        del self.requests[request]
+
+    def link(self, request: int, target: str) -> None:
+        """LINK: the answer to READLINK."""
+        state = self._local(request, Phase.SERVING)
+        if state.kind is not Kind.READLINK:
+            raise LocalProtocolError("LINK answers READLINK only")
+        self._emit(m.Link(request, target))
         del self.requests[request]
 
     def sum(self, request: int, size: int, digest: bytes) -> None:
@@ -781,6 +832,7 @@ class ClientSession(_Session):
         (ConnState.READY, m.Error): "_on_error",
         (ConnState.READY, m.Prefix): "_on_prefix",
         (ConnState.READY, m.Sum): "_on_sum",
+        (ConnState.READY, m.Link): "_on_link",
     }
 
     def __init__(self, token: bytes, nonce: bytes, *, features: int = m.ALL_FEATURES,
@@ -982,6 +1034,24 @@ class ClientSession(_Session):
         self._emit(m.Delete(request, path, directory))
         return request
 
+    @property
+    def can_link(self) -> bool:
+        return bool(self.features & m.Feature.LINKS)
+
+    def symlink(self, path: str, target: str) -> int:
+        """SYMLINK (needs LINKS): make ``path`` a link to ``target``."""
+        self._local_feature(m.Feature.LINKS, "SYMLINK")
+        request = self._new_request(Request(Kind.SYMLINK, Phase.AWAIT_REPLY))
+        self._emit(m.Symlink(request, path, target))
+        return request
+
+    def readlink(self, path: str) -> int:
+        """READLINK (needs LINKS): where the link at ``path`` points."""
+        self._local_feature(m.Feature.LINKS, "READLINK")
+        request = self._new_request(Request(Kind.READLINK, Phase.AWAIT_REPLY))
+        self._emit(m.Readlink(request, path))
+        return request
+
     def checksum(self, path: str) -> int:
         """CHECKSUM (needs SYNC): ask for the size and digest of a file."""
         self._local_feature(m.Feature.SYNC, "CHECKSUM")
@@ -1010,12 +1080,17 @@ class ClientSession(_Session):
 
     def _on_ok(self, message: m.Ok) -> None:
         state = self._request(message.request, Phase.AWAIT_REPLY)
-        if state.kind not in (Kind.MKDIR, Kind.DELETE):
+        answered = _ANSWERED_OK.get(state.kind)
+        if answered is None:
             raise RemoteProtocolError(f"OK for {state.kind.name} request {message.request}",
                                       code=m.ErrorCode.BAD_REQUEST)
         del self.requests[message.request]
-        self._events.append(MkdirDone(message.request) if state.kind is Kind.MKDIR
-                            else Deleted(message.request))
+        self._events.append(answered(message.request))
+
+    def _on_link(self, message: m.Link) -> None:
+        self._expect(message.request, Kind.READLINK, Phase.AWAIT_REPLY)
+        del self.requests[message.request]
+        self._events.append(LinkRead(message.request, message.target))
 
     def _on_sum(self, message: m.Sum) -> None:
         self._expect(message.request, Kind.CHECKSUM, Phase.AWAIT_REPLY)
@@ -1076,3 +1151,7 @@ class ClientSession(_Session):
             del self.requests[message.request]
         self._events.append(RequestFailed(message.request, message.code, message.message))
 
+
+# The requests OK answers, and the event it makes of each on the client.
+_ANSWERED_OK: dict[Kind, type[MkdirDone | Deleted | Linked]] = {
+    Kind.MKDIR: MkdirDone, Kind.DELETE: Deleted, Kind.SYMLINK: Linked}
