@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sockferry.admission import Startups
 from sockferry.cli.runtime import ExitCode
 from sockferry.ferry import messages as m
 from sockferry.ferry.client import INLINE_FILE, FerryClient
@@ -207,15 +208,27 @@ def test_a_thousand_clients_at_once(env: dict[str, Path]) -> None:
         return future.result()
 
     async def all_at_once(port: int) -> list[object]:
-        clients = await asyncio.gather(*(
+        connected = await asyncio.gather(*(
             FerryClient.connect(HostPort("127.0.0.1", port), TOKEN, timeout_s=60)
-            for _ in payloads))  # all connected and authenticated: then all send at once
-        return await asyncio.gather(*(upload(c, name) for c, name in zip(clients, payloads,
-                                                                          strict=True)))
+            for _ in payloads), return_exceptions=True)  # all authenticated, then all send
+        clients = [c for c in connected if isinstance(c, FerryClient)]
+        try:
+            for outcome in connected:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            return await asyncio.gather(*(upload(c, name)
+                                          for c, name in zip(clients, payloads, strict=True)))
+        finally:
+            for client in clients:  # a failed run leaves no socket to the next test
+                client.close()
 
     try:
         before = open_fds()
-        with ServerThread(env["root"], max_connections=2000) as server:
+        # the point is 1,000 uploads at once, not the pre-auth gate (test_preauth.py):
+        # every client may authenticate at the same moment
+        with ServerThread(env["root"], max_connections=2000,
+                          max_startups=Startups(1000, 100, 1000),
+                          max_startups_per_source=1000) as server:
             sizes = run(all_at_once(server.port))
             assert server.connection_count() <= 1000
         assert sizes == [64 * 1024] * 1000
