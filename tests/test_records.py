@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import FrozenInstanceError
-
 import pytest
 
-from sockferry.records import record, replace
+from sockferry.records import FrozenInstanceError, mutable_record, record, replace
 
 
 @record
@@ -56,3 +54,35 @@ def test_class_patterns_and_replace() -> None:
             raise AssertionError("no match")
     moved = replace(Point(3, 4), y=9)
     assert moved == Point(3, 9) and isinstance(moved, Point)
+
+
+@mutable_record
+class Counter:
+    name: str
+    count: int = 0
+
+    def bump(self) -> None:
+        self.count += 1
+
+
+def test_mutable_records_assign_compare_and_are_unhashable() -> None:
+    c = Counter("a")
+    c.bump()
+    c.name = "b"
+    assert (c.name, c.count) == ("b", 1)
+    assert c == Counter("b", 1) and c != Counter("b", 2)
+    assert repr(c) == "Counter(name='b', count=1)"
+    assert not hasattr(c, "__dict__")
+    with pytest.raises(AttributeError):
+        c.other = 1  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        hash(c)
+
+
+def test_a_record_without_fields() -> None:
+    @record
+    class Empty:
+        pass
+
+    assert Empty() == Empty() and hash(Empty()) == hash(Empty())
+    assert repr(Empty()) == "Empty()"

@@ -16,7 +16,8 @@ import ipaddress
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from sockferry.records import record
 
 
 def source_key(host: str) -> str:
@@ -56,7 +57,7 @@ class TokenBucket:
 
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Startups:
     """``start:rate:full``: below ``start`` unauthenticated connections every new one is
     taken; from there it is dropped with a chance of ``rate`` percent, growing linearly

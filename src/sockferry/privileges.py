@@ -74,7 +74,7 @@ def _group_name(gid: int) -> str:
 # a server that could not import them would fail its first request instead of at once.
 # Found by diffing sys.modules at the drop and after every kind of transfer.
 PRELOAD = ("blake3", "encodings.ascii", "encodings.latin_1", "encodings.idna",
-           "concurrent.futures.thread")
+           "concurrent.futures.thread", "ctypes")
 
 
 def preload() -> None:

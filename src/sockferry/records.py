@@ -1,71 +1,96 @@
-"""Immutable records, built quickly: what ``@dataclass(frozen=True, slots=True)`` gives
-the frames and events of the protocol cores, at a fraction of its cost.
+"""Records, built quickly: what ``@dataclass(frozen=True, slots=True)`` gives the frames
+and events of the protocol cores (and ``@dataclass(slots=True)`` the drivers'
+bookkeeping), at a fraction of its cost.
 
-The cores define some forty such classes, and every command imports them: made by
-``dataclasses`` they cost ~1.3 ms each to create (one ``exec`` per generated method) —
-a quarter of a one-file ``send``'s start-up — and a frozen ``__init__`` then pays an
-``object.__setattr__`` per field on every frame and event.  ``record`` generates the
-same methods with one ``exec`` per class and assigns fields through the slot
-descriptors.  Fields are the class's annotations, in order; a class attribute of the
-same name is the field's default.  Type checkers treat it as a frozen dataclass
-(PEP 681).
+The modules a command imports define some seventy such classes: made by
+``dataclasses`` each costs ~1.3 ms to create on a fast machine (one ``exec`` per
+generated method, and a second class for the slots) — a quarter of a one-file
+``send``'s start-up — and a frozen ``__init__`` then pays an ``object.__setattr__`` per
+field on every frame and event.  ``record`` compiles only ``__init__`` for each class,
+assigning fields through the slot descriptors; ``__repr__``, ``__eq__`` and ``__hash__``
+are shared and read the fields through one ``operator.attrgetter``.  Fields are the
+class's annotations, in order; a class attribute of the same name is the field's
+default.  Type checkers treat a record as a frozen dataclass and a ``mutable_record`` as
+a plain one (PEP 681).
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import FrozenInstanceError
+import operator
 from typing import Any, TypeVar, dataclass_transform
 
 T = TypeVar("T")
 
-_TEMPLATE = '''
-def __init__(self, {params}):
-{assign}
-def __repr__(self):
-    return f"{name}({fields_repr})"
-def __eq__(self, other):
-    if other.__class__ is not self.__class__:
-        return NotImplemented
-    return {tuple_self} == {tuple_other}
-def __hash__(self):
-    return hash({tuple_self})
-'''
+class FrozenInstanceError(AttributeError):
+    """An assignment to a field of an immutable record (as ``dataclasses`` names it)."""
 
 
 @dataclass_transform(frozen_default=True)
 def record(cls: type[T]) -> type[T]:
     """Make ``cls`` an immutable record with slots, ``__init__``, ``__repr__``, ``__eq__``,
     ``__hash__`` and ``__match_args__`` (positional class patterns work)."""
-    names = list(inspect.get_annotations(cls))
+    return _build(cls, frozen=True)
+
+
+@dataclass_transform()
+def mutable_record(cls: type[T]) -> type[T]:
+    """``record`` whose fields may be assigned (and so unhashable, as a dataclass with
+    ``eq`` and without ``frozen``): the bookkeeping of drivers."""
+    return _build(cls, frozen=False)
+
+
+def _build(cls: type[T], frozen: bool) -> type[T]:
+    # the class's own annotations, in order (inspect.get_annotations would cost an import)
+    names = list(cls.__dict__.get("__annotations__", {}))  # noqa: RUF063
     defaults = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
     namespace = {k: v for k, v in cls.__dict__.items()
                  if k not in defaults and k not in ("__dict__", "__weakref__")}
     namespace["__slots__"] = tuple(names)
     namespace["__match_args__"] = tuple(names)
+    # only __init__ is compiled for each class (compiling is what costs at import); the
+    # rest are shared and read the fields through one C-level getter
+    namespace["_record_values"] = operator.attrgetter(*names) if names \
+        else staticmethod(_no_values)
+    namespace["__repr__"] = _repr
+    namespace["__eq__"] = _eq
+    namespace["__hash__"] = _hash if frozen else None
+    if frozen:
+        namespace["__setattr__"] = _frozen
+        namespace["__delattr__"] = _frozen
     metaclass: Any = type(cls)
     new: Any = metaclass(cls.__name__, cls.__bases__, namespace)
     scope: dict[str, Any] = {f"_set_{n}": getattr(new, n).__set__ for n in names}
     scope.update({f"_default_{n}": value for n, value in defaults.items()})
-    source = _TEMPLATE.format(
-        name=cls.__name__,
-        params=", ".join(f"{n}=_default_{n}" if n in defaults else n for n in names),
-        assign="".join(f"    _set_{n}(self, {n})\n" for n in names) or "    pass\n",
-        fields_repr=", ".join(f"{n}={{self.{n}!r}}" for n in names),
-        tuple_self="(" + "".join(f"self.{n}, " for n in names) + ")",
-        tuple_other="(" + "".join(f"other.{n}, " for n in names) + ")")
-    exec(source, scope)  # noqa: S102 - the source is built above from the class's own names
-    for method in ("__init__", "__repr__", "__eq__", "__hash__"):
-        function = scope[method]
-        function.__qualname__ = f"{cls.__qualname__}.{method}"
-        setattr(new, method, function)
-    new.__setattr__ = _frozen
-    new.__delattr__ = _frozen
+    params = ", ".join(f"{n}=_default_{n}" if n in defaults else n for n in names)
+    body = "".join(f"    _set_{n}(self, {n})\n" for n in names) or "    pass\n"
+    exec(f"def __init__(self, {params}):\n{body}", scope)  # noqa: S102 - built from the class's own names
+    init = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    new.__init__ = init
     new.__qualname__ = cls.__qualname__
     new.__module__ = cls.__module__
     new.__doc__ = cls.__doc__
     result: type[T] = new
     return result
+
+
+def _no_values(_record: object) -> tuple[()]:
+    return ()
+
+
+def _repr(self: Any) -> str:
+    fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__match_args__)
+    return f"{type(self).__name__}({fields})"
+
+
+def _eq(self: Any, other: Any) -> Any:  # bool, or NotImplemented for other types
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return self._record_values(self) == other._record_values(other)
+
+
+def _hash(self: Any) -> int:
+    return hash(self._record_values(self))
 
 
 def _frozen(self: object, name: str, *args: object) -> None:

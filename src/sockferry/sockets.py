@@ -19,14 +19,13 @@ import enum
 import errno
 import logging
 import os
-import platform
 import socket
 import stat
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sockferry.errors import NetworkError, StorageError, UsageError
+from sockferry.records import record
 
 # A socket address as the socket module returns it: (host, port) for IPv4,
 # (host, port, flowinfo, scope_id) for IPv6, a path for AF_UNIX.
@@ -38,7 +37,7 @@ DEFAULT_BACKLOG = 128
 MAX_PORT = 65535
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostPort:
     """An internet address before resolution; ``host == ""`` means all interfaces."""
 
@@ -52,7 +51,7 @@ class HostPort:
         return f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UnixPath:
     """An AF_UNIX socket path."""
 
@@ -65,7 +64,7 @@ class UnixPath:
 Address = HostPort | UnixPath
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Resolved:
     """One getaddrinfo result."""
 
@@ -584,7 +583,7 @@ def _connect_failure(address: HostPort,
 # SO_SNDBUFFORCE / SO_RCVBUFFORCE of <asm-generic/socket.h> (x86, arm, riscv, powerpc):
 # Python names them only from 3.12 on.
 _BUFFORCE = ((getattr(socket, "SO_RCVBUFFORCE", 33), getattr(socket, "SO_SNDBUFFORCE", 32))
-             if sys.platform == "linux" and platform.machine() in
+             if sys.platform == "linux" and os.uname().machine in
              ("x86_64", "i686", "aarch64", "armv7l", "riscv64", "ppc64le") else (None, None))
 
 

@@ -13,7 +13,6 @@ renames; aborting removes the temporary.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import functools
@@ -25,11 +24,15 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from sockferry.errors import PathRefused, StorageError
+from sockferry.records import mutable_record, record
 from sockferry.sockets import storage_error
+
+if TYPE_CHECKING:
+    import ctypes
 
 # Linux's NAME_MAX and PATH_MAX: longer names could never be created, so they are refused
 # before touching the disk.
@@ -65,7 +68,7 @@ class Kind(Enum):
     OTHER = "other"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Entry:
     """What STAT and LIST report of one name."""
 
@@ -602,7 +605,7 @@ class Root:
             yield entry
 
 
-@dataclass(slots=True)
+@mutable_record
 class _OpenDir:
     """A directory fd kept open while subdirectories of it wait to be opened."""
 
@@ -749,7 +752,7 @@ class DirHandle:
             self.fd = -1
 
 
-@dataclass(slots=True)
+@mutable_record
 class _Cached:
     handle: DirHandle
     at: float
@@ -1160,6 +1163,8 @@ def _file_system_type(fd: int) -> int:
     fstatfs = _fstatfs()
     if fstatfs is None:
         return -1
+    import ctypes  # noqa: PLC0415 - loaded by the servers only, not every command
+
     buffer = (ctypes.c_long * 64)()  # struct statfs starts with f_type, a long
     if fstatfs(fd, buffer) != 0:
         return -1
@@ -1170,6 +1175,8 @@ def _file_system_type(fd: int) -> int:
 def _fstatfs() -> Callable[[int, ctypes.Array[ctypes.c_long]], int] | None:
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes  # noqa: PLC0415 - see _file_system_type
+
     try:
         function = ctypes.CDLL(None, use_errno=True).fstatfs
     except (OSError, AttributeError):
@@ -1184,6 +1191,8 @@ def _syncfs() -> Callable[[int], None] | None:
     """Linux's syncfs(2) (flush one file system), or None where there is none."""
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes  # noqa: PLC0415 - see _file_system_type
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         function = libc.syncfs

@@ -15,13 +15,13 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode
 from sockferry.errors import UsageError
+from sockferry.records import record
 
 SUMMARY = "show every setting a command would use and where it comes from"
 SYSTEM_FILE = Path("/etc/sockferry/config.toml")
@@ -49,7 +49,7 @@ class _Unset:
 UNSET: Any = _Unset()
 
 
-@dataclass(frozen=True)
+@record
 class Setting:
     """A value as written (TOML value or variable text) and where: the variable's name or
     ``FILE line N``."""

@@ -14,7 +14,7 @@ import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from sockferry.errors import AuthenticationFailed, SockferryError, UsageError
 from sockferry.ferry.bodies import Progress
 from sockferry.ferry.client import NO_RESUME, FerryClient
 from sockferry.ferry.copying import Outcome, Reporter, SyncOptions, get_paths, send_paths
+from sockferry.records import record
 from sockferry.sctp import TRANSPORTS
 from sockferry.sockets import (
     Address,
@@ -391,7 +392,7 @@ def _positive(text: str) -> int:
 # ---- remote paths ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Remote:
     host: str
     path: str
@@ -585,7 +586,7 @@ def _server_tls(args: argparse.Namespace, token_path: Path,
     return tls
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _SctpListen:
     stack: str
     udp_port: int | None

@@ -6,8 +6,7 @@ committed; every refusal is a sentence for the client's ERROR (TOO_LARGE or NO_S
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from sockferry.records import mutable_record
 from sockferry.units import format_bytes
 
 DEFAULT_MAX_FILE_SIZE = 4 * 1024**4  # 4 TiB: below ext4's 16 TiB, far above real files
@@ -55,7 +54,7 @@ class Budget:
         return None
 
 
-@dataclass(slots=True)
+@mutable_record
 class Reservation:
     """Room taken for one upload: ``size`` bytes coming, ``replaced`` going (overwrite);
     a streamed upload's ``size`` grows as its body comes (``Quota.grow``)."""

@@ -14,7 +14,6 @@ that is not allowed raises ``LocalProtocolError``.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from enum import Enum, auto
 from typing import ClassVar
 
@@ -27,7 +26,7 @@ from sockferry.errors import (
 )
 from sockferry.ferry import auth
 from sockferry.ferry import messages as m
-from sockferry.records import record
+from sockferry.records import mutable_record, record
 from sockferry.storage import Entry
 
 DEFAULT_MAX_REQUESTS = 256  # pipelining window a server grants; clients keep under it
@@ -67,7 +66,7 @@ class Kind(Enum):
     READLINK = auto()  # LINKS: read a link
 
 
-@dataclass(slots=True)
+@mutable_record
 class Request:
     kind: Kind
     phase: Phase

@@ -20,17 +20,17 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from sockferry.errors import UsageError
+from sockferry.records import record
 from sockferry.storage import Entry, Kind
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rule:
     include: bool
     pattern: str
-    regex: re.Pattern[str] = field(compare=False, repr=False)
+    regex: re.Pattern[str]  # compiled from ``pattern``
     directories_only: bool = False
 
     @classmethod
@@ -87,7 +87,7 @@ def _translate(glob: str, shown: str) -> str:
     return "".join(out)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Filters:
     rules: tuple[Rule, ...] = ()
 
@@ -173,7 +173,7 @@ def name_matcher(pattern: str) -> re.Pattern[str]:
 NO_FILTERS = Filters()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Deletion:
     path: str
     is_directory: bool  # then with everything below it
