@@ -16,7 +16,6 @@ import random
 import stat as stat_module
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sockferry.errors import (
@@ -44,6 +43,7 @@ from sockferry.ferry.bodies import (
     start_prefix_hash,
 )
 from sockferry.ferry.codes import exception_for
+from sockferry.records import mutable_record
 from sockferry.sockets import Address, connect, storage_error
 from sockferry.storage import AtomicFile, Entry, PartialFile, is_sparse
 from sockferry.streams import SocketStream, Stream
@@ -62,7 +62,7 @@ BUSY_MAX_DELAY_S = 1.0
 NO_RESUME = "resume is not available on this server; the whole file is sent"
 
 
-@dataclass(slots=True)
+@mutable_record
 class ResumeReport:
     """What ``--resume`` did for one file: bytes kept, or why it started from 0."""
 
@@ -70,7 +70,7 @@ class ResumeReport:
     note: str = ""
 
 
-@dataclass(slots=True)
+@mutable_record
 class _Pending:
     """One request in flight: its future, and for GET the file being received."""
 
@@ -80,7 +80,7 @@ class _Pending:
     keep_mtime: bool = False
     umask: int = 0o022
     sink: Sink | None = None
-    entries: list[Entry] = field(default_factory=list)
+    entries: list[Entry] | None = None  # LIST: what came so far
     progress: Progress | None = None
     mode: int = 0o644
     mtime_ns: int = 0
@@ -263,6 +263,8 @@ class FerryClient:
 
     def _on_entries(self, event: s.EntriesReceived) -> None:
         pending = self._pending[event.request]
+        if pending.entries is None:
+            pending.entries = []
         pending.entries.extend(event.entries)
         if event.last:
             self._settle(event.request, pending.entries)
@@ -436,12 +438,18 @@ class FerryClient:
         return entry
 
     async def list(self, path: str, recursive: bool = False) -> list[Entry]:
+        entries = await (await self.start_list(path, recursive))
+        assert isinstance(entries, list)
+        return entries
+
+    async def start_list(self, path: str, recursive: bool = False,
+                         ) -> asyncio.Future[object]:
+        """Ask for a listing and return at once: its future gives the ``list[Entry]``
+        (the caller may work meanwhile while the server walks its tree)."""
         await self._slot()
         future = self._track(self.session.list(path, recursive), s.Kind.LIST)
         await self._flush()
-        entries = await future
-        assert isinstance(entries, list)
-        return entries
+        return future
 
     async def start_mkdir(self, path: str, mode: int) -> asyncio.Future[object]:
         await self._slot()

@@ -15,8 +15,7 @@ import os
 import posixpath
 import shutil
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 
 from sockferry.errors import PathRefused, PeerRefused, SockferryError, StorageError, UsageError
 from sockferry.ferry import digests
@@ -32,7 +31,7 @@ from sockferry.ferry.sync import (
     unchanged,
     unescape,
 )
-from sockferry.records import record
+from sockferry.records import mutable_record, record
 from sockferry.sockets import storage_error
 from sockferry.storage import Entry, Kind, link_target_problem, split_client_path
 
@@ -52,7 +51,7 @@ class Outcome:
     deleted: bool = False  # --delete: removed from the receiver (source: what it was)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SyncOptions:
     """rsync's habits: skip unchanged files, filter names, or only say what would go."""
 
@@ -82,7 +81,7 @@ class Reporter:
         return None
 
 
-@dataclass(slots=True)
+@mutable_record
 class _Waiting:
     source: str
     target: str
@@ -277,12 +276,19 @@ async def _send_opened(client: FerryClient, source: str, target: str,
 async def _remote_entries(client: FerryClient, path: str,
                           recursive: bool = True) -> dict[str, Entry]:
     """What the server has at ``path`` (relative paths; "" for a file itself), or {}."""
+    return await _entries_found(await client.start_list(path, recursive), recursive)
+
+
+async def _entries_found(listing: asyncio.Future[object],
+                         recursive: bool = True) -> dict[str, Entry]:
+    """The answer to a LIST started with ``client.start_list``, as ``_remote_entries``."""
     try:
-        entries = await client.list(path, recursive=recursive)
+        entries = await listing
     except PeerRefused as exc:
         if exc.code == ErrorCode.NOT_FOUND:
             return {}
         raise
+    assert isinstance(entries, list)
     if len(entries) == 1 and entries[0].kind is not Kind.DIRECTORY and not recursive:
         return {"": entries[0]}
     return {entry.path: entry for entry in entries}
@@ -324,29 +330,32 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
     if sync.links and not client.can_link and not sync.dry_run:
         raise UsageError("this server cannot make symbolic links (it predates -l); run it "
                          "without -l")
-    there = await _remote_entries(client, target) \
-        if sync.update or sync.delete or sync.checksum else {}
+    # the server walks its tree while this side walks and stats its own
+    listing = await client.start_list(target, recursive=True) \
+        if sync.update or sync.delete or sync.checksum else None
+    local_tree = sync.filters.select(_local_tree(source)) \
+        if sync.delete or sync.checksum else []
+    walk: Iterable[_Directory] = _walk_tree(source, sync.filters, on_error)
+    stats: dict[str, os.stat_result] = {}
+    if listing is not None:
+        walk = list(walk)
+        if sync.update:
+            stats = _stats_of(walk)
+    there = await _entries_found(listing) if listing is not None else {}
     same: set[str] = set()
-    if sync.delete or sync.checksum:
-        local_tree = sync.filters.select(_local_tree(source))
-        if sync.delete:
-            await _delete_remote(client, target, there, local_tree, sync, waiting, failed)
+    if sync.delete:
+        await _delete_remote(client, target, there, local_tree, sync, waiting, failed)
+    if sync.checksum:
         same = await _identical(client, _checksum_candidates(
             local_tree, there, lambda rel: os.path.join(source, *rel.split("/")),
-            lambda rel: posixpath.join(target, rel))) if sync.checksum else set()
+            lambda rel: posixpath.join(target, rel)))
     judged = sync.update or sync.dry_run or sync.checksum or bool(sync.filters.rules)
-    for directory, subdirs, files in os.walk(source, onerror=on_error):
-        rel = os.path.relpath(directory, source)
-        rel_prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        remote_dir = target if rel == "." else posixpath.join(target, *rel.split(os.sep))
-        if sync.filters.rules:  # excluded directories are not entered
-            subdirs[:] = [d for d in subdirs
-                          if not sync.filters.excluded(rel_prefix + d, True)]
+    for directory, rel_prefix, subdirs, files in walk:
+        remote_dir = target if not rel_prefix else posixpath.join(target, rel_prefix[:-1])
         mode = stat.S_IMODE(os.stat(directory).st_mode)
-        if not sync.dry_run and (rel == "." or rel_prefix[:-1] not in there):
+        if not sync.dry_run and (not rel_prefix or rel_prefix[:-1] not in there):
             future = await client.start_mkdir(remote_dir, mode)
             waiting.append(_Waiting(directory, remote_dir, 0, future, is_directory=True))
-        subdirs.sort()
         local_prefix = directory + os.sep if not directory.endswith(os.sep) else directory
         remote_prefix = remote_dir + "/" if remote_dir and not remote_dir.endswith("/") \
             else remote_dir
@@ -355,8 +364,8 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
                                   failed)
         for name in plain:  # plain concatenation: path.join per file adds up
             local, remote = local_prefix + name, remote_prefix + name
-            if judged and await _judged_away(local, rel_prefix + name, remote, there, sync,
-                                             failed, rel_prefix + name in same):
+            if judged and _judged_away(local, rel_prefix + name, remote, there, sync,
+                                       failed, rel_prefix + name in same, stats.get(local)):
                 continue
             opened = _open(local, remote, reporter, failed)
             if opened is None or (not resume and _sent_at_once(
@@ -366,14 +375,47 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
                                failed, resume)
 
 
-async def _judged_away(local: str, rel: str, remote: str, there: dict[str, Entry],
-                       sync: SyncOptions, failed: list[Outcome], same: bool = False) -> bool:
-    if sync.filters.excluded(rel, False):
+# One directory of a local tree as the walk meets it: its path, its path relative to
+# the top ("" or ending in "/"), and its subdirectories (sorted) and other names.
+_Directory = tuple[str, str, list[str], list[str]]
+
+
+def _walk_tree(top: str, filters: Filters,
+               on_error: Callable[[OSError], None]) -> Iterator[_Directory]:
+    """The directories under ``top``, parents first; excluded ones are not entered."""
+    for directory, subdirs, files in os.walk(top, onerror=on_error):
+        rel = os.path.relpath(directory, top)
+        rel_prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        if filters.rules:
+            subdirs[:] = [d for d in subdirs if not filters.excluded(rel_prefix + d, True)]
+        subdirs.sort()
+        yield directory, rel_prefix, subdirs, files
+
+
+def _stats_of(walk: list[_Directory]) -> dict[str, os.stat_result]:
+    """lstat of every non-directory name of a walked tree, by local path (those that
+    vanished are left out: opening them reports it)."""
+    stats: dict[str, os.stat_result] = {}
+    for directory, _rel, _subdirs, files in walk:
+        prefix = directory + os.sep if not directory.endswith(os.sep) else directory
+        for name in files:
+            with contextlib.suppress(OSError):
+                stats[prefix + name] = os.lstat(prefix + name)
+    return stats
+
+
+def _judged_away(local: str, rel: str, remote: str, there: dict[str, Entry],
+                 sync: SyncOptions, failed: list[Outcome], same: bool = False,
+                 st: os.stat_result | None = None) -> bool:
+    """Filters, --update, --checksum, -n: whether the file ``local`` is left alone;
+    ``st``: its lstat if taken already."""
+    if sync.filters.rules and sync.filters.excluded(rel, False):
         return True
-    try:
-        st = os.lstat(local)
-    except OSError:
-        return False  # _open reports it
+    if st is None:
+        try:
+            st = os.lstat(local)
+        except OSError:
+            return False  # _open reports it
     return _skipped(Entry.from_stat(rel, st), there.get(rel), local, remote, sync, failed,
                     same)
 
