@@ -18,6 +18,7 @@ import fcntl
 import functools
 import hashlib
 import itertools
+import operator
 import os
 import secrets
 import stat
@@ -80,16 +81,13 @@ class Entry:
 
     @classmethod
     def from_stat(cls, path: str, st: os.stat_result) -> Entry:
-        if stat.S_ISREG(st.st_mode):
-            kind = Kind.FILE
-        elif stat.S_ISDIR(st.st_mode):
-            kind = Kind.DIRECTORY
-        elif stat.S_ISLNK(st.st_mode):
-            kind = Kind.SYMLINK
-        else:
-            kind = Kind.OTHER
+        kind = _KIND_OF_FORMAT.get(stat.S_IFMT(st.st_mode), Kind.OTHER)
         size = st.st_size if kind is Kind.FILE else 0
         return cls(path, kind, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns)
+
+
+_KIND_OF_FORMAT = {stat.S_IFREG: Kind.FILE, stat.S_IFDIR: Kind.DIRECTORY,
+                   stat.S_IFLNK: Kind.SYMLINK}
 
 
 def capped_mode(mode: int, umask: int) -> int:
@@ -598,11 +596,14 @@ class Root:
                 return
             except OSError as exc:
                 raise storage_error(exc, shown) from exc
-        for count, entry in enumerate(_walk(fd, "", recursive), start=1):
-            if count > limit:
+        walk = _walk(fd, "", recursive)
+        try:
+            yield from itertools.islice(walk, limit)
+            if next(walk, None) is not None:
                 raise StorageError(f"'{shown}' holds more than {limit} entries",
                                    errno=errno.E2BIG, path=shown)
-            yield entry
+        finally:
+            walk.close()  # its directory fds, also when this listing is closed early
 
 
 @mutable_record
@@ -617,7 +618,7 @@ class _OpenDir:
             os.close(self.fd)
 
 
-def _walk(fd: int, prefix: str, recursive: bool) -> Iterator[Entry]:
+def _walk(fd: int, prefix: str, recursive: bool) -> Generator[Entry, None, None]:
     """Entries below the directory ``fd`` (closed here), each directory's entries sorted
     and before those of its subdirectories.  Iterative, so no depth is too deep, and it
     holds one fd per level of the path being walked, however wide the tree."""
@@ -627,7 +628,8 @@ def _walk(fd: int, prefix: str, recursive: bool) -> Iterator[Entry]:
     base = prefix
     try:
         while current is not None:
-            subdirs = yield from _entries_of(current.fd, base, recursive)
+            entries, subdirs = _entries_of(current.fd, base, recursive)
+            yield from entries
             current.waiting += len(subdirs)
             stack.extend((current, name, path) for name, path in reversed(subdirs))
             current.release()
@@ -651,23 +653,30 @@ def _walk(fd: int, prefix: str, recursive: bool) -> Iterator[Entry]:
 
 
 def _entries_of(dir_fd: int, base: str, recursive: bool,
-                ) -> Generator[Entry, None, list[tuple[str, str]]]:
-    """Yield one directory's entries; return (name, path) of its subdirectories."""
+                ) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """One directory's entries, sorted by name, and the (name, path) of its
+    subdirectories.  (Per entry: a listing of 10,000 files is this loop's 10,000 turns.)"""
     with os.scandir(dir_fd) as it:
-        items = sorted(it, key=lambda e: e.name)
+        items = sorted(it, key=_name_of)
+    entries: list[Entry] = []
     subdirs: list[tuple[str, str]] = []
+    from_stat = Entry.from_stat
     for item in items:
-        if is_temporary_name(item.name):
-            continue
+        name = item.name
+        if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+            continue  # is_temporary_name, inline
         try:
             st = item.stat(follow_symlinks=False)
         except OSError:
             continue  # vanished while listing
-        entry = Entry.from_stat(f"{base}{item.name}", st)
-        yield entry
+        entry = from_stat(base + name, st)
+        entries.append(entry)
         if recursive and entry.kind is Kind.DIRECTORY:
-            subdirs.append((item.name, entry.path))
-    return subdirs
+            subdirs.append((name, entry.path))
+    return entries, subdirs
+
+
+_name_of = operator.attrgetter("name")
 
 
 def _shown(path: str | bytes) -> str:

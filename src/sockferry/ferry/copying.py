@@ -330,18 +330,18 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
     if sync.links and not client.can_link and not sync.dry_run:
         raise UsageError("this server cannot make symbolic links (it predates -l); run it "
                          "without -l")
-    # the server walks its tree while this side walks and stats its own
-    listing = await client.start_list(target, recursive=True) \
-        if sync.update or sync.delete or sync.checksum else None
-    local_tree = sync.filters.select(_local_tree(source)) \
-        if sync.delete or sync.checksum else []
     walk: Iterable[_Directory] = _walk_tree(source, sync.filters, on_error)
     stats: dict[str, os.stat_result] = {}
-    if listing is not None:
+    local_tree: list[Entry] = []
+    there: dict[str, Entry] = {}
+    if sync.update or sync.delete or sync.checksum:
+        # the server walks its tree while this side walks and stats its own
+        listing = await client.start_list(target, recursive=True)
         walk = list(walk)
-        if sync.update:
-            stats = _stats_of(walk)
-    there = await _entries_found(listing) if listing is not None else {}
+        stats = _stats_of(walk) if sync.update else {}
+        local_tree = sync.filters.select(_local_tree(source)) \
+            if sync.delete or sync.checksum else []
+        there = await _entries_found(listing)
     same: set[str] = set()
     if sync.delete:
         await _delete_remote(client, target, there, local_tree, sync, waiting, failed)

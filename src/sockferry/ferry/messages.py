@@ -18,7 +18,7 @@ from typing import Any
 from sockferry.errors import MalformedPacket
 from sockferry.records import record
 from sockferry.storage import MAX_PATH_BYTES, Entry, Kind
-from sockferry.wire import Reader, Writer
+from sockferry.wire import U16, Reader, Writer
 
 HEADER = struct.Struct("!BBHII")
 MAGIC = b"SFRY"
@@ -35,6 +35,7 @@ MAX_MESSAGE_BYTES = 1024  # error texts are one sentence
 MAX_FILE_SIZE = 2**63 - 1  # sizes are u64 on the wire; Linux off_t is signed 64-bit
 MAX_ENTRIES_PER_FRAME = 0xFFFF
 STAT_ENTRY = struct.Struct("!BIQq")  # kind, mode, size, mtime_ns
+_ENTRY_HEAD = struct.Struct("!BIQqH")  # STAT_ENTRY, then the path's u16 length
 PUT_FIELDS = struct.Struct("!QIqH")  # size, mode, mtime_ns, path length (PUT, PUT_INLINE)
 COMMITTED_FRAME = struct.Struct("!BBHIIQ")  # header, then size; the digest follows
 COMMITTED_BODY = 8 + DIGEST_BYTES
@@ -544,11 +545,17 @@ def hello_reply_signed_part(message: HelloReply) -> bytes:
 def encode_entries(entries: tuple[Entry, ...] | list[Entry]) -> bytes:
     if len(entries) > MAX_ENTRIES_PER_FRAME:
         raise ValueError("too many entries for one frame")
-    w = Writer().u16(len(entries))
+    # one pack per entry (a listing of 10,000 names is this loop's 10,000 turns)
+    parts = [U16.pack(len(entries))]
+    head, codes = _ENTRY_HEAD.pack, _KIND_CODES
     for entry in entries:
-        w.pack(STAT_ENTRY, _KIND_CODES[entry.kind], entry.mode, entry.size, entry.mtime_ns)
-        _path(w, entry.path)
-    return w.getvalue()
+        raw = entry.path.encode("utf-8", "surrogateescape")
+        if len(raw) > MAX_PATH_BYTES:
+            raise ValueError(f"path of {len(raw)} bytes is over the limit of {MAX_PATH_BYTES}")
+        parts.append(head(codes[entry.kind], entry.mode, entry.size, entry.mtime_ns,
+                          len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
 
 
 def entry_wire_size(entry: Entry) -> int:
@@ -662,11 +669,19 @@ def _decode_hole(r: Reader, request: int, flags: int) -> Hole:
 def _decode_entries(r: Reader, request: int, flags: int) -> Entries:
     count = r.u16()
     entries = []
-    for _ in range(count):
-        code, mode, size, mtime = r.unpack(STAT_ENTRY)
-        if code not in _KINDS:
+    for _ in range(count):  # _read_path inline: one unpack per entry
+        code, mode, size, mtime, length = r.unpack(_ENTRY_HEAD)
+        kind = _KINDS.get(code)
+        if kind is None:
             raise MalformedPacket(f"unknown entry kind {code}")
-        entries.append(Entry(_read_path(r), _KINDS[code], mode, size, mtime))
+        if length > MAX_PATH_BYTES:
+            raise MalformedPacket(f"path of {length} bytes is over the limit of "
+                                  f"{MAX_PATH_BYTES}")
+        try:
+            path = r.read(length).decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedPacket("path is not valid UTF-8") from None
+        entries.append(Entry(path, kind, mode, size, mtime))
     return Entries(request, tuple(entries), bool(flags & EntriesFlag.LAST))
 
 

@@ -20,6 +20,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -1236,20 +1237,29 @@ class Connection:
             self.cancelled.discard(job.request)
 
     async def _send_listing(self, job: s.ListRequested) -> None:
-        """ENTRIES frames as the walk goes: a worker thread reads LISTING_CHUNK entries at
-        a time and each chunk leaves before the next is read, so a huge tree or a client
-        that stops reading holds at most one chunk (and the socket buffers)."""
+        """ENTRIES frames as the walk goes: a thread of this listing's own reads
+        LISTING_CHUNK entries at a time, the next chunk while this one is encoded (its
+        system calls let go of the GIL), and a chunk is read only once the one before it
+        has left, so a huge tree or a client that stops reading holds at most two chunks
+        (and the socket buffers)."""
         walk = self.root.list(job.path, recursive=job.recursive,
                               limit=self.config.max_list_entries)
+        # one thread, so the walk is never run by two at once and its close (with the
+        # directory fds) waits for a chunk still being read when the connection ends
+        lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sockferry-list")
+        loop = asyncio.get_running_loop()
         batch: list[Entry] = []
         size = 2
+        ahead = loop.run_in_executor(lane, _next_entries, walk, LISTING_CHUNK)
         try:
             while True:
                 try:
-                    chunk = await asyncio.to_thread(_next_entries, walk, LISTING_CHUNK)
+                    chunk = await ahead
                 except StorageError as exc:  # an ERROR may follow ENTRIES (§5)
                     self.session.refuse(job.request, code_for(exc), str(exc))
                     return
+                if len(chunk) == LISTING_CHUNK:
+                    ahead = loop.run_in_executor(lane, _next_entries, walk, LISTING_CHUNK)
                 for entry in chunk:
                     entry_size = m.entry_wire_size(entry)
                     if (size + entry_size > m.MAX_CONTROL_BODY
@@ -1262,7 +1272,9 @@ class Connection:
                     break
                 await self._flush()  # waits while the client does not read
         finally:
-            walk.close()  # the walk's directory fds, also when the connection ends
+            ahead.cancel()  # a chunk nobody will take (and an error nobody will see)
+            lane.submit(walk.close)
+            lane.shutdown(wait=False)
         self.session.entries(job.request, batch, last=True)
 
 
