@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,7 +82,16 @@ def test_serve_counts_connections_transfers_bytes_and_limits(tmp_path: Path) -> 
         assert code == 5  # refused: over --max-file-size
         code, _ = run("ls", "--token-file", str(wrong), "-P", port, "127.0.0.1:")
         assert code == 4
+        # the client exits on the refusal; the server counts the connection when it has
+        # closed it, moments later (seen lagging under CI load)
         after = scrape(url)
+        for _ in range(50):
+            if value(after, "sockferry_connections_open", transport="tcp") == 0:
+                break
+            time.sleep(0.1)
+            after = scrape(url)
+        assert value(after, "sockferry_connections_open", transport="tcp") == 0, \
+            "the refused connection was still open 5 s later"
     tcp = {"transport": "tcp"}
     assert value(after, "sockferry_connections_total", outcome="closed", **tcp) == 3
     assert value(after, "sockferry_connections_total", outcome="authentication_failed",

@@ -8,6 +8,7 @@ import datetime
 import ipaddress
 import os
 import re
+import select
 import socket
 import ssl
 import subprocess
@@ -254,21 +255,37 @@ class Relay:
         inner = upstream.wrap_socket(socket.create_connection(("127.0.0.1",
                                                                self.server_port)))
         self.sockets += [outer, inner]
-        for a, b in ((outer, inner), (inner, outer)):
-            thread = threading.Thread(target=self._pump, args=(a, b), daemon=True)
-            thread.start()
-            self.threads.append(thread)
+        # one thread for both directions: an SSL object must not be read in one thread
+        # while it is written in another (two pumps made this test flaky under load)
+        thread = threading.Thread(target=self._pump, args=(outer, inner), daemon=True)
+        thread.start()
+        self.threads.append(thread)
 
     @staticmethod
-    def _pump(source: ssl.SSLSocket, sink: ssl.SSLSocket) -> None:
-        source.settimeout(10)
+    def _pump(outer: ssl.SSLSocket, inner: ssl.SSLSocket) -> None:
+        peer = {outer: inner, inner: outer}
+        for sock in peer:
+            sock.setblocking(False)
         try:
-            while data := source.recv(65536):
-                sink.sendall(data)
+            while True:
+                ready = [sock for sock in peer if sock.pending()] \
+                    or select.select(list(peer), [], [], 10)[0]
+                if not ready:
+                    return  # silent for 10 s: the test is over
+                for sock in ready:
+                    try:
+                        data = sock.recv(65536)
+                    except ssl.SSLWantReadError:
+                        continue  # a record not whole yet, or no application data in it
+                    if not data:
+                        return
+                    peer[sock].settimeout(10)  # blocking, for the whole of sendall
+                    peer[sock].sendall(data)
+                    peer[sock].setblocking(False)
         except OSError:
             pass
         finally:
-            for sock in (source, sink):
+            for sock in peer:
                 with contextlib.suppress(OSError):
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
