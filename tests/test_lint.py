@@ -1,5 +1,5 @@
-"""The code stays clean: mypy --strict over src/ and docs/hooks, ruff over src, tests,
-bench, fuzz and docs/hooks."""
+"""The code stays clean: mypy --strict over src/, docs/hooks and examples/, ruff over
+src, tests, bench, fuzz, docs/hooks and examples."""
 
 from __future__ import annotations
 
@@ -21,6 +21,6 @@ def test_mypy_strict() -> None:
 
 def test_ruff() -> None:
     done = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "bench",
-                           "fuzz", "docs/hooks"], cwd=REPO, capture_output=True, text=True,
-                          check=False)
+                           "fuzz", "docs/hooks", "examples"], cwd=REPO, capture_output=True,
+                          text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

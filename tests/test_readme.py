@@ -7,6 +7,8 @@ README code blocks say what they are by their info string:
   loopback, fresh /srv, /run and HOME); every command must succeed.
 - ``console``: commands of this checkout (./scripts/...), which CI itself runs (.ci/run).
 - ``text``: synopses and the module map, checked statically.
+- ``python``: library snippets, compiled, and every ``sockferry.NAME`` they use must be
+  exported (the runnable versions are examples/, which tests/test_api.py runs).
 
 Outside code blocks, every inline ``sockferry COMMAND ...`` span and every table row
 naming a command is held against that command's parser: each option it shows must exist,
@@ -32,7 +34,8 @@ from sockferry.cli import COMMANDS, build_parser
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SANDBOX = Path(__file__).resolve().parent / "readme_sandbox.py"
-KINDS = ("sh", "console", "text", "toml")  # toml: config files, checked in tests/cli/test_config.py
+# toml: config files, checked in tests/cli/test_config.py
+KINDS = ("sh", "console", "text", "toml", "python")
 OPTION = re.compile(r"(?<![\w/-])(--?[A-Za-z][\w-]*)(?:[ =]([a-z0-9]+(?:\\?\|[a-z0-9]+)+))?")
 GLOBAL_OPTIONS = {"-h", "--help", "--debug", "-q", "--quiet", "-v", "--verbose", "--version"}
 BLOCK_TIMEOUT_S = 300.0
@@ -140,6 +143,17 @@ def test_command_lines_name_real_commands_options_and_choices() -> None:
                         problems.append(f"{where}: {command} {option} shows {sorted(shown)}, "
                                         f"the parser has {sorted(map(str, action.choices))}")
     assert not problems, "\n".join(problems)
+
+
+def test_library_snippets_compile_and_use_exported_names() -> None:
+    import sockferry  # noqa: PLC0415 - only this test needs the package itself
+
+    snippets = [b for b in readme_blocks() if b.kind == "python"]
+    assert snippets, "README.md shows no use of the library"
+    for block in snippets:
+        compile(block.text, f"README.md line {block.line}", "exec")
+        for name in re.findall(r"\bsockferry\.(\w+)", block.text):
+            assert name in sockferry.__all__, f"README.md line {block.line}: sockferry.{name}"
 
 
 def test_the_module_map_names_modules_that_exist() -> None:

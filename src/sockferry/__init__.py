@@ -1,3 +1,72 @@
-"""sockferry: files and messages over plain sockets (TCP, UDP/TFTP, SCTP)."""
+"""sockferry: files and messages over plain sockets (TCP, UDP/TFTP, SCTP).
+
+The library (``sockferry.api``)::
+
+    async with sockferry.connect("files.example", token=TOKEN) as client:
+        await client.put("report.pdf", "inbox/report.pdf")
+        for entry in await client.list("inbox"):
+            print(entry.path, entry.size)
+
+    server = await sockferry.serve("/srv/files", port=2345, token=TOKEN)
+    await server.serve_forever()
+
+Every error is a ``sockferry.SockferryError``.  The names below are loaded on first use,
+so that ``import sockferry`` (and ``sockferry --version``) costs next to nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "connect": "sockferry.api", "serve": "sockferry.api", "Client": "sockferry.api",
+    "Server": "sockferry.api", "Transfer": "sockferry.api", "DEFAULT_PORT": "sockferry.api",
+    "Entry": "sockferry.storage", "Kind": "sockferry.storage",
+    "SockferryError": "sockferry.errors", "UsageError": "sockferry.errors",
+    "ProtocolError": "sockferry.errors", "RemoteProtocolError": "sockferry.errors",
+    "AuthenticationFailed": "sockferry.errors", "IdentityRefused": "sockferry.errors",
+    "PeerRefused": "sockferry.errors", "TransferTimeout": "sockferry.errors",
+    "NetworkError": "sockferry.errors", "StorageError": "sockferry.errors",
+    "PathRefused": "sockferry.errors", "NotAvailable": "sockferry.errors",
+}
+
+__all__ = [  # the names of _EXPORTS (tests/test_api.py keeps them in step)
+    "DEFAULT_PORT", "AuthenticationFailed", "Client", "Entry", "IdentityRefused", "Kind",
+    "NetworkError", "NotAvailable", "PathRefused", "PeerRefused", "ProtocolError",
+    "RemoteProtocolError", "Server", "SockferryError", "StorageError", "Transfer",
+    "TransferTimeout", "UsageError", "__version__", "connect", "serve",
+]
+
+if TYPE_CHECKING:
+    from sockferry.api import DEFAULT_PORT, Client, Server, Transfer, connect, serve
+    from sockferry.errors import (
+        AuthenticationFailed,
+        IdentityRefused,
+        NetworkError,
+        NotAvailable,
+        PathRefused,
+        PeerRefused,
+        ProtocolError,
+        RemoteProtocolError,
+        SockferryError,
+        StorageError,
+        TransferTimeout,
+        UsageError,
+    )
+    from sockferry.storage import Entry, Kind
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sockferry' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -23,6 +23,7 @@ from sockferry.cli.console import Console, TransferProgress
 from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
 from sockferry.cli.serving import ServerOptions, add_server_options
 from sockferry.errors import AuthenticationFailed, SockferryError, UsageError
+from sockferry.ferry import DEFAULT_PORT
 from sockferry.ferry.bodies import Progress
 from sockferry.ferry.client import NO_RESUME, FerryClient
 from sockferry.ferry.copying import Outcome, Reporter, SyncOptions, get_paths, send_paths
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
     from sockferry.sctp.endpoint import Endpoint
     from sockferry.tls import ServerTLS
 
-DEFAULT_PORT = 2345
 log = logging.getLogger("sockferry.ferry")
 
 

@@ -7,10 +7,9 @@ from typing import Any
 
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, run_async
+from sockferry.ferry import DEFAULT_PORT
 from sockferry.probe import probe
 from sockferry.sockets import UnixPath, parse_address
-
-DEFAULT_PORT = 2345
 
 
 def register(sub: Any) -> None:

@@ -429,13 +429,17 @@ class FerryClient:
             await self._flush()
 
     async def stat(self, path: str) -> Entry:
-        await self._slot()
-        future = self._track(self.session.stat(path), s.Kind.STAT)
-        await self._flush()
-        entries = await future
+        entries = await (await self.start_stat(path))
         assert isinstance(entries, list) and len(entries) == 1
         entry: Entry = entries[0]
         return entry
+
+    async def start_stat(self, path: str) -> asyncio.Future[object]:
+        """Ask for one path's entry and return at once: the future gives ``[Entry]``."""
+        await self._slot()
+        future = self._track(self.session.stat(path), s.Kind.STAT)
+        await self._flush()
+        return future
 
     async def list(self, path: str, recursive: bool = False) -> list[Entry]:
         entries = await (await self.start_list(path, recursive))

@@ -99,10 +99,11 @@ def load_token(path: Path) -> bytes:
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UsageError(f"token file {path} is accessible by other users — run: "
                          f"chmod 600 {path}")
-    return _check(data.strip(), f"token file {path}")
+    return check_token(data.strip(), f"token file {path}")
 
 
-def _check(token: bytes, where: str) -> bytes:
+def check_token(token: bytes, where: str) -> bytes:
+    """``token`` if it is long and random enough; else UsageError naming ``where``."""
     if len(token) > MAX_TOKEN_BYTES:
         raise UsageError(f"{where} is longer than {MAX_TOKEN_BYTES} bytes")
     if len(token) < MIN_TOKEN_CHARS:
@@ -166,7 +167,7 @@ def client_token_and_source(token_file: str | None) -> tuple[bytes, str]:
         return load_token(Path(token_file)), token_file
     from_env = os.environ.get(ENV_VAR)
     if from_env:
-        return _check(from_env.strip().encode(), f"${ENV_VAR}"), f"${ENV_VAR}"
+        return check_token(from_env.strip().encode(), f"${ENV_VAR}"), f"${ENV_VAR}"
     path = default_token_path()
     if path.exists():
         return load_token(path), str(path)

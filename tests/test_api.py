@@ -1,0 +1,168 @@
+"""The library API (sockferry.api, exported by ``sockferry``) against real servers on
+loopback, and the runnable examples in examples/."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sockferry
+from sockferry.ferry.messages import ErrorCode
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = secrets.token_hex(16)  # 128 random bits, as a real deployment has
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.py")))
+def test_every_example_runs(example: str) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "examples" / example)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip(), "an example says what it did"
+    assert "Traceback" not in done.stderr
+
+
+def test_put_get_list_stat_mkdir(tmp_path: Path) -> None:
+    served, local = tmp_path / "served", tmp_path / "local"
+    served.mkdir()
+    local.mkdir()
+    (local / "a.bin").write_bytes(os.urandom(100_000))
+    (local / "small.txt").write_bytes(b"hello\n")
+
+    async def go() -> None:
+        server = await sockferry.serve(served, "127.0.0.1", 0, token=TOKEN)
+        async with server, sockferry.connect("127.0.0.1", server.port,
+                                             token=TOKEN) as client:
+            await client.mkdir("d/e")
+            sent = await client.put(local / "a.bin", "d/e/a.bin", keep_mtime=True)
+            assert sent == sockferry.Transfer(str(local / "a.bin"), "d/e/a.bin", 100_000)
+            await client.put(str(local / "small.txt"), "small.txt")
+            names = sorted(e.path for e in await client.list("", recursive=True))
+            assert names == ["d", "d/e", "d/e/a.bin", "small.txt"]
+            entry = await client.stat("d/e/a.bin")
+            assert entry.kind is sockferry.Kind.FILE and entry.size == 100_000
+            assert entry.mtime_ns // 10**9 == (local / "a.bin").stat().st_mtime_ns // 10**9
+            moved: list[int] = []
+            back = await client.get("d/e/a.bin", local / "back.bin", progress=moved.append)
+            assert back.size == 100_000 and sum(moved) == 100_000
+        assert not server.is_serving()
+
+    run(go())
+    assert (local / "back.bin").read_bytes() == (local / "a.bin").read_bytes()
+    assert (served / "small.txt").read_bytes() == b"hello\n"
+
+
+def test_concurrent_requests_on_one_client(tmp_path: Path) -> None:
+    """Many coroutines share one client: large bodies are not interleaved (before the
+    client serialized its senders, this broke the framing and the server hung up)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    sources = []
+    for i in range(12):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(os.urandom(1_500_000 + i))  # past the socket buffers: sends wait
+        sources.append(path)
+
+    async def go() -> list[sockferry.Transfer]:
+        server = await sockferry.serve(served, "127.0.0.1", 0, token=TOKEN)
+        async with server, sockferry.connect("127.0.0.1", server.port,
+                                             token=TOKEN) as client:
+            uploads = [client.put(p, p.name) for p in sources]
+            looks = [client.list("") for _ in range(3)]
+            results = await asyncio.gather(*uploads, *looks)
+        return [r for r in results if isinstance(r, sockferry.Transfer)]
+
+    done = run(go())
+    assert isinstance(done, list) and len(done) == 12
+    for path in sources:
+        assert (served / path.name).read_bytes() == path.read_bytes()
+
+
+def test_errors_are_the_exported_tree(tmp_path: Path) -> None:
+    async def go() -> None:
+        server = await sockferry.serve(tmp_path, "127.0.0.1", 0, token=TOKEN)
+        async with server:
+            with pytest.raises(sockferry.AuthenticationFailed):
+                await sockferry.connect("127.0.0.1", server.port,
+                                        token=secrets.token_hex(16))
+            client = await sockferry.connect("127.0.0.1", server.port, token=TOKEN)
+            with pytest.raises(sockferry.PeerRefused) as refused:
+                await client.get("missing.txt", tmp_path / "x")
+            assert refused.value.code == ErrorCode.NOT_FOUND
+            assert not (tmp_path / "x").exists()
+            with pytest.raises(sockferry.StorageError):
+                await client.put(tmp_path / "no-such-file", "y")
+            await client.close()
+            await client.close()  # a second close is harmless
+
+    run(go())
+    with pytest.raises(sockferry.UsageError, match="shorter than"):
+        sockferry.connect("127.0.0.1", token="short")
+    assert issubclass(sockferry.AuthenticationFailed, sockferry.SockferryError)
+
+
+def test_server_lifecycle(tmp_path: Path) -> None:
+    async def go() -> None:
+        server = await sockferry.serve(tmp_path, "127.0.0.1", 0, token=TOKEN)
+        assert server.is_serving() and server.addresses
+        forever = asyncio.get_running_loop().create_task(server.serve_forever())
+        await asyncio.sleep(0)
+        async with sockferry.connect("127.0.0.1", server.port, token=TOKEN) as client:
+            assert await client.list("") == []
+        forever.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await forever
+        assert not server.is_serving()
+        await server.wait_closed()
+        with pytest.raises(sockferry.NetworkError):
+            await sockferry.connect("127.0.0.1", server.port, token=TOKEN, timeout=2)
+
+    run(go())
+
+
+def test_tls_with_a_pinned_fingerprint(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    served = tmp_path / "served"
+    served.mkdir()
+    (tmp_path / "x.txt").write_bytes(b"over TLS\n")
+
+    async def go() -> None:
+        server = await sockferry.serve(served, "127.0.0.1", 0, token_file=token_file,
+                                       tls=True)
+        assert server.fingerprint and server.fingerprint.startswith("SHA256:")
+        async with server:
+            async with sockferry.connect("127.0.0.1", server.port, token_file=token_file,
+                                         fingerprint=server.fingerprint) as client:
+                await client.put(tmp_path / "x.txt", "x.txt")
+            with pytest.raises(sockferry.IdentityRefused):
+                await sockferry.connect("127.0.0.1", server.port, token_file=token_file,
+                                        fingerprint="SHA256:" + "A" * 43)
+
+    run(go())
+    assert (served / "x.txt").read_bytes() == b"over TLS\n"
+
+
+def test_import_sockferry_stays_light() -> None:
+    """``import sockferry`` loads none of the library until a name is used, and every
+    name in __all__ resolves."""
+    code = ("import sys, json, sockferry; light = sorted(m for m in sys.modules "
+            "if m.startswith('sockferry') or m == 'asyncio'); "
+            "[getattr(sockferry, n) for n in sockferry.__all__]; "
+            "print(json.dumps(light))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert json.loads(done.stdout) == ["sockferry"]
+    assert sorted(sockferry.__all__) == sorted(["__version__", *sockferry._EXPORTS])
