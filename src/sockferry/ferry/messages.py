@@ -577,9 +577,15 @@ _KINDS = {code: kind for kind, code in _KIND_CODES.items()}
 
 
 def _read_path(reader: Reader) -> str:
-    raw = reader.u16_prefixed(MAX_PATH_BYTES, "path")
+    return _path_of(reader, reader.u16())
+
+
+def _path_of(reader: Reader, length: int) -> str:
+    """The next ``length`` bytes as a path (its u16 length already read)."""
+    if length > MAX_PATH_BYTES:
+        raise MalformedPacket(f"path of {length} bytes is over the limit of {MAX_PATH_BYTES}")
     try:
-        return raw.decode("utf-8")
+        return reader.read(length).decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedPacket("path is not valid UTF-8") from None
 
@@ -623,16 +629,10 @@ def _decode_put(r: Reader, request: int, flags: int) -> Put:
 
 def _decode_put_inline(r: Reader, request: int, flags: int) -> PutInline:
     size, mode, mtime, path_length = r.unpack(PUT_FIELDS)
-    if path_length > MAX_PATH_BYTES:
-        raise MalformedPacket(f"path of {path_length} bytes is over the limit of "
-                              f"{MAX_PATH_BYTES}")
-    if size != r.remaining - path_length - DIGEST_BYTES:  # the frame bounds it (64 KiB)
+    path = _path_of(r, path_length)
+    if size != r.remaining - DIGEST_BYTES:  # the frame bounds it (64 KiB)
         raise MalformedPacket(f"PUT_INLINE announces {size} bytes but carries "
-                              f"{r.remaining - path_length - DIGEST_BYTES}")
-    try:
-        path = r.read(path_length).decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedPacket("path is not valid UTF-8") from None
+                              f"{r.remaining - DIGEST_BYTES}")
     return PutInline(request, path, mode, mtime, r.read(size), r.read(DIGEST_BYTES),
                      _PUT_FLAGS[flags & _KEEP_MTIME])
 
@@ -669,19 +669,12 @@ def _decode_hole(r: Reader, request: int, flags: int) -> Hole:
 def _decode_entries(r: Reader, request: int, flags: int) -> Entries:
     count = r.u16()
     entries = []
-    for _ in range(count):  # _read_path inline: one unpack per entry
+    for _ in range(count):  # the path's length read with the rest: one unpack per entry
         code, mode, size, mtime, length = r.unpack(_ENTRY_HEAD)
         kind = _KINDS.get(code)
         if kind is None:
             raise MalformedPacket(f"unknown entry kind {code}")
-        if length > MAX_PATH_BYTES:
-            raise MalformedPacket(f"path of {length} bytes is over the limit of "
-                                  f"{MAX_PATH_BYTES}")
-        try:
-            path = r.read(length).decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedPacket("path is not valid UTF-8") from None
-        entries.append(Entry(path, kind, mode, size, mtime))
+        entries.append(Entry(_path_of(r, length), kind, mode, size, mtime))
     return Entries(request, tuple(entries), bool(flags & EntriesFlag.LAST))
 
 
