@@ -25,10 +25,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from sockferry.addresses import HostPort
 from sockferry.cli.runtime import run_async
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.tokens import load_token
-from sockferry.sockets import HostPort
 
 # Handshakes in flight at once while opening idle connections: below the server's
 # default listen backlog (128), so the accept queue never overflows and what is measured

@@ -15,10 +15,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
+from sockferry.addresses import HostPort
 from sockferry.cli.runtime import run_async
 from sockferry.sctp.endpoint import Message
 from sockferry.sctp.udp import UdpEndpoint
-from sockferry.sockets import HostPort
 
 
 async def receive(count: int) -> None:

@@ -16,7 +16,7 @@ import sockferry
 
 
 async def main() -> None:
-    token = secrets.token_hex(16)  # 128 random bits: what a server and its clients share
+    token = secrets.token_urlsafe(32)  # 256 random bits: what server and clients share
     with tempfile.TemporaryDirectory() as served, tempfile.TemporaryDirectory() as here:
         report = Path(here, "report.bin")
         report.write_bytes(os.urandom(256 * 1024))

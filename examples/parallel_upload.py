@@ -17,7 +17,7 @@ import sockferry
 
 
 async def main() -> None:
-    token = secrets.token_hex(16)
+    token = secrets.token_urlsafe(32)
     with tempfile.TemporaryDirectory() as served, tempfile.TemporaryDirectory() as here:
         files = []
         for i in range(20):

@@ -11,11 +11,11 @@ import struct
 import sys
 from pathlib import Path
 
+from sockferry.entries import Entry, Kind
 from sockferry.ferry import messages as m
 from sockferry.ferry.sctp_framing import FrameSender
 from sockferry.sctp import chunks as c
 from sockferry.sctp import linux_abi as abi
-from sockferry.storage import Entry, Kind
 from sockferry.tftp import packets as t
 
 CORPUS = Path(__file__).resolve().parent / "corpus"

@@ -17,7 +17,7 @@ import sockferry
 from sockferry.ferry.messages import ErrorCode
 
 REPO = Path(__file__).resolve().parent.parent
-TOKEN = secrets.token_hex(16)  # 128 random bits, as a real deployment has
+TOKEN = secrets.token_urlsafe(32)  # as `sockferry token new` makes them
 
 
 def run(coro: object) -> object:
@@ -95,7 +95,7 @@ def test_errors_are_the_exported_tree(tmp_path: Path) -> None:
         async with server:
             with pytest.raises(sockferry.AuthenticationFailed):
                 await sockferry.connect("127.0.0.1", server.port,
-                                        token=secrets.token_hex(16))
+                                        token=secrets.token_urlsafe(32))
             client = await sockferry.connect("127.0.0.1", server.port, token=TOKEN)
             with pytest.raises(sockferry.PeerRefused) as refused:
                 await client.get("missing.txt", tmp_path / "x")

@@ -1,5 +1,5 @@
 """The code stays clean: mypy --strict over src/, docs/hooks and examples/, ruff over
-src, tests, bench, fuzz, docs/hooks and examples."""
+src, tests, bench, fuzz, docs/hooks and examples; the sans-I/O import contract."""
 
 from __future__ import annotations
 
@@ -24,3 +24,11 @@ def test_ruff() -> None:
                            "fuzz", "docs/hooks", "examples"], cwd=REPO, capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_pure_cores_import_nothing_doing_io() -> None:
+    """The contract in pyproject.toml's [tool.importlinter] (lint-imports)."""
+    done = subprocess.run([str(Path(sys.executable).with_name("lint-imports"))], cwd=REPO,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 kept, 0 broken" in done.stdout

@@ -9,17 +9,14 @@ import socket
 
 import pytest
 
+from sockferry.addresses import HostPort, UnixPath, format_sockaddr, parse_address
 from sockferry.errors import NetworkError, UsageError
 from sockferry.sockets import (
-    HostPort,
-    UnixPath,
     connect,
     enable_destination_address,
-    format_sockaddr,
     grow_buffers,
     network_error,
     open_listeners,
-    parse_address,
     recv_with_destination,
     resolve,
     storage_error,

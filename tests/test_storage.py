@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sockferry.entries import Kind
 from sockferry.errors import PathRefused, StorageError
 from sockferry.storage import (
     LISTED_NAMES_MAX,
     AtomicFile,
     DirCache,
     GroupCommit,
-    Kind,
     Root,
     capped_mode,
     is_temporary_name,

@@ -42,6 +42,7 @@ __all__ = [  # the names of _EXPORTS (tests/test_api.py keeps them in step)
 
 if TYPE_CHECKING:
     from sockferry.api import DEFAULT_PORT, Client, Server, Transfer, connect, serve
+    from sockferry.entries import Entry, Kind
     from sockferry.errors import (
         AuthenticationFailed,
         IdentityRefused,
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
         TransferTimeout,
         UsageError,
     )
-    from sockferry.storage import Entry, Kind
 
 
 def __getattr__(name: str) -> object:

@@ -17,14 +17,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from sockferry.addresses import Address, HostPort, UnixPath, parse_address
+from sockferry.entries import Entry
 from sockferry.errors import UsageError
 from sockferry.ferry import DEFAULT_PORT
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.server import FerryServer, ServerConfig
 from sockferry.ferry.tokens import check_token, client_token, server_token
 from sockferry.records import record
-from sockferry.sockets import Address, HostPort, UnixPath, parse_address
-from sockferry.storage import DEFAULT_UMASK, Durability, Entry
+from sockferry.storage import DEFAULT_UMASK, Durability
 
 if TYPE_CHECKING:
     from sockferry.ferry.bodies import Progress

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sockferry.sockets import Address
+    from sockferry.addresses import Address
 
 # Transfer sizes from a 4 KiB file to 64 GiB; durations from 1 ms to an hour.
 SIZE_BUCKETS = tuple(float(4 ** n * 1024) for n in range(0, 14))
@@ -65,8 +65,8 @@ class Metrics:
         """Serve the text format on ``address`` (HOST:PORT) from a thread; returns where."""
         import prometheus_client  # noqa: PLC0415
 
+        from sockferry.addresses import HostPort, format_sockaddr  # noqa: PLC0415
         from sockferry.errors import UsageError  # noqa: PLC0415
-        from sockferry.sockets import HostPort, format_sockaddr  # noqa: PLC0415
 
         if not isinstance(address, HostPort):
             raise UsageError("--metrics takes HOST:PORT, not a unix: path")

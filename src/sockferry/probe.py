@@ -11,18 +11,9 @@ import socket
 import time
 from dataclasses import dataclass
 
+from sockferry.addresses import Address, UnixPath, format_sockaddr
 from sockferry.errors import NetworkError
-from sockferry.sockets import (
-    Address,
-    Resolved,
-    UnixPath,
-    connect,
-    connect_one,
-    format_sockaddr,
-    network_error,
-    resolve,
-    reverse_name,
-)
+from sockferry.sockets import Resolved, connect, connect_one, network_error, resolve, reverse_name
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,17 +28,14 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from sockferry.entries import MAX_NAME_BYTES, MAX_PATH_BYTES, Entry, Kind
 from sockferry.errors import PathRefused, StorageError
-from sockferry.records import mutable_record, record
+from sockferry.records import mutable_record
 from sockferry.sockets import storage_error
 
 if TYPE_CHECKING:
     import ctypes
 
-# Linux's NAME_MAX and PATH_MAX: longer names could never be created, so they are refused
-# before touching the disk.
-MAX_NAME_BYTES = 255
-MAX_PATH_BYTES = 4096
 # Components of one path: real trees are far shallower; a deeper one costs a directory
 # walk per request and trees other tools cannot handle (PATH_MAX).
 MAX_PATH_DEPTH = 256
@@ -60,34 +57,6 @@ LISTED_NAMES_MAX = 128
 LISTED_NAMES_PER_CACHE = 1024
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class Kind(Enum):
-    FILE = "file"
-    DIRECTORY = "dir"
-    SYMLINK = "symlink"
-    OTHER = "other"
-
-
-@record
-class Entry:
-    """What STAT and LIST report of one name."""
-
-    path: str
-    kind: Kind
-    mode: int
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def from_stat(cls, path: str, st: os.stat_result) -> Entry:
-        kind = _KIND_OF_FORMAT.get(stat.S_IFMT(st.st_mode), Kind.OTHER)
-        size = st.st_size if kind is Kind.FILE else 0
-        return cls(path, kind, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns)
-
-
-_KIND_OF_FORMAT = {stat.S_IFREG: Kind.FILE, stat.S_IFDIR: Kind.DIRECTORY,
-                   stat.S_IFLNK: Kind.SYMLINK}
 
 
 def capped_mode(mode: int, umask: int) -> int:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from sockferry.addresses import HostPort
 from sockferry.cli.ferry import Remote, parse_remote
 from sockferry.cli.runtime import ExitCode
 from sockferry.errors import UsageError
-from sockferry.sockets import HostPort
 from tests.ferry.harness import ServerThread, run_cli, write_token
 
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from sockferry.addresses import HostPort
 from sockferry.cli import main
 from sockferry.sctp.endpoint import Message
 from sockferry.sctp.udp import UdpEndpoint
-from sockferry.sockets import HostPort
 from tests.cli.sctp_server import sctp_server
 
 pytestmark = pytest.mark.timeout(60)

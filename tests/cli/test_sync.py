@@ -173,8 +173,8 @@ def test_get_delete_removes_only_what_the_server_lacks(tmp_path: Path,
 
 
 def test_extraneous_keeps_directories_above_protected_names() -> None:
+    from sockferry.entries import Entry, Kind  # noqa: PLC0415
     from sockferry.ferry.sync import Deletion, extraneous  # noqa: PLC0415
-    from sockferry.storage import Entry, Kind  # noqa: PLC0415
 
     def entry(path: str, kind: Kind = Kind.FILE) -> Entry:
         return Entry(path, kind, 0o644, 0, 0)

@@ -17,6 +17,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sockferry.addresses import Address, HostPort, format_sockaddr
 from sockferry.cli import main
 from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
@@ -25,7 +26,6 @@ from sockferry.ferry.client import FerryClient
 from sockferry.ferry.copying import send_paths
 from sockferry.ferry.server import FerryServer, ServerConfig
 from sockferry.sctp.endpoint import Endpoint
-from sockferry.sockets import Address, HostPort, format_sockaddr
 
 T = TypeVar("T")
 # Random-looking, as the token floor (tokens.MIN_TOKEN_BITS) requires.

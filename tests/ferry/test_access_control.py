@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from sockferry.access import AccessRules
+from sockferry.addresses import HostPort, UnixPath
 from sockferry.cli.runtime import ExitCode
 from sockferry.ferry import messages as m
-from sockferry.sockets import HostPort, UnixPath
 from sockferry.storage import is_temporary_name
 from tests.ferry.harness import RawClient, ServerThread, run_cli
 

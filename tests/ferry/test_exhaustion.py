@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from sockferry.addresses import HostPort
 from sockferry.errors import PeerRefused, SockferryError
 from sockferry.ferry import messages as m
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.messages import ErrorCode
-from sockferry.sockets import HostPort
 from tests.ferry.harness import TOKEN, CliServer, RawClient, write_token
 
 LIMIT = 64  # descriptors the server may hold

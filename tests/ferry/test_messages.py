@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sockferry.entries import Entry, Kind
 from sockferry.errors import MalformedPacket
 from sockferry.ferry import messages as m
-from sockferry.storage import Entry, Kind
 
 ids = st.integers(1, 2**32 - 1)
 paths = st.text(st.characters(blacklist_categories=["Cs"]), max_size=60).filter(

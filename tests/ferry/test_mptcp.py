@@ -16,15 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sockferry.sockets import (
-    HostPort,
-    Multipath,
-    StreamProtocol,
-    UnixPath,
-    connect,
-    multipath,
-    open_listeners,
-)
+from sockferry.addresses import HostPort, UnixPath
+from sockferry.sockets import Multipath, StreamProtocol, connect, multipath, open_listeners
 from tests.ferry.harness import ServerThread, run_cli
 from tests.netns import (
     Namespace,

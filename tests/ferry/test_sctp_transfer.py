@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from sockferry.addresses import HostPort
 from sockferry.cli.runtime import ExitCode
 from sockferry.errors import SockferryError
 from sockferry.ferry.association import sctp_client
-from sockferry.sockets import HostPort
 from sockferry.storage import is_temporary_name
 from tests.conftest import require_program
 from tests.ferry.harness import TOKEN, ServerThread, run_cli, write_token

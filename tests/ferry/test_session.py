@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sockferry.entries import Entry, Kind
 from sockferry.errors import (
     AuthenticationFailed,
     LocalProtocolError,
@@ -16,7 +17,6 @@ from sockferry.errors import (
 )
 from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
-from sockferry.storage import Entry, Kind
 
 TOKEN = b"correct horse battery staple"
 DIGEST = b"D" * 32

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from sockferry.addresses import HostPort
 from sockferry.admission import Startups
 from sockferry.cli.runtime import ExitCode
 from sockferry.ferry import messages as m
 from sockferry.ferry.client import INLINE_FILE, FerryClient
 from sockferry.ferry.copying import send_paths
-from sockferry.sockets import HostPort
 from sockferry.storage import Durability, is_temporary_name
 from tests.ferry.harness import TOKEN, ServerThread, run, run_cli, send_at_once
 

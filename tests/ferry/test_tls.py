@@ -22,13 +22,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sockferry.addresses import HostPort
 from sockferry.cli.runtime import ExitCode
 from sockferry.errors import AuthenticationFailed, PeerRefused
 from sockferry.ferry import messages as m
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.copying import get_paths, send_paths
 from sockferry.ferry.secure import ClientTLS
-from sockferry.sockets import HostPort
 from sockferry.tls import (
     ServerTLS,
     end_point_binding,

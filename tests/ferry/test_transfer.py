@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sockferry.addresses import HostPort, UnixPath
 from sockferry.cli.runtime import ExitCode
-from sockferry.sockets import HostPort, UnixPath
 from sockferry.storage import is_temporary_name
 from tests.ferry.harness import ServerThread, run_cli, send_at_once
 

@@ -11,10 +11,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sockferry.addresses import SockAddr
 from sockferry.sctp.association import Config
 from sockferry.sctp.endpoint import AssociationChange, AssocId, AssocState, Message
 from sockferry.sctp.stack import Stack
-from sockferry.sockets import SockAddr
 
 Filter = Callable[[bytes, SockAddr, SockAddr], bool]
 

@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from sockferry.addresses import HostPort
 from sockferry.errors import NetworkError, UsageError
 from sockferry.sctp.association import Config
 from sockferry.sctp.endpoint import AssocState, StreamCounts
 from sockferry.sctp.kernel import KernelEndpoint
 from sockferry.sctp.transport import open_endpoint
-from sockferry.sockets import HostPort
 from tests.conftest import require_program
 from tests.sctp.endpoints import messages, next_change, next_end, run
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from sockferry.addresses import HostPort
 from sockferry.sctp.association import Config
 from sockferry.sctp.endpoint import AssocId, AssocState, Endpoint, StreamCounts
 from sockferry.sctp.kernel import KernelEndpoint
 from sockferry.sctp.udp import UdpEndpoint
-from sockferry.sockets import HostPort
 from tests.sctp.endpoints import messages, next_change, next_end, run
 
 pytestmark = [pytest.mark.kernel_sctp, pytest.mark.timeout(180)]

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 
+from sockferry.addresses import HostPort
 from sockferry.errors import NetworkError, NotAvailable
 from sockferry.sctp.association import Config
 from sockferry.sctp.endpoint import AssociationChange, AssocState
@@ -15,7 +16,6 @@ from sockferry.sctp.kernel import KernelEndpoint
 from sockferry.sctp.kernel_socket import kernel_sctp_missing
 from sockferry.sctp.transport import open_endpoint
 from sockferry.sctp.udp import UdpEndpoint, path_packet_size
-from sockferry.sockets import HostPort
 from tests.sctp.endpoints import messages, next_of
 
 pytestmark = pytest.mark.timeout(60)

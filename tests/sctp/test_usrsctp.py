@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from sockferry.addresses import HostPort
 from sockferry.sctp.endpoint import AssociationChange, AssocState, Message
 from sockferry.sctp.udp import UdpEndpoint
-from sockferry.sockets import HostPort
 from tests.conftest import require_program
 from tests.sctp.usrsctp_peer import UsrsctpPeer, build, fields, pattern_bytes
 

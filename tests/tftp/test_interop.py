@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from sockferry.addresses import HostPort
 from sockferry.errors import PeerRefused
-from sockferry.sockets import HostPort
 from sockferry.tftp.client import ClientOptions, download, upload
 from sockferry.tftp.server import ServerConfig, UploadPolicy
 from tests.conftest import require_program

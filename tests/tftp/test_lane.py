@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sockferry.sockets import HostPort
+from sockferry.addresses import HostPort
 from sockferry.tftp.client import ClientOptions, download
 from sockferry.tftp.packets import (
     Data,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sockferry.sockets import HostPort
+from sockferry.addresses import HostPort
 from sockferry.tftp.client import ClientOptions, download, upload
 from sockferry.tftp.packets import (
     ErrorCode,

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sockferry.sockets import HostPort
+from sockferry.addresses import HostPort
 from sockferry.tftp.server import ServerConfig, TftpServer
 
 Addr = tuple[Any, ...]

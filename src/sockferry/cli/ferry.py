@@ -19,9 +19,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sockferry.addresses import (
+    Address,
+    HostPort,
+    UnixPath,
+    format_sockaddr,
+    parse_address,
+    parse_port,
+)
 from sockferry.cli.console import Console, TransferProgress
 from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
 from sockferry.cli.serving import ServerOptions, add_server_options
+from sockferry.entries import Entry, Kind
 from sockferry.errors import AuthenticationFailed, SockferryError, UsageError
 from sockferry.ferry import DEFAULT_PORT
 from sockferry.ferry.bodies import Progress
@@ -29,16 +38,8 @@ from sockferry.ferry.client import NO_RESUME, FerryClient
 from sockferry.ferry.copying import Outcome, Reporter, SyncOptions, get_paths, send_paths
 from sockferry.records import record
 from sockferry.sctp import TRANSPORTS
-from sockferry.sockets import (
-    Address,
-    HostPort,
-    UnixPath,
-    format_sockaddr,
-    parse_address,
-    parse_port,
-    storage_error,
-)
-from sockferry.storage import DEFAULT_UMASK, Durability, Entry, Kind
+from sockferry.sockets import storage_error
+from sockferry.storage import DEFAULT_UMASK, Durability
 from sockferry.units import format_bytes, format_rate
 
 if TYPE_CHECKING:

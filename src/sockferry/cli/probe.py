@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from sockferry.addresses import UnixPath, parse_address
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, run_async
 from sockferry.ferry import DEFAULT_PORT
 from sockferry.probe import probe
-from sockferry.sockets import UnixPath, parse_address
 
 
 def register(sub: Any) -> None:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from sockferry.access import AccessRules, RateLimitedLog
+from sockferry.addresses import format_sockaddr, parse_address, parse_port
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, run_async
 from sockferry.cli.serving import ServerOptions, add_server_options
@@ -32,7 +33,6 @@ from sockferry.sctp.endpoint import (
     StreamCounts,
 )
 from sockferry.sctp.transport import TRANSPORTS, open_endpoint
-from sockferry.sockets import format_sockaddr, parse_address, parse_port
 
 association_log = logging.getLogger("sockferry.association")
 

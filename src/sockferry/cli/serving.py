@@ -90,7 +90,7 @@ def _metrics(address: str | None) -> Metrics:
     port below 1024 works too)."""
     if address is None:
         return OFF
-    from sockferry.sockets import parse_address  # noqa: PLC0415
+    from sockferry.addresses import parse_address  # noqa: PLC0415
 
     metrics = Metrics()
     where = metrics.serve(parse_address(address, METRICS_PORT))

@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sockferry.addresses import Address, HostPort, format_sockaddr, parse_address
 from sockferry.cli.console import Console, TransferProgress
 from sockferry.cli.runtime import ExitCode, run_async
 from sockferry.cli.serving import ServerOptions, add_server_options
 from sockferry.errors import UsageError
-from sockferry.sockets import Address, HostPort, format_sockaddr, parse_address
 from sockferry.tftp.aio import TransferResult
 from sockferry.tftp.client import ClientOptions, download, upload
 from sockferry.tftp.options import MAX_TIMEOUT_S, MAX_WINDOWSIZE, MIN_TIMEOUT_S, ServerLimits

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from sockferry.addresses import Address, format_sockaddr
 from sockferry.admission import source_key
 from sockferry.errors import (
     NetworkError,
@@ -40,7 +41,6 @@ from sockferry.sctp.endpoint import (
     StreamCounts,
 )
 from sockferry.sctp.transport import open_endpoint
-from sockferry.sockets import Address, format_sockaddr
 from sockferry.streams import stalled
 
 log = logging.getLogger("sockferry.ferry")

@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from sockferry.addresses import Address
+from sockferry.entries import Entry
 from sockferry.errors import (
     AuthenticationFailed,
     NetworkError,
@@ -44,8 +46,8 @@ from sockferry.ferry.bodies import (
 )
 from sockferry.ferry.codes import exception_for
 from sockferry.records import mutable_record
-from sockferry.sockets import Address, connect, storage_error
-from sockferry.storage import AtomicFile, Entry, PartialFile, is_sparse
+from sockferry.sockets import connect, storage_error
+from sockferry.storage import AtomicFile, PartialFile, is_sparse
 from sockferry.streams import SocketStream, Stream
 
 if TYPE_CHECKING:

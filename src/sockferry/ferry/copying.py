@@ -17,6 +17,7 @@ import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator
 
+from sockferry.entries import Entry, Kind
 from sockferry.errors import PathRefused, PeerRefused, SockferryError, StorageError, UsageError
 from sockferry.ferry import digests
 from sockferry.ferry.bodies import SMALL_FILE, Progress
@@ -33,7 +34,7 @@ from sockferry.ferry.sync import (
 )
 from sockferry.records import mutable_record, record
 from sockferry.sockets import storage_error
-from sockferry.storage import Entry, Kind, link_target_problem, split_client_path
+from sockferry.storage import link_target_problem, split_client_path
 
 
 @record

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from enum import IntEnum, IntFlag
 from typing import Any
 
+from sockferry.entries import MAX_PATH_BYTES, Entry, Kind
 from sockferry.errors import MalformedPacket
 from sockferry.records import record
-from sockferry.storage import MAX_PATH_BYTES, Entry, Kind
 from sockferry.wire import U16, Reader, Writer
 
 HEADER = struct.Struct("!BBHII")

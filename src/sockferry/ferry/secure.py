@@ -18,6 +18,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from sockferry.addresses import Address, HostPort
 from sockferry.errors import (
     IdentityRefused,
     NetworkError,
@@ -27,7 +28,7 @@ from sockferry.errors import (
 )
 from sockferry.ferry import messages as m
 from sockferry.known_hosts import KnownHosts
-from sockferry.sockets import Address, HostPort, peer_and_local
+from sockferry.sockets import peer_and_local
 from sockferry.tls import (
     ServerTLS,
     client_context,

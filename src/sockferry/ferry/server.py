@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from sockferry import memory
 from sockferry.access import AccessRules, host_of, peer_address
+from sockferry.addresses import Address, SockAddr, UnixPath, format_sockaddr
 from sockferry.admission import RateLimitedLog, StartupGate, Startups, source_key
+from sockferry.entries import Entry, Kind
 from sockferry.errors import (
     AuthenticationFailed,
     NetworkError,
@@ -62,23 +64,13 @@ from sockferry.ferry.ordering import PathOrder
 from sockferry.logfields import fields
 from sockferry.metrics import OFF, Metrics
 from sockferry.records import replace
-from sockferry.sockets import (
-    Address,
-    SockAddr,
-    UnixPath,
-    describe_multipath,
-    format_sockaddr,
-    open_listeners,
-    storage_error,
-)
+from sockferry.sockets import describe_multipath, open_listeners, storage_error
 from sockferry.storage import (
     DEFAULT_UMASK,
     AtomicFile,
     DirCache,
     Durability,
-    Entry,
     GroupCommit,
-    Kind,
     PartialFile,
     Root,
     capped_mode,

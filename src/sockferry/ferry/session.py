@@ -17,6 +17,7 @@ from collections import deque
 from enum import Enum, auto
 from typing import ClassVar
 
+from sockferry.entries import Entry
 from sockferry.errors import (
     AuthenticationFailed,
     LocalProtocolError,
@@ -27,7 +28,6 @@ from sockferry.errors import (
 from sockferry.ferry import auth
 from sockferry.ferry import messages as m
 from sockferry.records import mutable_record, record
-from sockferry.storage import Entry
 
 DEFAULT_MAX_REQUESTS = 256  # pipelining window a server grants; clients keep under it
 MAX_REQUESTS_LIMIT = 65536  # largest window a client accepts from a server

@@ -21,9 +21,9 @@ import posixpath
 import re
 from collections.abc import Iterable
 
+from sockferry.entries import Entry, Kind
 from sockferry.errors import UsageError
 from sockferry.records import record
-from sockferry.storage import Entry, Kind
 
 
 @record

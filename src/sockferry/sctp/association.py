@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
+from sockferry.addresses import SockAddr, format_sockaddr
 from sockferry.errors import NetworkError, UsageError
 from sockferry.rto import RetransmitTimer
 from sockferry.sctp import chunks as c
@@ -31,7 +32,6 @@ from sockferry.sctp.endpoint import (
     Message,
     StreamCounts,
 )
-from sockferry.sockets import SockAddr, format_sockaddr
 
 log = logging.getLogger("sockferry.sctp")
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NewType, Protocol
 
+from sockferry.addresses import Address, SockAddr
 from sockferry.sctp import TRANSPORTS, Transport
-from sockferry.sockets import Address, SockAddr
 
 __all__ = ["TRANSPORTS", "Transport"]  # re-exported: the backend names, with the API
 

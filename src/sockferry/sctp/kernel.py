@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Self
 
+from sockferry.addresses import Address, HostPort, SockAddr, UnixPath, format_sockaddr
 from sockferry.errors import (
     MalformedPacket,
     NetworkError,
@@ -44,15 +45,7 @@ from sockferry.sctp.kernel_events import (
     plain_address,
 )
 from sockferry.sctp.kernel_socket import open_endpoint_socket
-from sockferry.sockets import (
-    Address,
-    HostPort,
-    SockAddr,
-    UnixPath,
-    format_sockaddr,
-    network_error,
-    resolve,
-)
+from sockferry.sockets import network_error, resolve
 
 log = logging.getLogger("sockferry.sctp")
 

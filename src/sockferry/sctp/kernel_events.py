@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from sockferry.addresses import SockAddr
 from sockferry.errors import MalformedPacket
 from sockferry.sctp import chunks
 from sockferry.sctp import linux_abi as abi
@@ -30,7 +31,6 @@ from sockferry.sctp.endpoint import (
     Message,
     Received,
 )
-from sockferry.sockets import SockAddr
 
 log = logging.getLogger("sockferry.sctp")
 

@@ -11,19 +11,12 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
+from sockferry.addresses import Address, SockAddr, UnixPath, format_sockaddr
 from sockferry.errors import NetworkError, NotAvailable, UsageError
 from sockferry.sctp import linux_abi as abi
 from sockferry.sctp.association import Config
 from sockferry.sctp.kernel_events import address_key, plain_address
-from sockferry.sockets import (
-    Address,
-    SockAddr,
-    UnixPath,
-    format_sockaddr,
-    grow_buffers,
-    network_error,
-    resolve,
-)
+from sockferry.sockets import grow_buffers, network_error, resolve
 
 # Kernel socket buffers asked for (capped by net.core.[rw]mem_max unless root).
 SOCKET_BUFFER = 4 << 20

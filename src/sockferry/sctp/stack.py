@@ -13,6 +13,7 @@ import logging
 import struct
 from collections.abc import Callable
 
+from sockferry.addresses import SockAddr, format_sockaddr
 from sockferry.errors import MalformedPacket, NetworkError
 from sockferry.sctp import chunks as c
 from sockferry.sctp.association import (
@@ -25,7 +26,6 @@ from sockferry.sctp.association import (
 )
 from sockferry.sctp.cookie import CookieRefused, CookieState, open_cookie, sign_cookie
 from sockferry.sctp.endpoint import AssocId
-from sockferry.sockets import SockAddr, format_sockaddr
 
 log = logging.getLogger("sockferry.sctp")
 

@@ -17,6 +17,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, Self, cast
 
+from sockferry.addresses import Address, HostPort, SockAddr, UnixPath, format_sockaddr
 from sockferry.errors import NetworkError, PeerRefused, UsageError
 from sockferry.sctp.association import Config, State
 from sockferry.sctp.endpoint import (
@@ -27,16 +28,7 @@ from sockferry.sctp.endpoint import (
     Received,
 )
 from sockferry.sctp.stack import Stack
-from sockferry.sockets import (
-    Address,
-    HostPort,
-    SockAddr,
-    UnixPath,
-    format_sockaddr,
-    grow_buffers,
-    open_listeners,
-    resolve,
-)
+from sockferry.sockets import grow_buffers, open_listeners, resolve
 
 log = logging.getLogger("sockferry.sctp")
 

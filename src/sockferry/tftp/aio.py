@@ -26,8 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, assert_never
 
+from sockferry.addresses import format_sockaddr
 from sockferry.errors import NetworkError, SockferryError, StorageError
-from sockferry.sockets import format_sockaddr, network_error
+from sockferry.sockets import network_error
 from sockferry.storage import AtomicFile
 from sockferry.tftp.lane import MIN_WAIT_S, LaneReturn, LockStepLane
 from sockferry.tftp.options import TransferOptions

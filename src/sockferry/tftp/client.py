@@ -15,8 +15,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sockferry.addresses import HostPort, format_sockaddr
 from sockferry.errors import PeerRefused, StorageError
-from sockferry.sockets import HostPort, Resolved, format_sockaddr, resolve, storage_error
+from sockferry.sockets import Resolved, resolve, storage_error
 from sockferry.storage import DEFAULT_UMASK, AtomicFile, capped_mode
 from sockferry.tftp.aio import (
     FileSink,

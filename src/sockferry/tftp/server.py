@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from sockferry.access import AccessRules
+from sockferry.addresses import Address, SockAddr, format_sockaddr
 from sockferry.errors import (
     MalformedPacket,
     NetworkError,
@@ -37,14 +38,7 @@ from sockferry.errors import (
 from sockferry.logfields import fields
 from sockferry.metrics import OFF, Metrics
 from sockferry.safe_text import clip
-from sockferry.sockets import (
-    Address,
-    SockAddr,
-    enable_destination_address,
-    format_sockaddr,
-    open_listeners,
-    recv_with_destination,
-)
+from sockferry.sockets import enable_destination_address, open_listeners, recv_with_destination
 from sockferry.storage import DEFAULT_UMASK, Root, capped_mode
 from sockferry.tftp.admission import ReplyLimiter, source_key
 from sockferry.tftp.aio import (
