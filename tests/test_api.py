@@ -15,6 +15,7 @@ import pytest
 
 import sockferry
 from sockferry.ferry.messages import ErrorCode
+from tests.conftest import require_program
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = secrets.token_urlsafe(32)  # as `sockferry token new` makes them
@@ -165,4 +166,70 @@ def test_import_sockferry_stays_light() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=60)
     assert json.loads(done.stdout) == ["sockferry"]
-    assert sorted(sockferry.__all__) == sorted(["__version__", *sockferry._EXPORTS])
+    assert sorted(sockferry.__all__) == sorted(["__version__", *sockferry._EXPORTS,
+                                                *sockferry._SUBPACKAGES])
+
+
+def test_tftp_get_put_and_serve_against_curl(tmp_path: Path) -> None:
+    """sockferry.tftp: the library's server serves curl (a real TFTP client) and the
+    library's client; uploads as the policy allows."""
+    curl = require_program("curl")
+    served, local = tmp_path / "served", tmp_path / "local"
+    served.mkdir()
+    local.mkdir()
+    (served / "boot.img").write_bytes(os.urandom(200_000))
+    (local / "up.bin").write_bytes(os.urandom(50_000))
+
+    async def go() -> None:
+        server = await sockferry.tftp.serve(served, "127.0.0.1", 0, allow_upload="create")
+        async with server:
+            url = f"tftp://127.0.0.1:{server.port}/boot.img"
+            fetched = await asyncio.create_subprocess_exec(
+                curl, "-sS", "--tftp-blksize", "1468", "-o", str(local / "curl.img"), url)
+            assert await fetched.wait() == 0
+            moved: list[int] = []
+            got = await sockferry.tftp.get("127.0.0.1", "boot.img", local / "lib.img",
+                                           port=server.port, windowsize=4,
+                                           progress=moved.append)
+            assert got.size == 200_000 and sum(moved) == 200_000
+            sent = await sockferry.tftp.put(local / "up.bin", "127.0.0.1", "up.bin",
+                                            port=server.port)
+            assert sent.size == 50_000
+            with pytest.raises(sockferry.PeerRefused):  # create: never overwrites
+                await sockferry.tftp.put(local / "up.bin", "127.0.0.1", "up.bin",
+                                         port=server.port)
+
+    run(go())
+    original = (served / "boot.img").read_bytes()
+    assert (local / "curl.img").read_bytes() == original
+    assert (local / "lib.img").read_bytes() == original
+    assert (served / "up.bin").read_bytes() == (local / "up.bin").read_bytes()
+
+
+def test_sctp_send_to_an_echoing_endpoint() -> None:
+    """sockferry.sctp: send() opens an association, sends, shuts it down gracefully and
+    returns what the peer sent back (here an endpoint of the library echoing)."""
+    from sockferry.addresses import HostPort  # noqa: PLC0415
+    from sockferry.sctp.endpoint import Message  # noqa: PLC0415
+
+    async def go() -> list[bytes]:
+        server = await sockferry.sctp.open_endpoint("udp", listen=[HostPort("127.0.0.1", 0)])
+        port = server.local_addresses[0][1]  # type: ignore[index]
+
+        async def echo() -> None:
+            while True:
+                item = await server.receive()
+                if isinstance(item, Message):
+                    await server.send(item.data.upper(), to=item.assoc_id, stream=item.stream)
+
+        echoing = asyncio.get_running_loop().create_task(echo())
+        try:
+            replies = await sockferry.sctp.send("127.0.0.1", [b"one", b"two"], port=port,
+                                                stream=1, transport="udp", linger=0.5,
+                                                timeout=10)
+        finally:
+            echoing.cancel()
+            await server.close()
+        return [r.data for r in replies]
+
+    assert run(go()) == [b"ONE", b"TWO"]

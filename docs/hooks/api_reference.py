@@ -1,9 +1,9 @@
 """MkDocs hook: the library reference, generated from the docstrings of sockferry.api.
 
 A page that holds the marker line ``<!-- api-reference -->`` gets it replaced with the
-signature and docstring of every name in ``sockferry.api.__all__`` (and of the public
-methods of its classes), in that order; the exception tree follows, from
-``sockferry.errors``.
+signature and docstring of every name in the ``__all__`` of ``sockferry.api``,
+``sockferry.tftp.library`` and ``sockferry.sctp.library`` (and of the public methods of
+their classes), in that order; the exception tree follows, from ``sockferry.errors``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -45,7 +46,8 @@ def _signature(name: str, obj: object) -> str:
             text += f": {param.annotation}"
         if param.default is not param.empty:
             default = param.default
-            shown = oct(default) if param.name in ("mode", "umask") else repr(default)
+            shown = oct(default) if param.name in ("mode", "umask") and isinstance(
+                default, int) else repr(default)
             text += f" = {shown}"
         params.append(text)
     returns = "" if signature.return_annotation is signature.empty \
@@ -69,22 +71,30 @@ def _class(name: str, cls: type) -> list[str]:
     return parts
 
 
-def render() -> str:
-    if str(SRC) not in sys.path:  # a checkout without an installed sockferry
-        sys.path.insert(0, str(SRC))
-    from sockferry import api, errors  # noqa: PLC0415
-
-    parts: list[str] = []
-    for name in api.__all__:
-        obj = getattr(api, name)
+def _module(title: str, module: ModuleType) -> list[str]:
+    parts = [f"## `{title}`\n", _doc(module) + "\n"]
+    for name in module.__all__:
+        obj = getattr(module, name)
         if inspect.isclass(obj):
             parts += _class(name, obj)
-        elif callable(obj) and getattr(obj, "__module__", None) == api.__name__:
+        elif callable(obj) and getattr(obj, "__module__", None) == module.__name__:
             prefix = "async " if inspect.iscoroutinefunction(obj) else ""
             parts += [f"### `{prefix}{_signature(name, obj)}`\n", _doc(obj) + "\n"]
         else:
             shown = repr(obj).replace("typing.", "").replace("NoneType", "None")
             parts += [f"### `{name} = {shown}`\n"]
+    return parts
+
+
+def render() -> str:
+    if str(SRC) not in sys.path:  # a checkout without an installed sockferry
+        sys.path.insert(0, str(SRC))
+    from sockferry import api, errors  # noqa: PLC0415
+    from sockferry.sctp import library as sctp  # noqa: PLC0415
+    from sockferry.tftp import library as tftp  # noqa: PLC0415
+
+    parts = _module("sockferry", api) + _module("sockferry.tftp", tftp) \
+        + _module("sockferry.sctp", sctp)
     parts.append("## Errors\n")
     for name, cls in vars(errors).items():
         if inspect.isclass(cls) and issubclass(cls, errors.SockferryError):

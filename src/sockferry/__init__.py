@@ -23,7 +23,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "connect": "sockferry.api", "serve": "sockferry.api", "Client": "sockferry.api",
-    "Server": "sockferry.api", "Transfer": "sockferry.api", "DEFAULT_PORT": "sockferry.api",
+    "Server": "sockferry.library", "Transfer": "sockferry.library",
+    "DEFAULT_PORT": "sockferry.api",
     "Entry": "sockferry.storage", "Kind": "sockferry.storage",
     "SockferryError": "sockferry.errors", "UsageError": "sockferry.errors",
     "ProtocolError": "sockferry.errors", "RemoteProtocolError": "sockferry.errors",
@@ -33,15 +34,37 @@ _EXPORTS = {
     "PathRefused": "sockferry.errors", "NotAvailable": "sockferry.errors",
 }
 
+_SUBPACKAGES = ("tftp", "sctp")
+
 __all__ = [  # the names of _EXPORTS (tests/test_api.py keeps them in step)
-    "DEFAULT_PORT", "AuthenticationFailed", "Client", "Entry", "IdentityRefused", "Kind",
-    "NetworkError", "NotAvailable", "PathRefused", "PeerRefused", "ProtocolError",
-    "RemoteProtocolError", "Server", "SockferryError", "StorageError", "Transfer",
-    "TransferTimeout", "UsageError", "__version__", "connect", "serve",
+    "DEFAULT_PORT",
+    "AuthenticationFailed",
+    "Client",
+    "Entry",
+    "IdentityRefused",
+    "Kind",
+    "NetworkError",
+    "NotAvailable",
+    "PathRefused",
+    "PeerRefused",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Server",
+    "SockferryError",
+    "StorageError",
+    "Transfer",
+    "TransferTimeout",
+    "UsageError",
+    "__version__",
+    "connect",
+    "sctp",
+    "serve",
+    "tftp",
 ]
 
 if TYPE_CHECKING:
-    from sockferry.api import DEFAULT_PORT, Client, Server, Transfer, connect, serve
+    from sockferry import sctp, tftp
+    from sockferry.api import DEFAULT_PORT, Client, connect, serve
     from sockferry.entries import Entry, Kind
     from sockferry.errors import (
         AuthenticationFailed,
@@ -57,9 +80,12 @@ if TYPE_CHECKING:
         TransferTimeout,
         UsageError,
     )
+    from sockferry.library import Server, Transfer
 
 
 def __getattr__(name: str) -> object:
+    if name in _SUBPACKAGES:  # sockferry.tftp.get(...) after a bare import sockferry
+        return importlib.import_module(f"sockferry.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'sockferry' has no attribute '{name}'")

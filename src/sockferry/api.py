@@ -24,7 +24,7 @@ from sockferry.ferry import DEFAULT_PORT
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.server import FerryServer, ServerConfig
 from sockferry.ferry.tokens import check_token, client_token, server_token
-from sockferry.records import record
+from sockferry.library import ProgressCallback, Server, Transfer
 from sockferry.storage import DEFAULT_UMASK, Durability
 
 if TYPE_CHECKING:
@@ -32,19 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_PORT", "Client", "Connecting", "ProgressCallback", "Server", "Transfer",
            "connect", "serve"]
-
-# Told the bytes of a file that moved (or were skipped as a hole) since the last call.
-ProgressCallback = Callable[[int], None]
-
-
-@record
-class Transfer:
-    """One file copied: where from, where to, and its size in bytes."""
-
-    source: str
-    target: str
-    size: int
-
 
 class Client:
     """An authenticated connection to a sockferry server (made by ``connect``).
@@ -221,63 +208,6 @@ def _client_trust(tls: bool, ca: str | None, fingerprint: str | None,
     return ClientTLS(known_hosts=Path(known_hosts) if known_hosts else default_path())
 
 
-class Server:
-    """A running sockferry server (made by ``serve``), with the lifecycle of
-    ``asyncio.Server``: ``close()`` stops accepting, ``wait_closed()`` waits until the
-    connections in flight finished (for at most ``grace`` seconds, then they are
-    aborted), ``serve_forever()`` serves until cancelled; ``async with`` closes it."""
-
-    def __init__(self, ferry: FerryServer, addresses: list[str], grace: float,
-                 fingerprint: str | None) -> None:
-        self._ferry = ferry
-        self._grace = grace
-        self._stopping: asyncio.Task[None] | None = None
-        self.addresses = addresses
-        """Where it listens, as bound (a port 0 is the port the system chose)."""
-        self.fingerprint = fingerprint
-        """With TLS: the certificate's SHA-256 fingerprint, for clients to pin."""
-
-    @property
-    def port(self) -> int:
-        """The port of the first TCP address (convenient after asking for port 0)."""
-        for address in self.addresses:
-            if not address.startswith("unix:"):
-                return int(address.rpartition(":")[2])
-        raise UsageError("this server listens on unix sockets only")
-
-    def is_serving(self) -> bool:
-        """Whether it still accepts connections (``close()`` not called yet)."""
-        return self._stopping is None
-
-    def close(self) -> None:
-        """Stop accepting connections (those in flight go on for ``grace`` seconds)."""
-        if self._stopping is None:
-            self._stopping = asyncio.get_running_loop().create_task(
-                self._ferry.stop(self._grace))
-
-    async def wait_closed(self) -> None:
-        """Wait until the server stopped (call ``close()`` first, or another task will)."""
-        await self._ferry.stopped.wait()
-        if self._stopping is not None:
-            await self._stopping
-
-    async def serve_forever(self) -> None:
-        """Serve until this coroutine is cancelled, or the server is closed."""
-        try:
-            await self._ferry.stopped.wait()
-        finally:
-            self.close()
-            await asyncio.shield(self.wait_closed())
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        self.close()
-        await self.wait_closed()
-
-
 async def serve(root: str | os.PathLike[str], host: str = "localhost",
                 port: int = DEFAULT_PORT, *, token: bytes | str | None = None,
                 token_file: str | os.PathLike[str] | None = None,
@@ -319,7 +249,7 @@ async def serve(root: str | os.PathLike[str], host: str = "localhost",
                           read_only=read_only, tls=server_tls)
     ferry = FerryServer(os.fspath(root), config)
     bound = await ferry.start(addresses)
-    return Server(ferry, bound, grace, fingerprint)
+    return Server(lambda: ferry.stop(grace), bound, fingerprint)
 
 
 def _server_trust(tls: bool, cert: str | None, key: str | None,
