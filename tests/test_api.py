@@ -233,3 +233,14 @@ def test_sctp_send_to_an_echoing_endpoint() -> None:
         return [r.data for r in replies]
 
     assert run(go()) == [b"ONE", b"TWO"]
+
+
+def test_the_library_loads_no_cli_dependency() -> None:
+    """rich and uvloop serve the command line only (docs/reference/api.md says why they
+    stay dependencies); cryptography, prometheus_client and blake3 load when used."""
+    code = ("import sys, sockferry; sockferry.connect, sockferry.serve, sockferry.tftp.get, "
+            "sockferry.sctp.send; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('rich', 'uvloop', 'cryptography', 'prometheus_client', 'blake3')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.strip() == "[]"
