@@ -11,15 +11,17 @@ for a user.  The command line is built on the same pieces (``sockferry.ferry``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Callable, Generator
+import socket
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from sockferry.addresses import Address, HostPort, UnixPath, parse_address
+from sockferry.addresses import Address, HostPort, UnixPath, format_sockaddr, parse_address
 from sockferry.entries import Entry
-from sockferry.errors import UsageError
+from sockferry.errors import SockferryError, UsageError
 from sockferry.ferry import DEFAULT_PORT
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.server import FerryServer, ServerConfig
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from sockferry.ferry.bodies import Progress
 
 __all__ = ["DEFAULT_PORT", "Client", "Connecting", "ProgressCallback", "Server", "Transfer",
-           "connect", "serve"]
+           "connect", "serve", "start_server"]
 
 class Client:
     """An authenticated connection to a sockferry server (made by ``connect``).
@@ -247,9 +249,39 @@ async def serve(root: str | os.PathLike[str], host: str = "localhost",
     config = ServerConfig(token=secret, umask=umask, max_connections=max_connections,
                           idle_timeout_s=idle_timeout, durability=fsync,
                           read_only=read_only, tls=server_tls)
+    return await start_server(root, addresses, config, grace=grace, fingerprint=fingerprint)
+
+
+async def start_server(root: str | os.PathLike[str], addresses: Sequence[Address],
+                       config: ServerConfig, *, grace: float = 10.0,
+                       inherited: Sequence[socket.socket] = (),
+                       sctp_stack: str | None = None, udp_port: int | None = None,
+                       fingerprint: str | None = None) -> Server:
+    """The ferry server assembled from a full ``ServerConfig`` (what ``serve`` and
+    ``sockferry serve`` both run): listening on ``addresses`` and the ``inherited``
+    sockets (socket activation) over TCP or unix sockets, or with ``sctp_stack``
+    (auto, kernel, udp) over SCTP associations, each file on a stream of its own."""
     ferry = FerryServer(os.fspath(root), config)
-    bound = await ferry.start(addresses)
-    return Server(lambda: ferry.stop(grace), bound, fingerprint)
+    if sctp_stack is None:
+        bound = await ferry.start(addresses, inherited)
+        return Server(lambda: ferry.stop(grace), bound, fingerprint)
+    # The SCTP stacks take a while to import; TCP servers never load them.
+    from sockferry.ferry.association import (  # noqa: PLC0415
+        open_sctp_server_endpoint,
+        serve_sctp,
+    )
+
+    endpoint = await open_sctp_server_endpoint(addresses, sctp_stack, udp_port)
+    reader = asyncio.get_running_loop().create_task(serve_sctp(ferry, endpoint))
+
+    async def stop() -> None:
+        await ferry.stop(grace)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SockferryError):
+            await reader
+        await endpoint.close()
+
+    return Server(stop, [f"{format_sockaddr(a)} (SCTP)" for a in endpoint.local_addresses])
 
 
 def _server_trust(tls: bool, cert: str | None, key: str | None,

@@ -23,7 +23,6 @@ from sockferry.addresses import (
     Address,
     HostPort,
     UnixPath,
-    format_sockaddr,
     parse_address,
     parse_port,
 )
@@ -31,7 +30,7 @@ from sockferry.cli.console import Console, TransferProgress
 from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
 from sockferry.cli.serving import ServerOptions, add_server_options
 from sockferry.entries import Entry, Kind
-from sockferry.errors import AuthenticationFailed, SockferryError, UsageError
+from sockferry.errors import AuthenticationFailed, UsageError
 from sockferry.ferry import DEFAULT_PORT
 from sockferry.ferry.bodies import Progress
 from sockferry.ferry.client import NO_RESUME, FerryClient
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
     from sockferry.admission import Startups
     from sockferry.ferry.secure import ClientTLS
     from sockferry.ferry.server import ServerConfig
-    from sockferry.sctp.endpoint import Endpoint
     from sockferry.tls import ServerTLS
 
 log = logging.getLogger("sockferry.ferry")
@@ -604,24 +602,14 @@ def raise_open_file_limit() -> None:
 
 async def _serve(root: str, addresses: list[Address], config: ServerConfig,
                  grace_s: float, sctp: _SctpListen | None, options: ServerOptions) -> int:
-    from sockferry.ferry.server import FerryServer  # noqa: PLC0415 - see run_serve
+    from sockferry.api import start_server  # noqa: PLC0415 - see run_serve
 
-    server = FerryServer(root, config)
-    endpoint: Endpoint | None = None
-    reader: asyncio.Task[None] | None = None
-    if sctp is None:
-        bound = await server.start(addresses, options.activated)
-    else:
-        from sockferry.ferry.association import (  # noqa: PLC0415 - see _connected
-            open_sctp_server_endpoint,
-            serve_sctp,
-        )
-
-        endpoint = await open_sctp_server_endpoint(addresses, sctp.stack, sctp.udp_port)
-        reader = asyncio.get_running_loop().create_task(serve_sctp(server, endpoint))
-        bound = [f"{format_sockaddr(a)} (SCTP)" for a in endpoint.local_addresses]
-    log.info("serving %s%s; listening on %s", server.root.path,
-             " (read-only)" if config.read_only else "", ", ".join(bound))
+    server = await start_server(root, addresses, config, grace=grace_s,
+                                inherited=options.activated,
+                                sctp_stack=sctp.stack if sctp else None,
+                                udp_port=sctp.udp_port if sctp else None)
+    log.info("serving %s%s; listening on %s", os.path.abspath(root),
+             " (read-only)" if config.read_only else "", ", ".join(server.addresses))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -632,13 +620,8 @@ async def _serve(root: str, addresses: list[Address], config: ServerConfig,
     finally:
         options.stopping()
         log.info("stopping: no new connections")
-        await server.stop(grace_s)
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, SockferryError):
-                await reader
-        if endpoint is not None:
-            await endpoint.close()
+        server.close()
+        await server.wait_closed()
         log.info("stopped")
     return ExitCode.OK
 
