@@ -206,33 +206,21 @@ def test_tftp_get_put_and_serve_against_curl(tmp_path: Path) -> None:
     assert (served / "up.bin").read_bytes() == (local / "up.bin").read_bytes()
 
 
-def test_sctp_send_to_an_echoing_endpoint() -> None:
+def test_sctp_serve_echoes_what_send_sends() -> None:
     """sockferry.sctp: send() opens an association, sends, shuts it down gracefully and
-    returns what the peer sent back (here an endpoint of the library echoing)."""
-    from sockferry.addresses import HostPort  # noqa: PLC0415
-    from sockferry.sctp.endpoint import Message  # noqa: PLC0415
+    returns the replies; serve(echo=True) hands each message over and echoes it."""
+    async def go() -> tuple[list[bytes], list[bytes]]:
+        seen: list[bytes] = []
+        server = await sockferry.sctp.serve("127.0.0.1", 0, transport="udp", echo=True,
+                                            on_message=lambda m: seen.append(m.data))
+        async with server:
+            replies = await sockferry.sctp.send("127.0.0.1", [b"one", b"two"],
+                                                port=server.port, stream=1,
+                                                transport="udp", linger=0.5, timeout=10)
+        assert not server.is_serving()
+        return seen, [r.data for r in replies]
 
-    async def go() -> list[bytes]:
-        server = await sockferry.sctp.open_endpoint("udp", listen=[HostPort("127.0.0.1", 0)])
-        port = server.local_addresses[0][1]  # type: ignore[index]
-
-        async def echo() -> None:
-            while True:
-                item = await server.receive()
-                if isinstance(item, Message):
-                    await server.send(item.data.upper(), to=item.assoc_id, stream=item.stream)
-
-        echoing = asyncio.get_running_loop().create_task(echo())
-        try:
-            replies = await sockferry.sctp.send("127.0.0.1", [b"one", b"two"], port=port,
-                                                stream=1, transport="udp", linger=0.5,
-                                                timeout=10)
-        finally:
-            echoing.cancel()
-            await server.close()
-        return [r.data for r in replies]
-
-    assert run(go()) == [b"ONE", b"TWO"]
+    assert run(go()) == ([b"one", b"two"], [b"one", b"two"])
 
 
 def test_the_library_loads_no_cli_dependency() -> None:

@@ -36,6 +36,7 @@ class Server:
         self._stop = stop
         self._stopping: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._failure: BaseException | None = None
         self.addresses = addresses
         """Where it listens, as bound (a port 0 is the port the system chose)."""
         self.fingerprint = fingerprint
@@ -64,11 +65,20 @@ class Server:
         finally:
             self._stopped.set()
 
+    def fail(self, exc: BaseException) -> None:
+        """What the server's own work died of: it closes, and ``wait_closed()`` (so
+        ``serve_forever()`` too) raises ``exc`` once it has stopped."""
+        self._failure = exc
+        self.close()
+
     async def wait_closed(self) -> None:
-        """Wait until the server stopped (call ``close()`` first, or another task will)."""
+        """Wait until the server stopped (call ``close()`` first, or another task will);
+        raises what made it fail, if anything did."""
         await self._stopped.wait()
         if self._stopping is not None:
             await self._stopping
+        if self._failure is not None:
+            raise self._failure
 
     async def serve_forever(self) -> None:
         """Serve until this coroutine is cancelled, or the server is closed."""

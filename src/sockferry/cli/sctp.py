@@ -14,14 +14,12 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from sockferry.access import AccessRules, RateLimitedLog
 from sockferry.addresses import format_sockaddr, parse_address, parse_port
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, run_async
 from sockferry.cli.serving import ServerOptions, add_server_options
 from sockferry.errors import NetworkError, PeerRefused, SockferryError, UsageError
 from sockferry.logfields import fields
-from sockferry.metrics import Metrics
 from sockferry.sctp.endpoint import (
     DEFAULT_UDP_PORT,
     MAX_STREAMS,
@@ -32,6 +30,7 @@ from sockferry.sctp.endpoint import (
     Message,
     StreamCounts,
 )
+from sockferry.sctp.library import start_sctp_server
 from sockferry.sctp.transport import TRANSPORTS, open_endpoint
 
 association_log = logging.getLogger("sockferry.association")
@@ -41,8 +40,6 @@ DEFAULT_PORT = DEFAULT_UDP_PORT
 MAX_SHOWN = 1000
 # How long sctp-send waits, after its last message is acknowledged, for replies.
 DEFAULT_LINGER_S = 0.5
-# Echoes waiting for one client before further ones are dropped (it is not reading).
-ECHO_BACKLOG = 64
 # One line of standard input is one message; longer lines are refused, never truncated.
 MAX_LINE = 1 << 20
 
@@ -155,63 +152,38 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
 
 async def _serve(args: argparse.Namespace, listen: list[Any], console: Console,
                  options: ServerOptions) -> int:
-    endpoint = await open_endpoint(args.transport, listen=listen, udp_port=args.udp_port,
-                                   streams=StreamCounts(args.streams, args.streams),
-                                   inherited=options.activated)
+    def on_change(change: AssociationChange) -> None:
+        console.print(describe_change(change))
+        _log_change(change)
+
+    server = await start_sctp_server(
+        listen, transport=args.transport, udp_port=args.udp_port,
+        streams=StreamCounts(args.streams, args.streams), inherited=options.activated,
+        echo=args.echo, access=options.access, metrics=options.metrics,
+        on_message=lambda message: console.print(describe_message(message)),
+        on_change=on_change, notice=console.notice)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    shown = ", ".join(format_sockaddr(a) for a in endpoint.local_addresses)
-    console.notice(f"SCTP server on {shown} — Ctrl-C to stop")
+    console.notice(f"SCTP server on {', '.join(server.addresses)} — Ctrl-C to stop")
     try:
         options.after_binding()  # bound: drop to --user now
-        async with asyncio.TaskGroup() as group:
-            worker = group.create_task(_serve_loop(endpoint, args.echo, console,
-                                                   options.access, options.metrics))
-            await stop.wait()
-            worker.cancel()
+        serving = loop.create_task(server.serve_forever())  # ends if the server fails
+        stopping = loop.create_task(stop.wait())
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        serving.cancel()
     finally:
         options.stopping()
-        await endpoint.close()
+        server.close()
+        await server.wait_closed()  # raises what made the server fail, if anything did
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signum)
     console.notice("stopped")
     return ExitCode.OK
-
-
-async def _serve_loop(endpoint: Endpoint, echo: bool, console: Console,
-                      access: AccessRules, metrics: Metrics) -> None:
-    echoes = _Echoes(endpoint, console)
-    gate = _Gate(endpoint, access, console)
-    up: set[AssocId] = set()  # associations counted open in the metrics
-    try:
-        while True:
-            item = await endpoint.receive()
-            if not gate.admits(item):
-                continue
-            if isinstance(item, AssociationChange):
-                console.print(describe_change(item))
-                _log_change(item)
-                if item.state in (AssocState.COMM_UP, AssocState.RESTART):
-                    if item.assoc_id not in up:
-                        up.add(item.assoc_id)
-                        metrics.connection_opened("sctp")
-                    continue
-                echoes.forget(item.assoc_id)
-                if item.assoc_id in up:
-                    up.discard(item.assoc_id)
-                    metrics.connection_closed("sctp", item.state.value.lower(), 0, 0)
-                continue
-            console.print(describe_message(item))
-            metrics.transferred("sctp", "upload", len(item.data))
-            if echo:
-                metrics.transferred("sctp", "download", len(item.data))
-                echoes.queue(item)
-    finally:
-        echoes.close()
 
 
 def _log_change(change: AssociationChange) -> None:
@@ -220,84 +192,6 @@ def _log_change(change: AssociationChange) -> None:
     association_log.info("%s", describe_change(change), extra=fields(
         "association", transport="sctp", peer=peer, outcome=change.state.value.lower(),
         error=change.reason or None))
-
-
-class _Gate:
-    """--allow/--deny: an association from a refused peer is aborted as soon as it is
-    up (the ABORT says why), and nothing of it is shown or echoed."""
-
-    def __init__(self, endpoint: Endpoint, access: AccessRules, console: Console) -> None:
-        self._endpoint = endpoint
-        self._access = access
-        self._console = console
-        self._refused: set[AssocId] = set()
-        self._log = RateLimitedLog()
-
-    def admits(self, item: Message | AssociationChange) -> bool:
-        if not self._access.restricts:
-            return True
-        if isinstance(item, Message):
-            return item.assoc_id not in self._refused
-        if item.assoc_id in self._refused:
-            if item.state not in (AssocState.COMM_UP, AssocState.RESTART):
-                self._refused.discard(item.assoc_id)  # it has ended: the id may return
-            return False
-        if item.state not in (AssocState.COMM_UP, AssocState.RESTART) or \
-                self._access.admits_peer(item.peer):
-            return True
-        self._refused.add(item.assoc_id)
-        self._endpoint.abort(item.assoc_id, "not allowed by the server's --allow/--deny")
-        show, left_out = self._log.allow()
-        if left_out:
-            self._console.notice(f"{left_out} more refused associations were not shown")
-        if show:
-            self._console.notice(f"[assoc {item.assoc_id}] refused "
-                                 f"{format_sockaddr(item.peer)}: not allowed by "
-                                 "--allow/--deny")
-        return False
-
-
-class _Echoes:
-    """One echo queue per association, so a client that stops reading its echoes
-    holds up only itself: past ECHO_BACKLOG waiting messages its echoes are dropped."""
-
-    def __init__(self, endpoint: Endpoint, console: Console) -> None:
-        self._endpoint = endpoint
-        self._console = console
-        self._queues: dict[AssocId, asyncio.Queue[Message]] = {}
-        self._tasks: dict[AssocId, asyncio.Task[None]] = {}
-
-    def queue(self, message: Message) -> None:
-        assoc_id = message.assoc_id
-        if assoc_id not in self._queues:
-            self._queues[assoc_id] = asyncio.Queue(ECHO_BACKLOG)
-            self._tasks[assoc_id] = asyncio.create_task(self._run(assoc_id))
-        try:
-            self._queues[assoc_id].put_nowait(message)
-        except asyncio.QueueFull:
-            self._console.notice(f"[assoc {assoc_id}] echo dropped: the client is not "
-                                 "reading its replies")
-
-    async def _run(self, assoc_id: AssocId) -> None:
-        queue = self._queues[assoc_id]
-        while True:
-            item = await queue.get()
-            try:
-                await self._endpoint.send(item.data, to=assoc_id, stream=item.stream,
-                                          ppid=item.ppid, unordered=item.unordered)
-            except SockferryError as exc:  # that client went away: the others go on
-                self._console.notice(f"[assoc {assoc_id}] echo not sent: {exc}")
-                return
-
-    def forget(self, assoc_id: AssocId) -> None:
-        self._queues.pop(assoc_id, None)
-        task = self._tasks.pop(assoc_id, None)
-        if task is not None:
-            task.cancel()
-
-    def close(self) -> None:
-        for assoc_id in list(self._tasks):
-            self.forget(assoc_id)
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from sockferry.sctp.endpoint import (
 )
 from sockferry.sctp.stack import Stack
 from sockferry.sockets import grow_buffers, open_listeners, resolve
+from sockferry.timers import LazyTimer
 
 log = logging.getLogger("sockferry.sctp")
 
@@ -152,8 +153,7 @@ class UdpEndpoint:
         self._inbox: asyncio.Queue[Received | None] = asyncio.Queue()
         self._waiters: dict[AssocId, list[asyncio.Future[AssociationChange]]] = {}
         self._space: dict[AssocId, asyncio.Future[None]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = LazyTimer(self._loop, self._on_timer)
         self._route: dict[str, _Socket] = {}
         self._hidden: set[AssocId] = set()  # connect attempts that lost the race
         # Attempts of a connect() in progress: their failures are its to report.
@@ -290,7 +290,7 @@ class UdpEndpoint:
         for event in stack.events():
             self._on_event(event)
         self._wake_senders()
-        self._rearm(stack.next_deadline())
+        self._timer.arm(stack.next_deadline())
 
     def _on_event(self, event: Received) -> None:
         if event.assoc_id in self._connecting and isinstance(event, AssociationChange):
@@ -322,19 +322,7 @@ class UdpEndpoint:
                 if not future.done():
                     future.set_result(None)
 
-    def _rearm(self, deadline: float | None) -> None:
-        # A timer set for earlier than needed is left alone: it fires, finds nothing due,
-        # and is set again.  Moving it on every packet would cost more.
-        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self._loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        due = self._timer_at or 0.0
-        self._timer = self._timer_at = None
+    def _on_timer(self, due: float) -> None:
         now = max(due, self._loop.time())
         deadline = self.stack.next_deadline()
         if deadline is not None and deadline <= now:
@@ -481,8 +469,7 @@ class UdpEndpoint:
                                          return_exceptions=True)
             for assoc_id in self.stack.association_ids:
                 self.abort(assoc_id, "endpoint closed")
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         for protocol in self._sockets:
             if protocol.transport is not None:
                 protocol.transport.close()

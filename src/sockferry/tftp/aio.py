@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import math
 import os
 import socket
 import time
@@ -28,7 +27,7 @@ from typing import Any, assert_never
 
 from sockferry.addresses import format_sockaddr
 from sockferry.errors import NetworkError, SockferryError, StorageError
-from sockferry.sockets import network_error
+from sockferry.sockets import grow_buffers, network_error
 from sockferry.storage import AtomicFile
 from sockferry.tftp.lane import MIN_WAIT_S, LaneReturn, LockStepLane
 from sockferry.tftp.options import TransferOptions
@@ -45,6 +44,7 @@ from sockferry.tftp.transfer import (
     TransferCompleted,
     TransferFailed,
 )
+from sockferry.timers import LazyTimer
 
 logger = logging.getLogger("sockferry.tftp")
 
@@ -216,8 +216,7 @@ class TransferDriver:
         self._started = self.loop.time()
         self._ended: float | None = None
         self._finished = self.loop.create_future()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf  # when _timer fires; inf while none is armed
+        self._timer = LazyTimer(self.loop, self._on_timer)
         self._storing: asyncio.Task[None] | None = None
         self._reported = -1
         # Runs lock-step steady state on its own thread, once the peer's twin exists.
@@ -228,7 +227,7 @@ class TransferDriver:
 
     async def run(self) -> TransferResult:
         """Drive the transfer; the sockets, the source and an unstored sink are closed."""
-        enlarge_buffers(self.sock)
+        grow_buffers(self.sock, SOCKET_BUFFER_BYTES)
         self.loop.add_reader(self.sock.fileno(), self._on_readable)
         try:
             self._pump()
@@ -248,8 +247,7 @@ class TransferDriver:
             if sock is not None:
                 self.loop.remove_reader(sock.fileno())
                 sock.close()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         if self._storing is not None and not self._storing.done():
             self._storing.cancel()
         if self.source is not None:
@@ -332,7 +330,7 @@ class TransferDriver:
         except OSError:
             self._peer = peer  # no twin: everything keeps going through the one socket
             return
-        enlarge_buffers(twin)
+        grow_buffers(twin, SOCKET_BUFFER_BYTES)
         self._twin, self._peer = twin, peer
         core = self.core
         if isinstance(core, SendingTransfer):
@@ -347,7 +345,7 @@ class TransferDriver:
         """Hand the core to the lane: neither the twin's reader nor the timer touches it
         meanwhile (strangers on the other socket still get their ERROR 5)."""
         assert self._twin is not None
-        self._rearm(None)
+        self._timer.arm(None)
         self.loop.remove_reader(self._twin.fileno())
         lane.start()
 
@@ -389,9 +387,7 @@ class TransferDriver:
                 core.handle_timeout(max(due, self.loop.time()))
         self._pump()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        due, self._timer_at = self._timer_at, math.inf
+    def _on_timer(self, due: float) -> None:
         self.core.handle_timeout(max(due, self.loop.time()))
         self._pump()
 
@@ -435,7 +431,7 @@ class TransferDriver:
         """After a flush: done, or the lane takes over, or the timer waits the deadline."""
         core = self.core
         if core.finished:
-            self._rearm(core.next_deadline())
+            self._timer.arm(core.next_deadline())
             if not self._finished.done():
                 self._finished.set_result(None)
             return
@@ -444,8 +440,7 @@ class TransferDriver:
             self._start_lane(lane)
             return
         deadline = core.next_deadline()
-        if deadline is None or self._timer is None or self._timer_at > deadline:
-            self._rearm(deadline)
+        self._timer.arm(deadline)
 
     def _feed(self, core: SendingTransfer, now: float) -> None:
         assert self.source is not None
@@ -500,28 +495,6 @@ class TransferDriver:
             core.confirm_stored(self.loop.time())
         self._pump()
 
-    def _rearm(self, deadline: float | None) -> None:
-        if deadline is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-                self._timer_at = math.inf
-            return
-        if self._timer is not None:
-            if self._timer_at <= deadline:
-                return  # fires early, finds nothing due, and re-arms
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self.loop.call_at(deadline, self._on_timer)
-
     def _local_failure(self, error: NetworkError) -> None:
         self.core.abort(error, ErrorCode.NOT_DEFINED, self.loop.time())
         self._pump()
-
-
-
-def enlarge_buffers(sock: socket.socket) -> None:
-    """Ask for big kernel buffers (the kernel caps them at its rmem_max/wmem_max)."""
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)

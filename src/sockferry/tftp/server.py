@@ -38,15 +38,20 @@ from sockferry.errors import (
 from sockferry.logfields import fields
 from sockferry.metrics import OFF, Metrics
 from sockferry.safe_text import clip
-from sockferry.sockets import enable_destination_address, open_listeners, recv_with_destination
+from sockferry.sockets import (
+    enable_destination_address,
+    grow_buffers,
+    open_listeners,
+    recv_with_destination,
+)
 from sockferry.storage import DEFAULT_UMASK, Root, capped_mode
 from sockferry.tftp.admission import ReplyLimiter, source_key
 from sockferry.tftp.aio import (
+    SOCKET_BUFFER_BYTES,
     FileSink,
     FileSource,
     TransferDriver,
     TransferResult,
-    enlarge_buffers,
     storage_error_code,
     tid_socket,
 )
@@ -183,7 +188,7 @@ class TftpServer:
     def _listen(self, sock: socket.socket) -> None:
         self._listeners.append(sock)
         enable_destination_address(sock)
-        enlarge_buffers(sock)  # absorbs bursts of requests
+        grow_buffers(sock, SOCKET_BUFFER_BYTES)  # absorbs bursts of requests
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_request, sock)
 
     async def serve_forever(self) -> None:
