@@ -266,7 +266,7 @@ async def start_server(root: str | os.PathLike[str], addresses: Sequence[Address
         bound = await ferry.start(addresses, inherited)
         return Server(lambda: ferry.stop(grace), bound, fingerprint)
     # The SCTP stacks take a while to import; TCP servers never load them.
-    from sockferry.ferry.association import (  # noqa: PLC0415
+    from sockferry.ferry.over_sctp import (  # noqa: PLC0415
         open_sctp_server_endpoint,
         serve_sctp,
     )

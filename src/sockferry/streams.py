@@ -44,7 +44,7 @@ def _shared_buffer() -> memoryview:
 
 class Stream(Protocol):
     """What the ferry drivers need of a connection: a ``SocketStream``, or an SCTP
-    association carrying the same bytes (``ferry/association.py``)."""
+    association carrying the same bytes (``ferry/over_sctp.py``)."""
 
     peer: str
     local: str

@@ -16,7 +16,7 @@ import pytest
 from sockferry.addresses import HostPort
 from sockferry.cli.runtime import ExitCode
 from sockferry.errors import SockferryError
-from sockferry.ferry.association import sctp_client
+from sockferry.ferry.over_sctp import sctp_client
 from sockferry.storage import is_temporary_name
 from tests.conftest import require_program
 from tests.ferry.harness import TOKEN, ServerThread, run_cli, write_token

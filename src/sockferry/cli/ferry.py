@@ -487,7 +487,7 @@ async def _connected(args: argparse.Namespace, address: Address,
                          "its own multihoming")
     if args.transport == "sctp":
         # The SCTP stacks take a while to import; plain TCP never loads them.
-        from sockferry.ferry.association import sctp_client  # noqa: PLC0415
+        from sockferry.ferry.over_sctp import sctp_client  # noqa: PLC0415
 
         async with sctp_client(address, token, stack=args.sctp_stack,
                                udp_port=args.udp_port, timeout_s=args.timeout) as client:
