@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sockferry.addresses import SockAddr
-from sockferry.sctp.association import Config
+from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import AssociationChange, AssocId, AssocState, Message
 from sockferry.sctp.stack import Stack
 

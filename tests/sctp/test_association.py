@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sockferry.sctp import chunks as c
-from sockferry.sctp.association import Config
+from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import AssocState, StreamCounts
 from tests.sctp.harness import LossyLink, Network, Node
 

@@ -13,7 +13,7 @@ import pytest
 
 from sockferry.addresses import HostPort
 from sockferry.errors import NetworkError, UsageError
-from sockferry.sctp.association import Config
+from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import AssocState, StreamCounts
 from sockferry.sctp.kernel import KernelEndpoint
 from sockferry.sctp.transport import open_endpoint

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from sockferry.addresses import HostPort
-from sockferry.sctp.association import Config
+from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import AssocId, AssocState, Endpoint, StreamCounts
 from sockferry.sctp.kernel import KernelEndpoint
 from sockferry.sctp.udp import UdpEndpoint

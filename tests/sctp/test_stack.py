@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sockferry.sctp import chunks as c
-from sockferry.sctp.association import Config
+from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import AssociationChange, AssocState, StreamCounts
 from sockferry.sctp.stack import Stack
 from tests.sctp.harness import LossyLink, Network, Node

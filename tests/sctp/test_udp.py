@@ -10,7 +10,7 @@ import pytest
 
 from sockferry.addresses import HostPort
 from sockferry.errors import NetworkError, NotAvailable
-from sockferry.sctp.association import Config
+from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import AssociationChange, AssocState
 from sockferry.sctp.kernel import KernelEndpoint
 from sockferry.sctp.kernel_socket import kernel_sctp_missing

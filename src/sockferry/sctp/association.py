@@ -15,7 +15,6 @@ import logging
 import struct
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -24,14 +23,15 @@ from sockferry.errors import NetworkError, UsageError
 from sockferry.rto import RetransmitTimer
 from sockferry.sctp import chunks as c
 from sockferry.sctp.checksum import crc32c
+from sockferry.sctp.config import Config
 from sockferry.sctp.cookie import CookieState
 from sockferry.sctp.endpoint import (
     AssociationChange,
     AssocId,
     AssocState,
     Message,
-    StreamCounts,
 )
+from sockferry.serial import unwrap
 
 log = logging.getLogger("sockferry.sctp")
 
@@ -48,28 +48,6 @@ MAX_TSN_AHEAD = 1 << 16
 APP_LIMITED_FLIGHT = 4 * 1500
 _HEARTBEAT_INFO = struct.Struct("!dQ")
 _U16_PAIR = struct.Struct("!HH")
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """Protocol parameters (RFC 9260 §16) and local limits."""
-
-    rto_initial_s: float = 1.0
-    rto_min_s: float = 1.0
-    rto_max_s: float = 60.0
-    max_burst: int = 4
-    association_max_retrans: int = 10
-    max_init_retransmits: int = 8
-    valid_cookie_life_s: float = 60.0
-    hb_interval_s: float = 30.0
-    # §6.2: a SACK is due within 500 ms; 200 ms is the usual delay.
-    sack_delay_s: float = 0.2
-    # Our a_rwnd: bytes we hold for the application, reassembled or not.
-    receive_buffer: int = 8 << 20
-    # The largest message we reassemble; above it the association is aborted (no partial
-    # delivery API here), so it must stay below receive_buffer.
-    max_message_size: int = 4 << 20
-    streams: StreamCounts = field(default_factory=StreamCounts)
 
 
 class State(Enum):
@@ -1111,10 +1089,7 @@ class Association:
     @staticmethod
     def _unwrap(wire: int, reference: int) -> int:
         """The unbounded TSN nearest ``reference`` whose low 32 bits are ``wire``."""
-        delta = (wire - reference) & 0xFFFFFFFF
-        if delta >= 0x80000000:
-            delta -= 0x100000000
-        return reference + delta
+        return unwrap(wire, reference, 32)
 
 
 class _PacketBuilder:

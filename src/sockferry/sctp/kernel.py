@@ -28,7 +28,7 @@ from sockferry.errors import (
     UsageError,
 )
 from sockferry.sctp import linux_abi as abi
-from sockferry.sctp.association import Config
+from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import (
     AssociationChange,
     AssocId,

@@ -14,7 +14,7 @@ from pathlib import Path
 from sockferry.addresses import Address, SockAddr, UnixPath, format_sockaddr
 from sockferry.errors import NetworkError, NotAvailable, UsageError
 from sockferry.sctp import linux_abi as abi
-from sockferry.sctp.association import Config
+from sockferry.sctp.config import Config
 from sockferry.sctp.kernel_events import address_key, plain_address
 from sockferry.sockets import grow_buffers, network_error, resolve
 

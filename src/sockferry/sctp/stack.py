@@ -16,14 +16,8 @@ from collections.abc import Callable
 from sockferry.addresses import SockAddr, format_sockaddr
 from sockferry.errors import MalformedPacket, NetworkError
 from sockferry.sctp import chunks as c
-from sockferry.sctp.association import (
-    KNOWN_PARAMS,
-    Association,
-    Config,
-    Event,
-    Random,
-    State,
-)
+from sockferry.sctp.association import KNOWN_PARAMS, Association, Event, Random, State
+from sockferry.sctp.config import Config
 from sockferry.sctp.cookie import CookieRefused, CookieState, open_cookie, sign_cookie
 from sockferry.sctp.endpoint import AssocId
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from sockferry.addresses import Address
 from sockferry.errors import UsageError
-from sockferry.sctp.association import Config
+from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import TRANSPORTS, Endpoint, StreamCounts, Transport
 from sockferry.sctp.kernel import KernelEndpoint
 from sockferry.sctp.kernel_socket import kernel_sctp_missing, kernel_udp_port

@@ -19,7 +19,8 @@ from typing import Any, Self, cast
 
 from sockferry.addresses import Address, HostPort, SockAddr, UnixPath, format_sockaddr
 from sockferry.errors import NetworkError, PeerRefused, UsageError
-from sockferry.sctp.association import Config, State
+from sockferry.sctp.association import State
+from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import (
     AssociationChange,
     AssocId,

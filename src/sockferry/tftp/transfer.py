@@ -45,10 +45,10 @@ from sockferry.errors import (
 )
 from sockferry.rto import MIN_RTO_S, RetransmitTimer
 from sockferry.safe_text import clip
+from sockferry.serial import unwrap
 from sockferry.tftp import netascii
 from sockferry.tftp.options import TransferOptions, accept_oack
 from sockferry.tftp.packets import (
-    BLOCK_MODULUS,
     HEADER,
     Ack,
     Data,
@@ -84,7 +84,6 @@ AMPLIFICATION_FACTOR = 3
 # request holds its slot a third of the time it did (a retransmission schedule of ~30 s).
 DEFAULT_UNCONFIRMED_S = 10.0
 _ERROR_OPCODE = b"\x00\x05"
-HALF_MODULUS = BLOCK_MODULUS // 2
 # Round trips are timed at most this often.  On a path whose round trip is this long or
 # longer every round trip is timed, the rate RFC 6298 §3 asks of TCP; on faster paths the
 # timeout sits at its floor (MIN_RTO_S, four times this) unless the round trip varies a
@@ -184,8 +183,7 @@ def peer_refusal(packet: Error) -> PeerRefused:
 
 def absolute_block(wire: int, reference: int) -> int:
     """The block number nearest to ``reference`` whose low 16 bits are ``wire``."""
-    delta = (wire - reference) % BLOCK_MODULUS
-    return reference + delta - (BLOCK_MODULUS if delta >= HALF_MODULUS else 0)
+    return unwrap(wire, reference, 16)
 
 
 Handler = Callable[[Any, float], None]
