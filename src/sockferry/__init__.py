@@ -16,8 +16,9 @@ so that ``import sockferry`` (and ``sockferry --version``) costs next to nothing
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from sockferry.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -25,7 +26,7 @@ _EXPORTS = {
     "connect": "sockferry.api", "serve": "sockferry.api", "Client": "sockferry.api",
     "Server": "sockferry.library", "Transfer": "sockferry.library",
     "DEFAULT_PORT": "sockferry.api",
-    "Entry": "sockferry.storage", "Kind": "sockferry.storage",
+    "Entry": "sockferry.entries", "Kind": "sockferry.entries",
     "SockferryError": "sockferry.errors", "UsageError": "sockferry.errors",
     "ProtocolError": "sockferry.errors", "RemoteProtocolError": "sockferry.errors",
     "AuthenticationFailed": "sockferry.errors", "IdentityRefused": "sockferry.errors",
@@ -83,15 +84,7 @@ if TYPE_CHECKING:
     from sockferry.library import Server, Transfer
 
 
-def __getattr__(name: str) -> object:
-    if name in _SUBPACKAGES:  # sockferry.tftp.get(...) after a bare import sockferry
-        return importlib.import_module(f"sockferry.{name}")
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sockferry' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once loaded, a plain attribute
-    return value
+__getattr__ = lazy_attributes(__name__, {**_EXPORTS, **dict.fromkeys(_SUBPACKAGES, "")})
 
 
 def __dir__() -> list[str]:

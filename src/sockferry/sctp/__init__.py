@@ -5,8 +5,9 @@ without loading an SCTP stack; ``sockferry.sctp.open_endpoint``, ``send`` and ``
 (in ``library.py``) load on first use.
 """
 
-import importlib
 from typing import TYPE_CHECKING, Literal
+
+from sockferry.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from sockferry.sctp.library import open_endpoint, send, serve, start_sctp_server
@@ -19,9 +20,4 @@ Transport = Literal["auto", "kernel", "udp"]
 TRANSPORTS: tuple[Transport, ...] = ("auto", "kernel", "udp")
 
 
-def __getattr__(name: str) -> object:
-    if name not in _LIBRARY:
-        raise AttributeError(f"module 'sockferry.sctp' has no attribute '{name}'")
-    value = getattr(importlib.import_module("sockferry.sctp.library"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(_LIBRARY, "sockferry.sctp.library"))

@@ -5,8 +5,9 @@ package."""
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from sockferry.lazy import lazy_attributes
 
 __all__ = ["get", "put", "serve"]
 
@@ -14,9 +15,4 @@ if TYPE_CHECKING:
     from sockferry.tftp.library import get, put, serve
 
 
-def __getattr__(name: str) -> object:
-    if name not in __all__:
-        raise AttributeError(f"module 'sockferry.tftp' has no attribute '{name}'")
-    value = getattr(importlib.import_module("sockferry.tftp.library"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(__all__, "sockferry.tftp.library"))
