@@ -28,7 +28,6 @@ from enum import Enum
 from sockferry.access import AccessRules
 from sockferry.addresses import Address, SockAddr, format_sockaddr
 from sockferry.errors import (
-    MalformedPacket,
     NetworkError,
     PathRefused,
     RemoteProtocolError,
@@ -45,6 +44,7 @@ from sockferry.sockets import (
     recv_with_destination,
 )
 from sockferry.storage import DEFAULT_UMASK, Root, capped_mode
+from sockferry.tftp.accept import Ignored, Refusal, judge, requested_path
 from sockferry.tftp.admission import ReplyLimiter, source_key
 from sockferry.tftp.aio import (
     SOCKET_BUFFER_BYTES,
@@ -58,12 +58,9 @@ from sockferry.tftp.aio import (
 from sockferry.tftp.options import ServerLimits, negotiate
 from sockferry.tftp.packets import (
     MAX_REQUEST_BYTES,
-    Error,
     ErrorCode,
     Request,
-    decode_packet,
     encode_error,
-    opcode_of,
 )
 from sockferry.tftp.transfer import (
     DEFAULT_UNCONFIRMED_S,
@@ -83,12 +80,10 @@ DEFAULT_MAX_UNCONFIRMED_PER_SOURCE = 4
 # ERROR answers on the request port (refusals, stray packets), a second: all sources
 # together; each source gets a tenth of it (at least one).
 DEFAULT_ERROR_RATE = 50
-_ERROR_OPCODE = b"\x00\x05"
 # Refusals and garbage are logged, but a flood must not flood the log: this many lines a
 # second, then a count of what was left out.
 MAX_NOTICES_PER_S = 20
 NEW_FILE_MODE = capped_mode(0o666, DEFAULT_UMASK)
-MODES = ("octet", "netascii")
 
 
 class UploadPolicy(Enum):
@@ -113,15 +108,6 @@ class ServerConfig:
     # --allow/--deny: other peers are never answered
     access: AccessRules = field(default_factory=AccessRules)
     metrics: Metrics = OFF  # --metrics: what the server counts (metrics.py)
-
-
-class Refusal(Exception):
-    """A request the server answers with ERROR and a log line."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class NoticeLimiter:
@@ -238,28 +224,14 @@ class TftpServer:
     def _parse(self, listener: socket.socket, data: bytes, peer: SockAddr, shown: str,
                truncated: bool) -> Request | None:
         """The request in ``data``; anything else is refused or ignored (None)."""
-        try:
-            if truncated:
-                raise MalformedPacket(f"request longer than the RFC 2347 limit of "
-                                      f"{MAX_REQUEST_BYTES} bytes")
-            request = decode_packet(data)
-            if isinstance(request, Request):
-                return request
-            if isinstance(request, Error):
-                self._ignore(shown, "ERROR sent to the request port, not answered")
-                return None
-            raise Refusal(ErrorCode.ILLEGAL_OPERATION,
-                          f"{opcode_of(request).name} sent to the request port")
-        except MalformedPacket as exc:
-            if data[:2] == _ERROR_OPCODE:  # a broken ERROR is still never answered
-                self._ignore(shown, f"{exc}, not answered")
-                return None
-            code = ErrorCode(exc.code) if exc.code is not None \
-                else ErrorCode.ILLEGAL_OPERATION
-            self._refuse(listener, peer, shown, "-", Refusal(code, str(exc)))
-        except Refusal as refusal:
-            self._refuse(listener, peer, shown, "-", refusal)
-        return None
+        judged = judge(data, truncated)
+        if isinstance(judged, Ignored):
+            self._ignore(shown, judged.why)
+            return None
+        if isinstance(judged, Refusal):
+            self._refuse(listener, peer, shown, "-", judged)
+            return None
+        return judged
 
     def _admit(self, listener: socket.socket, request: Request, data: bytes,
                peer: SockAddr, shown: str, local: str | None) -> None:
@@ -357,14 +329,7 @@ class TftpServer:
 
     def _open_transfer(self, listener: socket.socket, request: Request, peer: SockAddr,
                        local: str | None, received: int) -> TransferDriver:
-        if request.mode not in MODES:
-            raise Refusal(ErrorCode.ILLEGAL_OPERATION,
-                          f"transfer mode '{clip(request.mode)}' is not supported")
-        # A leading '/' names the root, as tftpd-hpa's --secure mode has it: boot ROMs
-        # often ask for "/pxelinux.0".  Nothing can climb out of the root either way.
-        path = request.filename.lstrip(b"/")
-        if not path:
-            raise Refusal(ErrorCode.FILE_NOT_FOUND, "no file name")
+        path = requested_path(request)
         source, sink, size = None, None, None
         try:
             if request.is_read:

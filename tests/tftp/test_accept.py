@@ -1,0 +1,47 @@
+"""tftp/accept.py directly: the request port's judgement of a datagram, before any file
+or socket is touched (the server's behaviour on the wire is tests/tftp/test_server.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sockferry.tftp.accept import Ignored, Refusal, judge, requested_path
+from sockferry.tftp.packets import ErrorCode, Request, encode_ack, encode_error
+
+
+def _request(name: bytes, mode: bytes = b"octet", opcode: bytes = b"\x00\x01") -> bytes:
+    return opcode + name + b"\0" + mode + b"\0"
+
+
+def test_requests_are_served_and_errors_never_answered() -> None:
+    judged = judge(_request(b"/pxelinux.0"), truncated=False)
+    assert isinstance(judged, Request) and judged.is_read
+    assert requested_path(judged) == b"pxelinux.0"  # a leading '/' names the root
+    assert isinstance(judge(encode_error(ErrorCode.NOT_DEFINED, "x"), False), Ignored)
+    assert isinstance(judge(b"\x00\x05\x00", False), Ignored)  # a broken ERROR too
+
+
+@pytest.mark.parametrize(("data", "truncated", "code"), [
+    (encode_ack(1), False, ErrorCode.ILLEGAL_OPERATION),  # an ACK on the request port
+    (b"\x00\x01no-terminator", False, ErrorCode.ILLEGAL_OPERATION),
+    (_request(b"a"), True, ErrorCode.ILLEGAL_OPERATION),  # over the RFC 2347 limit
+    (b"\x00\x09", False, ErrorCode.ILLEGAL_OPERATION),  # no such opcode
+])
+def test_what_is_refused(data: bytes, truncated: bool, code: ErrorCode) -> None:
+    judged = judge(data, truncated)
+    assert isinstance(judged, Refusal) and judged.code == code, judged
+
+
+def test_modes_and_names() -> None:
+    mail = judge(_request(b"f", b"mail"), False)
+    assert isinstance(mail, Request)
+    with pytest.raises(Refusal, match="mode 'mail' is not supported"):
+        requested_path(mail)
+    empty = judge(_request(b"/"), False)
+    assert isinstance(empty, Request)
+    with pytest.raises(Refusal) as refused:
+        requested_path(empty)
+    assert refused.value.code == ErrorCode.FILE_NOT_FOUND
+    netascii = judge(_request(b"a/b.txt", b"netascii", b"\x00\x02"), False)
+    assert isinstance(netascii, Request) and not netascii.is_read
+    assert requested_path(netascii) == b"a/b.txt"
