@@ -24,7 +24,7 @@ from sockferry.entries import Entry
 from sockferry.errors import SockferryError, UsageError
 from sockferry.ferry import DEFAULT_PORT
 from sockferry.ferry.client import FerryClient
-from sockferry.ferry.server import FerryServer, ServerConfig
+from sockferry.ferry.server import FerryServer, FerryServerConfig
 from sockferry.ferry.tokens import check_token, client_token, server_token
 from sockferry.library import ProgressCallback, Server, Transfer
 from sockferry.storage import DEFAULT_UMASK, Durability
@@ -246,18 +246,18 @@ async def serve(root: str | os.PathLike[str], host: str = "localhost",
     except ValueError:
         raise UsageError(f"durability '{durability}' is none of batch, each, none") from None
     server_tls, fingerprint = _server_trust(tls, cert, key, token_path)
-    config = ServerConfig(token=secret, umask=umask, max_connections=max_connections,
+    config = FerryServerConfig(token=secret, umask=umask, max_connections=max_connections,
                           idle_timeout_s=idle_timeout, durability=fsync,
                           read_only=read_only, tls=server_tls)
     return await start_server(root, addresses, config, grace=grace, fingerprint=fingerprint)
 
 
 async def start_server(root: str | os.PathLike[str], addresses: Sequence[Address],
-                       config: ServerConfig, *, grace: float = 10.0,
+                       config: FerryServerConfig, *, grace: float = 10.0,
                        inherited: Sequence[socket.socket] = (),
                        sctp_stack: str | None = None, udp_port: int | None = None,
                        fingerprint: str | None = None) -> Server:
-    """The ferry server assembled from a full ``ServerConfig`` (what ``serve`` and
+    """The ferry server assembled from a full ``FerryServerConfig`` (what ``serve`` and
     ``sockferry serve`` both run): listening on ``addresses`` and the ``inherited``
     sockets (socket activation) over TCP or unix sockets, or with ``sctp_stack``
     (auto, kernel, udp) over SCTP associations, each file on a stream of its own."""

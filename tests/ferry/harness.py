@@ -24,7 +24,7 @@ from sockferry.ferry import session as s
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.copying import send_paths
 from sockferry.ferry.over_sctp import open_sctp_server_endpoint, serve_sctp
-from sockferry.ferry.server import FerryServer, ServerConfig
+from sockferry.ferry.server import FerryServer, FerryServerConfig
 from sockferry.sctp.endpoint import Endpoint
 
 T = TypeVar("T")
@@ -56,7 +56,7 @@ class ServerThread:
                  *, sctp_stack: str | None = None, **config: Any) -> None:
         """``sctp_stack`` (auto, kernel or udp): serve over SCTP instead of TCP."""
         config.setdefault("token", TOKEN)
-        self.config = ServerConfig(**config)
+        self.config = FerryServerConfig(**config)
         self.root = root
         self._addresses = list(addresses)
         self._sctp_stack = sctp_stack
@@ -199,7 +199,7 @@ class RawClient:
             if not data:
                 break
             got += [x for x in self.parser.feed(data)
-                    if not isinstance(x, m.Data | m.DataChunk)]
+                    if not isinstance(x, m.Data | m.BodyPiece)]
         return got
 
     def close(self) -> None:

@@ -53,8 +53,8 @@ def parse_all(data: bytes, step: int | None = None) -> list[object]:
     pieces = [data] if step is None else [data[i : i + step] for i in range(0, len(data), step)]
     for piece in pieces:
         for message in parser.feed(piece):
-            out.append(m.DataChunk(message.request, bytes(message.data))
-                       if isinstance(message, m.DataChunk) else message)
+            out.append(m.BodyPiece(message.request, bytes(message.data))
+                       if isinstance(message, m.BodyPiece) else message)
     assert parser.idle
     return out
 
@@ -78,12 +78,12 @@ def test_data_frames_come_out_in_pieces_and_merge() -> None:
     wire += m.encode(m.Done(7, b"d" * 32))
     whole = parse_all(wire)
     assert whole[1] == m.Data(7, len(body))
-    assert whole[2] == m.DataChunk(7, body)
+    assert whole[2] == m.BodyPiece(7, body)
     byte_by_byte = parse_all(wire, 1)
-    chunks = [x for x in byte_by_byte if isinstance(x, m.DataChunk)]
+    chunks = [x for x in byte_by_byte if isinstance(x, m.BodyPiece)]
     assert b"".join(bytes(c.data) for c in chunks) == body
-    assert [x for x in byte_by_byte if not isinstance(x, m.DataChunk)] == \
-        [x for x in whole if not isinstance(x, m.DataChunk)]
+    assert [x for x in byte_by_byte if not isinstance(x, m.BodyPiece)] == \
+        [x for x in whole if not isinstance(x, m.BodyPiece)]
 
 
 def test_golden_bytes() -> None:

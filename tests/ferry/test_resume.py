@@ -141,7 +141,7 @@ def test_put_at_round_trip_counts_only_the_tail() -> None:
     _, events = pump(client, server)
     assert events[0] == s.PutRequested(request, "f", 5, 0o644, 0, False, offset=3,
                                        resumable=True)
-    assert [type(e) for e in events[1:]] == [s.DataReceived, s.PutFinished]
+    assert [type(e) for e in events[1:]] == [s.BodyReceived, s.PutFinished]
 
 
 def test_put_at_data_past_the_tail_is_a_violation() -> None:
@@ -167,7 +167,7 @@ def test_partial_prefix_and_resumed_get() -> None:
     server.file_done(get, b"D" * 32)
     events, _ = pump(client, server)
     assert events[0] == s.FileStarted(get, 5, 0o644, 0, offset=3)
-    assert [type(e) for e in events[1:]] == [s.DataReceived, s.FileFinished]
+    assert [type(e) for e in events[1:]] == [s.BodyReceived, s.FileFinished]
 
 
 def test_resumed_file_for_a_plain_get_is_a_violation() -> None:
@@ -211,7 +211,7 @@ class Raw:
             data = self.sock.recv(65536)
             if not data:
                 break
-            got += [x for x in self.parser.feed(data) if not isinstance(x, m.DataChunk)]
+            got += [x for x in self.parser.feed(data) if not isinstance(x, m.BodyPiece)]
         return got
 
 

@@ -25,8 +25,8 @@ DIGEST = b"D" * 32
 def drain(core: Any) -> list[Any]:
     events = []
     while (event := core.next_event()) is not None:
-        if isinstance(event, s.DataReceived):
-            event = s.DataReceived(event.request, bytes(event.data))
+        if isinstance(event, s.BodyReceived):
+            event = s.BodyReceived(event.request, bytes(event.data))
         events.append(event)
     return events
 
@@ -75,7 +75,7 @@ def test_put_round_trip(step: int | None) -> None:
     client.done(request, DIGEST)
     _, server_events = pump(client, server, step)
     assert server_events[0] == s.PutRequested(request, "dir/f.bin", 10, 0o640, 123, True)
-    assert b"".join(e.data for e in server_events if isinstance(e, s.DataReceived)) == \
+    assert b"".join(e.data for e in server_events if isinstance(e, s.BodyReceived)) == \
         b"0123456789"
     assert server_events[-1] == s.PutFinished(request, DIGEST, 10)
     server.commit(request, 10, DIGEST)
@@ -132,7 +132,7 @@ def test_streamed_put_ends_where_done_says(step: int | None, body: bytes) -> Non
     _, server_events = pump(client, server, step)
     assert server_events[0] == s.PutRequested(request, "pipe.out", 0, 0o644, 5, False,
                                               streamed=True)
-    assert b"".join(e.data for e in server_events if isinstance(e, s.DataReceived)) == body
+    assert b"".join(e.data for e in server_events if isinstance(e, s.BodyReceived)) == body
     assert server_events[-1] == s.PutFinished(request, DIGEST, len(body))
     server.commit(request, len(body), DIGEST)
     client_events, _ = pump(client, server, step)
@@ -191,7 +191,7 @@ def test_get_with_hole_round_trip() -> None:
     client_events, _ = pump(client, server)
     assert client_events == [s.FileStarted(request, 2**33 + 3, 0o600, 5),
                              s.HoleReceived(request, 2**33),
-                             s.DataReceived(request, b"end"),
+                             s.BodyReceived(request, b"end"),
                              s.FileFinished(request, DIGEST)]
 
 
@@ -222,7 +222,7 @@ def test_refused_put_swallows_its_data() -> None:
     client.data(request, b"abcd")  # already on its way when the refusal arrives
     client_events, server_events = pump(client, server)
     assert client_events == [s.RequestFailed(request, m.ErrorCode.PERMISSION, "no")]
-    assert server_events == []  # discarded, no DataReceived
+    assert server_events == []  # discarded, no BodyReceived
     client.done(request, DIGEST)
     pump(client, server)
     assert client.open_requests == server.open_requests == 0

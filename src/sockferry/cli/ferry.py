@@ -44,7 +44,7 @@ from sockferry.units import format_bytes, format_rate
 if TYPE_CHECKING:
     from sockferry.admission import Startups
     from sockferry.ferry.secure import ClientTLS
-    from sockferry.ferry.server import ServerConfig
+    from sockferry.ferry.server import FerryServerConfig
     from sockferry.tls import ServerTLS
 
 log = logging.getLogger("sockferry.ferry")
@@ -510,7 +510,7 @@ async def _connected(args: argparse.Namespace, address: Address,
 
 def run_serve(args: argparse.Namespace, console: Console) -> int:
     # Here, not at the top: a client command or --help loads no server and no token code.
-    from sockferry.ferry.server import ServerConfig  # noqa: PLC0415
+    from sockferry.ferry.server import FerryServerConfig  # noqa: PLC0415
     from sockferry.ferry.tokens import server_token  # noqa: PLC0415
 
     options = ServerOptions.from_args(args, socket.SOCK_STREAM)
@@ -522,7 +522,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     # Socket activation: the unit's sockets, and --listen only if given.
     default = [] if options.activated else [f"localhost:{DEFAULT_PORT}"]
     addresses = [parse_address(a, DEFAULT_PORT) for a in args.listen or default]
-    config = ServerConfig(token=token, umask=args.umask, clobber=not args.no_clobber,
+    config = FerryServerConfig(token=token, umask=args.umask, clobber=not args.no_clobber,
                           max_connections=args.max_connections,
                           max_startups=args.max_startups,
                           max_startups_per_source=args.max_startups_per_source,
@@ -600,7 +600,7 @@ def raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _serve(root: str, addresses: list[Address], config: ServerConfig,
+async def _serve(root: str, addresses: list[Address], config: FerryServerConfig,
                  grace_s: float, sctp: _SctpListen | None, options: ServerOptions) -> int:
     from sockferry.api import start_server  # noqa: PLC0415 - see run_serve
 

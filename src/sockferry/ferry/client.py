@@ -76,7 +76,7 @@ class ResumeReport:
 class _Pending:
     """One request in flight: its future, and for GET the file being received."""
 
-    kind: s.Kind
+    kind: s.RequestKind
     future: asyncio.Future[object]
     local_path: str = ""
     keep_mtime: bool = False
@@ -247,7 +247,7 @@ class FerryClient:
                     self._on_entries(event)
                 case s.FileStarted():
                     self._on_file_started(event)
-                case s.DataReceived():
+                case s.BodyReceived():
                     self._on_body(event.request, event.data)
                 case s.HoleReceived():
                     self._on_body(event.request, event.length)
@@ -408,7 +408,8 @@ class FerryClient:
             self._slot_freed.clear()
             await self._slot_freed.wait()
 
-    def _track(self, request: int, kind: s.Kind, **details: object) -> asyncio.Future[object]:
+    def _track(self, request: int, kind: s.RequestKind,
+               **details: object) -> asyncio.Future[object]:
         future: asyncio.Future[object] = self._loop.create_future()
         self._pending[request] = _Pending(kind, future, **details)  # type: ignore[arg-type]
         return future
@@ -439,7 +440,7 @@ class FerryClient:
     async def start_stat(self, path: str) -> asyncio.Future[object]:
         """Ask for one path's entry and return at once: the future gives ``[Entry]``."""
         await self._slot()
-        future = self._track(self.session.stat(path), s.Kind.STAT)
+        future = self._track(self.session.stat(path), s.RequestKind.STAT)
         await self._flush()
         return future
 
@@ -453,13 +454,13 @@ class FerryClient:
         """Ask for a listing and return at once: its future gives the ``list[Entry]``
         (the caller may work meanwhile while the server walks its tree)."""
         await self._slot()
-        future = self._track(self.session.list(path, recursive), s.Kind.LIST)
+        future = self._track(self.session.list(path, recursive), s.RequestKind.LIST)
         await self._flush()
         return future
 
     async def start_mkdir(self, path: str, mode: int) -> asyncio.Future[object]:
         await self._slot()
-        future = self._track(self.session.mkdir(path, mode), s.Kind.MKDIR)
+        future = self._track(self.session.mkdir(path, mode), s.RequestKind.MKDIR)
         await self._flush()
         return future
 
@@ -473,7 +474,7 @@ class FerryClient:
         """Remove the remote ``path``: a non-directory (a link itself), or with
         ``directory`` an empty directory; needs ``can_sync``."""
         await self._slot()
-        future = self._track(self.session.delete(path, directory), s.Kind.DELETE)
+        future = self._track(self.session.delete(path, directory), s.RequestKind.DELETE)
         await self._gathered()
         return future
 
@@ -486,14 +487,14 @@ class FerryClient:
         """Make the remote ``path`` a link to ``target`` (relative, inside the root);
         needs ``can_link``."""
         await self._slot()
-        future = self._track(self.session.symlink(path, target), s.Kind.SYMLINK)
+        future = self._track(self.session.symlink(path, target), s.RequestKind.SYMLINK)
         await self._gathered()
         return future
 
     async def start_readlink(self, path: str) -> asyncio.Future[object]:
         """Where the remote link ``path`` points (a ``str``); needs ``can_link``."""
         await self._slot()
-        future = self._track(self.session.readlink(path), s.Kind.READLINK)
+        future = self._track(self.session.readlink(path), s.RequestKind.READLINK)
         await self._gathered()
         return future
 
@@ -501,14 +502,14 @@ class FerryClient:
         """The remote file's (size, digest) in the connection's digest; needs
         ``can_sync``."""
         await self._slot()
-        future = self._track(self.session.checksum(path), s.Kind.CHECKSUM)
+        future = self._track(self.session.checksum(path), s.RequestKind.CHECKSUM)
         await self._gathered()
         return future
 
     async def start_get(self, remote: str, local: str, *, keep_mtime: bool = False,
                         progress: Progress | None = None) -> asyncio.Future[object]:
         await self._slot()
-        future = self._track(self.session.get(remote), s.Kind.GET, local_path=local,
+        future = self._track(self.session.get(remote), s.RequestKind.GET, local_path=local,
                              keep_mtime=keep_mtime, umask=self._umask, progress=progress)
         await self._gathered()
         return future
@@ -531,7 +532,7 @@ class FerryClient:
                 return future
             request = self.session.put(remote, st.st_size, stat_module.S_IMODE(st.st_mode),
                                        st.st_mtime_ns, keep_mtime)
-            future = self._track(request, s.Kind.PUT)
+            future = self._track(request, s.RequestKind.PUT)
             sparse = bool(self.session.features & m.Feature.SPARSE) and is_sparse(st)
             await self._send_upload(request, local, future, lambda refused: send_body(
                 self.session, self.stream, request, fd, st.st_size, sparse, refused,
@@ -552,7 +553,7 @@ class FerryClient:
         needs ``can_stream``.  The future settles with the size once it is committed."""
         await self._slot()
         request = self.session.put_streamed(remote, 0o666 & ~self._umask, time.time_ns())
-        future = self._track(request, s.Kind.PUT)
+        future = self._track(request, s.RequestKind.PUT)
         await self._send_upload(request, shown, future, lambda refused: send_stream(
             self.session, self.stream, request, fd, shown, refused, progress))
         return future
@@ -608,7 +609,7 @@ class FerryClient:
         digest = digests.digest_of(data, self.session.digest_feature)
         request = self.session.put_inline(remote, data, stat_module.S_IMODE(st.st_mode),
                                           st.st_mtime_ns, keep_mtime, digest)
-        return self._track(request, s.Kind.PUT)
+        return self._track(request, s.RequestKind.PUT)
 
     # -- resume (docs/protocol.md §5.1) ---------------------------------------------------
 
@@ -619,7 +620,7 @@ class FerryClient:
     async def partial(self, path: str) -> tuple[int, bytes]:
         """PARTIAL: how many bytes the server keeps towards ``path``, and their digest."""
         await self._slot()
-        future = self._track(self.session.partial(path), s.Kind.PARTIAL)
+        future = self._track(self.session.partial(path), s.RequestKind.PARTIAL)
         await self._flush()
         result = await future
         assert isinstance(result, tuple)
@@ -649,7 +650,7 @@ class FerryClient:
             else:
                 request = self.session.put(remote, st.st_size, mode, st.st_mtime_ns,
                                            keep_mtime, resumable=True)
-            future = self._track(request, s.Kind.PUT)
+            future = self._track(request, s.RequestKind.PUT)
             if hasher is not None:
                 if progress:
                     progress(report.offset)
@@ -714,7 +715,7 @@ class FerryClient:
         except BaseException:
             partial.abort()
             raise
-        future = self._track(request, s.Kind.GET, local_path=local, keep_mtime=keep_mtime,
+        future = self._track(request, s.RequestKind.GET, local_path=local, keep_mtime=keep_mtime,
                              umask=self._umask, progress=progress, sink=sink, prefix=prefix,
                              resume=report)
         await self._flush()

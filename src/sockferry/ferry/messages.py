@@ -198,14 +198,14 @@ class PutInline:
 
 @record
 class Data:
-    """A DATA frame's header; its body follows as ``DataChunk`` pieces."""
+    """A DATA frame's header; its body follows as ``BodyPiece`` pieces."""
 
     request: int
     length: int
 
 
 @record
-class DataChunk:
+class BodyPiece:
     """Part of a DATA body.  ``data`` may view the caller's buffer: use it at once."""
 
     request: int
@@ -375,7 +375,7 @@ class Error:
     message: str
 
 
-Message = (Hello | HelloReply | Auth | Put | PutInline | Data | DataChunk | Hole | Done
+Message = (Hello | HelloReply | Auth | Put | PutInline | Data | BodyPiece | Hole | Done
            | Cancel | Get | ListDir | Stat | Mkdir | Ok | FileHeader | Entries | Committed
            | Error | Partial | PutAt | Prefix | Delete | Checksum | Sum | Symlink
            | Readlink | Link)
@@ -750,7 +750,7 @@ class FrameParser:
     Control frames are decoded straight from the fed bytes when they arrived whole, and
     buffered (at most ``MAX_CONTROL_BODY``) when they are split across feeds.  DATA
     bodies are never buffered: they come out as ``Data`` (the header) then
-    ``DataChunk`` pieces that view the fed buffer, valid only until the next ``feed``.
+    ``BodyPiece`` pieces that view the fed buffer, valid only until the next ``feed``.
     """
 
     def __init__(self) -> None:
@@ -781,7 +781,7 @@ class FrameParser:
             if self._data_left:
                 take = min(self._data_left, end - pos)
                 self._data_left -= take
-                yield DataChunk(self._data_request, view[pos : pos + take])
+                yield BodyPiece(self._data_request, view[pos : pos + take])
                 pos += take
                 continue
             if self._buffer or end - pos < HEADER.size:

@@ -98,7 +98,7 @@ MAX_UNSENT = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class ServerConfig:
+class FerryServerConfig:
     token: bytes
     umask: int = DEFAULT_UMASK
     clobber: bool = True
@@ -156,7 +156,7 @@ class Verified:
 class FerryServer:
     """Listens, accepts, and runs one ``Connection`` per client."""
 
-    def __init__(self, root_path: str, config: ServerConfig) -> None:
+    def __init__(self, root_path: str, config: FerryServerConfig) -> None:
         self.root = Root(root_path)
         self.config = config
         self._listeners: list[socket.socket] = []
@@ -1046,7 +1046,7 @@ class Connection:
         for open_request, state in self.session.requests.items():
             if open_request == request:
                 return False
-            if state.kind is s.Kind.PUT and state.phase is not s.Phase.DISCARDING:
+            if state.kind is s.RequestKind.PUT and state.phase is not s.Phase.DISCARDING:
                 return True
         return False
 
@@ -1280,7 +1280,7 @@ _HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
     s.ClientAuthenticated: Connection._on_authenticated,
     s.PutRequested: Connection._on_put,
     s.SmallFileReceived: Connection._on_small_file,
-    s.DataReceived: lambda c, e: c._on_body(e.request, e.data),
+    s.BodyReceived: lambda c, e: c._on_body(e.request, e.data),
     s.HoleReceived: lambda c, e: c._on_body(e.request, e.length),
     s.PutFinished: Connection._on_put_finished,
     s.RequestCancelled: lambda c, e: c._on_cancel(e.request),

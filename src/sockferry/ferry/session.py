@@ -53,7 +53,7 @@ class Phase(Enum):
     SERVING = auto()  # server: working on GET/LIST/STAT/MKDIR
 
 
-class Kind(Enum):
+class RequestKind(Enum):
     PUT = auto()
     GET = auto()
     LIST = auto()
@@ -67,8 +67,8 @@ class Kind(Enum):
 
 
 @mutable_record
-class Request:
-    kind: Kind
+class RequestState:
+    kind: RequestKind
     phase: Phase
     size: int = 0  # bytes the DATA frames must total
     done: int = 0  # bytes so far
@@ -124,7 +124,7 @@ class SmallFileReceived:
 
 
 @record
-class DataReceived:
+class BodyReceived:
     """File bytes; ``data`` may view the fed buffer: consume before the next feed."""
 
     request: int
@@ -300,7 +300,7 @@ class InputEnded:
 
 
 Event = (ClientAuthenticated | ServerVerified | PutRequested | SmallFileReceived
-         | DataReceived | HoleReceived
+         | BodyReceived | HoleReceived
          | PutFinished
          | RequestCancelled | GetRequested | ListRequested | StatRequested | MkdirRequested
          | PutCommitted | MkdirDone | FileStarted | FileFinished | EntriesReceived
@@ -345,7 +345,7 @@ class _Session:
         self._out: list[bytes | memoryview] = []
         self.unsent = 0  # bytes in ``_out``: drivers gather small frames up to a limit
         self._events: deque[Event] = deque()
-        self.requests: dict[int, Request] = {}
+        self.requests: dict[int, RequestState] = {}
         self.state = ConnState.READY
         self.features = 0
         self.inline = False  # INLINE agreed (checked once per small file: a plain bool)
@@ -410,7 +410,7 @@ class _Session:
                 code=m.ErrorCode.BAD_REQUEST)
         getattr(self, handler)(message)
 
-    def _request(self, request: int, *phases: Phase) -> Request:
+    def _request(self, request: int, *phases: Phase) -> RequestState:
         state = self.requests.get(request)
         if state is None or state.phase not in phases:
             where = "unknown request" if state is None else f"request in {state.phase.name}"
@@ -418,13 +418,13 @@ class _Session:
                                       code=m.ErrorCode.BAD_REQUEST)
         return state
 
-    def _local(self, request: int, *phases: Phase) -> Request:
+    def _local(self, request: int, *phases: Phase) -> RequestState:
         state = self.requests.get(request)
         if state is None or state.phase not in phases:
             raise LocalProtocolError(f"request {request} is not in {[p.name for p in phases]}")
         return state
 
-    def _start_data(self, state: Request, message: m.Data) -> None:
+    def _start_data(self, state: RequestState, message: m.Data) -> None:
         if message.length > state.left:
             raise RemoteProtocolError(
                 f"request {message.request} sent more data than the {state.size} bytes "
@@ -434,11 +434,11 @@ class _Session:
         state = self._request(message.request, Phase.RECEIVING, Phase.DISCARDING)
         self._start_data(state, message)
 
-    def _on_chunk(self, message: m.DataChunk) -> None:
+    def _on_chunk(self, message: m.BodyPiece) -> None:
         state = self.requests[message.request]
         state.done += len(message.data)
         if state.phase is Phase.RECEIVING:
-            self._events.append(DataReceived(message.request, message.data))
+            self._events.append(BodyReceived(message.request, message.data))
 
     def body_pending(self) -> tuple[int, int] | None:
         """(request, bytes left) of a DATA body now arriving for a request being
@@ -461,7 +461,7 @@ class _Session:
         self._parser.skip_body(count)
         self.requests[request].done += count
 
-    def _check_complete(self, request: int, state: Request) -> None:
+    def _check_complete(self, request: int, state: RequestState) -> None:
         if state.phase is Phase.RECEIVING and state.left and not state.streamed:
             raise RemoteProtocolError(
                 f"request {request} ended after {state.done} of {state.size} bytes",
@@ -474,7 +474,7 @@ class _Session:
         self.state = ConnState.CLOSED
         self._events.append(InputEnded(tuple(self.requests)))
 
-    def _emit_data(self, request: int, state: Request, length: int) -> None:
+    def _emit_data(self, request: int, state: RequestState, length: int) -> None:
         if length <= 0 or length > state.left or length > m.MAX_DATA_BODY:
             raise LocalProtocolError(f"cannot send {length} bytes for request {request} "
                                      f"({state.left} left)")
@@ -482,7 +482,7 @@ class _Session:
         self._out.append(m.data_header(request, length))
         self.unsent += m.HEADER.size
 
-    def _emit_hole(self, request: int, state: Request, length: int) -> None:
+    def _emit_hole(self, request: int, state: RequestState, length: int) -> None:
         if not self.features & m.Feature.SPARSE:
             raise LocalProtocolError("HOLE frames need the SPARSE feature")
         if length <= 0 or length > state.left:
@@ -514,7 +514,7 @@ class ServerSession(_Session):
         (ConnState.READY, m.Put): "_on_put",
         (ConnState.READY, m.PutInline): "_on_put_inline",
         (ConnState.READY, m.Data): "_on_data",
-        (ConnState.READY, m.DataChunk): "_on_chunk",
+        (ConnState.READY, m.BodyPiece): "_on_chunk",
         (ConnState.READY, m.Hole): "_on_hole",
         (ConnState.READY, m.Done): "_on_done",
         (ConnState.READY, m.Cancel): "_on_cancel",
@@ -587,7 +587,7 @@ class ServerSession(_Session):
         self.state = ConnState.READY
         self._events.append(ClientAuthenticated(self._client_software, self.features))
 
-    def _open(self, request: int, state: Request) -> None:
+    def _open(self, request: int, state: RequestState) -> None:
         if request in self.requests:
             raise RemoteProtocolError(f"request id {request} is already in use",
                                       code=m.ErrorCode.BAD_REQUEST)
@@ -605,7 +605,7 @@ class ServerSession(_Session):
         if streamed:
             self._check_streamed(message, resumable)
         size = m.MAX_FILE_SIZE if streamed else message.size
-        self._open(message.request, Request(Kind.PUT, Phase.RECEIVING, size=size,
+        self._open(message.request, RequestState(RequestKind.PUT, Phase.RECEIVING, size=size,
                                             streamed=streamed))
         self._events.append(PutRequested(message.request, message.path, message.size,
                                          message.mode, message.mtime_ns,
@@ -622,7 +622,7 @@ class ServerSession(_Session):
 
     def _on_put_at(self, message: m.PutAt) -> None:
         _need_resume(self.features, "PUT_AT")
-        self._open(message.request, Request(Kind.PUT, Phase.RECEIVING,
+        self._open(message.request, RequestState(RequestKind.PUT, Phase.RECEIVING,
                                             size=message.size - message.offset))
         self._events.append(PutRequested(message.request, message.path, message.size,
                                          message.mode, message.mtime_ns,
@@ -631,7 +631,7 @@ class ServerSession(_Session):
 
     def _on_partial(self, message: m.Partial) -> None:
         _need_resume(self.features, "PARTIAL")
-        self._open(message.request, Request(Kind.PARTIAL, Phase.SERVING))
+        self._open(message.request, RequestState(RequestKind.PARTIAL, Phase.SERVING))
         self._events.append(PartialRequested(message.request, message.path))
 
     def _on_put_inline(self, message: m.PutInline) -> None:
@@ -639,7 +639,7 @@ class ServerSession(_Session):
             raise RemoteProtocolError("PUT_INLINE frame without the INLINE feature",
                                       code=m.ErrorCode.BAD_REQUEST)
         size = len(message.data)
-        self._open(message.request, Request(Kind.PUT, Phase.AWAIT_REPLY, size=size,
+        self._open(message.request, RequestState(RequestKind.PUT, Phase.AWAIT_REPLY, size=size,
                                             done=size))
         self._events.append(SmallFileReceived(
             message.request, message.path, message.mode, message.mtime_ns,
@@ -660,7 +660,7 @@ class ServerSession(_Session):
         if state is None:
             # A CANCEL may cross our final reply on the wire; that is not an error.
             return
-        if state.kind is Kind.PUT:
+        if state.kind is RequestKind.PUT:
             if state.phase is Phase.AWAIT_REPLY:
                 raise RemoteProtocolError(f"CANCEL after DONE for request {message.request}",
                                           code=m.ErrorCode.BAD_REQUEST)
@@ -677,42 +677,42 @@ class ServerSession(_Session):
     def _on_get(self, message: m.Get) -> None:
         if message.prefix_digest is not None:
             _need_resume(self.features, "GET with a prefix digest")
-        self._open(message.request, Request(Kind.GET, Phase.SERVING,
+        self._open(message.request, RequestState(RequestKind.GET, Phase.SERVING,
                                             offset=message.offset))
         self._events.append(GetRequested(message.request, message.path, message.offset,
                                          message.prefix_digest))
 
     def _on_list(self, message: m.ListDir) -> None:
-        self._open(message.request, Request(Kind.LIST, Phase.SERVING))
+        self._open(message.request, RequestState(RequestKind.LIST, Phase.SERVING))
         self._events.append(ListRequested(message.request, message.path,
                                           bool(message.flags & m.ListFlag.RECURSIVE)))
 
     def _on_stat(self, message: m.Stat) -> None:
-        self._open(message.request, Request(Kind.STAT, Phase.SERVING))
+        self._open(message.request, RequestState(RequestKind.STAT, Phase.SERVING))
         self._events.append(StatRequested(message.request, message.path))
 
     def _on_mkdir(self, message: m.Mkdir) -> None:
-        self._open(message.request, Request(Kind.MKDIR, Phase.SERVING))
+        self._open(message.request, RequestState(RequestKind.MKDIR, Phase.SERVING))
         self._events.append(MkdirRequested(message.request, message.path, message.mode))
 
     def _on_delete(self, message: m.Delete) -> None:
         _need(self.features, m.Feature.SYNC, "DELETE")
-        self._open(message.request, Request(Kind.DELETE, Phase.SERVING))
+        self._open(message.request, RequestState(RequestKind.DELETE, Phase.SERVING))
         self._events.append(DeleteRequested(message.request, message.path, message.directory))
 
     def _on_checksum(self, message: m.Checksum) -> None:
         _need(self.features, m.Feature.SYNC, "CHECKSUM")
-        self._open(message.request, Request(Kind.CHECKSUM, Phase.SERVING))
+        self._open(message.request, RequestState(RequestKind.CHECKSUM, Phase.SERVING))
         self._events.append(ChecksumRequested(message.request, message.path))
 
     def _on_symlink(self, message: m.Symlink) -> None:
         _need(self.features, m.Feature.LINKS, "SYMLINK")
-        self._open(message.request, Request(Kind.SYMLINK, Phase.SERVING))
+        self._open(message.request, RequestState(RequestKind.SYMLINK, Phase.SERVING))
         self._events.append(SymlinkRequested(message.request, message.path, message.target))
 
     def _on_readlink(self, message: m.Readlink) -> None:
         _need(self.features, m.Feature.LINKS, "READLINK")
-        self._open(message.request, Request(Kind.READLINK, Phase.SERVING))
+        self._open(message.request, RequestState(RequestKind.READLINK, Phase.SERVING))
         self._events.append(ReadlinkRequested(message.request, message.path))
 
     # -- answers ------------------------------------------------------------------------
@@ -742,7 +742,7 @@ class ServerSession(_Session):
     def link(self, request: int, target: str) -> None:
         """LINK: the answer to READLINK."""
         state = self._local(request, Phase.SERVING)
-        if state.kind is not Kind.READLINK:
+        if state.kind is not RequestKind.READLINK:
             raise LocalProtocolError("LINK answers READLINK only")
         self._emit(m.Link(request, target))
         del self.requests[request]
@@ -750,7 +750,7 @@ class ServerSession(_Session):
     def sum(self, request: int, size: int, digest: bytes) -> None:
         """SUM: the answer to CHECKSUM."""
         state = self._local(request, Phase.SERVING)
-        if state.kind is not Kind.CHECKSUM:
+        if state.kind is not RequestKind.CHECKSUM:
             raise LocalProtocolError("SUM answers CHECKSUM only")
         self._emit(m.Sum(request, size, digest))
         del self.requests[request]
@@ -758,7 +758,7 @@ class ServerSession(_Session):
     def entries(self, request: int, entries: list[Entry] | tuple[Entry, ...],
                 last: bool) -> None:
         state = self._local(request, Phase.SERVING)
-        if state.kind not in (Kind.LIST, Kind.STAT):
+        if state.kind not in (RequestKind.LIST, RequestKind.STAT):
             raise LocalProtocolError("ENTRIES answers LIST and STAT only")
         self._emit(m.Entries(request, tuple(entries), last))
         if last:
@@ -766,7 +766,7 @@ class ServerSession(_Session):
 
     def file_header(self, request: int, size: int, mode: int, mtime_ns: int) -> None:
         state = self._local(request, Phase.SERVING)
-        if state.kind is not Kind.GET:
+        if state.kind is not RequestKind.GET:
             raise LocalProtocolError("FILE answers GET only")
         state.phase, state.size = Phase.SENDING, size
         self._emit(m.FileHeader(request, size, mode, mtime_ns))
@@ -775,7 +775,7 @@ class ServerSession(_Session):
                             mtime_ns: int) -> None:
         """FILE with RESUMED: the prefix matched, the body is the file from the offset."""
         state = self._local(request, Phase.SERVING)
-        if state.kind is not Kind.GET or not state.offset or state.offset > size:
+        if state.kind is not RequestKind.GET or not state.offset or state.offset > size:
             raise LocalProtocolError("a resumed FILE answers a GET with an offset within "
                                      "the file")
         state.phase, state.size = Phase.SENDING, size - state.offset
@@ -784,7 +784,7 @@ class ServerSession(_Session):
     def prefix(self, request: int, length: int, digest: bytes) -> None:
         """PREFIX: the answer to PARTIAL."""
         state = self._local(request, Phase.SERVING)
-        if state.kind is not Kind.PARTIAL:
+        if state.kind is not RequestKind.PARTIAL:
             raise LocalProtocolError("PREFIX answers PARTIAL only")
         self._emit(m.Prefix(request, length, digest))
         del self.requests[request]
@@ -824,7 +824,7 @@ class ClientSession(_Session):
         (ConnState.READY, m.Ok): "_on_ok",
         (ConnState.READY, m.FileHeader): "_on_file",
         (ConnState.READY, m.Data): "_on_data",
-        (ConnState.READY, m.DataChunk): "_on_chunk",
+        (ConnState.READY, m.BodyPiece): "_on_chunk",
         (ConnState.READY, m.Hole): "_on_hole",
         (ConnState.READY, m.Done): "_on_done",
         (ConnState.READY, m.Entries): "_on_entries",
@@ -884,7 +884,7 @@ class ClientSession(_Session):
     def window_open(self) -> bool:
         return len(self.requests) < self.max_requests
 
-    def _new_request(self, state: Request) -> int:
+    def _new_request(self, state: RequestState) -> int:
         if self.state is not ConnState.READY:
             raise LocalProtocolError(f"cannot send requests in state {self.state.name}")
         if not self.window_open:
@@ -898,7 +898,7 @@ class ClientSession(_Session):
 
     def put(self, path: str, size: int, mode: int, mtime_ns: int, keep_mtime: bool,
             resumable: bool = False) -> int:
-        request = self._new_request(Request(Kind.PUT, Phase.SENDING, size=size))
+        request = self._new_request(RequestState(RequestKind.PUT, Phase.SENDING, size=size))
         flags = m.PutFlag.KEEP_MTIME if keep_mtime else m.PutFlag.NONE
         if resumable:
             self._local_resume("a resumable PUT")
@@ -914,8 +914,8 @@ class ClientSession(_Session):
         """A PUT whose length is known only at ``done`` (§5.2; needs STREAM)."""
         if not self.can_stream:
             raise LocalProtocolError("a streamed PUT needs the STREAM feature")
-        request = self._new_request(Request(Kind.PUT, Phase.SENDING, size=m.MAX_FILE_SIZE,
-                                            streamed=True))
+        request = self._new_request(RequestState(RequestKind.PUT, Phase.SENDING,
+                                                 size=m.MAX_FILE_SIZE, streamed=True))
         self._emit(m.Put(request, path, 0, mode, mtime_ns, m.PutFlag.STREAMED))
         return request
 
@@ -926,7 +926,7 @@ class ClientSession(_Session):
             raise LocalProtocolError("PUT_INLINE needs the INLINE feature")
         if not m.inline_fits(path, len(data)):
             raise LocalProtocolError(f"{len(data)} bytes do not fit a PUT_INLINE frame")
-        request = self._new_request(Request(Kind.PUT, Phase.AWAIT_REPLY, size=len(data),
+        request = self._new_request(RequestState(RequestKind.PUT, Phase.AWAIT_REPLY, size=len(data),
                                             done=len(data)))
         flags = m.PutFlag.KEEP_MTIME if keep_mtime else m.PutFlag.NONE
         frame = m.encode_put_inline(request, path, mode, mtime_ns, data, digest, flags)
@@ -943,7 +943,8 @@ class ClientSession(_Session):
         self._local_resume("PUT_AT")
         if not 0 <= offset <= size:
             raise LocalProtocolError(f"offset {offset} is beyond the size {size}")
-        request = self._new_request(Request(Kind.PUT, Phase.SENDING, size=size - offset))
+        request = self._new_request(RequestState(RequestKind.PUT, Phase.SENDING,
+                                                 size=size - offset))
         flags = m.PutFlag.KEEP_MTIME if keep_mtime else m.PutFlag.NONE
         self._emit(m.PutAt(request, path, offset, size, mode, mtime_ns, flags))
         return request
@@ -951,7 +952,7 @@ class ClientSession(_Session):
     def partial(self, path: str) -> int:
         """PARTIAL: ask what the server keeps towards ``path``."""
         self._local_resume("PARTIAL")
-        request = self._new_request(Request(Kind.PARTIAL, Phase.AWAIT_REPLY))
+        request = self._new_request(RequestState(RequestKind.PARTIAL, Phase.AWAIT_REPLY))
         self._emit(m.Partial(request, path))
         return request
 
@@ -989,7 +990,7 @@ class ClientSession(_Session):
             return
         state.cancelled = True
         self._emit(m.Cancel(request))
-        if state.kind is Kind.PUT and state.phase is Phase.DISCARDING:
+        if state.kind is RequestKind.PUT and state.phase is Phase.DISCARDING:
             del self.requests[request]
 
     def get(self, path: str, offset: int = 0, prefix_digest: bytes | None = None) -> int:
@@ -998,24 +999,24 @@ class ClientSession(_Session):
             self._local_resume("a GET with a prefix digest")
             if offset <= 0:
                 raise LocalProtocolError("a prefix digest needs an offset of at least 1")
-        request = self._new_request(Request(Kind.GET, Phase.AWAIT_REPLY,
+        request = self._new_request(RequestState(RequestKind.GET, Phase.AWAIT_REPLY,
                                             offset=offset if prefix_digest else 0))
         self._emit(m.Get(request, path, offset, prefix_digest))
         return request
 
     def list(self, path: str, recursive: bool = False) -> int:
-        request = self._new_request(Request(Kind.LIST, Phase.AWAIT_REPLY))
+        request = self._new_request(RequestState(RequestKind.LIST, Phase.AWAIT_REPLY))
         flags = m.ListFlag.RECURSIVE if recursive else m.ListFlag.NONE
         self._emit(m.ListDir(request, path, flags))
         return request
 
     def stat(self, path: str) -> int:
-        request = self._new_request(Request(Kind.STAT, Phase.AWAIT_REPLY))
+        request = self._new_request(RequestState(RequestKind.STAT, Phase.AWAIT_REPLY))
         self._emit(m.Stat(request, path))
         return request
 
     def mkdir(self, path: str, mode: int) -> int:
-        request = self._new_request(Request(Kind.MKDIR, Phase.AWAIT_REPLY))
+        request = self._new_request(RequestState(RequestKind.MKDIR, Phase.AWAIT_REPLY))
         self._emit(m.Mkdir(request, path, mode))
         return request
 
@@ -1029,7 +1030,7 @@ class ClientSession(_Session):
     def delete(self, path: str, directory: bool = False) -> int:
         """DELETE (needs SYNC): a non-directory, or (``directory``) an empty directory."""
         self._local_feature(m.Feature.SYNC, "DELETE")
-        request = self._new_request(Request(Kind.DELETE, Phase.AWAIT_REPLY))
+        request = self._new_request(RequestState(RequestKind.DELETE, Phase.AWAIT_REPLY))
         self._emit(m.Delete(request, path, directory))
         return request
 
@@ -1040,28 +1041,28 @@ class ClientSession(_Session):
     def symlink(self, path: str, target: str) -> int:
         """SYMLINK (needs LINKS): make ``path`` a link to ``target``."""
         self._local_feature(m.Feature.LINKS, "SYMLINK")
-        request = self._new_request(Request(Kind.SYMLINK, Phase.AWAIT_REPLY))
+        request = self._new_request(RequestState(RequestKind.SYMLINK, Phase.AWAIT_REPLY))
         self._emit(m.Symlink(request, path, target))
         return request
 
     def readlink(self, path: str) -> int:
         """READLINK (needs LINKS): where the link at ``path`` points."""
         self._local_feature(m.Feature.LINKS, "READLINK")
-        request = self._new_request(Request(Kind.READLINK, Phase.AWAIT_REPLY))
+        request = self._new_request(RequestState(RequestKind.READLINK, Phase.AWAIT_REPLY))
         self._emit(m.Readlink(request, path))
         return request
 
     def checksum(self, path: str) -> int:
         """CHECKSUM (needs SYNC): ask for the size and digest of a file."""
         self._local_feature(m.Feature.SYNC, "CHECKSUM")
-        request = self._new_request(Request(Kind.CHECKSUM, Phase.AWAIT_REPLY))
+        request = self._new_request(RequestState(RequestKind.CHECKSUM, Phase.AWAIT_REPLY))
         self._emit(m.Checksum(request, path))
         return request
 
     def _local_feature(self, feature: m.Feature, what: str) -> None:
         if not self.features & feature:
             raise LocalProtocolError(f"{what} needs the {feature.name} feature")
-    def _expect(self, request: int, kind: Kind, *phases: Phase) -> Request:
+    def _expect(self, request: int, kind: RequestKind, *phases: Phase) -> RequestState:
         state = self._request(request, *phases)
         if state.kind is not kind:
             raise RemoteProtocolError(f"reply of the wrong kind for {state.kind.name} "
@@ -1069,7 +1070,7 @@ class ClientSession(_Session):
         return state
 
     def _on_committed(self, message: m.Committed) -> None:
-        state = self._expect(message.request, Kind.PUT, Phase.AWAIT_REPLY)
+        state = self._expect(message.request, RequestKind.PUT, Phase.AWAIT_REPLY)
         if state.streamed and message.size != state.done:
             raise RemoteProtocolError(
                 f"the server committed {message.size} bytes of the {state.done} streamed "
@@ -1087,17 +1088,17 @@ class ClientSession(_Session):
         self._events.append(answered(message.request))
 
     def _on_link(self, message: m.Link) -> None:
-        self._expect(message.request, Kind.READLINK, Phase.AWAIT_REPLY)
+        self._expect(message.request, RequestKind.READLINK, Phase.AWAIT_REPLY)
         del self.requests[message.request]
         self._events.append(LinkRead(message.request, message.target))
 
     def _on_sum(self, message: m.Sum) -> None:
-        self._expect(message.request, Kind.CHECKSUM, Phase.AWAIT_REPLY)
+        self._expect(message.request, RequestKind.CHECKSUM, Phase.AWAIT_REPLY)
         del self.requests[message.request]
         self._events.append(Summed(message.request, message.size, message.digest))
 
     def _on_file(self, message: m.FileHeader) -> None:
-        state = self._expect(message.request, Kind.GET, Phase.AWAIT_REPLY)
+        state = self._expect(message.request, RequestKind.GET, Phase.AWAIT_REPLY)
         offset = 0
         if message.resumed:
             if not state.offset or state.offset > message.size:
@@ -1110,22 +1111,22 @@ class ClientSession(_Session):
                                         message.mtime_ns, offset))
 
     def _on_prefix(self, message: m.Prefix) -> None:
-        self._expect(message.request, Kind.PARTIAL, Phase.AWAIT_REPLY)
+        self._expect(message.request, RequestKind.PARTIAL, Phase.AWAIT_REPLY)
         del self.requests[message.request]
         self._events.append(PrefixReceived(message.request, message.length, message.digest))
 
     def _on_done(self, message: m.Done) -> None:
-        state = self._expect(message.request, Kind.GET, Phase.RECEIVING)
+        state = self._expect(message.request, RequestKind.GET, Phase.RECEIVING)
         self._check_complete(message.request, state)
         del self.requests[message.request]
         self._events.append(FileFinished(message.request, message.digest))
 
     def _on_entries(self, message: m.Entries) -> None:
         state = self._request(message.request, Phase.AWAIT_REPLY)
-        if state.kind not in (Kind.LIST, Kind.STAT):
+        if state.kind not in (RequestKind.LIST, RequestKind.STAT):
             raise RemoteProtocolError(f"ENTRIES for {state.kind.name} request",
                                       code=m.ErrorCode.BAD_REQUEST)
-        if state.kind is Kind.STAT and (len(message.entries) != 1 or not message.last):
+        if state.kind is RequestKind.STAT and (len(message.entries) != 1 or not message.last):
             raise RemoteProtocolError("STAT must be answered with exactly one entry",
                                       code=m.ErrorCode.BAD_REQUEST)
         if message.last:
@@ -1141,7 +1142,7 @@ class ClientSession(_Session):
                               code=message.code)
         state = self._request(message.request, Phase.SENDING, Phase.AWAIT_REPLY,
                               Phase.RECEIVING)
-        if state.kind is Kind.PUT and state.phase is Phase.SENDING:
+        if state.kind is RequestKind.PUT and state.phase is Phase.SENDING:
             # Refused while we still send: the request lives until our DONE or CANCEL.
             state.phase = Phase.DISCARDING
             if state.cancelled:
@@ -1152,5 +1153,5 @@ class ClientSession(_Session):
 
 
 # The requests OK answers, and the event it makes of each on the client.
-_ANSWERED_OK: dict[Kind, type[MkdirDone | Deleted | Linked]] = {
-    Kind.MKDIR: MkdirDone, Kind.DELETE: Deleted, Kind.SYMLINK: Linked}
+_ANSWERED_OK: dict[RequestKind, type[MkdirDone | Deleted | Linked]] = {
+    RequestKind.MKDIR: MkdirDone, RequestKind.DELETE: Deleted, RequestKind.SYMLINK: Linked}
