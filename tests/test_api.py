@@ -156,6 +156,20 @@ def test_tls_with_a_pinned_fingerprint(tmp_path: Path) -> None:
     assert (served / "x.txt").read_bytes() == b"over TLS\n"
 
 
+def test_tls_options_that_contradict_are_usage_errors(tmp_path: Path) -> None:
+    """The library and the command line share one trust module: a certificate without
+    its key, or two ways of trusting a server at once, is a UsageError naming both."""
+    async def go() -> None:
+        with pytest.raises(sockferry.UsageError, match="certificate and its key"):
+            await sockferry.serve(tmp_path, "127.0.0.1", 0, token=TOKEN,
+                                  cert=str(tmp_path / "c.pem"))
+        with pytest.raises(sockferry.UsageError, match="CA and a fingerprint"):
+            await sockferry.connect("127.0.0.1", 9, token=TOKEN, ca=str(tmp_path / "ca"),
+                                    fingerprint="SHA256:" + "A" * 43)
+
+    run(go())
+
+
 def test_import_sockferry_stays_light() -> None:
     """``import sockferry`` loads none of the library until a name is used, and every
     name in __all__ resolves."""

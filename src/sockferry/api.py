@@ -26,11 +26,14 @@ from sockferry.ferry import DEFAULT_PORT
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.server import FerryServer, FerryServerConfig
 from sockferry.ferry.tokens import check_token, client_token, server_token
+from sockferry.ferry.trust import client_trust, server_identity
 from sockferry.library import ProgressCallback, Server, Transfer
 from sockferry.storage import DEFAULT_UMASK, Durability
 
 if TYPE_CHECKING:
     from sockferry.ferry.bodies import Progress
+    from sockferry.ferry.secure import ClientTLS
+    from sockferry.tls import ServerTLS
 
 __all__ = ["DEFAULT_PORT", "Client", "Connecting", "ProgressCallback", "Server", "Transfer",
            "connect", "serve", "start_server"]
@@ -193,21 +196,10 @@ def _client_secret(token: bytes | str | None, token_file: str | os.PathLike[str]
 
 
 def _client_trust(tls: bool, ca: str | None, fingerprint: str | None,
-                  known_hosts: str | os.PathLike[str] | None) -> Any:
+                  known_hosts: str | os.PathLike[str] | None) -> ClientTLS | None:
     if not (tls or ca or fingerprint):
         return None
-    if ca and fingerprint:
-        raise UsageError("ca and fingerprint are two ways to trust a server: give one")
-    # Here, not at the top: only TLS clients load the TLS code (and ``cryptography``).
-    from sockferry.ferry.secure import ClientTLS  # noqa: PLC0415
-    from sockferry.known_hosts import default_path  # noqa: PLC0415
-    from sockferry.tls import parse_fingerprint  # noqa: PLC0415
-
-    if fingerprint:
-        return ClientTLS(pin=parse_fingerprint(fingerprint))
-    if ca:
-        return ClientTLS(ca=ca)
-    return ClientTLS(known_hosts=Path(known_hosts) if known_hosts else default_path())
+    return client_trust(ca=ca, fingerprint=fingerprint, known_hosts=known_hosts)
 
 
 async def serve(root: str | os.PathLike[str], host: str = "localhost",
@@ -285,25 +277,11 @@ async def start_server(root: str | os.PathLike[str], addresses: Sequence[Address
 
 
 def _server_trust(tls: bool, cert: str | None, key: str | None,
-                  token_path: Path | None) -> tuple[Any, str | None]:
+                  token_path: Path | None) -> tuple[ServerTLS | None, str | None]:
     if not (tls or cert or key):
         return None, None
-    if bool(cert) != bool(key):
-        raise UsageError("cert and key go together: give both, or neither for a "
-                         "self-signed certificate")
-    from sockferry.tls import (  # noqa: PLC0415 - TLS servers only
-        ensure_certificate,
-        format_fingerprint,
-        server_tls,
-    )
+    from sockferry.tls import format_fingerprint  # noqa: PLC0415 - TLS servers only
 
-    if cert and key:
-        pair = (Path(cert), Path(key))
-    else:
-        if token_path is None:
-            raise UsageError("a self-signed certificate is kept beside the token file: "
-                             "give token_file, or cert and key")
-        made_cert, made_key, _created = ensure_certificate(token_path.parent)
-        pair = (made_cert, made_key)
-    context = server_tls(str(pair[0]), str(pair[1]))
-    return context, format_fingerprint(context.fingerprint)
+    identity = server_identity(cert=cert, key=key,
+                               self_signed_dir=token_path.parent if token_path else None)
+    return identity.tls, format_fingerprint(identity.tls.fingerprint)

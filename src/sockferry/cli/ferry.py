@@ -35,6 +35,7 @@ from sockferry.ferry import DEFAULT_PORT
 from sockferry.ferry.bodies import Progress
 from sockferry.ferry.client import NO_RESUME, FerryClient
 from sockferry.ferry.copying import Outcome, Reporter, SyncOptions, get_paths, send_paths
+from sockferry.ferry.trust import client_trust, server_identity
 from sockferry.records import record
 from sockferry.sctp import TRANSPORTS
 from sockferry.sockets import storage_error
@@ -464,17 +465,8 @@ def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
         raise UsageError("--tls runs over TCP only; drop --transport sctp or --tls")
     if args.ca and args.fingerprint:
         raise UsageError("--ca and --fingerprint are two ways to trust a server: give one")
-    # Here, not at the top: only TLS clients load the TLS code.
-    from sockferry.ferry.secure import ClientTLS  # noqa: PLC0415
-    from sockferry.known_hosts import default_path  # noqa: PLC0415
-    from sockferry.tls import parse_fingerprint  # noqa: PLC0415
-
-    if args.fingerprint:
-        return ClientTLS(pin=parse_fingerprint(args.fingerprint))
-    if args.ca:
-        return ClientTLS(ca=args.ca)
-    return ClientTLS(known_hosts=Path(args.known_hosts) if args.known_hosts
-                     else default_path())
+    return client_trust(ca=args.ca, fingerprint=args.fingerprint,
+                        known_hosts=args.known_hosts)
 
 
 @asynccontextmanager
@@ -564,25 +556,18 @@ def _server_tls(args: argparse.Namespace, token_path: Path,
     if bool(args.cert) != bool(args.key):
         raise UsageError("--cert and --key go together: give both, or neither for a "
                          "self-signed certificate")
-    from sockferry.tls import (  # noqa: PLC0415 - TLS servers only
-        ensure_certificate,
-        format_fingerprint,
-        format_hex,
-        server_tls,
-    )
+    from sockferry.tls import format_fingerprint, format_hex  # noqa: PLC0415 - TLS only
 
-    if args.cert:
-        cert, key = Path(args.cert), Path(args.key)
-    else:
-        cert, key, created = ensure_certificate(token_path.parent)
-        if created:
-            console.notice(f"created a self-signed TLS certificate {cert} and its key {key} "
-                           "(mode 0600)")
-    tls = server_tls(str(cert), str(key))
+    identity = server_identity(cert=args.cert, key=args.key,
+                               self_signed_dir=token_path.parent)
+    if identity.created:
+        console.notice(f"created a self-signed TLS certificate {identity.cert} and its key "
+                       f"{identity.key} (mode 0600)")
+    fingerprint = identity.tls.fingerprint
     log.info("TLS 1.3 only; certificate %s, SHA-256 fingerprint %s (%s) — clients pin it "
-             "with --fingerprint", cert, format_fingerprint(tls.fingerprint),
-             format_hex(tls.fingerprint))
-    return tls
+             "with --fingerprint", identity.cert, format_fingerprint(fingerprint),
+             format_hex(fingerprint))
+    return identity.tls
 
 
 @record
