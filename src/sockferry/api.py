@@ -253,7 +253,17 @@ async def start_server(root: str | os.PathLike[str], addresses: Sequence[Address
     ``sockferry serve`` both run): listening on ``addresses`` and the ``inherited``
     sockets (socket activation) over TCP or unix sockets, or with ``sctp_stack``
     (auto, kernel, udp) over SCTP associations, each file on a stream of its own."""
-    ferry = FerryServer(os.fspath(root), config)
+    return await run_ferry_server(FerryServer(os.fspath(root), config), addresses,
+                                  grace=grace, inherited=inherited, sctp_stack=sctp_stack,
+                                  udp_port=udp_port, fingerprint=fingerprint)
+
+
+async def run_ferry_server(ferry: FerryServer, addresses: Sequence[Address], *,
+                           grace: float = 10.0, inherited: Sequence[socket.socket] = (),
+                           sctp_stack: str | None = None, udp_port: int | None = None,
+                           fingerprint: str | None = None) -> Server:
+    """``start_server`` for a ``FerryServer`` already made (tests keep a handle on it to
+    look inside): listening over TCP and unix sockets, or over SCTP."""
     if sctp_stack is None:
         bound = await ferry.start(addresses, inherited)
         return Server(lambda: ferry.stop(grace), bound, fingerprint)

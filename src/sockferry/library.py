@@ -47,7 +47,8 @@ class Server:
         """The port of the first IP address (convenient after asking for port 0)."""
         for address in self.addresses:
             if not address.startswith("unix:"):
-                return int(address.rpartition(":")[2])
+                # "HOST:PORT", or "HOST:PORT (SCTP)" for an SCTP endpoint
+                return int(address.partition(" ")[0].rpartition(":")[2])
         raise UsageError("this server listens on unix sockets only")
 
     def is_serving(self) -> bool:

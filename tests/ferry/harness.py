@@ -17,15 +17,15 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sockferry.addresses import Address, HostPort, format_sockaddr
+from sockferry.addresses import Address, HostPort
+from sockferry.api import run_ferry_server
 from sockferry.cli import main
 from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.copying import send_paths
-from sockferry.ferry.over_sctp import open_sctp_server_endpoint, serve_sctp
 from sockferry.ferry.server import FerryServer, FerryServerConfig
-from sockferry.sctp.endpoint import Endpoint
+from sockferry.library import Server
 
 T = TypeVar("T")
 # Random-looking, as the token floor (tokens.MIN_TOKEN_BITS) requires.
@@ -60,8 +60,8 @@ class ServerThread:
         self.root = root
         self._addresses = list(addresses)
         self._sctp_stack = sctp_stack
-        self._endpoint: Endpoint | None = None
-        self._sctp_reader: asyncio.Task[None] | None = None
+        self._running: Server | None = None
+        self.grace_s = 2.0  # how long stop() lets connections in flight finish
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -88,20 +88,15 @@ class ServerThread:
             self.loop.close()
 
     async def _start(self, server: FerryServer) -> list[str]:
-        if self._sctp_stack is None:
-            return await server.start(self._addresses)
-        self._endpoint = await open_sctp_server_endpoint(self._addresses, self._sctp_stack,
-                                                         None)
-        self._sctp_reader = asyncio.get_running_loop().create_task(
-            serve_sctp(server, self._endpoint))
-        return [format_sockaddr(a) for a in self._endpoint.local_addresses]
+        self._running = await run_ferry_server(server, self._addresses,
+                                               grace=self.grace_s,
+                                               sctp_stack=self._sctp_stack)
+        return self._running.addresses
 
-    async def _stop(self, server: FerryServer, grace_s: float) -> None:
-        await server.stop(grace_s)
-        if self._sctp_reader is not None:
-            self._sctp_reader.cancel()
-        if self._endpoint is not None:
-            await self._endpoint.close()
+    async def _stop(self) -> None:
+        assert self._running is not None
+        self._running.close()
+        await self._running.wait_closed()
 
     @property
     def logs(self) -> list[str]:
@@ -120,10 +115,10 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def stop(self, grace_s: float = 2.0) -> None:
+    def stop(self) -> None:
         if self.server is None or not self._thread.is_alive():
             return
-        future = asyncio.run_coroutine_threadsafe(self._stop(self.server, grace_s), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self._stop(), self.loop)
         future.result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
@@ -131,7 +126,8 @@ class ServerThread:
 
     @property
     def port(self) -> int:
-        return int(self.addresses[0].rsplit(":", 1)[1])
+        assert self._running is not None
+        return self._running.port
 
     def connection_count(self) -> int:
         assert self.server is not None
