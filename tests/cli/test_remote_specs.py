@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sockferry.addresses import HostPort
-from sockferry.cli.ferry import Remote, parse_remote
+from sockferry.cli.remotes import Remote, parse_remote
 from sockferry.cli.runtime import ExitCode
 from sockferry.errors import UsageError
 from tests.ferry.harness import ServerThread, run_cli, write_token

@@ -56,6 +56,7 @@ def test_version_loads_no_command_module() -> None:
     assert under(modules, *NEVER_FOR_HELP, *TLS_MODULES, "logging") == []
     assert under(modules, "sockferry.ferry", "sockferry.sctp", "sockferry.tftp",
                  "sockferry.sockets", "sockferry.storage", "sockferry.cli.ferry",
+                 "sockferry.cli.ferry_client", "sockferry.cli.ferry_serve",
                  "sockferry.cli.tftp", "sockferry.cli.sctp", "sockferry.cli.probe") == []
 
 
@@ -69,7 +70,8 @@ def test_help_lists_every_command_and_loads_none() -> None:
         assert " ".join(summary.split()[:3]) in " ".join(out.split())
     assert under(modules, *NEVER_FOR_HELP) == []
     assert under(modules, "sockferry.ferry", "sockferry.sctp", "sockferry.tftp",
-                 "sockferry.cli.ferry", "sockferry.cli.tftp", "sockferry.cli.sctp") == []
+                 "sockferry.cli.ferry", "sockferry.cli.ferry_client",
+                 "sockferry.cli.ferry_serve", "sockferry.cli.tftp", "sockferry.cli.sctp") == []
 
 
 def test_send_help_loads_only_the_ferry_client_side() -> None:
@@ -88,7 +90,8 @@ def test_send_help_loads_only_the_ferry_client_side() -> None:
 def test_a_wrong_command_is_a_usage_error_without_loading_modules() -> None:
     code, out, modules = loaded_by("bogus")
     assert (code, out) == (2, "")
-    assert under(modules, "sockferry.cli.ferry", "sockferry.cli.tftp", "asyncio") == []
+    assert under(modules, "sockferry.cli.ferry", "sockferry.cli.ferry_client",
+                 "sockferry.cli.ferry_serve", "sockferry.cli.tftp", "asyncio") == []
 
 
 def test_summaries_are_the_modules_own_help() -> None:
