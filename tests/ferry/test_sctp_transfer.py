@@ -20,7 +20,7 @@ from sockferry.ferry.over_sctp import sctp_client
 from sockferry.storage import is_temporary_name
 from tests.conftest import require_program
 from tests.ferry.harness import TOKEN, ServerThread, run_cli, write_token
-from tests.sctp.relay import LossyRelay
+from tests.lossy import Impairment, LossyUdpRelay
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -83,7 +83,8 @@ def test_files_in_parallel_through_a_lossy_network(env: dict[str, Path], seed: i
     """5% of the datagrams lost each way: every file still arrives whole and verified."""
     files = make_files(env["src"], (300 * KiB,) * 6, seed=seed)
     with ServerThread(env["root"], sctp_stack="udp") as server, \
-            LossyRelay(("127.0.0.1", server.port), loss=0.05, seed=seed) as relay:
+            LossyUdpRelay(("127.0.0.1", server.port),
+                          Impairment(random.Random(seed), loss=0.05)) as relay:
         code, _out, err = run_cli("send", "--transport", "sctp", "--sctp-stack", "udp",
                                   "-P", str(server.port), "--udp-port", str(relay.port),
                                   "--token-file", str(env["token"]), *map(str, files),

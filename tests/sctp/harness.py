@@ -1,4 +1,4 @@
-"""Stacks joined by an in-memory link that drops, duplicates, reorders and delays.
+"""Stacks joined by an in-memory lossy link (tests/lossy.py).
 
 Time is virtual: when nothing is deliverable it jumps to the next delivery or deadline,
 so a test of minutes of protocol time runs in milliseconds and never sleeps.
@@ -6,7 +6,6 @@ so a test of minutes of protocol time runs in milliseconds and never sleeps.
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from sockferry.addresses import SockAddr
 from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import AssociationChange, AssocId, AssocState, Message
 from sockferry.sctp.stack import Stack
+from tests.lossy import LossyLink
 
 Filter = Callable[[bytes, SockAddr, SockAddr], bool]
 
@@ -37,49 +37,10 @@ class Node:
         return None
 
 
-@dataclass
-class LossyLink:
-    rng: random.Random
-    loss: float = 0.0
-    duplicate: float = 0.0
-    reorder: float = 0.0
-    delay_s: float = 0.01
-    # A test's own say on each datagram: False drops it.
-    keep: Filter | None = None
-    _queue: list[tuple[float, int, bytes, SockAddr, SockAddr]] = field(default_factory=list)
-    _seq: int = 0
-    sent: int = 0
-
-    def transmit(self, data: bytes, source: SockAddr, destination: SockAddr,
-                 now: float) -> None:
-        self.sent += 1
-        if self.keep is not None and not self.keep(data, source, destination):
-            return
-        if self.rng.random() < self.loss:
-            return
-        copies = 2 if self.rng.random() < self.duplicate else 1
-        for _ in range(copies):
-            extra = self.rng.uniform(0, 5 * self.delay_s) if self.rng.random() < self.reorder \
-                else 0.0
-            self._seq += 1
-            heapq.heappush(self._queue, (now + self.delay_s + extra, self._seq, data,
-                                         source, destination))
-
-    def next_delivery(self) -> float | None:
-        return self._queue[0][0] if self._queue else None
-
-    def due(self, now: float) -> list[tuple[bytes, SockAddr, SockAddr]]:
-        out = []
-        while self._queue and self._queue[0][0] <= now:
-            _, _, data, source, destination = heapq.heappop(self._queue)
-            out.append((data, source, destination))
-        return out
-
-
 class Network:
     """Nodes by address, a link between them, and a virtual clock."""
 
-    def __init__(self, link: LossyLink, seed: int = 1) -> None:
+    def __init__(self, link: LossyLink[SockAddr], seed: int = 1) -> None:
         self.link = link
         self.nodes: dict[tuple[str, int], Node] = {}
         self.now = 0.0
@@ -112,7 +73,7 @@ class Network:
         for node in list(self.nodes.values()):
             for data, destination in node.stack.datagrams_to_send():
                 assert isinstance(destination, tuple)
-                self.link.transmit(data, node.address, destination, self.now)
+                self.link.send(data, node.address, destination, self.now)
                 moved = True
             for event in node.stack.events():
                 moved = True
@@ -132,8 +93,9 @@ class Network:
 
     def _step(self, now: float) -> None:
         self.now = max(self.now, now)
-        for data, source, destination in self.link.due(self.now):
-            node = self.nodes.get(destination)  # type: ignore[call-overload]
+        while (datagram := self.link.pop_due(self.now)) is not None:
+            data, source, destination = datagram
+            node = self.nodes.get(destination)
             if node is not None:
                 node.stack.receive_datagram(data, source, self.now)
         for node in self.nodes.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,17 +12,18 @@ from hypothesis import strategies as st
 from sockferry.sctp import chunks as c
 from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import AssocState, StreamCounts
-from tests.sctp.harness import LossyLink, Network, Node
+from tests.lossy import LossyLink, lossy_link
+from tests.sctp.harness import Network, Node
 
 
-def pair(link: LossyLink | None = None, **kwargs: object) -> tuple[Network, Node, Node]:
-    net = Network(link or LossyLink(random.Random(0)))
+def pair(link: LossyLink[Any] | None = None, **kwargs: object) -> tuple[Network, Node, Node]:
+    net = Network(link or lossy_link(0))
     client = net.add("127.0.0.1", 5000, **kwargs)  # type: ignore[arg-type]
     server = net.add("127.0.0.2", 6000, **kwargs)  # type: ignore[arg-type]
     return net, client, server
 
 
-def established(link: LossyLink | None = None, **kwargs: object) -> tuple[Network, Node, Node]:
+def established(link: LossyLink[Any] | None = None, **kwargs: object) -> tuple[Network, Node, Node]:
     net, client, server = pair(link, **kwargs)
     net.connect(client, server)
     net.run(lambda: client.up() is not None and server.up() is not None)
@@ -29,7 +31,7 @@ def established(link: LossyLink | None = None, **kwargs: object) -> tuple[Networ
 
 
 def test_handshake_negotiates_streams() -> None:
-    net = Network(LossyLink(random.Random(0)))
+    net = Network(lossy_link(0))
     client = net.add("127.0.0.1", 5000, Config(streams=StreamCounts(5, 5)))
     server = net.add("127.0.0.2", 6000, Config(streams=StreamCounts(10, 3)))
     net.connect(client, server)
@@ -57,7 +59,7 @@ def test_messages_both_ways_with_streams_ppids_and_fragments() -> None:
     assert client.messages[0].assoc_id == cid
 
 
-def _exchange(link: LossyLink, count: int, seed: int) -> None:
+def _exchange(link: LossyLink[Any], count: int, seed: int) -> None:
     net, client, server = established(link)
     cid = client.up()
     assert cid is not None
@@ -83,7 +85,7 @@ def _exchange(link: LossyLink, count: int, seed: int) -> None:
        duplicate=st.sampled_from([0.0, 0.1]), reorder=st.sampled_from([0.0, 0.3]))
 def test_delivery_survives_a_bad_link(seed: int, loss: float, duplicate: float,
                                       reorder: float) -> None:
-    link = LossyLink(random.Random(seed), loss=loss, duplicate=duplicate, reorder=reorder)
+    link = lossy_link(seed, loss=loss, duplicate=duplicate, reorder=reorder)
     _exchange(link, 40, seed)
 
 
@@ -91,7 +93,7 @@ def test_association_fails_when_the_link_dies() -> None:
     net, client, server = established()
     cid = client.up()
     assert cid is not None
-    net.link.loss = 1.0
+    net.link.impairment.loss = 1.0
     client.stack.send(cid, b"into the void", stream=0, ppid=0, unordered=False, now=net.now)
     start = net.now
     net.run(lambda: AssocState.COMM_LOST in client.states()
@@ -133,7 +135,7 @@ def test_init_collision_gives_one_association_each() -> None:
 
 
 def test_graceful_shutdown_delivers_queued_data_first() -> None:
-    net, client, server = established(LossyLink(random.Random(3), loss=0.1))
+    net, client, server = established(lossy_link(3, loss=0.1))
     cid = client.up()
     assert cid is not None
     for index in range(20):
@@ -157,7 +159,7 @@ def test_abort_reaches_the_peer_with_its_reason() -> None:
 
 def test_unanswered_init_cannot_start() -> None:
     net, client, server = pair()
-    net.link.loss = 1.0
+    net.link.impairment.loss = 1.0
     net.connect(client, server)
     net.run(lambda: AssocState.CANT_STR_ASSOC in client.states(), max_time_s=5000)
     assert "INIT" in client.changes[-1].reason
@@ -166,7 +168,7 @@ def test_unanswered_init_cannot_start() -> None:
 @pytest.mark.parametrize("packet_size", [508, 1452, 65507])
 def test_packets_fit_the_path(packet_size: int) -> None:
     sizes: list[int] = []
-    link = LossyLink(random.Random(0), keep=lambda data, s, d: sizes.append(len(data)) or True)
+    link = lossy_link(0, keep=lambda data, s, d: sizes.append(len(data)) or True)
     net, client, server = established(link, packet_size=packet_size)
     cid = client.up()
     assert cid is not None
@@ -195,7 +197,8 @@ def test_a_lone_packet_is_acknowledged_after_the_delay() -> None:
     client.stack.send(cid, b"one", stream=0, ppid=0, unordered=False, now=net.now)
     net.run(lambda: any(_sacks(d) for _, d in seen))
     sack_time = next(t for t, d in seen if _sacks(d))
-    assert sack_time - start == pytest.approx(0.01 + 0.2)  # link delay + §6.2 delay
+    # link delay + §6.2 delay
+    assert sack_time - start == pytest.approx(net.link.impairment.delay_s + 0.2)
 
 
 def test_a_lost_packet_is_fast_retransmitted_before_the_timer() -> None:
@@ -224,7 +227,7 @@ def test_a_lost_packet_is_fast_retransmitted_before_the_timer() -> None:
 
 def test_duplicates_are_reported_in_the_sack() -> None:
     seen: list[bytes] = []
-    link = LossyLink(random.Random(0), duplicate=1.0)
+    link = lossy_link(0, duplicate=1.0)
     net, client, server = established(link)
     net.link.keep = lambda data, s, d: seen.append(data) or True
     cid = client.up()
@@ -266,7 +269,7 @@ def test_idle_association_sends_heartbeats_and_survives() -> None:
 
 def test_a_stale_cookie_is_asked_again_with_a_preservative() -> None:
     seen: list[c.Chunk] = []
-    net = Network(LossyLink(random.Random(0), delay_s=0.05,
+    net = Network(lossy_link(0, delay_s=0.05,
                             keep=lambda data, s, d: seen.extend(
                                 c.decode_packet(data).chunks) or True))
     client = net.add("127.0.0.1", 5000)
@@ -292,6 +295,6 @@ def test_slow_start_grows_cwnd_and_a_timeout_collapses_it() -> None:
         client.stack.send(cid, bytes(10_000), stream=0, ppid=0, unordered=False, now=net.now)
     net.run(lambda: len(server.messages) == 100)
     assert assoc._cwnd > 10 * initial
-    net.link.loss = 1.0
+    net.link.impairment.loss = 1.0
     client.stack.send(cid, bytes(10_000), stream=0, ppid=0, unordered=False, now=net.now)
     net.run(lambda: assoc._cwnd == assoc.max_packet_size)

@@ -11,7 +11,8 @@ from sockferry.sctp import chunks as c
 from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import AssociationChange, AssocState, StreamCounts
 from sockferry.sctp.stack import Stack
-from tests.sctp.harness import LossyLink, Network, Node
+from tests.lossy import lossy_link
+from tests.sctp.harness import Network, Node
 from tests.sctp.test_chunks import CHUNKS
 
 PEER = ("127.0.0.9", 7000)
@@ -148,7 +149,7 @@ def test_bad_checksum_and_garbage_are_dropped() -> None:
 
 
 def established(config: Config | None = None) -> tuple[Network, Node, Node]:
-    net = Network(LossyLink(random.Random(0)))
+    net = Network(lossy_link(0))
     client = net.add("127.0.0.1", 5000, config)
     srv = net.add("127.0.0.2", 6000, config)
     net.connect(client, srv)
@@ -242,7 +243,7 @@ def test_any_chunks_in_any_state_raise_nothing(cut: int, chunks: list[c.Chunk],
         passed.append(1)
         return len(passed) <= cut
 
-    net = Network(LossyLink(random.Random(0), keep=first_datagrams))
+    net = Network(lossy_link(0, keep=first_datagrams))
     client = net.add("127.0.0.1", 5000)
     srv = net.add("127.0.0.2", 6000)
     cid = net.connect(client, srv)

@@ -1,4 +1,4 @@
-"""Two TFTP cores joined by an in-memory link that drops, duplicates, reorders and delays.
+"""Two TFTP cores joined by an in-memory lossy link (tests/lossy.py).
 
 Time is virtual: when nothing is in flight the clock jumps to the earliest deadline or
 delivery, so a simulated minute of retransmissions costs milliseconds.  The harness plays
@@ -9,9 +9,8 @@ what receivers get.
 
 from __future__ import annotations
 
-import heapq
-import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from sockferry.tftp.options import ServerLimits, negotiate, requested_options
 from sockferry.tftp.packets import Opcode, Request, decode_packet
@@ -31,50 +30,12 @@ from sockferry.tftp.transfer import (
     TransferCompleted,
     TransferFailed,
 )
+from tests.lossy import LossyLink
 
 CLIENT: PeerAddress = ("client", 40000)
 SERVER_PORT: PeerAddress = ("server", 69)
 SERVER_TID: PeerAddress = ("server", 50000)
 CHUNK = 4096
-
-
-@dataclass
-class LossyLink:
-    """Datagrams in flight, each with its delivery time."""
-
-    rng: random.Random
-    loss: float = 0.0
-    duplicate: float = 0.0
-    reorder: float = 0.0
-    delay_s: float = 0.001
-    jitter_s: float = 0.0005
-    sent: int = 0
-    _last_at: dict[tuple[PeerAddress, PeerAddress], float] = field(default_factory=dict)
-    _queue: list[tuple[float, int, bytes, PeerAddress, PeerAddress]] = field(
-        default_factory=list)
-
-    def send(self, data: bytes, src: PeerAddress, dst: PeerAddress, now: float) -> None:
-        self.sent += 1
-        copies = 2 if self.rng.random() < self.duplicate else 1
-        for _ in range(copies):
-            if self.rng.random() < self.loss:
-                continue
-            at = now + self.delay_s + self.rng.random() * self.jitter_s
-            if self.rng.random() < self.reorder:
-                at += self.delay_s * 3  # overtaken by the next few packets
-            else:  # jitter alone keeps a path's order, as real links do
-                at = max(at, self._last_at.get((src, dst), 0.0))
-                self._last_at[(src, dst)] = at
-            heapq.heappush(self._queue, (at, self.sent * 4 + copies, data, src, dst))
-
-    def next_delivery(self) -> float | None:
-        return self._queue[0][0] if self._queue else None
-
-    def pop_due(self, now: float) -> tuple[bytes, PeerAddress, PeerAddress] | None:
-        if self._queue and self._queue[0][0] <= now:
-            _, _, data, src, dst = heapq.heappop(self._queue)
-            return data, src, dst
-        return None
 
 
 # The server's transfers keep the anti-amplification rule, but expire only after the
@@ -118,7 +79,7 @@ class Endpoint:
 class Session:
     """A client and the server-side transfer it starts, on one link."""
 
-    link: LossyLink
+    link: LossyLink[Any]
     client: Endpoint
     server_file: bytes
     limits: ServerLimits
@@ -218,7 +179,7 @@ def one_step(core: Transfer, data: bytes, now: float) -> bytes | None:
     return reply
 
 
-def session(*, read: bool, payload: bytes, link: LossyLink, blksize: int = 512,
+def session(*, read: bool, payload: bytes, link: LossyLink[Any], blksize: int = 512,
             windowsize: int = 1, mode: str = "octet", tsize: bool = True,
             timing: Timing | None = None, limits: ServerLimits | None = None) -> Session:
     """A client request ready to run: RRQ fetching ``payload`` or WRQ sending it."""

@@ -4,6 +4,7 @@ single rules fed by hand."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -41,11 +42,11 @@ from sockferry.tftp.transfer import (
     TransferFailed,
     absolute_block,
 )
+from tests.lossy import LossyLink, lossy_link
 from tests.tftp.memlink import (
     CLIENT,
     SERVER_PORT,
     SERVER_TID,
-    LossyLink,
     one_step,
     received_by_receiver,
     session,
@@ -60,7 +61,7 @@ def payload_of(size: int, seed: int = 0) -> bytes:
     return bytes(rng.choice(b"ab\r\n\0xyz") for _ in range(size))
 
 
-def run_and_check(*, read: bool, payload: bytes, link: LossyLink,
+def run_and_check(*, read: bool, payload: bytes, link: LossyLink[Any],
                   final_ack_may_be_lost: bool = False, one_step_expected: bool = True,
                   **kwargs: object) -> None:
     s = session(read=read, payload=payload, link=link, **kwargs)  # type: ignore[arg-type]
@@ -90,7 +91,7 @@ def run_and_check(*, read: bool, payload: bytes, link: LossyLink,
 def test_matrix_over_a_bad_link(read: bool, mode: str, blksize: int, windowsize: int,
                                 size: int) -> None:
     for seed in range(3):
-        link = LossyLink(random.Random(seed), loss=0.1, duplicate=0.05, reorder=0.05)
+        link = lossy_link(seed, loss=0.1, duplicate=0.05, reorder=0.05)
         run_and_check(read=read, payload=payload_of(size, seed), link=link, blksize=blksize,
                       windowsize=windowsize, mode=mode)
 
@@ -102,7 +103,7 @@ def test_matrix_over_a_bad_link(read: bool, mode: str, blksize: int, windowsize:
 def test_survives_loss_duplication_and_reordering(*, seed: int, loss: float, read: bool,
                                                   windowsize: int, size: int,
                                                   mode: str) -> None:
-    link = LossyLink(random.Random(seed), loss=loss, duplicate=0.05, reorder=0.1)
+    link = lossy_link(seed, loss=loss, duplicate=0.05, reorder=0.1)
     run_and_check(read=read, payload=payload_of(size, seed), link=link, blksize=512,
                   windowsize=windowsize, mode=mode, timing=Timing(timeout_s=2.0, retries=30),
                   # At 10 % loss too, both final ACKs a receiver sends while it dallies
@@ -117,7 +118,7 @@ def test_survives_loss_duplication_and_reordering(*, seed: int, loss: float, rea
 def test_one_block_past_the_rollover(read: bool) -> None:
     # 65536 full blocks of 8 bytes and one more: block numbers wrap from 65535 to 0.
     payload = payload_of(65536 * 8 + 1)
-    link = LossyLink(random.Random(7), loss=0.002)
+    link = lossy_link(7, loss=0.002)
     run_and_check(read=read, payload=payload, link=link, blksize=8, windowsize=16)
 
 
@@ -384,7 +385,7 @@ def test_request_repeated_until_the_server_answers() -> None:
 
 
 def test_server_limits_are_respected_end_to_end() -> None:
-    s = session(read=True, payload=b"k" * 5000, link=LossyLink(random.Random(1)),
+    s = session(read=True, payload=b"k" * 5000, link=lossy_link(1),
                 blksize=4096, windowsize=64,
                 limits=ServerLimits(blksize_max=1024, windowsize_max=4))
     s.run()

@@ -21,7 +21,8 @@ from sockferry.tftp.packets import (
 )
 from sockferry.tftp.server import ServerConfig, UploadPolicy
 from sockferry.tftp.transfer import Timing
-from tests.tftp.udp_helpers import LossyProxy, running_server
+from tests.lossy import Impairment, LossyUdpRelay
+from tests.tftp.udp_helpers import running_server
 
 SIZES = [0, 511, 512, 513, 100_000]
 
@@ -91,17 +92,14 @@ def test_through_a_lossy_proxy(tmp_path: Path, seed: int, windowsize: int) -> No
 
     async def go() -> None:
         async with running_server(config(tmp_path, timing=timing)) as (_, port):
-            proxy = LossyProxy(("127.0.0.1", port), random.Random(seed), loss=0.05,
-                               duplicate=0.03, reorder=0.05)
-            proxy.start()
-            try:
+            with LossyUdpRelay(("127.0.0.1", port),
+                               Impairment(random.Random(seed), loss=0.05, duplicate=0.03,
+                                          reorder=0.05, delay_s=0.0005)) as proxy:
                 via = HostPort("127.0.0.1", proxy.port)
                 result = await download(via, "src", str(tmp_path / "dst"), options)
                 assert (tmp_path / "dst").read_bytes() == data
                 await upload(str(tmp_path / "up"), via, "upped", options)
                 assert (tmp_path / "upped").read_bytes() == data[::-1]
-            finally:
-                proxy.close()
             assert proxy.dropped > 0, "the proxy should have lost something"
             assert result.error is None
 

@@ -1,20 +1,13 @@
-"""Real-socket helpers: a server in this loop or in a thread, and a lossy UDP proxy.
-
-The proxy stands between a TFTP client and server the way a NAT would: every address
-on one side gets its own socket on the other, so the client still sees a fresh port
-(the server's TID) answer its request.  Datagrams crossing it are dropped, duplicated,
-delayed and reordered by a seeded random generator.
-"""
+"""Real-socket helpers: a server in this loop or in a thread (the lossy UDP relay
+between them is tests/lossy.py's)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from sockferry.addresses import HostPort
@@ -73,89 +66,3 @@ def server_thread(config: ServerConfig, host: str = "127.0.0.1",
     finally:
         state["loop"].call_soon_threadsafe(state["stop"].set)
         thread.join(10)
-
-
-@dataclass
-class LossyProxy:
-    """A seeded lossy NAT between clients and one server address."""
-
-    server: Addr
-    rng: random.Random
-    loss: float = 0.0
-    duplicate: float = 0.0
-    reorder: float = 0.0
-    delay_s: float = 0.0005
-    forwarded: int = 0
-    dropped: int = 0
-    _loop: asyncio.AbstractEventLoop | None = None
-    _front: socket.socket | None = None
-    _back: dict[Addr, socket.socket] = field(default_factory=dict)        # client -> back
-    _fronts: dict[tuple[Addr, Addr], socket.socket] = field(default_factory=dict)
-    _sockets: list[socket.socket] = field(default_factory=list)
-
-    @property
-    def port(self) -> int:
-        assert self._front is not None
-        return int(self._front.getsockname()[1])
-
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._front = self._socket()
-        self._watch(self._front, lambda data, src: self._from_client(data, src, self.server))
-
-    def close(self) -> None:
-        assert self._loop is not None
-        for sock in self._sockets:
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
-
-    def _socket(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.setblocking(False)
-        self._sockets.append(sock)
-        return sock
-
-    def _watch(self, sock: socket.socket, handler: Any) -> None:
-        def readable() -> None:
-            while True:
-                try:
-                    data, src = sock.recvfrom(70000)
-                except BlockingIOError:
-                    return
-                except OSError:
-                    continue  # an ICMP error from a vanished peer
-                handler(data, src)
-        assert self._loop is not None
-        self._loop.add_reader(sock.fileno(), readable)
-
-    def _from_client(self, data: bytes, client: Addr, target: Addr) -> None:
-        back = self._back.get(client)
-        if back is None:
-            back = self._back[client] = self._socket()
-            self._watch(back, lambda data, src: self._from_server(data, src, client))
-        self._forward(back, data, target)
-
-    def _from_server(self, data: bytes, server_tid: Addr, client: Addr) -> None:
-        key = (client, server_tid)
-        front = self._fronts.get(key)
-        if front is None:
-            front = self._fronts[key] = self._socket()
-            self._watch(front, lambda data, src: self._from_client(data, src, server_tid))
-        self._forward(front, data, client)
-
-    def _forward(self, sock: socket.socket, data: bytes, dst: Addr) -> None:
-        assert self._loop is not None
-        copies = 2 if self.rng.random() < self.duplicate else 1
-        for _ in range(copies):
-            if self.rng.random() < self.loss:
-                self.dropped += 1
-                continue
-            delay = self.delay_s * (4 if self.rng.random() < self.reorder else 1)
-            self._loop.call_later(delay, self._send, sock, data, dst)
-
-    def _send(self, sock: socket.socket, data: bytes, dst: Addr) -> None:
-        with contextlib.suppress(OSError):
-            sock.sendto(data, dst)
-            self.forwarded += 1
-
