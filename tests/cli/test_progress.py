@@ -88,3 +88,32 @@ def test_a_sparse_tree_on_a_terminal(tmp_path: Path) -> None:
     rates = [float(v) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024, "TiB": 1024**2}[u]
              for v, u in re.findall(r"([\d.]+) (KiB|MiB|GiB|TiB)/s", text)]
     assert all(rate < 64 * 1024 for rate in rates), rates  # never "1.7 TB/s"
+
+
+WITHOUT_CLI_EXTRA = ("import runpy, sys; sys.modules['rich'] = sys.modules['uvloop'] = None; "
+                     "sys.argv[0] = 'sockferry'; "
+                     "runpy.run_module('sockferry', run_name='__main__')")
+
+
+def test_without_the_cli_extra_a_terminal_gets_no_bar_and_the_same_result(
+        tmp_path: Path) -> None:
+    """rich and uvloop are the cli extra's: without them (imports made to fail) a
+    transfer on a terminal runs on asyncio's loop, shows no bar and says the same."""
+    root = tmp_path / "root"
+    root.mkdir()
+    token = write_token(tmp_path / "token")
+    with open(tmp_path / "f.bin", "wb") as f:  # long enough for a bar to be drawn
+        f.truncate(SPARSE_SIZE)
+        f.write(os.urandom(65536))
+    with running("serve", str(root), "--listen", "127.0.0.1:0", "--token-file",
+                 str(token)) as server:
+        port = server.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1)
+        child, screen = _on_a_terminal(
+            [sys.executable, "-c", WITHOUT_CLI_EXTRA, "send", "-P", str(port),
+             "--token-file", str(token), str(tmp_path / "f.bin"), "127.0.0.1:"])
+    text = screen.decode(errors="replace")
+    assert child.returncode == ExitCode.OK, text
+    assert (root / "f.bin").stat().st_size == SPARSE_SIZE
+    assert "Traceback" not in text, text
+    assert "verifying" not in text and "GiB of" not in text, text  # no bar drawn
+    assert "sent 1 file(s), 1.0 GiB in" in text, text  # the summary a terminal gets

@@ -181,9 +181,13 @@ class Console:
     def progress(self, quiet: bool = False) -> TransferProgress:
         if quiet or self.quiet or not self.interactive:
             return TransferProgress(None)
-        # rich costs a tenth of a second to import: only when a bar is shown.
-        from rich.console import Console as RichConsole  # noqa: PLC0415
-        from rich.progress import Progress  # noqa: PLC0415
+        # rich costs a tenth of a second to import: only when a bar is shown.  It is the
+        # cli extra's: without it the command runs the same, without a bar.
+        try:
+            from rich.console import Console as RichConsole  # noqa: PLC0415
+            from rich.progress import Progress  # noqa: PLC0415
+        except ImportError:
+            return TransferProgress(None)
 
         bar = Progress(*_columns(),
                        console=RichConsole(file=self.stderr, highlight=False, soft_wrap=True),
