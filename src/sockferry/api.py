@@ -27,7 +27,8 @@ from sockferry.ferry.client import FerryClient
 from sockferry.ferry.server import FerryServer, FerryServerConfig
 from sockferry.ferry.tokens import check_token, client_token, server_token
 from sockferry.library import ProgressCallback, Server, Transfer
-from sockferry.storage import DEFAULT_UMASK, Durability
+from sockferry.storage.durability import Durability
+from sockferry.storage.names import DEFAULT_UMASK
 
 if TYPE_CHECKING:
     from sockferry.ferry.bodies import Progress

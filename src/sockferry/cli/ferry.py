@@ -38,7 +38,8 @@ from sockferry.ferry.copying import Outcome, Reporter, SyncOptions, get_paths, s
 from sockferry.records import record
 from sockferry.sctp import TRANSPORTS
 from sockferry.sockets import storage_error
-from sockferry.storage import DEFAULT_UMASK, Durability
+from sockferry.storage.durability import Durability
+from sockferry.storage.names import DEFAULT_UMASK
 from sockferry.units import format_bytes, format_rate
 
 if TYPE_CHECKING:
