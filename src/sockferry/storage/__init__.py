@@ -15,4 +15,5 @@ One module per job; import each name from the module that defines it:
 - ``filesystems`` — libc facts about a whole file system (in memory only?) and syncfs.
 - ``partials`` — temporaries and partial files left behind: sweeping, clearing.
 - ``sparse`` — the data runs and holes of a sparse file being read.
+- ``store`` — ``Store``, what the servers need from a store (``Root`` provides it).
 """
