@@ -15,17 +15,12 @@ from hypothesis import strategies as st
 
 from sockferry.entries import Kind
 from sockferry.errors import PathRefused, StorageError
-from sockferry.storage import (
-    LISTED_NAMES_MAX,
-    AtomicFile,
-    DirCache,
-    GroupCommit,
-    Root,
-    capped_mode,
-    is_temporary_name,
-    split_client_path,
-)
-from sockferry.storage import _process_umask as process_umask
+from sockferry.storage.atomic import AtomicFile
+from sockferry.storage.atomic import _process_umask as process_umask
+from sockferry.storage.dircache import LISTED_NAMES_MAX, DirCache
+from sockferry.storage.durability import GroupCommit
+from sockferry.storage.names import capped_mode, is_temporary_name, split_client_path
+from sockferry.storage.root import Root
 
 
 @pytest.fixture

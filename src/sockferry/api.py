@@ -28,7 +28,8 @@ from sockferry.ferry.server import FerryServer, FerryServerConfig
 from sockferry.ferry.tokens import check_token, client_token, server_token
 from sockferry.ferry.trust import client_trust, server_identity
 from sockferry.library import ProgressCallback, Server, Transfer
-from sockferry.storage import DEFAULT_UMASK, Durability
+from sockferry.storage.durability import Durability
+from sockferry.storage.names import DEFAULT_UMASK
 
 if TYPE_CHECKING:
     from sockferry.ferry.bodies import Progress

@@ -1,5 +1,5 @@
 """What a listing says of one name — ``Entry`` and its ``Kind`` — and the limits on
-names and paths (pure: shared by the protocol cores and storage.py, which does the I/O).
+names and paths (pure: shared by the protocol cores and the storage package, which does the I/O).
 """
 
 from __future__ import annotations

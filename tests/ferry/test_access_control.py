@@ -12,7 +12,7 @@ from sockferry.access import AccessRules
 from sockferry.addresses import HostPort, UnixPath
 from sockferry.cli.runtime import ExitCode
 from sockferry.ferry import messages as m
-from sockferry.storage import is_temporary_name
+from sockferry.storage.names import is_temporary_name
 from tests.ferry.harness import RawClient, ServerThread, run_cli
 
 DENY_LOOPBACK = AccessRules.parse(None, ["127.0.0.0/8"])

@@ -11,7 +11,7 @@ import pytest
 
 from sockferry.cli.runtime import ExitCode
 from sockferry.ferry import messages as m
-from sockferry.storage import is_temporary_name
+from sockferry.storage.names import is_temporary_name
 from tests.conftest import mounted_tmpfs
 from tests.ferry.harness import RawClient, ServerThread, run_cli, write_token
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import blake3
 
 from sockferry.ferry import messages as m
-from sockferry.storage import MAX_PATH_DEPTH, is_temporary_name
+from sockferry.storage.names import MAX_PATH_DEPTH, is_temporary_name
 from tests.ferry.harness import RawClient, ServerThread
 
 

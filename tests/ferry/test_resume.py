@@ -19,7 +19,8 @@ from sockferry.cli.runtime import ExitCode
 from sockferry.errors import LocalProtocolError, MalformedPacket, RemoteProtocolError
 from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
-from sockferry.storage import PARTIAL_PREFIX, Root, partial_name
+from sockferry.storage.names import PARTIAL_PREFIX, partial_name
+from sockferry.storage.root import Root
 from tests.ferry.harness import TOKEN, ServerThread, run_cli
 from tests.ferry.test_session import pump
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from sockferry.storage import PARTIAL_PREFIX
+from sockferry.storage.names import PARTIAL_PREFIX
 from tests.ferry.harness import CliServer, write_token
 
 SIZE = 256 * 1024 * 1024

@@ -17,7 +17,7 @@ from sockferry.addresses import HostPort
 from sockferry.cli.runtime import ExitCode
 from sockferry.errors import SockferryError
 from sockferry.ferry.over_sctp import sctp_client
-from sockferry.storage import is_temporary_name
+from sockferry.storage.names import is_temporary_name
 from tests.conftest import require_program
 from tests.ferry.harness import TOKEN, ServerThread, run_cli, write_token
 from tests.lossy import Impairment, LossyUdpRelay

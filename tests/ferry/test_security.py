@@ -15,7 +15,7 @@ from sockferry.errors import AuthenticationFailed, PathRefused
 from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
 from sockferry.ferry.copying import safe_relative
-from sockferry.storage import is_temporary_name
+from sockferry.storage.names import is_temporary_name
 from tests.conftest import wait_until
 from tests.ferry.harness import (
     TOKEN,

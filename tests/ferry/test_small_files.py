@@ -15,7 +15,8 @@ from sockferry.cli.runtime import ExitCode
 from sockferry.ferry import messages as m
 from sockferry.ferry.client import INLINE_FILE, FerryClient
 from sockferry.ferry.copying import send_paths
-from sockferry.storage import Durability, is_temporary_name
+from sockferry.storage.durability import Durability
+from sockferry.storage.names import is_temporary_name
 from tests.ferry.harness import TOKEN, ServerThread, run, run_cli, send_at_once
 
 # Around every size boundary of the sending side: empty, inline, the last inline size,

@@ -11,7 +11,7 @@ import pytest
 
 from sockferry.addresses import HostPort, UnixPath
 from sockferry.cli.runtime import ExitCode
-from sockferry.storage import is_temporary_name
+from sockferry.storage.names import is_temporary_name
 from tests.ferry.harness import ServerThread, run_cli, send_at_once
 
 MiB = 1024 * 1024

@@ -13,7 +13,8 @@ from sockferry.cli.ferry_serve import run_serve
 from sockferry.cli.serving import add_server_options
 from sockferry.ferry import DEFAULT_PORT
 from sockferry.sctp import TRANSPORTS
-from sockferry.storage import DEFAULT_UMASK, Durability
+from sockferry.storage.durability import Durability
+from sockferry.storage.names import DEFAULT_UMASK
 
 if TYPE_CHECKING:
     from sockferry.admission import Startups

@@ -22,7 +22,7 @@ from sockferry.errors import UsageError
 from sockferry.ferry import DEFAULT_PORT
 from sockferry.ferry.trust import server_identity
 from sockferry.records import record
-from sockferry.storage import Durability
+from sockferry.storage.durability import Durability
 
 if TYPE_CHECKING:
     from sockferry.ferry.server import FerryServerConfig

@@ -14,7 +14,8 @@ from sockferry.errors import StorageError
 from sockferry.ferry import digests
 from sockferry.ferry import session as s
 from sockferry.sockets import storage_error
-from sockferry.storage import AtomicFile, data_segments
+from sockferry.storage.atomic import AtomicFile
+from sockferry.storage.sparse import data_segments
 from sockferry.streams import Stream
 
 SEND_CHUNK = 16 * 1024 * 1024  # DATA frame size for large files (one sendfile each)

@@ -47,7 +47,8 @@ from sockferry.ferry.bodies import (
 from sockferry.ferry.codes import exception_for
 from sockferry.records import mutable_record
 from sockferry.sockets import connect, storage_error
-from sockferry.storage import AtomicFile, PartialFile, is_sparse
+from sockferry.storage.atomic import AtomicFile, PartialFile
+from sockferry.storage.sparse import is_sparse
 from sockferry.streams import SocketStream, Stream
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ from sockferry.ferry.sync import (
 )
 from sockferry.records import mutable_record, record
 from sockferry.sockets import storage_error
-from sockferry.storage import link_target_problem, split_client_path
+from sockferry.storage.names import link_target_problem, split_client_path
 
 
 @record

@@ -65,19 +65,12 @@ from sockferry.logfields import fields
 from sockferry.metrics import OFF, Metrics
 from sockferry.records import replace
 from sockferry.sockets import describe_multipath, open_listeners, storage_error
-from sockferry.storage import (
-    DEFAULT_UMASK,
-    AtomicFile,
-    DirCache,
-    Durability,
-    GroupCommit,
-    PartialFile,
-    Root,
-    capped_mode,
-    flushes_file_systems,
-    is_sparse,
-    split_client_path,
-)
+from sockferry.storage.atomic import AtomicFile, PartialFile
+from sockferry.storage.dircache import DirCache
+from sockferry.storage.durability import Durability, GroupCommit, flushes_file_systems
+from sockferry.storage.names import DEFAULT_UMASK, capped_mode, split_client_path
+from sockferry.storage.root import Root
+from sockferry.storage.sparse import is_sparse
 from sockferry.streams import SocketStream, Stream
 from sockferry.units import format_bytes, format_rate
 

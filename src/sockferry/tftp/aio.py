@@ -28,7 +28,7 @@ from typing import Any, assert_never
 from sockferry.addresses import format_sockaddr
 from sockferry.errors import NetworkError, SockferryError, StorageError
 from sockferry.sockets import grow_buffers, network_error
-from sockferry.storage import AtomicFile
+from sockferry.storage.atomic import AtomicFile
 from sockferry.tftp.lane import MIN_WAIT_S, LaneReturn, LockStepLane
 from sockferry.tftp.options import TransferOptions
 from sockferry.tftp.packets import MAX_DATAGRAM_BYTES, ErrorCode

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from sockferry.addresses import HostPort, format_sockaddr
 from sockferry.errors import PeerRefused, StorageError
 from sockferry.sockets import Resolved, resolve, storage_error
-from sockferry.storage import DEFAULT_UMASK, AtomicFile, capped_mode
+from sockferry.storage.atomic import AtomicFile
+from sockferry.storage.names import DEFAULT_UMASK, capped_mode
 from sockferry.tftp.aio import (
     FileSink,
     FileSource,

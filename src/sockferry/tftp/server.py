@@ -43,7 +43,8 @@ from sockferry.sockets import (
     open_listeners,
     recv_with_destination,
 )
-from sockferry.storage import DEFAULT_UMASK, Root, capped_mode
+from sockferry.storage.names import DEFAULT_UMASK, capped_mode
+from sockferry.storage.root import Root
 from sockferry.tftp.accept import Ignored, Refusal, judge, requested_path
 from sockferry.tftp.admission import ReplyLimiter, source_key
 from sockferry.tftp.aio import (
