@@ -53,7 +53,7 @@ def test_init_keeps_no_state_and_a_valid_cookie_creates_the_association() -> Non
     stack.receive_datagram(packet(ack.initiate_tag, c.CookieEchoChunk(cookie_of(ack)), data),
                            PEER, 1.0)
     events = stack.events()
-    assert [type(e).__name__ for e in events] == ["AssociationChange", "Message"]
+    assert [type(e).__name__ for e in events] == ["AssociationChange", "UserMessage"]
     (reply,) = replies(stack)
     assert reply.verification_tag == 0xABCD
     assert isinstance(reply.chunks[0], c.CookieAckChunk)

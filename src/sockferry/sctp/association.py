@@ -1,6 +1,6 @@
 """One SCTP association as a pure state machine (RFC 9260).
 
-Packets and ``now`` go in; encoded packets, ``Message`` / ``AssociationChange`` events and
+Packets and ``now`` go in; encoded packets, ``UserMessage`` / ``AssociationChange`` events and
 one deadline come out.  The ``Stack`` (``stack.py``) owns the port, the stateless half of
 the handshake and the choice of association; everything from the first INIT we send, or
 the first valid COOKIE ECHO we receive, to the last SHUTDOWN COMPLETE or ABORT is here.
@@ -29,13 +29,13 @@ from sockferry.sctp.endpoint import (
     AssociationChange,
     AssocId,
     AssocState,
-    Message,
+    UserMessage,
 )
 from sockferry.serial import unwrap
 
 log = logging.getLogger("sockferry.sctp")
 
-Event = Message | AssociationChange
+Event = UserMessage | AssociationChange
 Random = Callable[[int], bytes]
 
 # A SACK reports at most this many gaps and duplicates; the rest wait for the next one.
@@ -50,7 +50,7 @@ _HEARTBEAT_INFO = struct.Struct("!dQ")
 _U16_PAIR = struct.Struct("!HH")
 
 
-class State(Enum):
+class AssociationState(Enum):
     """RFC 9260 §4."""
 
     CLOSED = "CLOSED"
@@ -64,9 +64,13 @@ class State(Enum):
 
 
 _ALONE = frozenset({c.InitChunk, c.InitAckChunk, c.ShutdownCompleteChunk})
-_SENDING_STATES = {State.COOKIE_WAIT, State.COOKIE_ECHOED, State.ESTABLISHED}
-_DATA_STATES = {State.ESTABLISHED, State.SHUTDOWN_PENDING, State.SHUTDOWN_SENT,
-                State.SHUTDOWN_RECEIVED}
+_SENDING_STATES = {AssociationState.COOKIE_WAIT, AssociationState.COOKIE_ECHOED,
+                   AssociationState.ESTABLISHED}
+_DATA_STATES = {AssociationState.ESTABLISHED, AssociationState.SHUTDOWN_PENDING,
+                AssociationState.SHUTDOWN_SENT, AssociationState.SHUTDOWN_RECEIVED}
+_NEW_DATA_STATES = (AssociationState.ESTABLISHED, AssociationState.SHUTDOWN_PENDING,
+                    AssociationState.SHUTDOWN_RECEIVED)
+_SETUP_STATES = (AssociationState.COOKIE_WAIT, AssociationState.COOKIE_ECHOED)
 
 
 class _Outgoing:
@@ -129,7 +133,7 @@ class Association:
         self.peer_port = peer_port
         self.config = config
         self._rng = rng
-        self.state = State.CLOSED
+        self.state = AssociationState.CLOSED
         self.my_tag = 0
         self.peer_tag = 0
         self.outbound_streams = 0
@@ -194,7 +198,7 @@ class Association:
         self._fragments: dict[int, c.DataChunk] = {}
         self._fragment_bytes = 0
         self._expected_ssn = [0] * max(self.inbound_streams, 1)
-        self._reorder: list[dict[int, Message]] = [{} for _ in self._expected_ssn]
+        self._reorder: list[dict[int, UserMessage]] = [{} for _ in self._expected_ssn]
         self._held = 0
         self._advertised_rwnd = self.config.receive_buffer
         self._data_packets_unacked = 0
@@ -204,7 +208,7 @@ class Association:
         """Send INIT (§5.1 A) and wait for INIT ACK in COOKIE-WAIT."""
         self.my_tag = self._random_tag()
         self.my_initial_tsn = self._random_tag()
-        self.state = State.COOKIE_WAIT
+        self.state = AssociationState.COOKIE_WAIT
         self._reset_transfer_state(self.my_initial_tsn, 0, 0)
         self._init_chunk = self._encode_init(())
         self._send_init(now)
@@ -243,7 +247,7 @@ class Association:
         self._hb_at = now + self._heartbeat_interval()
 
     def _establish(self, change: AssocState) -> None:
-        self.state = State.ESTABLISHED
+        self.state = AssociationState.ESTABLISHED
         self._t1_at = None
         self._established_once = True
         self._events.append(AssociationChange(change, self.assoc_id, self.peer,
@@ -254,7 +258,7 @@ class Association:
 
     def tie_tags(self) -> tuple[int, int]:
         """(local, peer) Tie-Tags to put in a cookie answering an unexpected INIT."""
-        if self.state == State.COOKIE_WAIT:
+        if self.state == AssociationState.COOKIE_WAIT:
             return self.my_tag, 0
         return self.my_tag, self.peer_tag
 
@@ -269,13 +273,13 @@ class Association:
         elif my_tag_matches and not peer_tag_matches:
             self._collision(cookie, now)  # case B: both sides sent INIT
         elif my_tag_matches and peer_tag_matches:
-            if self.state in (State.COOKIE_WAIT, State.COOKIE_ECHOED):  # case D
+            if self.state in _SETUP_STATES:  # case D
                 self._establish(AssocState.COMM_UP)
             self._queue_control(c.CookieAckChunk())
         # case C (only the peer's tag matches): a stale cookie of a collision; discard.
 
     def _restart(self, cookie: CookieState, now: float) -> None:
-        if self.state == State.SHUTDOWN_ACK_SENT:
+        if self.state == AssociationState.SHUTDOWN_ACK_SENT:
             self._queue_control(c.ShutdownAckChunk())
             self._queue_control(c.ErrorChunk((c.Cause(
                 c.CauseCode.COOKIE_RECEIVED_WHILE_SHUTTING_DOWN),)))
@@ -286,7 +290,7 @@ class Association:
         self._establish(AssocState.RESTART)
 
     def _collision(self, cookie: CookieState, now: float) -> None:
-        was_up = self.state not in (State.COOKIE_WAIT, State.COOKIE_ECHOED)
+        was_up = self.state not in _SETUP_STATES
         pending = list(self._pending)
         self._adopt(cookie, now)
         for message in pending:  # keep what the user queued while we were connecting
@@ -304,7 +308,7 @@ class Association:
 
     @property
     def closed(self) -> bool:
-        return self.state == State.CLOSED
+        return self.state == AssociationState.CLOSED
 
     @property
     def buffered_amount(self) -> int:
@@ -344,7 +348,7 @@ class Association:
         # With little in flight a new message goes out at once (no Nagle delay); in bulk
         # the SACKs clock the sending, so that a burst of writes does not become a burst
         # of packets that a receiver's small UDP buffer would drop (§6.1 D, Max.Burst).
-        if self.state == State.ESTABLISHED and self._flight < APP_LIMITED_FLIGHT:
+        if self.state == AssociationState.ESTABLISHED and self._flight < APP_LIMITED_FLIGHT:
             self._transmit(now)
 
     def _enqueue(self, data: memoryview, stream: int, ppid: int, unordered: bool) -> None:
@@ -369,12 +373,12 @@ class Association:
 
     def shutdown(self, now: float) -> None:
         """Graceful close (§9.2): send what is queued, then SHUTDOWN."""
-        if self.state in (State.COOKIE_WAIT, State.COOKIE_ECHOED):
+        if self.state in _SETUP_STATES:
             self.abort("shut down before the association was up", now)
             return
-        if self.state != State.ESTABLISHED:
+        if self.state != AssociationState.ESTABLISHED:
             return
-        self.state = State.SHUTDOWN_PENDING
+        self.state = AssociationState.SHUTDOWN_PENDING
         self._transmit(now)
 
     def unreachable(self, quoted: bytes, reason: str) -> bool:
@@ -383,7 +387,7 @@ class Association:
         accepts it only with our verification tag in it, or with tag 0 and the INIT
         carrying our Initiate Tag.  Only a setup is given up: an established association
         leaves a dead peer to heartbeats and retransmissions.  True if it closed."""
-        if self.state not in (State.COOKIE_WAIT, State.COOKIE_ECHOED) or len(quoted) < 8:
+        if self.state not in _SETUP_STATES or len(quoted) < 8:
             return False
         tag = int.from_bytes(quoted[4:8], "big")
         if tag == 0:
@@ -397,17 +401,17 @@ class Association:
 
     def abort(self, reason: str, now: float) -> None:
         """Send ABORT with a User-Initiated Abort cause (§9.1) and close."""
-        if self.state == State.CLOSED:
+        if self.state == AssociationState.CLOSED:
             return
         cause = c.Cause(c.CauseCode.USER_INITIATED_ABORT, reason.encode()[:256])
-        tag = self.peer_tag if self.state != State.COOKIE_WAIT else 0
-        if self.state != State.COOKIE_WAIT:
+        tag = self.peer_tag if self.state != AssociationState.COOKIE_WAIT else 0
+        if self.state != AssociationState.COOKIE_WAIT:
             self._outbox.append(self._packet([c.encode_chunk(c.AbortChunk((cause,)))], tag))
         lost = AssocState.COMM_LOST if self._established_once else AssocState.CANT_STR_ASSOC
         self._close(lost, f"aborted locally: {reason}" if reason else "aborted locally")
 
     def _close(self, change: AssocState, reason: str = "") -> None:
-        self.state = State.CLOSED
+        self.state = AssociationState.CLOSED
         self._t1_at = self._t2_at = self._t3_at = self._sack_at = self._hb_at = None
         self._pending.clear()
         self._sent.clear()
@@ -424,7 +428,7 @@ class Association:
             return False  # a blind or stale packet; say nothing
         had_data = False
         for chunk in packet.chunks:
-            if self.state == State.CLOSED:
+            if self.state == AssociationState.CLOSED:
                 break
             if isinstance(chunk, c.DataChunk):
                 had_data = True
@@ -445,7 +449,7 @@ class Association:
 
     def resend_shutdown_ack(self, now: float) -> None:
         """§9.2: in SHUTDOWN-ACK-SENT an INIT is answered with the SHUTDOWN ACK again."""
-        if self.state == State.SHUTDOWN_ACK_SENT:
+        if self.state == AssociationState.SHUTDOWN_ACK_SENT:
             self._queue_control(c.ShutdownAckChunk())
             self._transmit(now)
 
@@ -467,7 +471,7 @@ class Association:
         return bool(chunk.type & 0x80)
 
     def _on_init_ack(self, chunk: c.InitAckChunk, now: float) -> None:
-        if self.state != State.COOKIE_WAIT:
+        if self.state != AssociationState.COOKIE_WAIT:
             return  # §5.2.3: an unexpected INIT ACK is discarded
         cookie, problems, unrecognized = _inspect_params(chunk.params)
         if chunk.initiate_tag == 0 or chunk.outbound_streams == 0 or chunk.inbound_streams == 0:
@@ -493,7 +497,7 @@ class Association:
         self._cookie_echo = c.encode_chunk(c.CookieEchoChunk(cookie))
         extra = [c.encode_chunk(c.ErrorChunk((c.Cause(c.CauseCode.UNRECOGNIZED_PARAMETERS,
                                                       unrecognized),)))] if unrecognized else []
-        self.state = State.COOKIE_ECHOED
+        self.state = AssociationState.COOKIE_ECHOED
         self._init_retransmits = 0
         self._send_cookie_echo(now, extra)
 
@@ -504,7 +508,7 @@ class Association:
         self._t1_at = now + self._rtx.rto_s
 
     def _on_cookie_ack(self, chunk: c.CookieAckChunk, now: float) -> None:
-        if self.state != State.COOKIE_ECHOED:
+        if self.state != AssociationState.COOKIE_ECHOED:
             return  # §5.2.5
         if self._init_retransmits == 0:
             self._measure_rtt(now - self._cookie_sent_at)
@@ -535,7 +539,8 @@ class Association:
 
     def _on_error(self, chunk: c.ErrorChunk, now: float) -> None:
         for cause in chunk.causes:
-            if cause.code == c.CauseCode.STALE_COOKIE and self.state == State.COOKIE_ECHOED:
+            if (cause.code == c.CauseCode.STALE_COOKIE
+                    and self.state == AssociationState.COOKIE_ECHOED):
                 self._stale_cookie(cause, now)
                 return
         log.info("association %d: %s reported an error: %s", self.assoc_id,
@@ -551,28 +556,28 @@ class Association:
         extra_ms = min(2 * staleness_us // 1000 + 1, 0xFFFFFFFF)
         self._init_chunk = self._encode_init((c.Param(c.ParamType.COOKIE_PRESERVATIVE,
                                                       struct.pack("!I", extra_ms)),))
-        self.state = State.COOKIE_WAIT
+        self.state = AssociationState.COOKIE_WAIT
         self._send_init(now)
 
     def _on_shutdown(self, chunk: c.ShutdownChunk, now: float) -> None:
-        if self.state not in _DATA_STATES and self.state != State.SHUTDOWN_ACK_SENT:
+        if self.state not in _DATA_STATES and self.state != AssociationState.SHUTDOWN_ACK_SENT:
             return
         cum = self._unwrap(chunk.cumulative_tsn, self._cum_acked)
         if cum > self._cum_acked:
             self._process_sack(c.SackChunk(chunk.cumulative_tsn, self._peer_rwnd + self._flight),
                                now)
-        if self.state in (State.SHUTDOWN_SENT, State.SHUTDOWN_ACK_SENT):
+        if self.state in (AssociationState.SHUTDOWN_SENT, AssociationState.SHUTDOWN_ACK_SENT):
             self._send_shutdown_ack(now)  # §9.2: both sides shut down, or our ACK was lost
-        elif self.state in (State.ESTABLISHED, State.SHUTDOWN_PENDING):
-            self.state = State.SHUTDOWN_RECEIVED
+        elif self.state in (AssociationState.ESTABLISHED, AssociationState.SHUTDOWN_PENDING):
+            self.state = AssociationState.SHUTDOWN_RECEIVED
 
     def _on_shutdown_ack(self, chunk: c.ShutdownAckChunk, now: float) -> None:
-        if self.state in (State.SHUTDOWN_SENT, State.SHUTDOWN_ACK_SENT):
+        if self.state in (AssociationState.SHUTDOWN_SENT, AssociationState.SHUTDOWN_ACK_SENT):
             self._outbox.append(self._packet([c.encode_chunk(c.ShutdownCompleteChunk())]))
             self._close(AssocState.SHUTDOWN_COMP)
 
     def _on_shutdown_complete(self, chunk: c.ShutdownCompleteChunk, now: float) -> None:
-        if self.state == State.SHUTDOWN_ACK_SENT:
+        if self.state == AssociationState.SHUTDOWN_ACK_SENT:
             self._close(AssocState.SHUTDOWN_COMP)
 
     def _ignore(self, chunk: c.Chunk, now: float) -> None:
@@ -691,7 +696,7 @@ class Association:
 
     def _complete(self, stream: int, ssn: int, ppid: int, unordered: bool,
                   data: bytes) -> None:
-        message = Message(data, self.assoc_id, stream, ppid, self.peer, unordered)
+        message = UserMessage(data, self.assoc_id, stream, ppid, self.peer, unordered)
         self._held += len(data)
         if unordered:
             self._events.append(message)
@@ -711,7 +716,7 @@ class Association:
     def _after_data(self, now: float) -> None:
         """§6.2: SACK every second packet with DATA, at once on gaps, else after a delay."""
         self._data_packets_unacked += 1
-        if self.state == State.SHUTDOWN_SENT:
+        if self.state == AssociationState.SHUTDOWN_SENT:
             self._queue_control(c.ShutdownChunk(self._peer_cum))  # §9.2
             self._sack_now = True
             self._t2_at = now + self._rtx.rto_s
@@ -873,15 +878,15 @@ class Association:
     def _maybe_finish_shutdown(self, now: float) -> None:
         if self._sent or self._pending:
             return
-        if self.state == State.SHUTDOWN_PENDING:
-            self.state = State.SHUTDOWN_SENT
+        if self.state == AssociationState.SHUTDOWN_PENDING:
+            self.state = AssociationState.SHUTDOWN_SENT
             self._queue_control(c.ShutdownChunk(self._peer_cum))
             self._t2_at = now + self._rtx.rto_s
-        elif self.state == State.SHUTDOWN_RECEIVED:
+        elif self.state == AssociationState.SHUTDOWN_RECEIVED:
             self._send_shutdown_ack(now)
 
     def _send_shutdown_ack(self, now: float) -> None:
-        self.state = State.SHUTDOWN_ACK_SENT
+        self.state = AssociationState.SHUTDOWN_ACK_SENT
         self._queue_control(c.ShutdownAckChunk())
         self._t2_at = now + self._rtx.rto_s
 
@@ -900,7 +905,7 @@ class Association:
         if self._sack_at is not None and now >= self._sack_at:
             self._sack_at = None  # every timer that fires is cleared or moved on
             self._sack_now = self.state in _DATA_STATES
-        if self.state != State.CLOSED:
+        if self.state != AssociationState.CLOSED:
             self._transmit(now)
 
     def _back_off(self) -> None:
@@ -919,13 +924,13 @@ class Association:
         self._init_retransmits += 1
         self._back_off()
         if self._init_retransmits > self.config.max_init_retransmits:
-            what = "INIT" if self.state == State.COOKIE_WAIT else "COOKIE ECHO"
+            what = "INIT" if self.state == AssociationState.COOKIE_WAIT else "COOKIE ECHO"
             self._close(AssocState.CANT_STR_ASSOC,
                         f"no answer to {what} after {self._init_retransmits} tries")
             return
-        if self.state == State.COOKIE_WAIT:
+        if self.state == AssociationState.COOKIE_WAIT:
             self._send_init(now)
-        elif self.state == State.COOKIE_ECHOED:
+        elif self.state == AssociationState.COOKIE_ECHOED:
             self._send_cookie_echo(now)
         else:
             self._t1_at = None
@@ -934,9 +939,9 @@ class Association:
         self._back_off()
         if self._count_error("SHUTDOWN"):
             return
-        if self.state == State.SHUTDOWN_SENT:
+        if self.state == AssociationState.SHUTDOWN_SENT:
             self._queue_control(c.ShutdownChunk(self._peer_cum))
-        elif self.state == State.SHUTDOWN_ACK_SENT:
+        elif self.state == AssociationState.SHUTDOWN_ACK_SENT:
             self._queue_control(c.ShutdownAckChunk())
         else:
             self._t2_at = None
@@ -990,7 +995,7 @@ class Association:
                                self.peer_tag if tag is None else tag, chunks)
 
     def _transmit(self, now: float) -> None:
-        if self.state in (State.CLOSED, State.COOKIE_WAIT):
+        if self.state in (AssociationState.CLOSED, AssociationState.COOKIE_WAIT):
             self._control.clear()
             return
         builder = _PacketBuilder(self, now)
@@ -1000,8 +1005,7 @@ class Association:
         if self.state in _DATA_STATES:
             if self._marked:
                 self._send_retransmissions(builder, now)
-            if self._pending and self.state in (State.ESTABLISHED, State.SHUTDOWN_PENDING,
-                                                State.SHUTDOWN_RECEIVED):
+            if self._pending and self.state in _NEW_DATA_STATES:
                 self._send_new_data(builder, now)
             if self._sack_now or (self._sack_at is not None and builder.has_data):
                 builder.add_control_first(self._build_sack())

@@ -19,14 +19,14 @@ from typing import Any, Self, cast
 
 from sockferry.addresses import Address, HostPort, SockAddr, UnixPath, format_sockaddr
 from sockferry.errors import NetworkError, PeerRefused, UsageError
-from sockferry.sctp.association import State
+from sockferry.sctp.association import AssociationState
 from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import (
     AssociationChange,
     AssocId,
     AssocState,
-    Message,
     Received,
+    UserMessage,
 )
 from sockferry.sctp.stack import Stack
 from sockferry.sockets import grow_buffers, open_listeners, resolve
@@ -373,7 +373,7 @@ class UdpEndpoint:
         assoc_id = self.stack.connect(host, port, (host, self._peer_udp_port or port),
                                       self._loop.time())
         assoc = self.stack.association(assoc_id)
-        if assoc is not None and assoc.state == State.ESTABLISHED:
+        if assoc is not None and assoc.state == AssociationState.ESTABLISHED:
             return assoc_id
         waiter = self._loop.create_future()
         self._waiters.setdefault(assoc_id, []).append(waiter)
@@ -431,7 +431,7 @@ class UdpEndpoint:
         if item is None:
             self._inbox.put_nowait(None)  # wake any other receiver too
             raise NetworkError("the SCTP endpoint is closed")
-        if isinstance(item, Message):
+        if isinstance(item, UserMessage):
             self.stack.release(item.assoc_id, len(item.data), self._loop.time())
             self._flush()
         return item
