@@ -23,7 +23,6 @@ from sockferry.addresses import SockAddr
 from sockferry.errors import MalformedPacket
 from sockferry.sctp import chunks
 from sockferry.sctp import linux_abi as abi
-from sockferry.sctp.association import cause_text
 from sockferry.sctp.endpoint import (
     AssociationChange,
     AssocId,
@@ -162,7 +161,7 @@ class KernelEvents:
                             "delivered", note.assoc_id, len(note.data), note.stream)
             case abi.RemoteErrorNote():
                 log.info("association %d: the peer reported an error: %s", note.assoc_id,
-                         cause_text((chunks.Cause(note.cause, note.data),)))
+                         chunks.cause_text((chunks.Cause(note.cause, note.data),)))
             case abi.PartialDeliveryNote():
                 log.warning("association %d: delivery of a message on stream %d was "
                             "aborted", note.assoc_id, note.stream)
@@ -192,7 +191,7 @@ class KernelEvents:
             return f"aborted locally: {reason}" if reason else "aborted locally"
         causes = abort_causes(info)
         if causes:
-            return f"the peer aborted the association: {cause_text(causes)}"
+            return f"the peer aborted the association: {chunks.cause_text(causes)}"
         # Linux reports an ABORT without causes and exhausted retransmissions alike.
         if state == AssocState.COMM_LOST:
             return "the peer aborted or stopped answering"
