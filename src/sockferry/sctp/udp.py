@@ -413,6 +413,11 @@ class UdpEndpoint:
                    ppid: int = 0, unordered: bool = False) -> AssocId:
         assoc_id = to if isinstance(to, int) else await self.connect(to)
         assoc = self.stack.association(assoc_id)
+        if assoc is not None and assoc.outbound_streams and not (
+                0 <= stream < assoc.outbound_streams):
+            # As the kernel backend says it: a caller's value, not a protocol fault.
+            raise UsageError(f"stream {stream} is not among the {assoc.outbound_streams} "
+                             f"outbound streams of association {assoc_id}")
         while assoc is not None and assoc.buffered_amount >= SEND_BUFFER:
             future = self._space.get(assoc_id)
             if future is None:
