@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from sockferry.addresses import HostPort
 from sockferry.cli.runtime import run_async
-from sockferry.sctp.endpoint import Message
+from sockferry.sctp.endpoint import UserMessage
 from sockferry.sctp.udp import UdpEndpoint
 
 
@@ -27,13 +27,13 @@ async def receive(count: int) -> None:
         got = total = 0
         while got < count:
             item = await endpoint.receive()
-            if isinstance(item, Message):
+            if isinstance(item, UserMessage):
                 got += 1
                 total += len(item.data)
         print(f"DONE {total}", flush=True)
         while True:  # until the sender's SHUTDOWN completes
             item = await endpoint.receive()
-            if not isinstance(item, Message) and item.state.value != "COMM_UP":
+            if not isinstance(item, UserMessage) and item.state.value != "COMM_UP":
                 return
 
 

@@ -17,7 +17,6 @@ from sockferry.ferry import messages as m
 from sockferry.ferry.sctp_framing import END_PPID, FRAME_PPID, FrameReceiver
 from sockferry.sctp import chunks
 from sockferry.sctp import linux_abi as abi
-from sockferry.sctp.association import cause_text
 from sockferry.sctp.kernel_events import KernelEvents, abort_causes
 from sockferry.tftp import netascii
 from sockferry.tftp import options as tftp_options
@@ -99,7 +98,7 @@ def sctp_packets(data: bytes) -> None:
         return
     for chunk in packet.chunks:
         if isinstance(chunk, chunks.AbortChunk | chunks.ErrorChunk):
-            cause_text(chunk.causes)
+            chunks.cause_text(chunk.causes)
 
 
 ASSOC_PEER = ("::ffff:127.0.0.1", 5000, 0, 0)

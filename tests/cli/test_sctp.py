@@ -16,7 +16,7 @@ import pytest
 
 from sockferry.addresses import HostPort
 from sockferry.cli import main
-from sockferry.sctp.endpoint import Message
+from sockferry.sctp.endpoint import UserMessage
 from sockferry.sctp.udp import UdpEndpoint
 from tests.cli.sctp_server import sctp_server
 
@@ -109,7 +109,7 @@ def test_server_abort_is_refused_with_its_reason() -> None:
             async def abort_first_message() -> None:
                 while True:
                     item = await server.receive()
-                    if isinstance(item, Message):
+                    if isinstance(item, UserMessage):
                         server.abort(item.assoc_id, "no vacancies")
                         return
 
@@ -141,7 +141,7 @@ def test_a_client_that_does_not_read_holds_up_only_itself(
             async with asyncio.timeout(20):
                 while True:
                     item = await fine.receive()
-                    if isinstance(item, Message):
+                    if isinstance(item, UserMessage):
                         return item.data
 
     assert asyncio.run(scenario()) == b"still served?"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from sockferry.sctp.endpoint import AssociationChange, AssocState, Endpoint, Message, Received
+from sockferry.sctp.endpoint import AssociationChange, AssocState, Endpoint, Received, UserMessage
 
 
 async def next_of(endpoint: Endpoint, kind: type, timeout_s: float = 20.0) -> Received:
@@ -30,11 +30,11 @@ async def next_end(endpoint: Endpoint) -> AssociationChange:
     return change
 
 
-async def messages(endpoint: Endpoint, count: int) -> list[Message]:
-    got: list[Message] = []
+async def messages(endpoint: Endpoint, count: int) -> list[UserMessage]:
+    got: list[UserMessage] = []
     while len(got) < count:
-        item = await next_of(endpoint, Message)
-        assert isinstance(item, Message)
+        item = await next_of(endpoint, UserMessage)
+        assert isinstance(item, UserMessage)
         got.append(item)
     return got
 

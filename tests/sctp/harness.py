@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from sockferry.addresses import SockAddr
 from sockferry.sctp.config import Config
-from sockferry.sctp.endpoint import AssociationChange, AssocId, AssocState, Message
+from sockferry.sctp.endpoint import AssociationChange, AssocId, AssocState, UserMessage
 from sockferry.sctp.stack import Stack
 from tests.lossy import LossyLink
 
@@ -23,7 +23,7 @@ Filter = Callable[[bytes, SockAddr, SockAddr], bool]
 class Node:
     address: tuple[str, int]
     stack: Stack
-    messages: list[Message] = field(default_factory=list)
+    messages: list[UserMessage] = field(default_factory=list)
     changes: list[AssociationChange] = field(default_factory=list)
     read_messages: bool = True
 
@@ -77,7 +77,7 @@ class Network:
                 moved = True
             for event in node.stack.events():
                 moved = True
-                if isinstance(event, Message):
+                if isinstance(event, UserMessage):
                     node.messages.append(event)
                     if node.read_messages:
                         node.stack.release(event.assoc_id, len(event.data), self.now)

@@ -290,11 +290,11 @@ def test_slow_start_grows_cwnd_and_a_timeout_collapses_it() -> None:
     assert cid is not None
     assoc = client.stack.association(cid)
     assert assoc is not None
-    initial = assoc._cwnd
+    initial = assoc.congestion.cwnd
     for _ in range(100):
         client.stack.send(cid, bytes(10_000), stream=0, ppid=0, unordered=False, now=net.now)
     net.run(lambda: len(server.messages) == 100)
-    assert assoc._cwnd > 10 * initial
+    assert assoc.congestion.cwnd > 10 * initial
     net.link.impairment.loss = 1.0
     client.stack.send(cid, bytes(10_000), stream=0, ppid=0, unordered=False, now=net.now)
-    net.run(lambda: assoc._cwnd == assoc.max_packet_size)
+    net.run(lambda: assoc.congestion.cwnd == assoc.max_packet_size)

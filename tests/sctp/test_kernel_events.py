@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sockferry.sctp import linux_abi as abi
-from sockferry.sctp.endpoint import AssociationChange, AssocId, AssocState, Message
+from sockferry.sctp.endpoint import AssociationChange, AssocId, AssocState, UserMessage
 from sockferry.sctp.kernel_events import KernelEvents, MessageTooLarge, plain_address
 
 PEER = ("::ffff:10.0.0.5", 4000, 0, 0)  # how an IPv6 socket names an IPv4 peer
@@ -64,7 +64,7 @@ def test_message_with_its_receive_information() -> None:
     up(events)
     message = events.receive(b"hello", rcvinfo(7, stream=2, ppid=0xFFFFFFFE, unordered=True),
                              abi.MSG_EOR, PEER)
-    assert message == Message(b"hello", AssocId(7), 2, 0xFFFFFFFE, ("10.0.0.5", 4000), True)
+    assert message == UserMessage(b"hello", AssocId(7), 2, 0xFFFFFFFE, ("10.0.0.5", 4000), True)
 
 
 @given(st.binary(min_size=1, max_size=3000), st.lists(st.integers(0, 3000), max_size=8))
@@ -75,7 +75,7 @@ def test_pieces_join_into_one_message(data: bytes, cuts: list[int]) -> None:
     for piece in pieces[:-1]:
         assert events.receive(piece, rcvinfo(3, 1), 0, PEER) is None
     message = events.receive(pieces[-1], rcvinfo(3, 1), abi.MSG_EOR, PEER)
-    assert isinstance(message, Message) and message.data == data
+    assert isinstance(message, UserMessage) and message.data == data
 
 
 def test_a_message_over_the_limit_aborts_its_association_once() -> None:
@@ -85,7 +85,7 @@ def test_a_message_over_the_limit_aborts_its_association_once() -> None:
     assert events.receive(b"x" * 60, rcvinfo(9), 0, PEER) is None
     assert events.receive(b"end", rcvinfo(9), abi.MSG_EOR, PEER) is None
     after = events.receive(b"next", rcvinfo(9), abi.MSG_EOR, PEER)
-    assert isinstance(after, Message) and after.data == b"next"
+    assert isinstance(after, UserMessage) and after.data == b"next"
 
 
 def test_an_interrupted_partial_delivery_is_dropped() -> None:

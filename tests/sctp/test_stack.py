@@ -54,7 +54,7 @@ def test_init_keeps_no_state_and_a_valid_cookie_creates_the_association() -> Non
     stack.receive_datagram(packet(ack.initiate_tag, c.CookieEchoChunk(cookie_of(ack)), data),
                            PEER, 1.0)
     events = stack.events()
-    assert [type(e).__name__ for e in events] == ["AssociationChange", "Message"]
+    assert [type(e).__name__ for e in events] == ["AssociationChange", "UserMessage"]
     (reply,) = replies(stack)
     assert reply.verification_tag == 0xABCD
     assert isinstance(reply.chunks[0], c.CookieAckChunk)
@@ -162,7 +162,7 @@ def test_forged_packets_with_wrong_tags_change_nothing() -> None:
     sid = srv.up()
     assoc = srv.stack.association(sid)
     wrong = assoc.my_tag ^ 0x5A5A
-    for chunk in (c.DataChunk(assoc._peer_cum + 1, 0, 0, 0, b"forged"),
+    for chunk in (c.DataChunk(assoc.receiver.cumulative_tsn + 1, 0, 0, 0, b"forged"),
                   c.AbortChunk(), c.ShutdownChunk(0), c.AbortChunk(reflected=True)):
         srv.stack.receive_datagram(packet(wrong, chunk, source=5000), client.address, net.now)
     net.run(lambda: True)
@@ -173,7 +173,7 @@ def test_data_on_a_stream_that_is_not_open_gets_an_error() -> None:
     net, client, srv = established(Config(streams=StreamCounts(4, 4)))
     sid = srv.up()
     assoc = srv.stack.association(sid)
-    tsn = (assoc._peer_cum + 1) & 0xFFFFFFFF
+    tsn = (assoc.receiver.cumulative_tsn + 1) & 0xFFFFFFFF
     srv.stack.receive_datagram(packet(assoc.my_tag, c.DataChunk(tsn, 9, 0, 0, b"x"),
                                       source=5000), client.address, net.now)
     out = replies(srv.stack)
@@ -201,7 +201,7 @@ def test_data_without_payload_aborts() -> None:
     net, client, srv = established()
     sid = srv.up()
     assoc = srv.stack.association(sid)
-    tsn = (assoc._peer_cum + 1) & 0xFFFFFFFF
+    tsn = (assoc.receiver.cumulative_tsn + 1) & 0xFFFFFFFF
     srv.stack.receive_datagram(packet(assoc.my_tag, c.DataChunk(tsn, 0, 0, 0, b""),
                                       source=5000), client.address, net.now)
     (reply,) = replies(srv.stack)
@@ -220,7 +220,7 @@ def test_any_chunks_in_an_established_association_raise_nothing(
     sid = srv.up()
     assoc = srv.stack.association(sid)  # type: ignore[arg-type]
     assert assoc is not None
-    base = assoc._peer_cum + 1 + first_tsn_offset
+    base = assoc.receiver.cumulative_tsn + 1 + first_tsn_offset
     adjusted = [c.DataChunk((base + i) & 0xFFFFFFFF, ch.stream % 12, ch.ssn, ch.ppid,
                             ch.payload, ch.unordered, ch.beginning, ch.end, ch.immediate)
                 if isinstance(ch, c.DataChunk) else ch for i, ch in enumerate(chunks)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sockferry.addresses import HostPort
-from sockferry.sctp.endpoint import AssociationChange, AssocState, Message
+from sockferry.sctp.endpoint import AssociationChange, AssocState, UserMessage
 from sockferry.sctp.udp import UdpEndpoint
 from tests.conftest import require_program
 from tests.sctp.usrsctp_peer import UsrsctpPeer, build, fields, pattern_bytes
@@ -43,12 +43,12 @@ async def next_change(endpoint: UdpEndpoint, timeout_s: float = 20.0) -> Associa
 
 
 async def next_messages(endpoint: UdpEndpoint, count: int,
-                        timeout_s: float = 60.0) -> list[Message]:
-    got: list[Message] = []
+                        timeout_s: float = 60.0) -> list[UserMessage]:
+    got: list[UserMessage] = []
     async with asyncio.timeout(timeout_s):
         while len(got) < count:
             item = await endpoint.receive()
-            if isinstance(item, Message):
+            if isinstance(item, UserMessage):
                 got.append(item)
     return got
 

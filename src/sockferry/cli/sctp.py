@@ -27,8 +27,8 @@ from sockferry.sctp.endpoint import (
     AssocId,
     AssocState,
     Endpoint,
-    Message,
     StreamCounts,
+    UserMessage,
 )
 from sockferry.sctp.library import start_sctp_server
 from sockferry.sctp.transport import TRANSPORTS, open_endpoint
@@ -112,7 +112,7 @@ def _u32(text: str) -> int:
     return int(text)
 
 
-def describe_message(message: Message) -> str:
+def describe_message(message: UserMessage) -> str:
     try:
         text = message.data.decode()
     except UnicodeDecodeError:
@@ -271,7 +271,7 @@ class _Replies:
     async def run(self) -> None:
         while True:
             item = await self._endpoint.receive()
-            if isinstance(item, Message):
+            if isinstance(item, UserMessage):
                 self._console.print(describe_message(item))
                 self._activity.set()
             elif item.state in (AssocState.COMM_LOST, AssocState.CANT_STR_ASSOC):

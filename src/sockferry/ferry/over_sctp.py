@@ -37,8 +37,8 @@ from sockferry.sctp.endpoint import (
     AssocId,
     AssocState,
     Endpoint,
-    Message,
     StreamCounts,
+    UserMessage,
 )
 from sockferry.sctp.transport import open_endpoint
 from sockferry.streams import stalled
@@ -79,7 +79,7 @@ class AssociationStream:
 
     # -- fed by the endpoint's reader ---------------------------------------------------
 
-    async def deliver(self, message: Message) -> None:
+    async def deliver(self, message: UserMessage) -> None:
         if self._failure is None:
             try:
                 self._receiver.receive(message.stream, message.ppid, message.data)
@@ -203,7 +203,7 @@ async def route(endpoint: Endpoint, streams: dict[AssocId, AssociationStream],
     ``on_up`` hears of new associations."""
     while True:
         item = await endpoint.receive()
-        if isinstance(item, Message):
+        if isinstance(item, UserMessage):
             stream = streams.get(item.assoc_id)
             if stream is not None:
                 await stream.deliver(item)

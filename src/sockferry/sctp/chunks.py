@@ -123,6 +123,29 @@ class Cause:
 
 
 @dataclass(frozen=True, slots=True)
+class Violation:
+    """The peer broke the protocol: the association ends with an ABORT carrying
+    ``cause``; ``reason`` says why in words."""
+
+    cause: Cause
+    reason: str
+
+
+def cause_text(causes: tuple[Cause, ...]) -> str:
+    """Error causes in words, for logs and ``AssociationChange.reason``."""
+    words = []
+    for cause in causes:
+        try:
+            name = CauseCode(cause.code).name.replace("_", " ").lower()
+        except ValueError:
+            name = f"cause {cause.code}"
+        if cause.code == CauseCode.USER_INITIATED_ABORT and cause.body:
+            name += f" ({cause.body.decode(errors='replace')[:200]})"
+        words.append(name)
+    return ", ".join(words) or "no cause given"
+
+
+@dataclass(frozen=True, slots=True)
 class _InitFields:
     """INIT and INIT ACK share their layout (§3.3.2, §3.3.3) but never their meaning."""
 

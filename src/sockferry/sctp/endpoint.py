@@ -3,7 +3,7 @@
 A one-to-many endpoint is the seed's SOCK_SEQPACKET socket: one socket, no accept(),
 many associations told apart by their id.  Two backends implement it: the userspace
 stack carried in UDP (RFC 9260 over RFC 6951) and, where the kernel has it, Linux SCTP.
-Both deliver the same ``Message`` and ``AssociationChange`` objects (RFC 6458 §6.1.1
+Both deliver the same ``UserMessage`` and ``AssociationChange`` objects (RFC 6458 §6.1.1
 names the association states).
 """
 
@@ -45,7 +45,7 @@ class StreamCounts:
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class UserMessage:
     """One user message, delivered whole (never a fragment)."""
 
     data: bytes
@@ -70,7 +70,7 @@ class AssociationChange:
 
 
 Notification = AssociationChange
-Received = Message | AssociationChange
+Received = UserMessage | AssociationChange
 
 
 class Endpoint(Protocol):

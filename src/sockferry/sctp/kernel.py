@@ -33,11 +33,11 @@ from sockferry.sctp.endpoint import (
     AssociationChange,
     AssocId,
     AssocState,
-    Message,
     Received,
+    UserMessage,
 )
 from sockferry.sctp.kernel_events import (
-    Association,
+    KernelAssociation,
     KernelEvents,
     MessageTooLarge,
     Output,
@@ -146,7 +146,7 @@ class KernelEndpoint:
 
     def _deliver(self, item: Received) -> None:
         self._inbox.append(item)
-        if isinstance(item, Message):
+        if isinstance(item, UserMessage):
             self._inbox_bytes += len(item.data)
         self._wake(self._receivers)
 
@@ -214,7 +214,7 @@ class KernelEndpoint:
     def sctp_port(self) -> int:
         return int(self._sock.getsockname()[1])
 
-    def _known(self, assoc_id: AssocId) -> Association:
+    def _known(self, assoc_id: AssocId) -> KernelAssociation:
         known = self._events.associations.get(assoc_id)
         if known is None:
             raise NetworkError(f"association {assoc_id} does not exist or has ended")
@@ -305,7 +305,7 @@ class KernelEndpoint:
             self._receivers.append(waiter)
             await waiter
         item = self._inbox.popleft()
-        if isinstance(item, Message):
+        if isinstance(item, UserMessage):
             self._inbox_bytes -= len(item.data)
             if self._inbox_bytes < MAX_INBOX_BYTES // 2:
                 self._resume_reading()

@@ -1,7 +1,7 @@
 """What a Linux SCTP one-to-many socket reads, turned into endpoint events (pure).
 
 Each ``recvmsg`` result — bytes, ancillary data, flags and the peer's address — goes in;
-whole ``Message`` and ``AssociationChange`` objects come out, the same as the userspace
+whole ``UserMessage`` and ``AssociationChange`` objects come out, the same as the userspace
 stack's.  On the way:
 
 - pieces of one message (partial delivery, RFC 6458 §8.1.20: no MSG_EOR yet) are
@@ -23,13 +23,12 @@ from sockferry.addresses import SockAddr
 from sockferry.errors import MalformedPacket
 from sockferry.sctp import chunks
 from sockferry.sctp import linux_abi as abi
-from sockferry.sctp.association import cause_text
 from sockferry.sctp.endpoint import (
     AssociationChange,
     AssocId,
     AssocState,
-    Message,
     Received,
+    UserMessage,
 )
 
 log = logging.getLogger("sockferry.sctp")
@@ -51,8 +50,9 @@ def address_key(address: SockAddr) -> tuple[str, int]:
 
 
 @dataclass(slots=True)
-class Association:
-    """A live association: its peer and negotiated (outbound, inbound) stream counts."""
+class KernelAssociation:
+    """An association as the kernel reported it: its peer and negotiated (outbound,
+    inbound) stream counts."""
 
     peer: SockAddr | None
     outbound: int
@@ -75,7 +75,7 @@ class KernelEvents:
 
     def __init__(self, max_message_size: int) -> None:
         self.max_message_size = max_message_size
-        self.associations: dict[AssocId, Association] = {}
+        self.associations: dict[AssocId, KernelAssociation] = {}
         self._aborted: dict[AssocId, str] = {}
         self._parts: list[bytes] = []
         self._size = 0
@@ -125,7 +125,7 @@ class KernelEvents:
         if info is None:
             log.warning("a message without SCTP_RCVINFO was dropped")
             return None
-        return Message(whole, AssocId(info.assoc_id), info.stream, info.ppid,
+        return UserMessage(whole, AssocId(info.assoc_id), info.stream, info.ppid,
                        plain_address(peer), bool(info.flags & abi.SendFlag.UNORDERED))
 
     def _reset(self) -> None:
@@ -161,7 +161,7 @@ class KernelEvents:
                             "delivered", note.assoc_id, len(note.data), note.stream)
             case abi.RemoteErrorNote():
                 log.info("association %d: the peer reported an error: %s", note.assoc_id,
-                         cause_text((chunks.Cause(note.cause, note.data),)))
+                         chunks.cause_text((chunks.Cause(note.cause, note.data),)))
             case abi.PartialDeliveryNote():
                 log.warning("association %d: delivery of a message on stream %d was "
                             "aborted", note.assoc_id, note.stream)
@@ -175,7 +175,7 @@ class KernelEvents:
         state = AssocState[note.state.name]
         outbound, inbound = note.outbound_streams, note.inbound_streams
         if state in (AssocState.COMM_UP, AssocState.RESTART):
-            self.associations[assoc_id] = Association(peer, outbound, inbound)
+            self.associations[assoc_id] = KernelAssociation(peer, outbound, inbound)
             return AssociationChange(state, assoc_id, peer, outbound, inbound)
         known = self.associations.pop(assoc_id, None)
         if known is not None:
@@ -191,7 +191,7 @@ class KernelEvents:
             return f"aborted locally: {reason}" if reason else "aborted locally"
         causes = abort_causes(info)
         if causes:
-            return f"the peer aborted the association: {cause_text(causes)}"
+            return f"the peer aborted the association: {chunks.cause_text(causes)}"
         # Linux reports an ABORT without causes and exhausted retransmissions alike.
         if state == AssocState.COMM_LOST:
             return "the peer aborted or stopped answering"

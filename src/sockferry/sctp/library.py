@@ -27,12 +27,12 @@ from sockferry.sctp.endpoint import (
     AssocId,
     AssocState,
     Endpoint,
-    Message,
     StreamCounts,
+    UserMessage,
 )
 from sockferry.sctp.transport import open_endpoint
 
-__all__ = ["DEFAULT_PORT", "AssociationChange", "Endpoint", "Message", "StreamCounts",
+__all__ = ["DEFAULT_PORT", "AssociationChange", "Endpoint", "StreamCounts", "UserMessage",
            "open_endpoint", "send", "serve", "start_sctp_server"]
 
 log = logging.getLogger("sockferry.sctp")
@@ -43,7 +43,7 @@ DEFAULT_PORT = DEFAULT_UDP_PORT  # the SCTP port sockferry sctp-serve listens on
 async def send(host: str, messages: Iterable[bytes], *, port: int = DEFAULT_PORT,
                stream: int = 0, ppid: int = 0, unordered: bool = False,
                transport: str = "auto", linger: float = 0.0,
-               timeout: float = 30.0) -> list[Message]:
+               timeout: float = 30.0) -> list[UserMessage]:
     """Open an association with ``host``:``port``, send each of ``messages`` on
     ``stream`` (with ``ppid``; ``unordered``: delivered as soon as they arrive), wait
     until the peer has sent nothing for ``linger`` seconds (for replies: a peer may not
@@ -55,7 +55,7 @@ async def send(host: str, messages: Iterable[bytes], *, port: int = DEFAULT_PORT
                                    streams=StreamCounts(max(stream + 1, 10), 10))
     try:
         assoc_id = await endpoint.connect(HostPort(host, port), timeout_s=timeout)
-        replies: list[Message] = []
+        replies: list[UserMessage] = []
         ended: AssociationChange | None = None
         with contextlib.suppress(NetworkError):  # aborted under us: its reason below
             for data in messages:
@@ -78,7 +78,7 @@ async def send(host: str, messages: Iterable[bytes], *, port: int = DEFAULT_PORT
         await endpoint.close()
 
 
-async def _quiet(endpoint: Endpoint, assoc_id: AssocId, replies: list[Message],
+async def _quiet(endpoint: Endpoint, assoc_id: AssocId, replies: list[UserMessage],
                  linger: float) -> AssociationChange | None:
     """Collect replies until none came for ``linger`` s; the end event if it ended."""
     while linger > 0:
@@ -87,7 +87,7 @@ async def _quiet(endpoint: Endpoint, assoc_id: AssocId, replies: list[Message],
                 item = await _next_of(endpoint, assoc_id)
         except TimeoutError:
             return None
-        if isinstance(item, Message):
+        if isinstance(item, UserMessage):
             replies.append(item)
         elif _ends(item):
             return item
@@ -95,17 +95,17 @@ async def _quiet(endpoint: Endpoint, assoc_id: AssocId, replies: list[Message],
 
 
 async def _next_end(endpoint: Endpoint, assoc_id: AssocId,
-                    replies: list[Message]) -> AssociationChange:
+                    replies: list[UserMessage]) -> AssociationChange:
     """Collect ``assoc_id``'s messages until the event that ends it."""
     while True:
         item = await _next_of(endpoint, assoc_id)
-        if isinstance(item, Message):
+        if isinstance(item, UserMessage):
             replies.append(item)
         elif _ends(item):
             return item
 
 
-async def _next_of(endpoint: Endpoint, assoc_id: AssocId) -> Message | AssociationChange:
+async def _next_of(endpoint: Endpoint, assoc_id: AssocId) -> UserMessage | AssociationChange:
     while True:
         item = await endpoint.receive()
         if item.assoc_id == assoc_id:
@@ -120,7 +120,7 @@ async def start_sctp_server(listen: Sequence[Address], *, transport: str = "auto
                             udp_port: int | None = None, streams: StreamCounts | None = None,
                             inherited: Sequence[socket.socket] = (), echo: bool = False,
                             access: AccessRules | None = None, metrics: Metrics = OFF,
-                            on_message: Callable[[Message], None] | None = None,
+                            on_message: Callable[[UserMessage], None] | None = None,
                             on_change: Callable[[AssociationChange], None] | None = None,
                             notice: Callable[[str], None] = log.warning) -> Server:
     """A one-to-many SCTP server (what ``sockferry sctp-serve`` runs): every message is
@@ -153,7 +153,7 @@ async def start_sctp_server(listen: Sequence[Address], *, transport: str = "auto
 async def serve(host: str = "", port: int = DEFAULT_PORT, *,
                 listen: list[str] | None = None, transport: str = "auto",
                 echo: bool = False,
-                on_message: Callable[[Message], None] | None = None) -> Server:
+                on_message: Callable[[UserMessage], None] | None = None) -> Server:
     """Serve SCTP on ``host``:``port`` (all addresses by default) or on every
     ``listen`` address: each message goes to ``on_message`` and, with ``echo``, back to
     its sender — ``start_sctp_server`` takes every option of ``sctp-serve``."""
@@ -172,7 +172,7 @@ ECHO_BACKLOG = 64
 
 
 async def _serve_loop(endpoint: Endpoint, echo: bool, access: AccessRules, metrics: Metrics,
-                      on_message: Callable[[Message], None],
+                      on_message: Callable[[UserMessage], None],
                       on_change: Callable[[AssociationChange], None],
                       notice: Callable[[str], None]) -> None:
     echoes = _Echoes(endpoint, notice)
@@ -216,10 +216,10 @@ class _Gate:
         self._refused: set[AssocId] = set()
         self._log = RateLimitedLog()
 
-    def admits(self, item: Message | AssociationChange) -> bool:
+    def admits(self, item: UserMessage | AssociationChange) -> bool:
         if not self._access.restricts:
             return True
-        if isinstance(item, Message):
+        if isinstance(item, UserMessage):
             return item.assoc_id not in self._refused
         if item.assoc_id in self._refused:
             if item.state not in (AssocState.COMM_UP, AssocState.RESTART):
@@ -247,10 +247,10 @@ class _Echoes:
     def __init__(self, endpoint: Endpoint, notice: Callable[[str], None]) -> None:
         self._endpoint = endpoint
         self._notice = notice
-        self._queues: dict[AssocId, asyncio.Queue[Message]] = {}
+        self._queues: dict[AssocId, asyncio.Queue[UserMessage]] = {}
         self._tasks: dict[AssocId, asyncio.Task[None]] = {}
 
-    def queue(self, message: Message) -> None:
+    def queue(self, message: UserMessage) -> None:
         assoc_id = message.assoc_id
         if assoc_id not in self._queues:
             self._queues[assoc_id] = asyncio.Queue(ECHO_BACKLOG)

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from sockferry.addresses import SockAddr, format_sockaddr
 from sockferry.errors import MalformedPacket, NetworkError
 from sockferry.sctp import chunks as c
-from sockferry.sctp.association import KNOWN_PARAMS, Association, Event, Random, State
+from sockferry.sctp.association import Association, AssociationState, Event, Random
 from sockferry.sctp.config import Config
 from sockferry.sctp.cookie import CookieRefused, CookieState, open_cookie, sign_cookie
 from sockferry.sctp.endpoint import AssocId
+from sockferry.sctp.handshake import KNOWN_PARAMS
 
 log = logging.getLogger("sockferry.sctp")
 
@@ -224,7 +225,7 @@ class Stack:
         if problem is not None:
             self._reply(address, port, init.initiate_tag, c.AbortChunk((problem,)))
             return
-        if assoc is not None and assoc.state == State.SHUTDOWN_ACK_SENT:
+        if assoc is not None and assoc.state == AssociationState.SHUTDOWN_ACK_SENT:
             assoc.resend_shutdown_ack(now)  # §9.2: an INIT now is answered so
             self._collect(assoc)
             return
@@ -232,7 +233,8 @@ class Stack:
             self._reply(address, port, init.initiate_tag, c.AbortChunk((c.Cause(
                 c.CauseCode.OUT_OF_RESOURCE),)))
             return
-        if assoc is not None and assoc.state in (State.COOKIE_WAIT, State.COOKIE_ECHOED):
+        if assoc is not None and assoc.state in (AssociationState.COOKIE_WAIT,
+                                                 AssociationState.COOKIE_ECHOED):
             my_tag, my_tsn = assoc.my_tag, assoc.my_initial_tsn  # §5.2.1: same as our INIT
         else:
             my_tag, my_tsn = self._random_u32(), self._random_u32()

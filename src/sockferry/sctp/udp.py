@@ -19,14 +19,14 @@ from typing import Any, Self, cast
 
 from sockferry.addresses import Address, HostPort, SockAddr, UnixPath, format_sockaddr
 from sockferry.errors import NetworkError, PeerRefused, UsageError
-from sockferry.sctp.association import State
+from sockferry.sctp.association import AssociationState
 from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import (
     AssociationChange,
     AssocId,
     AssocState,
-    Message,
     Received,
+    UserMessage,
 )
 from sockferry.sctp.stack import Stack
 from sockferry.sockets import grow_buffers, open_listeners, resolve
@@ -373,7 +373,7 @@ class UdpEndpoint:
         assoc_id = self.stack.connect(host, port, (host, self._peer_udp_port or port),
                                       self._loop.time())
         assoc = self.stack.association(assoc_id)
-        if assoc is not None and assoc.state == State.ESTABLISHED:
+        if assoc is not None and assoc.state == AssociationState.ESTABLISHED:
             return assoc_id
         waiter = self._loop.create_future()
         self._waiters.setdefault(assoc_id, []).append(waiter)
@@ -413,6 +413,11 @@ class UdpEndpoint:
                    ppid: int = 0, unordered: bool = False) -> AssocId:
         assoc_id = to if isinstance(to, int) else await self.connect(to)
         assoc = self.stack.association(assoc_id)
+        if assoc is not None and assoc.outbound_streams and not (
+                0 <= stream < assoc.outbound_streams):
+            # As the kernel backend says it: a caller's value, not a protocol fault.
+            raise UsageError(f"stream {stream} is not among the {assoc.outbound_streams} "
+                             f"outbound streams of association {assoc_id}")
         while assoc is not None and assoc.buffered_amount >= SEND_BUFFER:
             future = self._space.get(assoc_id)
             if future is None:
@@ -431,7 +436,7 @@ class UdpEndpoint:
         if item is None:
             self._inbox.put_nowait(None)  # wake any other receiver too
             raise NetworkError("the SCTP endpoint is closed")
-        if isinstance(item, Message):
+        if isinstance(item, UserMessage):
             self.stack.release(item.assoc_id, len(item.data), self._loop.time())
             self._flush()
         return item
