@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from sockferry.entries import Entry, Kind
+from sockferry.ferry import codec
 from sockferry.ferry import messages as m
 from sockferry.ferry.sctp_framing import FrameSender
 from sockferry.sctp import chunks as c
@@ -26,46 +27,46 @@ NONCE = b"\x22" * m.NONCE_BYTES
 def _client_stream() -> bytes:
     body = b"hello, world\n"
     return b"".join([
-        m.encode(m.Hello(1, 1, int(m.ALL_FEATURES), NONCE)),
-        m.encode(m.Auth(b"\x33" * m.PROOF_BYTES)),
-        m.encode(m.Put(1, "dir/file.txt", len(body), 0o644, 1_700_000_000_000_000_000)),
-        m.data_header(1, len(body)), body,
-        m.encode(m.Done(1, DIGEST)),
-        m.encode_put_inline(2, "small", 0o600, 0, b"tiny", DIGEST),
-        m.encode(m.Get(3, "dir/file.txt")),
-        m.encode(m.Get(4, "big", 10, DIGEST)),
-        m.encode(m.ListDir(5, "dir", m.ListFlag.RECURSIVE)),
-        m.encode(m.Stat(6, "dir")),
-        m.encode(m.Mkdir(7, "new/dir", 0o755)),
-        m.encode(m.Partial(8, "part")),
-        m.encode(m.PutAt(9, "part", 4, 10, 0o644, 0)),
-        m.encode(m.Hole(9, 6)),
-        m.encode(m.Cancel(3)),
-        m.encode(m.Put(10, "stream", 0, 0o644, 0, m.PutFlag.STREAMED)),
-        m.data_header(10, 3), b"abc",
-        m.encode(m.Done(10, DIGEST)),
-        m.encode(m.Delete(11, "old", True)),
-        m.encode(m.Checksum(12, "dir/file.txt")),
-        m.encode(m.Symlink(13, "dir/link", "../small")),
-        m.encode(m.Readlink(14, "dir/link")),
+        codec.encode(m.Hello(1, 1, int(m.ALL_FEATURES), NONCE)),
+        codec.encode(m.Auth(b"\x33" * m.PROOF_BYTES)),
+        codec.encode(m.Put(1, "dir/file.txt", len(body), 0o644, 1_700_000_000_000_000_000)),
+        codec.data_header(1, len(body)), body,
+        codec.encode(m.Done(1, DIGEST)),
+        codec.encode_put_inline(2, "small", 0o600, 0, b"tiny", DIGEST),
+        codec.encode(m.Get(3, "dir/file.txt")),
+        codec.encode(m.Get(4, "big", 10, DIGEST)),
+        codec.encode(m.ListDir(5, "dir", m.ListFlag.RECURSIVE)),
+        codec.encode(m.Stat(6, "dir")),
+        codec.encode(m.Mkdir(7, "new/dir", 0o755)),
+        codec.encode(m.Partial(8, "part")),
+        codec.encode(m.PutAt(9, "part", 4, 10, 0o644, 0)),
+        codec.encode(m.Hole(9, 6)),
+        codec.encode(m.Cancel(3)),
+        codec.encode(m.Put(10, "stream", 0, 0o644, 0, m.PutFlag.STREAMED)),
+        codec.data_header(10, 3), b"abc",
+        codec.encode(m.Done(10, DIGEST)),
+        codec.encode(m.Delete(11, "old", True)),
+        codec.encode(m.Checksum(12, "dir/file.txt")),
+        codec.encode(m.Symlink(13, "dir/link", "../small")),
+        codec.encode(m.Readlink(14, "dir/link")),
     ])
 
 
 def _server_stream() -> bytes:
     entry = Entry("dir/file.txt", Kind.FILE, 0o644, 13, 1_700_000_000_000_000_000)
     return b"".join([
-        m.encode(m.HelloReply(1, int(m.ALL_FEATURES), 256, NONCE, "sockferry",
+        codec.encode(m.HelloReply(1, int(m.ALL_FEATURES), 256, NONCE, "sockferry",
                               b"\x44" * m.PROOF_BYTES)),
-        m.encode(m.Ok(7)),
-        m.encode(m.FileHeader(3, 13, 0o644, 0)),
-        m.data_header(3, 13), b"hello, world\n",
-        m.encode(m.Done(3, DIGEST)),
-        m.encode(m.Entries(5, (entry,), True)),
-        m.encode(m.Committed(1, 13, DIGEST)),
-        m.encode(m.Prefix(8, 4, DIGEST)),
-        m.encode(m.Sum(12, 13, DIGEST)),
-        m.encode(m.Link(14, "../small")),
-        m.encode(m.Error(0, m.ErrorCode.BUSY, "server busy")),
+        codec.encode(m.Ok(7)),
+        codec.encode(m.FileHeader(3, 13, 0o644, 0)),
+        codec.data_header(3, 13), b"hello, world\n",
+        codec.encode(m.Done(3, DIGEST)),
+        codec.encode(m.Entries(5, (entry,), True)),
+        codec.encode(m.Committed(1, 13, DIGEST)),
+        codec.encode(m.Prefix(8, 4, DIGEST)),
+        codec.encode(m.Sum(12, 13, DIGEST)),
+        codec.encode(m.Link(14, "../small")),
+        codec.encode(m.Error(0, m.ErrorCode.BUSY, "server busy")),
     ])
 
 

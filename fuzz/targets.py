@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from sockferry.errors import MalformedPacket, RemoteProtocolError
 from sockferry.ferry import messages as m
+from sockferry.ferry.parser import FrameParser
 from sockferry.ferry.sctp_framing import END_PPID, FRAME_PPID, FrameReceiver
 from sockferry.sctp import chunks
 from sockferry.sctp import linux_abi as abi
@@ -37,7 +38,7 @@ def ferry_frames(data: bytes) -> None:
 
 
 def _parse(pieces: list[bytes]) -> list[object] | str:
-    parser = m.FrameParser()
+    parser = FrameParser()
     out: list[object] = []
     try:
         for piece in pieces:
@@ -49,7 +50,7 @@ def _parse(pieces: list[bytes]) -> list[object] | str:
 
 
 def _plain(message: object) -> object:
-    if isinstance(message, m.DataChunk):
+    if isinstance(message, m.BodyPiece):
         return ("chunk", message.request, bytes(message.data))
     return message
 
@@ -129,7 +130,7 @@ def ferry_sctp_framing(data: bytes) -> None:
     """Ferry over SCTP: a sequence of (stream, ppid, message) cut from the input goes
     into the server's FrameReceiver, and the frames it hands on into FrameParser."""
     receiver = FrameReceiver(server=True, streams=4)
-    parser = m.FrameParser()
+    parser = FrameParser()
     ppids = (FRAME_PPID, END_PPID, 0)  # a frame, the end, anything else
     position = 0
     try:

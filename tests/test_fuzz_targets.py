@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sockferry.errors import MalformedPacket
-from sockferry.ferry import messages as m
+from sockferry.ferry.parser import FrameParser
 from sockferry.sctp import chunks
 from sockferry.tftp import packets
 
@@ -63,7 +63,7 @@ def test_target_over_its_corpus_and_mutations(name: str) -> None:
 
 
 @pytest.mark.parametrize(("decode", "seeds_of"), [
-    (lambda data: list(m.FrameParser().feed(data[1:])), seeds.ferry_frames),
+    (lambda data: list(FrameParser().feed(data[1:])), seeds.ferry_frames),
     (packets.decode_packet, seeds.tftp_packets),
     (chunks.decode_packet, seeds.sctp_packets),
 ])

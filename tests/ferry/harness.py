@@ -21,10 +21,12 @@ from sockferry.addresses import Address, HostPort
 from sockferry.api import run_ferry_server
 from sockferry.cli import main
 from sockferry.ferry import messages as m
-from sockferry.ferry import session as s
 from sockferry.ferry.client import FerryClient
+from sockferry.ferry.client_session import ClientSession
 from sockferry.ferry.copying import send_paths
+from sockferry.ferry.parser import FrameParser
 from sockferry.ferry.server import FerryServer, FerryServerConfig
+from sockferry.ferry.session import ConnState
 from sockferry.library import Server
 
 T = TypeVar("T")
@@ -173,14 +175,14 @@ class RawClient:
 
     def __init__(self, port: int, token: bytes = TOKEN) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.session = s.ClientSession(token, os.urandom(32))
+        self.session = ClientSession(token, os.urandom(32))
         self.sock.sendall(self.session.data_to_send())
-        while self.session.state is s.ConnState.AWAIT_REPLY:
+        while self.session.state is ConnState.AWAIT_REPLY:
             data = self.sock.recv(65536)
             assert data, "server closed during the handshake"
             self.session.receive_data(data)
         self.sock.sendall(self.session.data_to_send())
-        self.parser = m.FrameParser()
+        self.parser = FrameParser()
 
     def send(self, *frames: bytes) -> None:
         self.sock.sendall(b"".join(frames))

@@ -11,6 +11,7 @@ import pytest
 from sockferry.access import AccessRules
 from sockferry.addresses import HostPort, UnixPath
 from sockferry.cli.runtime import ExitCode
+from sockferry.ferry import codec
 from sockferry.ferry import messages as m
 from sockferry.storage.names import is_temporary_name
 from tests.ferry.harness import RawClient, ServerThread, run_cli
@@ -128,9 +129,10 @@ def test_read_only_refusal_costs_only_that_request(read_only: dict[str, Path]) -
     with ServerThread(read_only["root"], read_only=True) as server:
         raw = RawClient(server.port)
         body = b"z" * 1000
-        raw.send(m.encode(m.Put(1, "new", len(body), 0o644, 0)), m.data_header(1, len(body)),
-                 body, m.encode(m.Done(1, b"\0" * m.DIGEST_BYTES)),
-                 m.encode(m.Mkdir(3, "dir", 0o755)), m.encode(m.Get(5, "old.txt")))
+        raw.send(codec.encode(m.Put(1, "new", len(body), 0o644, 0)),
+                 codec.data_header(1, len(body)),
+                 body, codec.encode(m.Done(1, b"\0" * m.DIGEST_BYTES)),
+                 codec.encode(m.Mkdir(3, "dir", 0o755)), codec.encode(m.Get(5, "old.txt")))
         replies = raw.replies(3)
         raw.close()
     errors = {r.request: r for r in replies if isinstance(r, m.Error)}

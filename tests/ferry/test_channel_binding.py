@@ -10,9 +10,13 @@ import pytest
 
 from sockferry.cli.runtime import ExitCode
 from sockferry.errors import AuthenticationFailed, PeerRefused, RemoteProtocolError, UsageError
-from sockferry.ferry import auth
+from sockferry.ferry import auth, codec
+from sockferry.ferry import events as ev
 from sockferry.ferry import messages as m
-from sockferry.ferry import session as s
+from sockferry.ferry.client_session import ClientSession
+from sockferry.ferry.parser import FrameParser
+from sockferry.ferry.server_session import ServerSession
+from sockferry.ferry.session import ConnState
 from sockferry.ferry.tokens import MIN_TOKEN_BITS, estimate_bits, load_token
 from tests.ferry.harness import TOKEN, ServerThread, run_cli, write_token
 from tests.ferry.test_session import pump
@@ -22,34 +26,34 @@ OTHER = b"tls-server-end-point:" + b"\x22" * 32
 OLD_FEATURES = m.ALL_FEATURES & ~m.Feature.CHANNEL_BINDING  # a v1 peer before TLS
 
 
-def handshake(client: s.ClientSession, server: s.ServerSession) -> None:
+def handshake(client: ClientSession, server: ServerSession) -> None:
     client_events, server_events = pump(client, server)
-    assert isinstance(client_events[0], s.ServerVerified)
-    assert isinstance(server_events[0], s.ClientAuthenticated)
+    assert isinstance(client_events[0], ev.ServerVerified)
+    assert isinstance(server_events[0], ev.ClientAuthenticated)
 
 
 def test_bound_handshake_covers_the_binding() -> None:
-    client = s.ClientSession(TOKEN, b"c" * 32, channel_binding=BINDING)
-    server = s.ServerSession(TOKEN, b"s" * 32, channel_binding=BINDING)
+    client = ClientSession(TOKEN, b"c" * 32, channel_binding=BINDING)
+    server = ServerSession(TOKEN, b"s" * 32, channel_binding=BINDING)
     hello = client.data_to_send()
     server.receive_data(hello)
     reply_frame = server.data_to_send()
-    [reply] = list(m.FrameParser().feed(reply_frame))
+    [reply] = list(FrameParser().feed(reply_frame))
     assert isinstance(reply, m.HelloReply)
     assert reply.features & m.Feature.CHANNEL_BINDING
-    transcript = auth.transcript_hash(hello[m.HEADER.size :], m.hello_reply_signed_part(reply),
+    transcript = auth.transcript_hash(hello[m.HEADER.size :], codec.hello_reply_signed_part(reply),
                                       BINDING)
     assert reply.proof == auth.proof(TOKEN, auth.SERVER_LABEL, transcript)
     assert reply.proof != auth.proof(TOKEN, auth.SERVER_LABEL, auth.transcript_hash(
-        hello[m.HEADER.size :], m.hello_reply_signed_part(reply)))
+        hello[m.HEADER.size :], codec.hello_reply_signed_part(reply)))
     client.receive_data(reply_frame)
     server.receive_data(client.data_to_send())
-    assert server.state is client.state is s.ConnState.READY
+    assert server.state is client.state is ConnState.READY
 
 
 def test_different_bindings_fail_before_the_client_proves_itself() -> None:
-    client = s.ClientSession(TOKEN, b"c" * 32, channel_binding=BINDING)
-    server = s.ServerSession(TOKEN, b"s" * 32, channel_binding=OTHER)
+    client = ClientSession(TOKEN, b"c" * 32, channel_binding=BINDING)
+    server = ServerSession(TOKEN, b"s" * 32, channel_binding=OTHER)
     server.receive_data(client.data_to_send())
     with pytest.raises(AuthenticationFailed):
         client.receive_data(server.data_to_send())
@@ -59,24 +63,24 @@ def test_different_bindings_fail_before_the_client_proves_itself() -> None:
 def test_plaintext_peers_never_bind_and_v1_peers_are_unchanged() -> None:
     for client_features in (m.ALL_FEATURES, OLD_FEATURES):
         for server_features in (m.ALL_FEATURES, OLD_FEATURES):
-            client = s.ClientSession(TOKEN, b"c" * 32, features=client_features)
-            server = s.ServerSession(TOKEN, b"s" * 32, features=server_features)
+            client = ClientSession(TOKEN, b"c" * 32, features=client_features)
+            server = ServerSession(TOKEN, b"s" * 32, features=server_features)
             hello = client.data_to_send()
-            [parsed] = list(m.FrameParser().feed(hello))
+            [parsed] = list(FrameParser().feed(hello))
             assert isinstance(parsed, m.Hello)
             assert not parsed.features & m.Feature.CHANNEL_BINDING
             server.receive_data(hello)
             client.receive_data(server.data_to_send())
             server.receive_data(client.data_to_send())
             assert not client.features & m.Feature.CHANNEL_BINDING
-            assert server.state is s.ConnState.READY
+            assert server.state is ConnState.READY
 
 
 def test_a_bound_client_refuses_a_server_that_drops_the_binding() -> None:
     """A relay that strips the bit would also have to forge the proof; the client does
     not even get that far."""
-    client = s.ClientSession(TOKEN, b"c" * 32, channel_binding=BINDING)
-    server = s.ServerSession(TOKEN, b"s" * 32, features=OLD_FEATURES)
+    client = ClientSession(TOKEN, b"c" * 32, channel_binding=BINDING)
+    server = ServerSession(TOKEN, b"s" * 32, features=OLD_FEATURES)
     server.receive_data(client.data_to_send())
     with pytest.raises(RemoteProtocolError, match="did not bind authentication"):
         client.receive_data(server.data_to_send())
@@ -84,8 +88,8 @@ def test_a_bound_client_refuses_a_server_that_drops_the_binding() -> None:
 
 
 def test_a_tls_server_refuses_a_client_that_does_not_bind() -> None:
-    client = s.ClientSession(TOKEN, b"c" * 32, features=OLD_FEATURES, channel_binding=BINDING)
-    server = s.ServerSession(TOKEN, b"s" * 32, channel_binding=BINDING)
+    client = ClientSession(TOKEN, b"c" * 32, features=OLD_FEATURES, channel_binding=BINDING)
+    server = ServerSession(TOKEN, b"s" * 32, channel_binding=BINDING)
     with pytest.raises(RemoteProtocolError, match="binds authentication to the TLS channel"):
         server.receive_data(client.data_to_send())
     with pytest.raises(PeerRefused, match="upgrade the client"):
@@ -93,7 +97,7 @@ def test_a_tls_server_refuses_a_client_that_does_not_bind() -> None:
 
 
 def test_a_tls_hello_at_a_plaintext_server_is_named() -> None:
-    server = s.ServerSession(TOKEN, b"s" * 32)
+    server = ServerSession(TOKEN, b"s" * 32)
     client_hello = bytes.fromhex("160301020001") + bytes(600)
     with pytest.raises(RemoteProtocolError, match="speaks TLS but this server runs without"):
         server.receive_data(client_hello)

@@ -10,6 +10,7 @@ import blake3
 import pytest
 
 from sockferry.cli.runtime import ExitCode
+from sockferry.ferry import codec
 from sockferry.ferry import messages as m
 from sockferry.storage.names import is_temporary_name
 from tests.conftest import mounted_tmpfs
@@ -83,15 +84,15 @@ def test_target_replaced_by_a_directory_mid_upload(tmp_path: Path) -> None:
     body = os.urandom(100_000)
     with ServerThread(tmp_path) as server:
         raw = RawClient(server.port)
-        raw.send(m.encode(m.Put(1, "target", len(body), 0o644, 0)),
-                 m.data_header(1, 50_000), body[:50_000])
-        raw.send(m.encode(m.Stat(3, "target")))  # answered: the first half is in
+        raw.send(codec.encode(m.Put(1, "target", len(body), 0o644, 0)),
+                 codec.data_header(1, 50_000), body[:50_000])
+        raw.send(codec.encode(m.Stat(3, "target")))  # answered: the first half is in
         assert any(isinstance(r, m.Entries) for r in raw.replies(1))
         (tmp_path / "target").unlink()
         (tmp_path / "target").mkdir()
         (tmp_path / "target" / "inside").write_bytes(b"keep")
-        raw.send(m.data_header(1, 50_000), body[50_000:],
-                 m.encode(m.Done(1, blake3.blake3(body).digest())))
+        raw.send(codec.data_header(1, 50_000), body[50_000:],
+                 codec.encode(m.Done(1, blake3.blake3(body).digest())))
         replies = raw.replies(1)
         raw.close()
     assert isinstance(replies[0], m.Error) and replies[0].code == m.ErrorCode.IS_DIRECTORY

@@ -13,6 +13,7 @@ import pytest
 
 from sockferry.addresses import HostPort
 from sockferry.errors import PeerRefused, SockferryError
+from sockferry.ferry import codec
 from sockferry.ferry import messages as m
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.messages import ErrorCode
@@ -112,7 +113,7 @@ def test_a_client_that_stops_reading_a_huge_listing_pins_little_memory(
     try:
         baseline = _rss_kib(server.proc.pid)
         client = RawClient(server.port)
-        client.send(m.encode(m.ListDir(1, "", m.ListFlag.RECURSIVE)))
+        client.send(codec.encode(m.ListDir(1, "", m.ListFlag.RECURSIVE)))
         peak = baseline
         for _ in range(30):  # 3 s: long enough to have built the whole answer before
             time.sleep(0.1)

@@ -20,7 +20,9 @@ import blake3
 import pytest
 
 from sockferry.cli.runtime import ExitCode
+from sockferry.ferry import codec
 from sockferry.ferry import messages as m
+from sockferry.ferry.parser import FrameParser
 from sockferry.memory import rss_bytes
 from tests.ferry.harness import CliServer, RawClient, spawn_cli, write_token
 
@@ -73,15 +75,15 @@ def _closed(raw: RawClient) -> list[m.Message]:
 
 
 def _put(request: int, path: str, size: int) -> bytes:
-    return m.encode(m.Put(request, path, size, 0o644, 0))
+    return codec.encode(m.Put(request, path, size, 0o644, 0))
 
 
 def test_sizes_of_2_63_and_16_tib_holes_are_refused_before_any_work(
         served: tuple[CliServer, Path]) -> None:
     server, _ = served
     raw = RawClient(server.port)
-    raw.send(_put(1, "huge", 2**63 - 1), m.encode(m.Hole(1, 2**62)),
-             _put(3, "sixteen", 16 * TIB), m.encode(m.Hole(3, 16 * TIB)))
+    raw.send(_put(1, "huge", 2**63 - 1), codec.encode(m.Hole(1, 2**62)),
+             _put(3, "sixteen", 16 * TIB), codec.encode(m.Hole(3, 16 * TIB)))
     errors = [r for r in raw.replies(2) if isinstance(r, m.Error)]
     _another_client_is_served(served, "after-huge")
     raw.close()
@@ -96,8 +98,8 @@ def test_a_streamed_hole_over_the_limit_is_refused_before_any_work(
     before the server hashes a single zero (the default limit is 4 TiB)."""
     server, _ = served
     raw = RawClient(server.port)
-    raw.send(m.encode(m.Put(1, "endless", 0, 0o644, 0, m.PutFlag.STREAMED)),
-             m.encode(m.Hole(1, 2**62)), m.encode(m.Done(1, b"\0" * 32)))
+    raw.send(codec.encode(m.Put(1, "endless", 0, 0o644, 0, m.PutFlag.STREAMED)),
+             codec.encode(m.Hole(1, 2**62)), codec.encode(m.Done(1, b"\0" * 32)))
     errors = [r for r in raw.replies(1) if isinstance(r, m.Error)]
     _another_client_is_served(served, "after-endless")
     raw.close()
@@ -111,7 +113,7 @@ def test_a_terabyte_hole_within_the_limit_stalls_nobody(
     """Its zeros are hashed by a thread in slices; the client leaving stops it."""
     server, _ = served
     raw = RawClient(server.port)
-    raw.send(_put(1, "holey", TIB), m.encode(m.Hole(1, TIB - 1)))
+    raw.send(_put(1, "holey", TIB), codec.encode(m.Hole(1, TIB - 1)))
     time.sleep(0.2)  # let the hashing start
     _another_client_is_served(served, "beside-the-hole")
     raw.close()
@@ -122,7 +124,7 @@ def test_a_terabyte_hole_within_the_limit_stalls_nobody(
     ("length 2^32-1", struct.pack("!BBHII", m.FrameType.PUT, 0, 0, 1, 2**32 - 1)),
     ("DATA length 2^32-1",
      _put(1, "f", 10) + struct.pack("!BBHII", m.FrameType.DATA, 0, 0, 1, 2**32 - 1)),
-    ("more sent than declared", _put(1, "f", 5) + m.data_header(1, 10) + b"x" * 10),
+    ("more sent than declared", _put(1, "f", 5) + codec.data_header(1, 10) + b"x" * 10),
     ("garbage after authentication", bytes(range(256)) * 4),
 ])
 def test_a_protocol_violation_ends_only_that_connection(
@@ -145,7 +147,8 @@ def test_less_sent_than_declared(served: tuple[CliServer, Path]) -> None:
     server, _ = served
     raw = RawClient(server.port)
     digest = blake3.blake3(b"short").digest()
-    raw.send(_put(1, "short", 10), m.data_header(1, 5), b"short", m.encode(m.Done(1, digest)))
+    raw.send(_put(1, "short", 10), codec.data_header(1, 5), b"short",
+             codec.encode(m.Done(1, digest)))
     got = _closed(raw)
     assert any(isinstance(r, m.Error) and r.code == m.ErrorCode.BAD_REQUEST for r in got)
     assert not (server.log.parent / "root" / "short").exists()
@@ -159,7 +162,7 @@ def test_a_flood_beyond_max_connections_is_busy_then_passes(
         for _ in range(40):  # --max-connections 40, authenticated, idle
             held.append(RawClient(server.port))
         extra = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        parser = m.FrameParser()
+        parser = FrameParser()
         refused = list(parser.feed(extra.recv(4096)))
         extra.close()
         assert isinstance(refused[0], m.Error) and refused[0].code == m.ErrorCode.BUSY
@@ -185,7 +188,7 @@ def test_a_client_that_stops_reading_a_1_gib_get_pins_no_memory(
     start = rss_bytes(server.proc.pid)
     raw = RawClient(server.port)
     raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    raw.send(m.encode(m.Get(1, "gig")))
+    raw.send(codec.encode(m.Get(1, "gig")))
     samples = _sample_rss(server.proc.pid, 3.0)
     _another_client_is_served(served, "beside-the-stall")
     raw.close()
@@ -204,7 +207,7 @@ def test_memory_is_returned_after_1000_connections(
     for _ in range(50):  # 1,000 connections, 20 at a time: handshake, STAT, close
         batch = [RawClient(server.port) for _ in range(20)]
         for raw in batch:
-            raw.send(m.encode(m.Stat(1, "gig")))
+            raw.send(codec.encode(m.Stat(1, "gig")))
         for raw in batch:
             assert any(isinstance(r, m.Entries) for r in raw.replies(1))
         peak = max(peak, rss_bytes(pid))

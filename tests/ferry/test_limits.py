@@ -9,15 +9,16 @@ from pathlib import Path
 
 import blake3
 
+from sockferry.ferry import codec
 from sockferry.ferry import messages as m
 from sockferry.storage.names import MAX_PATH_DEPTH, is_temporary_name
 from tests.ferry.harness import RawClient, ServerThread
 
 
 def _put(request: int, path: str, body: bytes) -> bytes:
-    return b"".join([m.encode(m.Put(request, path, len(body), 0o644, 0)),
-                     m.data_header(request, len(body)) if body else b"", body,
-                     m.encode(m.Done(request, blake3.blake3(body).digest()))])
+    return b"".join([codec.encode(m.Put(request, path, len(body), 0o644, 0)),
+                     codec.data_header(request, len(body)) if body else b"", body,
+                     codec.encode(m.Done(request, blake3.blake3(body).digest()))])
 
 
 def _verdicts(raw: RawClient, count: int) -> dict[int, m.Message]:
@@ -38,7 +39,7 @@ def test_files_per_connection(tmp_path: Path) -> None:
     with ServerThread(tmp_path, max_files_per_connection=2) as server:
         raw = RawClient(server.port)
         raw.send(_put(1, "a", b"1"), _put(3, "b", b"2"), _put(5, "c", b"3"),
-                 m.encode(m.Get(7, "old")))
+                 codec.encode(m.Get(7, "old")))
         got = _verdicts(raw, 4)
         raw.close()
         other = RawClient(server.port)  # a new connection starts afresh
@@ -107,8 +108,8 @@ def test_path_depth_and_listing_size(tmp_path: Path) -> None:
     deep = "/".join(["x"] * (MAX_PATH_DEPTH + 1))
     with ServerThread(tmp_path, max_list_entries=3) as server:
         raw = RawClient(server.port)
-        raw.send(m.encode(m.Mkdir(1, deep, 0o755)),
-                 m.encode(m.ListDir(3, "", m.ListFlag.RECURSIVE)), m.encode(m.Stat(5, "a")))
+        raw.send(codec.encode(m.Mkdir(1, deep, 0o755)),
+                 codec.encode(m.ListDir(3, "", m.ListFlag.RECURSIVE)), codec.encode(m.Stat(5, "a")))
         got = {r.request: r for r in raw.replies(3) if isinstance(r, m.Error | m.Entries)}
         raw.close()
     assert _code(got[1]) == m.ErrorCode.PERMISSION

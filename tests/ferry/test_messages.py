@@ -9,13 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sockferry.entries import Entry, Kind
-from sockferry.errors import MalformedPacket
+from sockferry.entries import MAX_PATH_BYTES, Entry, Kind
+from sockferry.errors import LocalProtocolError, MalformedPacket
+from sockferry.ferry import codec
 from sockferry.ferry import messages as m
+from sockferry.ferry.parser import FrameParser
 
 ids = st.integers(1, 2**32 - 1)
 paths = st.text(st.characters(blacklist_categories=["Cs"]), max_size=60).filter(
-    lambda p: len(p.encode()) <= m.MAX_PATH_BYTES)
+    lambda p: len(p.encode()) <= MAX_PATH_BYTES)
 sizes = st.integers(0, m.MAX_FILE_SIZE)
 u32 = st.integers(0, 2**32 - 1)
 i64 = st.integers(-(2**63), 2**63 - 1)
@@ -48,7 +50,7 @@ messages = st.one_of(
 
 
 def parse_all(data: bytes, step: int | None = None) -> list[object]:
-    parser = m.FrameParser()
+    parser = FrameParser()
     out: list[object] = []
     pieces = [data] if step is None else [data[i : i + step] for i in range(0, len(data), step)]
     for piece in pieces:
@@ -62,20 +64,20 @@ def parse_all(data: bytes, step: int | None = None) -> list[object]:
 @settings(max_examples=400)
 @given(messages)
 def test_round_trip(message: m.Message) -> None:
-    assert parse_all(m.encode(message)) == [message]
+    assert parse_all(codec.encode(message)) == [message]
 
 
 @settings(max_examples=100)
 @given(st.lists(messages, max_size=6), st.integers(1, 17))
 def test_any_split_gives_the_same_messages(batch: list[m.Message], step: int) -> None:
-    wire = b"".join(m.encode(x) for x in batch)
+    wire = b"".join(codec.encode(x) for x in batch)
     assert parse_all(wire, step) == parse_all(wire) == batch
 
 
 def test_data_frames_come_out_in_pieces_and_merge() -> None:
     body = bytes(range(256)) * 40
-    wire = m.encode(m.Put(7, "f", len(body), 0o644, 0)) + m.data_header(7, len(body)) + body
-    wire += m.encode(m.Done(7, b"d" * 32))
+    wire = codec.encode(m.Put(7, "f", len(body), 0o644, 0)) + codec.data_header(7, len(body)) + body
+    wire += codec.encode(m.Done(7, b"d" * 32))
     whole = parse_all(wire)
     assert whole[1] == m.Data(7, len(body))
     assert whole[2] == m.BodyPiece(7, body)
@@ -88,20 +90,20 @@ def test_data_frames_come_out_in_pieces_and_merge() -> None:
 
 def test_golden_bytes() -> None:
     """The layout docs/protocol.md specifies, byte for byte."""
-    assert m.encode(m.Mkdir(5, "a/b", 0o755)) == bytes.fromhex(
+    assert codec.encode(m.Mkdir(5, "a/b", 0o755)) == bytes.fromhex(
         "17 00 0000 00000005 00000009" "000001ed" "0003" "612f62")
-    assert m.encode(m.Put(1, "x", 2**32 + 1, 0o600, -1, m.PutFlag.KEEP_MTIME)) == bytes.fromhex(
+    assert codec.encode(m.Put(1, "x", 2**32 + 1, 0o600, -1, m.PutFlag.KEEP_MTIME)) == bytes.fromhex(
         "10 01 0000 00000001 00000017" "0000000100000001" "00000180" "ffffffffffffffff" "0001"
         "78")
-    assert m.data_header(3, 4) == bytes.fromhex("11 00 0000 00000003 00000004")
-    assert m.encode(m.Error(0, 3, "no")) == bytes.fromhex(
+    assert codec.data_header(3, 4) == bytes.fromhex("11 00 0000 00000003 00000004")
+    assert codec.encode(m.Error(0, 3, "no")) == bytes.fromhex(
         "2f 00 0000 00000000 00000006" "0003" "0002" "6e6f")
 
 
 @settings(max_examples=1000)
 @given(st.binary(max_size=200))
 def test_garbage_raises_only_malformed(data: bytes) -> None:
-    parser = m.FrameParser()
+    parser = FrameParser()
     with contextlib.suppress(MalformedPacket):
         for _ in parser.feed(data):
             pass
@@ -113,7 +115,7 @@ def test_garbage_raises_only_malformed(data: bytes) -> None:
 def test_random_bodies_raise_only_malformed(kind: int, flags: int, request: int,
                                             body: bytes) -> None:
     with contextlib.suppress(MalformedPacket):
-        m.decode_body(kind, flags, request, body)
+        codec.decode_body(kind, flags, request, body)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +130,7 @@ def test_random_bodies_raise_only_malformed(kind: int, flags: int, request: int,
 )
 def test_limits_checked_from_the_header_alone(header: bytes, why: str) -> None:
     with pytest.raises(MalformedPacket, match=why):
-        list(m.FrameParser().feed(header))
+        list(FrameParser().feed(header))
 
 
 @pytest.mark.parametrize(
@@ -148,11 +150,11 @@ def test_limits_checked_from_the_header_alone(header: bytes, why: str) -> None:
 )
 def test_bad_bodies(kind: int, request_id: int, body: bytes, why: str) -> None:
     with pytest.raises(MalformedPacket, match=why):
-        m.decode_body(kind, 0, request_id, body)
+        codec.decode_body(kind, 0, request_id, body)
 
 
 def test_error_text_is_cut_at_a_code_point() -> None:
-    encoded = m.encode(m.Error(1, 1, "é" * 1000))
+    encoded = codec.encode(m.Error(1, 1, "é" * 1000))
     [decoded] = parse_all(encoded)
     assert isinstance(decoded, m.Error)
     assert len(decoded.message.encode()) <= m.MAX_MESSAGE_BYTES
@@ -160,14 +162,14 @@ def test_error_text_is_cut_at_a_code_point() -> None:
 
 
 def test_put_inline_golden_bytes() -> None:
-    wire = m.encode_put_inline(5, "a", 0o644, 7, b"xyz", b"d" * 32)
+    wire = codec.encode_put_inline(5, "a", 0o644, 7, b"xyz", b"d" * 32)
     assert wire == (bytes.fromhex("1f00 0000 00000005 0000003a") + bytes.fromhex(
         "0000000000000003 000001a4 0000000000000007 0001") + b"a" + b"xyz" + b"d" * 32)
 
 
 @pytest.mark.parametrize("delta", [-1, 1])
 def test_put_inline_size_must_match_its_body(delta: int) -> None:
-    good = m.encode_put_inline(5, "a", 0o644, 7, b"xyz", b"d" * 32)
+    good = codec.encode_put_inline(5, "a", 0o644, 7, b"xyz", b"d" * 32)
     body = bytearray(good[m.HEADER.size:])
     struct.pack_into("!Q", body, 0, 3 + delta)
     with pytest.raises(MalformedPacket, match="announces"):
@@ -176,8 +178,8 @@ def test_put_inline_size_must_match_its_body(delta: int) -> None:
 
 def test_put_inline_refuses_what_cannot_fit() -> None:
     too_big = bytes(m.MAX_CONTROL_BODY)
-    assert not m.inline_fits("f", len(too_big))
-    assert m.inline_fits("f", m.MAX_CONTROL_BODY - m.INLINE_OVERHEAD - 1)
-    assert not m.inline_fits("f", m.MAX_CONTROL_BODY - m.INLINE_OVERHEAD)
-    with pytest.raises(ValueError, match="do not fit"):
-        m.encode_put_inline(1, "f", 0, 0, too_big, b"d" * 32)
+    assert not codec.inline_fits("f", len(too_big))
+    assert codec.inline_fits("f", m.MAX_CONTROL_BODY - codec.INLINE_OVERHEAD - 1)
+    assert not codec.inline_fits("f", m.MAX_CONTROL_BODY - codec.INLINE_OVERHEAD)
+    with pytest.raises(LocalProtocolError, match="do not fit"):
+        codec.encode_put_inline(1, "f", 0, 0, too_big, b"d" * 32)

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from sockferry.ferry import messages as m
-from sockferry.ferry import session as s
+from sockferry.ferry.client_session import ClientSession
+from sockferry.ferry.parser import FrameParser
 from tests.ferry.harness import TOKEN, CliServer, write_token
 
 SLOW_LORIS = 1000
@@ -37,7 +38,7 @@ class SlowLoris:
                  reconnect: bool = False) -> None:
         self.port, self.source, self.count = port, source, count
         self.pace_s, self.reconnect = pace_s, reconnect
-        self.hello = b"".join(s.ClientSession(TOKEN, os.urandom(m.NONCE_BYTES))
+        self.hello = b"".join(ClientSession(TOKEN, os.urandom(m.NONCE_BYTES))
                               .buffers_to_send())
         self.attempts = 0
         self.refused = 0  # told BUSY at once
@@ -190,7 +191,7 @@ def test_handshake_deadline_drops_a_silent_client_with_a_reason(
             got = b""
             while chunk := sock.recv(4096):
                 got += chunk
-        frames = list(m.FrameParser().feed(got))
+        frames = list(FrameParser().feed(got))
         assert len(frames) == 1 and isinstance(frames[0], m.Error)
         assert frames[0].code == m.ErrorCode.BAD_REQUEST
         assert "handshake did not complete within 0.5 s" in frames[0].message

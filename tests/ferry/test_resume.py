@@ -17,8 +17,13 @@ from hypothesis import strategies as st
 
 from sockferry.cli.runtime import ExitCode
 from sockferry.errors import LocalProtocolError, MalformedPacket, RemoteProtocolError
+from sockferry.ferry import codec
+from sockferry.ferry import events as ev
 from sockferry.ferry import messages as m
-from sockferry.ferry import session as s
+from sockferry.ferry.client_session import ClientSession
+from sockferry.ferry.parser import FrameParser
+from sockferry.ferry.server_session import ServerSession
+from sockferry.ferry.session import ConnState
 from sockferry.storage.names import PARTIAL_PREFIX, partial_name
 from sockferry.storage.root import Root
 from tests.ferry.harness import TOKEN, ServerThread, run_cli
@@ -31,8 +36,8 @@ digests_ = st.binary(min_size=32, max_size=32)
 
 
 def _round_trip(message: m.Message) -> m.Message:
-    data = m.encode(message)
-    return next(iter(m.FrameParser().feed(data)))
+    data = codec.encode(message)
+    return next(iter(FrameParser().feed(data)))
 
 
 @settings(max_examples=200)
@@ -59,34 +64,34 @@ def test_new_frames_round_trip(request: int, path: str, a: int, b: int, mode: in
 def test_garbage_bodies_raise_only_malformed_packet(kind: m.FrameType, flags: int,
                                                     body: bytes) -> None:
     with contextlib.suppress(MalformedPacket):  # anything else escapes and fails
-        m.decode_body(kind, flags, 7, body)
+        codec.decode_body(kind, flags, 7, body)
 
 
 def test_put_at_offset_beyond_size_is_malformed() -> None:
-    body = m.encode(m.PutAt(1, "f", 5, 5, 0o644, 0))[m.HEADER.size:]
+    body = codec.encode(m.PutAt(1, "f", 5, 5, 0o644, 0))[m.HEADER.size:]
     bad = (6).to_bytes(8, "big") + body[8:]
     with pytest.raises(MalformedPacket):
-        m.decode_body(m.FrameType.PUT_AT, 0, 1, bad)
-    with pytest.raises(ValueError):
-        m.encode(m.PutAt(1, "f", 6, 5, 0o644, 0))
+        codec.decode_body(m.FrameType.PUT_AT, 0, 1, bad)
+    with pytest.raises(LocalProtocolError, match="beyond the size"):
+        codec.encode(m.PutAt(1, "f", 6, 5, 0o644, 0))
 
 
 def test_get_with_prefix_at_offset_zero_is_malformed() -> None:
-    body = m.encode(m.Get(1, "f", 3, b"d" * 32))[m.HEADER.size:]
+    body = codec.encode(m.Get(1, "f", 3, b"d" * 32))[m.HEADER.size:]
     with pytest.raises(MalformedPacket):
-        m.decode_body(m.FrameType.GET, m.GetFlag.PREFIX, 1, bytes(8) + body[8:])
+        codec.decode_body(m.FrameType.GET, m.GetFlag.PREFIX, 1, bytes(8) + body[8:])
 
 
 def _pair(client_features: int = m.ALL_FEATURES, server_features: int = m.ALL_FEATURES,
-          ) -> tuple[s.ClientSession, s.ServerSession]:
-    client = s.ClientSession(TOKEN, b"c" * 32, features=client_features)
-    server = s.ServerSession(TOKEN, b"s" * 32, features=server_features)
+          ) -> tuple[ClientSession, ServerSession]:
+    client = ClientSession(TOKEN, b"c" * 32, features=client_features)
+    server = ServerSession(TOKEN, b"s" * 32, features=server_features)
     pump(client, server)
-    assert client.state is server.state is s.ConnState.READY
+    assert client.state is server.state is ConnState.READY
     return client, server
 
 
-def _raw(request_frame: bytes, server: s.ServerSession) -> list[Any]:
+def _raw(request_frame: bytes, server: ServerSession) -> list[Any]:
     server.receive_data(request_frame)
     events = []
     while (event := server.next_event()) is not None:
@@ -105,15 +110,15 @@ def test_resume_is_negotiated_only_when_both_offer_it(client_features: int,
 
 
 @pytest.mark.parametrize("frame", [
-    m.encode(m.PutAt(1, "f", 2, 5, 0o644, 0)),
-    m.encode(m.Partial(1, "f")),
-    m.encode(m.Get(1, "f", 2, b"d" * 32)),
+    codec.encode(m.PutAt(1, "f", 2, 5, 0o644, 0)),
+    codec.encode(m.Partial(1, "f")),
+    codec.encode(m.Get(1, "f", 2, b"d" * 32)),
 ])
 def test_resume_frames_without_resume_are_violations(frame: bytes) -> None:
     _client, server = _pair(NO_RESUME, m.ALL_FEATURES)
     with pytest.raises(RemoteProtocolError):
         server.receive_data(frame)
-    assert server.state is s.ConnState.FAILED
+    assert server.state is ConnState.FAILED
 
 
 def test_client_core_refuses_resume_calls_without_resume() -> None:
@@ -128,8 +133,8 @@ def test_client_core_refuses_resume_calls_without_resume() -> None:
 
 def test_resumable_flag_is_ignored_without_resume() -> None:
     _client, server = _pair(NO_RESUME, m.ALL_FEATURES)
-    events = _raw(m.encode(m.Put(1, "f", 3, 0o644, 0, m.PutFlag.RESUMABLE)), server)
-    assert events == [s.PutRequested(1, "f", 3, 0o644, 0, False)]
+    events = _raw(codec.encode(m.Put(1, "f", 3, 0o644, 0, m.PutFlag.RESUMABLE)), server)
+    assert events == [ev.PutRequested(1, "f", 3, 0o644, 0, False)]
 
 
 def test_put_at_round_trip_counts_only_the_tail() -> None:
@@ -140,35 +145,35 @@ def test_put_at_round_trip_counts_only_the_tail() -> None:
     client.data(request, b"de")
     client.done(request, b"D" * 32)
     _, events = pump(client, server)
-    assert events[0] == s.PutRequested(request, "f", 5, 0o644, 0, False, offset=3,
+    assert events[0] == ev.PutRequested(request, "f", 5, 0o644, 0, False, offset=3,
                                        resumable=True)
-    assert [type(e) for e in events[1:]] == [s.BodyReceived, s.PutFinished]
+    assert [type(e) for e in events[1:]] == [ev.BodyReceived, ev.PutFinished]
 
 
 def test_put_at_data_past_the_tail_is_a_violation() -> None:
     _client, server = _pair()
-    server.receive_data(m.encode(m.PutAt(1, "f", 3, 5, 0o644, 0)))
+    server.receive_data(codec.encode(m.PutAt(1, "f", 3, 5, 0o644, 0)))
     with pytest.raises(RemoteProtocolError):
-        server.receive_data(m.data_header(1, 3) + b"xyz")
+        server.receive_data(codec.data_header(1, 3) + b"xyz")
 
 
 def test_partial_prefix_and_resumed_get() -> None:
     client, server = _pair()
     request = client.partial("f")
     _, events = pump(client, server)
-    assert events == [s.PartialRequested(request, "f")]
+    assert events == [ev.PartialRequested(request, "f")]
     server.prefix(request, 9, b"P" * 32)
     events, _ = pump(client, server)
-    assert events == [s.PrefixReceived(request, 9, b"P" * 32)]
+    assert events == [ev.PrefixReceived(request, 9, b"P" * 32)]
     get = client.get("f", 3, b"d" * 32)
     _, events = pump(client, server)
-    assert events == [s.GetRequested(get, "f", 3, b"d" * 32)]
+    assert events == [ev.GetRequested(get, "f", 3, b"d" * 32)]
     server.resumed_file_header(get, 5, 0o644, 0)
     server.data(get, b"de")
     server.file_done(get, b"D" * 32)
     events, _ = pump(client, server)
-    assert events[0] == s.FileStarted(get, 5, 0o644, 0, offset=3)
-    assert [type(e) for e in events[1:]] == [s.BodyReceived, s.FileFinished]
+    assert events[0] == ev.FileStarted(get, 5, 0o644, 0, offset=3)
+    assert [type(e) for e in events[1:]] == [ev.BodyReceived, ev.FileFinished]
 
 
 def test_resumed_file_for_a_plain_get_is_a_violation() -> None:
@@ -176,7 +181,7 @@ def test_resumed_file_for_a_plain_get_is_a_violation() -> None:
     get = client.get("f")
     pump(client, server)
     with pytest.raises(RemoteProtocolError):
-        client.receive_data(m.encode(m.FileHeader(get, 5, 0o644, 0, resumed=True)))
+        client.receive_data(codec.encode(m.FileHeader(get, 5, 0o644, 0, resumed=True)))
 
 
 def test_server_core_refuses_a_resumed_file_beyond_the_offset() -> None:
@@ -195,14 +200,14 @@ class Raw:
 
     def __init__(self, port: int, features: int = m.ALL_FEATURES) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.session = s.ClientSession(TOKEN, os.urandom(32), features=features)
+        self.session = ClientSession(TOKEN, os.urandom(32), features=features)
         self.sock.sendall(self.session.data_to_send())
-        while self.session.state is s.ConnState.AWAIT_REPLY:
+        while self.session.state is ConnState.AWAIT_REPLY:
             data = self.sock.recv(65536)
             assert data
             self.session.receive_data(data)
         self.sock.sendall(self.session.data_to_send())
-        self.parser = m.FrameParser()
+        self.parser = FrameParser()
 
     def ask(self, *frames: bytes, count: int = 1) -> list[m.Message]:
         self.sock.sendall(b"".join(frames))
@@ -219,8 +224,8 @@ class Raw:
 def _interrupted_upload(port: int, path: str, data: bytes, size: int) -> None:
     """A resumable PUT that sends ``data`` of ``size`` bytes, then vanishes."""
     raw = Raw(port)
-    raw.sock.sendall(m.encode(m.Put(1, path, size, 0o644, 0, m.PutFlag.RESUMABLE))
-                     + m.data_header(1, len(data)) + data)
+    raw.sock.sendall(codec.encode(m.Put(1, path, size, 0o644, 0, m.PutFlag.RESUMABLE))
+                     + codec.data_header(1, len(data)) + data)
     raw.sock.close()
 
 
@@ -309,10 +314,10 @@ def test_old_client_against_the_new_server(env: dict[str, Path]) -> None:
         raw = Raw(server.port, NO_RESUME)
         assert not raw.session.features & m.Feature.RESUME
         digest = blake3.blake3(b"hello").digest()
-        replies = raw.ask(m.encode(m.Put(1, "f", 5, 0o644, 0)), m.data_header(1, 5),
-                          b"hello", m.encode(m.Done(1, digest)))
+        replies = raw.ask(codec.encode(m.Put(1, "f", 5, 0o644, 0)), codec.data_header(1, 5),
+                          b"hello", codec.encode(m.Done(1, digest)))
         assert isinstance(replies[0], m.Committed)
-        replies = raw.ask(m.encode(m.Get(2, "f", 2)))  # an offset without RESUME
+        replies = raw.ask(codec.encode(m.Get(2, "f", 2)))  # an offset without RESUME
         raw.sock.close()
         assert isinstance(replies[0], m.Error) and replies[0].code == m.ErrorCode.BAD_REQUEST
     assert (env["root"] / "f").read_bytes() == b"hello"
@@ -320,21 +325,21 @@ def test_old_client_against_the_new_server(env: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize(("frames", "code"), [
     # an offset beyond what is kept (nothing is kept towards "g")
-    ([m.encode(m.PutAt(1, "g", 10, 20, 0o644, 0))], m.ErrorCode.BAD_REQUEST),
+    ([codec.encode(m.PutAt(1, "g", 10, 20, 0o644, 0))], m.ErrorCode.BAD_REQUEST),
     # the partial of "f" is not reachable under another target name
-    ([m.encode(m.PutAt(1, "other", 1000, 2000, 0o644, 0))], m.ErrorCode.BAD_REQUEST),
+    ([codec.encode(m.PutAt(1, "other", 1000, 2000, 0o644, 0))], m.ErrorCode.BAD_REQUEST),
     # a huge offset (and size: over the default --max-file-size)
-    ([m.encode(m.PutAt(1, "f", m.MAX_FILE_SIZE, m.MAX_FILE_SIZE, 0o644, 0))],
+    ([codec.encode(m.PutAt(1, "f", m.MAX_FILE_SIZE, m.MAX_FILE_SIZE, 0o644, 0))],
      m.ErrorCode.TOO_LARGE),
     # a huge offset within the size limit
-    ([m.encode(m.PutAt(1, "f", 2**40, 2**40, 0o644, 0))], m.ErrorCode.BAD_REQUEST),
+    ([codec.encode(m.PutAt(1, "f", 2**40, 2**40, 0o644, 0))], m.ErrorCode.BAD_REQUEST),
     # the partial asked for lies outside the root
-    ([m.encode(m.Partial(1, "../f"))], m.ErrorCode.PERMISSION),
-    ([m.encode(m.Partial(1, "/etc/passwd"))], m.ErrorCode.PERMISSION),
+    ([codec.encode(m.Partial(1, "../f"))], m.ErrorCode.PERMISSION),
+    ([codec.encode(m.Partial(1, "/etc/passwd"))], m.ErrorCode.PERMISSION),
     # a partial's own name cannot be named
-    ([m.encode(m.Partial(1, partial_name("f")))], m.ErrorCode.PERMISSION),
+    ([codec.encode(m.Partial(1, partial_name("f")))], m.ErrorCode.PERMISSION),
     # GET beyond the end of the file: whole file instead (a FILE without RESUMED)
-    ([m.encode(m.Get(1, "small", 99, b"d" * 32))], None),
+    ([codec.encode(m.Get(1, "small", 99, b"d" * 32))], None),
 ])
 def test_hostile_resume_requests(env: dict[str, Path], frames: list[bytes],
                                  code: int | None) -> None:
@@ -349,7 +354,7 @@ def test_hostile_resume_requests(env: dict[str, Path], frames: list[bytes],
         else:
             assert isinstance(replies[0], m.Error) and replies[0].code == code, replies
         # The connection and the server keep serving.
-        stat = raw.ask(m.encode(m.Stat(5, "small")))
+        stat = raw.ask(codec.encode(m.Stat(5, "small")))
         raw.sock.close()
         assert any(isinstance(x, m.Entries) for x in stat)
     assert len(_partials(env["root"])) == 1  # the partial of "f" was left alone
@@ -358,11 +363,11 @@ def test_hostile_resume_requests(env: dict[str, Path], frames: list[bytes],
 def test_partial_of_a_busy_target_is_refused(env: dict[str, Path]) -> None:
     with ServerThread(env["root"]) as server:
         writer = Raw(server.port)
-        writer.sock.sendall(m.encode(m.Put(1, "f", 100, 0o644, 0, m.PutFlag.RESUMABLE))
-                            + m.data_header(1, 10) + b"0123456789")
+        writer.sock.sendall(codec.encode(m.Put(1, "f", 100, 0o644, 0, m.PutFlag.RESUMABLE))
+                            + codec.data_header(1, 10) + b"0123456789")
         _wait_for(lambda: _partials(env["root"]))
         asker = Raw(server.port)
-        replies = asker.ask(m.encode(m.Partial(1, "f")))
+        replies = asker.ask(codec.encode(m.Partial(1, "f")))
         asker.sock.close()
         writer.sock.close()
     assert isinstance(replies[0], m.Error) and replies[0].code == m.ErrorCode.BUSY

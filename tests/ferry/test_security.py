@@ -11,10 +11,14 @@ from pathlib import Path
 import pytest
 
 from sockferry.cli.runtime import ExitCode
+from sockferry.entries import MAX_PATH_BYTES
 from sockferry.errors import AuthenticationFailed, PathRefused
+from sockferry.ferry import codec
 from sockferry.ferry import messages as m
-from sockferry.ferry import session as s
+from sockferry.ferry.client_session import ClientSession
 from sockferry.ferry.copying import safe_relative
+from sockferry.ferry.parser import FrameParser
+from sockferry.ferry.session import ConnState
 from sockferry.storage.names import is_temporary_name
 from tests.conftest import wait_until
 from tests.ferry.harness import (
@@ -58,15 +62,15 @@ def test_hostile_paths_are_refused_on_the_wire(sandbox: tuple[Path, Path]) -> No
         request = 1
         for path in HOSTILE:
             wire_path = path.encode("utf-8", "surrogateescape")
-            if len(wire_path) > m.MAX_PATH_BYTES:
+            if len(wire_path) > MAX_PATH_BYTES:
                 continue  # cannot even be encoded; covered by the codec tests
             frames = [
-                m.encode(m.Put(request, path, 4, 0o4777, 0)), m.data_header(request, 4),
-                b"evil", m.encode(m.Done(request, b"\0" * 32)),
-                m.encode(m.Mkdir(request + 1, path + "/d", 0o777)),
-                m.encode(m.Get(request + 2, path)),
-                m.encode(m.Stat(request + 3, path)),
-                m.encode(m.ListDir(request + 4, path, m.ListFlag.RECURSIVE)),
+                codec.encode(m.Put(request, path, 4, 0o4777, 0)), codec.data_header(request, 4),
+                b"evil", codec.encode(m.Done(request, b"\0" * 32)),
+                codec.encode(m.Mkdir(request + 1, path + "/d", 0o777)),
+                codec.encode(m.Get(request + 2, path)),
+                codec.encode(m.Stat(request + 3, path)),
+                codec.encode(m.ListDir(request + 4, path, m.ListFlag.RECURSIVE)),
             ]
             raw.send(*frames)
             replies = raw.replies(5)
@@ -89,8 +93,8 @@ def test_digest_mismatch_commits_nothing(sandbox: tuple[Path, Path]) -> None:
     root, _ = sandbox
     with ServerThread(root) as server:
         raw = RawClient(server.port)
-        raw.send(m.encode(m.Put(1, "f", 3, 0o644, 0)), m.data_header(1, 3), b"abc",
-                 m.encode(m.Done(1, b"\1" * 32)))
+        raw.send(codec.encode(m.Put(1, "f", 3, 0o644, 0)), codec.data_header(1, 3), b"abc",
+                 codec.encode(m.Done(1, b"\1" * 32)))
         [reply] = raw.replies(1)
         raw.close()
     assert isinstance(reply, m.Error) and reply.code == m.ErrorCode.DIGEST_MISMATCH
@@ -137,7 +141,7 @@ def test_connection_limit_says_busy(tmp_path: Path) -> None:
 def test_request_window_violation_closes_connection(tmp_path: Path) -> None:
     with ServerThread(tmp_path, max_requests=2) as server:
         raw = RawClient(server.port)
-        raw.send(*(m.encode(m.Get(i, f"missing{i}")) for i in range(1, 40)))
+        raw.send(*(codec.encode(m.Get(i, f"missing{i}")) for i in range(1, 40)))
         replies = raw.replies(50, timeout_s=5)
         raw.close()
     assert any(isinstance(r, m.Error) and r.request == 0 and r.code == m.ErrorCode.BUSY
@@ -166,12 +170,12 @@ def test_wrong_token_both_ways(tmp_path: Path) -> None:
 def test_forged_client_proof_is_logged(tmp_path: Path) -> None:
     with ServerThread(tmp_path) as server:
         sock = socket.create_connection(("127.0.0.1", server.port))
-        client = s.ClientSession(TOKEN, os.urandom(32))
+        client = ClientSession(TOKEN, os.urandom(32))
         sock.sendall(client.data_to_send())
-        while client.state is s.ConnState.AWAIT_REPLY:
+        while client.state is ConnState.AWAIT_REPLY:
             client.receive_data(sock.recv(65536))
-        sock.sendall(m.encode(m.Auth(b"\0" * 32)))
-        parser = m.FrameParser()
+        sock.sendall(codec.encode(m.Auth(b"\0" * 32)))
+        parser = FrameParser()
         sock.settimeout(5)
         [reply] = list(parser.feed(sock.recv(65536)))
         assert sock.recv(1) == b""
@@ -186,10 +190,10 @@ def test_server_with_a_different_token_is_refused_before_client_proves_itself(
     """The client checks the server's proof first and never sends its own."""
     with ServerThread(tmp_path, token=b"the-server-token-differs-0123") as server:
         raw_sock = socket.create_connection(("127.0.0.1", server.port))
-        client = s.ClientSession(TOKEN, os.urandom(32))
+        client = ClientSession(TOKEN, os.urandom(32))
         raw_sock.sendall(client.data_to_send())
         with pytest.raises(AuthenticationFailed):
-            while client.state is s.ConnState.AWAIT_REPLY:
+            while client.state is ConnState.AWAIT_REPLY:
                 client.receive_data(raw_sock.recv(65536))
         assert client.data_to_send() == b""
         raw_sock.close()
@@ -318,7 +322,7 @@ def test_sigterm_waits_for_transfers_then_aborts_the_rest(tmp_path: Path) -> Non
     try:
         port = _wait_for_port(server)
         raw = RawClient(port)
-        raw.send(m.encode(m.Put(1, "stalled", 1000, 0o644, 0)), m.data_header(1, 10),
+        raw.send(codec.encode(m.Put(1, "stalled", 1000, 0o644, 0)), codec.data_header(1, 10),
                  b"0123456789")  # and then nothing more
         deadline = time.monotonic() + 10
         while not any(is_temporary_name(p.name) for p in root.iterdir()):

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from sockferry.errors import LocalProtocolError, RemoteProtocolError
-from sockferry.ferry import digests
+from sockferry.ferry import codec, digests
+from sockferry.ferry import events as ev
 from sockferry.ferry import messages as m
-from sockferry.ferry import session as s
+from sockferry.ferry.parser import FrameParser
 from tests.ferry.harness import RawClient, ServerThread
 from tests.ferry.test_session import DIGEST, connected, pump
 
@@ -23,16 +24,16 @@ def test_delete_and_checksum_round_trip() -> None:
     rmdir = client.delete("d", directory=True)
     summing = client.checksum("g")
     _, server_events = pump(client, server)
-    assert server_events == [s.DeleteRequested(deleting, "d/f", False),
-                             s.DeleteRequested(rmdir, "d", True),
-                             s.ChecksumRequested(summing, "g")]
+    assert server_events == [ev.DeleteRequested(deleting, "d/f", False),
+                             ev.DeleteRequested(rmdir, "d", True),
+                             ev.ChecksumRequested(summing, "g")]
     server.ok(deleting)
     server.refuse(rmdir, m.ErrorCode.NOT_EMPTY, "'d' is not empty")
     server.sum(summing, 7, DIGEST)
     client_events, _ = pump(client, server)
-    assert client_events == [s.Deleted(deleting),
-                             s.RequestFailed(rmdir, m.ErrorCode.NOT_EMPTY, "'d' is not empty"),
-                             s.Summed(summing, 7, DIGEST)]
+    assert client_events == [ev.Deleted(deleting),
+                             ev.RequestFailed(rmdir, m.ErrorCode.NOT_EMPTY, "'d' is not empty"),
+                             ev.Summed(summing, 7, DIGEST)]
     assert client.open_requests == server.open_requests == 0
 
 
@@ -44,7 +45,7 @@ def test_sync_is_negotiated_and_a_v1_peer_never_sees_it() -> None:
     with pytest.raises(LocalProtocolError, match="SYNC"):
         client.checksum("f")
     with pytest.raises(RemoteProtocolError, match="DELETE without the SYNC feature"):
-        server.receive_data(m.encode(m.Delete(1, "f")))
+        server.receive_data(codec.encode(m.Delete(1, "f")))
 
 
 def test_answers_of_the_wrong_kind_are_refused() -> None:
@@ -61,11 +62,11 @@ def test_answers_of_the_wrong_kind_are_refused() -> None:
 
 def test_frames_encode_as_specified() -> None:
     # docs/protocol.md §2.1 and §5.3: DELETE of a/b with DIRECTORY as request 3.
-    assert m.encode(m.Delete(3, "a/b", True)).hex() == "1b01000000000003000000050003612f62"
-    assert m.encode(m.Checksum(4, "x")).hex() == "1c0000000000000400000003000178"
-    frame = m.encode(m.Sum(5, 10, DIGEST))
+    assert codec.encode(m.Delete(3, "a/b", True)).hex() == "1b01000000000003000000050003612f62"
+    assert codec.encode(m.Checksum(4, "x")).hex() == "1c0000000000000400000003000178"
+    frame = codec.encode(m.Sum(5, 10, DIGEST))
     assert frame[:12].hex() == "260000000000000500000028"
-    assert list(m.FrameParser().feed(frame)) == [m.Sum(5, 10, DIGEST)]
+    assert list(FrameParser().feed(frame)) == [m.Sum(5, 10, DIGEST)]
 
 
 @pytest.fixture
@@ -85,8 +86,8 @@ def test_a_delete_waits_for_the_put_of_its_path_sent_before_it(root: Path) -> No
     digest = digests.digest_of(body, m.Feature.DIGEST_BLAKE3)
     with ServerThread(root) as server:
         raw = RawClient(server.port)
-        raw.send(m.encode(m.Put(1, "x", len(body), 0o644, 0)), m.data_header(1, len(body)),
-                 body, m.encode(m.Done(1, digest)), m.encode(m.Delete(2, "x")))
+        raw.send(codec.encode(m.Put(1, "x", len(body), 0o644, 0)), codec.data_header(1, len(body)),
+                 body, codec.encode(m.Done(1, digest)), codec.encode(m.Delete(2, "x")))
         answers = _answers(raw, 2)
         raw.close()
     assert isinstance(answers[1], m.Committed)
@@ -105,15 +106,15 @@ def test_delete_never_follows_a_link_nor_leaves_the_root(root: Path, tmp_path: P
     (root / "busy" / ".sockferry-0123456789abcdef.part").write_text("upload in progress")
     with ServerThread(root) as server:
         raw = RawClient(server.port)
-        raw.send(m.encode(m.Delete(1, "link/precious")),  # through a link out of the root
-                 m.encode(m.Delete(2, "")),
-                 m.encode(m.Delete(3, "../outside/precious")),
-                 m.encode(m.Delete(4, "d", True)),
-                 m.encode(m.Delete(5, "d/f", True)),
-                 m.encode(m.Delete(6, "d")),
-                 m.encode(m.Delete(7, "busy", True)),
-                 m.encode(m.Delete(8, "link")),
-                 m.encode(m.Delete(9, "missing")))
+        raw.send(codec.encode(m.Delete(1, "link/precious")),  # through a link out of the root
+                 codec.encode(m.Delete(2, "")),
+                 codec.encode(m.Delete(3, "../outside/precious")),
+                 codec.encode(m.Delete(4, "d", True)),
+                 codec.encode(m.Delete(5, "d/f", True)),
+                 codec.encode(m.Delete(6, "d")),
+                 codec.encode(m.Delete(7, "busy", True)),
+                 codec.encode(m.Delete(8, "link")),
+                 codec.encode(m.Delete(9, "missing")))
         answers = _answers(raw, 9)
         raw.close()
     codes = {request: getattr(answer, "code", "ok") for request, answer in answers.items()}
@@ -132,7 +133,7 @@ def test_checksum_answers_size_and_digest_within_the_limits(root: Path) -> None:
     (root / "dir").mkdir()
     with ServerThread(root, max_files_per_connection=2) as server:
         raw = RawClient(server.port)
-        raw.send(*(m.encode(m.Checksum(i, name)) for i, name in
+        raw.send(*(codec.encode(m.Checksum(i, name)) for i, name in
                    enumerate(["small", "large", "dir", "small"], start=1)))
         answers = _answers(raw, 4)
         raw.close()
@@ -150,17 +151,17 @@ def test_symlink_targets_stay_inside_the_root(root: Path, tmp_path: Path) -> Non
     (root / "escape").symlink_to(tmp_path)  # made by someone else, pointing out
     with ServerThread(root) as server:
         raw = RawClient(server.port)
-        raw.send(m.encode(m.Symlink(1, "ok", "f")),
-                 m.encode(m.Symlink(2, "d/ok", "../f")),
-                 m.encode(m.Symlink(3, "out", "../x")),
-                 m.encode(m.Symlink(4, "abs", "/etc/passwd")),
-                 m.encode(m.Symlink(5, "d/sneaky", "f/../../x")),
+        raw.send(codec.encode(m.Symlink(1, "ok", "f")),
+                 codec.encode(m.Symlink(2, "d/ok", "../f")),
+                 codec.encode(m.Symlink(3, "out", "../x")),
+                 codec.encode(m.Symlink(4, "abs", "/etc/passwd")),
+                 codec.encode(m.Symlink(5, "d/sneaky", "f/../../x")),
                  # Textually one level down, really the root: "../x" would climb out.
-                 m.encode(m.Symlink(6, "deep/up/l", "../x")),
-                 m.encode(m.Symlink(7, "d", "f")),  # a directory is not replaced
-                 m.encode(m.Readlink(8, "d/ok")),
-                 m.encode(m.Readlink(9, "escape")),
-                 m.encode(m.Readlink(10, "f")))
+                 codec.encode(m.Symlink(6, "deep/up/l", "../x")),
+                 codec.encode(m.Symlink(7, "d", "f")),  # a directory is not replaced
+                 codec.encode(m.Readlink(8, "d/ok")),
+                 codec.encode(m.Readlink(9, "escape")),
+                 codec.encode(m.Readlink(10, "f")))
         answers = _answers(raw, 10)
         raw.close()
     codes = {request: getattr(answer, "code", "ok") for request, answer in answers.items()}
@@ -179,10 +180,10 @@ def test_links_are_negotiated_and_refused_on_a_read_only_server(root: Path) -> N
     with pytest.raises(LocalProtocolError, match="LINKS"):
         client.symlink("l", "f")
     with pytest.raises(RemoteProtocolError, match="SYMLINK without the LINKS feature"):
-        server.receive_data(m.encode(m.Symlink(1, "l", "f")))
+        server.receive_data(codec.encode(m.Symlink(1, "l", "f")))
     with ServerThread(root, read_only=True) as running:
         raw = RawClient(running.port)
-        raw.send(m.encode(m.Symlink(1, "l", "f")))
+        raw.send(codec.encode(m.Symlink(1, "l", "f")))
         [answer] = raw.replies(1)
         raw.close()
     assert getattr(answer, "code", None) == m.ErrorCode.READ_ONLY

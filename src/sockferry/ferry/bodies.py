@@ -12,7 +12,8 @@ from typing import Protocol, cast
 
 from sockferry.errors import StorageError
 from sockferry.ferry import digests
-from sockferry.ferry import session as s
+from sockferry.ferry.client_session import ClientSession
+from sockferry.ferry.server_session import ServerSession
 from sockferry.sockets import storage_error
 from sockferry.storage.atomic import AtomicFile
 from sockferry.storage.sparse import data_segments
@@ -24,7 +25,7 @@ SMALL_FILE = 256 * 1024  # below this a body is read, hashed and sent in one sen
 # (the caller flushes the rest before it waits for anything).
 GATHER_BYTES = 256 * 1024
 
-Core = s.ServerSession | s.ClientSession
+Core = ServerSession | ClientSession
 
 
 class TransferCancelled(Exception):
@@ -32,7 +33,7 @@ class TransferCancelled(Exception):
 
 
 def _finish(core: Core, request: int, digest: bytes) -> None:
-    if isinstance(core, s.ServerSession):
+    if isinstance(core, ServerSession):
         core.file_done(request, digest)
     else:
         core.done(request, digest)
@@ -145,7 +146,7 @@ def _read_aside(fd: int, hasher: digests.Hasher, shown: str) -> asyncio.Future[b
     return future
 
 
-async def send_stream(core: s.ClientSession, stream: Stream, request: int, fd: int,
+async def send_stream(core: ClientSession, stream: Stream, request: int, fd: int,
                       shown: str, is_cancelled: Callable[[], bool],
                       progress: Progress | None = None) -> bytes:
     """Send what ``fd`` yields until its end as the body of the streamed PUT

@@ -29,9 +29,9 @@ from sockferry.errors import (
     StorageError,
     TransferTimeout,
 )
-from sockferry.ferry import digests
+from sockferry.ferry import codec, digests
+from sockferry.ferry import events as ev
 from sockferry.ferry import messages as m
-from sockferry.ferry import session as s
 from sockferry.ferry.bodies import (
     GATHER_BYTES,
     Progress,
@@ -44,7 +44,9 @@ from sockferry.ferry.bodies import (
     splice_bodies,
     start_prefix_hash,
 )
+from sockferry.ferry.client_session import ClientSession
 from sockferry.ferry.codes import exception_for
+from sockferry.ferry.session import ConnState
 from sockferry.records import mutable_record
 from sockferry.sockets import connect, storage_error
 from sockferry.storage.atomic import AtomicFile, PartialFile
@@ -77,7 +79,7 @@ class ResumeReport:
 class _Pending:
     """One request in flight: its future, and for GET the file being received."""
 
-    kind: s.RequestKind
+    kind: ev.RequestKind
     future: asyncio.Future[object]
     local_path: str = ""
     keep_mtime: bool = False
@@ -93,7 +95,7 @@ class _Pending:
 
 
 class FerryClient:
-    def __init__(self, stream: Stream, session: s.ClientSession) -> None:
+    def __init__(self, stream: Stream, session: ClientSession) -> None:
         self.stream = stream
         self.session = session
         self._pending: dict[int, _Pending] = {}
@@ -158,13 +160,13 @@ class FerryClient:
                     ) -> FerryClient:
         """Authenticate both ways over a connected ``stream`` (``channel_binding``: that
         of its TLS channel), and start reading."""
-        session = s.ClientSession(token, os.urandom(m.NONCE_BYTES), features=features,
+        session = ClientSession(token, os.urandom(m.NONCE_BYTES), features=features,
                                   channel_binding=channel_binding)
         client = cls(stream, session)
         try:
             await stream.send(session.buffers_to_send())
             async with asyncio.timeout(timeout_s):
-                while session.state is s.ConnState.AWAIT_REPLY:
+                while session.state is ConnState.AWAIT_REPLY:
                     data = await stream.receive()
                     if not data:
                         raise NetworkError(f"{stream.peer} closed the connection during the "
@@ -240,31 +242,31 @@ class FerryClient:
     def _handle_events(self) -> None:
         while (event := self.session.next_event()) is not None:
             match event:
-                case s.PutCommitted(size=result) | s.LinkRead(target=result):
+                case ev.PutCommitted(size=result) | ev.LinkRead(target=result):
                     self._settle(event.request, result)
-                case s.MkdirDone() | s.Deleted() | s.Linked():
+                case ev.MkdirDone() | ev.Deleted() | ev.Linked():
                     self._settle(event.request)
-                case s.EntriesReceived():
+                case ev.EntriesReceived():
                     self._on_entries(event)
-                case s.FileStarted():
+                case ev.FileStarted():
                     self._on_file_started(event)
-                case s.BodyReceived():
+                case ev.BodyReceived():
                     self._on_body(event.request, event.data)
-                case s.HoleReceived():
+                case ev.HoleReceived():
                     self._on_body(event.request, event.length)
-                case s.FileFinished():
+                case ev.FileFinished():
                     self._on_file_finished(event)
-                case s.RequestFailed():
+                case ev.RequestFailed():
                     self._on_failed(event)
-                case (s.PrefixReceived(length=size, digest=digest)
-                      | s.Summed(size=size, digest=digest)):
+                case (ev.PrefixReceived(length=size, digest=digest)
+                      | ev.Summed(size=size, digest=digest)):
                     self._settle(event.request, (size, digest))
-                case s.InputEnded() | s.ServerVerified():
+                case ev.InputEnded() | ev.ServerVerified():
                     pass
                 case _:
                     raise AssertionError(f"client core emitted {event!r}")
 
-    def _on_entries(self, event: s.EntriesReceived) -> None:
+    def _on_entries(self, event: ev.EntriesReceived) -> None:
         pending = self._pending[event.request]
         if pending.entries is None:
             pending.entries = []
@@ -272,7 +274,7 @@ class FerryClient:
         if event.last:
             self._settle(event.request, pending.entries)
 
-    def _on_file_started(self, event: s.FileStarted) -> None:
+    def _on_file_started(self, event: ev.FileStarted) -> None:
         pending = self._pending[event.request]
         pending.mode, pending.mtime_ns = event.mode, event.mtime_ns
         if pending.resume is not None:
@@ -320,7 +322,7 @@ class FerryClient:
         if pending.progress:
             pending.progress(count, hole=isinstance(piece, int))
 
-    def _on_file_finished(self, event: s.FileFinished) -> None:
+    def _on_file_finished(self, event: ev.FileFinished) -> None:
         pending = self._pending[event.request]
         sink, pending.sink = pending.sink, None
         if sink is None:
@@ -339,7 +341,7 @@ class FerryClient:
         self._commits.add(task)
         task.add_done_callback(self._commits.discard)
 
-    async def _commit(self, event: s.FileFinished, pending: _Pending, sink: Sink) -> None:
+    async def _commit(self, event: ev.FileFinished, pending: _Pending, sink: Sink) -> None:
         if sink.deferred and not await self._verified(event, pending, sink):
             return
         mode = pending.mode & 0o777 & ~pending.umask
@@ -351,7 +353,7 @@ class FerryClient:
         else:
             self._settle(event.request, sink.file.written)
 
-    async def _verified(self, event: s.FileFinished, pending: _Pending, sink: Sink) -> bool:
+    async def _verified(self, event: ev.FileFinished, pending: _Pending, sink: Sink) -> bool:
         """A body hashed in a thread: whether it matches DONE (if not, it is settled)."""
         resumed = isinstance(sink.file, PartialFile) and pending.resume is not None \
             and pending.resume.offset > 0
@@ -375,7 +377,7 @@ class FerryClient:
             f"digest mismatch for {pending.local_path}: {what}"))
         return False
 
-    def _on_failed(self, event: s.RequestFailed) -> None:
+    def _on_failed(self, event: ev.RequestFailed) -> None:
         pending = self._pending.get(event.request)
         if pending is None:
             return
@@ -409,7 +411,7 @@ class FerryClient:
             self._slot_freed.clear()
             await self._slot_freed.wait()
 
-    def _track(self, request: int, kind: s.RequestKind,
+    def _track(self, request: int, kind: ev.RequestKind,
                **details: object) -> asyncio.Future[object]:
         future: asyncio.Future[object] = self._loop.create_future()
         self._pending[request] = _Pending(kind, future, **details)  # type: ignore[arg-type]
@@ -441,7 +443,7 @@ class FerryClient:
     async def start_stat(self, path: str) -> asyncio.Future[object]:
         """Ask for one path's entry and return at once: the future gives ``[Entry]``."""
         await self._slot()
-        future = self._track(self.session.stat(path), s.RequestKind.STAT)
+        future = self._track(self.session.stat(path), ev.RequestKind.STAT)
         await self._flush()
         return future
 
@@ -455,13 +457,13 @@ class FerryClient:
         """Ask for a listing and return at once: its future gives the ``list[Entry]``
         (the caller may work meanwhile while the server walks its tree)."""
         await self._slot()
-        future = self._track(self.session.list(path, recursive), s.RequestKind.LIST)
+        future = self._track(self.session.list(path, recursive), ev.RequestKind.LIST)
         await self._flush()
         return future
 
     async def start_mkdir(self, path: str, mode: int) -> asyncio.Future[object]:
         await self._slot()
-        future = self._track(self.session.mkdir(path, mode), s.RequestKind.MKDIR)
+        future = self._track(self.session.mkdir(path, mode), ev.RequestKind.MKDIR)
         await self._flush()
         return future
 
@@ -475,7 +477,7 @@ class FerryClient:
         """Remove the remote ``path``: a non-directory (a link itself), or with
         ``directory`` an empty directory; needs ``can_sync``."""
         await self._slot()
-        future = self._track(self.session.delete(path, directory), s.RequestKind.DELETE)
+        future = self._track(self.session.delete(path, directory), ev.RequestKind.DELETE)
         await self._gathered()
         return future
 
@@ -488,14 +490,14 @@ class FerryClient:
         """Make the remote ``path`` a link to ``target`` (relative, inside the root);
         needs ``can_link``."""
         await self._slot()
-        future = self._track(self.session.symlink(path, target), s.RequestKind.SYMLINK)
+        future = self._track(self.session.symlink(path, target), ev.RequestKind.SYMLINK)
         await self._gathered()
         return future
 
     async def start_readlink(self, path: str) -> asyncio.Future[object]:
         """Where the remote link ``path`` points (a ``str``); needs ``can_link``."""
         await self._slot()
-        future = self._track(self.session.readlink(path), s.RequestKind.READLINK)
+        future = self._track(self.session.readlink(path), ev.RequestKind.READLINK)
         await self._gathered()
         return future
 
@@ -503,14 +505,14 @@ class FerryClient:
         """The remote file's (size, digest) in the connection's digest; needs
         ``can_sync``."""
         await self._slot()
-        future = self._track(self.session.checksum(path), s.RequestKind.CHECKSUM)
+        future = self._track(self.session.checksum(path), ev.RequestKind.CHECKSUM)
         await self._gathered()
         return future
 
     async def start_get(self, remote: str, local: str, *, keep_mtime: bool = False,
                         progress: Progress | None = None) -> asyncio.Future[object]:
         await self._slot()
-        future = self._track(self.session.get(remote), s.RequestKind.GET, local_path=local,
+        future = self._track(self.session.get(remote), ev.RequestKind.GET, local_path=local,
                              keep_mtime=keep_mtime, umask=self._umask, progress=progress)
         await self._gathered()
         return future
@@ -533,7 +535,7 @@ class FerryClient:
                 return future
             request = self.session.put(remote, st.st_size, stat_module.S_IMODE(st.st_mode),
                                        st.st_mtime_ns, keep_mtime)
-            future = self._track(request, s.RequestKind.PUT)
+            future = self._track(request, ev.RequestKind.PUT)
             sparse = bool(self.session.features & m.Feature.SPARSE) and is_sparse(st)
             await self._send_upload(request, local, future, lambda refused: send_body(
                 self.session, self.stream, request, fd, st.st_size, sparse, refused,
@@ -554,7 +556,7 @@ class FerryClient:
         needs ``can_stream``.  The future settles with the size once it is committed."""
         await self._slot()
         request = self.session.put_streamed(remote, 0o666 & ~self._umask, time.time_ns())
-        future = self._track(request, s.RequestKind.PUT)
+        future = self._track(request, ev.RequestKind.PUT)
         await self._send_upload(request, shown, future, lambda refused: send_stream(
             self.session, self.stream, request, fd, shown, refused, progress))
         return future
@@ -587,7 +589,7 @@ class FerryClient:
 
     def _inlines(self, remote: str, size: int) -> bool:
         """A file of ``size`` bytes to ``remote`` goes as one PUT_INLINE frame."""
-        return size <= INLINE_FILE and self.session.inline and m.inline_fits(remote, size)
+        return size <= INLINE_FILE and self.session.inline and codec.inline_fits(remote, size)
 
     def put_at_once(self, local: str, remote: str, opened: tuple[int, os.stat_result],
                     keep_mtime: bool = False) -> asyncio.Future[object]:
@@ -610,7 +612,7 @@ class FerryClient:
         digest = digests.digest_of(data, self.session.digest_feature)
         request = self.session.put_inline(remote, data, stat_module.S_IMODE(st.st_mode),
                                           st.st_mtime_ns, keep_mtime, digest)
-        return self._track(request, s.RequestKind.PUT)
+        return self._track(request, ev.RequestKind.PUT)
 
     # -- resume (docs/protocol.md §5.1) ---------------------------------------------------
 
@@ -621,7 +623,7 @@ class FerryClient:
     async def partial(self, path: str) -> tuple[int, bytes]:
         """PARTIAL: how many bytes the server keeps towards ``path``, and their digest."""
         await self._slot()
-        future = self._track(self.session.partial(path), s.RequestKind.PARTIAL)
+        future = self._track(self.session.partial(path), ev.RequestKind.PARTIAL)
         await self._flush()
         result = await future
         assert isinstance(result, tuple)
@@ -651,7 +653,7 @@ class FerryClient:
             else:
                 request = self.session.put(remote, st.st_size, mode, st.st_mtime_ns,
                                            keep_mtime, resumable=True)
-            future = self._track(request, s.RequestKind.PUT)
+            future = self._track(request, ev.RequestKind.PUT)
             if hasher is not None:
                 if progress:
                     progress(report.offset)
@@ -716,13 +718,13 @@ class FerryClient:
         except BaseException:
             partial.abort()
             raise
-        future = self._track(request, s.RequestKind.GET, local_path=local, keep_mtime=keep_mtime,
+        future = self._track(request, ev.RequestKind.GET, local_path=local, keep_mtime=keep_mtime,
                              umask=self._umask, progress=progress, sink=sink, prefix=prefix,
                              resume=report)
         await self._flush()
         return future, report
 
-    def _on_partial_started(self, event: s.FileStarted, pending: _Pending) -> None:
+    def _on_partial_started(self, event: ev.FileStarted, pending: _Pending) -> None:
         sink, report = pending.sink, pending.resume
         if sink is None or report is None:
             return  # given up locally already

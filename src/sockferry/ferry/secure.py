@@ -26,7 +26,9 @@ from sockferry.errors import (
     RemoteProtocolError,
     TransferTimeout,
 )
+from sockferry.ferry import codec
 from sockferry.ferry import messages as m
+from sockferry.ferry.parser import FrameParser
 from sockferry.known_hosts import KnownHosts
 from sockferry.sockets import peer_and_local
 from sockferry.tls import (
@@ -117,7 +119,7 @@ def _plaintext_error(first: bytes) -> m.Error | None:
     """The ferry ERROR a plaintext server sent where TLS was expected, if that is what
     ``first`` starts with."""
     try:
-        message = next(iter(m.FrameParser().feed(first)), None)
+        message = next(iter(FrameParser().feed(first)), None)
     except RemoteProtocolError:
         return None
     return message if isinstance(message, m.Error) else None
@@ -217,7 +219,7 @@ def _refuse_plaintext(conn: socket.socket, first: bytes) -> None:
     with conn:
         if first[0] == m.FrameType.HELLO:
             with contextlib.suppress(OSError):
-                conn.send(m.encode(m.Error(0, m.ErrorCode.BAD_REQUEST, PLAINTEXT_REFUSED)))
+                conn.send(codec.encode(m.Error(0, m.ErrorCode.BAD_REQUEST, PLAINTEXT_REFUSED)))
 
 
 def _set_done(waiter: asyncio.Future[None]) -> None:

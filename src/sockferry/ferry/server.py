@@ -37,9 +37,9 @@ from sockferry.errors import (
     StorageError,
     TransferTimeout,
 )
-from sockferry.ferry import digests
+from sockferry.ferry import codec, digests
+from sockferry.ferry import events as ev
 from sockferry.ferry import messages as m
-from sockferry.ferry import session as s
 from sockferry.ferry.bodies import (
     GATHER_BYTES,
     SMALL_FILE,
@@ -61,6 +61,8 @@ from sockferry.ferry.limits import (
     Reservation,
 )
 from sockferry.ferry.ordering import PathOrder
+from sockferry.ferry.server_session import ServerSession
+from sockferry.ferry.session import DEFAULT_MAX_REQUESTS, ConnState
 from sockferry.logfields import fields
 from sockferry.metrics import OFF, Metrics
 from sockferry.records import replace
@@ -96,7 +98,7 @@ class FerryServerConfig:
     umask: int = DEFAULT_UMASK
     clobber: bool = True
     max_connections: int = 256
-    max_requests: int = s.DEFAULT_MAX_REQUESTS
+    max_requests: int = DEFAULT_MAX_REQUESTS
     idle_timeout_s: float = 120.0
     # Limits of one connection and of the root (ferry/limits.py); 0: no limit.
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
@@ -404,7 +406,7 @@ def _refuse(conn: socket.socket, code: m.ErrorCode, message: str) -> None:
     with conn:
         conn.setblocking(False)
         with contextlib.suppress(OSError):
-            conn.send(m.encode(m.Error(0, code, message)))
+            conn.send(codec.encode(m.Error(0, code, message)))
             # What the client sent already is read, so that closing sends a FIN after
             # the ERROR rather than a reset that could discard it.
             conn.recv(4096)
@@ -421,15 +423,15 @@ class Connection:
         self.root = server.root
         self.config = server.config
         self.stream = stream
-        self.session = s.ServerSession(server.config.token, os.urandom(m.NONCE_BYTES),
+        self.session = ServerSession(server.config.token, os.urandom(m.NONCE_BYTES),
                                        max_requests=server.config.max_requests,
                                        features=server.config.features,
                                        channel_binding=channel_binding)
         self.uploads: dict[int, Upload] = {}
-        self.jobs: deque[s.GetRequested | s.ListRequested | s.PartialRequested
-                         | s.ChecksumRequested] = deque()
+        self.jobs: deque[ev.GetRequested | ev.ListRequested | ev.PartialRequested
+                         | ev.ChecksumRequested] = deque()
         # DELETEs and SYMLINKs, each waiting for the PUTs sent before it (§5.3).
-        self.name_changes: deque[s.DeleteRequested | s.SymlinkRequested] = deque()
+        self.name_changes: deque[ev.DeleteRequested | ev.SymlinkRequested] = deque()
         self.cancelled: set[int] = set()
         self.commits: set[asyncio.Task[None]] = set()
         self.verified: list[Verified] = []  # the next group to commit (--fsync batch)
@@ -553,7 +555,7 @@ class Connection:
         while True:
             data = await self.stream.receive()
             self.session.receive_data(data)
-            if self.session.state is s.ConnState.AWAIT_AUTH:
+            if self.session.state is ConnState.AWAIT_AUTH:
                 # Our proof is out; a client with another token hangs up here.
                 self.auth = ("authentication failed (the client hung up before proving "
                              "it knows the token)")
@@ -588,7 +590,7 @@ class Connection:
                 raise AssertionError(f"server core emitted {event!r}")
             handler(self, event)
 
-    def _on_authenticated(self, event: s.ClientAuthenticated) -> None:
+    def _on_authenticated(self, event: ev.ClientAuthenticated) -> None:
         self.auth = (f"authenticated (client {event.software}, "
                      f"{digests.name_of(self.session.digest_feature)})")
         if self.handshake_deadline is not None:
@@ -600,7 +602,7 @@ class Connection:
             self.server.gate.release(self.source)
             self.source = None
 
-    def _on_put(self, event: s.PutRequested) -> None:
+    def _on_put(self, event: ev.PutRequested) -> None:
         self.metrics.transfer_started(self.transport, "upload")
         if event.resumable and event.size <= self.config.max_file_size:
             if self._within_budget(event.request, "PUT", event.path,
@@ -671,7 +673,7 @@ class Connection:
                      f"'{path}' is {size} bytes; this server accepts at "
                      f"most {self.config.max_file_size}")
 
-    def _on_small_file(self, event: s.SmallFileReceived) -> None:
+    def _on_small_file(self, event: ev.SmallFileReceived) -> None:
         """PUT_INLINE: the digest is checked before anything touches the disk; the file
         is then written whole, created with its final mode, and (where durability
         allows) closed at once, so its commit is only the rename."""
@@ -740,7 +742,7 @@ class Connection:
         self._refuse(request, "PUT", upload.path, code, reason, upload.started, upload.size)
         return False
 
-    def _on_put_finished(self, event: s.PutFinished) -> None:
+    def _on_put_finished(self, event: ev.PutFinished) -> None:
         upload = self.uploads.pop(event.request, None)
         if upload is None:
             return  # already refused (disk full, ...): the reply has been sent
@@ -755,7 +757,7 @@ class Connection:
             return
         self._commit(Verified(event.request, event.digest, upload))
 
-    async def _verify_later(self, event: s.PutFinished, upload: Upload) -> None:
+    async def _verify_later(self, event: ev.PutFinished, upload: Upload) -> None:
         """Check a large or resumed body against DONE once its hashing thread is done,
         then commit it."""
         assert upload.sink is not None
@@ -891,7 +893,7 @@ class Connection:
                        logging.DEBUG)
     # -- resume (docs/protocol.md §5.1) ---------------------------------------------------
 
-    def _on_put_resumable(self, event: s.PutRequested) -> None:
+    def _on_put_resumable(self, event: ev.PutRequested) -> None:
         """PUT with RESUMABLE, or PUT_AT: write under the target's partial name."""
         feature = self.session.digest_feature
         try:
@@ -931,7 +933,7 @@ class Connection:
             reservation=reservation)
         self.order.opened(event.request, _order_key(event.path))
 
-    async def _send_prefix(self, job: s.PartialRequested) -> None:
+    async def _send_prefix(self, job: ev.PartialRequested) -> None:
         """PARTIAL: the length of what is kept towards the path, and its digest."""
         feature = self.session.digest_feature
         try:
@@ -954,7 +956,7 @@ class Connection:
         self.session.prefix(job.request, length, hasher.digest())
         log.debug("%s: PARTIAL '%s': %s kept", self.peer, job.path, format_bytes(length))
 
-    async def _send_tail(self, job: s.GetRequested) -> bool:
+    async def _send_tail(self, job: ev.GetRequested) -> bool:
         """GET with a prefix digest: if our first ``offset`` bytes have that digest, send
         the rest (True); otherwise False, and the whole file goes as for a plain GET."""
         assert job.prefix_digest is not None
@@ -1000,7 +1002,7 @@ class Connection:
         else:
             self.cancelled.add(request)
 
-    def _on_stat(self, event: s.StatRequested) -> None:
+    def _on_stat(self, event: ev.StatRequested) -> None:
         try:
             entry = self.root.stat(event.path)
         except StorageError as exc:
@@ -1008,7 +1010,7 @@ class Connection:
             return
         self.session.entries(event.request, [entry], last=True)
 
-    def _on_mkdir(self, event: s.MkdirRequested) -> None:
+    def _on_mkdir(self, event: ev.MkdirRequested) -> None:
         try:
             self.root.make_dirs(event.path, capped_mode(event.mode, self.config.umask))
         except StorageError as exc:
@@ -1019,7 +1021,7 @@ class Connection:
 
     # -- incremental copies (docs/protocol.md §5.3) --------------------------------------
 
-    def _on_name_change(self, event: s.DeleteRequested | s.SymlinkRequested) -> None:
+    def _on_name_change(self, event: ev.DeleteRequested | ev.SymlinkRequested) -> None:
         self.name_changes.append(event)
         self._run_name_changes()
 
@@ -1028,7 +1030,7 @@ class Connection:
         answered."""
         while self.name_changes and not self._put_open_before(self.name_changes[0].request):
             event = self.name_changes.popleft()
-            if isinstance(event, s.DeleteRequested):
+            if isinstance(event, ev.DeleteRequested):
                 self._delete_now(event)
             else:
                 self._symlink_now(event)
@@ -1039,11 +1041,11 @@ class Connection:
         for open_request, state in self.session.requests.items():
             if open_request == request:
                 return False
-            if state.kind is s.RequestKind.PUT and state.phase is not s.Phase.DISCARDING:
+            if state.kind is ev.RequestKind.PUT and state.phase is not ev.Phase.DISCARDING:
                 return True
         return False
 
-    def _delete_now(self, event: s.DeleteRequested) -> None:
+    def _delete_now(self, event: ev.DeleteRequested) -> None:
         try:
             freed = self.root.remove(event.path, directory=event.directory)
         except StorageError as exc:
@@ -1055,7 +1057,7 @@ class Connection:
         self.session.ok(event.request)
         self._log_file("DELETE", event.path, freed, None, "ok", logging.DEBUG)
 
-    def _symlink_now(self, event: s.SymlinkRequested) -> None:
+    def _symlink_now(self, event: ev.SymlinkRequested) -> None:
         try:
             self.root.symlink(event.path, event.target, clobber=self.config.clobber)
         except StorageError as exc:
@@ -1066,7 +1068,7 @@ class Connection:
         self._log_file("SYMLINK", event.path, 0, None, f"ok (-> {event.target})",
                        logging.DEBUG)
 
-    def _on_readlink(self, event: s.ReadlinkRequested) -> None:
+    def _on_readlink(self, event: ev.ReadlinkRequested) -> None:
         try:
             target = self.root.readlink(event.path)
         except StorageError as exc:
@@ -1074,7 +1076,7 @@ class Connection:
             return
         self.session.link(event.request, target)
 
-    async def _send_sum(self, job: s.ChecksumRequested) -> None:
+    async def _send_sum(self, job: ev.ChecksumRequested) -> None:
         """CHECKSUM: the digest of a file, counted against the limits as a GET."""
         try:
             fd, st = self.root.open_read(job.path)
@@ -1151,11 +1153,11 @@ class Connection:
         while True:
             if self.jobs:
                 job = self.jobs.popleft()
-                if isinstance(job, s.GetRequested):
+                if isinstance(job, ev.GetRequested):
                     await self._send_file(job)
-                elif isinstance(job, s.PartialRequested):
+                elif isinstance(job, ev.PartialRequested):
                     await self._send_prefix(job)
-                elif isinstance(job, s.ChecksumRequested):
+                elif isinstance(job, ev.ChecksumRequested):
                     await self._send_sum(job)
                 else:
                     await self._send_listing(job)
@@ -1168,7 +1170,7 @@ class Connection:
             await self.wake.wait()
             self.wake.clear()
 
-    async def _send_file(self, job: s.GetRequested) -> None:
+    async def _send_file(self, job: ev.GetRequested) -> None:
         self.metrics.transfer_started(self.transport, "download")
         if job.prefix_digest is not None:
             if await self._send_tail(job):
@@ -1203,7 +1205,7 @@ class Connection:
         finally:
             os.close(fd)
 
-    async def _send_job_body(self, job: s.GetRequested, started: float, nbytes: int,
+    async def _send_job_body(self, job: ev.GetRequested, started: float, nbytes: int,
                              result: str, level: int,
                              body: Callable[[], Awaitable[object]]) -> None:
         """Send a GET's body; cancellation or a read error ends it with ERROR."""
@@ -1221,7 +1223,7 @@ class Connection:
         finally:
             self.cancelled.discard(job.request)
 
-    async def _send_listing(self, job: s.ListRequested) -> None:
+    async def _send_listing(self, job: ev.ListRequested) -> None:
         """ENTRIES frames as the walk goes: a thread of this listing's own reads
         LISTING_CHUNK entries at a time, the next chunk while this one is encoded (its
         system calls let go of the GIL), and a chunk is read only once the one before it
@@ -1246,7 +1248,7 @@ class Connection:
                 if len(chunk) == LISTING_CHUNK:
                     ahead = loop.run_in_executor(lane, _next_entries, walk, LISTING_CHUNK)
                 for entry in chunk:
-                    entry_size = m.entry_wire_size(entry)
+                    entry_size = codec.entry_wire_size(entry)
                     if (size + entry_size > m.MAX_CONTROL_BODY
                             or len(batch) == m.MAX_ENTRIES_PER_FRAME):
                         self.session.entries(job.request, batch, last=False)
@@ -1270,33 +1272,33 @@ def _next_entries(walk: Iterator[Entry], count: int) -> list[Entry]:
 # One handler per event the server core emits (one table for all connections: an idle
 # connection should cost as little memory as it can).
 _HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
-    s.ClientAuthenticated: Connection._on_authenticated,
-    s.PutRequested: Connection._on_put,
-    s.SmallFileReceived: Connection._on_small_file,
-    s.BodyReceived: lambda c, e: c._on_body(e.request, e.data),
-    s.HoleReceived: lambda c, e: c._on_body(e.request, e.length),
-    s.PutFinished: Connection._on_put_finished,
-    s.RequestCancelled: lambda c, e: c._on_cancel(e.request),
-    s.GetRequested: lambda c, e: c.jobs.append(e),
-    s.ListRequested: lambda c, e: c.jobs.append(e),
-    s.PartialRequested: lambda c, e: c.jobs.append(e),
-    s.StatRequested: Connection._on_stat,
-    s.MkdirRequested: Connection._on_mkdir,
-    s.DeleteRequested: Connection._on_name_change,
-    s.SymlinkRequested: Connection._on_name_change,
-    s.ReadlinkRequested: Connection._on_readlink,
-    s.ChecksumRequested: lambda c, e: c.jobs.append(e),
-    s.InputEnded: lambda c, _e: c._on_input_ended(),
+    ev.ClientAuthenticated: Connection._on_authenticated,
+    ev.PutRequested: Connection._on_put,
+    ev.SmallFileReceived: Connection._on_small_file,
+    ev.BodyReceived: lambda c, e: c._on_body(e.request, e.data),
+    ev.HoleReceived: lambda c, e: c._on_body(e.request, e.length),
+    ev.PutFinished: Connection._on_put_finished,
+    ev.RequestCancelled: lambda c, e: c._on_cancel(e.request),
+    ev.GetRequested: lambda c, e: c.jobs.append(e),
+    ev.ListRequested: lambda c, e: c.jobs.append(e),
+    ev.PartialRequested: lambda c, e: c.jobs.append(e),
+    ev.StatRequested: Connection._on_stat,
+    ev.MkdirRequested: Connection._on_mkdir,
+    ev.DeleteRequested: Connection._on_name_change,
+    ev.SymlinkRequested: Connection._on_name_change,
+    ev.ReadlinkRequested: Connection._on_readlink,
+    ev.ChecksumRequested: lambda c, e: c.jobs.append(e),
+    ev.InputEnded: lambda c, _e: c._on_input_ended(),
 }
 
 
 def _refuse_write(connection: Connection,
-                  event: s.PutRequested | s.SmallFileReceived | s.MkdirRequested
-                  | s.PartialRequested | s.DeleteRequested | s.SymlinkRequested) -> None:
+                  event: ev.PutRequested | ev.SmallFileReceived | ev.MkdirRequested
+                  | ev.PartialRequested | ev.DeleteRequested | ev.SymlinkRequested) -> None:
     """serve --read-only: a request that would write is refused, and only that request
     (a PUT's body that follows is discarded as for any refused PUT)."""
-    verb = {s.MkdirRequested: "MKDIR", s.PartialRequested: "PARTIAL",
-            s.DeleteRequested: "DELETE", s.SymlinkRequested: "SYMLINK"}.get(type(event), "PUT")
+    verb = {ev.MkdirRequested: "MKDIR", ev.PartialRequested: "PARTIAL",
+            ev.DeleteRequested: "DELETE", ev.SymlinkRequested: "SYMLINK"}.get(type(event), "PUT")
     connection._refuse(event.request, verb, event.path, m.ErrorCode.READ_ONLY,
                        "this server is read-only: nothing can be written to it")
 
@@ -1304,7 +1306,7 @@ def _refuse_write(connection: Connection,
 # The same table for serve --read-only: the writing requests go to _refuse_write.
 _READ_ONLY_HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
     **_HANDLERS,
-    **{kind: _refuse_write for kind in (s.PutRequested, s.SmallFileReceived,
-                                        s.MkdirRequested, s.PartialRequested,
-                                        s.DeleteRequested, s.SymlinkRequested)},
+    **{kind: _refuse_write for kind in (ev.PutRequested, ev.SmallFileReceived,
+                                        ev.MkdirRequested, ev.PartialRequested,
+                                        ev.DeleteRequested, ev.SymlinkRequested)},
 }
