@@ -33,8 +33,9 @@ from sockferry.entries import Entry, Kind
 from sockferry.errors import AuthenticationFailed, UsageError
 from sockferry.ferry import DEFAULT_PORT
 from sockferry.ferry.bodies import Progress
-from sockferry.ferry.client import NO_RESUME, FerryClient
+from sockferry.ferry.client import FerryClient
 from sockferry.ferry.copying import Outcome, Reporter, SyncOptions, get_paths, send_paths
+from sockferry.ferry.inflight import NO_RESUME
 from sockferry.records import record
 from sockferry.sctp import TRANSPORTS
 from sockferry.sockets import storage_error

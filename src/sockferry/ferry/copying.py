@@ -21,8 +21,10 @@ from sockferry.entries import Entry, Kind
 from sockferry.errors import PathRefused, PeerRefused, SockferryError, StorageError, UsageError
 from sockferry.ferry import digests
 from sockferry.ferry.bodies import SMALL_FILE, Progress
-from sockferry.ferry.client import FerryClient, ResumeReport, open_local_file
+from sockferry.ferry.client import FerryClient
+from sockferry.ferry.inflight import ResumeReport
 from sockferry.ferry.messages import ErrorCode
+from sockferry.ferry.puts import open_local_file
 from sockferry.ferry.sync import (
     NO_FILTERS,
     Filters,
@@ -198,7 +200,7 @@ async def send_stream_as(client: FerryClient, fd: int, label: str, dest: str, *,
     waiting: list[_Waiting] = []
     progress = reporter.progress_for(dest, label, None)
     try:
-        future = await client.start_put_stream(fd, dest, shown=label, progress=progress)
+        future = await client.puts.start_put_stream(fd, dest, shown=label, progress=progress)
     except StorageError as exc:
         reporter.done(dest)
         failed.append(Outcome(label, dest, 0, exc))
@@ -237,11 +239,11 @@ def _sent_at_once(client: FerryClient, source: str, target: str,
     """A small file queued without waiting for anything (no coroutine per file in a
     tree of small files); False when it needs ``_send_opened`` (nothing done then)."""
     size = opened[1].st_size
-    if not client.can_put_at_once(target, size):
+    if not client.puts.can_put_at_once(target, size):
         return False
     progress = reporter.progress_for(target, source, size)
     try:
-        future = client.put_at_once(source, target, opened, keep_mtime)
+        future = client.puts.put_at_once(source, target, opened, keep_mtime)
     except StorageError as exc:
         reporter.done(target)
         failed.append(Outcome(source, target, 0, exc))
@@ -262,10 +264,10 @@ async def _send_opened(client: FerryClient, source: str, target: str,
         progress = reporter.progress_for(target, source, size)
         if resume:
             os.close(opened[0])
-            future, report = await client.start_put_resumable(
+            future, report = await client.puts.start_put_resumable(
                 source, target, keep_mtime=keep_mtime, progress=progress)
         else:
-            future = await client.start_put(source, target, keep_mtime=keep_mtime,
+            future = await client.puts.start_put(source, target, keep_mtime=keep_mtime,
                                             progress=progress, opened=opened)
     except StorageError as exc:
         reporter.done(target)
@@ -621,10 +623,10 @@ async def _get_one(client: FerryClient, source: str, target: str, size: int,
     report = None
     try:
         if resume:
-            future, report = await client.start_get_resumable(
+            future, report = await client.gets.start_get_resumable(
                 source, target, keep_mtime=keep_mtime, progress=progress)
         else:
-            future = await client.start_get(source, target, keep_mtime=keep_mtime,
+            future = await client.gets.start_get(source, target, keep_mtime=keep_mtime,
                                             progress=progress)
     except StorageError:
         reporter.done(target)
