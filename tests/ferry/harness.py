@@ -22,7 +22,7 @@ from sockferry.cli import main
 from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
 from sockferry.ferry.client import FerryClient
-from sockferry.ferry.copying import send_paths
+from sockferry.ferry.copy_send import send_paths
 from sockferry.ferry.over_sctp import open_sctp_server_endpoint, serve_sctp
 from sockferry.ferry.server import FerryServer, FerryServerConfig
 from sockferry.sctp.endpoint import Endpoint

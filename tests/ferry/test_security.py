@@ -14,7 +14,7 @@ from sockferry.cli.runtime import ExitCode
 from sockferry.errors import AuthenticationFailed, PathRefused
 from sockferry.ferry import messages as m
 from sockferry.ferry import session as s
-from sockferry.ferry.copying import safe_relative
+from sockferry.ferry.copy_get import safe_relative
 from sockferry.storage import is_temporary_name
 from tests.conftest import wait_until
 from tests.ferry.harness import (

@@ -14,7 +14,7 @@ from sockferry.admission import Startups
 from sockferry.cli.runtime import ExitCode
 from sockferry.ferry import messages as m
 from sockferry.ferry.client import FerryClient
-from sockferry.ferry.copying import send_paths
+from sockferry.ferry.copy_send import send_paths
 from sockferry.ferry.puts import INLINE_FILE
 from sockferry.storage import Durability, is_temporary_name
 from tests.ferry.harness import TOKEN, ServerThread, run, run_cli, send_at_once
