@@ -45,6 +45,8 @@ BUSY_MAX_DELAY_S = 1.0
 
 
 class FerryClient:
+    """One connection to a ferry server and its reader; files go by ``puts``/``gets``."""
+
     def __init__(self, stream: Stream, session: s.ClientSession) -> None:
         self.stream = stream
         self.session = session

@@ -50,6 +50,8 @@ MAX_UNSENT = 1024 * 1024
 
 
 class Connection:
+    """One client, from its first byte to its last log line; what its parts share."""
+
     def __init__(self, server: FerryServer, stream: Stream, source: str | None = None,
                  channel_binding: bytes | None = None) -> None:
         self.server = server
