@@ -126,7 +126,7 @@ async def uploads(args: argparse.Namespace) -> None:
             client = await FerryClient.connect(HostPort(args.address, args.port), token,
                                                timeout_s=args.timeout)
             try:
-                future = await client.start_put(str(local), name)
+                future = await client.puts.start_put(str(local), name)
                 await client.finish()
             finally:
                 client.close()

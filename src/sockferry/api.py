@@ -62,7 +62,7 @@ class Client:
         must exist); returns once the server has checked the digest and committed it.
         ``keep_mtime``: give it the local file's modification time."""
         async with self._sending:
-            future = await self._ferry.start_put(os.fspath(local), remote,
+            future = await self._ferry.puts.start_put(os.fspath(local), remote,
                                                  keep_mtime=keep_mtime,
                                                  progress=_progress(progress))
             await self._ferry.flush()
@@ -74,7 +74,7 @@ class Client:
         """Download the remote file ``remote`` to the local path ``local`` (replaced
         atomically once its digest matched; nothing is left there on failure)."""
         async with self._sending:
-            future = await self._ferry.start_get(remote, os.fspath(local),
+            future = await self._ferry.gets.start_get(remote, os.fspath(local),
                                                  keep_mtime=keep_mtime,
                                                  progress=_progress(progress))
             await self._ferry.flush()

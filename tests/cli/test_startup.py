@@ -82,6 +82,8 @@ def test_send_help_loads_only_the_ferry_client_side() -> None:
     assert under(modules, "rich", "uvloop", "blake3", "crc32c", *TLS_MODULES) == []
     assert under(modules, "sockferry.tftp", "sockferry.cli.tftp", "sockferry.cli.sctp",
                  "sockferry.cli.probe", "sockferry.ferry.server",
+                 "sockferry.ferry.connection", "sockferry.ferry.uploads",
+                 "sockferry.ferry.answers", "sockferry.ferry.durability",
                  "sockferry.ferry.over_sctp", "sockferry.ferry.tokens") == []
     # The sctp package names the --sctp-stack choices; no SCTP module is loaded.
     assert under(modules, "sockferry.sctp") == ["sockferry.sctp"]

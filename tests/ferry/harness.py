@@ -23,7 +23,7 @@ from sockferry.cli import main
 from sockferry.ferry import messages as m
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.client_session import ClientSession
-from sockferry.ferry.copying import send_paths
+from sockferry.ferry.copy_send import send_paths
 from sockferry.ferry.parser import FrameParser
 from sockferry.ferry.server import FerryServer, FerryServerConfig
 from sockferry.ferry.session import ConnState

@@ -53,8 +53,8 @@ def test_out_of_descriptors_is_busy_and_passes(tmp_path: Path) -> None:
         # Every held connection asks for files at once: each GET opens a file and walks
         # directories; some must fail for want of descriptors, as BUSY.
         started = await asyncio.gather(*[
-            client.start_put(str(source), f"d{i % 8}/up{i}") if i % 2 else
-            client.start_get(f"d{i % 8}/f", str(tmp_path / f"got{i}"))
+            client.puts.start_put(str(source), f"d{i % 8}/up{i}") if i % 2 else
+            client.gets.start_get(f"d{i % 8}/f", str(tmp_path / f"got{i}"))
             for i, client in enumerate(clients)], return_exceptions=True)
         listed = await asyncio.gather(*[client.list("", recursive=True)
                                         for client in clients], return_exceptions=True)
@@ -78,7 +78,7 @@ def test_out_of_descriptors_is_busy_and_passes(tmp_path: Path) -> None:
         # Once they are gone the server serves again, in full.
         async def after() -> None:
             client = await FerryClient.connect(address, TOKEN)
-            future = await client.start_put(str(source), "after")
+            future = await client.puts.start_put(str(source), "after")
             await client.finish()
             assert future.result() == 1 << 20
         asyncio.run(after())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sockferry.ferry.ordering import PathOrder
-from sockferry.ferry.server import _order_key
+from sockferry.ferry.uploads import order_key
 
 
 def test_a_later_upload_waits_for_an_earlier_one_of_its_path() -> None:
@@ -73,4 +73,4 @@ def test_opened_verified_waits_only_behind_an_open_put_of_its_path() -> None:
 
 @pytest.mark.parametrize("path", ["a/b", "a//b", "./a/b", "a/./b", "a/b/", "a/b/."])
 def test_order_keys_name_one_path_one_way(path: str) -> None:
-    assert _order_key(path) == "a/b"
+    assert order_key(path) == "a/b"

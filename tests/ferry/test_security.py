@@ -16,7 +16,7 @@ from sockferry.errors import AuthenticationFailed, PathRefused
 from sockferry.ferry import codec
 from sockferry.ferry import messages as m
 from sockferry.ferry.client_session import ClientSession
-from sockferry.ferry.copying import safe_relative
+from sockferry.ferry.copy_get import safe_relative
 from sockferry.ferry.parser import FrameParser
 from sockferry.ferry.session import ConnState
 from sockferry.storage.names import is_temporary_name

@@ -13,8 +13,9 @@ from sockferry.addresses import HostPort
 from sockferry.admission import Startups
 from sockferry.cli.runtime import ExitCode
 from sockferry.ferry import messages as m
-from sockferry.ferry.client import INLINE_FILE, FerryClient
-from sockferry.ferry.copying import send_paths
+from sockferry.ferry.client import FerryClient
+from sockferry.ferry.copy_send import send_paths
+from sockferry.ferry.puts import INLINE_FILE
 from sockferry.storage.durability import Durability
 from sockferry.storage.names import is_temporary_name
 from tests.ferry.harness import TOKEN, ServerThread, run, run_cli, send_at_once
@@ -101,7 +102,7 @@ def test_pipelined_puts_of_one_path_commit_in_request_order(env: dict[str, Path]
 
     async def send_all(port: int) -> None:
         client = await FerryClient.connect(HostPort("127.0.0.1", port), TOKEN)
-        futures = [await client.start_put(str(env["src"] / f"v{i}"), "same")
+        futures = [await client.puts.start_put(str(env["src"] / f"v{i}"), "same")
                    for i in range(len(versions))]
         await client.finish()
         assert [f.result() for f in futures] == [len(v) for v in versions]
@@ -125,7 +126,7 @@ def test_large_and_small_puts_of_one_path_commit_in_request_order(
 
     async def send_all(port: int) -> None:
         client = await FerryClient.connect(HostPort("127.0.0.1", port), TOKEN)
-        futures = [await client.start_put(str(env["src"] / f"v{i}"), names[i])
+        futures = [await client.puts.start_put(str(env["src"] / f"v{i}"), names[i])
                    for i in range(len(versions))]
         await client.finish()
         assert [f.result() for f in futures] == sizes
@@ -204,7 +205,7 @@ def test_a_thousand_clients_at_once(env: dict[str, Path]) -> None:
         (env["src"] / name).write_bytes(data)
 
     async def upload(client: FerryClient, name: str) -> object:
-        future = await client.start_put(str(env["src"] / name), name)
+        future = await client.puts.start_put(str(env["src"] / name), name)
         await client.finish()
         return future.result()
 

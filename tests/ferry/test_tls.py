@@ -27,7 +27,8 @@ from sockferry.cli.runtime import ExitCode
 from sockferry.errors import AuthenticationFailed, PeerRefused
 from sockferry.ferry import messages as m
 from sockferry.ferry.client import FerryClient
-from sockferry.ferry.copying import get_paths, send_paths
+from sockferry.ferry.copy_get import get_paths
+from sockferry.ferry.copy_send import send_paths
 from sockferry.ferry.secure import ClientTLS
 from sockferry.tls import (
     ServerTLS,

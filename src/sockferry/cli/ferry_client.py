@@ -20,8 +20,11 @@ from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
 from sockferry.entries import Entry, Kind
 from sockferry.errors import AuthenticationFailed, UsageError
 from sockferry.ferry.bodies import Progress
-from sockferry.ferry.client import NO_RESUME, FerryClient
-from sockferry.ferry.copying import Outcome, Reporter, SyncOptions, get_paths, send_paths
+from sockferry.ferry.client import FerryClient
+from sockferry.ferry.copy_get import get_paths
+from sockferry.ferry.copy_send import send_file_as, send_paths, send_stream_as
+from sockferry.ferry.copying import Outcome, Reporter, SyncOptions
+from sockferry.ferry.inflight import NO_RESUME
 from sockferry.ferry.trust import client_trust
 from sockferry.sockets import storage_error
 from sockferry.units import format_bytes, format_rate
@@ -172,8 +175,6 @@ def _send_stdin(args: argparse.Namespace, console: Console, host: str, dest: str
         raise UsageError("send - needs the name of the file to create: HOST:NAME")
     import sys  # noqa: PLC0415 - pipes only
 
-    from sockferry.ferry.copying import send_stream_as  # noqa: PLC0415
-
     fd = sys.stdin.fileno()
     try:
         os.set_blocking(fd, True)  # an inherited O_NONBLOCK would fail the reads
@@ -197,8 +198,6 @@ def _send_spooled(args: argparse.Namespace, console: Console, host: str, dest: s
     import shutil  # noqa: PLC0415 - pipes only
     import sys  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
-
-    from sockferry.ferry.copying import send_file_as  # noqa: PLC0415
 
     if args.verbose:
         console.notice("the server does not take streams; reading standard input to its "

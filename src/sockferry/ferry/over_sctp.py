@@ -55,7 +55,7 @@ SHUTDOWN_TIMEOUT_S = 10.0
 class AssociationStream:
     """A ferry ``Stream`` over one association of ``endpoint``."""
 
-    transport = "sctp"  # the metrics' label (ferry/server.py)
+    transport = "sctp"  # the metrics' label (ferry/connection.py)
 
     def __init__(self, endpoint: Endpoint, assoc_id: AssocId, peer: str, *, client: bool,
                  idle_timeout_s: float) -> None:

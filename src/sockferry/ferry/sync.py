@@ -3,7 +3,7 @@ are unchanged.
 
 ``send``/``get`` with ``--update``, ``--include`` and ``--exclude`` judge names by their
 paths relative to the copied tree's top (``/``-separated); this module decides,
-``copying.py`` does the I/O.  Nothing here touches a file or a socket.
+``copy_send.py`` and ``copy_get.py`` do the I/O.  Nothing here touches a file or a socket.
 
 Filter rules follow rsync's basic semantics: the first rule that matches a name decides
 (``--include`` and ``--exclude`` in the order given); a name no rule matches is
