@@ -20,21 +20,19 @@ def test_the_same_seed_gives_the_same_fates() -> None:
     assert any(f == [] for f in drawn) and any(len(f) == 2 for f in drawn)
 
 
-def test_jitter_keeps_a_path_in_order_and_only_reordering_overtakes() -> None:
-    link = lossy_link(1, jitter_s=0.005)
+def _arrival_order(**impairment: float) -> list[int]:
+    link = lossy_link(1, **impairment)
     for n in range(50):
         link.send(b"%d" % n, "a", "b", now=n * 0.0001)
     arrived = []
     while (datagram := link.pop_due(1.0)) is not None:
         arrived.append(int(datagram[0]))
-    assert arrived == list(range(50))
+    return arrived
 
-    link = lossy_link(1, reorder=0.5)
-    for n in range(50):
-        link.send(b"%d" % n, "a", "b", now=n * 0.0001)
-    overtaken = []
-    while (datagram := link.pop_due(1.0)) is not None:
-        overtaken.append(int(datagram[0]))
+
+def test_jitter_keeps_a_path_in_order_and_only_reordering_overtakes() -> None:
+    assert _arrival_order(jitter_s=0.005) == list(range(50))
+    overtaken = _arrival_order(reorder=0.5)
     assert sorted(overtaken) == list(range(50)) and overtaken != list(range(50))
 
 
