@@ -14,11 +14,11 @@ import random
 from dataclasses import dataclass, field
 
 from sockferry.tftp.options import ServerLimits, negotiate, requested_options
-from sockferry.tftp.packets import Opcode, Request, decode_packet
+from sockferry.tftp.packets import Opcode, TransferRequest, decode_packet
 from sockferry.tftp.transfer import (
+    BlockReceived,
     ClientRead,
     ClientWrite,
-    DataReceived,
     LastBlockReceived,
     OptionsAgreed,
     PeerAddress,
@@ -101,7 +101,7 @@ class Endpoint:
             self.offset += len(chunk)
             core.send_data(chunk, now, end=self.offset >= len(self.source))
         while (event := core.next_event()) is not None:
-            if isinstance(event, DataReceived):
+            if isinstance(event, BlockReceived):
                 self.received += event.data
             elif isinstance(event, LastBlockReceived):
                 assert isinstance(core, ReceivingTransfer)
@@ -137,7 +137,7 @@ class Session:
         if self.server is not None:  # a transfer whose peer never answered expired
             self.restarts += 1
         request = decode_packet(data)
-        assert isinstance(request, Request)
+        assert isinstance(request, TransferRequest)
         is_read = request.opcode is Opcode.RRQ
         size = len(self.server_file) if request.mode == "octet" else None
         options, oack = negotiate(request.options, is_read=is_read, file_size=size,
@@ -226,7 +226,7 @@ def session(*, read: bool, payload: bytes, link: LossyLink, blksize: int = 512,
     options = requested_options(blksize=blksize, windowsize=windowsize, timeout_s=None,
                                 tsize=(0 if read else len(payload)) if tsize else None)
     opcode = Opcode.RRQ if read else Opcode.WRQ
-    request = Request(opcode, b"file.bin", mode, options)
+    request = TransferRequest(opcode, b"file.bin", mode, options)
     core: Transfer = (ClientRead(SERVER_PORT, request, timing, 0.0) if read
                       else ClientWrite(SERVER_PORT, request, timing, 0.0))
     client = Endpoint(core, source=b"" if read else payload)

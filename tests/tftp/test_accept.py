@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sockferry.tftp.accept import Ignored, Refusal, judge, requested_path
-from sockferry.tftp.packets import ErrorCode, Request, encode_ack, encode_error
+from sockferry.tftp.packets import ErrorCode, TransferRequest, encode_ack, encode_error
 
 
 def _request(name: bytes, mode: bytes = b"octet", opcode: bytes = b"\x00\x01") -> bytes:
@@ -15,7 +15,7 @@ def _request(name: bytes, mode: bytes = b"octet", opcode: bytes = b"\x00\x01") -
 
 def test_requests_are_served_and_errors_never_answered() -> None:
     judged = judge(_request(b"/pxelinux.0"), truncated=False)
-    assert isinstance(judged, Request) and judged.is_read
+    assert isinstance(judged, TransferRequest) and judged.is_read
     assert requested_path(judged) == b"pxelinux.0"  # a leading '/' names the root
     assert isinstance(judge(encode_error(ErrorCode.NOT_DEFINED, "x"), False), Ignored)
     assert isinstance(judge(b"\x00\x05\x00", False), Ignored)  # a broken ERROR too
@@ -34,14 +34,14 @@ def test_what_is_refused(data: bytes, truncated: bool, code: ErrorCode) -> None:
 
 def test_modes_and_names() -> None:
     mail = judge(_request(b"f", b"mail"), False)
-    assert isinstance(mail, Request)
+    assert isinstance(mail, TransferRequest)
     with pytest.raises(Refusal, match="mode 'mail' is not supported"):
         requested_path(mail)
     empty = judge(_request(b"/"), False)
-    assert isinstance(empty, Request)
+    assert isinstance(empty, TransferRequest)
     with pytest.raises(Refusal) as refused:
         requested_path(empty)
     assert refused.value.code == ErrorCode.FILE_NOT_FOUND
     netascii = judge(_request(b"a/b.txt", b"netascii", b"\x00\x02"), False)
-    assert isinstance(netascii, Request) and not netascii.is_read
+    assert isinstance(netascii, TransferRequest) and not netascii.is_read
     assert requested_path(netascii) == b"a/b.txt"

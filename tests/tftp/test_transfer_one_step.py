@@ -25,7 +25,7 @@ from sockferry.tftp.packets import (
 )
 from sockferry.tftp.transfer import (
     MAX_PENDING_BYTES,
-    DataReceived,
+    BlockReceived,
     Event,
     LastBlockReceived,
     ReceivingTransfer,
@@ -286,7 +286,7 @@ def test_take_ack_and_take_block_carry_a_transfer_past_the_rollover() -> None:
 def collect(core: ReceivingTransfer, now: float) -> list[bytes]:
     data = []
     while (event := core.next_event()) is not None:
-        if isinstance(event, DataReceived):
+        if isinstance(event, BlockReceived):
             data.append(event.data)
         elif isinstance(event, LastBlockReceived):
             core.confirm_stored(now)
@@ -306,7 +306,7 @@ def test_take_block_hands_over_data_in_batches() -> None:
             core.receive_datagram(data, PEER, 0.001 * block)
             [(reply, _)] = core.datagrams_to_send()
             event = core.next_event()
-            assert event == DataReceived(b"".join(
+            assert event == BlockReceived(b"".join(
                 bytes([n]) * BLKSIZE for n in range(block - PENDING_BLOCKS, block + 1)))
         assert reply == encode_ack(block)
     # One block in PENDING_BLOCKS + 1 takes the general path, and the driver then

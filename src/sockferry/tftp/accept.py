@@ -16,7 +16,7 @@ from sockferry.tftp.packets import (
     MAX_REQUEST_BYTES,
     Error,
     ErrorCode,
-    Request,
+    TransferRequest,
     decode_packet,
     opcode_of,
 )
@@ -41,7 +41,7 @@ class Ignored:
     why: str
 
 
-def judge(data: bytes, truncated: bool) -> Request | Ignored | Refusal:
+def judge(data: bytes, truncated: bool) -> TransferRequest | Ignored | Refusal:
     """A datagram that reached the request port (``truncated``: longer than read)."""
     try:
         if truncated:
@@ -53,7 +53,7 @@ def judge(data: bytes, truncated: bool) -> Request | Ignored | Refusal:
             return Ignored(f"{exc}, not answered")
         return Refusal(ErrorCode(exc.code) if exc.code is not None
                        else ErrorCode.ILLEGAL_OPERATION, str(exc))
-    if isinstance(packet, Request):
+    if isinstance(packet, TransferRequest):
         return packet
     if isinstance(packet, Error):
         return Ignored("ERROR sent to the request port, not answered")
@@ -61,7 +61,7 @@ def judge(data: bytes, truncated: bool) -> Request | Ignored | Refusal:
                    f"{opcode_of(packet).name} sent to the request port")
 
 
-def requested_path(request: Request) -> bytes:
+def requested_path(request: TransferRequest) -> bytes:
     """The file a request names, relative to the root; Refusal for an unsupported mode
     or an empty name.  A leading '/' names the root, as tftpd-hpa's --secure mode has
     it: boot ROMs often ask for "/pxelinux.0" (nothing climbs out of the root either

@@ -27,7 +27,7 @@ from sockferry.tftp.aio import (
     tid_socket,
 )
 from sockferry.tftp.options import requested_options
-from sockferry.tftp.packets import DEFAULT_BLKSIZE, ErrorCode, Opcode, Request
+from sockferry.tftp.packets import DEFAULT_BLKSIZE, ErrorCode, Opcode, TransferRequest
 from sockferry.tftp.transfer import ClientRead, ClientWrite, Timing
 
 DEFAULT_PORT = 69
@@ -64,7 +64,7 @@ async def download(server: HostPort, remote: str, local: str, options: ClientOpt
     while True:
         sink = FileSink(AtomicFile.beside(local),
                         existing_mode or capped_mode(0o666, DEFAULT_UMASK))
-        request = Request(Opcode.RRQ, remote.encode("utf-8"), options.mode,
+        request = TransferRequest(Opcode.RRQ, remote.encode("utf-8"), options.mode,
                           _options(options, 0 if options.mode == "octet" else None)
                           if with_options else {})
         sock = _client_socket(target)
@@ -89,7 +89,7 @@ async def upload(local: str, server: HostPort, remote: str, options: ClientOptio
             raise storage_error(exc, local) from exc
         size = os.fstat(fd).st_size
         source = FileSource(fd, local)
-        request = Request(Opcode.WRQ, remote.encode("utf-8"), options.mode,
+        request = TransferRequest(Opcode.WRQ, remote.encode("utf-8"), options.mode,
                           _options(options, size if options.mode == "octet" else None)
                           if with_options else {})
         sock = _client_socket(target)
@@ -124,7 +124,7 @@ async def _drive(sock: socket.socket, core: ClientRead | ClientWrite, *,
 
 
 def _retry_without_options(result: TransferResult, with_options: bool,
-                           request: Request) -> bool:
+                           request: TransferRequest) -> bool:
     error = result.error
     return (with_options and bool(request.options) and isinstance(error, PeerRefused)
             and error.code == ErrorCode.OPTION_REFUSED)

@@ -59,7 +59,7 @@ from sockferry.tftp.options import ServerLimits, negotiate
 from sockferry.tftp.packets import (
     MAX_REQUEST_BYTES,
     ErrorCode,
-    Request,
+    TransferRequest,
     encode_error,
 )
 from sockferry.tftp.transfer import (
@@ -94,7 +94,7 @@ class UploadPolicy(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class ServerConfig:
+class TftpServerConfig:
     root: str
     allow_upload: UploadPolicy = UploadPolicy.NONE
     limits: ServerLimits = field(default_factory=ServerLimits)
@@ -135,7 +135,7 @@ class NoticeLimiter:
 class TftpServer:
     """Serves a root directory over TFTP until closed."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: TftpServerConfig) -> None:
         self.config = config
         self.root = Root(config.root)
         self._listeners: list[socket.socket] = []
@@ -222,7 +222,7 @@ class TftpServer:
             self._admit(listener, request, data, peer, shown, local)
 
     def _parse(self, listener: socket.socket, data: bytes, peer: SockAddr, shown: str,
-               truncated: bool) -> Request | None:
+               truncated: bool) -> TransferRequest | None:
         """The request in ``data``; anything else is refused or ignored (None)."""
         judged = judge(data, truncated)
         if isinstance(judged, Ignored):
@@ -233,7 +233,7 @@ class TftpServer:
             return None
         return judged
 
-    def _admit(self, listener: socket.socket, request: Request, data: bytes,
+    def _admit(self, listener: socket.socket, request: TransferRequest, data: bytes,
                peer: SockAddr, shown: str, local: str | None) -> None:
         """Start a transfer for ``request``, unless it is a repeat or must be refused."""
         key = (peer, data)
@@ -327,7 +327,7 @@ class TftpServer:
         if self._notices.allow(now):
             log.info("%s %s refused: %s", shown, what, clip(refusal.message), extra=event)
 
-    def _open_transfer(self, listener: socket.socket, request: Request, peer: SockAddr,
+    def _open_transfer(self, listener: socket.socket, request: TransferRequest, peer: SockAddr,
                        local: str | None, received: int) -> TransferDriver:
         path = requested_path(request)
         source, sink, size = None, None, None

@@ -3,7 +3,7 @@
 A transfer is fed datagrams and ``now`` (monotonic seconds) and hands back datagrams to
 send, events and its next deadline; it never touches a socket, a clock or a file.  File
 bytes travel as values: a sending transfer is given the file in chunks
-(``send_data``), a receiving one emits ``DataReceived`` and, at the last block, waits
+(``send_data``), a receiving one emits ``BlockReceived`` and, at the last block, waits
 for the driver to store the file (``confirm_stored``) before it acknowledges that block,
 so a peer never hears "done" for a file that is not safely on disk.
 
@@ -57,7 +57,7 @@ from sockferry.tftp.packets import (
     Opcode,
     OptionAck,
     Packet,
-    Request,
+    TransferRequest,
     decode_packet,
     encode_ack,
     encode_error,
@@ -103,7 +103,7 @@ _DATA = int(Opcode.DATA)
 _pack_header = HEADER.pack
 
 
-class State(Enum):
+class TransferState(Enum):
     REQUESTING = auto()  # client: request sent, waiting for the server's first answer
     OFFERING = auto()    # server read: OACK sent, waiting for ACK 0
     SENDING = auto()
@@ -118,10 +118,10 @@ class State(Enum):
     __hash__ = object.__hash__
 
 
-TERMINAL = frozenset({State.DONE, State.FAILED})
+TERMINAL = frozenset({TransferState.DONE, TransferState.FAILED})
 # For the per-packet paths: a module global is found faster than an Enum member.
-_SENDING = State.SENDING
-_RECEIVING = State.RECEIVING
+_SENDING = TransferState.SENDING
+_RECEIVING = TransferState.RECEIVING
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,7 @@ class OptionsAgreed:
 
 
 @dataclass(frozen=True, slots=True)
-class DataReceived:
+class BlockReceived:
     data: bytes  # local bytes (netascii already decoded)
 
 
@@ -169,7 +169,7 @@ class TransferFailed:
     error: SockferryError
 
 
-Event = OptionsAgreed | DataReceived | LastBlockReceived | TransferCompleted | TransferFailed
+Event = OptionsAgreed | BlockReceived | LastBlockReceived | TransferCompleted | TransferFailed
 
 
 def peer_refusal(packet: Error) -> PeerRefused:
@@ -194,7 +194,7 @@ class Transfer:
 
     def __init__(self, *, peer: PeerAddress | None, options: TransferOptions, timing: Timing,
                  netascii_mode: bool, now: float) -> None:
-        self.state = State.REQUESTING
+        self.state = TransferState.REQUESTING
         self.peer = peer
         self.options = options
         self.netascii = netascii_mode
@@ -209,7 +209,7 @@ class Transfer:
         self._heard_at = now
         self._sample_from = now    # no round trip is timed before this time
         self._stranger_window = (now, 0)
-        self._table: dict[tuple[State, type], Handler] = {}
+        self._table: dict[tuple[TransferState, type], Handler] = {}
         # Anti-amplification (servers only, see _guard): until the peer answers on the
         # TID, what goes to it is charged against _budget; _answers_due datagrams (one per
         # request received) go out whatever the budget.
@@ -308,8 +308,8 @@ class Transfer:
         """Stop for a local reason (a disk error, a cancel): tell the peer with ERROR.
 
         A transfer that is only dallying has succeeded already; it just stops."""
-        if self.state is State.DALLYING:
-            self.state = State.DONE
+        if self.state is TransferState.DALLYING:
+            self.state = TransferState.DONE
             self._deadline = None
         elif self.state not in TERMINAL:
             self._fail(error, now, code, str(error))
@@ -378,7 +378,7 @@ class Transfer:
         silent_s = now - self._heard_at
         if self._timeouts > self.timing.retries and silent_s >= self._rto.max_s:
             tries = f"{self._timeouts - 1} retransmissions over {silent_s:.1f} s"
-            if self.state is State.REQUESTING:
+            if self.state is TransferState.REQUESTING:
                 text = f"no answer to the request after {tries} — is a TFTP server running there?"
             else:
                 text = f"the peer stopped answering: no reply after {tries}"
@@ -403,12 +403,12 @@ class Transfer:
         self._stranger_window = (started, count)
 
     def _on_error(self, packet: Error, now: float) -> None:
-        if self.state in (State.STORING, State.DALLYING):
+        if self.state in (TransferState.STORING, TransferState.DALLYING):
             return  # the file is already complete; nothing the peer says changes that
         self._fail(peer_refusal(packet), now)
 
     def _unexpected(self, packet: Packet, now: float) -> None:
-        if self.state in (State.STORING, State.DALLYING):
+        if self.state in (TransferState.STORING, TransferState.DALLYING):
             return
         name = opcode_of(packet).name
         self._fail(RemoteProtocolError(f"the peer sent an unexpected {name} packet",
@@ -419,7 +419,7 @@ class Transfer:
               message: str = "") -> None:
         if code is not None and self.peer is not None:
             self._send(encode_error(code, message))
-        self.state = State.FAILED
+        self.state = TransferState.FAILED
         self._deadline = self._expires_at = None
         self._events.append(TransferFailed(error))
 
@@ -435,7 +435,7 @@ class _ClientMixin(Transfer):
     _requested: dict[str, str]
     _sent_at: float | None
 
-    def _start_request(self, server: PeerAddress, request: Request, now: float) -> None:
+    def _start_request(self, server: PeerAddress, request: TransferRequest, now: float) -> None:
         self.server = server
         self._requested = dict(request.options)
         self._request = encode_request(request.opcode, request.filename, request.mode,
@@ -492,7 +492,7 @@ class SendingTransfer(Transfer):
         # it (see take_ack); else None.
         self._awaited_ack: bytes | None = None
         self._ready: bytes | None = None
-        self._table[(State.SENDING, Ack)] = self._on_ack
+        self._table[(TransferState.SENDING, Ack)] = self._on_ack
 
     def _find_final(self) -> None:
         """The last block's number; a size that is a multiple of blksize ends with an
@@ -591,11 +591,11 @@ class SendingTransfer(Transfer):
         if end:
             self._total = self._stream_start + len(self._stream)
             self._find_final()
-        if self.state is State.SENDING:
+        if self.state is TransferState.SENDING:
             self._send_window(now)
 
     def _start_sending(self, now: float) -> None:
-        self.state = State.SENDING
+        self.state = TransferState.SENDING
         self._deadline = None
         self._send_window(now)
 
@@ -655,7 +655,7 @@ class SendingTransfer(Transfer):
             self._timed = None
         self._acked = block
         if block == self._final:
-            self.state = State.DONE
+            self.state = TransferState.DONE
             self._deadline = None
             self._events.append(TransferCompleted(self.size))
             return
@@ -666,9 +666,9 @@ class SendingTransfer(Transfer):
         self._send_window(now)
 
     def _on_timeout(self, now: float) -> None:
-        if self.state in (State.REQUESTING, State.OFFERING):
+        if self.state in (TransferState.REQUESTING, TransferState.OFFERING):
             self._resend_control(now)
-        elif self.state is State.SENDING and self._may_retry(now):
+        elif self.state is TransferState.SENDING and self._may_retry(now):
             self._next = self._acked + 1
             self._timed = None
             self._send_window(now)
@@ -690,15 +690,15 @@ class ServerRead(SendingTransfer):
                          netascii_mode=netascii_mode, now=now)
         if received is not None:
             self._guard(received, unconfirmed_s, now)
-        self._table[(State.OFFERING, Ack)] = self._on_oack_acked
+        self._table[(TransferState.OFFERING, Ack)] = self._on_oack_acked
         if oack:
-            self.state = State.OFFERING
+            self.state = TransferState.OFFERING
             self._control = encode_oack(oack)
             self._send(self._control)
             self._timed = (0, now)
             self._arm(now)
         else:
-            self.state = State.SENDING
+            self.state = TransferState.SENDING
 
     def _adopt_peer(self, addr: PeerAddress, now: float) -> bool:
         return True  # a server knows its peer from the request
@@ -721,9 +721,9 @@ class ServerRead(SendingTransfer):
 
     def _repeat_first_answer(self, now: float) -> None:
         self._timed = None  # Karn: the answer may now answer either copy
-        if self.state is State.OFFERING:
+        if self.state is TransferState.OFFERING:
             self._send(self._control)
-        elif self.state is State.SENDING:
+        elif self.state is TransferState.SENDING:
             self._next = self._acked + 1
             self._send_window(now)
 
@@ -731,14 +731,14 @@ class ServerRead(SendingTransfer):
 class ClientWrite(_ClientMixin, SendingTransfer):
     """The client side of a WRQ: ACK 0 or an OACK from a new TID, then DATA."""
 
-    def __init__(self, server: PeerAddress, request: Request, timing: Timing,
+    def __init__(self, server: PeerAddress, request: TransferRequest, timing: Timing,
                  now: float) -> None:
         super().__init__(peer=None, options=TransferOptions(), timing=timing,
                          netascii_mode=request.mode == "netascii", now=now)
-        self._table[(State.REQUESTING, Ack)] = self._on_first_ack
-        self._table[(State.REQUESTING, OptionAck)] = self._on_oack
+        self._table[(TransferState.REQUESTING, Ack)] = self._on_first_ack
+        self._table[(TransferState.REQUESTING, OptionAck)] = self._on_oack
         # A repeated OACK means DATA 1 was lost; like a duplicate ACK it changes nothing.
-        self._table[(State.SENDING, OptionAck)] = _ignore
+        self._table[(TransferState.SENDING, OptionAck)] = _ignore
         self._start_request(server, request, now)
 
     def _on_first_ack(self, packet: Ack, now: float) -> None:
@@ -774,7 +774,7 @@ class ReceivingTransfer(Transfer):
         self._gap_reported = False
         self._repeated_at = -1e9    # when a duplicate was last answered
         self._pending: list[bytes] = []
-        self._handed = 0          # bytes handed over in DataReceived events so far
+        self._handed = 0          # bytes handed over in BlockReceived events so far
         self._decoder = netascii.Decoder() if self.netascii else None
         # In lock-step octet mode, the header of the next DATA and the ACK that answers
         # it (see take_block); else None.
@@ -788,9 +788,9 @@ class ReceivingTransfer(Transfer):
         self._hand_over_at = 0   # service_due from this size on
         self._limit_steps()
         self._await_data(1)
-        self._table[(State.RECEIVING, Data)] = self._on_data
-        self._table[(State.DALLYING, Data)] = self._on_data_while_dallying
-        self._table[(State.STORING, Data)] = _ignore
+        self._table[(TransferState.RECEIVING, Data)] = self._on_data
+        self._table[(TransferState.DALLYING, Data)] = self._on_data_while_dallying
+        self._table[(TransferState.STORING, Data)] = _ignore
 
     def receive_datagram(self, data: bytes, addr: PeerAddress, now: float) -> None:
         # The hot path: the next block in order, handled without building a packet
@@ -912,20 +912,20 @@ class ReceivingTransfer(Transfer):
             return b""
         return self._hand_over().data
 
-    def _hand_over(self) -> DataReceived:
+    def _hand_over(self) -> BlockReceived:
         data, self._pending = b"".join(self._pending), []
         self._handed = self.size
         self.service_due = False
         self._limit_steps()
-        return DataReceived(data)
+        return BlockReceived(data)
 
     def confirm_stored(self, now: float) -> None:
         """The driver stored the file: acknowledge the last block and dally."""
-        if self.state is not State.STORING:
+        if self.state is not TransferState.STORING:
             raise ValueError(f"confirm_stored in state {self.state.name}")
         self._reply = encode_ack(self._received)
         self._send(self._reply)
-        self.state = State.DALLYING
+        self.state = TransferState.DALLYING
         rtos = self.timing.dally_rtos
         self._deadline = now + (2 * self._rto.max_s if rtos is None
                                 else min(self._rto.max_s, rtos * self._rto.rto_s))
@@ -1006,7 +1006,7 @@ class ReceivingTransfer(Transfer):
             self._pending.append(data)
             self.service_due = self.size >= self._hand_over_at
         if last:
-            self.state = State.STORING
+            self.state = TransferState.STORING
             self._deadline = None
             self._emit(LastBlockReceived(self.size))
         elif block - self._acked >= self.options.windowsize:
@@ -1021,11 +1021,11 @@ class ReceivingTransfer(Transfer):
             self._send(self._reply)  # our final ACK was lost; the sender repeats
 
     def _on_timeout(self, now: float) -> None:
-        if self.state is State.DALLYING:
-            self.state = State.DONE
-        elif self.state is State.REQUESTING:
+        if self.state is TransferState.DALLYING:
+            self.state = TransferState.DONE
+        elif self.state is TransferState.REQUESTING:
             self._resend_control(now)
-        elif self.state is State.RECEIVING and self._may_retry(now):
+        elif self.state is TransferState.RECEIVING and self._may_retry(now):
             if self._received > self._acked:
                 # RFC 7440 §4: the rest of the window is not coming; acknowledge what
                 # arrived in order so the sender restarts after it.
@@ -1056,7 +1056,7 @@ class ServerWrite(ReceivingTransfer):
         if received is not None:
             self._guard(received, unconfirmed_s, now)
             self._awaited_data = self._ready = None  # until the peer's first DATA
-        self.state = State.RECEIVING
+        self.state = TransferState.RECEIVING
         self._reply = encode_oack(oack) if oack else encode_ack(0)
         self._send(self._reply)
         self._acked_at = now
@@ -1073,18 +1073,18 @@ class ServerWrite(ReceivingTransfer):
 class ClientRead(_ClientMixin, ReceivingTransfer):
     """The client side of an RRQ: an OACK (answered by ACK 0) or DATA 1 from a new TID."""
 
-    def __init__(self, server: PeerAddress, request: Request, timing: Timing,
+    def __init__(self, server: PeerAddress, request: TransferRequest, timing: Timing,
                  now: float) -> None:
         super().__init__(peer=None, options=TransferOptions(), timing=timing,
                          netascii_mode=request.mode == "netascii", now=now)
-        self._table[(State.REQUESTING, OptionAck)] = self._on_oack
-        self._table[(State.REQUESTING, Data)] = self._on_first_data
-        self._table[(State.RECEIVING, OptionAck)] = self._on_repeated_oack
+        self._table[(TransferState.REQUESTING, OptionAck)] = self._on_oack
+        self._table[(TransferState.REQUESTING, Data)] = self._on_first_data
+        self._table[(TransferState.RECEIVING, OptionAck)] = self._on_repeated_oack
         self._start_request(server, request, now)
 
     def _on_oack(self, packet: OptionAck, now: float) -> None:
         if self._accept_options(packet, now):
-            self.state = State.RECEIVING
+            self.state = TransferState.RECEIVING
             self._send_ack(0, now)
 
     def _on_repeated_oack(self, packet: OptionAck, now: float) -> None:
@@ -1093,7 +1093,7 @@ class ClientRead(_ClientMixin, ReceivingTransfer):
 
     def _on_first_data(self, packet: Data, now: float) -> None:
         self._agree(TransferOptions())  # no OACK: the server ignored every option
-        self.state = State.RECEIVING
+        self.state = TransferState.RECEIVING
         self._on_data(packet, now)
 
     def _resend_control(self, now: float) -> None:
