@@ -15,17 +15,13 @@ from dataclasses import dataclass, field
 
 from sockferry.tftp.options import ServerLimits, negotiate, requested_options
 from sockferry.tftp.packets import Opcode, TransferRequest, decode_packet
+from sockferry.tftp.receiving import ClientRead, ReceivingTransfer, ServerWrite
+from sockferry.tftp.sending import ClientWrite, SendingTransfer, ServerRead
 from sockferry.tftp.transfer import (
     BlockReceived,
-    ClientRead,
-    ClientWrite,
     LastBlockReceived,
     OptionsAgreed,
     PeerAddress,
-    ReceivingTransfer,
-    SendingTransfer,
-    ServerRead,
-    ServerWrite,
     Timing,
     Transfer,
     TransferCompleted,

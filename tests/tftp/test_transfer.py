@@ -26,15 +26,13 @@ from sockferry.tftp.packets import (
     encode_error,
     encode_oack,
 )
+from sockferry.tftp.receiving import ClientRead, ServerWrite
+from sockferry.tftp.sending import ClientWrite, ServerRead
 from sockferry.tftp.transfer import (
     SAMPLE_SPACING_S,
     BlockReceived,
-    ClientRead,
-    ClientWrite,
     LastBlockReceived,
     OptionsAgreed,
-    ServerRead,
-    ServerWrite,
     Timing,
     TransferCompleted,
     TransferFailed,

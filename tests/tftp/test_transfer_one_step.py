@@ -23,18 +23,9 @@ from sockferry.tftp.packets import (
     encode_error,
     encode_oack,
 )
-from sockferry.tftp.transfer import (
-    MAX_PENDING_BYTES,
-    BlockReceived,
-    Event,
-    LastBlockReceived,
-    ReceivingTransfer,
-    SendingTransfer,
-    ServerRead,
-    ServerWrite,
-    Timing,
-    Transfer,
-)
+from sockferry.tftp.receiving import MAX_PENDING_BYTES, ReceivingTransfer, ServerWrite
+from sockferry.tftp.sending import SendingTransfer, ServerRead
+from sockferry.tftp.transfer import BlockReceived, Event, LastBlockReceived, Timing, Transfer
 from tests.tftp.memlink import one_step
 
 PEER = ("peer", 1)
@@ -123,7 +114,7 @@ class Twin:
 def snapshot(core: Transfer) -> dict[str, object]:
     """Everything a core holds, timer included: the same inputs must leave the same."""
     state = {name: value for name, value in vars(core).items()
-             if name not in ("_table", "_rto", "_events", "_decoder")}
+             if name not in ("_rto", "_events", "_decoder")}
     state["_events"] = repr(list(core._events))  # errors compare by identity
     for name in ("_rto", "_decoder"):  # helpers, by their contents
         helper = getattr(core, name, None)

@@ -32,14 +32,14 @@ from sockferry.storage import AtomicFile
 from sockferry.tftp.lane import MIN_WAIT_S, LaneReturn, LockStepLane
 from sockferry.tftp.options import TransferOptions
 from sockferry.tftp.packets import MAX_DATAGRAM_BYTES, ErrorCode
+from sockferry.tftp.receiving import ReceivingTransfer
+from sockferry.tftp.sending import SendingTransfer
 from sockferry.tftp.transfer import (
     BlockReceived,
     Event,
     LastBlockReceived,
     OptionsAgreed,
     PeerAddress,
-    ReceivingTransfer,
-    SendingTransfer,
     Transfer,
     TransferCompleted,
     TransferFailed,

@@ -28,7 +28,9 @@ from sockferry.tftp.aio import (
 )
 from sockferry.tftp.options import requested_options
 from sockferry.tftp.packets import DEFAULT_BLKSIZE, ErrorCode, Opcode, TransferRequest
-from sockferry.tftp.transfer import ClientRead, ClientWrite, Timing
+from sockferry.tftp.receiving import ClientRead
+from sockferry.tftp.sending import ClientWrite
+from sockferry.tftp.transfer import Timing
 
 DEFAULT_PORT = 69
 # A client lingers this many round-trip timeouts after its final ACK, to repeat it if the

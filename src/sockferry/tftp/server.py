@@ -62,13 +62,9 @@ from sockferry.tftp.packets import (
     TransferRequest,
     encode_error,
 )
-from sockferry.tftp.transfer import (
-    DEFAULT_UNCONFIRMED_S,
-    ServerRead,
-    ServerWrite,
-    Timing,
-    Transfer,
-)
+from sockferry.tftp.receiving import ServerWrite
+from sockferry.tftp.sending import ServerRead
+from sockferry.tftp.transfer import DEFAULT_UNCONFIRMED_S, Timing, Transfer
 
 log = logging.getLogger("sockferry.tftp")
 
