@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sockferry.addresses import HostPort, format_sockaddr
-from sockferry.errors import PeerRefused, StorageError
+from sockferry.errors import PeerRefused, SockferryError, StorageError
 from sockferry.sockets import Resolved, resolve, storage_error
 from sockferry.storage import DEFAULT_UMASK, AtomicFile, capped_mode
 from sockferry.tftp.aio import (
@@ -138,10 +139,19 @@ def _checked(result: TransferResult, target: Resolved, remote: str) -> TransferR
         return result
     where = format_sockaddr(target.sockaddr)
     if isinstance(error, PeerRefused):
-        raise PeerRefused(f"{where} refused '{remote}': {error}", code=error.code) from error
+        raise _retold(error, f"{where} refused '{remote}': {error}") from error
     if isinstance(error, StorageError):
         raise error
-    raise type(error)(f"transfer of '{remote}' with {where} failed: {error}") from error
+    raise _retold(error, f"transfer of '{remote}' with {where} failed: {error}") from error
+
+
+def _retold(error: SockferryError, message: str) -> SockferryError:
+    """``error`` told again with ``message``: the same type with the same attributes
+    (``code``, ``errno``, ``address``...), which rebuilding it from a message would
+    drop; the message, not a note, carries the context, since it is what users see."""
+    retold = copy.copy(error)  # the class rebuilt from its args, then its __dict__
+    retold.args = (message,)
+    return retold
 
 
 async def _resolve(server: HostPort) -> Resolved:
