@@ -13,7 +13,8 @@ import heapq
 import random
 from dataclasses import dataclass, field
 
-from sockferry.tftp.options import ServerLimits, negotiate, requested_options
+from sockferry.tftp.accept import agree_options
+from sockferry.tftp.options import ServerLimits, requested_options
 from sockferry.tftp.packets import Opcode, TransferRequest, decode_packet
 from sockferry.tftp.receiving import ClientRead, ReceivingTransfer, ServerWrite
 from sockferry.tftp.sending import ClientWrite, SendingTransfer, ServerRead
@@ -135,9 +136,8 @@ class Session:
         request = decode_packet(data)
         assert isinstance(request, TransferRequest)
         is_read = request.opcode is Opcode.RRQ
-        size = len(self.server_file) if request.mode == "octet" else None
-        options, oack = negotiate(request.options, is_read=is_read, file_size=size,
-                                  upload_limit=None, limits=self.limits)
+        options, oack = agree_options(request, file_size=len(self.server_file),
+                                      upload_limit=None, limits=self.limits)
         netascii = request.mode == "netascii"
         core: Transfer
         if is_read:

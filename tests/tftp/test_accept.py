@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from sockferry.tftp.accept import Ignored, Refusal, judge, requested_path
-from sockferry.tftp.packets import ErrorCode, TransferRequest, encode_ack, encode_error
+from sockferry.tftp.accept import Ignored, Refusal, agree_options, judge, requested_path
+from sockferry.tftp.options import ServerLimits
+from sockferry.tftp.packets import ErrorCode, Opcode, TransferRequest, encode_ack, encode_error
 
 
 def _request(name: bytes, mode: bytes = b"octet", opcode: bytes = b"\x00\x01") -> bytes:
@@ -45,3 +46,27 @@ def test_modes_and_names() -> None:
     netascii = judge(_request(b"a/b.txt", b"netascii", b"\x00\x02"), False)
     assert isinstance(netascii, TransferRequest) and not netascii.is_read
     assert requested_path(netascii) == b"a/b.txt"
+
+
+def test_agree_options_answers_tsize_only_in_octet_mode() -> None:
+    asked = {"tsize": "0", "blksize": "1468"}
+    octet = TransferRequest(Opcode.RRQ, b"f", "octet", dict(asked))
+    options, oack = agree_options(octet, file_size=1000, upload_limit=None,
+                                  limits=ServerLimits(blksize_max=1024))
+    assert oack == {"tsize": "1000", "blksize": "1024"}
+    assert options.tsize == 1000 and options.blksize == 1024
+    # netascii changes the size on the wire: no tsize in the OACK
+    ascii_read = TransferRequest(Opcode.RRQ, b"f", "netascii", dict(asked))
+    _, oack = agree_options(ascii_read, file_size=1000, upload_limit=None,
+                            limits=ServerLimits())
+    assert oack == {"blksize": "1468"}
+
+
+def test_agree_options_refuses_an_upload_over_the_limit() -> None:
+    upload = TransferRequest(Opcode.WRQ, b"f", "octet", {"tsize": "5000"})
+    with pytest.raises(Refusal) as info:
+        agree_options(upload, file_size=None, upload_limit=4096, limits=ServerLimits())
+    assert info.value.code is ErrorCode.DISK_FULL
+    _, oack = agree_options(upload, file_size=None, upload_limit=5000,
+                            limits=ServerLimits())
+    assert oack == {"tsize": "5000"}

@@ -9,9 +9,10 @@ transfer modes other than octet and netascii (mail is obsolete), an empty name.
 
 from __future__ import annotations
 
-from sockferry.errors import MalformedPacket
+from sockferry.errors import MalformedPacket, RemoteProtocolError
 from sockferry.records import record
 from sockferry.safe_text import clip
+from sockferry.tftp.options import ServerLimits, TransferOptions, negotiate
 from sockferry.tftp.packets import (
     MAX_REQUEST_BYTES,
     Error,
@@ -73,3 +74,18 @@ def requested_path(request: TransferRequest) -> bytes:
     if not path:
         raise Refusal(ErrorCode.FILE_NOT_FOUND, "no file name")
     return path
+
+
+def agree_options(request: TransferRequest, *, file_size: int | None,
+                  upload_limit: int | None, limits: ServerLimits,
+                  ) -> tuple[TransferOptions, dict[str, str]]:
+    """What the server agrees to for ``request`` and the OACK that says so (see
+    ``options.negotiate``); Refusal (DISK_FULL) for an upload whose tsize is over
+    ``upload_limit``.  ``file_size``: the size of the file a read serves; it is the
+    RFC 2349 tsize only in octet mode, since netascii changes the size on the wire."""
+    try:
+        return negotiate(request.options, is_read=request.is_read,
+                         file_size=file_size if request.mode == "octet" else None,
+                         upload_limit=upload_limit, limits=limits)
+    except RemoteProtocolError as exc:
+        raise Refusal(ErrorCode(exc.code or 0), str(exc)) from exc

@@ -30,7 +30,6 @@ from sockferry.addresses import Address, SockAddr, format_sockaddr
 from sockferry.errors import (
     NetworkError,
     PathRefused,
-    RemoteProtocolError,
     SockferryError,
     StorageError,
 )
@@ -44,7 +43,7 @@ from sockferry.sockets import (
     recv_with_destination,
 )
 from sockferry.storage import DEFAULT_UMASK, Root, capped_mode
-from sockferry.tftp.accept import Ignored, Refusal, judge, requested_path
+from sockferry.tftp.accept import Ignored, Refusal, agree_options, judge, requested_path
 from sockferry.tftp.admission import ReplyLimiter, source_key
 from sockferry.tftp.aio import (
     SOCKET_BUFFER_BYTES,
@@ -55,7 +54,7 @@ from sockferry.tftp.aio import (
     storage_error_code,
     tid_socket,
 )
-from sockferry.tftp.options import ServerLimits, negotiate
+from sockferry.tftp.options import ServerLimits
 from sockferry.tftp.packets import (
     MAX_REQUEST_BYTES,
     ErrorCode,
@@ -329,13 +328,12 @@ class TftpServer:
         source, sink, size = None, None, None
         try:
             if request.is_read:
-                source, size = self._open_source(path, request.mode)
+                source, size = self._open_source(path)
             else:
                 sink = self._open_sink(path)
-            options, oack = negotiate(request.options, is_read=request.is_read,
-                                      file_size=size,
-                                      upload_limit=self._upload_limit(),
-                                      limits=self.config.limits)
+            options, oack = agree_options(request, file_size=size,
+                                          upload_limit=self._upload_limit(),
+                                          limits=self.config.limits)
             sock = self._transfer_socket(listener, local)
         except BaseException as exc:
             if source is not None:
@@ -344,8 +342,6 @@ class TftpServer:
                 sink.discard()
             if isinstance(exc, StorageError):
                 raise Refusal(storage_error_code(exc), str(exc)) from exc
-            if isinstance(exc, RemoteProtocolError):
-                raise Refusal(ErrorCode(exc.code or 0), str(exc)) from exc
             raise
         assert not isinstance(peer, str)  # UDP peers are (host, port, ...) tuples
         now = asyncio.get_running_loop().time()
@@ -362,11 +358,9 @@ class TftpServer:
                                received=received, unconfirmed_s=unconfirmed_s)
         return TransferDriver(sock, core, source=source, sink=sink)
 
-    def _open_source(self, path: bytes, mode: str) -> tuple[FileSource, int | None]:
+    def _open_source(self, path: bytes) -> tuple[FileSource, int]:
         fd, st = self.root.open_read(path)
-        shown = path.decode("utf-8", "replace")
-        # RFC 2349 tsize: the octet size is the file's size; netascii changes it.
-        return FileSource(fd, shown), st.st_size if mode == "octet" else None
+        return FileSource(fd, path.decode("utf-8", "replace")), st.st_size
 
     def _open_sink(self, path: bytes) -> FileSink:
         policy = self.config.allow_upload
