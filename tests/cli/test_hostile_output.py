@@ -15,7 +15,7 @@ import unicodedata
 from pathlib import Path
 
 from sockferry.safe_text import UNSAFE_CATEGORIES, escape
-from sockferry.tftp.packets import Opcode, Request, decode_packet, encode_error
+from sockferry.tftp.packets import Opcode, TransferRequest, decode_packet, encode_error
 from tests.ferry.harness import ServerThread, write_token
 
 HOSTILE = ["evil\x1b[31mred\x1b[0m", "new\nline", "carriage\rreturn", "photo\u202egpj.exe",
@@ -73,7 +73,7 @@ def test_a_tftp_servers_error_text_reaches_the_user_escaped(tmp_path: Path) -> N
 
         def answer() -> None:
             data, client = server.recvfrom(1024)
-            assert isinstance(decode_packet(data), Request)
+            assert isinstance(decode_packet(data), TransferRequest)
             assert decode_packet(data).opcode is Opcode.RRQ  # type: ignore[union-attr]
             server.sendto(encode_error(2, hostile), client)
 

@@ -12,19 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sockferry.tftp.options import ServerLimits, negotiate, requested_options
-from sockferry.tftp.packets import Opcode, Request, decode_packet
+from sockferry.tftp.accept import agree_options
+from sockferry.tftp.options import ServerLimits, requested_options
+from sockferry.tftp.packets import Opcode, TransferRequest, decode_packet
+from sockferry.tftp.receiving import ClientRead, ReceivingTransfer, ServerWrite
+from sockferry.tftp.sending import ClientWrite, SendingTransfer, ServerRead
 from sockferry.tftp.transfer import (
-    ClientRead,
-    ClientWrite,
-    DataReceived,
+    BlockReceived,
     LastBlockReceived,
     OptionsAgreed,
     PeerAddress,
-    ReceivingTransfer,
-    SendingTransfer,
-    ServerRead,
-    ServerWrite,
     Timing,
     Transfer,
     TransferCompleted,
@@ -62,7 +59,7 @@ class Endpoint:
             self.offset += len(chunk)
             core.send_data(chunk, now, end=self.offset >= len(self.source))
         while (event := core.next_event()) is not None:
-            if isinstance(event, DataReceived):
+            if isinstance(event, BlockReceived):
                 self.received += event.data
             elif isinstance(event, LastBlockReceived):
                 assert isinstance(core, ReceivingTransfer)
@@ -98,11 +95,10 @@ class Session:
         if self.server is not None:  # a transfer whose peer never answered expired
             self.restarts += 1
         request = decode_packet(data)
-        assert isinstance(request, Request)
+        assert isinstance(request, TransferRequest)
         is_read = request.opcode is Opcode.RRQ
-        size = len(self.server_file) if request.mode == "octet" else None
-        options, oack = negotiate(request.options, is_read=is_read, file_size=size,
-                                  upload_limit=None, limits=self.limits)
+        options, oack = agree_options(request, file_size=len(self.server_file),
+                                      upload_limit=None, limits=self.limits)
         netascii = request.mode == "netascii"
         core: Transfer
         if is_read:
@@ -187,7 +183,7 @@ def session(*, read: bool, payload: bytes, link: LossyLink[Any], blksize: int = 
     options = requested_options(blksize=blksize, windowsize=windowsize, timeout_s=None,
                                 tsize=(0 if read else len(payload)) if tsize else None)
     opcode = Opcode.RRQ if read else Opcode.WRQ
-    request = Request(opcode, b"file.bin", mode, options)
+    request = TransferRequest(opcode, b"file.bin", mode, options)
     core: Transfer = (ClientRead(SERVER_PORT, request, timing, 0.0) if read
                       else ClientWrite(SERVER_PORT, request, timing, 0.0))
     client = Endpoint(core, source=b"" if read else payload)

@@ -15,7 +15,7 @@ import pytest
 
 from sockferry.access import AccessRules
 from sockferry.tftp.packets import Data, Opcode, decode_packet, encode_error, encode_request
-from sockferry.tftp.server import ServerConfig
+from sockferry.tftp.server import TftpServerConfig
 from tests.tftp.udp_helpers import client_socket, server_thread
 
 
@@ -32,7 +32,7 @@ def test_denied_sources_are_dropped_silently(tmp_path: Path, listen: str,
     (tmp_path / "hello.txt").write_bytes(b"hello\n")
     rules = AccessRules.parse(["127.0.0.0/8"], ["127.0.0.2"])
     caplog.set_level(logging.INFO, "sockferry.tftp")
-    with server_thread(ServerConfig(str(tmp_path), access=rules), listen) as (_, port), \
+    with server_thread(TftpServerConfig(str(tmp_path), access=rules), listen) as (_, port), \
             socket_on("127.0.0.2") as denied, client_socket() as allowed:
         for datagram in (encode_request(Opcode.RRQ, b"hello.txt", "octet"),
                          b"\x00\x09garbage",  # would earn an ERROR from anyone else

@@ -5,13 +5,9 @@ from __future__ import annotations
 from sockferry.errors import TransferTimeout
 from sockferry.tftp.options import TransferOptions
 from sockferry.tftp.packets import encode_ack, encode_data, encode_oack
-from sockferry.tftp.transfer import (
-    AMPLIFICATION_FACTOR,
-    ServerRead,
-    ServerWrite,
-    Timing,
-    TransferFailed,
-)
+from sockferry.tftp.receiving import ServerWrite
+from sockferry.tftp.sending import ServerRead
+from sockferry.tftp.transfer import AMPLIFICATION_FACTOR, Timing, TransferFailed
 
 PEER = ("192.0.2.1", 1069)
 OACK = {"blksize": "512", "tsize": "2048"}

@@ -38,7 +38,7 @@ from sockferry.tftp.packets import (
     encode_error,
     encode_request,
 )
-from sockferry.tftp.server import ServerConfig
+from sockferry.tftp.server import TftpServerConfig
 from tests.conftest import require_program
 from tests.tftp.udp_helpers import client_socket, server_thread
 
@@ -57,7 +57,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(root: Path) -> Iterator[int]:
     # Generous limits: these tests are about what is answered, not about how often.
-    with server_thread(ServerConfig(str(root), error_rate=1_000_000,
+    with server_thread(TftpServerConfig(str(root), error_rate=1_000_000,
                                     max_unconfirmed_per_source=64)) as (_, port):
         yield port
 
@@ -114,7 +114,7 @@ def test_an_error_from_a_stranger_to_a_transfer_port_is_never_answered(server: i
 def test_two_servers_cannot_be_set_against_each_other(root: Path) -> None:
     """A relay plays the forged source: what server A answers goes to server B's
     request port, and B's answer (if any) back to A's; the exchange must die at once."""
-    config = ServerConfig(str(root))
+    config = TftpServerConfig(str(root))
     with server_thread(config) as (_, port_a), server_thread(config) as (_, port_b), \
             client_socket() as to_a, client_socket() as to_b:
         to_a.sendto(encode_data(1, b"stray"), ("127.0.0.1", port_a))
@@ -126,7 +126,7 @@ def test_two_servers_cannot_be_set_against_each_other(root: Path) -> None:
 
 
 def test_stray_packets_on_the_request_port_get_rate_limited_answers(root: Path) -> None:
-    config = ServerConfig(str(root), error_rate=50)  # one source: 5 a second
+    config = TftpServerConfig(str(root), error_rate=50)  # one source: 5 a second
     with server_thread(config) as (_, port), client_socket(timeout_s=0.5) as sock:
         started = time.monotonic()
         for i in range(200):
@@ -185,7 +185,7 @@ class Flood:
 def test_a_forged_flood_is_not_amplified_and_a_real_client_gets_through(
         root: Path, tmp_path: Path, options: dict[str, str] | None) -> None:
     curl = require_program("curl")
-    config = ServerConfig(str(root), unconfirmed_s=2.0)
+    config = TftpServerConfig(str(root), unconfirmed_s=2.0)
     with server_thread(config) as (server, port):
         flood = Flood(port, options)  # first, so that it holds its slots meanwhile
         out = tmp_path / "big.out"
@@ -254,7 +254,7 @@ def test_a_duplicated_option_is_refused_with_error_8(server: int) -> None:
 def test_an_upload_of_a_huge_tsize_is_refused_cleanly(tmp_path: Path) -> None:
     from sockferry.tftp.server import UploadPolicy  # noqa: PLC0415
 
-    config = ServerConfig(str(tmp_path), allow_upload=UploadPolicy.CREATE)
+    config = TftpServerConfig(str(tmp_path), allow_upload=UploadPolicy.CREATE)
     with server_thread(config) as (_, port):
         reply = ask(port, encode_request(Opcode.WRQ, b"new", "octet",
                                          {"tsize": "9" * 20}))

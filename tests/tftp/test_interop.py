@@ -15,7 +15,7 @@ import pytest
 from sockferry.addresses import HostPort
 from sockferry.errors import PeerRefused
 from sockferry.tftp.client import ClientOptions, download, upload
-from sockferry.tftp.server import ServerConfig, UploadPolicy
+from sockferry.tftp.server import TftpServerConfig, UploadPolicy
 from tests.conftest import require_program
 from tests.tftp.udp_helpers import server_thread
 
@@ -37,7 +37,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, int, dict[str, bytes]]]:
     root = tmp_path / "root"
     root.mkdir()
     files = make_files(root)
-    with server_thread(ServerConfig(str(root), allow_upload=UploadPolicy.CREATE)) as (_, port):
+    with server_thread(TftpServerConfig(str(root), allow_upload=UploadPolicy.CREATE)) as (_, port):
         yield root, port, files
 
 

@@ -26,7 +26,7 @@ from sockferry.tftp.packets import (
     encode_data,
     encode_request,
 )
-from sockferry.tftp.server import ServerConfig, UploadPolicy
+from sockferry.tftp.server import TftpServerConfig, UploadPolicy
 from tests.conftest import mounted_tmpfs
 from tests.tftp.udp_helpers import client_socket, running_server, server_thread
 
@@ -69,7 +69,7 @@ def test_a_silent_peer_gets_the_block_again_and_the_transfer_ends_whole(root: Pa
     pause_at = blocks // 2
     received: dict[int, bytes] = {}
     repeats = 0
-    with server_thread(ServerConfig(str(root))) as (_, port), client_socket(WAIT_S) as sock:
+    with server_thread(TftpServerConfig(str(root))) as (_, port), client_socket(WAIT_S) as sock:
         tid = _start_read(sock, port, b"big.bin")
         block = 1
         while block <= blocks:
@@ -99,7 +99,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def test_a_full_disk_in_mid_upload_ends_it_with_disk_full(small_disk: Path) -> None:
     payload = os.urandom(3 * 1024 * 1024)
-    config = ServerConfig(str(small_disk), allow_upload=UploadPolicy.CREATE)
+    config = TftpServerConfig(str(small_disk), allow_upload=UploadPolicy.CREATE)
     with server_thread(config) as (_, port), client_socket(WAIT_S) as sock:
         sock.sendto(encode_request(Opcode.WRQ, b"big.bin", "octet",
                                    {"blksize": str(BLKSIZE)}), ("127.0.0.1", port))
@@ -122,7 +122,7 @@ def test_stopping_the_server_ends_a_running_transfer_at_once(root: Path) -> None
         loop = asyncio.get_running_loop()
         with client_socket(WAIT_S) as sock:
             sock.setblocking(False)
-            async with running_server(ServerConfig(str(root))) as (server, port):
+            async with running_server(TftpServerConfig(str(root))) as (server, port):
                 await loop.sock_sendto(sock, encode_request(
                     Opcode.RRQ, b"big.bin", "octet", {"blksize": str(BLKSIZE)}),
                     ("127.0.0.1", port))
@@ -149,7 +149,7 @@ def test_a_lock_step_download_reports_progress_as_it_goes(root: Path,
     reports: list[tuple[int, int | None]] = []
 
     async def main() -> None:
-        async with running_server(ServerConfig(str(root))) as (_, port):
+        async with running_server(TftpServerConfig(str(root))) as (_, port):
             await download(HostPort("127.0.0.1", port), "big.bin", str(tmp_path / "got"),
                            ClientOptions(), on_progress=lambda *r: reports.append(r))
 

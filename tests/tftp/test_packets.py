@@ -18,7 +18,7 @@ from sockferry.tftp.packets import (
     Opcode,
     OptionAck,
     Packet,
-    Request,
+    TransferRequest,
     decode_packet,
     encode_ack,
     encode_data,
@@ -33,7 +33,7 @@ CURL_RRQ = b"\x00\x01big.bin\x00octet\x00tsize\x000\x00blksize\x001468\x00timeou
 
 def test_golden_request_from_curl() -> None:
     packet = decode_packet(CURL_RRQ)
-    assert packet == Request(Opcode.RRQ, b"big.bin", "octet",
+    assert packet == TransferRequest(Opcode.RRQ, b"big.bin", "octet",
                              {"tsize": "0", "blksize": "1468", "timeout": "6"})
     assert encode_packet(packet) == CURL_RRQ
 
@@ -53,7 +53,7 @@ def test_block_numbers_roll_over_to_zero() -> None:
 
 def test_mode_and_option_names_are_case_insensitive() -> None:
     packet = decode_packet(b"\x00\x02f\x00OcTeT\x00BLKSIZE\x001024\x00")
-    assert packet == Request(Opcode.WRQ, b"f", "octet", {"blksize": "1024"})
+    assert packet == TransferRequest(Opcode.WRQ, b"f", "octet", {"blksize": "1024"})
 
 
 def test_error_without_its_nul_is_read_leniently() -> None:
@@ -89,7 +89,7 @@ ascii_text = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_siz
                      max_size=12)
 options = st.dictionaries(ascii_text.map(str.lower), ascii_text, max_size=4)
 packets: st.SearchStrategy[Packet] = st.one_of(
-    st.builds(Request, st.sampled_from([Opcode.RRQ, Opcode.WRQ]),
+    st.builds(TransferRequest, st.sampled_from([Opcode.RRQ, Opcode.WRQ]),
               st.binary(min_size=1, max_size=100).filter(lambda b: b"\0" not in b),
               st.sampled_from(["octet", "netascii", "mail"]), options),
     st.builds(Data, st.integers(0, 65535), st.binary(max_size=1468)),

@@ -26,7 +26,7 @@ from sockferry.tftp.packets import (
     encode_ack,
     encode_request,
 )
-from sockferry.tftp.server import ServerConfig, UploadPolicy
+from sockferry.tftp.server import TftpServerConfig, UploadPolicy
 from tests.conftest import require_program, wait_until
 from tests.tftp.udp_helpers import client_socket, server_thread
 
@@ -54,7 +54,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(tree: Path) -> Iterator[int]:
     # Every test here talks from 127.0.0.1: the request port's ERROR rate limit and the
     # cap on unconfirmed transfers are set out of the way (test_hardening.py checks them).
-    with server_thread(ServerConfig(str(tree), max_per_peer=64, error_rate=1_000_000,
+    with server_thread(TftpServerConfig(str(tree), max_per_peer=64, error_rate=1_000_000,
                                     max_unconfirmed_per_source=64)) as (_, port):
         yield port
 
@@ -225,7 +225,7 @@ def test_a_flood_does_not_stop_a_download_and_logs_stay_bounded(
 
 
 def test_per_peer_limit(tree: Path) -> None:
-    with server_thread(ServerConfig(str(tree), max_per_peer=2, max_transfers=3)) as (_, port):
+    with server_thread(TftpServerConfig(str(tree), max_per_peer=2, max_transfers=3)) as (_, port):
         socks = [client_socket() for _ in range(4)]
         try:
             for sock in socks[:2]:
@@ -239,7 +239,7 @@ def test_per_peer_limit(tree: Path) -> None:
 
 
 def test_global_limit(tree: Path) -> None:
-    with server_thread(ServerConfig(str(tree), max_transfers=1)) as (_, port), \
+    with server_thread(TftpServerConfig(str(tree), max_transfers=1)) as (_, port), \
             client_socket() as first:
         assert isinstance(ask(port, rrq(b"big.bin"), first)[0], Data)
         assert ask(port, rrq(b"hello.txt"))[0] == Error(ErrorCode.NOT_DEFINED,
@@ -249,14 +249,14 @@ def test_global_limit(tree: Path) -> None:
 def test_upload_policies_and_size_limits(tmp_path: Path) -> None:
     (tmp_path / "exists").write_bytes(b"old")
     wrq = encode_request
-    with server_thread(ServerConfig(str(tmp_path), allow_upload=UploadPolicy.OVERWRITE)) \
+    with server_thread(TftpServerConfig(str(tmp_path), allow_upload=UploadPolicy.OVERWRITE)) \
             as (_, port):
         reply, _ = ask(port, wrq(Opcode.WRQ, b"missing", "octet"))
         assert reply == Error(ErrorCode.FILE_NOT_FOUND,
                               "this server only overwrites existing files")
         assert ask(port, wrq(Opcode.WRQ, b"exists", "octet"))[0] == Ack(0)
     limits = ServerLimits(blksize_max=512)
-    config = ServerConfig(str(tmp_path), allow_upload=UploadPolicy.CREATE,
+    config = TftpServerConfig(str(tmp_path), allow_upload=UploadPolicy.CREATE,
                           max_upload_bytes=1000, limits=limits)
     with server_thread(config) as (_, port):
         reply, _ = ask(port, wrq(Opcode.WRQ, b"huge", "octet", {"tsize": "5000"}))
@@ -278,7 +278,7 @@ def test_upload_policies_and_size_limits(tmp_path: Path) -> None:
 
 
 def test_create_never_replaces_a_file_that_appears_during_the_upload(tmp_path: Path) -> None:
-    with server_thread(ServerConfig(str(tmp_path), allow_upload=UploadPolicy.CREATE)) \
+    with server_thread(TftpServerConfig(str(tmp_path), allow_upload=UploadPolicy.CREATE)) \
             as (_, port):
         (tmp_path / "taken").write_bytes(b"old")
         reply, _ = ask(port, encode_request(Opcode.WRQ, b"taken", "octet"))

@@ -20,26 +20,24 @@ from sockferry.tftp.packets import (
     ErrorCode,
     Opcode,
     OptionAck,
-    Request,
+    TransferRequest,
     decode_packet,
     encode_ack,
     encode_data,
     encode_error,
     encode_oack,
 )
+from sockferry.tftp.receiving import ClientRead, ServerWrite
+from sockferry.tftp.sending import ClientWrite, ServerRead
 from sockferry.tftp.transfer import (
     SAMPLE_SPACING_S,
-    ClientRead,
-    ClientWrite,
-    DataReceived,
+    BlockReceived,
     LastBlockReceived,
     OptionsAgreed,
-    ServerRead,
-    ServerWrite,
-    State,
     Timing,
     TransferCompleted,
     TransferFailed,
+    TransferState,
     absolute_block,
 )
 from tests.lossy import LossyLink, lossy_link
@@ -167,7 +165,7 @@ def test_wrong_tid_gets_error_5_and_changes_nothing() -> None:
     out = core.datagrams_to_send()
     assert [(decode_packet(d), a) for d, a in out] == [
         (Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"), STRANGER)]
-    assert core.state is State.SENDING and events(core) == []
+    assert core.state is TransferState.SENDING and events(core) == []
     core.receive_datagram(encode_ack(1), PEER, 0.02)
     assert sent(core) == [Data(2, b"x" * 512)]
 
@@ -189,7 +187,7 @@ def test_file_of_exactly_one_block_ends_with_an_empty_block() -> None:
     assert sent(core) == [Data(2, b"")]
     core.receive_datagram(encode_ack(2), PEER, 0.02)
     assert events(core) == [TransferCompleted(512)]
-    assert core.state is State.DONE
+    assert core.state is TransferState.DONE
 
 
 def test_oack_then_ack_0_then_data() -> None:
@@ -219,7 +217,7 @@ def test_receiver_reports_a_gap_once_and_acks_the_window_end() -> None:
     for block in (2, 3, 4, 5):
         core.receive_datagram(encode_data(block, bytes([96 + block]) * 512), PEER, 0.04)
     assert sent(core) == [Ack(5)]
-    assert events(core) == [DataReceived(b"a" * 512 + b"b" * 512 + b"c" * 512 + b"d" * 512
+    assert events(core) == [BlockReceived(b"a" * 512 + b"b" * 512 + b"c" * 512 + b"d" * 512
                                          + b"e" * 512)]
 
 
@@ -230,7 +228,7 @@ def test_duplicate_data_is_acknowledged_again() -> None:
     assert sent(core) == [Ack(1)]
     core.receive_datagram(encode_data(1, b"a" * 512), PEER, 0.5)  # our ACK 1 was lost
     assert sent(core) == [Ack(1)]
-    assert events(core) == [DataReceived(b"a" * 512)]
+    assert events(core) == [BlockReceived(b"a" * 512)]
 
 
 def test_last_block_is_acknowledged_only_after_the_file_is_stored() -> None:
@@ -238,7 +236,7 @@ def test_last_block_is_acknowledged_only_after_the_file_is_stored() -> None:
     core.datagrams_to_send()
     core.receive_datagram(encode_data(1, b"end"), PEER, 0.01)
     assert sent(core) == []
-    assert events(core) == [DataReceived(b"end"), LastBlockReceived(3)]
+    assert events(core) == [BlockReceived(b"end"), LastBlockReceived(3)]
     core.receive_datagram(encode_data(1, b"end"), PEER, 0.5)  # sender repeats; not yet
     assert sent(core) == []
     core.confirm_stored(1.0)
@@ -247,7 +245,7 @@ def test_last_block_is_acknowledged_only_after_the_file_is_stored() -> None:
     core.receive_datagram(encode_data(1, b"end"), PEER, 1.5)  # dallying: repeat the ACK
     assert sent(core) == [Ack(1)]
     core.handle_timeout(core.next_deadline() or 0.0)
-    assert core.state is State.DONE
+    assert core.state is TransferState.DONE
 
 
 def test_abort_while_storing_sends_the_error() -> None:
@@ -268,7 +266,7 @@ def test_upload_over_the_size_limit_is_refused() -> None:
     core.receive_datagram(encode_data(2, b"a" * 512), PEER, 0.02)
     assert sent(core) == [Ack(1), Error(ErrorCode.DISK_FULL,
                                         "file larger than the limit of 1000 bytes")]
-    assert core.state is State.FAILED
+    assert core.state is TransferState.FAILED
 
 
 def test_block_larger_than_blksize_is_a_protocol_error() -> None:
@@ -276,7 +274,7 @@ def test_block_larger_than_blksize_is_a_protocol_error() -> None:
     core.datagrams_to_send()
     core.receive_datagram(encode_data(1, b"a" * 513), PEER, 0.01)
     assert sent(core)[0].code == ErrorCode.ILLEGAL_OPERATION  # type: ignore[attr-defined]
-    assert core.state is State.FAILED
+    assert core.state is TransferState.FAILED
 
 
 def test_malformed_and_unexpected_packets_end_the_transfer_with_error_4() -> None:
@@ -332,27 +330,27 @@ def test_silent_peer_gives_up_after_bounded_retries() -> None:
 
 
 def test_client_read_falls_back_when_the_server_ignores_options() -> None:
-    request = Request(Opcode.RRQ, b"f", "octet", {"blksize": "1468", "windowsize": "8"})
+    request = TransferRequest(Opcode.RRQ, b"f", "octet", {"blksize": "1468", "windowsize": "8"})
     core = ClientRead(SERVER_PORT, request, Timing(), 0.0)
     core.datagrams_to_send()
     core.receive_datagram(encode_data(1, b"a" * 512), SERVER_TID, 0.01)
-    assert events(core) == [OptionsAgreed(TransferOptions()), DataReceived(b"a" * 512)]
+    assert events(core) == [OptionsAgreed(TransferOptions()), BlockReceived(b"a" * 512)]
     assert core.datagrams_to_send() == [(encode_ack(1), SERVER_TID)]
     assert core.peer == SERVER_TID
 
 
 def test_client_refuses_an_oack_it_did_not_ask_for() -> None:
-    request = Request(Opcode.RRQ, b"f", "octet", {"blksize": "1024"})
+    request = TransferRequest(Opcode.RRQ, b"f", "octet", {"blksize": "1024"})
     core = ClientRead(SERVER_PORT, request, Timing(), 0.0)
     core.datagrams_to_send()
     core.receive_datagram(encode_oack({"blksize": "4096"}), SERVER_TID, 0.01)
     [error] = sent(core)
     assert isinstance(error, Error) and error.code == ErrorCode.OPTION_REFUSED
-    assert core.state is State.FAILED
+    assert core.state is TransferState.FAILED
 
 
 def test_client_ignores_answers_from_another_host() -> None:
-    request = Request(Opcode.RRQ, b"f", "octet")
+    request = TransferRequest(Opcode.RRQ, b"f", "octet")
     core = ClientRead(SERVER_PORT, request, Timing(), 0.0)
     core.datagrams_to_send()
     core.receive_datagram(encode_data(1, b"evil"), ("elsewhere", 69), 0.01)
@@ -361,7 +359,7 @@ def test_client_ignores_answers_from_another_host() -> None:
 
 
 def test_client_repeats_ack_0_for_a_repeated_oack() -> None:
-    request = Request(Opcode.RRQ, b"f", "octet", {"tsize": "0"})
+    request = TransferRequest(Opcode.RRQ, b"f", "octet", {"tsize": "0"})
     core = ClientRead(SERVER_PORT, request, Timing(), 0.0)
     core.datagrams_to_send()
     core.receive_datagram(encode_oack({"tsize": "10"}), SERVER_TID, 0.01)
@@ -371,14 +369,14 @@ def test_client_repeats_ack_0_for_a_repeated_oack() -> None:
 
 
 def test_client_write_answer_with_data_is_illegal() -> None:
-    core = ClientWrite(SERVER_PORT, Request(Opcode.WRQ, b"f", "octet"), Timing(), 0.0)
+    core = ClientWrite(SERVER_PORT, TransferRequest(Opcode.WRQ, b"f", "octet"), Timing(), 0.0)
     core.datagrams_to_send()
     core.receive_datagram(encode_data(1, b"?"), SERVER_TID, 0.01)
-    assert core.state is State.FAILED
+    assert core.state is TransferState.FAILED
 
 
 def test_request_repeated_until_the_server_answers() -> None:
-    core = ClientRead(SERVER_PORT, Request(Opcode.RRQ, b"f", "octet"), Timing(), 0.0)
+    core = ClientRead(SERVER_PORT, TransferRequest(Opcode.RRQ, b"f", "octet"), Timing(), 0.0)
     first = core.datagrams_to_send()
     core.handle_timeout(core.next_deadline() or 0.0)
     assert core.datagrams_to_send() == first

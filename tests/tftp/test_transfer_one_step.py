@@ -23,18 +23,9 @@ from sockferry.tftp.packets import (
     encode_error,
     encode_oack,
 )
-from sockferry.tftp.transfer import (
-    MAX_PENDING_BYTES,
-    DataReceived,
-    Event,
-    LastBlockReceived,
-    ReceivingTransfer,
-    SendingTransfer,
-    ServerRead,
-    ServerWrite,
-    Timing,
-    Transfer,
-)
+from sockferry.tftp.receiving import MAX_PENDING_BYTES, ReceivingTransfer, ServerWrite
+from sockferry.tftp.sending import SendingTransfer, ServerRead
+from sockferry.tftp.transfer import BlockReceived, Event, LastBlockReceived, Timing, Transfer
 from tests.tftp.memlink import one_step
 
 PEER = ("peer", 1)
@@ -123,7 +114,7 @@ class Twin:
 def snapshot(core: Transfer) -> dict[str, object]:
     """Everything a core holds, timer included: the same inputs must leave the same."""
     state = {name: value for name, value in vars(core).items()
-             if name not in ("_table", "_rto", "_events", "_decoder")}
+             if name not in ("_rto", "_events", "_decoder")}
     state["_events"] = repr(list(core._events))  # errors compare by identity
     for name in ("_rto", "_decoder"):  # helpers, by their contents
         helper = getattr(core, name, None)
@@ -286,7 +277,7 @@ def test_take_ack_and_take_block_carry_a_transfer_past_the_rollover() -> None:
 def collect(core: ReceivingTransfer, now: float) -> list[bytes]:
     data = []
     while (event := core.next_event()) is not None:
-        if isinstance(event, DataReceived):
+        if isinstance(event, BlockReceived):
             data.append(event.data)
         elif isinstance(event, LastBlockReceived):
             core.confirm_stored(now)
@@ -306,7 +297,7 @@ def test_take_block_hands_over_data_in_batches() -> None:
             core.receive_datagram(data, PEER, 0.001 * block)
             [(reply, _)] = core.datagrams_to_send()
             event = core.next_event()
-            assert event == DataReceived(b"".join(
+            assert event == BlockReceived(b"".join(
                 bytes([n]) * BLKSIZE for n in range(block - PENDING_BLOCKS, block + 1)))
         assert reply == encode_ack(block)
     # One block in PENDING_BLOCKS + 1 takes the general path, and the driver then

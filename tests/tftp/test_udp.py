@@ -14,12 +14,12 @@ from sockferry.addresses import HostPort
 from sockferry.tftp.client import ClientOptions, download, upload
 from sockferry.tftp.packets import (
     ErrorCode,
-    Request,
+    TransferRequest,
     decode_packet,
     encode_data,
     encode_error,
 )
-from sockferry.tftp.server import ServerConfig, UploadPolicy
+from sockferry.tftp.server import TftpServerConfig, UploadPolicy
 from sockferry.tftp.transfer import Timing
 from tests.lossy import Impairment, LossyUdpRelay
 from tests.tftp.udp_helpers import running_server
@@ -32,8 +32,8 @@ def content(size: int, seed: int = 1) -> bytes:
     return bytes(rng.choice(b"line\r\n\0") for _ in range(size))
 
 
-def config(root: Path, **kwargs: object) -> ServerConfig:
-    return ServerConfig(str(root), allow_upload=UploadPolicy.CREATE, **kwargs)  # type: ignore[arg-type]
+def config(root: Path, **kwargs: object) -> TftpServerConfig:
+    return TftpServerConfig(str(root), allow_upload=UploadPolicy.CREATE, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("mode", ["octet", "netascii"])
@@ -127,7 +127,7 @@ def test_many_transfers_at_once(tmp_path: Path) -> None:
 
 def test_client_retries_without_options_after_error_8(tmp_path: Path) -> None:
     """A server that refuses the options outright (ERROR 8) gets a plain request."""
-    seen: list[Request] = []
+    seen: list[TransferRequest] = []
 
     async def go() -> None:
         loop = asyncio.get_running_loop()
@@ -139,7 +139,7 @@ def test_client_retries_without_options_after_error_8(tmp_path: Path) -> None:
             for _ in range(2):
                 data, peer = await loop.sock_recvfrom(sock, 600)
                 request = decode_packet(data)
-                assert isinstance(request, Request)
+                assert isinstance(request, TransferRequest)
                 seen.append(request)
                 answer = (encode_error(ErrorCode.OPTION_REFUSED, "no options here")
                           if request.options else encode_data(1, b"plain"))

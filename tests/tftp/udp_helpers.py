@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from sockferry.addresses import HostPort
-from sockferry.tftp.server import ServerConfig, TftpServer
+from sockferry.tftp.server import TftpServer, TftpServerConfig
 
 Addr = tuple[Any, ...]
 
@@ -25,7 +25,7 @@ def client_socket(timeout_s: float = 3.0) -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def running_server(config: ServerConfig, host: str = "127.0.0.1",
+async def running_server(config: TftpServerConfig, host: str = "127.0.0.1",
                          ) -> AsyncIterator[tuple[TftpServer, int]]:
     server = TftpServer(config)
     await server.start([HostPort(host, 0)])
@@ -36,7 +36,7 @@ async def running_server(config: ServerConfig, host: str = "127.0.0.1",
 
 
 @contextlib.contextmanager
-def server_thread(config: ServerConfig, host: str = "127.0.0.1",
+def server_thread(config: TftpServerConfig, host: str = "127.0.0.1",
                   ) -> Iterator[tuple[TftpServer, int]]:
     """Our server on its own event loop, for peers driven by blocking subprocess calls."""
     started = threading.Event()

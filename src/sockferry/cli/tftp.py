@@ -27,8 +27,8 @@ from sockferry.tftp.server import (
     DEFAULT_MAX_TRANSFERS,
     DEFAULT_MAX_UNCONFIRMED_PER_SOURCE,
     DEFAULT_PORT,
-    ServerConfig,
     TftpServer,
+    TftpServerConfig,
     UploadPolicy,
 )
 from sockferry.tftp.transfer import (
@@ -157,7 +157,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     # Socket activation: the unit's sockets, and --listen only if given.
     default = [] if options.activated else [f":{DEFAULT_PORT}"]
     listen = [parse_address(text, DEFAULT_PORT) for text in args.listen or default]
-    config = ServerConfig(
+    config = TftpServerConfig(
         root=args.root,
         allow_upload=UploadPolicy(args.allow_upload or "none"),
         limits=ServerLimits(blksize_max=args.blksize_max, windowsize_max=args.windowsize_max),
@@ -171,7 +171,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     return ExitCode.OK
 
 
-async def _serve(config: ServerConfig, listen: list[Address], console: Console,
+async def _serve(config: TftpServerConfig, listen: list[Address], console: Console,
                  options: ServerOptions) -> None:
     server = TftpServer(config)
     await server.start(listen, options.activated)

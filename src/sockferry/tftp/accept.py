@@ -9,14 +9,15 @@ transfer modes other than octet and netascii (mail is obsolete), an empty name.
 
 from __future__ import annotations
 
-from sockferry.errors import MalformedPacket
+from sockferry.errors import MalformedPacket, RemoteProtocolError
 from sockferry.records import record
 from sockferry.safe_text import clip
+from sockferry.tftp.options import ServerLimits, TransferOptions, negotiate
 from sockferry.tftp.packets import (
     MAX_REQUEST_BYTES,
     Error,
     ErrorCode,
-    Request,
+    TransferRequest,
     decode_packet,
     opcode_of,
 )
@@ -41,7 +42,7 @@ class Ignored:
     why: str
 
 
-def judge(data: bytes, truncated: bool) -> Request | Ignored | Refusal:
+def judge(data: bytes, truncated: bool) -> TransferRequest | Ignored | Refusal:
     """A datagram that reached the request port (``truncated``: longer than read)."""
     try:
         if truncated:
@@ -53,7 +54,7 @@ def judge(data: bytes, truncated: bool) -> Request | Ignored | Refusal:
             return Ignored(f"{exc}, not answered")
         return Refusal(ErrorCode(exc.code) if exc.code is not None
                        else ErrorCode.ILLEGAL_OPERATION, str(exc))
-    if isinstance(packet, Request):
+    if isinstance(packet, TransferRequest):
         return packet
     if isinstance(packet, Error):
         return Ignored("ERROR sent to the request port, not answered")
@@ -61,7 +62,7 @@ def judge(data: bytes, truncated: bool) -> Request | Ignored | Refusal:
                    f"{opcode_of(packet).name} sent to the request port")
 
 
-def requested_path(request: Request) -> bytes:
+def requested_path(request: TransferRequest) -> bytes:
     """The file a request names, relative to the root; Refusal for an unsupported mode
     or an empty name.  A leading '/' names the root, as tftpd-hpa's --secure mode has
     it: boot ROMs often ask for "/pxelinux.0" (nothing climbs out of the root either
@@ -73,3 +74,18 @@ def requested_path(request: Request) -> bytes:
     if not path:
         raise Refusal(ErrorCode.FILE_NOT_FOUND, "no file name")
     return path
+
+
+def agree_options(request: TransferRequest, *, file_size: int | None,
+                  upload_limit: int | None, limits: ServerLimits,
+                  ) -> tuple[TransferOptions, dict[str, str]]:
+    """What the server agrees to for ``request`` and the OACK that says so (see
+    ``options.negotiate``); Refusal (DISK_FULL) for an upload whose tsize is over
+    ``upload_limit``.  ``file_size``: the size of the file a read serves; it is the
+    RFC 2349 tsize only in octet mode, since netascii changes the size on the wire."""
+    try:
+        return negotiate(request.options, is_read=request.is_read,
+                         file_size=file_size if request.mode == "octet" else None,
+                         upload_limit=upload_limit, limits=limits)
+    except RemoteProtocolError as exc:
+        raise Refusal(ErrorCode(exc.code or 0), str(exc)) from exc

@@ -32,14 +32,14 @@ from sockferry.storage.atomic import AtomicFile
 from sockferry.tftp.lane import MIN_WAIT_S, LaneReturn, LockStepLane
 from sockferry.tftp.options import TransferOptions
 from sockferry.tftp.packets import MAX_DATAGRAM_BYTES, ErrorCode
+from sockferry.tftp.receiving import ReceivingTransfer
+from sockferry.tftp.sending import SendingTransfer
 from sockferry.tftp.transfer import (
-    DataReceived,
+    BlockReceived,
     Event,
     LastBlockReceived,
     OptionsAgreed,
     PeerAddress,
-    ReceivingTransfer,
-    SendingTransfer,
     Transfer,
     TransferCompleted,
     TransferFailed,
@@ -454,7 +454,7 @@ class TransferDriver:
 
     def _on_event(self, event: Event) -> None:
         match event:
-            case DataReceived():
+            case BlockReceived():
                 self._write(event.data)
             case LastBlockReceived():
                 self._storing = self.loop.create_task(self._store())

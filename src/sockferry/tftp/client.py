@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sockferry.addresses import HostPort, format_sockaddr
-from sockferry.errors import PeerRefused, StorageError
+from sockferry.errors import PeerRefused, SockferryError, StorageError
 from sockferry.sockets import Resolved, resolve, storage_error
 from sockferry.storage.atomic import AtomicFile
 from sockferry.storage.names import DEFAULT_UMASK, capped_mode
@@ -28,8 +29,10 @@ from sockferry.tftp.aio import (
     tid_socket,
 )
 from sockferry.tftp.options import requested_options
-from sockferry.tftp.packets import DEFAULT_BLKSIZE, ErrorCode, Opcode, Request
-from sockferry.tftp.transfer import ClientRead, ClientWrite, Timing
+from sockferry.tftp.packets import DEFAULT_BLKSIZE, ErrorCode, Opcode, TransferRequest
+from sockferry.tftp.receiving import ClientRead
+from sockferry.tftp.sending import ClientWrite
+from sockferry.tftp.transfer import Timing
 
 DEFAULT_PORT = 69
 # A client lingers this many round-trip timeouts after its final ACK, to repeat it if the
@@ -65,7 +68,7 @@ async def download(server: HostPort, remote: str, local: str, options: ClientOpt
     while True:
         sink = FileSink(AtomicFile.beside(local),
                         existing_mode or capped_mode(0o666, DEFAULT_UMASK))
-        request = Request(Opcode.RRQ, remote.encode("utf-8"), options.mode,
+        request = TransferRequest(Opcode.RRQ, remote.encode("utf-8"), options.mode,
                           _options(options, 0 if options.mode == "octet" else None)
                           if with_options else {})
         sock = _client_socket(target)
@@ -90,7 +93,7 @@ async def upload(local: str, server: HostPort, remote: str, options: ClientOptio
             raise storage_error(exc, local) from exc
         size = os.fstat(fd).st_size
         source = FileSource(fd, local)
-        request = Request(Opcode.WRQ, remote.encode("utf-8"), options.mode,
+        request = TransferRequest(Opcode.WRQ, remote.encode("utf-8"), options.mode,
                           _options(options, size if options.mode == "octet" else None)
                           if with_options else {})
         sock = _client_socket(target)
@@ -125,7 +128,7 @@ async def _drive(sock: socket.socket, core: ClientRead | ClientWrite, *,
 
 
 def _retry_without_options(result: TransferResult, with_options: bool,
-                           request: Request) -> bool:
+                           request: TransferRequest) -> bool:
     error = result.error
     return (with_options and bool(request.options) and isinstance(error, PeerRefused)
             and error.code == ErrorCode.OPTION_REFUSED)
@@ -137,10 +140,19 @@ def _checked(result: TransferResult, target: Resolved, remote: str) -> TransferR
         return result
     where = format_sockaddr(target.sockaddr)
     if isinstance(error, PeerRefused):
-        raise PeerRefused(f"{where} refused '{remote}': {error}", code=error.code) from error
+        raise _retold(error, f"{where} refused '{remote}': {error}") from error
     if isinstance(error, StorageError):
         raise error
-    raise type(error)(f"transfer of '{remote}' with {where} failed: {error}") from error
+    raise _retold(error, f"transfer of '{remote}' with {where} failed: {error}") from error
+
+
+def _retold(error: SockferryError, message: str) -> SockferryError:
+    """``error`` told again with ``message``: the same type with the same attributes
+    (``code``, ``errno``, ``address``...), which rebuilding it from a message would
+    drop; the message, not a note, carries the context, since it is what users see."""
+    retold = copy.copy(error)  # the class rebuilt from its args, then its __dict__
+    retold.args = (message,)
+    return retold
 
 
 async def _resolve(server: HostPort) -> Resolved:

@@ -16,7 +16,7 @@ from sockferry.tftp.client import DEFAULT_PORT, ClientOptions, download, upload
 from sockferry.tftp.client import ProgressCallback as Counts
 from sockferry.tftp.options import ServerLimits
 from sockferry.tftp.packets import MAX_BLKSIZE
-from sockferry.tftp.server import DEFAULT_MAX_TRANSFERS, ServerConfig, TftpServer, UploadPolicy
+from sockferry.tftp.server import DEFAULT_MAX_TRANSFERS, TftpServer, TftpServerConfig, UploadPolicy
 
 __all__ = ["DEFAULT_PORT", "get", "put", "serve"]
 
@@ -62,7 +62,7 @@ async def serve(root: str | os.PathLike[str], host: str = "localhost",
                          "overwrite, any") from None
     addresses: list[Address] = [parse_address(a, DEFAULT_PORT) for a in listen] if listen \
         else [HostPort(host, port)]
-    config = ServerConfig(root=os.fspath(root), allow_upload=policy,
+    config = TftpServerConfig(root=os.fspath(root), allow_upload=policy,
                           limits=ServerLimits(blksize_max=blksize_max,
                                               windowsize_max=windowsize_max),
                           max_transfers=max_transfers, max_upload_bytes=max_upload_size)

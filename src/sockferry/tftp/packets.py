@@ -62,7 +62,7 @@ class ErrorCode(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
+class TransferRequest:
     """RRQ or WRQ.  ``mode`` and option names are lower-cased (RFC 2347: case-insensitive)."""
 
     opcode: Opcode
@@ -97,7 +97,7 @@ class OptionAck:
     options: dict[str, str]
 
 
-Packet = Request | Data | Ack | Error | OptionAck
+Packet = TransferRequest | Data | Ack | Error | OptionAck
 
 
 # ---------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def encode_oack(options: dict[str, str]) -> bytes:
 
 def encode_packet(packet: Packet) -> bytes:
     match packet:
-        case Request():
+        case TransferRequest():
             return encode_request(packet.opcode, packet.filename, packet.mode, packet.options)
         case Data():
             return encode_data(packet.block, packet.payload)
@@ -151,7 +151,7 @@ def encode_packet(packet: Packet) -> bytes:
 
 def opcode_of(packet: Packet) -> Opcode:
     match packet:
-        case Request():
+        case TransferRequest():
             return packet.opcode
         case Data():
             return Opcode.DATA
@@ -179,7 +179,7 @@ def decode_packet(data: bytes) -> Packet:
     return decoder(data)
 
 
-def _decode_request(data: bytes) -> Request:
+def _decode_request(data: bytes) -> TransferRequest:
     if len(data) > MAX_REQUEST_BYTES:
         raise MalformedPacket(f"request of {len(data)} bytes is over the RFC 2347 limit of "
                               f"{MAX_REQUEST_BYTES}")
@@ -189,7 +189,7 @@ def _decode_request(data: bytes) -> Request:
         raise MalformedPacket("request with an empty file name")
     mode = _ascii(reader.cstring(MAX_MODE_BYTES, "transfer mode"), "transfer mode").lower()
     options = _decode_options(reader, MAX_REQUEST_BYTES)
-    return Request(Opcode(data[1]), filename, mode, options)
+    return TransferRequest(Opcode(data[1]), filename, mode, options)
 
 
 def _decode_options(reader: Reader, limit: int) -> dict[str, str]:

@@ -30,7 +30,6 @@ from sockferry.addresses import Address, SockAddr, format_sockaddr
 from sockferry.errors import (
     NetworkError,
     PathRefused,
-    RemoteProtocolError,
     SockferryError,
     StorageError,
 )
@@ -45,7 +44,7 @@ from sockferry.sockets import (
 )
 from sockferry.storage.names import DEFAULT_UMASK, capped_mode
 from sockferry.storage.root import Root
-from sockferry.tftp.accept import Ignored, Refusal, judge, requested_path
+from sockferry.tftp.accept import Ignored, Refusal, agree_options, judge, requested_path
 from sockferry.tftp.admission import ReplyLimiter, source_key
 from sockferry.tftp.aio import (
     SOCKET_BUFFER_BYTES,
@@ -56,20 +55,16 @@ from sockferry.tftp.aio import (
     storage_error_code,
     tid_socket,
 )
-from sockferry.tftp.options import ServerLimits, negotiate
+from sockferry.tftp.options import ServerLimits
 from sockferry.tftp.packets import (
     MAX_REQUEST_BYTES,
     ErrorCode,
-    Request,
+    TransferRequest,
     encode_error,
 )
-from sockferry.tftp.transfer import (
-    DEFAULT_UNCONFIRMED_S,
-    ServerRead,
-    ServerWrite,
-    Timing,
-    Transfer,
-)
+from sockferry.tftp.receiving import ServerWrite
+from sockferry.tftp.sending import ServerRead
+from sockferry.tftp.transfer import DEFAULT_UNCONFIRMED_S, Timing, Transfer
 
 log = logging.getLogger("sockferry.tftp")
 
@@ -95,7 +90,7 @@ class UploadPolicy(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class ServerConfig:
+class TftpServerConfig:
     root: str
     allow_upload: UploadPolicy = UploadPolicy.NONE
     limits: ServerLimits = field(default_factory=ServerLimits)
@@ -136,7 +131,7 @@ class NoticeLimiter:
 class TftpServer:
     """Serves a root directory over TFTP until closed."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: TftpServerConfig) -> None:
         self.config = config
         self.root = Root(config.root)
         self._listeners: list[socket.socket] = []
@@ -223,7 +218,7 @@ class TftpServer:
             self._admit(listener, request, data, peer, shown, local)
 
     def _parse(self, listener: socket.socket, data: bytes, peer: SockAddr, shown: str,
-               truncated: bool) -> Request | None:
+               truncated: bool) -> TransferRequest | None:
         """The request in ``data``; anything else is refused or ignored (None)."""
         judged = judge(data, truncated)
         if isinstance(judged, Ignored):
@@ -234,7 +229,7 @@ class TftpServer:
             return None
         return judged
 
-    def _admit(self, listener: socket.socket, request: Request, data: bytes,
+    def _admit(self, listener: socket.socket, request: TransferRequest, data: bytes,
                peer: SockAddr, shown: str, local: str | None) -> None:
         """Start a transfer for ``request``, unless it is a repeat or must be refused."""
         key = (peer, data)
@@ -328,19 +323,18 @@ class TftpServer:
         if self._notices.allow(now):
             log.info("%s %s refused: %s", shown, what, clip(refusal.message), extra=event)
 
-    def _open_transfer(self, listener: socket.socket, request: Request, peer: SockAddr,
+    def _open_transfer(self, listener: socket.socket, request: TransferRequest, peer: SockAddr,
                        local: str | None, received: int) -> TransferDriver:
         path = requested_path(request)
         source, sink, size = None, None, None
         try:
             if request.is_read:
-                source, size = self._open_source(path, request.mode)
+                source, size = self._open_source(path)
             else:
                 sink = self._open_sink(path)
-            options, oack = negotiate(request.options, is_read=request.is_read,
-                                      file_size=size,
-                                      upload_limit=self._upload_limit(),
-                                      limits=self.config.limits)
+            options, oack = agree_options(request, file_size=size,
+                                          upload_limit=self._upload_limit(),
+                                          limits=self.config.limits)
             sock = self._transfer_socket(listener, local)
         except BaseException as exc:
             if source is not None:
@@ -349,8 +343,6 @@ class TftpServer:
                 sink.discard()
             if isinstance(exc, StorageError):
                 raise Refusal(storage_error_code(exc), str(exc)) from exc
-            if isinstance(exc, RemoteProtocolError):
-                raise Refusal(ErrorCode(exc.code or 0), str(exc)) from exc
             raise
         assert not isinstance(peer, str)  # UDP peers are (host, port, ...) tuples
         now = asyncio.get_running_loop().time()
@@ -367,11 +359,9 @@ class TftpServer:
                                received=received, unconfirmed_s=unconfirmed_s)
         return TransferDriver(sock, core, source=source, sink=sink)
 
-    def _open_source(self, path: bytes, mode: str) -> tuple[FileSource, int | None]:
+    def _open_source(self, path: bytes) -> tuple[FileSource, int]:
         fd, st = self.root.open_read(path)
-        shown = path.decode("utf-8", "replace")
-        # RFC 2349 tsize: the octet size is the file's size; netascii changes it.
-        return FileSource(fd, shown), st.st_size if mode == "octet" else None
+        return FileSource(fd, path.decode("utf-8", "replace")), st.st_size
 
     def _open_sink(self, path: bytes) -> FileSink:
         policy = self.config.allow_upload
