@@ -14,7 +14,7 @@ from sockferry.ferry.inflight import NO_RESUME, Pending, ResumeReport
 from sockferry.storage.atomic import AtomicFile, PartialFile
 
 if TYPE_CHECKING:
-    from sockferry.ferry.client import FerryClient
+    from sockferry.ferry.client_base import ClientConnection
 
 
 class Gets:
@@ -22,7 +22,7 @@ class Gets:
 
     __slots__ = ("client", "commits", "inflight", "session")
 
-    def __init__(self, client: FerryClient) -> None:
+    def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.session = client.session
         self.inflight = client.inflight

@@ -31,7 +31,7 @@ from sockferry.sockets import storage_error
 from sockferry.storage.sparse import is_sparse
 
 if TYPE_CHECKING:
-    from sockferry.ferry.client import FerryClient
+    from sockferry.ferry.client_base import ClientConnection
 
 # Files up to this size go as one PUT_INLINE frame where the server offers INLINE: the
 # frame's 64 KiB bound would allow more, but past a few pages the saved frames matter
@@ -44,7 +44,7 @@ class Puts:
 
     __slots__ = ("client", "inflight", "session")
 
-    def __init__(self, client: FerryClient) -> None:
+    def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.session = client.session
         self.inflight = client.inflight

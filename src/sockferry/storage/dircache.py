@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sockferry.records import mutable_record
 from sockferry.storage.filesystems import lives_in_memory
 from sockferry.storage.names import SAFE_PATH_CHARS, plain_name, split_client_path
 
-if TYPE_CHECKING:
-    from sockferry.storage.root import Root
+
+class ResolvesParents(Protocol):
+    """What a cache needs of its root (``root.Root``; named here so that the cache does
+    not import the root that holds it)."""
+
+    def resolve_parent(self, path: str | bytes, *, follow_last: bool = True,
+                       make_parents: bool = False, dir_mode: int = 0o755) -> tuple[int, str]:
+        ...
 
 # A directory entering a DirCache is listed when it holds at most this many names, so that
 # files written into it need no stat each; the names one cache keeps are capped too.
@@ -104,7 +110,8 @@ class DirCache:
     link and fails on a directory, whatever appeared there meanwhile.
     """
 
-    def __init__(self, root: Root, *, limit: int = 64, ttl_s: float = 1.0) -> None:
+    def __init__(self, root: ResolvesParents, *, limit: int = 64, ttl_s: float = 1.0,
+                 ) -> None:
         self.root = root
         self.limit = limit
         self.ttl_s = ttl_s

@@ -38,7 +38,6 @@ from sockferry.storage.partials import busy, clear_partials, sweep
 
 if TYPE_CHECKING:
     from sockferry.storage.dircache import DirCache
-    from sockferry.storage.store import Store
 
 
 class Root:
@@ -442,8 +441,3 @@ def _start(handle: DirHandle, name: str, shown: str, st: os.stat_result | None,
     if kind is not None:
         return kind(handle, name, shown)
     return AtomicFile(handle, name, shown, mode)
-
-
-if TYPE_CHECKING:
-    def _root_is_a_store(root: Root) -> Store:  # mypy holds Root to the Store protocol
-        return root

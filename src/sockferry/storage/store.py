@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from sockferry.entries import Entry
     from sockferry.storage.atomic import AtomicFile
     from sockferry.storage.dircache import DirCache
+    from sockferry.storage.root import Root
 
 
 @runtime_checkable
@@ -100,3 +101,8 @@ class Store(Protocol):
         name within each directory, temporaries and partial files hidden; links
         reported, not followed.  A file lists itself.  More than ``limit`` entries
         raise ``StorageError`` E2BIG once ``limit`` were yielded."""
+
+
+if TYPE_CHECKING:
+    def _root_is_a_store(root: Root) -> Store:  # mypy holds Root to the Store protocol
+        return root
