@@ -74,7 +74,7 @@ def tftp_packets(data: bytes) -> None:
         packet = tftp.decode_packet(data)
     except MalformedPacket:
         return
-    if isinstance(packet, tftp.Request):
+    if isinstance(packet, tftp.TransferRequest):
         packet.filename.decode("utf-8", "surrogateescape")
         with contextlib.suppress(RemoteProtocolError):  # a refusal, sent back as ERROR
             tftp_options.negotiate(packet.options, is_read=packet.is_read,
