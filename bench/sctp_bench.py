@@ -3,7 +3,8 @@
 200 MiB as 64 KiB messages from a sender to a receiver, for each pair of stacks, the
 pairs alternated round by round; medians of MB/s (10^6 bytes per second, from the
 sender's GO to the receiver holding the last message) and of CPU seconds per side.
-Every run pins the receiver to CPU 0 and the sender to CPU 1 with ``taskset -c``.
+Every run pins the receiver to CPU 0 and the sender to CPU 1 with ``taskset -c``, or
+with ``--unpinned`` leaves placing them to the scheduler, as users run them.
 Our stack sizes packets to loopback's MTU (65 507-byte SCTP packets); usrsctp is given
 a 32 000-byte path MTU (see USRSCTP_MTU), and its UDP socket gets the same 8 MiB buffers
 as ours (usrsctp_peer.c: its own 256 KiB hold just two 64 KiB datagrams).
@@ -44,8 +45,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+PINNING = {"on": True}  # main() turns it off for --unpinned
+
+
 def pinned(cpu: str, argv: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(["taskset", "-c", cpu, *argv], stdin=subprocess.PIPE,
+    prefix = ["taskset", "-c", cpu] if PINNING["on"] else []
+    return subprocess.Popen([*prefix, *argv], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, bufsize=1)
 
 
@@ -144,7 +149,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mib", type=int, default=200)
+    parser.add_argument("--unpinned", action="store_true",
+                        help="no taskset: the scheduler places sender and receiver")
     args = parser.parse_args()
+    PINNING["on"] = not args.unpinned
     count = args.mib * (1 << 20) // SIZE
     with tempfile.TemporaryDirectory() as directory:
         binary = build(Path(directory))
@@ -160,8 +168,9 @@ def main() -> None:
                       f"{result.mb_s:.0f} MB/s", file=sys.stderr, flush=True)
     reference = statistics.median(r.mb_s for r in results[("usrsctp", "usrsctp")])
     print(f"{args.mib} MiB as {count} messages of 64 KiB over SCTP/UDP on loopback, "
-          f"medians of {args.rounds} alternated runs; receiver on CPU {RECEIVER_CPU}, "
-          f"sender on CPU {SENDER_CPU} (taskset)\n")
+          f"medians of {args.rounds} alternated runs; "
+          + ("unpinned\n" if args.unpinned else
+             f"receiver on CPU {RECEIVER_CPU}, sender on CPU {SENDER_CPU} (taskset)\n"))
     print("| sender -> receiver | MB/s | vs usrsctp->usrsctp | sender CPU s | receiver CPU s "
           "| MB per CPU s of the busier side |")
     print("|---|---:|---:|---:|---:|---:|")
