@@ -24,7 +24,8 @@ from sockferry.entries import Entry
 from sockferry.errors import SockferryError, UsageError
 from sockferry.ferry import DEFAULT_PORT
 from sockferry.ferry.client import FerryClient
-from sockferry.ferry.server import FerryServer, FerryServerConfig
+from sockferry.ferry.server import FerryServer
+from sockferry.ferry.server_config import FerryServerConfig
 from sockferry.ferry.tokens import check_token, client_token, server_token
 from sockferry.ferry.trust import client_trust, server_identity
 from sockferry.library import ProgressCallback, Server, Transfer

@@ -25,7 +25,8 @@ from sockferry.ferry.client import FerryClient
 from sockferry.ferry.client_session import ClientSession
 from sockferry.ferry.copy_send import send_paths
 from sockferry.ferry.parser import FrameParser
-from sockferry.ferry.server import FerryServer, FerryServerConfig
+from sockferry.ferry.server import FerryServer
+from sockferry.ferry.server_config import FerryServerConfig
 from sockferry.ferry.session import ConnState
 from sockferry.library import Server
 

@@ -25,7 +25,7 @@ from sockferry.records import record
 from sockferry.storage.durability import Durability
 
 if TYPE_CHECKING:
-    from sockferry.ferry.server import FerryServerConfig
+    from sockferry.ferry.server_config import FerryServerConfig
     from sockferry.tls import ServerTLS
 
 log = logging.getLogger("sockferry.ferry")
@@ -33,7 +33,7 @@ log = logging.getLogger("sockferry.ferry")
 
 def run_serve(args: argparse.Namespace, console: Console) -> int:
     # Here, not at the top: a client command or --help loads no server and no token code.
-    from sockferry.ferry.server import FerryServerConfig  # noqa: PLC0415
+    from sockferry.ferry.server_config import FerryServerConfig  # noqa: PLC0415
     from sockferry.ferry.tokens import server_token  # noqa: PLC0415
 
     options = ServerOptions.from_args(args, socket.SOCK_STREAM)

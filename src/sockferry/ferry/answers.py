@@ -42,7 +42,7 @@ from sockferry.storage.sparse import is_sparse
 from sockferry.units import format_bytes
 
 if TYPE_CHECKING:
-    from sockferry.ferry.connection import Connection
+    from sockferry.ferry.connection_base import ServerConnection
 
 log = logging.getLogger("sockferry.ferry")
 
@@ -54,7 +54,7 @@ class Answers:
 
     __slots__ = ("cancelled", "connection", "name_changes")
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: ServerConnection) -> None:
         self.connection = connection
         self.cancelled: set[int] = set()
         # DELETEs and SYMLINKs, each waiting for the PUTs sent before it (§5.3).
@@ -124,8 +124,8 @@ class Answers:
             c.refuse(event.request, "DELETE", event.path, code_for(exc), str(exc))
             return
         c.dirs.removed(event.path)
-        if c.server.quota is not None:
-            c.server.quota.freed(freed)
+        if c.quota is not None:
+            c.quota.freed(freed)
         c.session.ok(event.request)
         c.log_file("DELETE", event.path, freed, None, "ok", logging.DEBUG)
 

@@ -16,7 +16,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TypeVar, cast
 
 from sockferry.errors import (
     AuthenticationFailed,
@@ -30,6 +30,7 @@ from sockferry.ferry import events as ev
 from sockferry.ferry import messages as m
 from sockferry.ferry.answers import Answers
 from sockferry.ferry.bodies import GATHER_BYTES, splice_bodies
+from sockferry.ferry.connection_base import ConnectionHost
 from sockferry.ferry.durability import Commits
 from sockferry.ferry.limits import Budget
 from sockferry.ferry.server_session import ServerSession
@@ -39,9 +40,6 @@ from sockferry.logfields import fields
 from sockferry.storage.dircache import DirCache
 from sockferry.streams import Stream
 from sockferry.units import format_bytes, format_rate
-
-if TYPE_CHECKING:
-    from sockferry.ferry.server import FerryServer
 
 log = logging.getLogger("sockferry.ferry")
 
@@ -54,14 +52,15 @@ MAX_UNSENT = 1024 * 1024
 class Connection:
     """One client, from its first byte to its last log line; what its parts share."""
 
-    def __init__(self, server: FerryServer, stream: Stream, source: str | None = None,
+    def __init__(self, server: ConnectionHost, stream: Stream, source: str | None = None,
                  channel_binding: bytes | None = None) -> None:
         self.server = server
         self.source = source  # counted in server.gate until authenticated (None: not)
         self.handshake_deadline: asyncio.Timeout | None = None
         self.root = server.root
+        self.quota = server.quota
         self.config = server.config
-        self.handlers = server.handlers
+        self.handlers = READ_ONLY_HANDLERS if server.config.read_only else HANDLERS
         self.stream = stream
         self.session = ServerSession(server.config.token, os.urandom(m.NONCE_BYTES),
                                        max_requests=server.config.max_requests,

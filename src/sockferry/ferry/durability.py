@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 from sockferry.errors import StorageError
 from sockferry.ferry.codes import code_for
 from sockferry.ferry.ordering import PathOrder
-from sockferry.ferry.uploads import Verified
+from sockferry.ferry.upload_state import Verified
 from sockferry.storage.durability import Durability, GroupCommit, flushes_file_systems
 
 if TYPE_CHECKING:
-    from sockferry.ferry.connection import Connection
+    from sockferry.ferry.connection_base import ServerConnection
 
 MAX_COMMITS_IN_FLIGHT = 16  # fsync+rename threads per connection (--fsync each)
 
@@ -41,7 +41,7 @@ class Commits:
         "verified",
     )
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: ServerConnection) -> None:
         self.connection = connection
         self.durability = connection.config.durability
         self.clobber = connection.config.clobber
@@ -173,8 +173,8 @@ class Commits:
         connection.session.commit(verified.request, upload.size, verified.digest)
         connection.answers.run_name_changes()
         if upload.reservation is not None:
-            assert connection.server.quota is not None
-            connection.server.quota.committed(upload.reservation)
+            assert connection.quota is not None
+            connection.quota.committed(upload.reservation)
         connection.files += 1
         connection.log_file("PUT", upload.path, upload.size, upload.started, "ok",
                             logging.DEBUG)

@@ -11,8 +11,6 @@ import contextlib
 import errno
 import functools
 import logging
-import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sockferry.entries import Kind
@@ -23,38 +21,16 @@ from sockferry.ferry.bodies import Sink
 from sockferry.ferry.codes import code_for
 from sockferry.ferry.digests import digest_of
 from sockferry.ferry.limits import Reservation
+from sockferry.ferry.upload_state import Upload, Verified
 from sockferry.records import replace
 from sockferry.storage.atomic import AtomicFile, PartialFile
 from sockferry.storage.names import capped_mode, split_client_path
 from sockferry.units import format_bytes
 
 if TYPE_CHECKING:
-    from sockferry.ferry.connection import Connection
+    from sockferry.ferry.connection_base import ServerConnection
 
 log = logging.getLogger("sockferry.ferry")
-
-
-@dataclass(slots=True)
-class Upload:
-    path: str
-    file: AtomicFile
-    sink: Sink | None  # hashes a body that arrives in pieces; None for PUT_INLINE
-    size: int
-    mode: int
-    mtime_ns: int | None
-    started: float = field(default_factory=time.monotonic)
-    offset: int = 0  # resumed: the first bytes were kept from an earlier transfer
-    reservation: Reservation | None = None  # room under --quota
-    streamed: bool = False  # STREAM: ``size`` grows with the body, checked as it comes
-
-
-@dataclass(frozen=True, slots=True)
-class Verified:
-    """An upload whose content matched the sender's digest, waiting to be committed."""
-
-    request: int
-    digest: bytes
-    upload: Upload
 
 
 def order_key(path: str) -> str:
@@ -70,7 +46,7 @@ class Uploads:
 
     __slots__ = ("connection", "receiving")
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: ServerConnection) -> None:
         self.connection = connection
         self.receiving: dict[int, Upload] = {}
 
@@ -113,7 +89,7 @@ class Uploads:
         """--quota: room for ``size`` more bytes under the root, held until ``file`` is
         finished (None: no quota); False: refused (``file`` aborted, the client told)."""
         c = self.connection
-        quota = c.server.quota
+        quota = c.quota
         if quota is None:
             return True, None
         replaced = 0
@@ -196,9 +172,9 @@ class Uploads:
         elif c.budget.limited and (reason := c.budget.grow(upload.path, count)):
             limit, code = "max-per-connection", m.ErrorCode.TOO_LARGE
         elif upload.reservation is not None:
-            assert c.server.quota is not None
+            assert c.quota is not None
             limit, code = "quota", m.ErrorCode.NO_SPACE
-            reason = c.server.quota.grow(upload.path, upload.reservation, size)
+            reason = c.quota.grow(upload.path, upload.reservation, size)
         if reason is None:
             upload.size = size
             return True
