@@ -21,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
+import logging
 import os
 import random
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -560,6 +563,119 @@ def test_cancelling_a_send_tells_the_peer_and_closes_the_file(tmp_path: Path) ->
     asyncio.run(go())
 
 
+class HeldCommit(AtomicFile):
+    """A real temporary whose commit, on the driver's worker thread, waits at its start
+    until released: a cancel can then land while the file is being stored.  Records any
+    ``abort`` another thread makes while the commit is under way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.committing = threading.Event()
+        self.release = threading.Event()
+        self.committed = threading.Event()
+        self.overlaps: list[str] = []
+        self._committer: int | None = None
+        super().__init__(*args, **kwargs)
+
+    def _committing(self) -> None:
+        self._committer = threading.get_ident()
+        self.committing.set()
+        assert self.release.wait(WAIT_S)
+
+    def commit(self, mode: int, mtime_ns: int | None = None, *, clobber: bool = True,
+               durable: bool = True) -> None:
+        try:
+            super().commit(mode, mtime_ns, clobber=clobber, durable=durable)
+        finally:
+            self._committer = None
+            self.committed.set()
+
+    def abort(self) -> None:
+        if self._committer not in (None, threading.get_ident()):
+            self.overlaps.append(threading.current_thread().name)
+        super().abort()
+
+
+def test_a_cancel_while_the_file_is_stored_leaves_the_store_to_finish_it(
+        tmp_path: Path) -> None:
+    """The last block is in and the worker thread is committing the file when the run is
+    cancelled.  The commit finishes the file on its own (in place, or removed if it
+    fails); discarding it from the loop meanwhile would close its descriptor and unlink
+    it under the worker (AtomicFile: exactly one of commit and abort finishes a file)."""
+    payload = b"the whole file, in one short block"
+    target = tmp_path / "got"
+
+    async def go() -> HeldCommit:
+        with RawPeer("127.0.0.1") as server, nothing_left_open():
+            held = HeldCommit.beside(str(target))
+            task, client = await start_download(NETS[0], server, PATIENT, {},
+                                                FileSink(held, 0o644))
+            server.send(encode_data(1, payload), client)
+            assert await asyncio.to_thread(held.committing.wait, WAIT_S)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await server.recv() == (Error(ErrorCode.NOT_DEFINED,
+                                                 "the transfer was interrupted"), client)
+            held.release.set()
+            assert await asyncio.to_thread(held.committed.wait, WAIT_S)
+            return held
+
+    held = asyncio.run(go())
+    assert held.overlaps == [], "the file was aborted while the worker committed it"
+    assert [p.name for p in tmp_path.iterdir()] == ["got"]
+    assert target.read_bytes() == payload
+
+
+def test_a_cancel_just_after_the_store_is_taken_quietly(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The server's close cancels each driver (``cancel``, not the task).  For one whose
+    worker has just stored the file, its completion queued on the loop but not yet
+    handled, the cancel fails the transfer first; the store's coroutine, resuming after
+    it, must not confirm a failed transfer (a ValueError, logged as a task exception
+    nobody retrieved)."""
+    payload = b"stored just before the server stopped"
+    target = tmp_path / "got"
+
+    async def go() -> tuple[TransferResult, HeldCommit]:
+        loop = asyncio.get_running_loop()
+        # One worker: a job submitted after the store runs only once the store's
+        # completion has been queued on the loop.
+        worker = ThreadPoolExecutor(max_workers=1)
+        loop.set_default_executor(worker)
+        with RawPeer("127.0.0.1") as server, nothing_left_open():
+            held = HeldCommit.beside(str(target))
+            driver = download(NETS[0], server, {}, PATIENT, FileSink(held, 0o644))
+            task = asyncio.create_task(driver.run())
+            request, client = await server.recv()
+            assert isinstance(request, TransferRequest)
+            server.send(encode_data(1, payload), client)
+            for _ in range(400):  # bounded: 2 s
+                if held.committing.is_set():
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError("the store never began")
+            held.release.set()
+            worker.submit(lambda: None).result(WAIT_S)  # blocks the loop: see above
+            # Queued behind the store's completion, so handled before the store's
+            # coroutine resumes.
+            loop.call_soon(driver.cancel, SockferryError("the server is shutting down"))
+            result = await asyncio.wait_for(task, WAIT_S)
+            assert await server.recv() == (Error(ErrorCode.NOT_DEFINED,
+                                                 "the server is shutting down"), client)
+            return result, held
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        result, held = asyncio.run(go())
+        del go
+        gc.collect()  # a task's unretrieved exception is logged when it is collected
+    assert [r.getMessage() for r in caplog.records] == []
+    assert str(result.error) == "the server is shutting down"
+    assert held.overlaps == []
+    assert [p.name for p in tmp_path.iterdir()] == ["got"]
+    assert target.read_bytes() == payload
+
+
 # -- two drivers through a lossy network ---------------------------------------------------
 
 
@@ -683,6 +799,15 @@ def test_a_sink_that_may_not_replace_fails_with_file_exists(tmp_path: Path) -> N
     assert storage_error_code(info.value) == ErrorCode.FILE_EXISTS
     assert (tmp_path / "f").read_bytes() == b"theirs"
     assert os.listdir(tmp_path) == ["f"]
+
+
+def test_a_discarded_sink_is_never_stored(tmp_path: Path) -> None:
+    sink = FileSink(AtomicFile.beside(str(tmp_path / "f")), 0o644)
+    sink.write(b"half")
+    sink.discard()
+    with pytest.raises(StorageError):
+        sink.store()
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize(("error", "code"), [
