@@ -20,6 +20,7 @@ import errno
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,13 +79,20 @@ class FileSource:
 
 
 class FileSink:
-    """Collects a receiving transfer's bytes into an ``AtomicFile``, in large writes."""
+    """Collects a receiving transfer's bytes into an ``AtomicFile``, in large writes.
+
+    ``store`` runs on a worker thread, and a cancel may ``discard`` on the loop's thread
+    meanwhile.  Only one of them finishes the file (AtomicFile's rule): a store that has
+    begun goes to its end (the file in place, or removed if the commit fails), and the
+    discard leaves it to it."""
 
     def __init__(self, target: AtomicFile, mode: int, *, clobber: bool = True) -> None:
         self.target = target
         self.mode = mode
         self.clobber = clobber  # False: the commit fails (EEXIST) rather than replace
         self._buffer = bytearray()
+        self._lock = threading.Lock()
+        self._ending: str | None = None  # "store" or "discard", once one has begun
 
     def write(self, data: bytes) -> None:
         if not self._buffer and len(data) >= CHUNK_BYTES:
@@ -100,11 +108,22 @@ class FileSink:
 
     def store(self) -> None:
         """Write the rest, fsync and rename into place (blocking: run it in a thread)."""
+        if not self._begin("store"):
+            raise StorageError(f"{self.target.shown} was discarded", path=self.target.shown)
         self._drain()
         self.target.commit(self.mode, clobber=self.clobber)
 
     def discard(self) -> None:
-        self.target.abort()
+        """Remove the file, unless a store has begun: that one finishes it."""
+        if self._begin("discard"):
+            self.target.abort()
+
+    def _begin(self, ending: str) -> bool:
+        with self._lock:
+            if self._ending is not None:
+                return False
+            self._ending = ending
+            return True
 
 
 def storage_error_code(error: SockferryError) -> ErrorCode:
@@ -489,6 +508,8 @@ class TransferDriver:
             if self.sink is not None:
                 # fsync and rename can take a while: keep the loop serving others.
                 await asyncio.to_thread(self.sink.store)
+            if core.finished:
+                return  # cancelled while storing: the peer was told; the file is as stored
         except StorageError as exc:
             core.abort(exc, storage_error_code(exc), self.loop.time())
         else:
