@@ -16,11 +16,12 @@ from collections.abc import Callable
 from sockferry.addresses import SockAddr, format_sockaddr
 from sockferry.errors import MalformedPacket, NetworkError
 from sockferry.sctp import chunks as c
-from sockferry.sctp.association import Association, AssociationState, Event, Random
+from sockferry.sctp.association import Association, Event, Random
 from sockferry.sctp.config import Config
 from sockferry.sctp.cookie import CookieRefused, CookieState, open_cookie, sign_cookie
 from sockferry.sctp.endpoint import AssocId
 from sockferry.sctp.handshake import KNOWN_PARAMS
+from sockferry.sctp.states import AssociationState
 
 log = logging.getLogger("sockferry.sctp")
 

@@ -19,7 +19,6 @@ from typing import Any, Self, cast
 
 from sockferry.addresses import Address, HostPort, SockAddr, UnixPath, format_sockaddr
 from sockferry.errors import NetworkError, PeerRefused, UsageError
-from sockferry.sctp.association import AssociationState
 from sockferry.sctp.config import Config
 from sockferry.sctp.endpoint import (
     AssociationChange,
@@ -29,6 +28,7 @@ from sockferry.sctp.endpoint import (
     UserMessage,
 )
 from sockferry.sctp.stack import Stack
+from sockferry.sctp.states import AssociationState
 from sockferry.sockets import grow_buffers, open_listeners, resolve
 from sockferry.timers import LazyTimer
 
