@@ -522,10 +522,12 @@ def test_the_cookie_echo_table_of_5_2_4() -> None:
 
 def test_cookie_echoes_during_setup_and_shutdown() -> None:
     host = Host(S.COOKIE_WAIT)
-    hs, _, _ = handshake(host)
+    hs, _, beat = handshake(host)
     assert hs.tie_tags() == (0x1111, 0)
-    hs.cookie_echo(cookie(0x1111, 0x2222), 0.0)  # D in COOKIE-WAIT: up
+    assert beat.at is None
+    hs.cookie_echo(cookie(0x1111, 0x2222), 0.0)  # D in COOKIE-WAIT: up, and probed
     assert host.state is S.ESTABLISHED and host.changes == [(AssocState.COMM_UP, "")]
+    assert beat.at is not None and beat.at > 30.0
     host = Host(S.SHUTDOWN_ACK_SENT)
     hs, _, _ = handshake(host)
     hs.cookie_echo(cookie(0x3333, 0x4444, (0x1111, 0x2222)), 0.0)  # no restart now

@@ -291,7 +291,8 @@ class Handshake:
         elif my_tag_matches and not peer_tag_matches:
             self._collision(cookie, now)  # case B: both sides sent INIT
         elif my_tag_matches and peer_tag_matches:
-            if host.state in SETUP_STATES:  # case D
+            if host.state in SETUP_STATES:  # case D: up now, as a COOKIE ACK would bring it
+                self._heartbeat.schedule(now, self._rtx.rto_s)
                 host.establish(AssocState.COMM_UP)
             host.queue_control(c.CookieAckChunk())
         # case C (only the peer's tag matches): a stale cookie of a collision; discard.
