@@ -1,13 +1,16 @@
 """Any backend of the Store protocol (storage/store.py) keeps its contracts.
 
-Written against the protocol only: a backend fixture supplies the store and one
-out-of-band way to plant a link that leads outside (what another process could do to
-the tree).  Today the only backend is the local Root on a temporary directory.
+Written against the protocol only: a backend fixture supplies the store and, where the
+store keeps symbolic links, one out-of-band way to plant a link that leads outside (what
+another process could do to the tree).  The backends: the local Root on a temporary
+directory, and the S3 store in a fresh bucket of a real Ceph cluster (tests/ceph.py).
+A store without links or partial files must refuse them as the protocol says.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,17 +22,21 @@ from sockferry.entries import Kind
 from sockferry.errors import PathRefused, StorageError
 from sockferry.storage.atomic import PartialFile
 from sockferry.storage.root import Root
+from sockferry.storage.s3 import S3Location, S3Store
 from sockferry.storage.store import Store
+from tests.ceph import CephS3, ceph_s3
+
+__all__ = ["ceph_s3"]  # the session's Ceph cluster, booted on first use
 
 
 @dataclass
 class Backend:
     store: Store
     # make ``path`` a link to somewhere outside the store holding a file named "secret"
-    plant_escaping_link: Callable[[str], None]
+    plant_escaping_link: Callable[[str], None] | None
 
 
-def _local(tmp_path: Path) -> Iterator[Backend]:
+def _local(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     top = tmp_path / "store"
     outside = tmp_path / "outside"
     top.mkdir()
@@ -46,17 +53,77 @@ def _local(tmp_path: Path) -> Iterator[Backend]:
         root.close()
 
 
-BACKENDS = {"local": _local}
+_buckets = itertools.count()
+
+
+def _s3(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    cluster: CephS3 = request.getfixturevalue("ceph_s3")
+    bucket = f"conformance-{os.getpid()}-{next(_buckets)}"
+    client = cluster.client()
+    client.create_bucket(Bucket=bucket)
+    # a prefix, so that the store's top is not the bucket's: nothing may leak above it
+    client.put_object(Bucket=bucket, Key="beside-the-prefix", Body=b"not the store's")
+    store = S3Store(S3Location.parse(f"s3://{bucket}/top?endpoint={cluster.endpoint_url}"),
+                    spool=str(tmp_path), client=client)
+    try:
+        yield Backend(store, None)
+    finally:
+        store.close()
+    uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert uploads == [], f"the store left multipart uploads behind: {uploads}"
+    assert os.listdir(tmp_path) == [], "the store left spool files behind"
+
+
+BACKENDS = {"local": _local, "s3": _s3}
+LINKS = {"local": True, "s3": False}  # whether the backend keeps symbolic links
+PARTIALS = {"local": True, "s3": False}  # whether it keeps resume's partial files
+
+
+def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    backend = BACKENDS[request.param](request, tmp_path)
+    found = next(backend)
+    assert found.store.keeps_links is LINKS[request.param]
+    assert found.store.keeps_partials is PARTIALS[request.param]
+    yield found
+    next(backend, None)
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield from BACKENDS[request.param](tmp_path)
+    yield from _backend(request, tmp_path)
 
 
 @pytest.fixture
 def store(backend: Backend) -> Store:
     return backend.store
+
+
+@pytest.fixture(params=sorted(name for name, links in LINKS.items() if links))
+def linking_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from _backend(request, tmp_path)
+
+
+@pytest.fixture
+def linking_store(linking_backend: Backend) -> Store:
+    return linking_backend.store
+
+
+@pytest.fixture(params=sorted(name for name, links in LINKS.items() if not links))
+def linkless_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    for backend in _backend(request, tmp_path):
+        yield backend.store
+
+
+@pytest.fixture(params=sorted(name for name, kept in PARTIALS.items() if kept))
+def partial_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    for backend in _backend(request, tmp_path):
+        yield backend.store
+
+
+@pytest.fixture(params=sorted(name for name, kept in PARTIALS.items() if not kept))
+def partialless_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    for backend in _backend(request, tmp_path):
+        yield backend.store
 
 
 def read_all(store: Store, path: str) -> bytes:
@@ -79,7 +146,7 @@ def names(store: Store, path: str = "", *, recursive: bool = False) -> list[str]
     return [entry.path for entry in store.list(path, recursive=recursive)]
 
 
-def test_a_local_root_is_a_store(store: Store) -> None:
+def test_every_backend_is_a_store(store: Store) -> None:
     assert isinstance(store, Store)
 
 
@@ -191,7 +258,8 @@ def test_remove_a_file_and_an_empty_directory(store: Store) -> None:
         store.remove("", directory=True)
 
 
-def test_symlink_and_readlink_inside(store: Store) -> None:
+def test_symlink_and_readlink_inside(linking_store: Store) -> None:
+    store = linking_store
     store.make_dirs("docs", 0o755)
     put(store, "docs/real.txt", b"real")
     store.symlink("docs/alias.txt", "real.txt")
@@ -215,7 +283,8 @@ def test_symlink_and_readlink_inside(store: Store) -> None:
 
 
 @pytest.mark.parametrize("target", ["../../outside", "/etc", "docs/../../x", "../../.."])
-def test_links_leading_outside_are_not_made(store: Store, target: str) -> None:
+def test_links_leading_outside_are_not_made(linking_store: Store, target: str) -> None:
+    store = linking_store
     store.make_dirs("docs", 0o755)
     with pytest.raises(PathRefused):
         store.symlink("docs/out", target)
@@ -238,9 +307,10 @@ def test_paths_escaping_the_store_are_refused(store: Store, path: str) -> None:
         list(store.list(path))
 
 
-def test_a_link_planted_to_the_outside_is_not_followed(backend: Backend) -> None:
-    store = backend.store
-    backend.plant_escaping_link("way-out")
+def test_a_link_planted_to_the_outside_is_not_followed(linking_backend: Backend) -> None:
+    store = linking_backend.store
+    assert linking_backend.plant_escaping_link is not None
+    linking_backend.plant_escaping_link("way-out")
     for attempt in (store.stat, store.open_read, store.readlink, store.create):
         with pytest.raises(PathRefused):
             attempt("way-out/secret")
@@ -253,7 +323,8 @@ def test_a_link_planted_to_the_outside_is_not_followed(backend: Backend) -> None
     assert [(e.path, e.kind) for e in store.list("")] == [("way-out", Kind.SYMLINK)]
 
 
-def test_partial_state_is_kept_and_reopened_for_resume(store: Store) -> None:
+def test_partial_state_is_kept_and_reopened_for_resume(partial_store: Store) -> None:
+    store = partial_store
     assert store.open_partial("big.iso") is None
     first = store.create("big.iso", kind=PartialFile)
     assert isinstance(first, PartialFile)
@@ -289,7 +360,58 @@ def test_partial_state_is_kept_and_reopened_for_resume(store: Store) -> None:
     assert store.open_partial("big.iso") is None
 
 
-def test_an_empty_partial_file_is_not_kept(store: Store) -> None:
+def test_an_empty_partial_file_is_not_kept(partial_store: Store) -> None:
+    store = partial_store
     partial = store.create("nothing", kind=PartialFile)
     partial.abort()
     assert store.open_partial("nothing") is None
+
+
+def test_a_store_without_links_refuses_them(linkless_store: Store) -> None:
+    store = linkless_store
+    put(store, "real.txt", b"real")
+    with pytest.raises(StorageError) as raised:
+        store.symlink("alias.txt", "real.txt")
+    assert raised.value.errno == errno.EOPNOTSUPP
+    assert not store.exists("alias.txt")
+    with pytest.raises(StorageError) as raised:
+        store.readlink("real.txt")
+    assert raised.value.errno == errno.EINVAL
+    with pytest.raises(StorageError) as raised:
+        store.readlink("absent")
+    assert raised.value.errno == errno.ENOENT
+    assert names(store) == ["real.txt"]
+
+
+def test_a_store_without_partial_files_refuses_them(partialless_store: Store) -> None:
+    store = partialless_store
+    with pytest.raises(StorageError) as raised:
+        store.create("big.iso", kind=PartialFile)
+    assert raised.value.errno == errno.EOPNOTSUPP
+    assert store.open_partial("big.iso") is None
+    assert names(store) == []
+
+
+def test_a_large_file_written_in_pieces_reads_back_whole(store: Store) -> None:
+    """Bigger than one part of an S3 multipart upload (8 MiB), in uneven pieces."""
+    data = os.urandom(8 * 1024 * 1024 * 2 + 12_345)
+    file = store.create("large.bin")
+    for start in range(0, len(data), 3_000_001):
+        file.write(data[start:start + 3_000_001])
+    assert not store.exists("large.bin")
+    file.commit(0o600, 1_600_000_000_987_654_321)
+    entry = store.stat("large.bin")
+    assert (entry.size, entry.mode & 0o777, entry.mtime_ns) == (
+        len(data), 0o600, 1_600_000_000_987_654_321)
+    assert read_all(store, "large.bin") == data
+
+
+def test_a_hole_reads_back_as_zeros(store: Store) -> None:
+    file = store.create("sparse")
+    file.write(b"head")
+    file.skip(9 * 1024 * 1024)  # over a part of its own
+    file.write(b"tail")
+    file.skip(100)  # a trailing hole sets the size
+    file.commit(0o644)
+    assert read_all(store, "sparse") == b"head" + bytes(9 * 1024 * 1024) + b"tail" + \
+        bytes(100)

@@ -138,7 +138,13 @@ def _register_serve(sub: Any) -> None:
         description="Serve ROOT to sockferry clients. Client paths are confined to ROOT; "
         "files are written under a temporary name, checked against the sender's digest, "
         "fsynced and renamed. Stops on SIGINT/SIGTERM after a grace period.")
-    parser.add_argument("root", metavar="ROOT", help="directory to serve")
+    parser.add_argument("root", metavar="ROOT", nargs="?",
+                        help="directory to serve (or give --store)")
+    parser.add_argument("--store", metavar="URL",
+                        help="serve an S3 bucket instead of a directory: "
+                        "s3://BUCKET[/PREFIX][?endpoint=URL&region=REGION&profile=NAME]; "
+                        "keys from the AWS environment variables or shared credentials "
+                        "file; no symbolic links and no resume there")
     parser.add_argument("--listen", action="append", metavar="ADDR",
                         help="HOST:PORT, [IPv6]:PORT, :PORT (all interfaces) or unix:PATH; "
                         f"repeatable (default localhost:{DEFAULT_PORT})")

@@ -36,6 +36,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     from sockferry.ferry.server_config import FerryServerConfig  # noqa: PLC0415
     from sockferry.ferry.tokens import server_token  # noqa: PLC0415
 
+    root = _what_to_serve(args)
     options = ServerOptions.from_args(args, socket.SOCK_STREAM)
     raise_open_file_limit()
     token, token_path, created = server_token(args.token_file)
@@ -73,7 +74,23 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
         # make it unreadable before the first TLS client arrives.
         import sockferry.ferry.secure  # noqa: F401, PLC0415
     sctp = _SctpListen(args.sctp_stack, args.udp_port) if args.transport == "sctp" else None
-    return run_async(_serve(args.root, addresses, config, args.grace, sctp, options))
+    return run_async(_serve(root, addresses, config, args.grace, sctp, options))
+
+
+def _what_to_serve(args: argparse.Namespace) -> str:
+    """ROOT, or the --store URL: one of the two."""
+    from sockferry.storage.stores import is_store_url  # noqa: PLC0415 - see run_serve
+
+    if args.store is not None and args.root is not None:
+        raise UsageError("give ROOT or --store, not both")
+    if args.store is not None:
+        if not is_store_url(args.store):
+            raise UsageError(f"--store '{args.store}' is not an S3 location; write "
+                             "s3://BUCKET[/PREFIX][?endpoint=URL] (a directory goes as ROOT)")
+        return str(args.store)
+    if args.root is None:
+        raise UsageError("give the directory to serve (ROOT) or an S3 bucket (--store URL)")
+    return str(args.root)
 
 
 def _server_tls(args: argparse.Namespace, token_path: Path,
@@ -119,12 +136,14 @@ def raise_open_file_limit() -> None:
 async def _serve(root: str, addresses: list[Address], config: FerryServerConfig,
                  grace_s: float, sctp: _SctpListen | None, options: ServerOptions) -> int:
     from sockferry.api import start_server  # noqa: PLC0415 - see run_serve
+    from sockferry.storage.stores import is_store_url  # noqa: PLC0415
 
     server = await start_server(root, addresses, config, grace=grace_s,
                                 inherited=options.activated,
                                 sctp_stack=sctp.stack if sctp else None,
                                 udp_port=sctp.udp_port if sctp else None)
-    log.info("serving %s%s; listening on %s", os.path.abspath(root),
+    shown = root if is_store_url(root) else os.path.abspath(root)
+    log.info("serving %s%s; listening on %s", shown,
              " (read-only)" if config.read_only else "", ", ".join(server.addresses))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -143,11 +143,19 @@ class Answers:
 
     # -- sent by the writer, in request order ---------------------------------------------
 
+    async def _open_read(self, path: str) -> tuple[int, os.stat_result]:
+        """The store's fd of ``path``; a remote store's fetch waits in a worker thread
+        (it may take seconds), a local open is done here."""
+        root = self.connection.root
+        if root.remote:
+            return await asyncio.to_thread(root.open_read, path)
+        return root.open_read(path)
+
     async def send_sum(self, job: ev.ChecksumRequested) -> None:
         """CHECKSUM: the digest of a file, counted against the limits as a GET."""
         c = self.connection
         try:
-            fd, st = c.root.open_read(job.path)
+            fd, st = await self._open_read(job.path)
         except StorageError as exc:
             c.refuse(job.request, "CHECKSUM", job.path, code_for(exc), str(exc))
             return
@@ -185,7 +193,7 @@ class Answers:
                      "cancelled by the client")
             return
         try:
-            fd, st = c.root.open_read(job.path)
+            fd, st = await self._open_read(job.path)
         except StorageError as exc:
             c.refuse(job.request, "GET", job.path, code_for(exc), str(exc))
             return
@@ -298,7 +306,7 @@ class Answers:
         c = self.connection
         started = time.monotonic()
         try:
-            fd, st = c.root.open_read(job.path)
+            fd, st = await self._open_read(job.path)
         except StorageError:
             return False  # the plain path refuses it with the same error
         try:

@@ -37,7 +37,6 @@ from sockferry.ferry.server_session import ServerSession
 from sockferry.ferry.session import ConnState
 from sockferry.ferry.uploads import Uploads
 from sockferry.logfields import fields
-from sockferry.storage.dircache import DirCache
 from sockferry.streams import Stream
 from sockferry.units import format_bytes, format_rate
 
@@ -64,11 +63,11 @@ class Connection:
         self.stream = stream
         self.session = ServerSession(server.config.token, os.urandom(m.NONCE_BYTES),
                                        max_requests=server.config.max_requests,
-                                       features=server.config.features,
+                                       features=server.features,
                                        channel_binding=channel_binding)
         self.jobs: deque[ev.GetRequested | ev.ListRequested | ev.PartialRequested
                          | ev.ChecksumRequested] = deque()
-        self.dirs = DirCache(self.root)
+        self.dirs = self.root.new_cache()
         self.wake = asyncio.Event()
         self.sent = asyncio.Event()  # the writer flushed the core's output
         self.input_done = False

@@ -19,8 +19,7 @@ from sockferry.ferry.server_config import FerryServerConfig
 from sockferry.ferry.server_session import ServerSession
 from sockferry.ferry.upload_state import Verified
 from sockferry.metrics import Metrics
-from sockferry.storage.dircache import DirCache
-from sockferry.storage.root import Root
+from sockferry.storage.store import Store, StoreCache
 from sockferry.streams import Stream
 
 
@@ -28,9 +27,10 @@ class ConnectionHost(Protocol):
     """What a connection needs of the server that accepted it (ferry/server.py
     ``FerryServer``): what all its connections share."""
 
-    root: Root
+    root: Store
     config: FerryServerConfig
     quota: Quota | None
+    features: int  # the feature bits offered (config.features, less what the store lacks)
     gate: StartupGate  # MaxStartups: the connection leaves it once authenticated
 
 
@@ -63,8 +63,8 @@ class NameChangesPart(Protocol):
 class ServerConnection(Protocol):
     config: FerryServerConfig
     session: ServerSession
-    root: Root
-    dirs: DirCache
+    root: Store
+    dirs: StoreCache
     stream: Stream
     metrics: Metrics
     budget: Budget

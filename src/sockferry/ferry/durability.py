@@ -76,6 +76,9 @@ class Commits:
         self.order.verified(verified.request, verified)
 
     def _commit_in_turn(self, verified: Verified) -> None:
+        if verified.upload.file.remote:  # a remote store's commit is a network wait
+            self.spawn(self._commit_one(verified))
+            return
         match self.durability:
             case Durability.NONE:
                 self._commit_now(verified)

@@ -25,7 +25,8 @@ from sockferry.ferry.connection import Connection
 from sockferry.ferry.limits import Quota
 from sockferry.ferry.server_config import FerryServerConfig
 from sockferry.sockets import describe_multipath, open_listeners
-from sockferry.storage.root import Root
+from sockferry.storage.store import Store
+from sockferry.storage.stores import open_store
 from sockferry.streams import SocketStream, Stream
 from sockferry.units import format_bytes
 
@@ -40,8 +41,13 @@ TRIM_AFTER_S = 0.5  # without connections this long: memory.trim()
 class FerryServer:
     """Listens, accepts, and runs one ``Connection`` per client."""
 
-    def __init__(self, root_path: str, config: FerryServerConfig) -> None:
-        self.root = Root(root_path)
+    def __init__(self, root: str | Store, config: FerryServerConfig) -> None:
+        """``root``: a directory's path, an S3 location (storage/stores.py) or a store."""
+        self.root: Store = open_store(root) if isinstance(root, str) else root
+        # What HELLO_REPLY offers: the configured features the store can keep.
+        self.features = (config.features
+                         & ~(0 if self.root.keeps_partials else m.Feature.RESUME)
+                         & ~(0 if self.root.keeps_links else m.Feature.LINKS))
         self.config = config
         self._listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []

@@ -79,6 +79,14 @@ class AtomicFile:
         self._queued = 0  # bytes already handed to early writeback
         self.on_finish: list[Callable[[], object]] = []  # run once, committed or not
 
+    # The commit goes over the network (a remote store's file): never run it on the loop.
+    remote = False
+
+    def flushed_by_file_system(self) -> bool:
+        """Whether a group commit must flush this file's file system to make it durable
+        (not in memory only; a remote store's file is durable once published)."""
+        return not self.dir.memory_only()
+
     def _temporary_name(self) -> str:
         return temporary_name()
 

@@ -51,11 +51,12 @@ class GroupCommit:
 
     @property
     def cheap_steps(self) -> bool:
-        return self._syncfs is not None
+        return self._syncfs is not None and not any(f.remote for f, _, _ in self.files)
 
     def waits_for_disk(self) -> bool:
         """False when every file is on tmpfs or ramfs: then no step can block."""
-        return self._syncfs is None or not all(f.dir.memory_only() for f, _, _ in self.files)
+        return self._syncfs is None or any(f.remote or f.flushed_by_file_system()
+                                           for f, _, _ in self.files)
 
     def seal(self) -> None:
         for index, (file, mode, mtime_ns) in enumerate(self.files):
@@ -125,7 +126,7 @@ def _flush_file_systems(files: Sequence[tuple[AtomicFile, int, int | None]],
     in memory only); the failures."""
     by_device: dict[int, list[int]] = {}
     for index, (file, _, _) in enumerate(files):
-        if outcomes[index] is None and not file.dir.memory_only():
+        if outcomes[index] is None and file.flushed_by_file_system():
             by_device.setdefault(file.dir.device(), []).append(index)
     failures: dict[int, OSError] = {}
     for indexes in by_device.values():

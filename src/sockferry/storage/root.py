@@ -25,7 +25,7 @@ from sockferry.entries import Entry
 from sockferry.errors import PathRefused, StorageError
 from sockferry.sockets import storage_error
 from sockferry.storage.atomic import AtomicFile, temporary_name
-from sockferry.storage.dircache import DirHandle
+from sockferry.storage.dircache import DirCache, DirHandle
 from sockferry.storage.listing import DIR_FLAGS, walk
 from sockferry.storage.names import (
     MAX_PATH_DEPTH,
@@ -37,11 +37,15 @@ from sockferry.storage.names import (
 from sockferry.storage.partials import busy, clear_partials, sweep
 
 if TYPE_CHECKING:
-    from sockferry.storage.dircache import DirCache
+    from sockferry.storage.store import StoreCache
 
 
 class Root:
     """A directory that client paths cannot leave."""
+
+    keeps_links = True
+    keeps_partials = True
+    remote = False
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
@@ -49,6 +53,9 @@ class Root:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise storage_error(exc, self.path) from exc
+
+    def new_cache(self) -> DirCache:
+        return DirCache(self)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -190,14 +197,14 @@ class Root:
             except OSError as exc:
                 raise storage_error(exc, shown) from exc
 
-    def create(self, path: str | bytes, dirs: DirCache | None = None,
+    def create(self, path: str | bytes, dirs: StoreCache | None = None,
                kind: type[AtomicFile] | None = None, mode: int = 0o600) -> AtomicFile:
         """Start writing ``path``; the parent directory must exist.  With ``dirs`` the
         parent comes from that cache when it can; ``kind`` PartialFile writes under the
         target's partial name (resume).  ``mode`` is the temporary's mode from the start
         (the final mode, for a file written whole at once)."""
         shown = _shown(path)
-        found = dirs.parent(path) if dirs is not None else None
+        found = dirs.parent(path) if isinstance(dirs, DirCache) else None
         if found is not None:
             handle, name, listed = found
             if listed:  # absent or a regular file when the directory was listed

@@ -9,7 +9,10 @@ that would lead outside (``..`` past the top, an absolute path, a link out) rais
 for a missing name, EISDIR or ENOTDIR for the wrong kind, EEXIST, EAGAIN, ...).  Both
 come from ``sockferry.errors``; ``PathRefused`` is a ``StorageError``.
 
-Writing is atomic: ``create`` returns an ``AtomicFile``; nothing is visible under the
+Backends: ``root.Root`` (a local directory) and ``s3.S3Store`` (a bucket).
+
+Writing is atomic: ``create`` returns an ``AtomicFile`` (for a remote store, a subclass
+whose commit goes over the network); nothing is visible under the
 name until its ``commit`` (which the servers call only once the digest was verified),
 which replaces what was there whole; ``abort`` leaves no trace.  ``create`` with ``kind``
 ``PartialFile`` writes the partial file resume keeps instead, found again with
@@ -25,13 +28,38 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from sockferry.entries import Entry
     from sockferry.storage.atomic import AtomicFile
-    from sockferry.storage.dircache import DirCache
     from sockferry.storage.root import Root
+
+
+class StoreCache(Protocol):
+    """What one connection keeps of a store between its requests (``Root``: directory
+    fds), told of the changes it makes so that nothing stale is used."""
+
+    def changed(self, path: str) -> None:
+        """``path`` was made or replaced (a directory, a link)."""
+
+    def removed(self, path: str) -> None:
+        """``path`` was removed."""
+
+    def close(self) -> None:
+        """The connection ends."""
 
 
 @runtime_checkable
 class Store(Protocol):
     """A tree of files that client paths cannot leave (see the module's docstring)."""
+
+    # What the store can keep beyond files and directories: symbolic links (SYMLINK,
+    # READLINK) and the partial files of resume.  Without them ``symlink`` and ``create``
+    # of a partial file raise StorageError EOPNOTSUPP and ``open_partial`` finds none.
+    keeps_links: bool
+    keeps_partials: bool
+    # Whether its calls wait on the network: a server then opens files for reading in a
+    # worker thread (``open_read`` of a remote store fetches the whole file).
+    remote: bool
+
+    def new_cache(self) -> StoreCache:
+        """A fresh cache for one connection, to hand to ``create``."""
 
     def close(self) -> None:
         """Let go of the store; no method may be called afterwards."""
@@ -56,13 +84,14 @@ class Store(Protocol):
         """``mkdir -p``: ``path`` and its missing parents, made with ``mode``; an existing
         directory is fine, an existing non-directory raises ``StorageError`` EEXIST."""
 
-    def create(self, path: str | bytes, dirs: DirCache | None = None,
+    def create(self, path: str | bytes, dirs: StoreCache | None = None,
                kind: type[AtomicFile] | None = None, mode: int = 0o600) -> AtomicFile:
         """Start writing ``path`` (its directory must exist): nothing appears under the
         name until the returned file's ``commit``, which replaces an existing file
         whole (or, with ``clobber=False``, refuses with ``StorageError`` EEXIST);
         ``abort`` removes what was written.  A directory or other non-regular file in
-        the way raises ``StorageError`` EISDIR.  ``dirs`` may supply the directory;
+        the way raises ``StorageError`` EISDIR.  ``dirs`` (from ``new_cache``) may
+        supply the directory;
         ``kind`` ``PartialFile`` writes ``path``'s partial file, which an abort keeps
         (exclusively locked while open).  ``mode`` is the file's mode while written."""
 

@@ -44,6 +44,7 @@ from sockferry.sockets import (
 )
 from sockferry.storage.names import DEFAULT_UMASK, capped_mode
 from sockferry.storage.root import Root
+from sockferry.storage.store import Store
 from sockferry.tftp.accept import Ignored, Refusal, agree_options, judge, requested_path
 from sockferry.tftp.admission import ReplyLimiter, source_key
 from sockferry.tftp.aio import (
@@ -133,7 +134,8 @@ class TftpServer:
 
     def __init__(self, config: TftpServerConfig) -> None:
         self.config = config
-        self.root = Root(config.root)
+        # A directory only: an S3 store's reads would fetch whole objects on the loop.
+        self.root: Store = Root(config.root)
         self._listeners: list[socket.socket] = []
         self._transfers: dict[tuple[SockAddr, bytes], TransferDriver] = {}
         self._per_host: Counter[str] = Counter()

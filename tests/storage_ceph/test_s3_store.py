@@ -1,0 +1,243 @@
+"""The S3 store (storage/s3.py) against a real Ceph RADOS Gateway: what the Store
+contract does not say (tests/test_store_conformance.py runs that on both backends) —
+parts going up while a body arrives, nothing left behind, keys held under the prefix,
+paginated listings, stale uploads swept — and `sockferry serve --store` end to end."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sockferry.entries import Kind
+from sockferry.errors import PathRefused, StorageError, UsageError
+from sockferry.storage.s3 import PART_BYTES, S3Location, S3Store
+from tests.ceph import CephS3
+from tests.cli.server_process import running
+
+_buckets = itertools.count()
+
+
+@pytest.fixture
+def bucket(ceph_s3: CephS3) -> Iterator[str]:
+    name = f"s3store-{os.getpid()}-{next(_buckets)}"
+    client = ceph_s3.client()
+    client.create_bucket(Bucket=name)
+    yield name
+    uploads = client.list_multipart_uploads(Bucket=name).get("Uploads", [])
+    assert uploads == [], f"multipart uploads left behind: {uploads}"
+
+
+@pytest.fixture
+def store(ceph_s3: CephS3, bucket: str, tmp_path: Path) -> Iterator[S3Store]:
+    s3 = S3Store(S3Location.parse(f"s3://{bucket}/data?endpoint={ceph_s3.endpoint_url}"),
+                 spool=str(tmp_path), client=ceph_s3.client())
+    yield s3
+    s3.close()
+    assert os.listdir(tmp_path) == [], "spool files left behind"
+
+
+def uploads(ceph_s3: CephS3, bucket: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = ceph_s3.client().list_multipart_uploads(
+        Bucket=bucket).get("Uploads", [])
+    return found
+
+
+def test_parts_go_up_while_the_body_arrives_and_nothing_shows_before_the_commit(
+        store: S3Store, ceph_s3: CephS3, bucket: str) -> None:
+    client = ceph_s3.client()
+    data = os.urandom(2 * PART_BYTES + 1000)
+    file = store.create("big")
+    file.write(data[:PART_BYTES + 10])
+    [upload] = uploads(ceph_s3, bucket)
+    assert upload["Key"] == "data/big"
+    # the first part is on its way (or there) before the body is complete
+    file.parts[0].result(timeout=30)
+    listed = client.list_parts(Bucket=bucket, Key="data/big", UploadId=upload["UploadId"])
+    assert [part["PartNumber"] for part in listed["Parts"]] == [1]
+    assert not store.exists("big")
+    file.write(data[PART_BYTES + 10:])
+    file.commit(0o640, 1_500_000_000_000_000_001)
+    assert uploads(ceph_s3, bucket) == []
+    head = client.head_object(Bucket=bucket, Key="data/big")
+    assert head["ContentLength"] == len(data)
+    assert head["Metadata"] == {"mode": "640", "mtime-ns": "1500000000000000001"}
+    assert client.get_object(Bucket=bucket, Key="data/big")["Body"].read() == data
+
+
+def test_an_abort_mid_body_aborts_the_upload(store: S3Store, ceph_s3: CephS3,
+                                             bucket: str) -> None:
+    file = store.create("broken")
+    file.write(os.urandom(PART_BYTES * 2))
+    assert len(uploads(ceph_s3, bucket)) == 1
+    file.abort()
+    assert uploads(ceph_s3, bucket) == []
+    assert not store.exists("broken")
+
+
+def test_a_commit_that_fails_leaves_no_upload(store: S3Store, ceph_s3: CephS3,
+                                              bucket: str) -> None:
+    ceph_s3.client().put_object(Bucket=bucket, Key="data/taken", Body=b"first")
+    file = store.create("taken")
+    file.write(os.urandom(PART_BYTES + 1))
+    with pytest.raises(StorageError) as raised:
+        file.commit(0o644, clobber=False)
+    assert raised.value.errno == errno.EEXIST
+    assert uploads(ceph_s3, bucket) == []
+    fd, _ = store.open_read("taken")
+    try:
+        assert os.pread(fd, 100, 0) == b"first"
+    finally:
+        os.close(fd)
+
+
+def test_keys_stay_under_the_prefix(store: S3Store, ceph_s3: CephS3, bucket: str) -> None:
+    client = ceph_s3.client()
+    client.put_object(Bucket=bucket, Key="beside", Body=b"not the store's")
+    client.put_object(Bucket=bucket, Key="database/x", Body=b"a longer prefix")
+    file = store.create("inside")
+    file.write(b"ok")
+    file.commit(0o644)
+    assert [e.path for e in store.list("")] == ["inside"]
+    for path in ("../beside", "a/../../beside", "../database/x"):
+        with pytest.raises(PathRefused):
+            store.stat(path)
+    assert store.usage() == 2
+    keys = sorted(obj["Key"] for obj in client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == ["beside", "data/inside", "database/x"]
+
+
+def test_listings_span_pages(store: S3Store, ceph_s3: CephS3, bucket: str) -> None:
+    client = ceph_s3.client()
+    store.page_size = 3  # 8 entries: three LIST requests each way
+    store.make_dirs("d/sub", 0o750)
+    for name in ("a", "b", "c", "e", "f"):
+        client.put_object(Bucket=bucket, Key=f"data/d/{name}", Body=name.encode())
+    client.put_object(Bucket=bucket, Key="data/d/implicit/g", Body=b"g")  # no marker
+    assert [(e.path, e.kind) for e in store.list("d")] == [
+        ("a", Kind.FILE), ("b", Kind.FILE), ("c", Kind.FILE), ("e", Kind.FILE),
+        ("f", Kind.FILE), ("implicit", Kind.DIRECTORY), ("sub", Kind.DIRECTORY)]
+    assert [e.path for e in store.list("d", recursive=True)] == [
+        "a", "b", "c", "e", "f", "implicit", "implicit/g", "sub"]
+    assert store.stat("d/sub").mode == 0o750  # kept in the marker's metadata
+    assert store.stat("d/implicit").kind is Kind.DIRECTORY
+    with pytest.raises(StorageError) as raised:
+        list(store.list("d", recursive=True, limit=4))
+    assert raised.value.errno == errno.E2BIG
+
+
+def test_stale_uploads_are_swept(store: S3Store, ceph_s3: CephS3, bucket: str) -> None:
+    client = ceph_s3.client()
+    stale = client.create_multipart_upload(Bucket=bucket, Key="data/crashed")
+    client.create_multipart_upload(Bucket=bucket, Key="elsewhere")  # not the store's
+    assert store.sweep_temporaries(keep_s=3600, max_partial_bytes=0) == []
+    assert len(uploads(ceph_s3, bucket)) == 2
+    removed = store.sweep_temporaries(keep_s=3600, max_partial_bytes=0,
+                                      now=time.time() + 7200)
+    assert removed == [("crashed", 0)]
+    [left] = uploads(ceph_s3, bucket)
+    assert left["Key"] == "elsewhere" and left["UploadId"] != stale["UploadId"]
+    client.abort_multipart_upload(Bucket=bucket, Key="elsewhere",
+                                  UploadId=left["UploadId"])
+
+
+def test_a_missing_bucket_is_one_sentence(ceph_s3: CephS3, tmp_path: Path) -> None:
+    location = S3Location.parse(f"s3://no-such-bucket?endpoint={ceph_s3.endpoint_url}")
+    with pytest.raises(StorageError) as raised:
+        S3Store(location, spool=str(tmp_path), client=ceph_s3.client())
+    assert str(raised.value) == (f"the bucket 'no-such-bucket' does not exist at "
+                                 f"{ceph_s3.endpoint_url}; create it first")
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("s3:///prefix", "is not an S3 location"),
+    ("http://bucket/x", "is not an S3 location"),
+    ("s3://b/p?endpoint=ftp://x", "must start with http:// or https://"),
+    ("s3://b/p?colour=blue", "unknown option 'colour'"),
+])
+def test_malformed_locations_are_refused(url: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        S3Location.parse(url)
+
+
+def test_a_location_names_bucket_prefix_and_options() -> None:
+    location = S3Location.parse("s3://bkt/a/b/?endpoint=http://127.0.0.1:9&region=eu&profile=p")
+    assert (location.bucket, location.prefix, location.endpoint, location.region,
+            location.profile) == ("bkt", "a/b/", "http://127.0.0.1:9", "eu", "p")
+    assert S3Location.parse("s3://bkt").prefix == ""
+
+
+# -- sockferry serve --store, end to end ------------------------------------------------
+
+
+def sockferry(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sockferry", *argv], capture_output=True,
+                          text=True, timeout=120, env=env, check=False)
+
+
+@pytest.mark.parametrize("fsync", ["none", "batch", "each"])
+def test_serve_store_send_get_ls(ceph_s3: CephS3, bucket: str, tmp_path: Path,
+                                 fsync: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ceph_s3.access_key_id)  # the server's keys
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ceph_s3.secret_access_key)
+    env = {**os.environ, "HOME": str(tmp_path)}
+    token = tmp_path / "token"
+    token.write_text(os.urandom(32).hex() + "\n")
+    token.chmod(0o600)
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    for index in range(20):
+        (tree / "sub" / f"small{index}").write_bytes(os.urandom(100 + index))
+    big = tree / "big.bin"
+    big.write_bytes(os.urandom(PART_BYTES * 2 + 777))
+    url = f"s3://{bucket}/srv?endpoint={ceph_s3.endpoint_url}"
+    with running("serve", "--store", url, "--listen", "127.0.0.1:0", "--token-file",
+                 str(token), "--fsync", fsync) as server:
+        port = server.wait_for(r"serving s3://.*listening on 127\.0\.0\.1:(\d+)").group(1)
+        common = ["-P", port, "--token-file", str(token)]
+        sent = sockferry("send", "-q", *common, "-r", str(tree), "127.0.0.1:copy/", env=env)
+        assert sent.returncode == 0, sent.stderr
+        listed = sockferry("ls", *common, "127.0.0.1:copy/tree/", env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert "big.bin" in listed.stdout and "sub/" in listed.stdout
+        back = tmp_path / "back"
+        got = sockferry("get", "-q", *common, "-r", "127.0.0.1:copy/tree", str(back),
+                        env=env)
+        assert got.returncode == 0, got.stderr
+        assert (back / "big.bin").read_bytes() == big.read_bytes()
+        for index in range(20):
+            assert (back / "sub" / f"small{index}").read_bytes() == (
+                tree / "sub" / f"small{index}").read_bytes()
+        # resume is a feature the store lacks: the client says so and sends it whole
+        again = sockferry("send", *common, "--resume", str(big), "127.0.0.1:again", env=env)
+        assert again.returncode == 0, again.stderr
+        assert "resume is not available on this server" in again.stderr
+    keys = {obj["Key"] for page in ceph_s3.client().get_paginator("list_objects_v2")
+            .paginate(Bucket=bucket) for obj in page.get("Contents", [])}
+    assert {"srv/copy/tree/big.bin", "srv/again", "srv/copy/tree/sub/small0"} <= keys
+    assert uploads(ceph_s3, bucket) == []
+
+
+def test_serve_with_a_missing_bucket_fails_in_one_sentence(ceph_s3: CephS3,
+                                                           tmp_path: Path) -> None:
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": ceph_s3.access_key_id,
+           "AWS_SECRET_ACCESS_KEY": ceph_s3.secret_access_key}
+    token = tmp_path / "token"
+    token.write_text(os.urandom(32).hex() + "\n")
+    token.chmod(0o600)
+    done = sockferry("serve", "--store", f"s3://absent?endpoint={ceph_s3.endpoint_url}",
+                     "--listen", "127.0.0.1:0", "--token-file", str(token),
+                     env=env)
+    assert done.returncode == 6, done.stderr
+    assert "the bucket 'absent' does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
+    both = sockferry("serve", str(tmp_path), "--store", "s3://x", env=env)
+    assert both.returncode == 2 and "give ROOT or --store, not both" in both.stderr
