@@ -107,3 +107,19 @@ def ceph_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephS3]:
         yield cluster
     finally:
         ceph_down(cluster.directory)
+
+
+def uploads(cluster: CephS3, bucket: str) -> list[dict[str, Any]]:
+    """The multipart uploads open in ``bucket``."""
+    found: list[dict[str, Any]] = cluster.client().list_multipart_uploads(
+        Bucket=bucket).get("Uploads", [])
+    return found
+
+
+def parts_uploaded(cluster: CephS3, bucket: str, prefix: str) -> int:
+    """Parts of the multipart uploads open under ``prefix``."""
+    client = cluster.client()
+    return sum(len(client.list_parts(Bucket=bucket, Key=upload["Key"],
+                                     UploadId=upload["UploadId"]).get("Parts", []))
+               for upload in client.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+               .get("Uploads", []))

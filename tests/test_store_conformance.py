@@ -20,7 +20,7 @@ import pytest
 
 from sockferry.entries import Kind
 from sockferry.errors import PathRefused, StorageError
-from sockferry.storage.atomic import PartialFile
+from sockferry.storage.atomic import PartialFile, ResumableFile
 from sockferry.storage.root import Root
 from sockferry.storage.s3 import S3Location, S3Store
 from sockferry.storage.store import Store
@@ -76,7 +76,7 @@ def _s3(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
 
 BACKENDS = {"local": _local, "s3": _s3}
 LINKS = {"local": True, "s3": False}  # whether the backend keeps symbolic links
-PARTIALS = {"local": True, "s3": False}  # whether it keeps resume's partial files
+PARTIALS = {"local": True, "s3": True}  # whether it keeps resume's partial files
 
 
 def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
@@ -116,12 +116,6 @@ def linkless_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
 
 @pytest.fixture(params=sorted(name for name, kept in PARTIALS.items() if kept))
 def partial_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    for backend in _backend(request, tmp_path):
-        yield backend.store
-
-
-@pytest.fixture(params=sorted(name for name, kept in PARTIALS.items() if not kept))
-def partialless_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     for backend in _backend(request, tmp_path):
         yield backend.store
 
@@ -327,7 +321,7 @@ def test_partial_state_is_kept_and_reopened_for_resume(partial_store: Store) -> 
     store = partial_store
     assert store.open_partial("big.iso") is None
     first = store.create("big.iso", kind=PartialFile)
-    assert isinstance(first, PartialFile)
+    assert isinstance(first, ResumableFile)
     assert first.kept == 0
     first.write(b"A" * 3000)
     first.abort()  # the transfer broke off: what arrived is kept
@@ -343,7 +337,7 @@ def test_partial_state_is_kept_and_reopened_for_resume(partial_store: Store) -> 
         os.close(fd)
 
     second = store.create("big.iso", kind=PartialFile)
-    assert isinstance(second, PartialFile)
+    assert isinstance(second, ResumableFile)
     try:
         assert second.kept == 3000
         with pytest.raises(StorageError) as raised:  # being written: not to be read now
@@ -381,15 +375,6 @@ def test_a_store_without_links_refuses_them(linkless_store: Store) -> None:
         store.readlink("absent")
     assert raised.value.errno == errno.ENOENT
     assert names(store) == ["real.txt"]
-
-
-def test_a_store_without_partial_files_refuses_them(partialless_store: Store) -> None:
-    store = partialless_store
-    with pytest.raises(StorageError) as raised:
-        store.create("big.iso", kind=PartialFile)
-    assert raised.value.errno == errno.EOPNOTSUPP
-    assert store.open_partial("big.iso") is None
-    assert names(store) == []
 
 
 def test_a_large_file_written_in_pieces_reads_back_whole(store: Store) -> None:

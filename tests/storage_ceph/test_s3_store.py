@@ -6,34 +6,22 @@ paginated listings, stale uploads swept — and `sockferry serve --store` end to
 from __future__ import annotations
 
 import errno
-import itertools
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sockferry.entries import Kind
 from sockferry.errors import PathRefused, StorageError, UsageError
+from sockferry.storage.atomic import PartialFile
 from sockferry.storage.s3 import PART_BYTES, S3Location, S3Store
-from tests.ceph import CephS3
+from tests.ceph import CephS3, parts_uploaded, uploads
 from tests.cli.server_process import running
-
-_buckets = itertools.count()
-
-
-@pytest.fixture
-def bucket(ceph_s3: CephS3) -> Iterator[str]:
-    name = f"s3store-{os.getpid()}-{next(_buckets)}"
-    client = ceph_s3.client()
-    client.create_bucket(Bucket=name)
-    yield name
-    uploads = client.list_multipart_uploads(Bucket=name).get("Uploads", [])
-    assert uploads == [], f"multipart uploads left behind: {uploads}"
 
 
 @pytest.fixture
@@ -43,12 +31,6 @@ def store(ceph_s3: CephS3, bucket: str, tmp_path: Path) -> Iterator[S3Store]:
     yield s3
     s3.close()
     assert os.listdir(tmp_path) == [], "spool files left behind"
-
-
-def uploads(ceph_s3: CephS3, bucket: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = ceph_s3.client().list_multipart_uploads(
-        Bucket=bucket).get("Uploads", [])
-    return found
 
 
 def test_parts_go_up_while_the_body_arrives_and_nothing_shows_before_the_commit(
@@ -138,9 +120,9 @@ def test_stale_uploads_are_swept(store: S3Store, ceph_s3: CephS3, bucket: str) -
     client = ceph_s3.client()
     stale = client.create_multipart_upload(Bucket=bucket, Key="data/crashed")
     client.create_multipart_upload(Bucket=bucket, Key="elsewhere")  # not the store's
-    assert store.sweep_temporaries(keep_s=3600, max_partial_bytes=0) == []
+    assert store.sweep_temporaries(keep_s=3600, max_partial_bytes=1 << 30) == []
     assert len(uploads(ceph_s3, bucket)) == 2
-    removed = store.sweep_temporaries(keep_s=3600, max_partial_bytes=0,
+    removed = store.sweep_temporaries(keep_s=3600, max_partial_bytes=1 << 30,
                                       now=time.time() + 7200)
     assert removed == [("crashed", 0)]
     [left] = uploads(ceph_s3, bucket)
@@ -216,13 +198,9 @@ def test_serve_store_send_get_ls(ceph_s3: CephS3, bucket: str, tmp_path: Path,
         for index in range(20):
             assert (back / "sub" / f"small{index}").read_bytes() == (
                 tree / "sub" / f"small{index}").read_bytes()
-        # resume is a feature the store lacks: the client says so and sends it whole
-        again = sockferry("send", *common, "--resume", str(big), "127.0.0.1:again", env=env)
-        assert again.returncode == 0, again.stderr
-        assert "resume is not available on this server" in again.stderr
     keys = {obj["Key"] for page in ceph_s3.client().get_paginator("list_objects_v2")
             .paginate(Bucket=bucket) for obj in page.get("Contents", [])}
-    assert {"srv/copy/tree/big.bin", "srv/again", "srv/copy/tree/sub/small0"} <= keys
+    assert {"srv/copy/tree/big.bin", "srv/copy/tree/sub/small0"} <= keys
     assert uploads(ceph_s3, bucket) == []
 
 
@@ -241,3 +219,79 @@ def test_serve_with_a_missing_bucket_fails_in_one_sentence(ceph_s3: CephS3,
     assert "Traceback" not in done.stderr
     both = sockferry("serve", str(tmp_path), "--store", "s3://x", env=env)
     assert both.returncode == 2 and "give ROOT or --store, not both" in both.stderr
+
+
+def test_a_send_cut_off_by_a_killed_server_resumes_on_another(
+        ceph_s3: CephS3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        ) -> None:
+    """Two servers on one bucket: the first is SIGKILLed mid-upload; the whole parts it
+    had sent up are what the second one resumes from, proven by digest."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ceph_s3.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ceph_s3.secret_access_key)
+    env = {**os.environ, "HOME": str(tmp_path)}
+    token = tmp_path / "token"
+    token.write_text(os.urandom(32).hex() + "\n")
+    token.chmod(0o600)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(PART_BYTES * 5 + 4321))
+    url = f"s3://{bucket}/srv?endpoint={ceph_s3.endpoint_url}"
+    serve = ("serve", "--store", url, "--listen", "127.0.0.1:0", "--token-file", str(token))
+    with running(*serve) as first:
+        port = first.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1)
+        cut = subprocess.Popen([sys.executable, "-m", "sockferry", "send", "-q", "-P", port,
+                                "--token-file", str(token), "--resume", "--limit-rate",
+                                "8M", str(big), "127.0.0.1:big.bin"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while parts_uploaded(ceph_s3, bucket, "srv/") < 2:
+                assert cut.poll() is None, "the send ended before the server was killed"
+                assert time.monotonic() < deadline, "two parts never went up"
+                time.sleep(0.1)
+            first.process.kill()  # SIGKILL: no abort, no cleanup
+            first.process.wait(timeout=20)
+            _out, err = cut.communicate(timeout=60)
+        finally:
+            cut.kill()
+        assert cut.returncode != 0, "the send survived its server being killed"
+        assert "Traceback" not in err
+    with running(*serve) as second:
+        port = second.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1)
+        again = sockferry("send", "-v", "-P", port, "--token-file", str(token), "--resume",
+                          str(big), "127.0.0.1:big.bin", env=env)
+        assert again.returncode == 0, again.stderr
+        resumed = re.search(r"resumed at .* \((\d+) bytes\)", again.stdout + again.stderr)
+        assert resumed is not None, again.stderr
+        assert int(resumed.group(1)) >= 2 * PART_BYTES  # at least the whole parts kept
+        assert int(resumed.group(1)) % PART_BYTES == 0
+        back = tmp_path / "back.bin"
+        got = sockferry("get", "-q", "-P", port, "--token-file", str(token),
+                        "127.0.0.1:big.bin", str(back), env=env)
+        assert got.returncode == 0, got.stderr
+    assert back.read_bytes() == big.read_bytes()
+    assert uploads(ceph_s3, bucket) == []
+    keys = [obj["Key"] for obj in ceph_s3.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == ["srv/big.bin"], "the partial object outlived the commit"
+
+
+def test_partial_objects_are_swept_by_age_and_by_room(store: S3Store) -> None:
+    for name, size in (("old", 3000), ("mid", 2000), ("new", 1000)):
+        partial = store.create(name, kind=PartialFile)
+        partial.write(b"x" * size)
+        partial.abort()  # kept as the partial object
+        time.sleep(1.1)  # S3 keeps a second's precision
+    held = store.create("new", kind=PartialFile)  # a transfer holds it: never swept
+    try:
+        assert store.sweep_temporaries(keep_s=3600, max_partial_bytes=10_000) == []
+        removed = store.sweep_temporaries(keep_s=3600, max_partial_bytes=2500)
+        assert [size for _, size in removed] == [3000]  # the oldest, until under 2,500
+        assert removed[0][0].startswith(".sockferry-resume-")
+        removed = store.sweep_temporaries(keep_s=3600, max_partial_bytes=1 << 30,
+                                          now=time.time() + 7200)
+        assert [size for _, size in removed] == [2000]  # too old; "new" is held
+    finally:
+        held.abort()
+    found = store.open_partial("new")  # what "new" kept is still there
+    assert found is not None
+    os.close(found[0])
+    assert store.open_partial("old") is None and store.open_partial("mid") is None

@@ -23,7 +23,7 @@ from sockferry.ferry.digests import digest_of
 from sockferry.ferry.limits import Reservation
 from sockferry.ferry.upload_state import Upload, Verified
 from sockferry.records import replace
-from sockferry.storage.atomic import AtomicFile, PartialFile
+from sockferry.storage.atomic import AtomicFile, PartialFile, ResumableFile
 from sockferry.storage.names import capped_mode, split_client_path
 from sockferry.units import format_bytes
 
@@ -269,7 +269,7 @@ class Uploads:
             c.budget.bytes -= event.size - event.offset
             self.on_put(replace(event, resumable=False))  # a random temporary
             return
-        assert isinstance(file, PartialFile)
+        assert isinstance(file, ResumableFile)
         if event.offset > file.kept:
             file.abort()  # keeps the partial as it was
             c.refuse(event.request, "PUT", event.path, m.ErrorCode.BAD_REQUEST,

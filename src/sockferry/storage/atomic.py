@@ -12,6 +12,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from sockferry.errors import StorageError
 from sockferry.sockets import storage_error
@@ -218,6 +219,16 @@ class AtomicFile:
             self.dir.release()
             for callback in self.on_finish:
                 callback()
+
+
+@runtime_checkable
+class ResumableFile(Protocol):
+    """What a store's partial file (``create(kind=PartialFile)``) offers resume:
+    ``PartialFile`` here, ``s3.S3PartialFile`` in a bucket."""
+
+    kept: int  # bytes an earlier transfer left
+
+    def start_at(self, offset: int) -> None: ...
 
 
 class PartialFile(AtomicFile):

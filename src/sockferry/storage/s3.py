@@ -16,10 +16,11 @@ uploads the last part and completes the upload, an abort aborts it.  An upload a
 left open is aborted by ``sweep_temporaries`` once older than the keep time.  A read
 fetches the object into a spool file first and hands out its fd.
 
-Kept out (the store says so through ``keeps_links`` and ``keeps_partials``, and the
-ferry server then does not offer the LINKS and RESUME features): symbolic links, and
-the partial files of resume.  ``clobber=False`` checks for the key just before the
-commit: two servers committing the same new name at once may both succeed.
+Resume's partial files live in the bucket too, so that any server sharing it can
+resume what another began (see "resume's partial files" below).  Kept out (the store
+says so through ``keeps_links``, and the ferry server then does not offer LINKS):
+symbolic links.  ``clobber=False`` checks for the key just before the commit: two
+servers committing the same new name at once may both succeed.
 
 boto3 is imported when a store is opened, not before.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import stat
@@ -45,15 +47,18 @@ from sockferry.errors import NotAvailable, PathRefused, StorageError, UsageError
 from sockferry.sockets import storage_error
 from sockferry.storage.atomic import AtomicFile
 from sockferry.storage.dircache import DirHandle
-from sockferry.storage.names import split_client_path
+from sockferry.storage.names import is_temporary_name, partial_name, split_client_path
 
 if TYPE_CHECKING:
     from sockferry.storage.store import StoreCache
+
+store_log = logging.getLogger("sockferry.storage")
 
 PART_BYTES = 8 * 1024 * 1024  # S3 wants 5 MiB at least for every part but the last
 PARTS_IN_FLIGHT = 4  # per file: a writer waits when this many are still going up
 UPLOAD_THREADS = 8  # per store: parts, and the reads of whole objects into the spool
 FETCH_CHUNK = 1024 * 1024
+COPY_AT_ONCE = 5 * 1024**3  # the largest object one CopyObject request may copy
 DIRECTORY_MODE = 0o755  # of a directory without a marker, or a marker without metadata
 FILE_MODE = 0o644  # of a file listed (a listing has no metadata) or without metadata
 # What statvfs says of a bucket: S3 reports no capacity, so room is never the limit.
@@ -112,7 +117,7 @@ class S3Store:
     """A tree of files in a bucket (see the module's docstring)."""
 
     keeps_links = False
-    keeps_partials = False
+    keeps_partials = True
     remote = True
     page_size = 1000  # keys per LIST request (S3's own maximum)
 
@@ -124,6 +129,8 @@ class S3Store:
         if client is None:
             client = _client(location)
         self.client = client
+        self._partials_open: set[str] = set()  # partial keys a transfer here writes
+        self._partials_lock = threading.Lock()
         self._made_spool = spool is None
         self.spool = spool or tempfile.mkdtemp(prefix="sockferry-spool-")
         self.threads = concurrent.futures.ThreadPoolExecutor(
@@ -289,29 +296,7 @@ class S3Store:
                 raise StorageError(f"'{shown}' is a directory", errno=errno.EISDIR,
                                    path=shown)
             raise _absent(shown)
-        fd = self._spool_file(shown)
-        try:
-            got = self._call(shown, self.client.get_object, Bucket=self.bucket, Key=key)
-            body = got["Body"]
-            try:
-                while chunk := body.read(FETCH_CHUNK):
-                    _write_all(fd, chunk)
-            finally:
-                body.close()
-            size = os.lseek(fd, 0, os.SEEK_CUR)
-            if size != int(got["ContentLength"]):
-                raise StorageError(f"'{shown}' changed while it was read from the S3 store",
-                                   errno=errno.EIO, path=shown)
-            mtime_ns = _mtime_of(got)
-            os.fchmod(fd, _mode_of(got, FILE_MODE))
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
-            os.lseek(fd, 0, os.SEEK_SET)
-            return fd, os.fstat(fd)
-        except BaseException as exc:
-            os.close(fd)
-            if isinstance(exc, Exception):
-                raise self._error(exc, shown) from exc
-            raise
+        return self._fetch(key, shown)
 
     def _spool_file(self, shown: str) -> int:
         """An unnamed file in the spool directory: gone when its fd is closed."""
@@ -334,9 +319,6 @@ class S3Store:
     def create(self, path: str | bytes, dirs: StoreCache | None = None,
                kind: type[AtomicFile] | None = None, mode: int = 0o600) -> AtomicFile:
         parts, shown = self._parts(path)
-        if kind is not None:
-            raise StorageError(f"'{shown}': the S3 store keeps no partial files",
-                               errno=errno.EOPNOTSUPP, path=shown)
         if not parts:
             raise StorageError(f"'{shown}' is a directory", errno=errno.EISDIR, path=shown)
         parent = self._key(parts[:-1])
@@ -350,17 +332,166 @@ class S3Store:
         if self._is_directory(key, shown):
             raise StorageError(f"'{shown}' exists and is a directory", errno=errno.EISDIR,
                                path=shown)
-        return S3File(self, key, shown, mode)
+        if kind is None:
+            return S3File(self, key, shown, mode)
+        partial = self._partial_key(parts)
+        self._claim(partial, shown)
+        try:
+            self._adopt_orphans(partial, shown)
+            head = self._head(partial, shown)
+            return S3PartialFile(self, key, partial, shown,
+                                 int(head["ContentLength"]) if head is not None else 0)
+        except BaseException:
+            self._release(partial)
+            raise
 
     def open_partial(self, path: str | bytes) -> tuple[int, os.stat_result] | None:
-        self._parts(path)  # an escaping path is refused all the same
-        return None
+        parts, shown = self._parts(path)
+        if not parts:
+            return None
+        key = self._partial_key(parts)
+        self._claim(key, shown)
+        try:
+            self._adopt_orphans(key, shown)
+            head = self._head(key, shown)
+            if head is None:
+                return None
+            return self._fetch(key, shown, kept=True)
+        finally:
+            self._release(key)
+
+    # -- resume's partial files -----------------------------------------------------------
+    #
+    # A resumable upload goes up to a hidden key beside its target (the root's partial
+    # name, which no client path can name and no listing shows).  Broken off, what was
+    # written is completed there as the partial object; a server killed meanwhile leaves
+    # its multipart upload open with whole parts only, which the next server to look
+    # (open_partial, create) completes as the partial object — the parts are all it
+    # could prove anyway.  The commit copies the partial object to the target (a copy
+    # inside the store) and deletes it.
+
+    def _partial_key(self, parts: list[str]) -> str:
+        return self._key([*parts[:-1], partial_name(parts[-1])])
+
+    def _claim(self, key: str, shown: str) -> None:
+        """This server's exclusive use of a partial key (another server's upload to it
+        is taken over: its connection broke, or it would not be resumed)."""
+        with self._partials_lock:
+            if key in self._partials_open:
+                raise StorageError(f"'{shown}' is being resumed by another transfer",
+                                   errno=errno.EAGAIN, path=shown)
+            self._partials_open.add(key)
+
+    def _release(self, key: str) -> None:
+        with self._partials_lock:
+            self._partials_open.discard(key)
+
+    def _adopt_orphans(self, key: str, shown: str) -> None:
+        """Complete the newest multipart upload open at the partial ``key`` as the
+        partial object (its parts are whole ones); abort any others."""
+        listed = self._call(shown, self.client.list_multipart_uploads, Bucket=self.bucket,
+                            Prefix=key)
+        uploads = sorted((u for u in listed.get("Uploads", []) if u["Key"] == key),
+                         key=lambda upload: upload["Initiated"])
+        for index, upload in enumerate(uploads):
+            upload_id = upload["UploadId"]
+            parts = [] if index < len(uploads) - 1 else self._parts_of(key, upload_id, shown)
+            if parts:
+                self._call(shown, self.client.complete_multipart_upload, Bucket=self.bucket,
+                           Key=key, UploadId=upload_id,
+                           MultipartUpload={"Parts": parts})
+            else:
+                with contextlib.suppress(StorageError):
+                    self._call(shown, self.client.abort_multipart_upload, Bucket=self.bucket,
+                               Key=key, UploadId=upload_id)
+
+    def _parts_of(self, key: str, upload_id: str, shown: str) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = []
+        options: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id}
+        while True:
+            page = self._call(shown, self.client.list_parts, **options)
+            parts += ({"PartNumber": part["PartNumber"], "ETag": part["ETag"]}
+                      for part in page.get("Parts", []))
+            if not page.get("IsTruncated"):
+                return parts
+            options["PartNumberMarker"] = page["NextPartNumberMarker"]
+
+    def _fetch(self, key: str, shown: str, *, kept: bool = False,
+               length: int | None = None, fd: int | None = None) -> tuple[int, os.stat_result]:
+        """The object ``key`` (its first ``length`` bytes) in a spool file (``fd``, or an
+        unnamed new one), the fd at its end when given, else at 0; and its stat, with the
+        object's mode and mtime (``kept``: the upload time, for the keep time)."""
+        own = fd is None
+        target = self._spool_file(shown) if fd is None else fd
+        try:
+            extra = {} if length is None else {"Range": f"bytes=0-{length - 1}"}
+            got = self._call(shown, self.client.get_object, Bucket=self.bucket, Key=key,
+                             **extra)
+            body = got["Body"]
+            fetched = 0
+            try:
+                while chunk := body.read(FETCH_CHUNK):
+                    _write_all(target, chunk)
+                    fetched += len(chunk)
+            finally:
+                body.close()
+            if fetched != int(got["ContentLength"]) or (length is not None
+                                                         and fetched != length):
+                raise StorageError(f"'{shown}' changed while it was read from the S3 store",
+                                   errno=errno.EIO, path=shown)
+            if not own:
+                return target, os.fstat(target)
+            modified = got["LastModified"]
+            mtime_ns = int(modified.timestamp() * 1e9) if kept else _mtime_of(got)
+            os.fchmod(target, 0o600 if kept else _mode_of(got, FILE_MODE))
+            os.utime(target, ns=(mtime_ns, mtime_ns))
+            os.lseek(target, 0, os.SEEK_SET)
+            return target, os.fstat(target)
+        except BaseException as exc:
+            if own:
+                os.close(target)
+            if isinstance(exc, Exception):
+                raise self._error(exc, shown) from exc
+            raise
+
+    def copy(self, source: str, target: str, metadata: dict[str, str], size: int,
+             shown: str) -> None:
+        """Copy an object inside the bucket with new metadata (a multipart copy where
+        one request may not: over 5 GiB)."""
+        options = {"Metadata": metadata, "MetadataDirective": "REPLACE"}
+        if size < COPY_AT_ONCE:
+            self._call(shown, self.client.copy_object, Bucket=self.bucket, Key=target,
+                       CopySource={"Bucket": self.bucket, "Key": source}, **options)
+        else:
+            self._call(shown, self.client.copy, CopySource={"Bucket": self.bucket,
+                                                            "Key": source},
+                       Bucket=self.bucket, Key=target, ExtraArgs=options)
 
     def sweep_temporaries(self, keep_s: float, max_partial_bytes: int,
                           now: float | None = None) -> list[tuple[str, int]]:
         """Abort the multipart uploads under the prefix begun more than ``keep_s`` ago
-        (a server that crashed mid-upload left them); there are no partial files."""
+        (a server that crashed mid-upload left them); delete partial objects older than
+        ``keep_s``, then the oldest while they hold over ``max_partial_bytes`` — never
+        one a transfer of this server holds."""
         cutoff = (time.time() if now is None else now) - keep_s
+        removed = self._sweep_uploads(cutoff)
+        partials = sorted(
+            (obj for objects, _ in self._keys(self.prefix, self.prefix) for obj in objects
+             if is_temporary_name(obj["Key"].rsplit("/", 1)[-1])
+             and obj["Key"] not in self._partials_open),
+            key=lambda obj: obj["LastModified"])
+        total = sum(int(obj["Size"]) for obj in partials)
+        for obj in partials:
+            if obj["LastModified"].timestamp() >= cutoff and total <= max_partial_bytes:
+                continue
+            with contextlib.suppress(StorageError):
+                self._call(obj["Key"], self.client.delete_object, Bucket=self.bucket,
+                           Key=obj["Key"])
+                removed.append((obj["Key"][len(self.prefix):], int(obj["Size"])))
+                total -= int(obj["Size"])
+        return removed
+
+    def _sweep_uploads(self, cutoff: float) -> list[tuple[str, int]]:
         removed: list[tuple[str, int]] = []
         options: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
         while True:
@@ -437,6 +568,8 @@ class S3Store:
                 if not relative:
                     continue  # the marker of the directory listed
                 names = relative.rstrip("/").split("/")
+                if is_temporary_name(names[-1]):
+                    continue  # a partial object: never listed
                 for depth in range(1, len(names)):  # the directories on the way
                     name = "/".join(names[:depth])
                     found.setdefault(name, Entry(name, Kind.DIRECTORY, DIRECTORY_MODE, 0, 0))
@@ -552,34 +685,37 @@ class S3File(AtomicFile):
 
     def publish(self, clobber: bool = True) -> None:
         """Complete the upload: the object appears whole under its key, or not at all."""
-        store = self.store
         try:
-            if not clobber and store._head(self.key, self.shown) is not None:
-                raise StorageError(f"'{self.shown}' already exists and the server does not "
-                                   "overwrite files", errno=errno.EEXIST, path=self.shown)
-            if self.upload_id is None:
-                data = os.pread(self.fd, self.written, 0)
-                store._call(self.shown, store.client.put_object, Bucket=store.bucket,
-                            Key=self.key, Body=data, Metadata=self._metadata())
-                return
-            if self.written > self.sent or not self.parts:
-                self._send_part(self.sent, self.written - self.sent)
-            concurrent.futures.wait(self.parts)
-            self._check_parts()
-            store._call(self.shown, store.client.complete_multipart_upload,
-                        Bucket=store.bucket, Key=self.key, UploadId=self.upload_id,
-                        MultipartUpload={"Parts": [part.result() for part in self.parts]})
-            self.upload_id = None  # nothing left to abort
-            if self.final_mtime_ns is not None or self.final_mode != self._mode:
-                # the metadata given at the start did not know the final mode and mtime
-                store._call(self.shown, store.client.copy_object, Bucket=store.bucket,
-                            Key=self.key, CopySource={"Bucket": store.bucket, "Key": self.key},
-                            Metadata=self._metadata(), MetadataDirective="REPLACE")
+            if not clobber and self.store._head(self.key, self.shown) is not None:
+                raise _exists(self.shown)
+            self._complete(exact_metadata=True)
         except BaseException:
             self.abort()
             raise
         finally:
             self._close_spool()
+
+    def _complete(self, *, exact_metadata: bool) -> None:
+        """Every byte written up under ``key``: one PUT, or the last part and the
+        multipart upload completed; ``exact_metadata``: then fix the metadata, which the
+        upload's start did not know (the final mode and mtime)."""
+        store = self.store
+        if self.upload_id is None:
+            data = os.pread(self.fd, self.written, 0)
+            store._call(self.shown, store.client.put_object, Bucket=store.bucket,
+                        Key=self.key, Body=data, Metadata=self._metadata())
+            return
+        if self.written > self.sent or not self.parts:
+            self._send_part(self.sent, self.written - self.sent)
+        concurrent.futures.wait(self.parts)
+        self._check_parts()
+        store._call(self.shown, store.client.complete_multipart_upload,
+                    Bucket=store.bucket, Key=self.key, UploadId=self.upload_id,
+                    MultipartUpload={"Parts": [part.result() for part in self.parts]})
+        self.upload_id = None  # nothing left to abort
+        if exact_metadata and (self.final_mtime_ns is not None
+                               or self.final_mode != self._mode):
+            store.copy(self.key, self.key, self._metadata(), self.written, self.shown)
 
     def commit(self, mode: int, mtime_ns: int | None = None, *, clobber: bool = True,
                durable: bool = True) -> None:
@@ -612,6 +748,90 @@ class S3File(AtomicFile):
             os.unlink(self.temp_name, dir_fd=self.dir_fd)
 
 
+class S3PartialFile(S3File):
+    """A resumable upload: written up to the target's partial key (see S3Store), kept
+    there as the partial object when broken off, copied to the target by the commit.
+    ``kept`` is what the partial object held when this transfer began; ``start_at``
+    takes the first bytes of it back into the spool."""
+
+    def __init__(self, store: S3Store, target: str, key: str, shown: str, kept: int) -> None:
+        self.target = target
+        self.kept = kept
+        self.keep = True  # an abort keeps what was written (a failed write does not)
+        self.started = False  # start_at was called: what is written replaces the old
+        super().__init__(store, key, shown, 0o600)
+
+    def start_at(self, offset: int) -> None:
+        """Keep the first ``offset`` bytes of the partial object (0: start over)."""
+        if not 0 <= offset <= self.kept:
+            raise ValueError(f"offset {offset} outside the {self.kept} bytes kept")
+        self.started = True
+        if not offset:
+            return
+        try:
+            self.store._fetch(self.key, self.shown, length=offset, fd=self.fd)
+            self.written = offset
+            self._write_back()
+        except StorageError:
+            self.keep = False
+            self.abort()
+            raise
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        keep, self.keep = self.keep, False  # a failed write removes the partial
+        super().write(data)
+        self.keep = keep
+
+    def skip(self, count: int) -> None:
+        keep, self.keep = self.keep, False
+        super().skip(count)
+        self.keep = keep
+
+    def _committing(self) -> None:
+        self.keep = False  # a failed commit leaves nothing behind
+
+    def publish(self, clobber: bool = True) -> None:
+        store = self.store
+        try:
+            if not clobber and store._head(self.target, self.shown) is not None:
+                raise _exists(self.shown)
+            self._complete(exact_metadata=False)
+            store.copy(self.key, self.target, self._metadata(), self.written, self.shown)
+            store._call(self.shown, store.client.delete_object, Bucket=store.bucket,
+                        Key=self.key)
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._close_spool()
+
+    def abort(self) -> None:
+        """Broken off: what was written becomes the partial object (nothing written
+        since start_at(0), or a failed write: the partial object goes)."""
+        if self._done:
+            return
+        store = self.store
+        if self.keep and self.written:
+            try:
+                self._complete(exact_metadata=False)
+            except StorageError as exc:  # the old partial stays as it was, if any
+                store_log.warning("'%s': keeping what arrived for resume failed: %s",
+                                  self.shown, exc)
+            self._close_spool()
+            self._finish()
+            return
+        super().abort()  # the multipart upload, if any, and the spool file
+        if not self.keep or self.started:
+            with contextlib.suppress(StorageError):
+                store._call(self.shown, store.client.delete_object, Bucket=store.bucket,
+                            Key=self.key)
+
+    def _finish(self) -> None:
+        if not self._done:
+            self.store._release(self.key)
+        super()._finish()
+
+
 def _client(location: S3Location) -> Any:
     try:
         import boto3  # noqa: PLC0415 - only a server with an S3 store loads boto3
@@ -626,6 +846,11 @@ def _client(location: S3Location) -> Any:
         config=Config(s3={"addressing_style": "path"}, connect_timeout=10, read_timeout=60,
                       retries={"max_attempts": 3, "mode": "standard"},
                       max_pool_connections=UPLOAD_THREADS * 2))
+
+
+def _exists(shown: str) -> StorageError:
+    return StorageError(f"'{shown}' already exists and the server does not overwrite files",
+                        errno=errno.EEXIST, path=shown)
 
 
 def _absent(shown: str) -> StorageError:
