@@ -59,6 +59,8 @@ PARTS_IN_FLIGHT = 4  # per file: a writer waits when this many are still going u
 UPLOAD_THREADS = 8  # per store: parts, and the reads of whole objects into the spool
 FETCH_CHUNK = 1024 * 1024
 COPY_AT_ONCE = 5 * 1024**3  # the largest object one CopyObject request may copy
+DIRECTORY_TTL_S = 1.0  # how long a connection trusts that a directory it saw is there
+DIRECTORIES_CACHED = 256
 DIRECTORY_MODE = 0o755  # of a directory without a marker, or a marker without metadata
 FILE_MODE = 0o644  # of a file listed (a listing has no metadata) or without metadata
 # What statvfs says of a bucket: S3 reports no capacity, so room is never the limit.
@@ -100,17 +102,31 @@ class S3Location:
         return f"s3://{self.bucket}/{self.prefix}{where}"
 
 
-class NoCache:
-    """What a connection caches of an S3 store between requests: nothing."""
+class S3Cache:
+    """What one connection keeps of an S3 store between its requests: the directories
+    it saw lately (for ``DIRECTORY_TTL_S``), so that a tree's uploads do not ask for
+    their directory one by one."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+
+    def knows(self, key: str) -> bool:
+        seen = self._seen.get(key)
+        return seen is not None and time.monotonic() - seen < DIRECTORY_TTL_S
+
+    def saw(self, key: str) -> None:
+        if len(self._seen) >= DIRECTORIES_CACHED:
+            self._seen.clear()
+        self._seen[key] = time.monotonic()
 
     def changed(self, path: str) -> None:
-        pass
+        self._seen.clear()
 
     def removed(self, path: str) -> None:
-        pass
+        self._seen.clear()
 
     def close(self) -> None:
-        pass
+        self._seen.clear()
 
 
 class S3Store:
@@ -220,9 +236,16 @@ class S3Store:
                 return None
             raise error from exc
 
-    def _is_directory(self, key: str, shown: str) -> bool:
+    def _is_directory(self, key: str, shown: str, *, implicit: bool = True) -> bool:
+        """Whether ``key`` is a directory: its marker (one HEAD, cheap), else
+        (``implicit``) any key below it (a LIST, which RADOS Gateway answers in tens of
+        milliseconds)."""
         if key == self.prefix:
             return True  # the top: there even when empty
+        if self._head_marker(key, shown) is not None:
+            return True
+        if not implicit:
+            return False
         listed = self._call(shown, self.client.list_objects_v2, Bucket=self.bucket,
                             Prefix=key + "/", MaxKeys=1)
         return bool(listed.get("KeyCount", 0))
@@ -245,7 +268,7 @@ class S3Store:
     # -- the Store protocol --------------------------------------------------------------
 
     def new_cache(self) -> StoreCache:
-        return NoCache()
+        return S3Cache()
 
     def statvfs(self) -> os.statvfs_result:
         size = 4096
@@ -322,14 +345,22 @@ class S3Store:
         if not parts:
             raise StorageError(f"'{shown}' is a directory", errno=errno.EISDIR, path=shown)
         parent = self._key(parts[:-1])
-        if parts[:-1] and not self._is_directory(parent, shown):
+        cache = dirs if isinstance(dirs, S3Cache) else None
+        if cache is not None and cache.knows(parent):
+            pass
+        elif parts[:-1] and not self._is_directory(parent, shown):
             if self._head(parent, shown) is not None:
                 raise StorageError(f"'{'/'.join(parts[:-1])}' in '{shown}' is not a "
                                    "directory", errno=errno.ENOTDIR, path=shown)
             raise StorageError(f"the directory of '{shown}' does not exist",
                                errno=errno.ENOENT, path=shown)
+        elif cache is not None:
+            cache.saw(parent)
         key = self._key(parts)
-        if self._is_directory(key, shown):
+        # Only a marked directory is seen here (a directory that exists only as keys
+        # below it, which another tool made, is not): a LIST per upload would cost more
+        # than the upload of a small file.
+        if self._is_directory(key, shown, implicit=False):
             raise StorageError(f"'{shown}' exists and is a directory", errno=errno.EISDIR,
                                path=shown)
         if kind is None:
