@@ -70,6 +70,8 @@ class Setup:
 
     def __init__(self, work: Path, mib: int, files: int) -> None:
         self.work = work
+        self.files = files
+        self.nbytes = mib << 20
         self.token = work / "token"
         self.token.write_text(os.urandom(32).hex() + "\n")
         self.token.chmod(0o600)
@@ -83,11 +85,12 @@ class Setup:
             directory = self.tree / f"d{index % 10}"
             directory.mkdir(parents=True, exist_ok=True)
             (directory / f"f{index}").write_bytes(os.urandom(4096))
-        self.files = files
-        self.nbytes = mib << 20
         self.ceph = work / "ceph"
+        # room for a large file and the deleted ones the gateway has not collected yet
         boot = subprocess.run([str(ROOT / "scripts" / "ceph-up"), str(self.ceph)],
-                              capture_output=True, text=True, timeout=300, check=False)
+                              capture_output=True, text=True, timeout=300, check=False,
+                              env={**os.environ, "CEPH_UP_MEMSTORE_BYTES":
+                                   str(max(8 << 30, 4 * self.nbytes))})
         if boot.returncode != 0:
             sys.exit(f"scripts/ceph-up failed:\n{boot.stderr}")
         env = dict(line.split("=", 1) for line in (self.ceph / "s3.env").read_text()
@@ -131,6 +134,10 @@ class Setup:
             keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
             if keys:
                 self.client.delete_objects(Bucket="bench", Delete={"Objects": keys})
+        # what was deleted leaves the OSD only once the gateway's collector has run
+        subprocess.run(["radosgw-admin", "-c", str(self.ceph / "ceph.conf"), "gc",
+                        "process", "--include-all"], capture_output=True, timeout=300,
+                       check=False)
 
     def stored(self, backend: str) -> tuple[int, int]:
         """(files, bytes) in the store."""

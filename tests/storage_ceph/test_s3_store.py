@@ -201,6 +201,8 @@ def test_serve_store_send_get_ls(ceph_s3: CephS3, bucket: str, tmp_path: Path,
     keys = {obj["Key"] for page in ceph_s3.client().get_paginator("list_objects_v2")
             .paginate(Bucket=bucket) for obj in page.get("Contents", [])}
     assert {"srv/copy/tree/big.bin", "srv/copy/tree/sub/small0"} <= keys
+    head = ceph_s3.client().head_object(Bucket=bucket, Key="srv/copy/tree/big.bin")
+    assert head["Metadata"]["mode"] == f"{big.stat().st_mode & 0o777:o}"
     assert uploads(ceph_s3, bucket) == []
 
 

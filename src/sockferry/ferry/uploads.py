@@ -81,8 +81,9 @@ class Uploads:
             return None
         sink = Sink(file, c.session.digest_feature, size=size, follow=c.zero_copy)
         c.commits.opened(request, order_key(path))
-        return Upload(path, file, sink, size, capped_mode(mode, c.config.umask), mtime_ns,
-                      reservation=reservation)
+        final_mode = capped_mode(mode, c.config.umask)
+        file.expect(final_mode, mtime_ns)
+        return Upload(path, file, sink, size, final_mode, mtime_ns, reservation=reservation)
 
     def _reserve(self, request: int, path: str, size: int,
                  file: AtomicFile) -> tuple[bool, Reservation | None]:

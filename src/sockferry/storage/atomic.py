@@ -83,6 +83,10 @@ class AtomicFile:
     # The commit goes over the network (a remote store's file): never run it on the loop.
     remote = False
 
+    def expect(self, mode: int, mtime_ns: int | None) -> None:
+        """The mode and mtime the commit will give, known early (a remote store's
+        upload records them as it starts, and would otherwise fix them afterwards)."""
+
     def flushed_by_file_system(self) -> bool:
         """Whether a group commit must flush this file's file system to make it durable
         (not in memory only; a remote store's file is durable once published)."""

@@ -634,7 +634,7 @@ class S3File(AtomicFile):
         self.sent = 0  # bytes handed to part uploads
         self.final_mode = mode
         self.final_mtime_ns: int | None = None
-        self._upload_lock = threading.Lock()
+        self.started_metadata: dict[str, str] = {}  # what the multipart upload began with
         super().__init__(store._spool_dir, key.rsplit("/", 1)[-1], shown, mode)
 
     # -- writing --------------------------------------------------------------------------
@@ -657,11 +657,15 @@ class S3File(AtomicFile):
             self.abort()
             raise
 
+    def expect(self, mode: int, mtime_ns: int | None) -> None:
+        self.final_mode, self.final_mtime_ns = mode, mtime_ns
+
     def _send_part(self, offset: int, length: int) -> None:
         if self.upload_id is None:
+            self.started_metadata = self._metadata()
             created = self.store._call(self.shown, self.store.client.create_multipart_upload,
                                        Bucket=self.store.bucket, Key=self.key,
-                                       Metadata=self._metadata())
+                                       Metadata=self.started_metadata)
             self.upload_id = str(created["UploadId"])
         while sum(not part.done() for part in self.parts) >= PARTS_IN_FLIGHT:
             concurrent.futures.wait(self.parts, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -744,8 +748,8 @@ class S3File(AtomicFile):
                     Bucket=store.bucket, Key=self.key, UploadId=self.upload_id,
                     MultipartUpload={"Parts": [part.result() for part in self.parts]})
         self.upload_id = None  # nothing left to abort
-        if exact_metadata and (self.final_mtime_ns is not None
-                               or self.final_mode != self._mode):
+        if exact_metadata and self._metadata() != self.started_metadata:
+            # the upload began before the final mode and mtime were known
             store.copy(self.key, self.key, self._metadata(), self.written, self.shown)
 
     def commit(self, mode: int, mtime_ns: int | None = None, *, clobber: bool = True,
