@@ -235,7 +235,27 @@ class ResumableFile(Protocol):
     def start_at(self, offset: int) -> None: ...
 
 
-class PartialFile(AtomicFile):
+class KeptWhenBroken(AtomicFile):
+    """The rule of a partial file, in any store: what a transfer broke off leaves is
+    kept (``keep``), what a failed write or a failed commit leaves is not."""
+
+    keep = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        keep, self.keep = self.keep, False  # a failed write removes the partial
+        super().write(data)
+        self.keep = keep
+
+    def skip(self, count: int) -> None:
+        keep, self.keep = self.keep, False
+        super().skip(count)
+        self.keep = keep
+
+    def _committing(self) -> None:
+        self.keep = False  # a failed commit leaves nothing behind
+
+
+class PartialFile(KeptWhenBroken):
     """An ``AtomicFile`` under its target's partial name, kept when abandoned (resume).
 
     An exclusive flock on a second open file description guards it from the moment it
@@ -278,19 +298,6 @@ class PartialFile(AtomicFile):
             self.abort()
             raise storage_error(exc, self.shown, "the partial file was removed") from exc
         self.written = self._queued = offset
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        keep, self.keep = self.keep, False  # a failed write removes the partial
-        super().write(data)
-        self.keep = keep
-
-    def skip(self, count: int) -> None:
-        keep, self.keep = self.keep, False
-        super().skip(count)
-        self.keep = keep
-
-    def _committing(self) -> None:
-        self.keep = False  # a failed commit leaves nothing behind
 
     def abort(self) -> None:
         """Close, keeping what was written for a later resume (nothing: remove it)."""

@@ -35,9 +35,10 @@ from sockferry.storage.names import (
     split_client_path,
 )
 from sockferry.storage.partials import busy, clear_partials, sweep
+from sockferry.storage.store import stat_finds
 
 if TYPE_CHECKING:
-    from sockferry.storage.store import StoreCache
+    from sockferry.storage.store import Store, StoreCache
 
 
 class Root:
@@ -360,13 +361,7 @@ class Root:
         return 0
 
     def exists(self, path: str | bytes) -> bool:
-        try:
-            self.stat(path)
-        except StorageError as exc:
-            if exc.errno == errno.ENOENT:
-                return False
-            raise
-        return True
+        return stat_finds(self, path)
 
     def list(self, path: str | bytes, *, recursive: bool = False,
              limit: int = 1_000_000) -> Generator[Entry, None, None]:
@@ -448,3 +443,8 @@ def _start(handle: DirHandle, name: str, shown: str, st: os.stat_result | None,
     if kind is not None:
         return kind(handle, name, shown)
     return AtomicFile(handle, name, shown, mode)
+
+
+if TYPE_CHECKING:
+    def _root_is_a_store(store: Root) -> Store:  # mypy holds the backend to the Store protocol
+        return store

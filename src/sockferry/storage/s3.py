@@ -45,12 +45,13 @@ from typing import TYPE_CHECKING, Any
 from sockferry.entries import Entry, Kind
 from sockferry.errors import NotAvailable, PathRefused, StorageError, UsageError
 from sockferry.sockets import storage_error
-from sockferry.storage.atomic import AtomicFile
+from sockferry.storage.atomic import AtomicFile, KeptWhenBroken
 from sockferry.storage.dircache import DirHandle
 from sockferry.storage.names import is_temporary_name, partial_name, split_client_path
+from sockferry.storage.store import stat_finds
 
 if TYPE_CHECKING:
-    from sockferry.storage.store import StoreCache
+    from sockferry.storage.store import Store, StoreCache
 
 store_log = logging.getLogger("sockferry.storage")
 
@@ -303,13 +304,7 @@ class S3Store:
             raise error from exc
 
     def exists(self, path: str | bytes) -> bool:
-        try:
-            self.stat(path)
-        except StorageError as exc:
-            if exc.errno == errno.ENOENT:
-                return False
-            raise
-        return True
+        return stat_finds(self, path)
 
     def open_read(self, path: str | bytes) -> tuple[int, os.stat_result]:
         parts, shown = self._parts(path)
@@ -783,7 +778,7 @@ class S3File(AtomicFile):
             os.unlink(self.temp_name, dir_fd=self.dir_fd)
 
 
-class S3PartialFile(S3File):
+class S3PartialFile(KeptWhenBroken, S3File):
     """A resumable upload: written up to the target's partial key (see S3Store), kept
     there as the partial object when broken off, copied to the target by the commit.
     ``kept`` is what the partial object held when this transfer began; ``start_at``
@@ -792,7 +787,6 @@ class S3PartialFile(S3File):
     def __init__(self, store: S3Store, target: str, key: str, shown: str, kept: int) -> None:
         self.target = target
         self.kept = kept
-        self.keep = True  # an abort keeps what was written (a failed write does not)
         self.started = False  # start_at was called: what is written replaces the old
         super().__init__(store, key, shown, 0o600)
 
@@ -811,19 +805,6 @@ class S3PartialFile(S3File):
             self.keep = False
             self.abort()
             raise
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        keep, self.keep = self.keep, False  # a failed write removes the partial
-        super().write(data)
-        self.keep = keep
-
-    def skip(self, count: int) -> None:
-        keep, self.keep = self.keep, False
-        super().skip(count)
-        self.keep = keep
-
-    def _committing(self) -> None:
-        self.keep = False  # a failed commit leaves nothing behind
 
     def publish(self, clobber: bool = True) -> None:
         store = self.store
@@ -921,3 +902,8 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+if TYPE_CHECKING:
+    def _s3_is_a_store(store: S3Store) -> Store:  # mypy holds the backend to the Store protocol
+        return store

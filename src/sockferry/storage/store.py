@@ -2,7 +2,7 @@
 
 The method names and signatures are Root's own, so Root satisfies the protocol as it
 stands (``tests/test_store_conformance.py`` holds any backend to these contracts, and
-mypy checks Root against it at the end of ``root.py``).  Every path is a client path
+mypy checks each backend against it at the end of its module).  Every path is a client path
 relative to the store's top: ``storage.names.split_client_path`` rules apply, and one
 that would lead outside (``..`` past the top, an absolute path, a link out) raises
 ``PathRefused``.  Every other failure raises ``StorageError`` carrying the errno (ENOENT
@@ -21,14 +21,16 @@ which replaces what was there whole; ``abort`` leaves no trace.  ``create`` with
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from sockferry.errors import StorageError
+
 if TYPE_CHECKING:
     from sockferry.entries import Entry
     from sockferry.storage.atomic import AtomicFile
-    from sockferry.storage.root import Root
 
 
 class StoreCache(Protocol):
@@ -132,6 +134,13 @@ class Store(Protocol):
         raise ``StorageError`` E2BIG once ``limit`` were yielded."""
 
 
-if TYPE_CHECKING:
-    def _root_is_a_store(root: Root) -> Store:  # mypy holds Root to the Store protocol
-        return root
+def stat_finds(store: Store, path: str | bytes) -> bool:
+    """``exists`` for any store: whether ``stat`` finds ``path`` (other errors raise)."""
+    try:
+        store.stat(path)
+    except StorageError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
