@@ -123,3 +123,11 @@ def parts_uploaded(cluster: CephS3, bucket: str, prefix: str) -> int:
                                      UploadId=upload["UploadId"]).get("Parts", []))
                for upload in client.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
                .get("Uploads", []))
+
+
+@dataclass(frozen=True)
+class Keys:
+    """What `sockferry serve --store` and its clients are started with."""
+
+    env: dict[str, str]  # the clients' environment
+    token: Path

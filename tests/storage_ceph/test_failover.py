@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sockferry.storage.s3 import PART_BYTES
-from tests.ceph import CephS3, parts_uploaded, uploads
+from tests.ceph import CephS3, Keys, parts_uploaded, uploads
 from tests.cli.server_process import Server, running
 from tests.conftest import require_program
 
@@ -85,14 +85,9 @@ backend servers
 
 
 def test_a_send_fails_over_through_haproxy_and_resumes(
-        ceph_s3: CephS3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        ceph_s3: CephS3, bucket: str, tmp_path: Path, keys: Keys,
         haproxy_for: Callable[[list[str]], tuple[int, Path]]) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ceph_s3.access_key_id)  # the servers' keys
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ceph_s3.secret_access_key)
-    env = {**os.environ, "HOME": str(tmp_path)}
-    token = tmp_path / "token"
-    token.write_text(os.urandom(32).hex() + "\n")
-    token.chmod(0o600)
+    env, token = keys.env, keys.token
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(PART_BYTES * 5 + 999))
     url = f"s3://{bucket}/shared?endpoint={ceph_s3.endpoint_url}"

@@ -20,7 +20,7 @@ from sockferry.entries import Kind
 from sockferry.errors import PathRefused, StorageError, UsageError
 from sockferry.storage.atomic import PartialFile
 from sockferry.storage.s3 import PART_BYTES, S3Location, S3Store
-from tests.ceph import CephS3, parts_uploaded, uploads
+from tests.ceph import CephS3, Keys, parts_uploaded, uploads
 from tests.cli.server_process import running
 
 
@@ -167,13 +167,8 @@ def sockferry(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 @pytest.mark.parametrize("fsync", ["none", "batch", "each"])
 def test_serve_store_send_get_ls(ceph_s3: CephS3, bucket: str, tmp_path: Path,
-                                 fsync: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ceph_s3.access_key_id)  # the server's keys
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ceph_s3.secret_access_key)
-    env = {**os.environ, "HOME": str(tmp_path)}
-    token = tmp_path / "token"
-    token.write_text(os.urandom(32).hex() + "\n")
-    token.chmod(0o600)
+                                 fsync: str, keys: Keys) -> None:
+    env, token = keys.env, keys.token
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
     for index in range(20):
@@ -224,16 +219,10 @@ def test_serve_with_a_missing_bucket_fails_in_one_sentence(ceph_s3: CephS3,
 
 
 def test_a_send_cut_off_by_a_killed_server_resumes_on_another(
-        ceph_s3: CephS3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        ) -> None:
+        ceph_s3: CephS3, bucket: str, tmp_path: Path, keys: Keys) -> None:
     """Two servers on one bucket: the first is SIGKILLed mid-upload; the whole parts it
     had sent up are what the second one resumes from, proven by digest."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ceph_s3.access_key_id)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ceph_s3.secret_access_key)
-    env = {**os.environ, "HOME": str(tmp_path)}
-    token = tmp_path / "token"
-    token.write_text(os.urandom(32).hex() + "\n")
-    token.chmod(0o600)
+    env, token = keys.env, keys.token
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(PART_BYTES * 5 + 4321))
     url = f"s3://{bucket}/srv?endpoint={ceph_s3.endpoint_url}"

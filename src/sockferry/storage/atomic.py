@@ -209,13 +209,17 @@ class AtomicFile:
     def abort(self) -> None:
         if self._done:
             return
+        self._discard_temporary()
+        self._finish()
+
+    def _discard_temporary(self) -> None:
+        """Close the temporary file and remove it."""
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
         with contextlib.suppress(OSError):
             os.unlink(self.temp_name, dir_fd=self.dir_fd)
-        self._finish()
 
     def _finish(self) -> None:
         if not self._done:

@@ -723,7 +723,7 @@ class S3File(AtomicFile):
             self.abort()
             raise
         finally:
-            self._close_spool()
+            self._discard_temporary()
 
     def _complete(self, *, exact_metadata: bool) -> None:
         """Every byte written up under ``key``: one PUT, or the last part and the
@@ -769,13 +769,6 @@ class S3File(AtomicFile):
             self.upload_id = None
         super().abort()
 
-    def _close_spool(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1
-        with contextlib.suppress(OSError):
-            os.unlink(self.temp_name, dir_fd=self.dir_fd)
 
 
 class S3PartialFile(KeptWhenBroken, S3File):
@@ -819,7 +812,7 @@ class S3PartialFile(KeptWhenBroken, S3File):
             self.abort()
             raise
         finally:
-            self._close_spool()
+            self._discard_temporary()
 
     def abort(self) -> None:
         """Broken off: what was written becomes the partial object (nothing written
@@ -833,7 +826,7 @@ class S3PartialFile(KeptWhenBroken, S3File):
             except StorageError as exc:  # the old partial stays as it was, if any
                 store_log.warning("'%s': keeping what arrived for resume failed: %s",
                                   self.shown, exc)
-            self._close_spool()
+            self._discard_temporary()
             self._finish()
             return
         super().abort()  # the multipart upload, if any, and the spool file
