@@ -278,7 +278,9 @@ class Answers:
         c = self.connection
         feature = c.session.digest_feature
         try:
-            found = c.root.open_partial(job.path)
+            root = c.root
+            found = (await asyncio.to_thread(root.open_partial, job.path) if root.remote
+                     else root.open_partial(job.path))  # a remote store fetches it whole
         except StorageError as exc:
             code = m.ErrorCode.BUSY if exc.errno == errno.EAGAIN else code_for(exc)
             c.refuse(job.request, "PARTIAL", job.path, code, str(exc))

@@ -57,7 +57,8 @@ class Store(Protocol):
     keeps_links: bool
     keeps_partials: bool
     # Whether its calls wait on the network: a server then opens files for reading in a
-    # worker thread (``open_read`` of a remote store fetches the whole file).
+    # worker thread (``open_read`` and ``open_partial`` of a remote store fetch the whole
+    # file).
     remote: bool
 
     def new_cache(self) -> StoreCache:
