@@ -190,26 +190,23 @@ class Setup:
                 proc.wait(timeout=60)
 
     def send(self, mode: str, port: int, *what: str) -> float:
-        argv = [sys.executable, "-m", "sockferry", "send", "-q", "-P", str(port),
-                "--token-file", str(self.token), *what]
-        started = time.perf_counter()
-        done = subprocess.run(pin(mode, CLIENT_CPU, argv), env=self.env, capture_output=True,
-                              text=True, timeout=1800, check=False)
-        elapsed = time.perf_counter() - started
-        if done.returncode != 0:
-            sys.exit(f"{' '.join(argv)} failed: {done.stderr}")
-        return elapsed
+        return self._timed(mode, [sys.executable, "-m", "sockferry", "send", "-q", "-P",
+                                  str(port), "--token-file", str(self.token), *what])
 
     def boto3(self, mode: str, case: str) -> float:
         script = BOTO3_BIG if case == "big" else BOTO3_TREE
-        argv = [sys.executable, "-c", script, self.endpoint, str(self.big if case == "big"
-                                                                  else self.tree)]
+        return self._timed(mode, [sys.executable, "-c", script, self.endpoint,
+                                  str(self.big if case == "big" else self.tree)])
+
+    def _timed(self, mode: str, argv: list[str]) -> float:
+        """Seconds ``argv`` takes on the client's CPU (pinned) or anywhere; it must
+        succeed."""
         started = time.perf_counter()
         done = subprocess.run(pin(mode, CLIENT_CPU, argv), env=self.env, capture_output=True,
                               text=True, timeout=1800, check=False)
         elapsed = time.perf_counter() - started
         if done.returncode != 0:
-            sys.exit(f"boto3 {case} failed: {done.stderr}")
+            sys.exit(f"{' '.join(argv[:4])} ... failed: {done.stderr}")
         return elapsed
 
 

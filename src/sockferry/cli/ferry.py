@@ -144,7 +144,7 @@ def _register_serve(sub: Any) -> None:
                         help="serve an S3 bucket instead of a directory: "
                         "s3://BUCKET[/PREFIX][?endpoint=URL&region=REGION&profile=NAME]; "
                         "keys from the AWS environment variables or shared credentials "
-                        "file; no symbolic links and no resume there")
+                        "file; symbolic links are not kept there")
     parser.add_argument("--listen", action="append", metavar="ADDR",
                         help="HOST:PORT, [IPv6]:PORT, :PORT (all interfaces) or unix:PATH; "
                         f"repeatable (default localhost:{DEFAULT_PORT})")

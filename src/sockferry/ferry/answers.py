@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sockferry.entries import Entry
 from sockferry.errors import StorageError
@@ -43,6 +43,8 @@ from sockferry.units import format_bytes
 
 if TYPE_CHECKING:
     from sockferry.ferry.connection_base import ServerConnection
+
+T = TypeVar("T")
 
 log = logging.getLogger("sockferry.ferry")
 
@@ -144,12 +146,14 @@ class Answers:
     # -- sent by the writer, in request order ---------------------------------------------
 
     async def _open_read(self, path: str) -> tuple[int, os.stat_result]:
-        """The store's fd of ``path``; a remote store's fetch waits in a worker thread
-        (it may take seconds), a local open is done here."""
-        root = self.connection.root
-        if root.remote:
-            return await asyncio.to_thread(root.open_read, path)
-        return root.open_read(path)
+        return await self._opened(self.connection.root.open_read, path)
+
+    async def _opened(self, opener: Callable[[str], T], path: str) -> T:
+        """What the store's ``opener`` gives for ``path``; a remote store fetches the
+        whole file, so it waits in a worker thread; a local open is done here."""
+        if self.connection.root.remote:
+            return await asyncio.to_thread(opener, path)
+        return opener(path)
 
     async def send_sum(self, job: ev.ChecksumRequested) -> None:
         """CHECKSUM: the digest of a file, counted against the limits as a GET."""
@@ -278,9 +282,7 @@ class Answers:
         c = self.connection
         feature = c.session.digest_feature
         try:
-            root = c.root
-            found = (await asyncio.to_thread(root.open_partial, job.path) if root.remote
-                     else root.open_partial(job.path))  # a remote store fetches it whole
+            found = await self._opened(c.root.open_partial, job.path)
         except StorageError as exc:
             code = m.ErrorCode.BUSY if exc.errno == errno.EAGAIN else code_for(exc)
             c.refuse(job.request, "PARTIAL", job.path, code, str(exc))

@@ -226,8 +226,16 @@ class S3Store:
                             errno=errno.EIO, path=shown)
 
     def _head(self, key: str, shown: str) -> dict[str, Any] | None:
+        """The file object ``key``'s HEAD, or None (a directory's key is none)."""
         if not key or key.endswith("/"):
             return None
+        return self._head_object(key, shown)
+
+    def _head_marker(self, key: str, shown: str) -> dict[str, Any] | None:
+        """The HEAD of the directory ``key``'s marker object, or None."""
+        return self._head_object(key + "/", shown)
+
+    def _head_object(self, key: str, shown: str) -> dict[str, Any] | None:
         try:
             head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=key)
             return head
@@ -286,22 +294,11 @@ class S3Store:
         head = self._head(key, shown)
         if head is not None:
             return _file_entry(shown, head)
-        if self._is_directory(key, shown):
-            marker = self._head_marker(key, shown) if parts else None
+        marker = self._head_marker(key, shown) if parts else None
+        if marker is not None or self._is_directory(key, shown):
             return Entry(shown, Kind.DIRECTORY, _mode_of(marker, DIRECTORY_MODE), 0,
                          _mtime_of(marker))
         raise _absent(shown)
-
-    def _head_marker(self, key: str, shown: str) -> dict[str, Any] | None:
-        try:
-            marker: dict[str, Any] = self.client.head_object(Bucket=self.bucket,
-                                                             Key=key + "/")
-            return marker
-        except Exception as exc:
-            error = self._error(exc, shown)
-            if error.errno == errno.ENOENT:
-                return None
-            raise error from exc
 
     def exists(self, path: str | bytes) -> bool:
         return stat_finds(self, path)
