@@ -12,7 +12,10 @@ import pytest
 from sockferry.cli.runtime import ExitCode
 from sockferry.ferry import codec
 from sockferry.ferry import messages as m
+from sockferry.ferry.bodies import Sink
+from sockferry.ferry.messages import Feature
 from sockferry.storage.names import is_temporary_name
+from sockferry.storage.root import Root
 from tests.conftest import mounted_tmpfs
 from tests.ferry.harness import RawClient, ServerThread, run_cli, write_token
 
@@ -98,3 +101,20 @@ def test_target_replaced_by_a_directory_mid_upload(tmp_path: Path) -> None:
     assert isinstance(replies[0], m.Error) and replies[0].code == m.ErrorCode.IS_DIRECTORY
     assert (tmp_path / "target" / "inside").read_bytes() == b"keep"
     assert not [p for p in tmp_path.iterdir() if is_temporary_name(p.name)]
+
+
+def test_an_aborted_upload_frees_its_space_at_once(tmp_path: Path) -> None:
+    """The hashing thread that follows a large upload holds the file open: an abort must
+    wait for it to let go, or the next upload meets a disk still full."""
+    with mounted_tmpfs(tmp_path / "disk", "size=64m") as disk:
+        free = os.statvfs(disk).f_bfree
+        chunk = os.urandom(4 * 1024 * 1024)
+        for _ in range(20):
+            with Root(str(disk)) as root:
+                file = root.create("big.bin")
+                sink = Sink(file, Feature.DIGEST_BLAKE3, size=40 * 1024 * 1024)
+                assert sink.deferred  # followed by a hashing thread
+                for _ in range(8):
+                    sink.receive(chunk)
+                file.abort()
+                assert os.statvfs(disk).f_bfree == free, "the aborted file's space is held"

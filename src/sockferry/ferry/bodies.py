@@ -337,7 +337,9 @@ class Sink:
 
     def _stop_following(self) -> None:
         if self.follower is not None:
-            self.follower.cancel()
+            # joined, not only cancelled: its fd would keep an aborted file's space taken
+            # (a full disk stays full for the next upload)
+            self.follower.stop()
             Sink.following -= 1
 
 

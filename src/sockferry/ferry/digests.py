@@ -163,6 +163,12 @@ class Follower:
             self._stopped = self._closed = True
             self._cond.notify()
 
+    def stop(self) -> None:
+        """Cancel, and wait for the thread to let go of its fd (at most one chunk's
+        hashing): a removed file's space is free once this returns."""
+        self.cancel()
+        self._thread.join()
+
     def _next(self) -> int | None:
         with self._cond:
             while not self._pending and not self._closed and not self._stopped:
