@@ -118,6 +118,29 @@ def test_random_bodies_raise_only_malformed(kind: int, flags: int, request: int,
         codec.decode_body(kind, flags, request, body)
 
 
+def _frames_of(parser: FrameParser, data: bytes, step: int) -> list[m.Message] | str:
+    """What ``data`` fed in pieces of ``step`` bytes decodes to, or "malformed"."""
+    try:
+        return [msg for i in range(0, len(data), step) for msg in parser.feed(data[i:i + step])]
+    except MalformedPacket:
+        return "malformed"
+
+
+@settings(max_examples=500)
+@given(st.sampled_from([m.FrameType.PUT_INLINE, m.FrameType.COMMITTED]),
+       st.integers(0, 255), st.integers(0, 3), st.binary(max_size=120),
+       st.integers(1, 40))
+def test_frames_decoded_in_place_match_the_buffered_ones(kind: m.FrameType, flags: int,
+                                                         request: int, body: bytes,
+                                                         step: int) -> None:
+    """PUT_INLINE and COMMITTED arriving whole are decoded in place (one per small
+    file); split across feeds they go through the buffer: both give the same."""
+    data = m.HEADER.pack(kind, flags, 0, request, len(body)) + body
+    whole = _frames_of(FrameParser(), data, len(data))
+    assert whole == _frames_of(FrameParser(), data, step)
+    assert whole == "malformed" or whole == [codec.decode_body(kind, flags, request, body)]
+
+
 @pytest.mark.parametrize(
     ("header", "why"),
     [

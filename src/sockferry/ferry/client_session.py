@@ -41,6 +41,7 @@ from sockferry.ferry.session import (
 )
 
 MAX_REQUESTS_LIMIT = 65536  # largest window a client accepts from a server
+_KEEP_MTIME = int(m.PutFlag.KEEP_MTIME)  # a plain int: no IntFlag arithmetic per file
 
 
 class ClientSession(Session):
@@ -140,12 +141,14 @@ class ClientSession(Session):
         """A whole small file in one frame (needs INLINE); it then awaits its verdict."""
         if not self.inline:
             raise LocalProtocolError("PUT_INLINE needs the INLINE feature")
-        if not codec.inline_fits(path, len(data)):
-            raise LocalProtocolError(f"{len(data)} bytes do not fit a PUT_INLINE frame")
-        request = self._new_request(RequestState(RequestKind.PUT, Phase.AWAIT_REPLY, size=len(data),
-                                            done=len(data)))
-        flags = m.PutFlag.KEEP_MTIME if keep_mtime else m.PutFlag.NONE
-        frame = codec.encode_put_inline(request, path, mode, mtime_ns, data, digest, flags)
+        request = self._new_request(RequestState(RequestKind.PUT, Phase.AWAIT_REPLY,
+                                                 size=len(data), done=len(data)))
+        try:  # the encoder refuses a file that does not fit: then no request stays open
+            frame = codec.encode_put_inline(request, path, mode, mtime_ns, data, digest,
+                                            _KEEP_MTIME if keep_mtime else 0)
+        except LocalProtocolError:
+            del self.requests[request]
+            raise
         self._out.append(frame)
         self.unsent += len(frame)
         return request

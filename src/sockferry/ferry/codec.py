@@ -315,9 +315,19 @@ def _encode_entries(x: Entries) -> bytes:
 
 @_encodes(Committed)
 def _encode_committed(x: Committed) -> bytes:
-    # Sent once per file: packed in one go.
-    return COMMITTED_FRAME.pack(FrameType.COMMITTED, 0, 0, x.request, COMMITTED_BODY,
-                                x.size) + _exact(x.digest, DIGEST_BYTES, "digest")
+    return encode_committed(x.request, x.size, x.digest)
+
+
+def encode_committed(request: int, size: int, digest: bytes) -> bytes:
+    """The COMMITTED frame, packed in one go (the server sends one per file)."""
+    try:
+        return COMMITTED_FRAME.pack(_COMMITTED_CODE, 0, 0, request, COMMITTED_BODY,
+                                    size) + _exact(digest, DIGEST_BYTES, "digest")
+    except struct.error as exc:
+        raise LocalProtocolError(f"cannot encode Committed: {exc}") from None
+
+
+_COMMITTED_CODE = int(FrameType.COMMITTED)
 
 
 @_encodes(Error)
@@ -408,13 +418,30 @@ def _decode_put(r: Reader, request: int, flags: int) -> Put:
                _PUT_FLAGS[flags & _PUT_DEFINED])
 
 
-def _decode_put_inline(r: Reader, request: int, flags: int) -> PutInline:
-    size, mode, mtime, path_length = r.unpack(PUT_FIELDS)
-    path = _path_of(r, path_length)
-    if size != r.remaining - DIGEST_BYTES:  # the frame bounds it (64 KiB)
-        raise MalformedPacket(f"PUT_INLINE announces {size} bytes but carries "
-                              f"{r.remaining - DIGEST_BYTES}")
-    return PutInline(request, path, mode, mtime, r.read(size), r.read(DIGEST_BYTES),
+def decode_put_inline(body: bytes | bytearray | memoryview, start: int, length: int,
+                      request: int, flags: int) -> PutInline:
+    """The PUT_INLINE body at ``body[start:start + length]``, decoded without a Reader:
+    a tree of small files is one of these per file.  Raises only ``MalformedPacket``."""
+    if request == 0:
+        raise MalformedPacket("PUT_INLINE with request id 0")
+    if length < INLINE_OVERHEAD:
+        raise MalformedPacket(f"truncated: a PUT_INLINE body of {length} bytes")
+    size, mode, mtime, path_length = PUT_FIELDS.unpack_from(body, start)
+    if path_length > MAX_PATH_BYTES:
+        raise MalformedPacket(f"path of {path_length} bytes is over the limit of "
+                              f"{MAX_PATH_BYTES}")
+    carried = length - INLINE_OVERHEAD - path_length
+    if size != carried:  # the frame bounds it (64 KiB)
+        raise MalformedPacket(f"PUT_INLINE announces {size} bytes but carries {carried}")
+    at = start + PUT_FIELDS.size
+    data_at = at + path_length
+    digest_at = data_at + size
+    try:
+        path = str(body[at:data_at], "utf-8")
+    except UnicodeDecodeError:
+        raise MalformedPacket("path is not valid UTF-8") from None
+    return PutInline(request, path, mode, mtime, bytes(body[data_at:digest_at]),
+                     bytes(body[digest_at:digest_at + DIGEST_BYTES]),
                      _PUT_FLAGS[flags & _KEEP_MTIME])
 
 
@@ -474,7 +501,6 @@ _DECODERS: dict[FrameType, Callable[[Reader, int, int], Message]] = {
     FrameType.HELLO_REPLY: _decode_hello_reply,
     FrameType.AUTH: lambda r, q, f: Auth(r.read(PROOF_BYTES)),
     FrameType.PUT: _decode_put,
-    FrameType.PUT_INLINE: _decode_put_inline,
     FrameType.DONE: lambda r, q, f: Done(q, r.read(DIGEST_BYTES)),
     FrameType.HOLE: _decode_hole,
     FrameType.CANCEL: lambda r, q, f: Cancel(q),
@@ -494,7 +520,6 @@ _DECODERS: dict[FrameType, Callable[[Reader, int, int], Message]] = {
     FrameType.SUM: lambda r, q, f: Sum(q, _read_size(r), r.read(DIGEST_BYTES)),
     FrameType.FILE: _decode_file,
     FrameType.ENTRIES: _decode_entries,
-    FrameType.COMMITTED: lambda r, q, f: Committed(q, _read_size(r), r.read(DIGEST_BYTES)),
     FrameType.ERROR: _decode_error,
 }
 
@@ -502,13 +527,20 @@ _DECODERS: dict[FrameType, Callable[[Reader, int, int], Message]] = {
 _CONNECTION_FRAMES = {FrameType.HELLO, FrameType.HELLO_REPLY, FrameType.AUTH}
 
 
-# Frame type code -> (type, decoder), looked up once per frame.
-_BY_CODE = {int(kind): (kind, decoder) for kind, decoder in _DECODERS.items()}
+# Frame type code -> (name, decoder, whether request 0 is required), looked up once per
+# frame: plain values, so that no enum member is hashed or named per frame.
+_PUT_INLINE_CODE = int(FrameType.PUT_INLINE)
+_DECODED_IN_PLACE = frozenset((_PUT_INLINE_CODE, int(FrameType.COMMITTED)))
+_BY_CODE = {int(kind): (kind.name, decoder,
+                        None if kind is FrameType.ERROR else kind in _CONNECTION_FRAMES)
+            for kind, decoder in _DECODERS.items()}
 
 
 def decode_body(kind: int, flags: int, request: int,
                 body: bytes | bytearray | memoryview) -> Message:
     """Decode one non-DATA frame; raises only ``MalformedPacket``."""
+    if kind in _DECODED_IN_PLACE:
+        return decode_at(kind, flags, request, body, 0, len(body))
     known = _BY_CODE.get(kind)
     if known is None:
         try:
@@ -516,10 +548,35 @@ def decode_body(kind: int, flags: int, request: int,
         except ValueError:
             raise MalformedPacket(f"unknown frame type 0x{kind:02x}") from None
         raise MalformedPacket(f"{name} has no body to decode")
-    frame_type, decoder = known
-    if (frame_type in _CONNECTION_FRAMES) != (request == 0) and frame_type is not FrameType.ERROR:
-        raise MalformedPacket(f"{frame_type.name} with request id {request}")
+    name, decoder, on_connection = known
+    if on_connection is not None and on_connection != (request == 0):  # ERROR: either
+        raise MalformedPacket(f"{name} with request id {request}")
     reader = Reader(body)
     message: Message = decoder(reader, request, flags)
-    reader.expect_end(frame_type.name)  # the body must be consumed exactly
+    reader.expect_end(name)  # the body must be consumed exactly
     return message
+
+
+def decode_at(kind: int, flags: int, request: int, buffer: bytes | bytearray | memoryview,
+              start: int, length: int) -> Message:
+    """``decode_body`` of the body at ``buffer[start:start + length]``; the frames each
+    small file costs, one each way, are decoded in place."""
+    if kind == _PUT_INLINE_CODE:
+        return decode_put_inline(buffer, start, length, request, flags)
+    if kind == _COMMITTED_CODE:
+        return decode_committed(buffer, start, length, request)
+    return decode_body(kind, flags, request, buffer[start:start + length])
+
+
+def decode_committed(body: bytes | bytearray | memoryview, start: int, length: int,
+                     request: int) -> Committed:
+    """The COMMITTED body at ``body[start:start + length]``, decoded without a Reader:
+    a client sending a tree of small files gets one per file."""
+    if request == 0:
+        raise MalformedPacket("COMMITTED with request id 0")
+    if length != COMMITTED_BODY:
+        raise MalformedPacket(f"COMMITTED body of {length} bytes, not {COMMITTED_BODY}")
+    (size,) = _U64.unpack_from(body, start)
+    if size > MAX_FILE_SIZE:
+        raise MalformedPacket(f"size {size} is over the limit of {MAX_FILE_SIZE}")
+    return Committed(request, size, bytes(body[start + 8:start + COMMITTED_BODY]))

@@ -234,9 +234,13 @@ class Connection:
         debug (the connection's summary line counts them; a line per small file would
         cost more than the file). The metrics count every transfer."""
         elapsed = time.monotonic() - started if started is not None else 0.0
-        outcome = ("committed" if result.startswith("ok") else
-                   "refused" if result.startswith("refused") else "failed")
-        error = None if outcome == "committed" else error or _error_kind(result)
+        if result == "ok":  # every small file: no parsing of the result
+            outcome = "committed"
+            error = None
+        else:
+            outcome = ("committed" if result.startswith("ok") else
+                       "refused" if result.startswith("refused") else "failed")
+            error = None if outcome == "committed" else error or _error_kind(result)
         direction = _DIRECTIONS.get(verb)  # None: MKDIR, PARTIAL, ... (not a transfer)
         if direction is not None:
             self.metrics.transfer_ended(self.transport, direction, outcome, nbytes, elapsed,

@@ -16,18 +16,15 @@ DEFAULT_MAX_LIST_ENTRIES = 1_000_000
 class Budget:
     """One connection's count of files and bytes against its limits."""
 
-    __slots__ = ("bytes", "files", "max_bytes", "max_files")
+    __slots__ = ("bytes", "files", "limited", "max_bytes", "max_files")
 
     def __init__(self, max_files: int = 0, max_bytes: int = 0) -> None:
         """0: no limit.  Files are PUT, PUT_INLINE, PUT_AT and GET requests taken; bytes
         the sizes they announce or serve."""
         self.max_files, self.max_bytes = max_files, max_bytes
+        self.limited = bool(max_files or max_bytes)  # asked once per file: no property
         self.files = 0
         self.bytes = 0
-
-    @property
-    def limited(self) -> bool:
-        return bool(self.max_files or self.max_bytes)
 
     def take(self, path: str, size: int) -> str | None:
         """Count a transfer of ``size`` bytes, or say why it is refused (nothing counted)."""

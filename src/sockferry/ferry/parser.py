@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from sockferry.errors import LocalProtocolError, MalformedPacket
-from sockferry.ferry.codec import decode_body
+from sockferry.ferry.codec import decode_at, decode_body
 from sockferry.ferry.messages import (
     HEADER,
     MAX_CONTROL_BODY,
@@ -81,7 +81,7 @@ class FrameParser:
                 raise MalformedPacket(f"frame of {length} bytes is over the limit of "
                                       f"{MAX_CONTROL_BODY}")
             if not self._buffer and end - pos >= length:  # the whole frame is here
-                yield decode_body(kind, flags, request, view[pos : pos + length])
+                yield decode_at(kind, flags, request, view, pos, length)
                 pos += length
                 continue
             if not self._buffer:  # keep the header with the partial body

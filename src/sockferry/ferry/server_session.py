@@ -246,7 +246,9 @@ class ServerSession(Session):
 
     def commit(self, request: int, size: int, digest: bytes) -> None:
         self._local(request, Phase.AWAIT_REPLY)
-        self._emit(m.Committed(request, size, digest))
+        frame = codec.encode_committed(request, size, digest)  # one per file: no record
+        self._out.append(frame)
+        self.unsent += len(frame)
         del self.requests[request]
 
     def ok(self, request: int) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from sockferry.ferry.bodies import Sink
 from sockferry.ferry.limits import Reservation
+from sockferry.records import record
 from sockferry.storage.atomic import AtomicFile
 
 
@@ -25,7 +26,7 @@ class Upload:
     streamed: bool = False  # STREAM: ``size`` grows with the body, checked as it comes
 
 
-@dataclass(frozen=True, slots=True)
+@record  # one per file received: a frozen dataclass's __init__ costs several times more
 class Verified:
     """An upload whose content matched the sender's digest, waiting to be committed."""
 

@@ -127,15 +127,17 @@ class Uploads:
         if len(data) > c.config.max_file_size:
             self._refuse_too_large(event.request, path, len(data))
             return
-        if not c.within_budget(event.request, "PUT", path, len(data)):
+        if c.budget.limited and not c.within_budget(event.request, "PUT", path, len(data)):
             return
         mode = capped_mode(event.mode, c.config.umask)
         mtime_ns = event.mtime_ns if event.keep_mtime else None
+        reservation = None
         try:
             file = c.root.create(path, c.dirs, mode=mode)
-            room, reservation = self._reserve(event.request, path, len(data), file)
-            if not room:
-                return
+            if c.quota is not None:
+                room, reservation = self._reserve(event.request, path, len(data), file)
+                if not room:
+                    return
             file.write(data)
             if c.commits.seal_early:
                 file.seal(mode, mtime_ns, durable=False)

@@ -82,6 +82,8 @@ class AtomicFile:
 
     # The commit goes over the network (a remote store's file): never run it on the loop.
     remote = False
+    # Bytes written past the last ``_write_back`` before the next one is due.
+    write_back_step = WRITEBACK_STEP
 
     def expect(self, mode: int, mtime_ns: int | None) -> None:
         """The mode and mtime the commit will give, known early (a remote store's
@@ -111,13 +113,17 @@ class AtomicFile:
         return cls(dir_fd, os.path.basename(local_path), local_path)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
-                self.written += n
-            self._write_back()
+            n = os.write(self.fd, data)  # all of it, nearly always: no view then
+            self.written += n
+            if n < len(data):
+                view = memoryview(data)[n:]
+                while view:
+                    n = os.write(self.fd, view)
+                    view = view[n:]
+                    self.written += n
+            if self.written - self._queued >= self.write_back_step:
+                self._write_back()
         except OSError as exc:
             self.abort()
             raise storage_error(exc, self.shown, "the partial file was removed") from exc
@@ -126,19 +132,19 @@ class AtomicFile:
         """``count`` bytes were written at the current offset by someone else (splice)."""
         self.written += count
         try:
-            self._write_back()
+            if self.written - self._queued >= self.write_back_step:
+                self._write_back()
         except OSError as exc:
             self.abort()
             raise storage_error(exc, self.shown, "the partial file was removed") from exc
 
     def _write_back(self) -> None:
-        if self.written - self._queued >= WRITEBACK_STEP:
-            # Start writing back what is done now, so the fsync in commit() does not
-            # have to push the whole file at the end (on Linux, DONTNEED on dirty
-            # pages queues their writeback without waiting for it).
-            os.posix_fadvise(self.fd, self._queued, self.written - self._queued,
-                             os.POSIX_FADV_DONTNEED)
-            self._queued = self.written
+        # Start writing back what is done now, so the fsync in commit() does not have to
+        # push the whole file at the end (on Linux, DONTNEED on dirty pages queues their
+        # writeback without waiting for it).  The callers check write_back_step.
+        os.posix_fadvise(self.fd, self._queued, self.written - self._queued,
+                         os.POSIX_FADV_DONTNEED)
+        self._queued = self.written
 
     def skip(self, count: int) -> None:
         """Leave ``count`` zero bytes as a hole instead of writing them."""

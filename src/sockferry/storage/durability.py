@@ -48,6 +48,8 @@ class GroupCommit:
         self.outcomes: list[StorageError | None] = [None] * len(files)
         self._syncfs = find_syncfs()
         self._published = False
+        # asked once per file (both flushes and waits_for_disk need it)
+        self._flushed = [f.flushed_by_file_system() for f, _, _ in files]
 
     @property
     def cheap_steps(self) -> bool:
@@ -55,8 +57,8 @@ class GroupCommit:
 
     def waits_for_disk(self) -> bool:
         """False when every file is on tmpfs or ramfs: then no step can block."""
-        return self._syncfs is None or any(f.remote or f.flushed_by_file_system()
-                                           for f, _, _ in self.files)
+        return (self._syncfs is None or any(self._flushed)
+                or any(f.remote for f, _, _ in self.files))
 
     def seal(self) -> None:
         for index, (file, mode, mtime_ns) in enumerate(self.files):
@@ -69,7 +71,7 @@ class GroupCommit:
         """The data of every file, before any rename (Linux; elsewhere seal fsynced)."""
         if self._syncfs is None:
             return
-        for index, error in _flush_file_systems(self.files, self.outcomes,
+        for index, error in _flush_file_systems(self.files, self._flushed, self.outcomes,
                                                 self._syncfs).items():
             self.files[index][0].abort()
             self.outcomes[index] = storage_error(error, self.files[index][0].shown,
@@ -86,7 +88,8 @@ class GroupCommit:
 
     def flush_names(self) -> None:
         if self._syncfs is not None:
-            failures = _flush_file_systems(self.files, self.outcomes, self._syncfs)
+            failures = _flush_file_systems(self.files, self._flushed, self.outcomes,
+                                           self._syncfs)
         else:
             failures = _flush_directories(self.files, self.outcomes)
         for index, error in failures.items():
@@ -120,13 +123,13 @@ def flushes_file_systems() -> bool:
 
 
 def _flush_file_systems(files: Sequence[tuple[AtomicFile, int, int | None]],
-                        outcomes: list[StorageError | None],
+                        flushed: Sequence[bool], outcomes: list[StorageError | None],
                         syncfs: Callable[[int], None]) -> dict[int, OSError]:
-    """syncfs once per file system holding a file still in the running (none for those
-    in memory only); the failures."""
+    """syncfs once per file system holding a file still in the running whose file
+    system needs it (``flushed``: none for those in memory only); the failures."""
     by_device: dict[int, list[int]] = {}
     for index, (file, _, _) in enumerate(files):
-        if outcomes[index] is None and file.flushed_by_file_system():
+        if flushed[index] and outcomes[index] is None:
             by_device.setdefault(file.dir.device(), []).append(index)
     failures: dict[int, OSError] = {}
     for indexes in by_device.values():

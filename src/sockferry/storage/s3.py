@@ -631,8 +631,11 @@ class S3File(AtomicFile):
 
     # -- writing --------------------------------------------------------------------------
 
+    write_back_step = PART_BYTES
+
     def _write_back(self) -> None:
-        """Send every whole part written so far (called after each write or splice)."""
+        """Send every whole part written so far (called once a part's worth is written
+        since the last part; ``_queued`` stays 0, so from then on after every write)."""
         while self.written - self.sent >= PART_BYTES:
             self._send_part(self.sent, PART_BYTES)
 
