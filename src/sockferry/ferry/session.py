@@ -47,6 +47,10 @@ class ConnState(Enum):
     CLOSED = auto()  # the peer ended its side cleanly
     FAILED = auto()
 
+    # Hashed with the frame's type for every frame dispatched: the C-level identity hash
+    # (members are singletons) instead of Enum's hash of the name, in Python.
+    __hash__ = object.__hash__
+
 
 def need_feature(features: int, feature: m.Feature, what: str) -> None:
     """A frame of ``feature`` from the peer: a violation unless it was negotiated."""
