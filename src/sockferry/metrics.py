@@ -104,8 +104,8 @@ class Metrics:
         counter = self._bytes_in if direction == "upload" else self._bytes_out
         counter.labels(transport).inc(nbytes)
 
-    def transfer_started(self, transport: str, direction: str) -> None:
-        self._started.labels(transport, direction).inc()
+    def transfer_started(self, transport: str, direction: str, count: int = 1) -> None:
+        self._started.labels(transport, direction).inc(count)
 
     def transfer_ended(self, transport: str, direction: str, outcome: str, nbytes: int,
                        seconds: float, error: str | None = None) -> None:
@@ -143,7 +143,7 @@ class _Off(Metrics):
     def transferred(self, transport: str, direction: str, nbytes: int) -> None:
         pass
 
-    def transfer_started(self, transport: str, direction: str) -> None:
+    def transfer_started(self, transport: str, direction: str, count: int = 1) -> None:
         pass
 
     def transfer_ended(self, transport: str, direction: str, outcome: str, nbytes: int,

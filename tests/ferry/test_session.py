@@ -90,14 +90,34 @@ def test_put_round_trip(step: int | None) -> None:
     assert client.open_requests == server.open_requests == 0
 
 
+def test_runs_of_small_files_keep_their_place_among_other_requests() -> None:
+    """Small files in a row come as one event; any other request ends the run, so the
+    server sees every request in the order it was sent."""
+    client, server = connected()
+    first = [client.put_inline(f"a{i}", b"x", 0o644, 0, False, DIGEST) for i in range(3)]
+    mkdir = client.mkdir("d", 0o755)
+    second = [client.put_inline(f"d/b{i}", b"y", 0o644, 0, False, DIGEST) for i in range(2)]
+    _, server_events = pump(client, server)
+    assert [type(e) for e in server_events] == [ev.SmallFilesReceived, ev.MkdirRequested,
+                                                ev.SmallFilesReceived]
+    assert [f.request for f in server_events[0].files] == first
+    assert server_events[1].request == mkdir
+    assert [f.request for f in server_events[2].files] == second
+    # fed byte by byte, a run may be cut into several, never reordered
+    client, server = connected()
+    sent = [client.put_inline(f"c{i}", b"z", 0o644, 0, False, DIGEST) for i in range(4)]
+    _, server_events = pump(client, server, step=1)
+    assert [f.request for e in server_events for f in e.files] == sent
+
+
 def test_small_file_in_one_frame() -> None:
     client, server = connected()
     assert client.features & m.Feature.INLINE
     request = client.put_inline("d/small", b"tiny", 0o640, 9, True, DIGEST)
     assert client.requests[request].phase is ev.Phase.AWAIT_REPLY
     _, server_events = pump(client, server)
-    assert server_events == [ev.SmallFileReceived(request, "d/small", 0o640, 9, True, b"tiny",
-                                                 DIGEST)]
+    assert server_events == [ev.SmallFilesReceived([ev.SmallFileReceived(
+        request, "d/small", 0o640, 9, True, b"tiny", DIGEST)])]
     server.commit(request, 4, DIGEST)
     client_events, _ = pump(client, server)
     assert client_events == [ev.PutCommitted(request, 4, DIGEST)]

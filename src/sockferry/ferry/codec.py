@@ -320,9 +320,11 @@ def _encode_committed(x: Committed) -> bytes:
 
 def encode_committed(request: int, size: int, digest: bytes) -> bytes:
     """The COMMITTED frame, packed in one go (the server sends one per file)."""
+    if len(digest) != DIGEST_BYTES:
+        _exact(digest, DIGEST_BYTES, "digest")  # raises
     try:
         return COMMITTED_FRAME.pack(_COMMITTED_CODE, 0, 0, request, COMMITTED_BODY,
-                                    size) + _exact(digest, DIGEST_BYTES, "digest")
+                                    size) + digest
     except struct.error as exc:
         raise LocalProtocolError(f"cannot encode Committed: {exc}") from None
 

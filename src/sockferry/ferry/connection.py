@@ -328,7 +328,7 @@ def _queue_job(c: Connection, job: ev.GetRequested | ev.ListRequested | ev.Parti
 HANDLERS: Handlers = dict([
     _on(ev.ClientAuthenticated, Connection.on_authenticated),
     _on(ev.PutRequested, lambda c, e: c.uploads.on_put(e)),
-    _on(ev.SmallFileReceived, lambda c, e: c.uploads.on_small_file(e)),
+    _on(ev.SmallFilesReceived, lambda c, e: c.uploads.on_small_files(e)),
     _on(ev.BodyReceived, lambda c, e: c.uploads.on_body(e.request, e.data)),
     _on(ev.HoleReceived, lambda c, e: c.uploads.on_body(e.request, e.length)),
     _on(ev.PutFinished, lambda c, e: c.uploads.on_put_finished(e)),
@@ -357,10 +357,15 @@ def _refuse_write(connection: Connection,
                       "this server is read-only: nothing can be written to it")
 
 
+def _refuse_each(connection: Connection, files: list[ev.SmallFileReceived]) -> None:
+    for small in files:
+        _refuse_write(connection, small)
+
+
 # The same table for serve --read-only: the writing requests go to _refuse_write.
 READ_ONLY_HANDLERS: Handlers = HANDLERS | dict([
     _on(ev.PutRequested, _refuse_write),
-    _on(ev.SmallFileReceived, _refuse_write),
+    _on(ev.SmallFilesReceived, lambda c, e: _refuse_each(c, e.files)),
     _on(ev.MkdirRequested, _refuse_write),
     _on(ev.PartialRequested, _refuse_write),
     _on(ev.DeleteRequested, _refuse_write),

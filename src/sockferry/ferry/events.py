@@ -88,6 +88,14 @@ class SmallFileReceived:
 
 
 @record
+class SmallFilesReceived:
+    """PUT_INLINE files that arrived one after the other, in order, with no other event
+    between them (one event for a run of them: a tree of small files is one per read)."""
+
+    files: list[SmallFileReceived]
+
+
+@record
 class BodyReceived:
     """File bytes; ``data`` may view the fed buffer: consume before the next feed."""
 
@@ -263,7 +271,7 @@ class InputEnded:
     open_requests: tuple[int, ...]
 
 
-Event = (ClientAuthenticated | ServerVerified | PutRequested | SmallFileReceived
+Event = (ClientAuthenticated | ServerVerified | PutRequested | SmallFilesReceived
          | BodyReceived | HoleReceived
          | PutFinished
          | RequestCancelled | GetRequested | ListRequested | StatRequested | MkdirRequested

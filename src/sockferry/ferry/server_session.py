@@ -28,6 +28,7 @@ from sockferry.ferry.events import (
     RequestKind,
     RequestState,
     SmallFileReceived,
+    SmallFilesReceived,
     StatRequested,
     SymlinkRequested,
 )
@@ -61,6 +62,7 @@ class ServerSession(Session):
         self._offered_features = features
         self._transcript = b""
         self._client_software = ""
+        self._small_files: SmallFilesReceived | None = None  # the run being gathered
 
     def _on_hello(self, hello: m.Hello) -> None:
         if not hello.min_version <= m.VERSION <= hello.max_version:
@@ -158,9 +160,17 @@ class ServerSession(Session):
         size = len(message.data)
         self._open(message.request, RequestState(RequestKind.PUT, Phase.AWAIT_REPLY, size=size,
                                             done=size))
-        self._events.append(SmallFileReceived(
-            message.request, message.path, message.mode, message.mtime_ns,
-            message.flags == m.PutFlag.KEEP_MTIME, message.data, message.digest))
+        received = SmallFileReceived(message.request, message.path, message.mode,
+                                     message.mtime_ns, message.flags == m.PutFlag.KEEP_MTIME,
+                                     message.data, message.digest)
+        # Events are only ever appended: while the run is the last event, this file joins
+        # it without changing the order of anything.
+        events, run = self._events, self._small_files
+        if run is not None and events and events[-1] is run:
+            run.files.append(received)
+        else:
+            self._small_files = run = SmallFilesReceived([received])
+            events.append(run)
 
     def _on_done(self, message: m.Done) -> None:
         state = self._request(message.request, Phase.RECEIVING, Phase.DISCARDING)
@@ -245,7 +255,9 @@ class ServerSession(Session):
             del self.requests[request]
 
     def commit(self, request: int, size: int, digest: bytes) -> None:
-        self._local(request, Phase.AWAIT_REPLY)
+        state = self.requests.get(request)  # _local, inlined: this runs once per file
+        if state is None or state.phase is not Phase.AWAIT_REPLY:
+            self._local(request, Phase.AWAIT_REPLY)  # raises
         frame = codec.encode_committed(request, size, digest)  # one per file: no record
         self._out.append(frame)
         self.unsent += len(frame)

@@ -114,39 +114,47 @@ class Uploads:
                  f"'{path}' is {size} bytes; this server accepts at "
                  f"most {c.config.max_file_size}")
 
-    def on_small_file(self, event: ev.SmallFileReceived) -> None:
-        """PUT_INLINE: the digest is checked before anything touches the disk; the file
-        is then written whole, created with its final mode, and (where durability
-        allows) closed at once, so its commit is only the rename."""
+    def on_small_files(self, event: ev.SmallFilesReceived) -> None:
+        """PUT_INLINE files, a run of them at once (the lookups made once per run).
+
+        Each file's digest is checked before anything touches the disk; the file is then
+        written whole, created with its final mode, and (where durability allows) closed
+        at once, so its commit is only the rename."""
         c = self.connection
-        data, path = event.data, event.path
-        c.metrics.transfer_started(c.transport, "upload")
-        if digest_of(data, c.session.digest_feature) != event.digest:
-            self._refuse_mismatch(event.request, path)
-            return
-        if len(data) > c.config.max_file_size:
-            self._refuse_too_large(event.request, path, len(data))
-            return
-        if c.budget.limited and not c.within_budget(event.request, "PUT", path, len(data)):
-            return
-        mode = capped_mode(event.mode, c.config.umask)
-        mtime_ns = event.mtime_ns if event.keep_mtime else None
-        reservation = None
-        try:
-            file = c.root.create(path, c.dirs, mode=mode)
-            if c.quota is not None:
-                room, reservation = self._reserve(event.request, path, len(data), file)
-                if not room:
-                    return
-            file.write(data)
-            if c.commits.seal_early:
-                file.seal(mode, mtime_ns, durable=False)
-        except StorageError as exc:
-            c.refuse(event.request, "PUT", path, code_for(exc), str(exc))
-            return
-        c.commits.opened_verified(event.request, order_key(path), Verified(
-            event.request, event.digest, Upload(path, file, None, len(data), mode, mtime_ns,
-                                                reservation=reservation)))
+        files = event.files
+        c.metrics.transfer_started(c.transport, "upload", len(files))
+        feature, config, budget, commits = (c.session.digest_feature, c.config, c.budget,
+                                            c.commits)
+        root, dirs, umask, seal_early = c.root, c.dirs, config.umask, commits.seal_early
+        for small in files:
+            data, path, request = small.data, small.path, small.request
+            if digest_of(data, feature) != small.digest:
+                self._refuse_mismatch(request, path)
+                continue
+            size = len(data)
+            if size > config.max_file_size:
+                self._refuse_too_large(request, path, size)
+                continue
+            if budget.limited and not c.within_budget(request, "PUT", path, size):
+                continue
+            mode = capped_mode(small.mode, umask)
+            mtime_ns = small.mtime_ns if small.keep_mtime else None
+            reservation = None
+            try:
+                file = root.create(path, dirs, mode=mode)
+                if c.quota is not None:
+                    room, reservation = self._reserve(request, path, size, file)
+                    if not room:
+                        continue
+                file.write(data)
+                if seal_early:
+                    file.seal(mode, mtime_ns, durable=False)
+            except StorageError as exc:
+                c.refuse(request, "PUT", path, code_for(exc), str(exc))
+                continue
+            commits.opened_verified(request, order_key(path), Verified(
+                request, small.digest, Upload(path, file, None, size, mode, mtime_ns,
+                                              reservation=reservation)))
 
     def on_body(self, request: int, piece: bytes | memoryview | int) -> None:
         upload = self.receiving.get(request)

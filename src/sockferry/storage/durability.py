@@ -48,17 +48,18 @@ class GroupCommit:
         self.outcomes: list[StorageError | None] = [None] * len(files)
         self._syncfs = find_syncfs()
         self._published = False
-        # asked once per file (both flushes and waits_for_disk need it)
+        # asked once per file (both flushes and waits_for_disk need it); lists, not
+        # generators, as these run once per file
         self._flushed = [f.flushed_by_file_system() for f, _, _ in files]
+        self._remote = any([f.remote for f, _, _ in files])
 
     @property
     def cheap_steps(self) -> bool:
-        return self._syncfs is not None and not any(f.remote for f, _, _ in self.files)
+        return self._syncfs is not None and not self._remote
 
     def waits_for_disk(self) -> bool:
         """False when every file is on tmpfs or ramfs: then no step can block."""
-        return (self._syncfs is None or any(self._flushed)
-                or any(f.remote for f, _, _ in self.files))
+        return self._syncfs is None or self._remote or any(self._flushed)
 
     def seal(self) -> None:
         for index, (file, mode, mtime_ns) in enumerate(self.files):
