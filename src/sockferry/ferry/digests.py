@@ -7,12 +7,13 @@ import hashlib
 import mmap
 import os
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from sockferry.ferry.messages import Feature
 
-__all__ = ["Feature", "Follower", "Hasher", "digest_of", "hash_fd", "hash_range", "name_of",
-           "new_hasher", "update_zeros"]
+__all__ = ["Feature", "Follower", "Hasher", "digest_of", "hash_fd", "hash_range", "hasher_of",
+           "name_of", "new_hasher", "update_zeros"]
 
 HASH_CHUNK = 1024 * 1024
 MAP_CHUNK = 8 * 1024 * 1024  # mapped and hashed at once: no copy out of the page cache
@@ -37,11 +38,17 @@ def new_hasher(feature: Feature) -> Hasher:
 
 def digest_of(data: bytes | bytearray | memoryview, feature: Feature) -> bytes:
     """The digest of a whole small body (once per small file: kept lean)."""
+    return hasher_of(feature)(data).digest()
+
+
+def hasher_of(feature: Feature) -> Callable[[bytes | bytearray | memoryview], Hasher]:
+    """The hasher's constructor, which takes the first data: ``hasher_of(f)(data).digest()``
+    is ``digest_of(data, f)``, for a loop over many small bodies to look it up once."""
     if feature is Feature.DIGEST_BLAKE3:
         import blake3  # noqa: PLC0415 - see new_hasher; a dict lookup once loaded
 
-        return bytes(blake3.blake3(data).digest())
-    return hashlib.sha256(data).digest()
+        return blake3.blake3
+    return hashlib.sha256
 
 
 def name_of(feature: Feature) -> str:

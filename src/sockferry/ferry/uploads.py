@@ -19,7 +19,7 @@ from sockferry.ferry import events as ev
 from sockferry.ferry import messages as m
 from sockferry.ferry.bodies import Sink
 from sockferry.ferry.codes import code_for
-from sockferry.ferry.digests import digest_of
+from sockferry.ferry.digests import hasher_of
 from sockferry.ferry.limits import Reservation
 from sockferry.ferry.upload_state import Upload, Verified
 from sockferry.records import replace
@@ -123,12 +123,12 @@ class Uploads:
         c = self.connection
         files = event.files
         c.metrics.transfer_started(c.transport, "upload", len(files))
-        feature, config, budget, commits = (c.session.digest_feature, c.config, c.budget,
-                                            c.commits)
+        new_hasher, config, budget, commits = (hasher_of(c.session.digest_feature),
+                                               c.config, c.budget, c.commits)
         root, dirs, umask, seal_early = c.root, c.dirs, config.umask, commits.seal_early
         for small in files:
             data, path, request = small.data, small.path, small.request
-            if digest_of(data, feature) != small.digest:
+            if new_hasher(data).digest() != small.digest:
                 self._refuse_mismatch(request, path)
                 continue
             size = len(data)

@@ -94,8 +94,8 @@ class AtomicFile:
         (not in memory only; a remote store's file is durable once published)."""
         return not self.dir.memory_only()
 
-    def _temporary_name(self) -> str:
-        return temporary_name()
+    # The temporary's name (a partial file's is derived from its target instead).
+    _temporary_name = staticmethod(temporary_name)
 
     def _open_temporary(self) -> int:
         # O_RDWR: a digests.Follower reads back what is written.

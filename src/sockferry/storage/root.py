@@ -204,7 +204,7 @@ class Root:
         parent comes from that cache when it can; ``kind`` PartialFile writes under the
         target's partial name (resume).  ``mode`` is the temporary's mode from the start
         (the final mode, for a file written whole at once)."""
-        shown = _shown(path)
+        shown = path if isinstance(path, str) else _shown(path)  # no call per small file
         found = dirs.parent(path) if isinstance(dirs, DirCache) else None
         if found is not None:
             handle, name, listed = found
