@@ -16,7 +16,9 @@ a plain one (PEP 681).
 
 from __future__ import annotations
 
+import functools
 import operator
+import types
 from typing import Any, TypeVar, dataclass_transform
 
 T = TypeVar("T")
@@ -59,19 +61,30 @@ def _build(cls: type[T], frozen: bool) -> type[T]:
         namespace["__delattr__"] = _frozen
     metaclass: Any = type(cls)
     new: Any = metaclass(cls.__name__, cls.__bases__, namespace)
-    scope: dict[str, Any] = {f"_set_{n}": getattr(new, n).__set__ for n in names}
-    scope.update({f"_default_{n}": value for n, value in defaults.items()})
-    params = ", ".join(f"{n}=_default_{n}" if n in defaults else n for n in names)
-    body = "".join(f"    _set_{n}(self, {n})\n" for n in names) or "    pass\n"
-    exec(f"def __init__(self, {params}):\n{body}", scope)  # noqa: S102 - built from the class's own names
-    init = scope["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    # The __init__ of every record with this many fields, renamed: no compiling per class.
+    code = _init_code(len(names)).replace(co_varnames=("self", *names),
+                                          co_qualname=f"{cls.__qualname__}.__init__")
+    setters = {f"_s{i}": getattr(new, n).__set__ for i, n in enumerate(names)}
+    init = types.FunctionType(code, setters, "__init__",
+                              tuple(defaults[n] for n in names if n in defaults) or None)
     new.__init__ = init
     new.__qualname__ = cls.__qualname__
     new.__module__ = cls.__module__
     new.__doc__ = cls.__doc__
     result: type[T] = new
     return result
+
+
+@functools.cache
+def _init_code(arity: int) -> types.CodeType:
+    """``__init__(self, _a0, ...)`` setting field i through the global ``_s{i}`` (the
+    slot's setter); each record class gets a copy with its own names and setters."""
+    params = "".join(f", _a{i}" for i in range(arity))
+    body = "".join(f"    _s{i}(self, _a{i})\n" for i in range(arity)) or "    pass\n"
+    scope: dict[str, Any] = {}
+    exec(f"def __init__(self{params}):\n{body}", scope)  # noqa: S102 - built from numbers only
+    code: types.CodeType = scope["__init__"].__code__
+    return code
 
 
 def _no_values(_record: object) -> tuple[()]:

@@ -11,7 +11,6 @@ parser's default.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -349,6 +348,8 @@ def _toml(value: object) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    import json  # noqa: PLC0415 - config show only
+
     return json.dumps(str(value), ensure_ascii=False)
 
 

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from sockferry.addresses import parse_port
 from sockferry.cli.ferry_client import run_get, run_ls, run_send
-from sockferry.cli.ferry_serve import run_serve
 from sockferry.cli.serving import add_server_options
 from sockferry.ferry import DEFAULT_PORT
 from sockferry.sctp import TRANSPORTS
@@ -18,6 +17,14 @@ from sockferry.storage.names import DEFAULT_UMASK
 
 if TYPE_CHECKING:
     from sockferry.admission import Startups
+    from sockferry.cli.console import Console
+
+
+def _run_serve(args: argparse.Namespace, console: Console) -> int:
+    # Imported when serving only: a client's start-up does not load the server's modules.
+    from sockferry.cli.ferry_serve import run_serve  # noqa: PLC0415
+
+    return run_serve(args, console)
 
 
 def register(sub: Any) -> None:
@@ -219,7 +226,7 @@ def _register_serve(sub: Any) -> None:
                         "counted; default 0: no quota)")
     add_server_options(parser, unix=True)
     _transport_options(parser)
-    parser.set_defaults(handler=run_serve)
+    parser.set_defaults(handler=_run_serve)
 
 
 def _register_send(sub: Any) -> None:

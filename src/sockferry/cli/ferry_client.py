@@ -10,7 +10,6 @@ import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sockferry.addresses import Address, HostPort, UnixPath
@@ -390,7 +389,7 @@ def format_entry(entry: Entry) -> str:
     mode = stat.filemode(_TYPE_BITS[entry.kind] | (entry.mode & 0o7777))
     if entry.kind is Kind.OTHER:
         mode = "?" + mode[1:]
-    when = datetime.fromtimestamp(entry.mtime_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M")
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.mtime_ns // 1_000_000_000))
     suffix = "/" if entry.kind is Kind.DIRECTORY else ""
     return f"{mode} {entry.size:>12} {when} {entry.path}{suffix}"
 

@@ -8,7 +8,6 @@ import contextlib
 import errno
 import os
 import posixpath
-import shutil
 
 from sockferry.entries import Entry, Kind
 from sockferry.errors import PathRefused, PeerRefused, SockferryError, StorageError, UsageError
@@ -229,6 +228,8 @@ def _delete_extraneous(target: str, wanted: list[Entry], sync: SyncOptions,
         if not sync.dry_run:
             try:
                 if deletion.is_directory:
+                    import shutil  # noqa: PLC0415 - only --delete needs it (and bz2, lzma)
+
                     shutil.rmtree(local)  # fd-based: links inside are not followed
                 else:
                     os.unlink(local)

@@ -112,7 +112,7 @@ class Session:
 
     # -- driver interface ---------------------------------------------------------------
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+    def receive_data(self: Self, data: bytes | bytearray | memoryview) -> None:
         if self.state in (ConnState.FAILED, ConnState.CLOSED):
             if data:
                 raise RemoteProtocolError("data after the connection ended",
@@ -122,8 +122,14 @@ class Session:
             self._on_end_of_input()
             return
         try:
+            handlers = self.HANDLERS
             for message in self._parser.feed(data):
-                self._dispatch(message)
+                # _dispatch, inlined: this runs once per frame
+                handler = handlers.get((self.state, type(message)))
+                if handler is None:
+                    self._dispatch(message)  # raises: unexpected here
+                else:
+                    handler(self, message)
         except (RemoteProtocolError, AuthenticationFailed) as exc:
             # A TLS ClientHello (record type 0x16) where a HELLO frame was expected.
             tls_hello = self.state is ConnState.AWAIT_HELLO and data[:1] == b"\x16"

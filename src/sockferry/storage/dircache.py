@@ -59,7 +59,8 @@ class DirHandle:
 
     def release(self) -> None:
         self.users -= 1
-        self._close_if_unused()
+        if self.users <= 0:  # most releases leave other users: no call then
+            self._close_if_unused()
 
     def retire(self) -> None:
         """The cache lets go; the fd lives on while files still use it."""
