@@ -36,6 +36,11 @@ class TransferProgress:
         self._files_started = 0
         self._files_done = 0
 
+    @property
+    def shown(self) -> bool:
+        """False when nobody watches (-q, or stderr not a terminal): nothing to update."""
+        return self._progress is not None
+
     def start(self, key: str, description: str, total: int | None) -> None:
         if self._progress is None:
             return

@@ -269,7 +269,9 @@ def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
     async def go() -> list[Outcome]:
         async with _connected(args, address, token) as client:
             with console.progress() as progress:
-                result: list[Outcome] = await operation(client, _ConsoleReporter(progress))
+                # without a bar, the silent Reporter: no calls per file for nothing
+                reporter = _ConsoleReporter(progress) if progress.shown else Reporter()
+                result: list[Outcome] = await operation(client, reporter)
                 return result
 
     with _auth_hint(source):

@@ -38,17 +38,24 @@ def new_hasher(feature: Feature) -> Hasher:
 
 def digest_of(data: bytes | bytearray | memoryview, feature: Feature) -> bytes:
     """The digest of a whole small body (once per small file: kept lean)."""
-    return hasher_of(feature)(data).digest()
+    new = _CONSTRUCTORS.get(feature)
+    return (new or hasher_of(feature))(data).digest()
+
+
+# hasher_of's answers, once each has been asked (digest_of then makes no call of its own)
+_CONSTRUCTORS: dict[Feature, Callable[[bytes | bytearray | memoryview], Hasher]] = {}
 
 
 def hasher_of(feature: Feature) -> Callable[[bytes | bytearray | memoryview], Hasher]:
     """The hasher's constructor, which takes the first data: ``hasher_of(f)(data).digest()``
     is ``digest_of(data, f)``, for a loop over many small bodies to look it up once."""
+    new: Callable[[bytes | bytearray | memoryview], Hasher] = hashlib.sha256
     if feature is Feature.DIGEST_BLAKE3:
-        import blake3  # noqa: PLC0415 - see new_hasher; a dict lookup once loaded
+        import blake3  # noqa: PLC0415 - see new_hasher
 
-        return blake3.blake3
-    return hashlib.sha256
+        new = blake3.blake3
+    _CONSTRUCTORS[feature] = new
+    return new
 
 
 def name_of(feature: Feature) -> str:

@@ -25,13 +25,15 @@ WRITEBACK_STEP = 8 * 1024 * 1024
 NOT_DURABLE = "the file is in place but may not survive a crash"
 
 
-# Temporary names: a random 64-bit start per process, then counting (no getrandom call
-# per file); O_EXCL still refuses a name that is somehow taken.
-_temp_counter = itertools.count(int.from_bytes(secrets.token_bytes(8), "big"))
+# Temporary names: a random 64-bit part per process, then a count (no getrandom call per
+# file, and a small number formats faster than a 64-bit one); O_EXCL still refuses a name
+# that is somehow taken.
+_temp_start = f"{TEMP_PREFIX}{secrets.token_hex(8)}-"
+_temp_counter = itertools.count(1)
 
 
 def temporary_name() -> str:
-    return f"{TEMP_PREFIX}{next(_temp_counter) & 0xFFFF_FFFF_FFFF_FFFF:016x}{TEMP_SUFFIX}"
+    return f"{_temp_start}{next(_temp_counter):x}{TEMP_SUFFIX}"
 
 
 @functools.cache
