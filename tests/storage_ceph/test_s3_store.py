@@ -5,23 +5,30 @@ paginated listings, stale uploads swept — and `sockferry serve --store` end to
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from sockferry.addresses import HostPort
+from sockferry.api import connect, run_ferry_server
 from sockferry.entries import Kind
 from sockferry.errors import PathRefused, StorageError, UsageError
+from sockferry.ferry.server import FerryServer
+from sockferry.ferry.server_config import FerryServerConfig
 from sockferry.storage.atomic import PartialFile
 from sockferry.storage.s3 import PART_BYTES, S3Location, S3Store
 from tests.ceph import CephS3, Keys, parts_uploaded, uploads
 from tests.cli.server_process import running
+from tests.ferry.harness import TOKEN
 
 
 @pytest.fixture
@@ -114,6 +121,98 @@ def test_listings_span_pages(store: S3Store, ceph_s3: CephS3, bucket: str) -> No
     with pytest.raises(StorageError) as raised:
         list(store.list("d", recursive=True, limit=4))
     assert raised.value.errno == errno.E2BIG
+
+
+def test_uploads_into_a_directory_list_it_once(store: S3Store, ceph_s3: CephS3,
+                                              bucket: str) -> None:
+    """A connection's uploads into one directory ask S3 once which of its names are
+    directories (one LIST), not once per file (a HEAD each); a name that is a directory,
+    marked or only keys below it, is refused either way."""
+    client = ceph_s3.client()
+    store.make_dirs("d/marked", 0o755)
+    client.put_object(Bucket=bucket, Key="data/d/implicit/x", Body=b"x")  # no marker
+    calls: list[str] = []
+    real = store.client
+    store.client = _Counting(real, calls)
+    cache = store.new_cache()
+    for i in range(20):
+        file = store.create(f"d/f{i}", cache)
+        file.abort()
+    assert calls.count("list_objects_v2") == 1
+    assert calls.count("head_object") <= 1  # the directory itself, once
+    for name in ("marked", "implicit"):
+        with pytest.raises(StorageError, match="is a directory"):
+            store.create(f"d/{name}", cache)
+    assert calls.count("list_objects_v2") == 1
+    # More than a page of entries: no listing is kept, each name is asked for itself
+    store.page_size = 2
+    calls.clear()
+    other = store.new_cache()
+    for i in range(3):
+        store.create(f"d/g{i}", other).abort()
+    assert calls.count("head_object") >= 3
+    with pytest.raises(StorageError, match="is a directory"):
+        store.create("d/marked", other)
+    store.client = real
+
+
+def test_commits_of_uploads_never_run_on_the_event_loop(ceph_s3: CephS3, bucket: str,
+                                                       tmp_path: Path) -> None:
+    """Every PUT, part and completion of a server's uploads is made in a worker thread:
+    a request on the connection's event loop would stall every client of it."""
+    os.mkdir(tmp_path / "spool")
+    store = S3Store(S3Location.parse(f"s3://{bucket}/loop?endpoint={ceph_s3.endpoint_url}"),
+                    spool=str(tmp_path / "spool"), client=ceph_s3.client())
+    threads: list[tuple[str, int]] = []
+    real = store.client
+    store.client = _Counting(real, [], threads)
+    big = os.urandom(PART_BYTES + 1000)
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for i in range(8):
+        (sources / f"s{i}").write_bytes(b"small %d" % i)
+    (sources / "big").write_bytes(big)
+
+    async def upload() -> int:
+        server = FerryServer(store, FerryServerConfig(token=TOKEN))
+        running = await run_ferry_server(server, [HostPort("127.0.0.1", 0)])
+        try:
+            async with connect("127.0.0.1", running.port, token=TOKEN) as client:
+                for i in range(8):
+                    await client.put(sources / f"s{i}", f"s{i}")
+                await client.put(sources / "big", "big")
+        finally:
+            running.close()
+            await running.wait_closed()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(upload())
+    requests = [(name, ident) for name, ident in threads
+                if name in ("put_object", "upload_part", "complete_multipart_upload")]
+    assert len(requests) >= 8 + 2, requests  # eight PUTs, a part and a completion at least
+    assert all(ident != loop_thread for _, ident in requests), requests
+    assert real.get_object(Bucket=bucket, Key="loop/big")["Body"].read() == big
+    store.close()
+
+
+class _Counting:
+    """A boto3 client that notes the name of each request made through it."""
+
+    def __init__(self, client: object, calls: list[str],
+                 threads: list[tuple[str, int]] | None = None) -> None:
+        self._client, self._calls, self._threads = client, calls, threads
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self._calls.append(name)
+            if self._threads is not None:
+                self._threads.append((name, threading.get_ident()))
+            return method(*args, **kwargs)
+        return counted
 
 
 def test_stale_uploads_are_swept(store: S3Store, ceph_s3: CephS3, bucket: str) -> None:

@@ -8,6 +8,8 @@ stalls the connection's reader.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,20 @@ if TYPE_CHECKING:
     from sockferry.ferry.connection_base import ServerConnection
 
 MAX_COMMITS_IN_FLIGHT = 16  # fsync+rename threads per connection (--fsync each)
+# Threads for the commits that wait, one at a time (--fsync each, a remote store's
+# requests), shared by all connections: asyncio's default pool (cores + 4 threads) would
+# hold a server's uploads to an object store to a handful at once.  As many as an S3
+# store keeps connections for them (storage/s3.py: twice its part threads).
+COMMIT_THREADS = 8
+_commit_threads: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _commit_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _commit_threads  # noqa: PLW0603 - one pool per process, made when first needed
+    if _commit_threads is None:
+        _commit_threads = concurrent.futures.ThreadPoolExecutor(
+            COMMIT_THREADS, thread_name_prefix="sockferry-commit")
+    return _commit_threads
 
 
 class Commits:
@@ -159,8 +175,9 @@ class Commits:
         lock = self.path_locks.setdefault(upload.path, asyncio.Lock())
         async with self.slots, lock:  # same path twice: commit in request order
             try:
-                await asyncio.to_thread(upload.file.commit, upload.mode, upload.mtime_ns,
-                                        clobber=self.clobber)
+                await asyncio.get_running_loop().run_in_executor(
+                    _commit_pool(), functools.partial(upload.file.commit, upload.mode,
+                                                      upload.mtime_ns, clobber=self.clobber))
             except StorageError as exc:
                 self.connection.refuse(verified.request, "PUT", upload.path,
                                        code_for(exc), str(exc), upload.started,

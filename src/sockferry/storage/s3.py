@@ -104,12 +104,14 @@ class S3Location:
 
 
 class S3Cache:
-    """What one connection keeps of an S3 store between its requests: the directories
-    it saw lately (for ``DIRECTORY_TTL_S``), so that a tree's uploads do not ask for
-    their directory one by one."""
+    """What one connection keeps of an S3 store between its requests, each for
+    ``DIRECTORY_TTL_S``: the directories it saw, and the names of the directories inside
+    them (one LIST of a directory), so that a tree's uploads ask neither for their
+    directory nor, file by file, whether their name is a directory."""
 
     def __init__(self) -> None:
         self._seen: dict[str, float] = {}
+        self._subdirectories: dict[str, tuple[float, frozenset[str]]] = {}
 
     def knows(self, key: str) -> bool:
         seen = self._seen.get(key)
@@ -120,14 +122,27 @@ class S3Cache:
             self._seen.clear()
         self._seen[key] = time.monotonic()
 
+    def subdirectories(self, key: str) -> frozenset[str] | None:
+        """The names of the directories in directory ``key``, if listed lately."""
+        listed = self._subdirectories.get(key)
+        if listed is None or time.monotonic() - listed[0] >= DIRECTORY_TTL_S:
+            return None
+        return listed[1]
+
+    def listed(self, key: str, names: frozenset[str]) -> None:
+        if len(self._subdirectories) >= DIRECTORIES_CACHED:
+            self._subdirectories.clear()
+        self._subdirectories[key] = (time.monotonic(), names)
+
     def changed(self, path: str) -> None:
-        self._seen.clear()
+        self.close()
 
     def removed(self, path: str) -> None:
-        self._seen.clear()
+        self.close()
 
     def close(self) -> None:
         self._seen.clear()
+        self._subdirectories.clear()
 
 
 class S3Store:
@@ -259,6 +274,33 @@ class S3Store:
                             Prefix=key + "/", MaxKeys=1)
         return bool(listed.get("KeyCount", 0))
 
+    def _names_a_directory(self, parent: str, name: str, key: str, shown: str,
+                           cache: S3Cache | None) -> bool:
+        """Whether ``key`` (``name`` in directory ``parent``) is a directory.  With a cache,
+        from one LIST of ``parent`` for all the uploads into it (a directory there of any
+        kind, marked or only keys below it); where that listing is longer than a page, or
+        without a cache, from the marker only (a HEAD: a LIST per upload would cost more
+        than the upload of a small file)."""
+        if cache is not None:
+            names = cache.subdirectories(parent)
+            if names is None:
+                names = self._subdirectory_names(parent, shown)
+                if names is not None:
+                    cache.listed(parent, names)
+            if names is not None:
+                return name in names
+        return self._is_directory(key, shown, implicit=False)
+
+    def _subdirectory_names(self, parent: str, shown: str) -> frozenset[str] | None:
+        """The directories in ``parent`` from one LIST page, or None if it has more."""
+        below = parent if parent == self.prefix else parent + "/"  # the top: "" or "p/"
+        page = self._call(shown, self.client.list_objects_v2, Bucket=self.bucket,
+                          Prefix=below, Delimiter="/", MaxKeys=self.page_size)
+        if page.get("IsTruncated"):
+            return None
+        return frozenset(common["Prefix"][len(below):-1]
+                         for common in page.get("CommonPrefixes", []))
+
     def _keys(self, prefix: str, shown: str, delimiter: str | None = None,
               ) -> Generator[tuple[list[dict[str, Any]], list[str]], None, None]:
         """Pages of (objects, common prefixes) under ``prefix``."""
@@ -349,10 +391,7 @@ class S3Store:
         elif cache is not None:
             cache.saw(parent)
         key = self._key(parts)
-        # Only a marked directory is seen here (a directory that exists only as keys
-        # below it, which another tool made, is not): a LIST per upload would cost more
-        # than the upload of a small file.
-        if self._is_directory(key, shown, implicit=False):
+        if self._names_a_directory(parent, parts[-1], key, shown, cache):
             raise StorageError(f"'{shown}' exists and is a directory", errno=errno.EISDIR,
                                path=shown)
         if kind is None:
@@ -617,6 +656,9 @@ class S3File(AtomicFile):
     """An object being written: a spool file on local disk whose bytes go up as the
     parts of a multipart upload while they arrive; completed by ``publish``, aborted by
     ``abort``.  Files under one part go up whole at the commit (one PUT)."""
+
+    # Its commit is a PUT or a CompleteMultipartUpload: never on the event loop.
+    remote = True
 
     def __init__(self, store: S3Store, key: str, shown: str, mode: int) -> None:
         self.store = store
