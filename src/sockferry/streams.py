@@ -12,7 +12,6 @@ become ``NetworkError`` sentences through ``sockets.network_error``.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -24,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sockferry.errors import StorageError, TransferTimeout
+from sockferry.pools import shared_pool
 from sockferry.sockets import network_error, peer_and_local
 
 # Linux's IOV_MAX: sendmsg takes at most this many buffers at once.
@@ -189,7 +189,8 @@ class SocketStream:
         # and the socket is closed only once the thread is done with its descriptor (a
         # number closed under it could be reused by the next connection).
         stop_read, stop_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        work = self._loop.run_in_executor(_splicers(), _splice_to_file, self._fd, fd, count,
+        work = self._loop.run_in_executor(shared_pool("splice", MAX_SPLICERS),
+                                          _splice_to_file, self._fd, fd, count,
                                           self.idle_timeout_s, stop_read)
         self._splicing = work
         work.add_done_callback(lambda _: _close_all(stop_read, stop_write))
@@ -221,15 +222,6 @@ class SocketStream:
 SPLICE_CHUNK = 1024 * 1024
 MAX_SPLICERS = 16  # threads moving bodies at once; more wait their turn
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_splice_pool: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-def _splicers() -> concurrent.futures.ThreadPoolExecutor:
-    global _splice_pool  # noqa: PLW0603 - one pool per process, made on first use
-    if _splice_pool is None:
-        _splice_pool = concurrent.futures.ThreadPoolExecutor(
-            MAX_SPLICERS, thread_name_prefix="sockferry-splice")
-    return _splice_pool
 
 
 def _splice_to_file(sock_fd: int, file_fd: int, count: int, timeout_s: float,

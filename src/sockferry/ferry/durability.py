@@ -8,7 +8,6 @@ stalls the connection's reader.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import logging
 from collections.abc import Coroutine
@@ -18,6 +17,7 @@ from sockferry.errors import StorageError
 from sockferry.ferry.codes import code_for
 from sockferry.ferry.ordering import PathOrder
 from sockferry.ferry.upload_state import Verified
+from sockferry.pools import shared_pool
 from sockferry.storage.durability import Durability, GroupCommit, flushes_file_systems
 
 if TYPE_CHECKING:
@@ -29,15 +29,6 @@ MAX_COMMITS_IN_FLIGHT = 16  # fsync+rename threads per connection (--fsync each)
 # hold a server's uploads to an object store to a handful at once.  As many as an S3
 # store keeps connections for them (storage/s3.py: twice its part threads).
 COMMIT_THREADS = 8
-_commit_threads: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-def _commit_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _commit_threads  # noqa: PLW0603 - one pool per process, made when first needed
-    if _commit_threads is None:
-        _commit_threads = concurrent.futures.ThreadPoolExecutor(
-            COMMIT_THREADS, thread_name_prefix="sockferry-commit")
-    return _commit_threads
 
 
 class Commits:
@@ -175,9 +166,10 @@ class Commits:
         lock = self.path_locks.setdefault(upload.path, asyncio.Lock())
         async with self.slots, lock:  # same path twice: commit in request order
             try:
+                commit = functools.partial(upload.file.commit, upload.mode, upload.mtime_ns,
+                                           clobber=self.clobber)
                 await asyncio.get_running_loop().run_in_executor(
-                    _commit_pool(), functools.partial(upload.file.commit, upload.mode,
-                                                      upload.mtime_ns, clobber=self.clobber))
+                    shared_pool("commit", COMMIT_THREADS), commit)
             except StorageError as exc:
                 self.connection.refuse(verified.request, "PUT", upload.path,
                                        code_for(exc), str(exc), upload.started,
