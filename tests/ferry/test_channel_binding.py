@@ -3,7 +3,10 @@ entropy floor (§3.2)."""
 
 from __future__ import annotations
 
+import base64
+import random
 import secrets
+import statistics
 from pathlib import Path
 
 import pytest
@@ -115,9 +118,16 @@ def test_guessable_tokens_score_below_the_floor(token: bytes) -> None:
 
 
 def test_random_tokens_score_near_their_entropy() -> None:
-    for _ in range(200):
-        assert estimate_bits(secrets.token_urlsafe(32).encode()) > 230
-        assert 180 < estimate_bits(secrets.token_hex(24).encode()) <= 192
+    # Seeded, so a rare run of repeated digits (which rightly costs bits) cannot make
+    # this flaky; the margins over the 128-bit floor are what a user relies on.
+    rng = random.Random(20261207)
+    hex_scores = [estimate_bits(rng.randbytes(24).hex().encode()) for _ in range(2000)]
+    url_scores = [estimate_bits(base64.urlsafe_b64encode(rng.randbytes(32)))
+                  for _ in range(2000)]
+    assert min(hex_scores) > 170 and max(hex_scores) <= 192
+    assert 190 < statistics.mean(hex_scores) <= 192
+    assert min(url_scores) > 220 and statistics.mean(url_scores) > 250
+    assert estimate_bits(secrets.token_urlsafe(32).encode()) > MIN_TOKEN_BITS
     assert estimate_bits(TOKEN) >= MIN_TOKEN_BITS
 
 
