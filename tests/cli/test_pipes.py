@@ -116,7 +116,7 @@ def test_a_file_that_fails_never_reaches_stdout(tmp_path: Path) -> None:
     (["send", "-", ":dir/"], "send - needs the name of the file to create"),
     (["send", "-", ":sub"], "'sub' is a directory on the server"),
     (["send", "-r", "-", ":x"], "send - carries one file: drop -r"),
-    (["send", "--resume", "-", ":x"], "cannot resume: a pipe cannot be read again"),
+    (["send", "--resume", "-", ":x"], "cannot resume or retry: a pipe cannot be read again"),
     (["get", ":a", ":b", "-"], "give one source"),
 ])
 def test_pipe_misuse_is_one_sentence(tmp_path: Path, argv: list[str], message: str) -> None:

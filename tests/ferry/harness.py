@@ -209,12 +209,12 @@ class CliServer:
     """``sockferry serve`` as a process on 127.0.0.1 (a free port), its log in a file."""
 
     def __init__(self, root: Path, token: Path, log: Path, *extra: str,
-                 prefix: Sequence[str] = ()) -> None:
+                 prefix: Sequence[str] = (), port: int = 0) -> None:
         self.log = log
         with log.open("ab") as stderr:
             self.proc = subprocess.Popen(
                 [*prefix, sys.executable, "-m", "sockferry", "serve", str(root), "--listen",
-                 "127.0.0.1:0", "--token-file", str(token), "--grace", "1", *extra],
+                 f"127.0.0.1:{port}", "--token-file", str(token), "--grace", "1", *extra],
                 stdout=subprocess.DEVNULL, stderr=stderr)
         self.port = self._port()
 

@@ -245,6 +245,7 @@ def _register_send(sub: Any) -> None:
                         help="let the server keep what it got if the transfer breaks, and "
                         "send only what it lacks of an earlier broken transfer (its kept "
                         "bytes are proven by digest first)")
+    _retry_option(parser)
     parser.add_argument("--delete", action="store_true",
                         help="with -r: remove files and directories on the server inside the "
                         "copied tree that the local tree lacks, before sending (names "
@@ -273,7 +274,30 @@ def _register_get(sub: Any) -> None:
                         help="keep what was received beside DEST if the transfer breaks, and "
                         "fetch only the rest of an earlier broken transfer (proven by "
                         "digest first)")
+    _retry_option(parser)
     parser.set_defaults(handler=run_get)
+
+
+def _retry_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--retry", type=_retries, default=0, metavar="N",
+                        help="when the connection is lost, refused or goes silent, connect "
+                        "again up to N times (waiting 1, 2, 4 ... s, at most 30) and go on "
+                        "where the copy stopped, as with --resume (implied): the file cut "
+                        "off continues from what its receiver kept, and files that arrived "
+                        "whole are checked by digest and left alone (default 0: fail at "
+                        "once)")
+
+
+def _retries(text: str) -> int:
+    from sockferry.ferry.retrying import MAX_RETRIES  # noqa: PLC0415 - tiny, but not for --help
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of retries") from None
+    if not 0 <= value <= MAX_RETRIES:
+        raise argparse.ArgumentTypeError(f"'{text}' is not between 0 and {MAX_RETRIES}")
+    return value
 
 
 def _register_ls(sub: Any) -> None:

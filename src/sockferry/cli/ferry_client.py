@@ -17,11 +17,16 @@ from sockferry.cli.console import Console, TransferProgress
 from sockferry.cli.remotes import Remote, parse_remote, split_remote
 from sockferry.cli.runtime import ExitCode, exit_code_for, run_async
 from sockferry.entries import Entry, Kind
-from sockferry.errors import AuthenticationFailed, UsageError
+from sockferry.errors import AuthenticationFailed, SockferryError, UsageError
 from sockferry.ferry.bodies import Progress
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.copy_get import get_paths
-from sockferry.ferry.copy_send import send_file_as, send_paths, send_stream_as
+from sockferry.ferry.copy_send import (
+    remote_is_directory,
+    send_file_as,
+    send_paths,
+    send_stream_as,
+)
 from sockferry.ferry.copying import Outcome, Reporter, SyncOptions
 from sockferry.ferry.inflight import NO_RESUME
 from sockferry.ferry.trust import client_trust
@@ -126,22 +131,54 @@ def run_send(args: argparse.Namespace, console: Console) -> int:
             raise UsageError(f"'{source}' looks remote; send copies local files "
                              "(write ./NAME for a local name with a colon)")
     host, dest = remote.host, remote.path
+
+    into: list[bool] = []  # what the first attempt found DEST to be (a retry may have made it)
+
+    def sending(sync: SyncOptions) -> Operation:
+        async def send(client: FerryClient, reporter: Reporter) -> list[Outcome]:
+            if not into:
+                into.append(await remote_is_directory(client, dest))
+            return await send_paths(
+                client, args.sources, dest, recursive=args.recursive,
+                keep_mtime=args.preserve or args.update, reporter=reporter,
+                resume=_resuming(args), sync=sync, into_directory=into[0])
+        return send
+
     sync = _sync_options(args)
-    return _copy(args, console, host, "sent", lambda client, reporter: send_paths(
-        client, args.sources, dest, recursive=args.recursive,
-        keep_mtime=args.preserve or args.update, reporter=reporter, resume=args.resume,
-        sync=sync))
+    return _copy(args, console, host, "sent", sending(sync), again=sending(_again(sync)))
 
 
 def run_get(args: argparse.Namespace, console: Console) -> int:
     host, sources = _remote_sources(args, args.sources)
     if args.dest == STDIO:
         return _get_stdout(args, console, host, sources)
+    into = os.path.isdir(args.dest)  # before the first attempt, which may make it
+
+    def getting(sync: SyncOptions) -> Operation:
+        return lambda client, reporter: get_paths(
+            client, sources, args.dest, recursive=args.recursive,
+            keep_mtime=args.preserve or args.update, reporter=reporter,
+            resume=_resuming(args), sync=sync, into_directory=into)
+
     sync = _sync_options(args)
-    return _copy(args, console, host, "received", lambda client, reporter: get_paths(
-        client, sources, args.dest, recursive=args.recursive,
-        keep_mtime=args.preserve or args.update, reporter=reporter, resume=args.resume,
-        sync=sync))
+    return _copy(args, console, host, "received", getting(sync),
+                 again=getting(_again(sync)))
+
+
+Operation = Callable[[FerryClient, Reporter], Any]
+
+
+def _again(sync: SyncOptions) -> SyncOptions:
+    """What a --retry attempt does after the first: files the receiver already has
+    whole (same size and digest: they arrived before the connection was lost) are left
+    alone, the rest resume."""
+    return SyncOptions(update=sync.update, filters=sync.filters, dry_run=sync.dry_run,
+                       delete=sync.delete, checksum=True, links=sync.links)
+
+
+def _resuming(args: argparse.Namespace) -> bool:
+    """--resume, or --retry, whose attempts go on where the last one stopped."""
+    return bool(args.resume or getattr(args, "retry", 0))
 
 
 STDIO = "-"  # as a source: standard input; as a destination: standard output
@@ -153,8 +190,8 @@ PIPE_CHUNK = 1 << 20
 def _pipe_checks(args: argparse.Namespace, what: str) -> None:
     if args.recursive:
         raise UsageError(f"{what} carries one file: drop -r")
-    if args.resume:
-        raise UsageError(f"{what} cannot resume: a pipe cannot be read again")
+    if _resuming(args):
+        raise UsageError(f"{what} cannot resume or retry: a pipe cannot be read again")
 
 
 class _NoStream(Exception):
@@ -258,21 +295,44 @@ def _get_stdout(args: argparse.Namespace, console: Console, host: str,
 
 
 def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
-          operation: Callable[[FerryClient, Reporter], Any], *,
+          operation: Operation, *, again: Operation | None = None,
           results_on_stdout: bool = True) -> int:
+    """Connect, run ``operation``, report; with --retry, attempts after the first run
+    ``again`` (or ``operation``)."""
     from sockferry.ferry.tokens import client_token_and_source  # noqa: PLC0415 - not for --help
 
     token, source = client_token_and_source(args.token_file)
     address = _server_address(args, host)
     started = time.monotonic()
 
-    async def go() -> list[Outcome]:
+    attempts = 0
+
+    async def attempt() -> list[Outcome]:
+        nonlocal attempts
+        attempts += 1
+        run = operation if attempts == 1 or again is None else again
         async with _connected(args, address, token) as client:
             with console.progress() as progress:
                 # without a bar, the silent Reporter: no calls per file for nothing
                 reporter = _ConsoleReporter(progress) if progress.shown else Reporter()
-                result: list[Outcome] = await operation(client, reporter)
+                result: list[Outcome] = await run(client, reporter)
                 return result
+
+    retries = getattr(args, "retry", 0)
+
+    def on_retry(error: SockferryError, wait_s: float, number: int) -> None:
+        console.notice(f"{error} (retry {number} of {retries} in {wait_s:g} s)")
+
+    async def go() -> list[Outcome]:
+        if not retries:
+            return await attempt()
+        from sockferry.ferry.retrying import with_retries, worth_retrying  # noqa: PLC0415
+
+        def lost_in(outcomes: list[Outcome]) -> SockferryError | None:
+            return next((o.error for o in outcomes
+                         if o.error is not None and worth_retrying(o.error)), None)
+
+        return await with_retries(attempt, retries, on_retry, lost_in=lost_in)
 
     with _auth_hint(source):
         outcomes = run_async(go())
@@ -401,9 +461,9 @@ def _sync_options(args: argparse.Namespace) -> SyncOptions:
 
     if getattr(args, "delete", False) and not args.recursive:
         raise UsageError("--delete removes names inside a copied tree: add -r")
-    if (args.update or args.checksum or args.dry_run or args.filters) and args.resume:
+    if (args.update or args.checksum or args.dry_run or args.filters) and _resuming(args):
         raise UsageError("--resume does not go with --update, --checksum, --dry-run or "
-                         "filters")
+                         "filters (nor does --retry, which resumes)")
     return SyncOptions(update=args.update, filters=Filters.parse(args.filters),
                        dry_run=args.dry_run, delete=getattr(args, "delete", False),
                        checksum=args.checksum, links=args.links)

@@ -151,7 +151,15 @@ class FerryClient:
         try:
             while True:
                 data = await self.stream.receive()
-                self.session.receive_data(data)
+                try:
+                    self.session.receive_data(data)
+                except RemoteProtocolError:
+                    if data:
+                        raise
+                    # cut off mid-frame: the server died or was stopped, not a broken peer
+                    raise NetworkError(f"{self.stream.peer} closed the connection in the "
+                                       "middle of a frame — the other side failed or was "
+                                       "stopped", address=self.stream.peer) from None
                 self._handle_events()  # consumes every view of ``data``
                 if not data:
                     break

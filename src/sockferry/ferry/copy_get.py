@@ -50,9 +50,14 @@ def safe_relative(path: str) -> list[str]:
 async def get_paths(client: FerryClient, sources: list[str], dest: str, *,
                     recursive: bool, keep_mtime: bool,
                     reporter: Reporter | None = None, resume: bool = False,
-                    sync: SyncOptions = NO_SYNC) -> list[Outcome]:
+                    sync: SyncOptions = NO_SYNC,
+                    into_directory: bool | None = None) -> list[Outcome]:
+    """``into_directory``: whether the sources go under ``dest`` by their own names
+    (None: when ``dest`` is a directory now; a retry passes what the first attempt found,
+    since that attempt may have made it)."""
     reporter = reporter or Reporter()
-    into_directory = os.path.isdir(dest)
+    if into_directory is None:
+        into_directory = os.path.isdir(dest)
     if dest.endswith("/") and not into_directory:
         raise UsageError(f"local directory {dest} does not exist")
     if len(sources) > 1 and not into_directory:

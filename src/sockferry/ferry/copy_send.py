@@ -37,7 +37,8 @@ from sockferry.sockets import storage_error
 from sockferry.storage.names import link_target_problem
 
 
-async def _remote_is_directory(client: FerryClient, path: str) -> bool:
+async def remote_is_directory(client: FerryClient, path: str) -> bool:
+    """Whether ``send`` puts its sources under ``path`` by their own names."""
     if path in ("", ".") or path.endswith("/"):
         return True
     try:
@@ -55,9 +56,12 @@ def _local_name(path: str) -> str:
 async def send_paths(client: FerryClient, sources: list[str], dest: str, *,
                      recursive: bool, keep_mtime: bool,
                      reporter: Reporter | None = None, resume: bool = False,
-                     sync: SyncOptions = NO_SYNC) -> list[Outcome]:
+                     sync: SyncOptions = NO_SYNC,
+                     into_directory: bool | None = None) -> list[Outcome]:
+    """``into_directory``: as in ``get_paths``, decided on the server when None."""
     reporter = reporter or Reporter()
-    into_directory = await _remote_is_directory(client, dest)
+    if into_directory is None:
+        into_directory = await remote_is_directory(client, dest)
     if len(sources) > 1 and not into_directory:
         raise UsageError(f"'{dest}' is not a directory on the server — several sources "
                          "need a directory as destination")
@@ -93,7 +97,7 @@ async def send_file_as(client: FerryClient, source: str, label: str, dest: str, 
     """Send the one file ``source`` to exactly the remote path ``dest`` (never into a
     directory of that name): ``send -`` sends its spooled standard input so."""
     reporter = reporter or Reporter()
-    if await _remote_is_directory(client, dest):
+    if await remote_is_directory(client, dest):
         raise UsageError(f"'{dest or '.'}' is a directory on the server — give the file a "
                          "name: HOST:DIR/NAME")
     waiting: list[Waiting] = []
@@ -109,7 +113,7 @@ async def send_stream_as(client: FerryClient, fd: int, label: str, dest: str, *,
     """Send what ``fd`` yields until its end as exactly the remote file ``dest``, as a
     streamed PUT (the server must take STREAM: ``client.can_stream``): ``send -``."""
     reporter = reporter or Reporter()
-    if await _remote_is_directory(client, dest):
+    if await remote_is_directory(client, dest):
         raise UsageError(f"'{dest or '.'}' is a directory on the server — give the file a "
                          "name: HOST:DIR/NAME")
     failed: list[Outcome] = []

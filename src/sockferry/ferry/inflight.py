@@ -106,6 +106,10 @@ class InFlight:
                 pending.sink.file.abort()
             if not pending.future.done():
                 pending.future.set_exception(exc)
+                # Marked as seen: the same failure reaches the caller by ``failure`` or
+                # by the request it was sending, and a copy that gives up (or a --retry
+                # that starts over) never awaits the rest.
+                pending.future.exception()
         self.pending.clear()
         self.slot_freed.set()
 
