@@ -385,3 +385,55 @@ def test_partial_objects_are_swept_by_age_and_by_room(store: S3Store) -> None:
     assert found is not None
     os.close(found[0])
     assert store.open_partial("old") is None and store.open_partial("mid") is None
+
+
+def test_a_connections_store_lookups_never_run_on_the_event_loop(
+        ceph_s3: CephS3, bucket: str, tmp_path: Path) -> None:
+    """MKDIR, STAT, the directory lookups of PUT_INLINE runs and PUTs, and a resumed
+    PUT's look for its partial object are made in worker threads while that connection's
+    reader waits (connection.py WAITING_HANDLERS): on the loop, one slow answer from the
+    gateway would stall every client of the server."""
+    from sockferry.ferry.client import FerryClient  # noqa: PLC0415
+    from sockferry.ferry.copy_send import send_paths  # noqa: PLC0415
+
+    os.mkdir(tmp_path / "spool")
+    store = S3Store(S3Location.parse(f"s3://{bucket}/meta?endpoint={ceph_s3.endpoint_url}"),
+                    spool=str(tmp_path / "spool"), client=ceph_s3.client())
+    threads: list[tuple[str, int]] = []
+    real = store.client
+    store.client = _Counting(real, [], threads)
+    tree = tmp_path / "tree"
+    for sub in ("a", "b/c"):
+        (tree / sub).mkdir(parents=True)
+        for i in range(5):
+            (tree / sub / f"f{i}").write_bytes(b"small %d" % i)
+    (tmp_path / "mid").write_bytes(os.urandom(300_000))
+
+    async def session() -> int:
+        server = FerryServer(store, FerryServerConfig(token=TOKEN))
+        running = await run_ferry_server(server, [HostPort("127.0.0.1", 0)])
+        try:
+            async with connect("127.0.0.1", running.port, token=TOKEN) as client:
+                await client.mkdir("x/y")
+                assert (await client.stat("x/y")).kind is Kind.DIRECTORY
+            outcomes = []
+            for sources, dest, resume in (([str(tree)], "t", False),
+                                          ([str(tmp_path / "mid")], "x/y/mid", True)):
+                ferry = await FerryClient.connect(HostPort("127.0.0.1", running.port), TOKEN)
+                try:
+                    outcomes += await send_paths(ferry, sources, dest, recursive=True,
+                                                 keep_mtime=False, resume=resume)
+                finally:
+                    ferry.close()
+            assert [o.error for o in outcomes if o.error] == []
+        finally:
+            running.close()
+            await running.wait_closed()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(session())
+    on_loop = [name for name, ident in threads if ident == loop_thread]
+    assert len(threads) > 20, threads
+    assert on_loop == [], on_loop
+    assert real.get_object(Bucket=bucket, Key="meta/t/b/c/f4")["Body"].read() == b"small 4"
+    store.close()

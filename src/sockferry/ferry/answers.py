@@ -33,7 +33,7 @@ from sockferry.ferry.bodies import (
     send_tail,
     start_prefix_hash,
 )
-from sockferry.ferry.codes import code_for
+from sockferry.ferry.codes import attempt, code_for
 from sockferry.ferry.digests import digest_of
 from sockferry.records import replace
 from sockferry.sockets import storage_error
@@ -64,31 +64,42 @@ class Answers:
 
     # -- answered by the reader at once -------------------------------------------------
 
-    def on_stat(self, event: ev.StatRequested) -> None:
-        session = self.connection.session
-        try:
-            entry = self.connection.root.stat(event.path)
-        except StorageError as exc:
-            session.refuse(event.request, code_for(exc), str(exc))
-            return
-        session.entries(event.request, [entry], last=True)
+    # Each as the store call it waits for and what is done with its result, so that a
+    # remote store's call can run in a worker thread while the reader waits (connection.py
+    # WAITING_HANDLERS); a local one is made here, at once.
 
-    def on_mkdir(self, event: ev.MkdirRequested) -> None:
+    def on_stat(self, event: ev.StatRequested,
+                found: Entry | StorageError | None = None) -> None:
+        if found is None:
+            found = attempt(self.connection.root.stat, event.path)
+        if isinstance(found, StorageError):
+            self.connection.session.refuse(event.request, code_for(found), str(found))
+            return
+        self.connection.session.entries(event.request, [found], last=True)
+
+    def make_dirs(self, event: ev.MkdirRequested) -> bool:
         c = self.connection
-        try:
-            c.root.make_dirs(event.path, capped_mode(event.mode, c.config.umask))
-        except StorageError as exc:
-            c.refuse(event.request, "MKDIR", event.path, code_for(exc), str(exc))
+        c.root.make_dirs(event.path, capped_mode(event.mode, c.config.umask))
+        return True
+
+    def on_mkdir(self, event: ev.MkdirRequested, made: bool | StorageError = False) -> None:
+        """``made``: what ``make_dirs`` gave (False: make them here)."""
+        c = self.connection
+        if made is False:
+            made = attempt(self.make_dirs, event)
+        if isinstance(made, StorageError):
+            c.refuse(event.request, "MKDIR", event.path, code_for(made), str(made))
             return
         c.dirs.changed(event.path)
         c.session.ok(event.request)
 
-    def on_readlink(self, event: ev.ReadlinkRequested) -> None:
+    def on_readlink(self, event: ev.ReadlinkRequested,
+                    target: str | StorageError | None = None) -> None:
         c = self.connection
-        try:
-            target = c.root.readlink(event.path)
-        except StorageError as exc:
-            c.refuse(event.request, "READLINK", event.path, code_for(exc), str(exc))
+        if target is None:
+            target = attempt(c.root.readlink, event.path)
+        if isinstance(target, StorageError):
+            c.refuse(event.request, "READLINK", event.path, code_for(target), str(target))
             return
         c.session.link(event.request, target)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
+from typing import TypeVar
 
 from sockferry.errors import (
     PathRefused,
@@ -12,6 +14,17 @@ from sockferry.errors import (
     StorageError,
 )
 from sockferry.ferry.messages import ErrorCode
+
+T = TypeVar("T")
+
+
+def attempt(call: Callable[..., T], *args: object) -> T | StorageError:
+    """``call(*args)``, or the StorageError it raised, as a value: a store's answer that
+    may come from a worker thread, to be turned into a reply or a refusal (``code_for``)."""
+    try:
+        return call(*args)
+    except StorageError as exc:
+        return exc
 
 _ERRNO_CODES = {
     errno.ENOENT: ErrorCode.NOT_FOUND,

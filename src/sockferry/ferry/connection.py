@@ -3,8 +3,10 @@ the writer that alone sends, their lifetime, and the table that hands each event
 core emits to the part answering it (``Uploads``, ``Answers``, ``Commits``).
 
 The reader writes uploads into their temporary files and answers STAT and MKDIR at
-once, so a pipelined MKDIR precedes the PUTs behind it; the writer sends the core's
-output, then GET and LIST bodies in order.  Any error costs this connection only.
+once, so a pipelined MKDIR precedes the PUTs behind it (on a remote store it waits for
+each such store call, made in a worker thread, before the next event); the writer sends
+the core's output, then GET and LIST bodies in order.  Any error costs this connection
+only.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
 from sockferry.errors import (
@@ -23,6 +25,7 @@ from sockferry.errors import (
     NetworkError,
     RemoteProtocolError,
     SockferryError,
+    StorageError,
     TransferTimeout,
 )
 from sockferry.ferry import digests
@@ -30,6 +33,7 @@ from sockferry.ferry import events as ev
 from sockferry.ferry import messages as m
 from sockferry.ferry.answers import Answers
 from sockferry.ferry.bodies import GATHER_BYTES, splice_bodies
+from sockferry.ferry.codes import attempt
 from sockferry.ferry.connection_base import ConnectionHost
 from sockferry.ferry.durability import Commits
 from sockferry.ferry.limits import Budget
@@ -60,6 +64,9 @@ class Connection:
         self.quota = server.quota
         self.config = server.config
         self.handlers = READ_ONLY_HANDLERS if server.config.read_only else HANDLERS
+        # A store whose calls wait on the network: those events are awaited in turn.
+        self.waiting: WaitingHandlers = {} if not server.root.remote else \
+            READ_ONLY_WAITING if server.config.read_only else WAITING_HANDLERS
         self.stream = stream
         self.session = ServerSession(server.config.token, os.urandom(m.NONCE_BYTES),
                                        max_requests=server.config.max_requests,
@@ -167,7 +174,10 @@ class Connection:
                 # Our proof is out; a client with another token hangs up here.
                 self.auth = ("authentication failed (the client hung up before proving "
                              "it knows the token)")
-            self._handle_events()  # consumes every view of ``data`` before the next await
+            if self.waiting:
+                await self._handle_events_waiting()
+            else:
+                self._handle_events()  # consumes every view of ``data`` before the next await
             self.wake.set()
             if not data:
                 return
@@ -181,6 +191,23 @@ class Connection:
 
     def _handle_events(self) -> None:
         while (event := self.session.next_event()) is not None:
+            handler = self.handlers.get(type(event))
+            if handler is None:
+                raise AssertionError(f"server core emitted {event!r}")
+            handler(self, event)
+
+    async def _handle_events_waiting(self) -> None:
+        """``_handle_events`` for a remote store: an event whose answer waits on the store
+        is handled in a worker thread while this reader waits, so the connection's
+        requests keep their order (a MKDIR before the PUTs into it) and every other
+        connection goes on.  Views of ``data`` stay valid meanwhile: only this reader
+        receives."""
+        waiting = self.waiting
+        while (event := self.session.next_event()) is not None:
+            slow = waiting.get(type(event))
+            if slow is not None:
+                await slow(self, event)
+                continue
             handler = self.handlers.get(type(event))
             if handler is None:
                 raise AssertionError(f"server core emitted {event!r}")
@@ -311,6 +338,7 @@ def _code_name(code: int) -> str:
 Handler = Callable[[Connection, ev.Event], None]
 Handlers = dict[type[object], Handler]
 E = TypeVar("E")
+T = TypeVar("T")
 
 
 def _on(kind: type[E], handler: Callable[[Connection, E], None]) -> tuple[type[object], Handler]:
@@ -344,6 +372,47 @@ HANDLERS: Handlers = dict([
     _on(ev.ReadlinkRequested, lambda c, e: c.answers.on_readlink(e)),
     _on(ev.InputEnded, lambda c, _e: c.on_input_ended()),
 ])
+
+
+# For a remote store: each event whose answer waits on the store, as the call made in a
+# worker thread (the StorageError it raises kept as a value) and what the reader does with
+# its result.
+WaitingHandler = Callable[[Connection, ev.Event], Awaitable[None]]
+WaitingHandlers = dict[type[object], WaitingHandler]
+
+
+def _waiting(kind: type[E], call: Callable[[Connection, E], T],
+             done: Callable[[Connection, E, T | StorageError], None],
+             ) -> tuple[type[object], WaitingHandler]:
+    async def handle(c: Connection, event: E) -> None:
+        done(c, event, await asyncio.to_thread(attempt, call, c, event))
+    return kind, cast(WaitingHandler, handle)
+
+
+async def _put_waiting(c: Connection, event: ev.PutRequested) -> None:
+    if c.uploads.admit_put(event):
+        c.uploads.opened_put(event, await asyncio.to_thread(attempt, c.uploads.open_put,
+                                                            event))
+
+
+async def _small_files_waiting(c: Connection, event: ev.SmallFilesReceived) -> None:
+    c.uploads.on_small_files(event, await asyncio.to_thread(c.uploads.open_small_files,
+                                                            event))
+
+
+_READING_WAITING: WaitingHandlers = dict([
+    _waiting(ev.StatRequested, lambda c, e: c.root.stat(e.path),
+             lambda c, e, found: c.answers.on_stat(e, found)),
+    _waiting(ev.ReadlinkRequested, lambda c, e: c.root.readlink(e.path),
+             lambda c, e, target: c.answers.on_readlink(e, target)),
+])
+WAITING_HANDLERS: WaitingHandlers = _READING_WAITING | dict([
+    _waiting(ev.MkdirRequested, lambda c, e: c.answers.make_dirs(e),
+             lambda c, e, made: c.answers.on_mkdir(e, made)),
+    (ev.PutRequested, cast(WaitingHandler, _put_waiting)),
+    (ev.SmallFilesReceived, cast(WaitingHandler, _small_files_waiting)),
+])
+READ_ONLY_WAITING: WaitingHandlers = _READING_WAITING  # writes are refused at once
 
 
 def _refuse_write(connection: Connection,

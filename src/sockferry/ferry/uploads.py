@@ -7,7 +7,6 @@ lookup and a sink call; verified uploads go to ``Commits`` (ferry/durability.py)
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import logging
@@ -18,19 +17,21 @@ from sockferry.errors import StorageError
 from sockferry.ferry import events as ev
 from sockferry.ferry import messages as m
 from sockferry.ferry.bodies import Sink
-from sockferry.ferry.codes import code_for
+from sockferry.ferry.codes import attempt, code_for
 from sockferry.ferry.digests import hasher_of
 from sockferry.ferry.limits import Reservation
 from sockferry.ferry.upload_state import Upload, Verified
-from sockferry.records import replace
 from sockferry.storage.atomic import AtomicFile, PartialFile, ResumableFile
 from sockferry.storage.names import capped_mode, split_client_path
 from sockferry.units import format_bytes
 
 if TYPE_CHECKING:
     from sockferry.ferry.connection_base import ServerConnection
+    from sockferry.storage.store import Store, StoreCache
 
 log = logging.getLogger("sockferry.ferry")
+
+Opened = tuple[AtomicFile, int]  # an upload's file, and the bytes it would replace (--quota)
 
 
 def order_key(path: str) -> str:
@@ -51,53 +52,95 @@ class Uploads:
         self.receiving: dict[int, Upload] = {}
 
     def on_put(self, event: ev.PutRequested) -> None:
+        if self.admit_put(event):
+            self.opened_put(event, attempt(self.open_put, event))
+
+    def admit_put(self, event: ev.PutRequested) -> bool:
+        """The checks of a PUT before its file is opened (counted against the limits);
+        False: refused, the client told."""
         c = self.connection
         c.metrics.transfer_started(c.transport, "upload")
-        if event.resumable and event.size <= c.config.max_file_size:
-            if c.within_budget(event.request, "PUT", event.path, event.size - event.offset):
-                self._start_resumable(event)
-            return
-        upload = self._start(event.request, event.path, event.size, event.mode,
-                             event.mtime_ns if event.keep_mtime else None)
-        if upload is not None:
-            upload.streamed = event.streamed
-            self.receiving[event.request] = upload
+        if event.size > c.config.max_file_size:
+            self._refuse_too_large(event.request, event.path, event.size)
+            return False
+        return c.within_budget(event.request, "PUT", event.path, event.size - event.offset)
 
-    def _start(self, request: int, path: str, size: int, mode: int,
-               mtime_ns: int | None) -> Upload | None:
+    def open_put(self, event: ev.PutRequested) -> Opened:
+        """What a PUT waits on the store for (a worker thread's job on a remote store):
+        its file, and the size of the file it would replace when a quota counts it.  A
+        resumable PUT opens its target's partial file and keeps ``offset`` bytes of it
+        (what another transfer is resuming gets a random temporary when it starts from
+        0; from an offset it is refused, see ``opened_put``)."""
         c = self.connection
-        if size > c.config.max_file_size:
-            self._refuse_too_large(request, path, size)
-            return None
-        if not c.within_budget(request, "PUT", path, size):
-            return None
-        try:
-            file = c.root.create(path, c.dirs)
-        except StorageError as exc:
-            c.refuse(request, "PUT", path, code_for(exc), str(exc))
-            return None
-        room, reservation = self._reserve(request, path, size, file)
-        if not room:
-            return None
-        sink = Sink(file, c.session.digest_feature, size=size, follow=c.zero_copy)
-        c.commits.opened(request, order_key(path))
-        final_mode = capped_mode(mode, c.config.umask)
-        file.expect(final_mode, mtime_ns)
-        return Upload(path, file, sink, size, final_mode, mtime_ns, reservation=reservation)
+        if event.resumable:
+            try:
+                file = c.root.create(event.path, kind=PartialFile)
+            except StorageError as exc:
+                if exc.errno != errno.EAGAIN or event.offset:
+                    raise
+            else:
+                assert isinstance(file, ResumableFile)
+                if event.offset <= file.kept:  # else refused, the partial kept as it was
+                    file.start_at(event.offset)
+                return file, self._replaced(event.path)
+        return c.root.create(event.path, c.dirs), self._replaced(event.path)
 
-    def _reserve(self, request: int, path: str, size: int,
-                 file: AtomicFile) -> tuple[bool, Reservation | None]:
-        """--quota: room for ``size`` more bytes under the root, held until ``file`` is
-        finished (None: no quota); False: refused (``file`` aborted, the client told)."""
+    def _replaced(self, path: str) -> int:
+        """--quota: the bytes of the file a PUT to ``path`` would replace."""
+        c = self.connection
+        if c.quota is None or not c.config.clobber:
+            return 0
+        try:
+            entry = c.root.stat(path)
+        except StorageError:
+            return 0
+        return entry.size if entry.kind is Kind.FILE else 0
+
+    def opened_put(self, event: ev.PutRequested, opened: Opened | StorageError) -> None:
+        """The rest of a PUT once ``open_put`` is done (or failed)."""
+        c = self.connection
+        request, path = event.request, event.path
+        if isinstance(opened, StorageError):
+            if opened.errno == errno.EAGAIN and event.resumable:
+                c.refuse(request, "PUT", path, m.ErrorCode.BUSY,
+                         f"another transfer to '{path}' is in progress; try again later")
+            else:
+                c.refuse(request, "PUT", path, code_for(opened), str(opened))
+            return
+        file, replaced = opened
+        resumed = isinstance(file, ResumableFile) and event.resumable
+        if isinstance(file, ResumableFile) and resumed and event.offset > file.kept:
+            file.abort()  # keeps the partial as it was
+            c.refuse(request, "PUT", path, m.ErrorCode.BAD_REQUEST,
+                     f"the server keeps {file.kept} bytes of '{path}', fewer than the "
+                     f"offset {event.offset}; send it again without resuming")
+            return
+        room, reservation = self._reserve(request, path, event.size, file, replaced)
+        if not room:
+            return
+        mtime_ns = event.mtime_ns if event.keep_mtime else None
+        final_mode = capped_mode(event.mode, c.config.umask)
+        if resumed:
+            sink = Sink(file, c.session.digest_feature, size=event.size, kept=event.offset)
+        else:
+            sink = Sink(file, c.session.digest_feature, size=event.size,
+                        follow=c.zero_copy)
+            file.expect(final_mode, mtime_ns)
+        upload = Upload(path, file, sink, event.size, final_mode, mtime_ns,
+                        offset=event.offset if resumed else 0, reservation=reservation)
+        upload.streamed = event.streamed
+        self.receiving[request] = upload
+        c.commits.opened(request, order_key(path))
+
+    def _reserve(self, request: int, path: str, size: int, file: AtomicFile,
+                 replaced: int) -> tuple[bool, Reservation | None]:
+        """--quota: room for ``size`` more bytes under the root (``replaced``: the bytes
+        of the file it replaces), held until ``file`` is finished (None: no quota);
+        False: refused (``file`` aborted, the client told)."""
         c = self.connection
         quota = c.quota
         if quota is None:
             return True, None
-        replaced = 0
-        if c.config.clobber:
-            with contextlib.suppress(StorageError):
-                entry = c.root.stat(path)
-                replaced = entry.size if entry.kind is Kind.FILE else 0
         got = quota.reserve(path, size, replaced)
         if isinstance(got, str):
             c.metrics.limit_tripped(c.transport, "quota")
@@ -114,10 +157,13 @@ class Uploads:
                  f"'{path}' is {size} bytes; this server accepts at "
                  f"most {c.config.max_file_size}")
 
-    def on_small_files(self, event: ev.SmallFilesReceived) -> None:
-        """PUT_INLINE files, a run of them at once (the lookups made once per run).
+    def on_small_files(self, event: ev.SmallFilesReceived,
+                       opened: list[Opened | StorageError] | None = None) -> None:
+        """PUT_INLINE files, a run of them at once (the lookups made once per run);
+        ``opened``: their files, from ``open_small_files`` in a worker thread (a remote
+        store), else each is created here.
 
-        Each file's digest is checked before anything touches the disk; the file is then
+        Each file's digest is checked before anything is written; the file is then
         written whole, created with its final mode, and (where durability allows) closed
         at once, so its commit is only the rename."""
         c = self.connection
@@ -126,35 +172,54 @@ class Uploads:
         new_hasher, config, budget, commits = (hasher_of(c.session.digest_feature),
                                                c.config, c.budget, c.commits)
         root, dirs, umask, seal_early = c.root, c.dirs, config.umask, commits.seal_early
-        for small in files:
+        for index, small in enumerate(files):
             data, path, request = small.data, small.path, small.request
+            size = len(data)
             if new_hasher(data).digest() != small.digest:
                 self._refuse_mismatch(request, path)
-                continue
-            size = len(data)
-            if size > config.max_file_size:
+            elif size > config.max_file_size:
                 self._refuse_too_large(request, path, size)
-                continue
-            if budget.limited and not c.within_budget(request, "PUT", path, size):
-                continue
-            mode = capped_mode(small.mode, umask)
-            mtime_ns = small.mtime_ns if small.keep_mtime else None
-            reservation = None
-            try:
-                file = root.create(path, dirs, mode=mode)
+            elif not budget.limited or c.within_budget(request, "PUT", path, size):
+                mode = capped_mode(small.mode, umask)
+                got = attempt(self._open_small, root, dirs, path, mode) if opened is None \
+                    else opened[index]
+                if isinstance(got, StorageError):
+                    c.refuse(request, "PUT", path, code_for(got), str(got))
+                    continue
+                file, replaced = got
+                reservation = None
                 if c.quota is not None:
-                    room, reservation = self._reserve(request, path, size, file)
+                    room, reservation = self._reserve(request, path, size, file, replaced)
                     if not room:
                         continue
-                file.write(data)
-                if seal_early:
-                    file.seal(mode, mtime_ns, durable=False)
-            except StorageError as exc:
-                c.refuse(request, "PUT", path, code_for(exc), str(exc))
+                mtime_ns = small.mtime_ns if small.keep_mtime else None
+                try:
+                    file.write(data)
+                    if seal_early:
+                        file.seal(mode, mtime_ns, durable=False)
+                except StorageError as exc:
+                    c.refuse(request, "PUT", path, code_for(exc), str(exc))
+                    continue
+                commits.opened_verified(request, order_key(path), Verified(
+                    request, small.digest, Upload(path, file, None, size, mode, mtime_ns,
+                                                  reservation=reservation)))
                 continue
-            commits.opened_verified(request, order_key(path), Verified(
-                request, small.digest, Upload(path, file, None, size, mode, mtime_ns,
-                                              reservation=reservation)))
+            if opened is not None:
+                unused = opened[index]
+                if not isinstance(unused, StorageError):
+                    unused[0].abort()  # refused: never written
+
+    def open_small_files(self, event: ev.SmallFilesReceived) -> list[Opened | StorageError]:
+        """Each file of the run created, in order (a worker thread's job on a remote store,
+        where a file's directory is looked up over the network)."""
+        c = self.connection
+        umask = c.config.umask
+        return [attempt(self._open_small, c.root, c.dirs, small.path,
+                        capped_mode(small.mode, umask)) for small in event.files]
+
+    def _open_small(self, root: Store, dirs: StoreCache, path: str, mode: int) -> Opened:
+        file = root.create(path, dirs, mode=mode)
+        return file, self._replaced(path)
 
     def on_body(self, request: int, piece: bytes | memoryview | int) -> None:
         upload = self.receiving.get(request)
@@ -259,48 +324,6 @@ class Uploads:
                                f"digest mismatch for '{path}': the data was damaged in "
                                "transit or the file changed while it was sent; nothing "
                                "was written")
-
-    # -- resume (docs/protocol.md §5.1) ---------------------------------------------------
-
-    def _start_resumable(self, event: ev.PutRequested) -> None:
-        """PUT with RESUMABLE, or PUT_AT: write under the target's partial name."""
-        c = self.connection
-        try:
-            file = c.root.create(event.path, kind=PartialFile)
-        except StorageError as exc:
-            if exc.errno != errno.EAGAIN:
-                c.refuse(event.request, "PUT", event.path, code_for(exc), str(exc))
-                return
-            if event.offset:
-                c.refuse(event.request, "PUT", event.path, m.ErrorCode.BUSY,
-                         f"another transfer to '{event.path}' is in progress; try "
-                         "again later")
-                return
-            c.budget.files -= 1  # counted again by the plain PUT
-            c.budget.bytes -= event.size - event.offset
-            self.on_put(replace(event, resumable=False))  # a random temporary
-            return
-        assert isinstance(file, ResumableFile)
-        if event.offset > file.kept:
-            file.abort()  # keeps the partial as it was
-            c.refuse(event.request, "PUT", event.path, m.ErrorCode.BAD_REQUEST,
-                     f"the server keeps {file.kept} bytes of '{event.path}', fewer "
-                     f"than the offset {event.offset}; send it again without resuming")
-            return
-        try:
-            file.start_at(event.offset)
-        except StorageError as exc:
-            c.refuse(event.request, "PUT", event.path, code_for(exc), str(exc))
-            return
-        room, reservation = self._reserve(event.request, event.path, event.size, file)
-        if not room:
-            return
-        sink = Sink(file, c.session.digest_feature, size=event.size, kept=event.offset)
-        self.receiving[event.request] = Upload(
-            event.path, file, sink, event.size, capped_mode(event.mode, c.config.umask),
-            event.mtime_ns if event.keep_mtime else None, offset=event.offset,
-            reservation=reservation)
-        c.commits.opened(event.request, order_key(event.path))
 
     # -- the ends of uploads that never finish --------------------------------------------
 
