@@ -27,7 +27,6 @@ from sockferry.units import format_bytes
 
 if TYPE_CHECKING:
     from sockferry.ferry.connection_base import ServerConnection
-    from sockferry.storage.store import Store, StoreCache
 
 log = logging.getLogger("sockferry.ferry")
 
@@ -135,12 +134,14 @@ class Uploads:
     def _reserve(self, request: int, path: str, size: int, file: AtomicFile,
                  replaced: int) -> tuple[bool, Reservation | None]:
         """--quota: room for ``size`` more bytes under the root (``replaced``: the bytes
-        of the file it replaces), held until ``file`` is finished (None: no quota);
-        False: refused (``file`` aborted, the client told)."""
+        of the file it replaces; -1: look them up), held until ``file`` is finished
+        (None: no quota); False: refused (``file`` aborted, the client told)."""
         c = self.connection
         quota = c.quota
         if quota is None:
             return True, None
+        if replaced < 0:
+            replaced = self._replaced(path)
         got = quota.reserve(path, size, replaced)
         if isinstance(got, str):
             c.metrics.limit_tripped(c.transport, "quota")
@@ -181,19 +182,17 @@ class Uploads:
                 self._refuse_too_large(request, path, size)
             elif not budget.limited or c.within_budget(request, "PUT", path, size):
                 mode = capped_mode(small.mode, umask)
-                got = attempt(self._open_small, root, dirs, path, mode) if opened is None \
-                    else opened[index]
-                if isinstance(got, StorageError):
-                    c.refuse(request, "PUT", path, code_for(got), str(got))
-                    continue
-                file, replaced = got
-                reservation = None
-                if c.quota is not None:
-                    room, reservation = self._reserve(request, path, size, file, replaced)
-                    if not room:
-                        continue
                 mtime_ns = small.mtime_ns if small.keep_mtime else None
+                reservation = None
                 try:
+                    # a local store: created here, with no call more per file
+                    file, replaced = (root.create(path, dirs, mode=mode), -1) \
+                        if opened is None else _unwrapped(opened[index])
+                    if c.quota is not None:
+                        room, reservation = self._reserve(request, path, size, file,
+                                                          replaced)
+                        if not room:
+                            continue
                     file.write(data)
                     if seal_early:
                         file.seal(mode, mtime_ns, durable=False)
@@ -205,21 +204,19 @@ class Uploads:
                                                   reservation=reservation)))
                 continue
             if opened is not None:
-                unused = opened[index]
-                if not isinstance(unused, StorageError):
-                    unused[0].abort()  # refused: never written
+                _abort_unused(opened[index])
 
     def open_small_files(self, event: ev.SmallFilesReceived) -> list[Opened | StorageError]:
         """Each file of the run created, in order (a worker thread's job on a remote store,
         where a file's directory is looked up over the network)."""
         c = self.connection
         umask = c.config.umask
-        return [attempt(self._open_small, c.root, c.dirs, small.path,
-                        capped_mode(small.mode, umask)) for small in event.files]
+        return [attempt(self._open_small, small.path, capped_mode(small.mode, umask))
+                for small in event.files]
 
-    def _open_small(self, root: Store, dirs: StoreCache, path: str, mode: int) -> Opened:
-        file = root.create(path, dirs, mode=mode)
-        return file, self._replaced(path)
+    def _open_small(self, path: str, mode: int) -> Opened:
+        c = self.connection
+        return c.root.create(path, c.dirs, mode=mode), self._replaced(path)
 
     def on_body(self, request: int, piece: bytes | memoryview | int) -> None:
         upload = self.receiving.get(request)
@@ -356,3 +353,15 @@ class Uploads:
             self.connection.log_file("PUT", upload.path, upload.file.written,
                                      upload.started, "aborted: the connection ended")
         self.receiving.clear()
+
+
+def _abort_unused(opened: Opened | StorageError) -> None:
+    """A file opened ahead for a PUT_INLINE that was then refused: never written."""
+    if not isinstance(opened, StorageError):
+        opened[0].abort()
+
+
+def _unwrapped(opened: Opened | StorageError) -> Opened:
+    if isinstance(opened, StorageError):
+        raise opened
+    return opened
