@@ -142,6 +142,9 @@ def test_server_killed_mid_transfer_leaves_no_partial_file(tmp_path: Path) -> No
     (["tftp-put", "--mode", "mail", "f", "h"], "invalid choice"),
     (["tftp-get", "unix:/x", "f"], "TFTP runs over UDP"),
     (["tftp-serve", "/no/such/dir"], "is not a directory"),
+    (["tftp-serve"], "give the directory to serve (ROOT) or an S3 bucket (--store URL)"),
+    (["tftp-serve", ".", "--store", "s3://bucket"], "give ROOT or --store, not both"),
+    (["tftp-serve", "--store", "/srv/tftp"], "--store '/srv/tftp' is not an S3 location"),
     (["tftp-serve", "--timeout", "0", "."], "from 1 to 255"),
 ])
 def test_usage_errors(argv: list[str], message: str) -> None:

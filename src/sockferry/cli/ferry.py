@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sockferry.addresses import parse_port
 from sockferry.cli.ferry_client import run_get, run_ls, run_send
-from sockferry.cli.serving import add_server_options
+from sockferry.cli.serving import add_root_or_store, add_server_options
 from sockferry.ferry import DEFAULT_PORT
 from sockferry.sctp import TRANSPORTS
 from sockferry.storage.durability import Durability
@@ -145,13 +145,7 @@ def _register_serve(sub: Any) -> None:
         description="Serve ROOT to sockferry clients. Client paths are confined to ROOT; "
         "files are written under a temporary name, checked against the sender's digest, "
         "fsynced and renamed. Stops on SIGINT/SIGTERM after a grace period.")
-    parser.add_argument("root", metavar="ROOT", nargs="?",
-                        help="directory to serve (or give --store)")
-    parser.add_argument("--store", metavar="URL",
-                        help="serve an S3 bucket instead of a directory: "
-                        "s3://BUCKET[/PREFIX][?endpoint=URL&region=REGION&profile=NAME]; "
-                        "keys from the AWS environment variables or shared credentials "
-                        "file; symbolic links are not kept there")
+    add_root_or_store(parser, store_note="symbolic links are not kept there")
     parser.add_argument("--listen", action="append", metavar="ADDR",
                         help="HOST:PORT, [IPv6]:PORT, :PORT (all interfaces) or unix:PATH; "
                         f"repeatable (default localhost:{DEFAULT_PORT})")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from sockferry.addresses import Address, parse_address
 from sockferry.cli.console import Console
 from sockferry.cli.runtime import ExitCode, run_async
-from sockferry.cli.serving import ServerOptions
+from sockferry.cli.serving import ServerOptions, what_to_serve
 from sockferry.errors import UsageError
 from sockferry.ferry import DEFAULT_PORT
 from sockferry.ferry.trust import server_identity
@@ -36,7 +36,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     from sockferry.ferry.server_config import FerryServerConfig  # noqa: PLC0415
     from sockferry.ferry.tokens import server_token  # noqa: PLC0415
 
-    root = _what_to_serve(args)
+    root = what_to_serve(args)
     options = ServerOptions.from_args(args, socket.SOCK_STREAM)
     raise_open_file_limit()
     token, token_path, created = server_token(args.token_file)
@@ -75,22 +75,6 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
         import sockferry.ferry.secure  # noqa: F401, PLC0415
     sctp = _SctpListen(args.sctp_stack, args.udp_port) if args.transport == "sctp" else None
     return run_async(_serve(root, addresses, config, args.grace, sctp, options))
-
-
-def _what_to_serve(args: argparse.Namespace) -> str:
-    """ROOT, or the --store URL: one of the two."""
-    from sockferry.storage.stores import is_store_url  # noqa: PLC0415 - see run_serve
-
-    if args.store is not None and args.root is not None:
-        raise UsageError("give ROOT or --store, not both")
-    if args.store is not None:
-        if not is_store_url(args.store):
-            raise UsageError(f"--store '{args.store}' is not an S3 location; write "
-                             "s3://BUCKET[/PREFIX][?endpoint=URL] (a directory goes as ROOT)")
-        return str(args.store)
-    if args.root is None:
-        raise UsageError("give the directory to serve (ROOT) or an S3 bucket (--store URL)")
-    return str(args.root)
 
 
 def _server_tls(args: argparse.Namespace, token_path: Path,

@@ -1,4 +1,5 @@
-"""Options every server shares: who may connect, and whom to run as once bound."""
+"""Options every server shares: what to serve, who may connect, and whom to run as
+once bound."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from sockferry import systemd
+from sockferry.errors import UsageError
 from sockferry.metrics import OFF, Metrics
 from sockferry.records import record
 
@@ -17,6 +19,35 @@ if TYPE_CHECKING:  # loaded by servers only: a client command's start-up skips t
 
 log = logging.getLogger("sockferry")
 METRICS_PORT = 9469  # when --metrics gives a host only
+
+
+def add_root_or_store(parser: argparse.ArgumentParser, *, store_note: str) -> None:
+    """ROOT, or --store URL (``what_to_serve`` checks that one of the two is given);
+    ``store_note``: what serving a bucket means for this server."""
+    parser.add_argument("root", metavar="ROOT", nargs="?",
+                        help="directory to serve (or give --store)")
+    parser.add_argument("--store", metavar="URL",
+                        help="serve an S3 bucket instead of a directory: "
+                        "s3://BUCKET[/PREFIX][?endpoint=URL&region=REGION&profile=NAME]; "
+                        "keys from the AWS environment variables or shared credentials "
+                        f"file; {store_note}")
+
+
+def what_to_serve(args: argparse.Namespace) -> str:
+    """ROOT, or the --store URL: one of the two."""
+    # Here, not at the top: a client command or --help loads no storage code.
+    from sockferry.storage.stores import is_store_url  # noqa: PLC0415
+
+    if args.store is not None and args.root is not None:
+        raise UsageError("give ROOT or --store, not both")
+    if args.store is not None:
+        if not is_store_url(args.store):
+            raise UsageError(f"--store '{args.store}' is not an S3 location; write "
+                             "s3://BUCKET[/PREFIX][?endpoint=URL] (a directory goes as ROOT)")
+        return str(args.store)
+    if args.root is None:
+        raise UsageError("give the directory to serve (ROOT) or an S3 bucket (--store URL)")
+    return str(args.root)
 
 
 def add_server_options(parser: argparse.ArgumentParser, *, unix: bool = False) -> None:

@@ -15,8 +15,14 @@ from typing import Any
 from sockferry.addresses import Address, HostPort, format_sockaddr, parse_address
 from sockferry.cli.console import Console, TransferProgress
 from sockferry.cli.runtime import ExitCode, run_async
-from sockferry.cli.serving import ServerOptions, add_server_options
+from sockferry.cli.serving import (
+    ServerOptions,
+    add_root_or_store,
+    add_server_options,
+    what_to_serve,
+)
 from sockferry.errors import UsageError
+from sockferry.storage.stores import is_store_url
 from sockferry.tftp.aio import TransferResult
 from sockferry.tftp.client import ClientOptions, download, upload
 from sockferry.tftp.options import MAX_TIMEOUT_S, MAX_WINDOWSIZE, MIN_TIMEOUT_S, ServerLimits
@@ -78,10 +84,13 @@ def register(sub: Any) -> None:
 def _register_serve(sub: Any) -> None:
     serve = sub.add_parser(
         "tftp-serve", help="serve a directory over TFTP (RFC 1350, 2347-2349, 7440)",
-        description="Serve the files below ROOT to any TFTP client. Read-only unless "
-        "--allow-upload is given; nothing outside ROOT can be reached. One log line per "
-        "transfer goes to stderr. SIGINT or SIGTERM stops the server.")
-    serve.add_argument("root", metavar="ROOT")
+        description="Serve the files below ROOT (or in an S3 bucket, --store) to any TFTP "
+        "client. Read-only unless --allow-upload is given; nothing outside ROOT can be "
+        "reached. One log line per transfer goes to stderr. SIGINT or SIGTERM stops the "
+        "server.")
+    add_root_or_store(serve, store_note="a download fetches the whole object into a "
+                      "local spool file before its first block goes out, and an upload "
+                      "appears once complete (a multipart upload beyond 8 MiB)")
     serve.add_argument("--listen", action="append", metavar="ADDR",
                        help=f"address to listen on, repeatable (default ':{DEFAULT_PORT}': "
                        "every interface, IPv6 and IPv4)")
@@ -151,14 +160,15 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace, console: Console) -> int:
-    if not os.path.isdir(args.root):
-        raise UsageError(f"'{args.root}' is not a directory — give the directory to serve")
+    root = what_to_serve(args)
+    if not is_store_url(root) and not os.path.isdir(root):
+        raise UsageError(f"'{root}' is not a directory — give the directory to serve")
     options = ServerOptions.from_args(args, socket.SOCK_DGRAM)
     # Socket activation: the unit's sockets, and --listen only if given.
     default = [] if options.activated else [f":{DEFAULT_PORT}"]
     listen = [parse_address(text, DEFAULT_PORT) for text in args.listen or default]
     config = TftpServerConfig(
-        root=args.root,
+        root=root,
         allow_upload=UploadPolicy(args.allow_upload or "none"),
         limits=ServerLimits(blksize_max=args.blksize_max, windowsize_max=args.windowsize_max),
         timing=Timing(timeout_s=float(args.timeout), retries=args.retries),
@@ -182,7 +192,7 @@ async def _serve(config: TftpServerConfig, listen: list[Address], console: Conso
     for sockaddr in server.addresses if not console.quiet else ():
         console.print(f"serving {config.root} over TFTP on {format_sockaddr(sockaddr)}")
     try:
-        options.after_binding()  # listening, root open: drop to --user now
+        options.after_binding()  # listening, root or store open: drop to --user now
         await server.serve_forever()
     finally:
         options.stopping()

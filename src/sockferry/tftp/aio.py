@@ -256,10 +256,16 @@ class TransferDriver:
             self.cancel(SockferryError("the transfer was interrupted"))
             raise
         finally:
-            self._close()
+            sink = self._close()
+            if sink is not None:
+                # A remote store's abort waits for the parts going up, then asks the
+                # store to drop them: in a worker thread, not on the loop.
+                await asyncio.to_thread(sink.discard)
         return self.result()
 
-    def _close(self) -> None:
+    def _close(self) -> FileSink | None:
+        """Close the sockets and the source, discard an unstored sink; a remote store's
+        sink is returned, for the caller to discard off the loop."""
         if self._lane is not None:
             self._lane.stop()
         for sock in (self.sock, self._twin):
@@ -272,7 +278,10 @@ class TransferDriver:
         if self.source is not None:
             self.source.close()
         if self.sink is not None and self.error is not None:
+            if self.sink.target.remote:
+                return self.sink
             self.sink.discard()
+        return None
 
     def result(self) -> TransferResult:
         """The outcome so far; final once the core reported completion or failure."""

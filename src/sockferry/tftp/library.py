@@ -12,6 +12,7 @@ import os
 from sockferry.addresses import Address, HostPort, format_sockaddr, parse_address
 from sockferry.errors import UsageError
 from sockferry.library import ProgressCallback, Server, Transfer
+from sockferry.storage.store import Store
 from sockferry.tftp.client import DEFAULT_PORT, ClientOptions, download, upload
 from sockferry.tftp.client import ProgressCallback as Counts
 from sockferry.tftp.options import ServerLimits
@@ -47,14 +48,17 @@ async def put(local: str | os.PathLike[str], host: str, remote: str, *,
     return Transfer(os.fspath(local), remote, result.size)
 
 
-async def serve(root: str | os.PathLike[str], host: str = "localhost",
+async def serve(root: str | os.PathLike[str] | Store, host: str = "localhost",
                 port: int = DEFAULT_PORT, *, listen: list[str] | None = None,
                 allow_upload: str = "none", blksize_max: int = MAX_BLKSIZE,
                 windowsize_max: int = 64, max_transfers: int = DEFAULT_MAX_TRANSFERS,
                 max_upload_size: int | None = None) -> Server:
     """Serve the directory ``root`` over TFTP on ``host``:``port`` (or on every
-    ``listen`` address).  ``allow_upload``: ``none``, ``create`` (new files only),
-    ``overwrite`` (existing files only) or ``any``, as ``tftp-serve --allow-upload``."""
+    ``listen`` address).  ``root`` may also be an S3 location
+    (``s3://BUCKET/PREFIX?endpoint=URL``, as ``tftp-serve --store``) or a store of
+    one's own (``sockferry.storage.store.Store``), closed when the server is.
+    ``allow_upload``: ``none``, ``create`` (new files only), ``overwrite`` (existing
+    files only) or ``any``, as ``tftp-serve --allow-upload``."""
     try:
         policy = UploadPolicy(allow_upload)
     except ValueError:
@@ -62,7 +66,8 @@ async def serve(root: str | os.PathLike[str], host: str = "localhost",
                          "overwrite, any") from None
     addresses: list[Address] = [parse_address(a, DEFAULT_PORT) for a in listen] if listen \
         else [HostPort(host, port)]
-    config = TftpServerConfig(root=os.fspath(root), allow_upload=policy,
+    served = os.fspath(root) if isinstance(root, (str, os.PathLike)) else root
+    config = TftpServerConfig(root=served, allow_upload=policy,
                           limits=ServerLimits(blksize_max=blksize_max,
                                               windowsize_max=windowsize_max),
                           max_transfers=max_transfers, max_upload_bytes=max_upload_size)

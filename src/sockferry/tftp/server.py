@@ -2,9 +2,11 @@
 
 Requests arrive on the listening sockets (port 69 by default); each accepted request gets
 its own socket on an ephemeral port, its TID (RFC 1350 §4), bound to the address the
-client wrote to.  Files come from a ``Root`` sandbox; uploads go through ``AtomicFile``
-and appear under their name only once complete, fsynced and acknowledged.  Every
-transfer, and every refused request, is one log line (floods: a few a second).
+client wrote to.  Files come from a ``Store``: a ``Root`` sandbox, or a remote store (an
+S3 bucket, storage/s3.py) whose files are opened in worker threads, since each open is
+network requests and a read fetches the whole object first; uploads go through
+``AtomicFile`` and appear under their name only once complete, stored and acknowledged.
+Every transfer, and every refused request, is one log line (floods: a few a second).
 
 The request port cannot be turned into a weapon (see ``admission``): an ERROR is never
 answered; other stray packets and refusals are answered through token buckets; a source
@@ -15,15 +17,18 @@ the TID, and those expire after ``unconfirmed_s`` (the cores' anti-amplification
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
+import functools
 import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from sockferry.access import AccessRules
 from sockferry.addresses import Address, SockAddr, format_sockaddr
@@ -35,6 +40,7 @@ from sockferry.errors import (
 )
 from sockferry.logfields import fields
 from sockferry.metrics import OFF, Metrics
+from sockferry.pools import shared_pool
 from sockferry.safe_text import clip
 from sockferry.sockets import (
     enable_destination_address,
@@ -43,8 +49,8 @@ from sockferry.sockets import (
     recv_with_destination,
 )
 from sockferry.storage.names import DEFAULT_UMASK, capped_mode
-from sockferry.storage.root import Root
 from sockferry.storage.store import Store
+from sockferry.storage.stores import open_store
 from sockferry.tftp.accept import Ignored, Refusal, agree_options, judge, requested_path
 from sockferry.tftp.admission import ReplyLimiter, source_key
 from sockferry.tftp.aio import (
@@ -81,6 +87,11 @@ DEFAULT_ERROR_RATE = 50
 # second, then a count of what was left out.
 MAX_NOTICES_PER_S = 20
 NEW_FILE_MODE = capped_mode(0o666, DEFAULT_UMASK)
+# Worker threads opening the files of a remote store (HTTP requests; a read fetches the
+# whole object): bounded, so that a burst of requests waits its turn.
+OPEN_THREADS = 8
+
+Key = tuple[SockAddr, bytes]  # a transfer: its peer and its request datagram
 
 
 class UploadPolicy(Enum):
@@ -92,7 +103,9 @@ class UploadPolicy(Enum):
 
 @dataclass(frozen=True, slots=True)
 class TftpServerConfig:
-    root: str
+    # A directory's path, an S3 location (storage/stores.py) or a store; the server
+    # closes the store when it closes.
+    root: str | Store
     allow_upload: UploadPolicy = UploadPolicy.NONE
     limits: ServerLimits = field(default_factory=ServerLimits)
     timing: Timing = field(default_factory=Timing)
@@ -129,18 +142,53 @@ class NoticeLimiter:
         return False
 
 
+@dataclass(slots=True)
+class _Files:
+    """What a request's storage work opened: the file to send and its size, or the sink
+    of an upload; and the room left for uploads."""
+
+    source: FileSource | None = None
+    size: int | None = None
+    sink: FileSink | None = None
+    upload_limit: int | None = None
+
+    def close(self) -> None:
+        """Let go of what was opened (no transfer took it)."""
+        if self.source is not None:
+            self.source.close()
+        if self.sink is not None:
+            self.sink.discard()
+
+
+class _Opening:
+    """A request whose files a worker thread is opening (a remote store).  It holds the
+    request's place in ``_transfers``, so that it counts against every limit as a
+    transfer whose peer has not answered yet; a repeat of the request meanwhile is
+    dropped: its one answer goes out once the file is open."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+
+    def request_repeated(self, nbytes: int) -> None:
+        pass
+
+    def cancel(self, error: SockferryError) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
 class TftpServer:
-    """Serves a root directory over TFTP until closed."""
+    """Serves a store (a root directory, an S3 bucket) over TFTP until closed."""
 
     def __init__(self, config: TftpServerConfig) -> None:
         self.config = config
-        # A directory only: an S3 store's reads would fetch whole objects on the loop.
-        self.root: Store = Root(config.root)
+        self.root: Store = (open_store(config.root) if isinstance(config.root, str)
+                            else config.root)
         self._listeners: list[socket.socket] = []
-        self._transfers: dict[tuple[SockAddr, bytes], TransferDriver] = {}
+        self._transfers: dict[Key, TransferDriver | _Opening] = {}
         self._per_host: Counter[str] = Counter()
         # Each source's transfers, to count those whose peer has not answered yet.
-        self._by_source: dict[str, set[tuple[SockAddr, bytes]]] = {}
+        self._by_source: dict[str, set[Key]] = {}
         self._replies = ReplyLimiter(config.error_rate, max(1, config.error_rate // 10),
                                      time.monotonic())
         self._notices = NoticeLimiter()
@@ -190,7 +238,10 @@ class TftpServer:
             await asyncio.wait(self._tasks, timeout=1.0)
         for task in self._tasks:
             task.cancel()
-        self.root.close()
+        if self.root.remote:  # waits for the parts still going up
+            await asyncio.to_thread(self.root.close)
+        else:
+            self.root.close()
         self._closed.set()
 
     # -- requests -----------------------------------------------------------------------
@@ -244,8 +295,6 @@ class TftpServer:
         what = f"{'read' if request.is_read else 'write'} " \
                f"'{clip(request.filename.decode('utf-8', 'surrogateescape'))}'"
         source = source_key(_host(peer))
-        direction = "download" if request.is_read else "upload"
-        path = request.filename.decode("utf-8", "surrogateescape")
         if self._unconfirmed_from(source) >= self.config.max_unconfirmed_per_source:
             self.config.metrics.limit_tripped("tftp", "max-unconfirmed-per-source")
             # Likely forged: no answer at all, so no reflection either.
@@ -254,16 +303,84 @@ class TftpServer:
             return
         try:
             self._check_capacity(peer)
-            driver = self._open_transfer(listener, request, peer, local, len(data))
+            path = self._check_request(request)
+            if self.root.remote:
+                self._open_elsewhere(key, listener, request, path, local, shown, what)
+                return
+            files = self._open_files(request, path)
+            driver = self._make_driver(listener, request, peer, local, len(data), files)
         except Refusal as refusal:
-            self.config.metrics.transfer_ended("tftp", direction, "refused", 0, 0.0,
-                                               refusal.code.name.lower())
-            self._refuse(listener, peer, shown, what, refusal)
+            self._refused(listener, peer, shown, what, request, refusal)
             return
-        self.config.metrics.transfer_started("tftp", direction)
+        self._register(key, driver)
+        self._launch(key, driver, request, shown, what)
+
+    def _open_elsewhere(self, key: Key, listener: socket.socket, request: TransferRequest,
+                        path: bytes, local: str | None, shown: str, what: str) -> None:
+        """Open a remote store's file in a worker thread, the request's place held."""
+        opening = _Opening()
+        self._register(key, opening)
+        opening.task = self._spawn(self._open_then_run(key, listener, request, path, local,
+                                                       shown, what))
+
+    async def _open_then_run(self, key: Key, listener: socket.socket,
+                             request: TransferRequest, path: bytes, local: str | None,
+                             shown: str, what: str) -> None:
+        peer, data = key
+        try:
+            files = await _in_worker(functools.partial(self._open_files, request, path))
+            driver = self._make_driver(listener, request, peer, local, len(data), files)
+        except Refusal as refusal:
+            self._unregister(key)
+            self._refused(listener, peer, shown, what, request, refusal)
+            return
+        except BaseException as exc:
+            self._unregister(key)  # cancelled (the server closes), or a bug
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("%s %s: internal error", shown, what)
+            return
         self._transfers[key] = driver
-        self._per_host[_host(peer)] += 1
-        self._by_source.setdefault(source, set()).add(key)
+        self._launch(key, driver, request, shown, what, task=False)
+        await self._run(driver, key, shown, what)
+
+    def _refused(self, listener: socket.socket, peer: SockAddr, shown: str, what: str,
+                 request: TransferRequest, refusal: Refusal) -> None:
+        direction = "download" if request.is_read else "upload"
+        self.config.metrics.transfer_ended("tftp", direction, "refused", 0, 0.0,
+                                           refusal.code.name.lower())
+        self._refuse(listener, peer, shown, what, refusal)
+
+    def _register(self, key: Key, entry: TransferDriver | _Opening) -> None:
+        self._transfers[key] = entry
+        host = _host(key[0])
+        self._per_host[host] += 1
+        self._by_source.setdefault(source_key(host), set()).add(key)
+
+    def _unregister(self, key: Key) -> None:
+        del self._transfers[key]
+        host = _host(key[0])
+        source = source_key(host)
+        keys = self._by_source[source]
+        keys.discard(key)
+        if not keys:
+            del self._by_source[source]
+        self._per_host[host] -= 1
+        if self._per_host[host] <= 0:
+            del self._per_host[host]
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _launch(self, key: Key, driver: TransferDriver, request: TransferRequest, shown: str,
+                what: str, *, task: bool = True) -> None:
+        """Count the transfer started, log its outcome when known, and (``task``) run it."""
+        direction = "download" if request.is_read else "upload"
+        path = request.filename.decode("utf-8", "surrogateescape")
+        self.config.metrics.transfer_started("tftp", direction)
 
         def log_outcome(result: TransferResult) -> None:
             self._count(direction, result)
@@ -281,9 +398,8 @@ class TftpServer:
                                   error=None if result.error is None else str(result.error)))
 
         driver.on_outcome = log_outcome
-        task = asyncio.get_running_loop().create_task(self._run(driver, key, shown, what))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if task:
+            self._spawn(self._run(driver, key, shown, what))
 
     def _count(self, direction: str, result: TransferResult) -> None:
         metrics = self.config.metrics
@@ -299,7 +415,7 @@ class TftpServer:
 
     def _unconfirmed_from(self, source: str) -> int:
         keys = self._by_source.get(source, ())
-        return sum(1 for key in keys if not self._transfers[key].core.confirmed)
+        return sum(1 for key in keys if not _confirmed(self._transfers[key]))
 
     def _ignore(self, shown: str, why: str) -> None:
         if self._notices.allow(time.monotonic()):
@@ -325,26 +441,40 @@ class TftpServer:
         if self._notices.allow(now):
             log.info("%s %s refused: %s", shown, what, clip(refusal.message), extra=event)
 
-    def _open_transfer(self, listener: socket.socket, request: TransferRequest, peer: SockAddr,
-                       local: str | None, received: int) -> TransferDriver:
+    def _check_request(self, request: TransferRequest) -> bytes:
+        """The requested path, once the checks that need no storage are passed."""
         path = requested_path(request)
-        source, sink, size = None, None, None
+        if not request.is_read and self.config.allow_upload is UploadPolicy.NONE:
+            raise Refusal(ErrorCode.ACCESS_VIOLATION, "uploads are not allowed here")
+        return path
+
+    def _open_files(self, request: TransferRequest, path: bytes) -> _Files:
+        """The storage work of a request (blocking for a remote store: a worker thread
+        runs it then); Refusal when the file cannot be used."""
+        files = _Files()
         try:
             if request.is_read:
-                source, size = self._open_source(path)
+                files.source, files.size = self._open_source(path)
             else:
-                sink = self._open_sink(path)
-            options, oack = agree_options(request, file_size=size,
-                                          upload_limit=self._upload_limit(),
-                                          limits=self.config.limits)
-            sock = self._transfer_socket(listener, local)
+                files.sink = self._open_sink(path)
+            files.upload_limit = self._upload_limit()
         except BaseException as exc:
-            if source is not None:
-                source.close()
-            if sink is not None:
-                sink.discard()
+            files.close()
             if isinstance(exc, StorageError):
                 raise Refusal(storage_error_code(exc), str(exc)) from exc
+            raise
+        return files
+
+    def _make_driver(self, listener: socket.socket, request: TransferRequest,
+                     peer: SockAddr, local: str | None, received: int,
+                     files: _Files) -> TransferDriver:
+        try:
+            options, oack = agree_options(request, file_size=files.size,
+                                          upload_limit=files.upload_limit,
+                                          limits=self.config.limits)
+            sock = self._transfer_socket(listener, local)
+        except BaseException:
+            files.close()
             raise
         assert not isinstance(peer, str)  # UDP peers are (host, port, ...) tuples
         now = asyncio.get_running_loop().time()
@@ -359,7 +489,7 @@ class TftpServer:
             core = ServerWrite(peer, options, oack, self.config.timing, now,
                                netascii_mode=netascii, max_size=self.config.max_upload_bytes,
                                received=received, unconfirmed_s=unconfirmed_s)
-        return TransferDriver(sock, core, source=source, sink=sink)
+        return TransferDriver(sock, core, source=files.source, sink=files.sink)
 
     def _open_source(self, path: bytes) -> tuple[FileSource, int]:
         fd, st = self.root.open_read(path)
@@ -367,8 +497,6 @@ class TftpServer:
 
     def _open_sink(self, path: bytes) -> FileSink:
         policy = self.config.allow_upload
-        if policy is UploadPolicy.NONE:
-            raise Refusal(ErrorCode.ACCESS_VIOLATION, "uploads are not allowed here")
         mode = NEW_FILE_MODE
         try:
             entry = self.root.stat(path)
@@ -406,8 +534,7 @@ class TftpServer:
         except NetworkError as exc:
             raise Refusal(ErrorCode.NOT_DEFINED, str(exc)) from exc
 
-    async def _run(self, driver: TransferDriver, key: tuple[SockAddr, bytes], shown: str,
-                   what: str) -> None:
+    async def _run(self, driver: TransferDriver, key: Key, shown: str, what: str) -> None:
         """Run one transfer to its end (dallying included); its log line comes from
         ``on_outcome`` as soon as the outcome is known."""
         try:
@@ -415,16 +542,33 @@ class TftpServer:
         except Exception:  # a bug: say so, and keep serving everyone else
             log.exception("%s %s: internal error", shown, what)
         finally:
-            del self._transfers[key]
-            host = _host(key[0])
-            source = source_key(host)
-            keys = self._by_source[source]
-            keys.discard(key)
-            if not keys:
-                del self._by_source[source]
-            self._per_host[host] -= 1
-            if self._per_host[host] <= 0:
-                del self._per_host[host]
+            self._unregister(key)
+
+
+async def _in_worker(work: Callable[[], _Files]) -> _Files:
+    """``work`` done in a worker thread.  A thread cannot be stopped: if the wait is
+    cancelled (the server closes), what it opens is let go once it is done."""
+    future = shared_pool("tftp-open", OPEN_THREADS).submit(work)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_let_go)
+        raise
+
+
+def _let_go(future: concurrent.futures.Future[_Files]) -> None:
+    """The files of an open nobody waits for any more (on the worker's thread)."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    try:
+        future.result().close()
+    except Exception:  # the store may be closed by now: nothing more to do
+        log.debug("letting go of an abandoned open failed", exc_info=True)
+
+
+def _confirmed(entry: TransferDriver | _Opening) -> bool:
+    """Whether the transfer's peer has answered on its TID (an opening one has not)."""
+    return isinstance(entry, TransferDriver) and entry.core.confirmed
 
 
 def describe_result(result: TransferResult) -> str:
