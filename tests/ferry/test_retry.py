@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -51,6 +52,27 @@ def _kill_midway(server: CliServer, watched: Path, client: subprocess.Popen[str]
     raise AssertionError("the partial file never reached a quarter of the file")
 
 
+def _cut_and_restarted(env: dict[str, Path], server: CliServer, watched: Path,
+                       client: subprocess.Popen[str],
+                       when_killed: Callable[[], None] = lambda: None) -> tuple[int, str, str]:
+    """Kill ``server`` midway through ``client``'s copy, start another on its port, and
+    let the client finish: (bytes the receiver had at the kill, stdout, stderr)."""
+    restarted = None
+    try:
+        kept = _kill_midway(server, watched, client)
+        when_killed()
+        time.sleep(0.3)  # the client finds the port closed at least once
+        restarted = CliServer(env["root"], env["token"], env["tmp"] / "second.log",
+                              port=server.port)
+        out, err = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+        if restarted is not None:
+            restarted.stop()
+    return kept, out, err
+
+
 def _digest(path: Path) -> bytes:
     return blake3.blake3(path.read_bytes()).digest()
 
@@ -78,17 +100,8 @@ def test_a_copy_whose_server_dies_goes_on_with_the_next_one(env: dict[str, Path]
     argv = ["send", *common, str(tmp / "data"), "127.0.0.1:data"] if direction == "send" \
         else ["get", *common, "127.0.0.1:data", str(local / "data")]
     client = _cli(*argv)
-    restarted = None
-    try:
-        kept = _kill_midway(server, root if direction == "send" else local, client)
-        time.sleep(0.3)  # the client finds the port closed at least once
-        restarted = CliServer(root, env["token"], tmp / "second.log", port=port)
-        out, err = client.communicate(timeout=60)
-    finally:
-        if client.poll() is None:
-            client.kill()
-        if restarted is not None:
-            restarted.stop()
+    kept, out, err = _cut_and_restarted(env, server, root if direction == "send" else local,
+                                        client)
     assert client.returncode == 0, err
     assert re.search(r"\(retry 1 of 4 in 1 s\)", err), err
     assert "Traceback" not in err and "never retrieved" not in err, err
@@ -112,20 +125,15 @@ def test_files_that_arrived_whole_are_left_alone_on_the_retry(env: dict[str, Pat
         (tree / f"f{i:02}").write_bytes(os.urandom(4096))
     shutil.copyfile(tmp / "data", tree / "z" / "big")  # sent after the small ones
     server = CliServer(root, env["token"], tmp / "first.log")
-    port = server.port
-    client = _cli("send", "-v", "-r", "--retry", "3", "--limit-rate", RATE, "-P", str(port),
-                  "--token-file", str(env["token"]), str(tree), "127.0.0.1:tree")
-    restarted = None
-    try:
-        _kill_midway(server, root / "tree" / "z", client)
+    client = _cli("send", "-v", "-r", "--retry", "3", "--limit-rate", RATE, "-P",
+                  str(server.port), "--token-file", str(env["token"]), str(tree),
+                  "127.0.0.1:tree")
+
+    def all_small_ones_there() -> None:
         assert len([p for p in (root / "tree").iterdir() if p.name.startswith("f")]) == 20
-        restarted = CliServer(root, env["token"], tmp / "second.log", port=port)
-        _out, err = client.communicate(timeout=60)
-    finally:
-        if client.poll() is None:
-            client.kill()
-        if restarted is not None:
-            restarted.stop()
+
+    _kept, _out, err = _cut_and_restarted(env, server, root / "tree" / "z", client,
+                                          all_small_ones_there)
     assert client.returncode == 0, err
     # the twenty small files were found identical by digest, the big one resumed
     assert "sent 1 file(s), 48.0 MiB, 20 unchanged" in err, err

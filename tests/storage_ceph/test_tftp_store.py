@@ -207,13 +207,7 @@ def test_nothing_shows_under_the_key_before_the_upload_completes(
 def test_an_upload_broken_off_leaves_no_upload_and_no_key(
         served: tuple[Server, str], ceph_s3: CephS3, bucket: str) -> None:
     server, address = served
-    writer = LockStepWriter(int(address.rsplit(":", 1)[1]), b"broken.bin")
-    try:
-        writer.send(os.urandom(BROKEN))
-        _wait_for_a_part(ceph_s3, bucket)
-        writer.break_off()
-    finally:
-        writer.close()
+    _break_off_an_upload(int(address.rsplit(":", 1)[1]), ceph_s3, bucket)
     server.wait_for(r"write 'broken\.bin' .*failed")
     deadline = time.monotonic() + 30
     while uploads(ceph_s3, bucket):  # aborted in a worker thread, just after the log line
@@ -269,16 +263,7 @@ def test_the_server_makes_no_s3_request_on_its_event_loop(
             with pytest.raises(PeerRefused, match="TFTP error 6"):
                 await upload(str(local), server, "blocks.bin", options)
 
-            def broken_off() -> None:
-                writer = LockStepWriter(port, b"broken.bin")
-                try:
-                    writer.send(os.urandom(BROKEN))
-                    _wait_for_a_part(ceph_s3, bucket)
-                    writer.break_off()
-                finally:
-                    writer.close()
-
-            await asyncio.to_thread(broken_off)
+            await asyncio.to_thread(_break_off_an_upload, port, ceph_s3, bucket)
         return threading.get_ident()  # the server closed: its discards are done
 
     loop_thread = asyncio.run(go())
@@ -290,3 +275,14 @@ def test_the_server_makes_no_s3_request_on_its_event_loop(
     on_loop = [name for name, ident in recording.calls if ident == loop_thread]
     assert on_loop == [], f"S3 requests made on the event loop: {on_loop}"
     assert os.listdir(spool) == [], "spool files left behind"
+
+
+def _break_off_an_upload(port: int, ceph_s3: CephS3, bucket: str) -> None:
+    """Upload ``broken.bin`` until a part is in the bucket, then go silent mid-transfer."""
+    writer = LockStepWriter(port, b"broken.bin")
+    try:
+        writer.send(os.urandom(BROKEN))
+        _wait_for_a_part(ceph_s3, bucket)
+        writer.break_off()
+    finally:
+        writer.close()
