@@ -437,3 +437,27 @@ def test_a_connections_store_lookups_never_run_on_the_event_loop(
     assert on_loop == [], on_loop
     assert real.get_object(Bucket=bucket, Key="meta/t/b/c/f4")["Body"].read() == b"small 4"
     store.close()
+
+
+def test_writes_past_a_part_make_no_request_in_the_writers_thread(
+        ceph_s3: CephS3, bucket: str, tmp_path: Path) -> None:
+    """The writer runs on a server's event loop: beginning the multipart upload and every
+    part go to worker threads, and the writer never waits for parts in flight."""
+    os.mkdir(tmp_path / "spool")
+    store = S3Store(S3Location.parse(f"s3://{bucket}/w?endpoint={ceph_s3.endpoint_url}"),
+                    spool=str(tmp_path / "spool"), client=ceph_s3.client())
+    threads: list[tuple[str, int]] = []
+    real = store.client
+    store.client = _Counting(real, [], threads)
+    body = os.urandom(3 * PART_BYTES + 77)
+    file = store.create("big")  # a server does this in a worker thread too (WAITING_HANDLERS)
+    threads.clear()
+    for offset in range(0, len(body), 1 << 20):
+        file.write(body[offset:offset + (1 << 20)])
+    written_by = [name for name, ident in threads if ident == threading.get_ident()]
+    file.commit(0o644)
+    assert written_by == [], written_by
+    names = [name for name, _ in threads]
+    assert names.count("create_multipart_upload") == 1 and names.count("upload_part") == 4
+    assert real.get_object(Bucket=bucket, Key="w/big")["Body"].read() == body
+    store.close()

@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 store_log = logging.getLogger("sockferry.storage")
 
 PART_BYTES = 8 * 1024 * 1024  # S3 wants 5 MiB at least for every part but the last
-PARTS_IN_FLIGHT = 4  # per file: a writer waits when this many are still going up
 UPLOAD_THREADS = 8  # per store: parts, and the reads of whole objects into the spool
 FETCH_CHUNK = 1024 * 1024
 COPY_AT_ONCE = 5 * 1024**3  # the largest object one CopyObject request may copy
@@ -663,7 +662,9 @@ class S3File(AtomicFile):
     def __init__(self, store: S3Store, key: str, shown: str, mode: int) -> None:
         self.store = store
         self.key = key
-        self.upload_id: str | None = None
+        # The multipart upload's id, being made in a worker thread (None: none begun):
+        # the writer, on the event loop, never waits for a request.
+        self.upload: concurrent.futures.Future[str] | None = None
         self.parts: list[concurrent.futures.Future[dict[str, Any]]] = []
         self.sent = 0  # bytes handed to part uploads
         self.final_mode = mode
@@ -698,27 +699,32 @@ class S3File(AtomicFile):
         self.final_mode, self.final_mtime_ns = mode, mtime_ns
 
     def _send_part(self, offset: int, length: int) -> None:
-        if self.upload_id is None:
+        if self.upload is None:
             self.started_metadata = self._metadata()
-            created = self.store._call(self.shown, self.store.client.create_multipart_upload,
-                                       Bucket=self.store.bucket, Key=self.key,
-                                       Metadata=self.started_metadata)
-            self.upload_id = str(created["UploadId"])
-        while sum(not part.done() for part in self.parts) >= PARTS_IN_FLIGHT:
-            concurrent.futures.wait(self.parts, return_when=concurrent.futures.FIRST_COMPLETED)
+            # Queued before any of its parts: a worker running a part finds it made or
+            # being made by another worker, never waiting behind it in the queue.
+            self.upload = self.store.threads.submit(self._begin_upload,
+                                                    self.started_metadata)
         self._check_parts()
         self.parts.append(self.store.threads.submit(self._upload_part, len(self.parts) + 1,
                                                     offset, length))
         self.sent = offset + length
 
+    def _begin_upload(self, metadata: dict[str, str]) -> str:
+        created = self.store._call(self.shown, self.store.client.create_multipart_upload,
+                                   Bucket=self.store.bucket, Key=self.key, Metadata=metadata)
+        return str(created["UploadId"])
+
     def _upload_part(self, number: int, offset: int, length: int) -> dict[str, Any]:
+        assert self.upload is not None
+        upload_id = self.upload.result()  # its failure fails the part (_check_parts)
         data = os.pread(self.fd, length, offset)
         if len(data) != length:
             raise StorageError(f"'{self.shown}': the spool file came up short",
                                errno=errno.EIO, path=self.shown)
         done = self.store._call(self.shown, self.store.client.upload_part,
                                 Bucket=self.store.bucket, Key=self.key,
-                                UploadId=self.upload_id, PartNumber=number, Body=data)
+                                UploadId=upload_id, PartNumber=number, Body=data)
         return {"PartNumber": number, "ETag": done["ETag"]}
 
     def _check_parts(self) -> None:
@@ -772,7 +778,7 @@ class S3File(AtomicFile):
         multipart upload completed; ``exact_metadata``: then fix the metadata, which the
         upload's start did not know (the final mode and mtime)."""
         store = self.store
-        if self.upload_id is None:
+        if self.upload is None:
             data = os.pread(self.fd, self.written, 0)
             store._call(self.shown, store.client.put_object, Bucket=store.bucket,
                         Key=self.key, Body=data, Metadata=self._metadata())
@@ -781,10 +787,11 @@ class S3File(AtomicFile):
             self._send_part(self.sent, self.written - self.sent)
         concurrent.futures.wait(self.parts)
         self._check_parts()
+        assert self.upload is not None
         store._call(self.shown, store.client.complete_multipart_upload,
-                    Bucket=store.bucket, Key=self.key, UploadId=self.upload_id,
+                    Bucket=store.bucket, Key=self.key, UploadId=self.upload.result(),
                     MultipartUpload={"Parts": [part.result() for part in self.parts]})
-        self.upload_id = None  # nothing left to abort
+        self.upload = None  # nothing left to abort
         if exact_metadata and self._metadata() != self.started_metadata:
             # the upload began before the final mode and mtime were known
             store.copy(self.key, self.key, self._metadata(), self.written, self.shown)
@@ -803,12 +810,12 @@ class S3File(AtomicFile):
         for part in self.parts:
             part.cancel()
         concurrent.futures.wait(self.parts)
-        if self.upload_id is not None:
-            with contextlib.suppress(StorageError):
+        upload, self.upload = self.upload, None
+        if upload is not None and not upload.cancel():  # begun, or being begun
+            with contextlib.suppress(StorageError, concurrent.futures.CancelledError):
                 self.store._call(self.shown, self.store.client.abort_multipart_upload,
                                  Bucket=self.store.bucket, Key=self.key,
-                                 UploadId=self.upload_id)
-            self.upload_id = None
+                                 UploadId=upload.result())
         super().abort()
 
 
