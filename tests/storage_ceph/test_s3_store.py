@@ -6,6 +6,7 @@ paginated listings, stale uploads swept — and `sockferry serve --store` end to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import re
@@ -460,4 +461,52 @@ def test_writes_past_a_part_make_no_request_in_the_writers_thread(
     names = [name for name, _ in threads]
     assert names.count("create_multipart_upload") == 1 and names.count("upload_part") == 4
     assert real.get_object(Bucket=bucket, Key="w/big")["Body"].read() == body
+    store.close()
+
+
+def test_an_upload_broken_off_is_kept_off_the_event_loop(ceph_s3: CephS3, bucket: str,
+                                                        tmp_path: Path) -> None:
+    """A client gone mid-upload: the server completes what arrived as the partial object
+    (waiting for the parts in flight) in a worker thread, not on its event loop."""
+    from sockferry.ferry.client import FerryClient  # noqa: PLC0415
+
+    os.mkdir(tmp_path / "spool")
+    store = S3Store(S3Location.parse(f"s3://{bucket}/cut?endpoint={ceph_s3.endpoint_url}"),
+                    spool=str(tmp_path / "spool"), client=ceph_s3.client())
+    threads: list[tuple[str, int]] = []
+    real = store.client
+    store.client = _Counting(real, [], threads)
+    (tmp_path / "big").write_bytes(os.urandom(6 * PART_BYTES))
+
+    async def cut_off() -> int:
+        server = FerryServer(store, FerryServerConfig(token=TOKEN))
+        running = await run_ferry_server(server, [HostPort("127.0.0.1", 0)])
+        try:
+            ferry = await FerryClient.connect(HostPort("127.0.0.1", running.port), TOKEN)
+            ferry.limit_rate(16 << 20)
+            sending = asyncio.ensure_future(ferry.puts.start_put_resumable(
+                str(tmp_path / "big"), "big", keep_mtime=False, progress=None))
+            deadline = time.monotonic() + 30
+            while not any(name == "upload_part" for name, _ in threads):
+                assert time.monotonic() < deadline, "no part ever went up"
+                await asyncio.sleep(0.02)
+            assert not sending.done(), "the body was sent before the cut"
+            threads.clear()
+            sending.cancel()
+            ferry.close()  # gone mid-body
+            with contextlib.suppress(BaseException):
+                await sending
+            while not any(name == "complete_multipart_upload" for name, _ in threads):
+                assert time.monotonic() < deadline, "what arrived was never kept"
+                await asyncio.sleep(0.02)
+        finally:
+            running.close()
+            await running.wait_closed()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(cut_off())
+    on_loop = [name for name, ident in threads if ident == loop_thread]
+    assert on_loop == [], on_loop
+    kept = [o["Key"] for o in real.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert any(".sockferry-resume-" in key for key in kept), kept
     store.close()

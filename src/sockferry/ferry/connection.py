@@ -126,7 +126,12 @@ class Connection:
         finally:
             self.leave_gate()
             self.commits.abort()
-            self.uploads.abort()
+            if self.root.remote and self.uploads.receiving:
+                # an S3 upload broken off is completed as its partial object, or aborted:
+                # requests that wait for the parts in flight, never on the event loop
+                await asyncio.to_thread(self.uploads.abort)
+            else:
+                self.uploads.abort()
             self.dirs.close()
             self.stream.close()
             elapsed = time.monotonic() - self.started
