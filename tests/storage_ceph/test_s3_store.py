@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,10 +48,11 @@ def test_parts_go_up_while_the_body_arrives_and_nothing_shows_before_the_commit(
     data = os.urandom(2 * PART_BYTES + 1000)
     file = store.create("big")
     file.write(data[:PART_BYTES + 10])
+    # the upload begun and the first part on its way (worker threads) before the body
+    # is complete
+    file.parts[0].result(timeout=30)
     [upload] = uploads(ceph_s3, bucket)
     assert upload["Key"] == "data/big"
-    # the first part is on its way (or there) before the body is complete
-    file.parts[0].result(timeout=30)
     listed = client.list_parts(Bucket=bucket, Key="data/big", UploadId=upload["UploadId"])
     assert [part["PartNumber"] for part in listed["Parts"]] == [1]
     assert not store.exists("big")
@@ -67,6 +69,7 @@ def test_an_abort_mid_body_aborts_the_upload(store: S3Store, ceph_s3: CephS3,
                                              bucket: str) -> None:
     file = store.create("broken")
     file.write(os.urandom(PART_BYTES * 2))
+    file.parts[0].result(timeout=30)  # the upload begun in a worker thread
     assert len(uploads(ceph_s3, bucket)) == 1
     file.abort()
     assert uploads(ceph_s3, bucket) == []
@@ -161,12 +164,7 @@ def test_commits_of_uploads_never_run_on_the_event_loop(ceph_s3: CephS3, bucket:
                                                        tmp_path: Path) -> None:
     """Every PUT, part and completion of a server's uploads is made in a worker thread:
     a request on the connection's event loop would stall every client of it."""
-    os.mkdir(tmp_path / "spool")
-    store = S3Store(S3Location.parse(f"s3://{bucket}/loop?endpoint={ceph_s3.endpoint_url}"),
-                    spool=str(tmp_path / "spool"), client=ceph_s3.client())
-    threads: list[tuple[str, int]] = []
-    real = store.client
-    store.client = _Counting(real, [], threads)
+    store, real, threads = _watched_store(ceph_s3, bucket, tmp_path, "loop")
     big = os.urandom(PART_BYTES + 1000)
     sources = tmp_path / "sources"
     sources.mkdir()
@@ -194,6 +192,19 @@ def test_commits_of_uploads_never_run_on_the_event_loop(ceph_s3: CephS3, bucket:
     assert all(ident != loop_thread for _, ident in requests), requests
     assert real.get_object(Bucket=bucket, Key="loop/big")["Body"].read() == big
     store.close()
+
+
+def _watched_store(ceph_s3: CephS3, bucket: str, tmp_path: Path,
+                   prefix: str) -> tuple[S3Store, Any, list[tuple[str, int]]]:
+    """A store on ``bucket/prefix`` whose every request is noted with the thread making
+    it: (the store, the boto3 client beneath, the (request, thread id) list)."""
+    os.mkdir(tmp_path / "spool")
+    store = S3Store(S3Location.parse(f"s3://{bucket}/{prefix}?endpoint={ceph_s3.endpoint_url}"),
+                    spool=str(tmp_path / "spool"), client=ceph_s3.client())
+    threads: list[tuple[str, int]] = []
+    real = store.client
+    store.client = _Counting(real, [], threads)
+    return store, real, threads
 
 
 class _Counting:
@@ -397,12 +408,7 @@ def test_a_connections_store_lookups_never_run_on_the_event_loop(
     from sockferry.ferry.client import FerryClient  # noqa: PLC0415
     from sockferry.ferry.copy_send import send_paths  # noqa: PLC0415
 
-    os.mkdir(tmp_path / "spool")
-    store = S3Store(S3Location.parse(f"s3://{bucket}/meta?endpoint={ceph_s3.endpoint_url}"),
-                    spool=str(tmp_path / "spool"), client=ceph_s3.client())
-    threads: list[tuple[str, int]] = []
-    real = store.client
-    store.client = _Counting(real, [], threads)
+    store, real, threads = _watched_store(ceph_s3, bucket, tmp_path, "meta")
     tree = tmp_path / "tree"
     for sub in ("a", "b/c"):
         (tree / sub).mkdir(parents=True)
@@ -444,12 +450,7 @@ def test_writes_past_a_part_make_no_request_in_the_writers_thread(
         ceph_s3: CephS3, bucket: str, tmp_path: Path) -> None:
     """The writer runs on a server's event loop: beginning the multipart upload and every
     part go to worker threads, and the writer never waits for parts in flight."""
-    os.mkdir(tmp_path / "spool")
-    store = S3Store(S3Location.parse(f"s3://{bucket}/w?endpoint={ceph_s3.endpoint_url}"),
-                    spool=str(tmp_path / "spool"), client=ceph_s3.client())
-    threads: list[tuple[str, int]] = []
-    real = store.client
-    store.client = _Counting(real, [], threads)
+    store, real, threads = _watched_store(ceph_s3, bucket, tmp_path, "w")
     body = os.urandom(3 * PART_BYTES + 77)
     file = store.create("big")  # a server does this in a worker thread too (WAITING_HANDLERS)
     threads.clear()
@@ -470,12 +471,7 @@ def test_an_upload_broken_off_is_kept_off_the_event_loop(ceph_s3: CephS3, bucket
     (waiting for the parts in flight) in a worker thread, not on its event loop."""
     from sockferry.ferry.client import FerryClient  # noqa: PLC0415
 
-    os.mkdir(tmp_path / "spool")
-    store = S3Store(S3Location.parse(f"s3://{bucket}/cut?endpoint={ceph_s3.endpoint_url}"),
-                    spool=str(tmp_path / "spool"), client=ceph_s3.client())
-    threads: list[tuple[str, int]] = []
-    real = store.client
-    store.client = _Counting(real, [], threads)
+    store, real, threads = _watched_store(ceph_s3, bucket, tmp_path, "cut")
     (tmp_path / "big").write_bytes(os.urandom(6 * PART_BYTES))
 
     async def cut_off() -> int:
