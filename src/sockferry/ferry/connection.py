@@ -129,7 +129,8 @@ class Connection:
             if self.root.remote and self.uploads.receiving:
                 # an S3 upload broken off is completed as its partial object, or aborted:
                 # requests that wait for the parts in flight, never on the event loop
-                await asyncio.to_thread(self.uploads.abort)
+                await asyncio.to_thread(self.uploads.abort_files)
+                self.uploads.abort()
             else:
                 self.uploads.abort()
             self.dirs.close()
@@ -400,6 +401,13 @@ async def _put_waiting(c: Connection, event: ev.PutRequested) -> None:
                                                             event))
 
 
+async def _input_ended_waiting(c: Connection, _event: ev.InputEnded) -> None:
+    # what the uploads still receiving hold is kept or aborted first, in a worker thread
+    # (requests to the store); their refusals then go out as on any store
+    await asyncio.to_thread(c.uploads.abort_files)
+    c.on_input_ended()
+
+
 async def _small_files_waiting(c: Connection, event: ev.SmallFilesReceived) -> None:
     c.uploads.on_small_files(event, await asyncio.to_thread(c.uploads.open_small_files,
                                                             event))
@@ -416,6 +424,7 @@ WAITING_HANDLERS: WaitingHandlers = _READING_WAITING | dict([
              lambda c, e, made: c.answers.on_mkdir(e, made)),
     (ev.PutRequested, cast(WaitingHandler, _put_waiting)),
     (ev.SmallFilesReceived, cast(WaitingHandler, _small_files_waiting)),
+    (ev.InputEnded, cast(WaitingHandler, _input_ended_waiting)),
 ])
 READ_ONLY_WAITING: WaitingHandlers = _READING_WAITING  # writes are refused at once
 

@@ -346,6 +346,14 @@ class Uploads:
                                    "the connection ended before the file was complete",
                                    upload.started, upload.file.written)
 
+    def abort_files(self) -> None:
+        """The files of the uploads still receiving aborted (a partial one kept), the
+        uploads left for ``input_ended`` or ``abort`` to answer and log: a remote
+        store's aborts are requests, made in a worker thread first (aborting twice is
+        nothing)."""
+        for upload in list(self.receiving.values()):
+            upload.file.abort()
+
     def abort(self) -> None:
         """The connection ends: every upload still receiving is removed."""
         for upload in self.receiving.values():
