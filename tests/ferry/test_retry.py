@@ -40,13 +40,13 @@ def _partial_size(directory: Path) -> int:
 
 
 def _kill_midway(server: CliServer, watched: Path, client: subprocess.Popen[str]) -> int:
-    """SIGKILL the server once a quarter of the file reached the receiver's partial file."""
+    """SIGKILL the server once a quarter of the file reached the receiver's partial file;
+    the partial's size once the server is gone."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        kept = _partial_size(watched)
-        if kept >= SIZE // 4:
-            server.stop(signal.SIGKILL)
-            return kept
+        if _partial_size(watched) >= SIZE // 4:
+            server.stop(signal.SIGKILL)  # waits for it to be gone
+            return _partial_size(watched)  # what it left (its writes went on till the kill)
         assert client.poll() is None, client.communicate()
         time.sleep(0.005)
     raise AssertionError("the partial file never reached a quarter of the file")
