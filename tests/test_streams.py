@@ -1,4 +1,5 @@
-"""SocketStream over real loopback TCP: the shared receive buffer and splice into files."""
+"""SocketStream over real loopback TCP: the shared receive buffer, bodies copied into
+files off the event loop and files sent from their mapping, both hashed on the way."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sockferry.errors import TransferTimeout
+from sockferry.errors import StorageError, TransferTimeout
+from sockferry.ferry import digests
+from sockferry.ferry.messages import Feature
 from sockferry.streams import SocketStream
 
 
@@ -20,9 +23,10 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
     return client, server
 
 
-def test_splice_moves_exactly_the_bytes_asked_for(tmp_path: Path) -> None:
+def test_a_body_is_copied_exactly_and_hashed_on_the_way(tmp_path: Path) -> None:
     payload = os.urandom(3 * 1024 * 1024 + 17)
     after = b"next frame"
+    hasher = digests.new_hasher(Feature.DIGEST_BLAKE3)
 
     async def go() -> tuple[int, OSError | None, bytes]:
         sender, receiver = tcp_pair()
@@ -31,7 +35,7 @@ def test_splice_moves_exactly_the_bytes_asked_for(tmp_path: Path) -> None:
         try:
             writer = asyncio.get_running_loop().run_in_executor(
                 None, sender.sendall, payload + after)
-            taken, error = await stream.splice_into(fd, len(payload))
+            taken, error = await stream.receive_into_file(fd, len(payload), hasher)
             await writer
             rest = bytes(await stream.receive())
         finally:
@@ -44,9 +48,10 @@ def test_splice_moves_exactly_the_bytes_asked_for(tmp_path: Path) -> None:
     assert (taken, error) == (len(payload), None)
     assert (tmp_path / "body").read_bytes() == payload
     assert rest == after  # not a byte past the body was taken off the socket
+    assert hasher.digest() == digests.digest_of(payload, Feature.DIGEST_BLAKE3)
 
 
-def test_splice_reports_a_file_that_cannot_take_the_bytes(tmp_path: Path) -> None:
+def test_a_copy_reports_a_file_that_cannot_take_the_bytes(tmp_path: Path) -> None:
     (tmp_path / "ro").write_bytes(b"")
 
     async def go() -> tuple[int, OSError | None]:
@@ -55,7 +60,7 @@ def test_splice_reports_a_file_that_cannot_take_the_bytes(tmp_path: Path) -> Non
         fd = os.open(tmp_path / "ro", os.O_RDONLY)
         try:
             sender.sendall(b"x" * 1000)
-            return await stream.splice_into(fd, 1000)
+            return await stream.receive_into_file(fd, 1000, None)
         finally:
             os.close(fd)
             sender.close()
@@ -65,13 +70,13 @@ def test_splice_reports_a_file_that_cannot_take_the_bytes(tmp_path: Path) -> Non
     assert taken > 0 and isinstance(error, OSError)
 
 
-def test_splice_gives_up_on_a_silent_peer(tmp_path: Path) -> None:
+def test_a_copy_gives_up_on_a_silent_peer(tmp_path: Path) -> None:
     async def go() -> None:
         sender, receiver = tcp_pair()
         stream = SocketStream(receiver, idle_timeout_s=0.3)
         fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            await stream.splice_into(fd, 1000)
+            await stream.receive_into_file(fd, 1000, None)
         finally:
             os.close(fd)
             sender.close()
@@ -81,7 +86,7 @@ def test_splice_gives_up_on_a_silent_peer(tmp_path: Path) -> None:
         asyncio.run(go())
 
 
-def test_the_end_of_the_stream_ends_a_splice_early(tmp_path: Path) -> None:
+def test_the_end_of_the_stream_ends_a_copy_early(tmp_path: Path) -> None:
     async def go() -> tuple[int, OSError | None]:
         sender, receiver = tcp_pair()
         stream = SocketStream(receiver, idle_timeout_s=10)
@@ -89,7 +94,7 @@ def test_the_end_of_the_stream_ends_a_splice_early(tmp_path: Path) -> None:
         try:
             sender.sendall(b"y" * 500)
             sender.close()
-            return await stream.splice_into(fd, 1000)
+            return await stream.receive_into_file(fd, 1000, None)
         finally:
             os.close(fd)
             stream.close()
@@ -120,7 +125,7 @@ def test_receive_views_one_buffer_shared_by_all_streams() -> None:
     assert shared  # an idle connection holds no buffer of its own
 
 
-def test_a_cancelled_splice_stops_its_thread_before_the_socket_closes(tmp_path: Path) -> None:
+def test_a_cancelled_copy_stops_its_thread_before_the_socket_closes(tmp_path: Path) -> None:
     """A server stopping mid-upload: the worker thread must let go of the socket's
     descriptor at once, or it would wait out the idle timeout and, once the number is
     reused, read another connection's bytes."""
@@ -129,13 +134,13 @@ def test_a_cancelled_splice_stops_its_thread_before_the_socket_closes(tmp_path: 
         sender, receiver = tcp_pair()
         stream = SocketStream(receiver, idle_timeout_s=60)
         fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
-        task = asyncio.create_task(stream.splice_into(fd, 1 << 20))
+        task = asyncio.create_task(stream.receive_into_file(fd, 1 << 20, None))
         await asyncio.sleep(0.2)  # the thread is waiting for data now
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         stream.close()
-        work = stream._splicing
+        work = stream._copying
         assert work is not None
         for _ in range(200):  # bounded: 2 s at most
             if work.done():
@@ -146,5 +151,55 @@ def test_a_cancelled_splice_stops_its_thread_before_the_socket_closes(tmp_path: 
         return work.done(), receiver.fileno()
 
     stopped, fileno = asyncio.run(go())
-    assert stopped, "the splice thread is still holding the socket"
+    assert stopped, "the copying thread is still holding the socket"
     assert fileno == -1, "the socket was not closed after the thread let go of it"
+
+
+@pytest.mark.parametrize("offset", [0, 5, 70_000])
+def test_send_file_sends_the_range_and_hashes_it(tmp_path: Path, offset: int) -> None:
+    content = os.urandom(600 * 1024 + 3)  # several pieces, the last one short
+    (tmp_path / "f").write_bytes(content)
+    count = len(content) - offset - 1
+    hasher = digests.new_hasher(Feature.DIGEST_BLAKE3)
+
+    async def go() -> bytes:
+        sender, receiver = tcp_pair()
+        stream = SocketStream(sender, idle_timeout_s=10)
+        fd = os.open(tmp_path / "f", os.O_RDONLY)
+        reading = asyncio.get_running_loop().run_in_executor(None, _read_all, receiver)
+        try:
+            await stream.send_file(fd, offset, count, hasher)
+        finally:
+            os.close(fd)
+            stream.close()
+        return await reading
+
+    got = asyncio.run(go())
+    assert got == content[offset : offset + count]
+    assert hasher.digest() == digests.digest_of(got, Feature.DIGEST_BLAKE3)
+
+
+def test_send_file_of_a_file_that_shrank_is_a_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"short")
+
+    async def go() -> None:
+        sender, receiver = tcp_pair()
+        stream = SocketStream(sender, idle_timeout_s=10)
+        fd = os.open(tmp_path / "f", os.O_RDONLY)
+        try:
+            await stream.send_file(fd, 0, 1 << 20, digests.new_hasher(Feature.DIGEST_BLAKE3))
+        finally:
+            os.close(fd)
+            stream.close()
+            receiver.close()
+
+    with pytest.raises(StorageError, match="shrank"):
+        asyncio.run(go())
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    parts = []
+    with sock:
+        while chunk := sock.recv(1 << 20):
+            parts.append(chunk)
+    return b"".join(parts)

@@ -2,7 +2,7 @@
 
 ``Pacer`` is the arithmetic (a token bucket that may run into debt), ``PacedStream``
 wraps any ``Stream`` and sleeps before it sends and after it receives as the bucket
-says.  Sends are cut into bursts so that a 16 MiB ``sendfile`` does not leave at line
+says.  Sends are cut into bursts so that a 16 MiB DATA body does not leave at line
 rate and then pause for seconds; receiving slowly is enough to slow the sender, since
 TCP's flow control (or SCTP's) stops it once our buffer is full.
 """
@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from sockferry.streams import Stream
+from sockferry.streams import Hasher, Stream
 
 MIN_BURST = 16 * 1024
 
@@ -50,7 +50,7 @@ class PacedStream:
         self._in = Pacer(rate, clock())
 
     def __getattr__(self, name: str) -> object:
-        # zero_copy, transport, binding, ...: whatever the inner stream has.
+        # transport, binding, ...: whatever the inner stream has.
         return getattr(self.inner, name)
 
     # The Stream attributes, the inner stream's (it counts the bytes).
@@ -100,21 +100,15 @@ class PacedStream:
         await self._wait(self._out, sum(len(b) for b in buffers))
         await self.inner.send(buffers)
 
-    async def sendfile(self, fd: int, offset: int, count: int) -> None:
+    async def send_file(self, fd: int, offset: int, count: int, hasher: Hasher) -> None:
         for start, length in self._bursts(offset, count):
             await self._wait(self._out, length)
-            await self.inner.sendfile(fd, start, length)
+            await self.inner.send_file(fd, start, length, hasher)
 
-    async def sendfile_hashing(self, fd: int, offset: int, count: int,
-                               hasher: object) -> None:
-        """For TLS streams (``bodies.HashingStream``): paced the same way."""
-        send = getattr(self.inner, "sendfile_hashing")  # noqa: B009 - only TLS has it
-        for start, length in self._bursts(offset, count):
-            await self._wait(self._out, length)
-            await send(fd, start, length, hasher)
-
-    async def splice_into(self, fd: int, count: int) -> tuple[int, OSError | None]:
-        taken, error = await self.inner.splice_into(fd, min(count, self._in.burst))
+    async def receive_into_file(self, fd: int, count: int, hasher: Hasher | None,
+                                ) -> tuple[int, OSError | None]:
+        taken, error = await self.inner.receive_into_file(fd, min(count, self._in.burst),
+                                                          hasher)
         await self._wait(self._in, taken)
         return taken, error
 

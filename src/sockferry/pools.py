@@ -1,5 +1,6 @@
 """Thread pools that a whole process shares, each made when it is first needed (a
-command that never splices or commits to a remote store starts no thread for it)."""
+command that never receives a large body or commits to a remote store starts no thread
+for it)."""
 
 from __future__ import annotations
 

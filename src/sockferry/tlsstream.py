@@ -2,9 +2,9 @@
 
 The same contract as ``streams.SocketStream`` (receive into a buffer shared by the
 thread's streams, every wait bounded by ``idle_timeout_s``), with the differences TLS
-imposes: file bytes are encrypted in user space, so ``sendfile`` reads the file and
-encrypts it, and ``splice_into`` takes nothing (the bodies then go through the receive
-buffer and are copied into their files).
+imposes: file bytes are encrypted in user space, and ``receive_into_file`` takes nothing
+(the bodies are decrypted into the receive buffer and copied into their files from
+there).
 
 Why memory BIOs rather than ``ssl.SSLSocket``: an SSLSocket makes one system call per
 16 KiB record written and two per record read (header, then body).  Here OpenSSL
@@ -25,17 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import mmap
 import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol, cast
+from typing import cast
 
-from sockferry.errors import NetworkError, StorageError
+from sockferry.errors import NetworkError
 from sockferry.sockets import network_error, peer_and_local
-from sockferry.streams import IOV_MAX, RECEIVE_BUFFER, prepare_socket, socket_ready
+from sockferry.streams import (
+    IOV_MAX,
+    RECEIVE_BUFFER,
+    Hasher,
+    file_pieces,
+    prepare_socket,
+    socket_ready,
+)
 
 # How much plaintext is encrypted before it is sent: big enough that a system call
 # carries many records, small enough to stay in the CPU's cache.
@@ -46,10 +51,6 @@ RECEIVE_PIECE = 256 * 1024
 # What a stream keeps of the peer's first bytes: a plaintext peer's ERROR frame fits.
 FIRST_BYTES = 2048
 _shared = threading.local()
-
-
-class Hasher(Protocol):
-    def update(self, data: memoryview, /) -> object: ...
 
 
 def _buffers() -> tuple[memoryview, memoryview]:
@@ -64,8 +65,6 @@ def _buffers() -> tuple[memoryview, memoryview]:
 class TLSStream:
     """A TLS connection over a connected non-blocking socket.  ``binding`` is its channel
     binding (the server certificate's tls-server-end-point value, §3.1)."""
-
-    zero_copy = False  # no sendfile, no splice: receivers hash bodies as they copy them
 
     def __init__(self, sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO,
                  outgoing: ssl.MemoryBIO, idle_timeout_s: float = 120.0) -> None:
@@ -227,40 +226,16 @@ class TLSStream:
         except ssl.SSLError as exc:
             raise self._tls_error(exc) from exc
 
-    async def sendfile(self, fd: int, offset: int, count: int) -> None:
-        await self.sendfile_hashing(fd, offset, count, None)
+    async def send_file(self, fd: int, offset: int, count: int, hasher: Hasher) -> None:
+        """File bytes read a piece at a time, each hashed and encrypted while it is in
+        the CPU's cache."""
+        for piece in file_pieces(fd, offset, count, SEND_PIECE):
+            hasher.update(piece)
+            self._encrypt(piece)
+            await self._flush()
 
-    async def sendfile_hashing(self, fd: int, offset: int, count: int,
-                               hasher: Hasher | None) -> None:
-        """``count`` bytes of file ``fd`` from ``offset``, encrypted straight from the page
-        cache (mmap) — no copy out first — and fed to ``hasher`` on the way, while they
-        are in the CPU's cache."""
-        base = offset - offset % mmap.ALLOCATIONGRANULARITY
-        try:
-            mapped = mmap.mmap(fd, offset + count - base, access=mmap.ACCESS_READ,
-                               offset=base)
-        except ValueError:  # shorter than the size it had when the PUT was sent
-            raise StorageError("the file shrank while it was being sent",
-                               errno=errno.ENODATA) from None
-        except OSError as exc:
-            raise StorageError(f"reading the file failed: {exc.strerror}",
-                               errno=exc.errno) from exc
-        with mapped:
-            mapped.madvise(mmap.MADV_SEQUENTIAL)
-            view = memoryview(mapped)
-            try:
-                start = offset - base
-                for at in range(start, start + count, SEND_PIECE):
-                    piece = view[at : min(at + SEND_PIECE, start + count)]
-                    if hasher is not None:
-                        hasher.update(piece)
-                    self._encrypt(piece)
-                    piece.release()
-                    await self._flush()
-            finally:
-                view.release()
-
-    async def splice_into(self, fd: int, count: int) -> tuple[int, OSError | None]:
+    async def receive_into_file(self, fd: int, count: int, hasher: Hasher | None,
+                                ) -> tuple[int, OSError | None]:
         return 0, None  # the bytes must be decrypted first: the caller copies them
 
     def shutdown_write(self) -> None:

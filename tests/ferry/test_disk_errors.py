@@ -12,7 +12,7 @@ import pytest
 from sockferry.cli.runtime import ExitCode
 from sockferry.ferry import codec
 from sockferry.ferry import messages as m
-from sockferry.ferry.bodies import Sink
+from sockferry.ferry.bodies import INLINE_HOLE, Sink
 from sockferry.ferry.messages import Feature
 from sockferry.storage.names import is_temporary_name
 from sockferry.storage.root import Root
@@ -20,8 +20,8 @@ from tests.conftest import mounted_tmpfs
 from tests.ferry.harness import RawClient, ServerThread, run_cli, write_token
 
 # (tmpfs size, file size): a body that goes through the receive buffer, and one large
-# enough to be spliced straight into its file and hashed by a thread reading it back.
-FULL_DISKS = {"buffered": ("size=2m", 4 * 1024 * 1024), "spliced": ("size=12m", 40 * 1024 * 1024)}
+# enough to be copied into its file by a worker thread.
+FULL_DISKS = {"buffered": ("size=2m", 4 * 1024 * 1024), "copied": ("size=12m", 40 * 1024 * 1024)}
 
 
 @pytest.fixture(params=sorted(FULL_DISKS))
@@ -104,16 +104,17 @@ def test_target_replaced_by_a_directory_mid_upload(tmp_path: Path) -> None:
 
 
 def test_an_aborted_upload_frees_its_space_at_once(tmp_path: Path) -> None:
-    """The hashing thread that follows a large upload holds the file open: an abort must
-    wait for it to let go, or the next upload meets a disk still full."""
+    """The hashing thread that follows an upload past a long hole holds the file open: an
+    abort must wait for it to let go, or the next upload meets a disk still full."""
     with mounted_tmpfs(tmp_path / "disk", "size=64m") as disk:
         free = os.statvfs(disk).f_bfree
         chunk = os.urandom(4 * 1024 * 1024)
         for _ in range(20):
             with Root(str(disk)) as root:
                 file = root.create("big.bin")
-                sink = Sink(file, Feature.DIGEST_BLAKE3, size=40 * 1024 * 1024)
-                assert sink.deferred  # followed by a hashing thread
+                sink = Sink(file, Feature.DIGEST_BLAKE3)
+                sink.receive(INLINE_HOLE + 1)  # hashed by a thread from here on
+                assert sink.deferred
                 for _ in range(8):
                     sink.receive(chunk)
                 file.abort()

@@ -8,7 +8,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Protocol
 
 from sockferry.errors import StorageError
 from sockferry.ferry import digests
@@ -19,7 +19,7 @@ from sockferry.storage.atomic import AtomicFile
 from sockferry.storage.sparse import data_segments
 from sockferry.streams import Stream
 
-SEND_CHUNK = 16 * 1024 * 1024  # DATA frame size for large files (one sendfile each)
+SEND_CHUNK = 16 * 1024 * 1024  # DATA frame size for large files
 SMALL_FILE = 256 * 1024  # below this a body is read, hashed and sent in one sendmsg
 # Small files' frames are gathered until this much waits, then leave in one sendmsg
 # (the caller flushes the rest before it waits for anything).
@@ -55,8 +55,8 @@ async def send_body(core: Core, stream: Stream, request: int, fd: int, size: int
 
     Small files are read and hashed, their frames queued in the core and sent together
     with those of other small files once ``GATHER_BYTES`` wait (the caller flushes the
-    core before it waits for anything); large ones go out with sendfile while a worker
-    thread hashes the same bytes.
+    core before it waits for anything); large ones go out by ``stream.send_file``,
+    which hashes each piece on its way.
     """
     if size <= SMALL_FILE and not sparse:
         digest = _send_small(core, request, fd, size)
@@ -65,28 +65,20 @@ async def send_body(core: Core, stream: Stream, request: int, fd: int, size: int
         if progress:
             progress(size)
         return digest
-    if not getattr(stream, "zero_copy", True):
-        return await _send_copied(core, cast("HashingStream", stream), request, fd, size,
-                                  sparse, is_cancelled, progress)
-    stop = threading.Event()
-    hashing = asyncio.ensure_future(
-        asyncio.to_thread(digests.hash_fd, fd, size, core.digest_feature, stop))
-    try:
-        for offset, length, hole in data_segments(fd, size, sparse=sparse):
-            if hole:
-                core.hole(request, length)
+    hasher = digests.new_hasher(core.digest_feature)
+    for start, length, hole in data_segments(fd, size, sparse=sparse):
+        if hole:
+            core.hole(request, length)
+            if length > INLINE_HOLE:  # a long run of zeros: hashed off the event loop
+                await asyncio.to_thread(digests.update_zeros, hasher, length)
             else:
-                await _send_run(core, stream, request, fd, offset, length, is_cancelled,
-                                progress)
-                continue
+                digests.update_zeros(hasher, length)
             if progress:
                 progress(length, hole=True)
-        digest = await hashing
-    except BaseException:
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await asyncio.shield(hashing)  # never close the fd under the hashing thread
-        raise
+            continue
+        await _send_run(core, stream, request, fd, start, length, hasher, is_cancelled,
+                        progress)
+    digest = hasher.digest()
     _finish(core, request, digest)
     await stream.send(core.buffers_to_send())
     return digest
@@ -172,37 +164,6 @@ async def send_stream(core: ClientSession, stream: Stream, request: int, fd: int
     return digest
 
 
-class HashingStream(Stream, Protocol):
-    """A stream that copies file bytes through user space (TLS): it can hash them on
-    the way, while they are in the CPU's cache, instead of a thread reading them again."""
-
-    async def sendfile_hashing(self, fd: int, offset: int, count: int,
-                               hasher: digests.Hasher) -> None: ...
-
-
-async def _send_copied(core: Core, stream: HashingStream, request: int, fd: int, size: int,
-                       sparse: bool, is_cancelled: Callable[[], bool] | None,
-                       progress: Progress | None) -> bytes:
-    """``send_body`` over a stream without zero copy: the digest is made inline."""
-    hasher = digests.new_hasher(core.digest_feature)
-    for start, length, hole in data_segments(fd, size, sparse=sparse):
-        if hole:
-            core.hole(request, length)
-            if length > INLINE_HOLE:  # a long run of zeros: hashed off the event loop
-                await asyncio.to_thread(digests.update_zeros, hasher, length)
-            else:
-                digests.update_zeros(hasher, length)
-            if progress:
-                progress(length, hole=True)
-            continue
-        await _send_run(core, stream, request, fd, start, length, is_cancelled, progress,
-                        hasher)
-    digest = hasher.digest()
-    _finish(core, request, digest)
-    await stream.send(core.buffers_to_send())
-    return digest
-
-
 def read_whole(fd: int, size: int) -> bytes:
     """The ``size`` bytes of a small file, read at once."""
     data = os.pread(fd, size, 0) if size else b""
@@ -221,11 +182,10 @@ def _send_small(core: Core, request: int, fd: int, size: int) -> bytes:
 
 
 async def _send_run(core: Core, stream: Stream, request: int, fd: int, offset: int,
-                    length: int, is_cancelled: Callable[[], bool] | None,
-                    progress: Progress | None,
-                    hasher: digests.Hasher | None = None) -> None:
-    """DATA frames for ``length`` bytes of ``fd`` from ``offset``; with ``hasher`` (a
-    ``HashingStream``) the bytes are hashed as they are copied."""
+                    length: int, hasher: digests.Hasher,
+                    is_cancelled: Callable[[], bool] | None,
+                    progress: Progress | None) -> None:
+    """DATA frames for ``length`` bytes of ``fd`` from ``offset``, fed to ``hasher``."""
     end = offset + length
     while offset < end:
         if is_cancelled and is_cancelled():
@@ -233,52 +193,40 @@ async def _send_run(core: Core, stream: Stream, request: int, fd: int, offset: i
         n = min(SEND_CHUNK, end - offset)
         core.data_header(request, n)
         await stream.send(core.buffers_to_send())
-        if hasher is None:
-            await stream.sendfile(fd, offset, n)
-        else:
-            await cast(HashingStream, stream).sendfile_hashing(fd, offset, n, hasher)
+        await stream.send_file(fd, offset, n, hasher)
         offset += n
         if progress:
             progress(n)
 
 
-# Bodies at least this large are hashed by a ``digests.Follower`` thread reading back
-# what was written (the receiving thread then only moves bytes); smaller ones, and any
-# beyond MAX_FOLLOWERS at once, are hashed as they come.
-FOLLOW_BYTES = 8 * 1024 * 1024
-MAX_FOLLOWERS = 32
 # Zeros hashed on the event loop at most at once (a few ms); a longer hole, whose length
 # the peer chose, goes to a thread.
 INLINE_HOLE = 4 * 1024 * 1024
 
 
 class Sink:
-    """A body being received: written to a temporary file and hashed.
+    """A body being received: written to a temporary file and hashed on its way in,
+    while it is in the CPU's cache.
 
     ``kept`` bytes at the start of ``file`` are an earlier transfer's (resume): with
     ``prefix`` (a hasher already fed with them) the digest continues it, otherwise they
-    are hashed from the file first.  ``deferred`` sinks hash in a thread: check them with
-    ``verify``; the others also with ``matches``.
+    are hashed by a ``digests.Follower`` thread reading the file, which then follows
+    what is written.  A long hole also hands the digest to a Follower: the zeros are
+    hashed in its thread, never on the event loop.  ``deferred`` sinks (those with a
+    Follower) are checked with ``verify``; the others also with ``matches``.
     """
 
-    following = 0  # hashing threads running now (Sinks live on the event loop's thread)
-
-    def __init__(self, file: AtomicFile, feature: digests.Feature, *, size: int = 0,
-                 kept: int = 0, prefix: digests.Hasher | None = None,
-                 follow: bool = True) -> None:
-        """``follow=False``: the stream cannot splice (TLS), so every byte passes through
-        the receiver's hands anyway; hashing it there, while it is in the CPU's cache,
-        costs half of reading it back from the page cache."""
+    def __init__(self, file: AtomicFile, feature: digests.Feature, *, kept: int = 0,
+                 prefix: digests.Hasher | None = None) -> None:
         self.file = file
         self.feature = feature
         self.follower: digests.Follower | None = None
         self.hasher: digests.Hasher | None = None
-        if kept or (follow and size >= FOLLOW_BYTES and Sink.following < MAX_FOLLOWERS):
-            self.follower = digests.Follower(file.fd, feature, start=kept, hasher=prefix)
-            Sink.following += 1
+        if kept and prefix is None:
+            self.follower = digests.Follower(file.fd, feature, start=kept)
             file.on_finish.append(self._stop_following)
         else:
-            self.hasher = digests.new_hasher(feature)
+            self.hasher = prefix or digests.new_hasher(feature)
 
     @property
     def deferred(self) -> bool:
@@ -311,14 +259,14 @@ class Sink:
         self.follower = digests.Follower(self.file.fd, self.feature, start=offset,
                                          hasher=self.hasher)
         self.hasher = None
-        Sink.following += 1
         self.file.on_finish.append(self._stop_following)
 
-    def spliced(self, count: int) -> None:
-        """``count`` bytes were moved into the file by splice (deferred sinks only)."""
-        assert self.follower is not None
-        self.file.spliced(count)
-        self.follower.data(count)
+    def copied(self, count: int) -> None:
+        """``count`` bytes were written into the file through its fd, and fed to
+        ``hasher`` if it has one (``Stream.receive_into_file``)."""
+        self.file.appended(count)
+        if self.follower is not None:
+            self.follower.data(count)
 
     def matches(self, digest: bytes) -> bool:
         assert self.hasher is not None, "a deferred sink is checked with verify()"
@@ -340,18 +288,18 @@ class Sink:
             # joined, not only cancelled: its fd would keep an aborted file's space taken
             # (a full disk stays full for the next upload)
             self.follower.stop()
-            Sink.following -= 1
 
 
-# What is left of one DATA body for it to be spliced into its file; less goes through
-# the receive buffer like any other frame.
-SPLICE_MIN = 512 * 1024
+# What is left of one DATA body for it to be copied into its file off the event loop;
+# less goes through the receive buffer like any other frame.
+COPY_MIN = 512 * 1024
 
 
-async def splice_bodies(core: Core, stream: Stream, sink_of: Callable[[int], Sink | None],
-                        moved: Callable[[int, int], None],
-                        failed: Callable[[int, StorageError], None]) -> None:
-    """Splice the rest of each large DATA body now arriving straight into its file.
+async def receive_bodies(core: Core, stream: Stream, sink_of: Callable[[int], Sink | None],
+                         moved: Callable[[int, int], None],
+                         failed: Callable[[int, StorageError], None]) -> None:
+    """Copy the rest of each large DATA body now arriving into its file, hashed on the
+    way, off the event loop (``Stream.receive_into_file``).
 
     ``sink_of`` gives the request's sink (None: not ours to move); ``moved(request,
     count)`` is told of bytes now in the file, ``failed(request, error)`` of a file
@@ -360,17 +308,17 @@ async def splice_bodies(core: Core, stream: Stream, sink_of: Callable[[int], Sin
     while (pending := core.body_pending()) is not None:
         request, left = pending
         sink = sink_of(request)
-        if sink is None or not sink.deferred or left < SPLICE_MIN:
+        if sink is None or left < COPY_MIN:
             return
-        taken, error = await stream.splice_into(sink.file.fd, left)
+        taken, error = await stream.receive_into_file(sink.file.fd, left, sink.hasher)
         if taken == 0 and error is None:
-            return  # this stream cannot splice, or the peer closed: the buffer path goes on
+            return  # this stream copies through its own hands, or the peer closed
         core.body_moved(request, taken)
         try:
             if error is not None:
                 sink.file.abort()
                 raise storage_error(error, sink.file.shown, "the partial file was removed")
-            sink.spliced(taken)
+            sink.copied(taken)
         except StorageError as exc:
             failed(request, exc)
         else:
@@ -406,28 +354,11 @@ async def send_tail(core: Core, stream: Stream, request: int, fd: int, offset: i
                     progress: Progress | None = None) -> bytes:
     """Send bytes ``offset`` to ``size`` of ``fd`` as DATA, then DONE with the digest of
     the whole file: ``prefix`` (already fed with the first ``offset`` bytes) continued
-    over the tail in a worker thread while sendfile sends it."""
-    stop = threading.Event()
-    own = os.dup(fd)
-
-    def hash_tail() -> bytes:
-        try:
-            digests.hash_range(prefix, own, offset, size, stop)
-        finally:
-            os.close(own)
-        return prefix.digest()
-
-    hashing = asyncio.ensure_future(asyncio.to_thread(hash_tail))
-    try:
-        if size > offset:
-            await _send_run(core, stream, request, fd, offset, size - offset, is_cancelled,
-                            progress)
-        digest = await hashing
-    except BaseException:
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await asyncio.shield(hashing)
-        raise
+    over the tail as it is sent."""
+    if size > offset:
+        await _send_run(core, stream, request, fd, offset, size - offset, prefix,
+                        is_cancelled, progress)
+    digest = prefix.digest()
     _finish(core, request, digest)
     await stream.send(core.buffers_to_send())
     return digest

@@ -28,7 +28,7 @@ from sockferry.errors import (
 )
 from sockferry.ferry import events as ev
 from sockferry.ferry import messages as m
-from sockferry.ferry.bodies import GATHER_BYTES, splice_bodies
+from sockferry.ferry.bodies import GATHER_BYTES, receive_bodies
 from sockferry.ferry.client_session import ClientSession
 from sockferry.ferry.gets import Gets
 from sockferry.ferry.inflight import InFlight
@@ -54,8 +54,6 @@ class FerryClient:
         self.session = session
         self._reader: asyncio.Task[None] | None = None
         self.umask = _current_umask()
-        # False for TLS streams (tlsstream.py): bodies are copied, not spliced.
-        self.zero_copy: bool = getattr(stream, "zero_copy", True)
         self.inflight = InFlight(session, self.send_queued)
         self.puts = Puts(self)  # start_put, put_at_once, start_put_stream, ... resumable
         self.gets = Gets(self)  # start_get, start_get_resumable
@@ -163,8 +161,8 @@ class FerryClient:
                 self._handle_events()  # consumes every view of ``data``
                 if not data:
                     break
-                await splice_bodies(self.session, self.stream, gets.sink_of, gets.spliced,
-                                    gets.splice_failed)
+                await receive_bodies(self.session, self.stream, gets.sink_of, gets.copied,
+                                     gets.copy_failed)
             if gets.commits:  # files received in full are still being fsynced
                 await asyncio.gather(*gets.commits)
             if self.inflight.pending:

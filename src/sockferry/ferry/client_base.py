@@ -17,7 +17,6 @@ class ClientConnection(Protocol):
     stream: Stream
     session: ClientSession
     umask: int
-    zero_copy: bool  # False for TLS streams: bodies are copied, not spliced
     inflight: InFlight
 
     @property

@@ -89,7 +89,7 @@ def frame(kind: FrameType, request: int, body: bytes = b"", flags: int = 0) -> b
 
 
 def data_header(request: int, length: int) -> bytes:
-    """The header of a DATA frame whose body the caller sends itself (sendfile)."""
+    """The header of a DATA frame whose body the caller sends itself (a file's bytes)."""
     if not 0 < length <= MAX_DATA_BODY:
         raise LocalProtocolError(f"DATA length {length} out of range")
     return HEADER.pack(FrameType.DATA, 0, 0, request, length)

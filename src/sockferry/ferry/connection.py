@@ -32,7 +32,7 @@ from sockferry.ferry import digests
 from sockferry.ferry import events as ev
 from sockferry.ferry import messages as m
 from sockferry.ferry.answers import Answers
-from sockferry.ferry.bodies import GATHER_BYTES, splice_bodies
+from sockferry.ferry.bodies import GATHER_BYTES, receive_bodies
 from sockferry.ferry.codes import attempt
 from sockferry.ferry.connection_base import ConnectionHost
 from sockferry.ferry.durability import Commits
@@ -88,8 +88,6 @@ class Connection:
         self.transport: str = getattr(stream, "transport", "unix" if stream.local.startswith(
             "unix:") else "tcp")
         self.metrics.connection_opened(self.transport)
-        # False for TLS streams (tlsstream.py): bodies are copied, not spliced.
-        self.zero_copy: bool = getattr(stream, "zero_copy", True)
         self.uploads: Uploads = Uploads(self)
         self.commits: Commits = Commits(self)
         self.answers: Answers = Answers(self)
@@ -191,7 +189,7 @@ class Connection:
                 self.sent.clear()
                 self.wake.set()
                 await self.sent.wait()
-            await splice_bodies(self.session, self.stream, uploads.sink_of,
+            await receive_bodies(self.session, self.stream, uploads.sink_of,
                                 lambda _request, _count: None, uploads.body_failed)
             self.wake.set()  # a refusal may wait to be sent
 

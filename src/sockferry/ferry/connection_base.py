@@ -71,7 +71,6 @@ class ServerConnection(Protocol):
     quota: Quota | None  # the server's --quota, shared by its connections
     transport: str
     peer: str
-    zero_copy: bool  # False for TLS streams: bodies are copied, not spliced
     files: int  # committed or sent, for the connection's summary line
     wake: asyncio.Event  # the writer has something to send
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import mmap
 import os
 import threading
 from collections.abc import Callable
@@ -16,7 +15,7 @@ __all__ = ["Feature", "Follower", "Hasher", "digest_of", "hash_fd", "hash_range"
            "name_of", "new_hasher", "update_zeros"]
 
 HASH_CHUNK = 1024 * 1024
-MAP_CHUNK = 8 * 1024 * 1024  # mapped and hashed at once: no copy out of the page cache
+FOLLOW_CHUNK = 8 * 1024 * 1024  # a Follower hashes this much between checks for cancel()
 ZERO_SLICE = 64 * 1024 * 1024  # a Follower checks for cancel() this often in a hole
 _ZEROS = memoryview(bytes(HASH_CHUNK))
 
@@ -72,32 +71,12 @@ def update_zeros(hasher: Hasher, count: int) -> None:
 
 def hash_fd(fd: int, size: int, feature: Feature, stop: threading.Event | None = None,
             ) -> bytes:
-    """Digest of the first ``size`` bytes of ``fd``, straight from the page cache.
-
-    Runs in a worker thread beside sendfile; both hashers release the GIL.  A file
-    that shrinks meanwhile makes the digest differ, which the receiver then reports.
-    """
+    """Digest of the first ``size`` bytes of ``fd`` (the digests --checksum compares),
+    in a worker thread: both hashers release the GIL.  A file that shrank meanwhile
+    gives the digest of what it still holds, which then differs."""
     hasher = new_hasher(feature)
-    offset = 0
-    try:
-        while offset < size and not (stop and stop.is_set()):
-            offset += hash_mapped(hasher, fd, offset, min(MAP_CHUNK, size - offset))
-    except OSError:
-        pass  # shrank: the digest now differs, which is the receiver's to report
+    hash_range(hasher, fd, 0, size, stop)
     return hasher.digest()
-
-
-def hash_mapped(hasher: Hasher, fd: int, offset: int, length: int) -> int:
-    """Feed ``length`` bytes of ``fd`` from ``offset`` into ``hasher`` straight from the
-    page cache (mmap), without copying them out first; returns ``length``."""
-    base = offset - offset % mmap.ALLOCATIONGRANULARITY
-    try:
-        mapped = mmap.mmap(fd, offset + length - base, access=mmap.ACCESS_READ, offset=base)
-    except ValueError:  # the file is shorter than what was reported
-        raise OSError(errno.EIO, "the file being hashed shrank") from None
-    with mapped, memoryview(mapped) as view:
-        hasher.update(view[offset - base :])
-    return length
 
 
 def hash_range(hasher: Hasher, fd: int, start: int, end: int,
@@ -207,8 +186,10 @@ class Follower:
                     continue
                 end = self._offset + amount
                 while self._offset < end and not self._stopped:
-                    self._offset += hash_mapped(self._hasher, self._fd, self._offset,
-                                                min(end - self._offset, MAP_CHUNK))
+                    step = min(end, self._offset + FOLLOW_CHUNK)
+                    if hash_range(self._hasher, self._fd, self._offset, step) < step - self._offset:
+                        raise OSError(errno.EIO, "the file being hashed shrank")
+                    self._offset = step
             if not self._stopped:
                 self._digest = self._hasher.digest()
         except OSError as exc:

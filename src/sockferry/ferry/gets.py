@@ -84,8 +84,7 @@ class Gets:
             return
         try:
             pending.sink = Sink(AtomicFile.beside(pending.local_path),
-                                self.session.digest_feature, size=event.size,
-                                follow=self.client.zero_copy)
+                                self.session.digest_feature)
         except StorageError as exc:
             self._give_up(event.request, exc)
 
@@ -102,14 +101,13 @@ class Gets:
             return
         if event.offset and pending.prefix is not None:
             # The prefix hasher already covers the kept bytes: it goes on over the tail.
-            pending.sink = Sink(partial, self.session.digest_feature, size=event.size,
-                                kept=event.offset, prefix=pending.prefix)
+            pending.sink = Sink(partial, self.session.digest_feature, kept=event.offset,
+                                prefix=pending.prefix)
             report.offset = event.offset
             if pending.progress:
                 pending.progress(event.offset)
             return
-        pending.sink = Sink(partial, self.session.digest_feature, size=event.size,
-                            follow=self.client.zero_copy)
+        pending.sink = Sink(partial, self.session.digest_feature)
         if pending.prefix is not None:
             report.note = (f"the server's file differs from the {partial.kept} bytes kept "
                            f"of {pending.local_path}; receiving all of it")
@@ -118,12 +116,12 @@ class Gets:
         pending = self.inflight.pending.get(request)
         return pending.sink if pending is not None else None
 
-    def spliced(self, request: int, count: int) -> None:
+    def copied(self, request: int, count: int) -> None:
         progress = self.inflight.pending[request].progress
         if progress:
             progress(count)
 
-    def splice_failed(self, request: int, exc: StorageError) -> None:
+    def copy_failed(self, request: int, exc: StorageError) -> None:
         sink = self.inflight.pending[request].sink
         if sink is not None:
             sink.file.abort()

@@ -41,14 +41,14 @@ from sockferry.sctp.endpoint import (
     UserMessage,
 )
 from sockferry.sctp.transport import open_endpoint
-from sockferry.streams import stalled
+from sockferry.streams import Hasher, stalled
 
 log = logging.getLogger("sockferry.ferry")
 
 # Bytes received for one connection and not yet read by it: past this the endpoint's
 # reader waits (SCTP's receive window then holds the peers back).
 MAX_INCOMING = 8 * 1024 * 1024
-READ_CHUNK = 1024 * 1024  # file bytes read per pread for sendfile()
+READ_CHUNK = 1024 * 1024  # file bytes read per pread for send_file()
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
@@ -147,13 +147,13 @@ class AssociationStream:
         for buffer in buffers:
             await self._send_pieces(self._sender.feed(buffer))
 
-    async def sendfile(self, fd: int, offset: int, count: int) -> None:
-        """File bytes, read here (SCTP messages cannot be spliced) and sent as DATA."""
+    async def send_file(self, fd: int, offset: int, count: int, hasher: Hasher) -> None:
+        """File bytes, read and hashed in a worker thread, and sent as DATA."""
         end = offset + count
         while offset < end:
             try:
-                chunk = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK, end - offset),
-                                                offset)
+                chunk = await asyncio.to_thread(_read_hashed, fd,
+                                                min(READ_CHUNK, end - offset), offset, hasher)
             except OSError as exc:
                 raise StorageError(f"reading the file failed: {exc.strerror}",
                                    errno=exc.errno) from exc
@@ -162,8 +162,9 @@ class AssociationStream:
             await self._send_pieces(self._sender.feed(chunk))
             offset += len(chunk)
 
-    async def splice_into(self, fd: int, count: int) -> tuple[int, OSError | None]:
-        return 0, None  # SCTP messages arrive whole in user space: nothing to splice
+    async def receive_into_file(self, fd: int, count: int, hasher: Hasher | None,
+                                ) -> tuple[int, OSError | None]:
+        return 0, None  # SCTP messages arrive whole in user space: the caller copies them
 
     def shutdown_write(self) -> None:
         """END on every stream; the peer's replies can still be read."""
@@ -296,3 +297,9 @@ async def _why_it_ended(endpoint: Endpoint, assoc_id: AssocId, address: Address
                     break
     return NetworkError(f"the SCTP association with {address} ended: {reason}",
                         address=str(address))
+
+
+def _read_hashed(fd: int, count: int, offset: int, hasher: Hasher) -> bytes:
+    chunk = os.pread(fd, count, offset)
+    hasher.update(memoryview(chunk))
+    return chunk

@@ -5,8 +5,8 @@ the handshake's digest choice, and ``Session``, the base of ``ServerSession``
 Feed received bytes with ``receive_data`` (``b""`` when the peer closed), drain
 ``data_to_send()`` and ``next_event()``.  Calls that emit frames (``put``, ``commit``,
 ...) append to the outgoing buffer.  File bytes never pass through a core on the way
-out when the driver uses sendfile: ``data_header`` emits only the header and the driver
-sends the body itself, right after flushing ``data_to_send()``.
+out: ``data_header`` emits only the header and the driver sends the body itself (read
+and hashed on its way), right after flushing ``data_to_send()``.
 
 Errors follow one rule: the driver asking for something not allowed is
 ``LocalProtocolError``; the peer doing something the handler tables do not allow is
@@ -207,8 +207,8 @@ class Session:
 
     def body_pending(self) -> tuple[int, int] | None:
         """(request, bytes left) of a DATA body now arriving for a request being
-        received, which the driver may move itself (``body_moved``): zero-copy into a
-        file, as h11's data passthrough lets a driver do.  None otherwise."""
+        received, which the driver may move itself (``body_moved``): straight from the
+        socket into a file, as h11's data passthrough lets a driver do.  None otherwise."""
         request, left = self._parser.body_left
         if not left or self.state is not ConnState.READY:
             return None

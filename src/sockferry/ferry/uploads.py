@@ -120,10 +120,9 @@ class Uploads:
         mtime_ns = event.mtime_ns if event.keep_mtime else None
         final_mode = capped_mode(event.mode, c.config.umask)
         if resumed:
-            sink = Sink(file, c.session.digest_feature, size=event.size, kept=event.offset)
+            sink = Sink(file, c.session.digest_feature, kept=event.offset)
         else:
-            sink = Sink(file, c.session.digest_feature, size=event.size,
-                        follow=c.zero_copy)
+            sink = Sink(file, c.session.digest_feature)
             file.expect(final_mode, mtime_ns)
         upload = Upload(path, file, sink, event.size, final_mode, mtime_ns,
                         offset=event.offset if resumed else 0, reservation=reservation)
@@ -258,7 +257,7 @@ class Uploads:
         return False
 
     def sink_of(self, request: int) -> Sink | None:
-        """The sink a body may be spliced into: never a streamed one, whose every byte
+        """The sink a body may be copied into off the loop: never a streamed one, whose every byte
         is counted against the limits on its way (``on_body``)."""
         upload = self.receiving.get(request)
         return upload.sink if upload is not None and not upload.streamed else None

@@ -130,8 +130,9 @@ class AtomicFile:
             self.abort()
             raise storage_error(exc, self.shown, "the partial file was removed") from exc
 
-    def spliced(self, count: int) -> None:
-        """``count`` bytes were written at the current offset by someone else (splice)."""
+    def appended(self, count: int) -> None:
+        """``count`` bytes were written at the current offset through ``fd`` by someone
+        else (a stream copying a body in a worker thread)."""
         self.written += count
         try:
             if self.written - self._queued >= self.write_back_step:

@@ -10,8 +10,8 @@ carries no metadata, reports the object's upload time and mode 0644 instead.
 
 Writing keeps the local root's guarantee — nothing visible before the commit, which the
 servers call once the digest matched — with a multipart upload: the bytes land in a
-spool file on local disk (so splice, the digest's read-back and holes work as for the
-root) and go up in ``PART_BYTES`` parts while the body still arrives; the commit
+spool file on local disk (so the body copy, a resume's read-back and holes work as for
+the root) and go up in ``PART_BYTES`` parts while the body still arrives; the commit
 uploads the last part and completes the upload, an abort aborts it.  An upload a crash
 left open is aborted by ``sweep_temporaries`` once older than the keep time.  A read
 fetches the object into a spool file first and hands out its fd.

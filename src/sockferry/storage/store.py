@@ -80,8 +80,8 @@ class Store(Protocol):
 
     def open_read(self, path: str | bytes) -> tuple[int, os.stat_result]:
         """A blocking read fd of the regular file ``path``, at offset 0, and its stat
-        (size, mode, mtime).  The caller owns the fd and reads any range of it (pread,
-        sendfile).  A directory, FIFO or device raises ``StorageError`` EISDIR."""
+        (size, mode, mtime).  The caller owns the fd and reads any range of it (pread).
+        A directory, FIFO or device raises ``StorageError`` EISDIR."""
 
     def make_dirs(self, path: str | bytes, mode: int) -> None:
         """``mkdir -p``: ``path`` and its missing parents, made with ``mode``; an existing
