@@ -46,10 +46,11 @@ def _cpu() -> float:
 
 def hash_mapped(hasher: Hasher, fd: int, offset: int, length: int) -> int:
     """``length`` bytes of ``fd`` from ``offset`` hashed from its mapping (as
-    sockferry's digest threads once did); ``offset`` a multiple of the page size."""
-    with mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset) as mapped, \
-            memoryview(mapped) as view:
-        hasher.update(view)
+    sockferry's digest threads once did)."""
+    base = offset - offset % mmap.ALLOCATIONGRANULARITY
+    with mmap.mmap(fd, offset + length - base, access=mmap.ACCESS_READ,
+                   offset=base) as mapped, memoryview(mapped) as view:
+        hasher.update(view[offset - base :])
     return length
 
 

@@ -79,7 +79,7 @@ def case_tls(b: Bench) -> Table:
         "`sockferry --tls`: TLS 1.3 (OpenSSL's default suite, TLS_AES_256_GCM_SHA384), "
         "the client pinning the server's fingerprint; file bytes are read and encrypted in "
         "user space and copied into the file at the receiver (no sendfile, no splice). "
-        "`sockferry`: the same without TLS (sendfile and splice). MB = 10^6 bytes; ratios "
+        "`sockferry`: the same without TLS. MB = 10^6 bytes; ratios "
         "are sockferry --tls over each tool.")
     timeout_s = transfer_timeout(size)
     roots = {name: fresh_dir(b.shm / name) for name in ("tls", "plain", "scp")}

@@ -11,12 +11,14 @@ reading or writing for that long is given up as gone.  Socket errors become
 ``NetworkError`` sentences through ``sockets.network_error``.
 
 Why copies rather than sendfile and splice: every byte is hashed at both ends, so it
-passes through the CPU anyway; hashing it while it is in the cache, on its way through
-user space, measured faster and cheaper here (1 GiB over loopback, tmpfs: receiving
-~1.1 GB/s at 0.95 s CPU against ~1.0 GB/s at 1.17 s for splice plus a thread reading
-the file back to hash it; sending ~1.2 GB/s against ~0.9 GB/s for sendfile plus a
-hashing thread; `bench/body_paths.py`) than moving bytes kernel to kernel and reading
-them a second time.
+passes through the CPU anyway, and hashing it on its way through user space, while it
+is in the cache, costs less than moving it kernel to kernel and reading it a second
+time to hash it (`bench/body_paths.py`, 1 GiB over loopback on tmpfs, medians of 9
+rounds: receiving 1,480 MB/s at 0.72 s CPU against 1,346 MB/s at 0.92 s for splice plus
+a thread reading the file back; sending 0.51 s CPU against 0.61 s for sendfile plus a
+hashing thread, at 1,292 against 1,514 MB/s on its own — on two shared cores the CPU is
+what counts, and whole transfers got faster: bench/results/latest.md).  Files are read,
+not mapped: a mapping read past a truncation kills the process with SIGBUS.
 """
 
 from __future__ import annotations
