@@ -4,6 +4,7 @@ files off the event loop and files sent from their mapping, both hashed on the w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -203,3 +204,47 @@ def _read_all(sock: socket.socket) -> bytes:
         while chunk := sock.recv(1 << 20):
             parts.append(chunk)
     return b"".join(parts)
+
+
+def test_a_cancelled_copy_never_writes_into_a_reused_descriptor(tmp_path: Path) -> None:
+    """A server aborts a cancelled upload's file at once, and the next file opened may
+    get its descriptor's number: the copying thread, still between two chunks of a body
+    that keeps arriving, must not write into that one."""
+
+    async def go() -> bytes:
+        sender, receiver = tcp_pair()
+        stream = SocketStream(receiver, idle_timeout_s=10)
+        flowing = True
+
+        def keep_sending() -> None:
+            chunk = b"x" * (1 << 20)
+            with contextlib.suppress(OSError):
+                while flowing:
+                    sender.sendall(chunk)
+
+        feeding = asyncio.get_running_loop().run_in_executor(None, keep_sending)
+        fd = os.open(tmp_path / "cancelled", os.O_RDWR | os.O_CREAT, 0o600)
+        task = asyncio.create_task(stream.receive_into_file(fd, 1 << 40, None))
+        await asyncio.sleep(0.2)  # bytes are flowing into the file now
+        assert os.fstat(fd).st_size > 0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        os.close(fd)  # the abort, at once
+        other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT, 0o600)
+        work = stream._copying
+        assert work is not None
+        for _ in range(200):  # bounded: 2 s at most
+            if work.done():
+                break
+            await asyncio.sleep(0.01)
+        assert work.done(), "the copying thread did not stop"
+        flowing = False
+        stream.close()
+        sender.close()
+        await feeding
+        content = os.pread(other, 1 << 20, 0)
+        os.close(other)
+        return content
+
+    assert asyncio.run(go()) == b""

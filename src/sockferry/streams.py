@@ -193,18 +193,26 @@ class SocketStream:
 
     async def receive_into_file(self, fd: int, count: int, hasher: Hasher | None,
                                 ) -> tuple[int, OSError | None]:
-        # The worker thread polls a pipe beside the socket: a cancelled caller wakes it,
-        # and the socket is closed only once the thread is done with its descriptor (a
-        # number closed under it could be reused by the next connection).
+        # The worker thread polls a pipe beside the socket: a cancelled caller wakes it
+        # (and a flag stops it between two chunks), and the socket is closed only once
+        # the thread is done with its descriptor (a number closed under it could be
+        # reused by the next connection).  It writes through a duplicate of the file's
+        # descriptor for the same reason: a cancelled upload's file is aborted at once.
+        try:
+            own = os.dup(fd)
+        except OSError as exc:
+            return 0, exc
         stop_read, stop_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        stop = threading.Event()
         work = self._loop.run_in_executor(shared_pool("body", MAX_COPIERS),
-                                          _copy_to_file, self._fd, fd, count, hasher,
-                                          self.idle_timeout_s, stop_read)
+                                          _copy_to_file, self._fd, own, count, hasher,
+                                          self.idle_timeout_s, stop_read, stop)
         self._copying = work
-        work.add_done_callback(lambda _: _close_all(stop_read, stop_write))
+        work.add_done_callback(lambda _: _close_all(stop_read, stop_write, own))
         try:
             taken, error = await asyncio.shield(work)
         except asyncio.CancelledError:
+            stop.set()
             os.write(stop_write, b"!")
             raise
         except TimeoutError:
@@ -254,16 +262,18 @@ def file_pieces(fd: int, offset: int, count: int,
 
 
 def _copy_to_file(sock_fd: int, file_fd: int, count: int, hasher: Hasher | None,
-                  timeout_s: float, stop_fd: int) -> tuple[int, OSError | None]:
+                  timeout_s: float, stop_fd: int, stop: threading.Event,
+                  ) -> tuple[int, OSError | None]:
     """Socket -> buffer -> file, ``count`` bytes, hashed on the way, in a worker thread
-    (recv, write and the hashers release the GIL); ``stop_fd`` readable means stop now.
-    Returns the bytes taken off the socket and the file's error."""
+    (recv, write and the hashers release the GIL); ``stop`` set (and ``stop_fd``
+    readable) means stop now.  Returns the bytes taken off the socket and the file's
+    error."""
     buffer = _shared_buffer()  # the worker thread's own
     poller = select.poll()
     poller.register(sock_fd, select.POLLIN)
     poller.register(stop_fd, select.POLLIN)
     taken = 0
-    while taken < count:
+    while taken < count and not stop.is_set():
         try:
             n = os.readv(sock_fd, [buffer[: min(len(buffer), count - taken)]])
         except BlockingIOError:

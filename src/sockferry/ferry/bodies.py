@@ -313,7 +313,8 @@ async def receive_bodies(core: Core, stream: Stream, sink_of: Callable[[int], Si
         taken, error = await stream.receive_into_file(sink.file.fd, left, sink.hasher)
         if taken == 0 and error is None:
             return  # this stream copies through its own hands, or the peer closed
-        core.body_moved(request, taken)
+        if taken:
+            core.body_moved(request, taken)
         try:
             if error is not None:
                 sink.file.abort()
