@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -22,6 +24,22 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
         client = socket.create_connection(listener.getsockname())
         server, _ = listener.accept()
     return client, server
+
+
+@contextlib.asynccontextmanager
+async def _stream_and_file(path: Path, flags: int, *, timeout: float = 10,
+                           sending: bool = False) -> AsyncIterator[tuple[SocketStream, int]]:
+    """A SocketStream on one end of a loopback TCP pair (the sending end with
+    ``sending``) and a file opened with ``flags``; all closed afterwards."""
+    sender, receiver = tcp_pair()
+    stream = SocketStream(sender if sending else receiver, idle_timeout_s=timeout)
+    fd = os.open(path, flags, 0o600)
+    try:
+        yield stream, fd
+    finally:
+        os.close(fd)
+        stream.close()
+        (receiver if sending else sender).close()
 
 
 def test_a_body_is_copied_exactly_and_hashed_on_the_way(tmp_path: Path) -> None:
@@ -73,15 +91,9 @@ def test_a_copy_reports_a_file_that_cannot_take_the_bytes(tmp_path: Path) -> Non
 
 def test_a_copy_gives_up_on_a_silent_peer(tmp_path: Path) -> None:
     async def go() -> None:
-        sender, receiver = tcp_pair()
-        stream = SocketStream(receiver, idle_timeout_s=0.3)
-        fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
+        async with _stream_and_file(tmp_path / "f", os.O_RDWR | os.O_CREAT,
+                                    timeout=0.3) as (stream, fd):
             await stream.receive_into_file(fd, 1000, None)
-        finally:
-            os.close(fd)
-            sender.close()
-            stream.close()
 
     with pytest.raises(TransferTimeout, match="made no progress"):
         asyncio.run(go())
@@ -141,12 +153,7 @@ def test_a_cancelled_copy_stops_its_thread_before_the_socket_closes(tmp_path: Pa
         with pytest.raises(asyncio.CancelledError):
             await task
         stream.close()
-        work = stream._copying
-        assert work is not None
-        for _ in range(200):  # bounded: 2 s at most
-            if work.done():
-                break
-            await asyncio.sleep(0.01)
+        work = await _copying_ended(stream)
         os.close(fd)
         sender.close()
         return work.done(), receiver.fileno()
@@ -184,18 +191,23 @@ def test_send_file_of_a_file_that_shrank_is_a_storage_error(tmp_path: Path) -> N
     (tmp_path / "f").write_bytes(b"short")
 
     async def go() -> None:
-        sender, receiver = tcp_pair()
-        stream = SocketStream(sender, idle_timeout_s=10)
-        fd = os.open(tmp_path / "f", os.O_RDONLY)
-        try:
+        async with _stream_and_file(tmp_path / "f", os.O_RDONLY, sending=True) as (stream, fd):
             await stream.send_file(fd, 0, 1 << 20, digests.new_hasher(Feature.DIGEST_BLAKE3))
-        finally:
-            os.close(fd)
-            stream.close()
-            receiver.close()
 
     with pytest.raises(StorageError, match="shrank"):
         asyncio.run(go())
+
+
+async def _copying_ended(stream: SocketStream) -> asyncio.Future[object]:
+    """The stream's last body copy, once its thread has ended (waited for 2 s at most:
+    the caller asserts that it did)."""
+    work = stream._copying
+    assert work is not None
+    for _ in range(200):
+        if work.done():
+            break
+        await asyncio.sleep(0.01)
+    return cast("asyncio.Future[object]", work)
 
 
 def _read_all(sock: socket.socket) -> bytes:
@@ -232,12 +244,7 @@ def test_a_cancelled_copy_never_writes_into_a_reused_descriptor(tmp_path: Path) 
             await task
         os.close(fd)  # the abort, at once
         other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT, 0o600)
-        work = stream._copying
-        assert work is not None
-        for _ in range(200):  # bounded: 2 s at most
-            if work.done():
-                break
-            await asyncio.sleep(0.01)
+        work = await _copying_ended(stream)
         assert work.done(), "the copying thread did not stop"
         flowing = False
         stream.close()
