@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,26 +172,38 @@ def test_commits_of_uploads_never_run_on_the_event_loop(ceph_s3: CephS3, bucket:
         (sources / f"s{i}").write_bytes(b"small %d" % i)
     (sources / "big").write_bytes(big)
 
-    async def upload() -> int:
+    async def upload(port: int) -> None:
+        async with connect("127.0.0.1", port, token=TOKEN) as client:
+            for i in range(8):
+                await client.put(sources / f"s{i}", f"s{i}")
+            await client.put(sources / "big", "big")
+
+    writes = ("put_object", "upload_part", "complete_multipart_upload")
+    on_loop = _requests_on_the_loop(store, threads, upload)
+    requests = [(name, ident) for name, ident in threads if name in writes]
+    assert len(requests) >= 8 + 2, requests  # eight PUTs, a part and a completion at least
+    assert [name for name in on_loop if name in writes] == [], requests
+    assert real.get_object(Bucket=bucket, Key="loop/big")["Body"].read() == big
+    store.close()
+
+
+def _requests_on_the_loop(store: S3Store, threads: list[tuple[str, int]],
+                          work: Callable[[int], Awaitable[None]]) -> list[str]:
+    """Serve ``store`` on a loopback port, run ``work(port)`` against it, and return the
+    S3 requests (of those ``threads`` recorded) made on the server's event loop thread."""
+
+    async def serve() -> int:
         server = FerryServer(store, FerryServerConfig(token=TOKEN))
         running = await run_ferry_server(server, [HostPort("127.0.0.1", 0)])
         try:
-            async with connect("127.0.0.1", running.port, token=TOKEN) as client:
-                for i in range(8):
-                    await client.put(sources / f"s{i}", f"s{i}")
-                await client.put(sources / "big", "big")
+            await work(running.port)
         finally:
             running.close()
             await running.wait_closed()
         return threading.get_ident()
 
-    loop_thread = asyncio.run(upload())
-    requests = [(name, ident) for name, ident in threads
-                if name in ("put_object", "upload_part", "complete_multipart_upload")]
-    assert len(requests) >= 8 + 2, requests  # eight PUTs, a part and a completion at least
-    assert all(ident != loop_thread for _, ident in requests), requests
-    assert real.get_object(Bucket=bucket, Key="loop/big")["Body"].read() == big
-    store.close()
+    loop_thread = asyncio.run(serve())
+    return [name for name, ident in threads if ident == loop_thread]
 
 
 def _watched_store(ceph_s3: CephS3, bucket: str, tmp_path: Path,
@@ -416,30 +428,22 @@ def test_a_connections_store_lookups_never_run_on_the_event_loop(
             (tree / sub / f"f{i}").write_bytes(b"small %d" % i)
     (tmp_path / "mid").write_bytes(os.urandom(300_000))
 
-    async def session() -> int:
-        server = FerryServer(store, FerryServerConfig(token=TOKEN))
-        running = await run_ferry_server(server, [HostPort("127.0.0.1", 0)])
-        try:
-            async with connect("127.0.0.1", running.port, token=TOKEN) as client:
-                await client.mkdir("x/y")
-                assert (await client.stat("x/y")).kind is Kind.DIRECTORY
-            outcomes = []
-            for sources, dest, resume in (([str(tree)], "t", False),
-                                          ([str(tmp_path / "mid")], "x/y/mid", True)):
-                ferry = await FerryClient.connect(HostPort("127.0.0.1", running.port), TOKEN)
-                try:
-                    outcomes += await send_paths(ferry, sources, dest, recursive=True,
-                                                 keep_mtime=False, resume=resume)
-                finally:
-                    ferry.close()
-            assert [o.error for o in outcomes if o.error] == []
-        finally:
-            running.close()
-            await running.wait_closed()
-        return threading.get_ident()
+    async def session(port: int) -> None:
+        async with connect("127.0.0.1", port, token=TOKEN) as client:
+            await client.mkdir("x/y")
+            assert (await client.stat("x/y")).kind is Kind.DIRECTORY
+        outcomes = []
+        for sources, dest, resume in (([str(tree)], "t", False),
+                                      ([str(tmp_path / "mid")], "x/y/mid", True)):
+            ferry = await FerryClient.connect(HostPort("127.0.0.1", port), TOKEN)
+            try:
+                outcomes += await send_paths(ferry, sources, dest, recursive=True,
+                                             keep_mtime=False, resume=resume)
+            finally:
+                ferry.close()
+        assert [o.error for o in outcomes if o.error] == []
 
-    loop_thread = asyncio.run(session())
-    on_loop = [name for name, ident in threads if ident == loop_thread]
+    on_loop = _requests_on_the_loop(store, threads, session)
     assert len(threads) > 20, threads
     assert on_loop == [], on_loop
     assert real.get_object(Bucket=bucket, Key="meta/t/b/c/f4")["Body"].read() == b"small 4"
@@ -474,34 +478,26 @@ def test_an_upload_broken_off_is_kept_off_the_event_loop(ceph_s3: CephS3, bucket
     store, real, threads = _watched_store(ceph_s3, bucket, tmp_path, "cut")
     (tmp_path / "big").write_bytes(os.urandom(6 * PART_BYTES))
 
-    async def cut_off() -> int:
-        server = FerryServer(store, FerryServerConfig(token=TOKEN))
-        running = await run_ferry_server(server, [HostPort("127.0.0.1", 0)])
-        try:
-            ferry = await FerryClient.connect(HostPort("127.0.0.1", running.port), TOKEN)
-            ferry.limit_rate(16 << 20)
-            sending = asyncio.ensure_future(ferry.puts.start_put_resumable(
-                str(tmp_path / "big"), "big", keep_mtime=False, progress=None))
-            deadline = time.monotonic() + 30
-            while not any(name == "upload_part" for name, _ in threads):
-                assert time.monotonic() < deadline, "no part ever went up"
-                await asyncio.sleep(0.02)
-            assert not sending.done(), "the body was sent before the cut"
-            threads.clear()
-            sending.cancel()
-            ferry.close()  # gone mid-body
-            with contextlib.suppress(BaseException):
-                await sending
-            while not any(name == "complete_multipart_upload" for name, _ in threads):
-                assert time.monotonic() < deadline, "what arrived was never kept"
-                await asyncio.sleep(0.02)
-        finally:
-            running.close()
-            await running.wait_closed()
-        return threading.get_ident()
+    async def cut_off(port: int) -> None:
+        ferry = await FerryClient.connect(HostPort("127.0.0.1", port), TOKEN)
+        ferry.limit_rate(16 << 20)
+        sending = asyncio.ensure_future(ferry.puts.start_put_resumable(
+            str(tmp_path / "big"), "big", keep_mtime=False, progress=None))
+        deadline = time.monotonic() + 30
+        while not any(name == "upload_part" for name, _ in threads):
+            assert time.monotonic() < deadline, "no part ever went up"
+            await asyncio.sleep(0.02)
+        assert not sending.done(), "the body was sent before the cut"
+        threads.clear()
+        sending.cancel()
+        ferry.close()  # gone mid-body
+        with contextlib.suppress(BaseException):
+            await sending
+        while not any(name == "complete_multipart_upload" for name, _ in threads):
+            assert time.monotonic() < deadline, "what arrived was never kept"
+            await asyncio.sleep(0.02)
 
-    loop_thread = asyncio.run(cut_off())
-    on_loop = [name for name, ident in threads if ident == loop_thread]
+    on_loop = _requests_on_the_loop(store, threads, cut_off)
     assert on_loop == [], on_loop
     kept = [o["Key"] for o in real.list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert any(".sockferry-resume-" in key for key in kept), kept
