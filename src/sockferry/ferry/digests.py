@@ -69,27 +69,23 @@ def update_zeros(hasher: Hasher, count: int) -> None:
         count -= n
 
 
-def hash_fd(fd: int, size: int, feature: Feature, stop: threading.Event | None = None,
-            ) -> bytes:
+def hash_fd(fd: int, size: int, feature: Feature) -> bytes:
     """Digest of the first ``size`` bytes of ``fd`` (the digests --checksum compares),
     in a worker thread: both hashers release the GIL.  A file that shrank meanwhile
     gives the digest of what it still holds, which then differs."""
     hasher = new_hasher(feature)
-    hash_range(hasher, fd, 0, size, stop)
+    hash_range(hasher, fd, 0, size)
     return hasher.digest()
 
 
-def hash_range(hasher: Hasher, fd: int, start: int, end: int,
-               stop: threading.Event | None = None) -> int:
-    """Feed bytes ``start`` to ``end`` of ``fd`` into ``hasher`` (pread); how many there were.
-
-    Resume hashes a kept prefix with it, then continues the same hasher over the tail.
-    Fewer than ``end - start`` means the file is shorter (or ``stop`` was set).
-    """
+def hash_range(hasher: Hasher, fd: int, start: int, end: int) -> int:
+    """Feed bytes ``start`` to ``end`` of ``fd`` into ``hasher`` (pread); how many there
+    were (fewer than ``end - start``: the file is shorter).  A resume's kept prefix and a
+    Follower's reading back are hashed with it."""
     buffer = bytearray(HASH_CHUNK)
     view = memoryview(buffer)
     offset = start
-    while offset < end and not (stop and stop.is_set()):
+    while offset < end:
         n = os.preadv(fd, [view[: min(HASH_CHUNK, end - offset)]], offset)
         if n == 0:
             break
@@ -99,9 +95,10 @@ def hash_range(hasher: Hasher, fd: int, start: int, end: int,
 
 
 class Follower:
-    """Hashes a file in a thread of its own while it is being written, so that the digest
-    is ready moments after the last byte instead of costing the receiving thread a pass
-    over every byte (or a second pass at the end).
+    """Hashes a file in a thread of its own while it is being written: where the
+    receiving thread cannot hash what it writes as it goes — a resumed file whose kept
+    part must be read first, or a hole too long to hash on the event loop — the digest
+    is still ready moments after the last byte, not after a second pass at the end.
 
     The writer reports what it appended: ``data(n)`` (bytes now in the file, read back
     from the page cache) and ``hole(n)`` (zeros left unwritten).  ``result`` waits for
@@ -187,7 +184,8 @@ class Follower:
                 end = self._offset + amount
                 while self._offset < end and not self._stopped:
                     step = min(end, self._offset + FOLLOW_CHUNK)
-                    if hash_range(self._hasher, self._fd, self._offset, step) < step - self._offset:
+                    got = hash_range(self._hasher, self._fd, self._offset, step)
+                    if got < step - self._offset:
                         raise OSError(errno.EIO, "the file being hashed shrank")
                     self._offset = step
             if not self._stopped:

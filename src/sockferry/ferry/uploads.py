@@ -257,8 +257,8 @@ class Uploads:
         return False
 
     def sink_of(self, request: int) -> Sink | None:
-        """The sink a body may be copied into off the loop: never a streamed one, whose every byte
-        is counted against the limits on its way (``on_body``)."""
+        """The sink a body may be copied into off the event loop: never a streamed one,
+        whose every byte is counted against the limits on its way (``on_body``)."""
         upload = self.receiving.get(request)
         return upload.sink if upload is not None and not upload.streamed else None
 
