@@ -128,9 +128,7 @@ class Connection:
                 # an S3 upload broken off is completed as its partial object, or aborted:
                 # requests that wait for the parts in flight, never on the event loop
                 await asyncio.to_thread(self.uploads.abort_files)
-                self.uploads.abort()
-            else:
-                self.uploads.abort()
+            self.uploads.abort()
             self.dirs.close()
             self.stream.close()
             elapsed = time.monotonic() - self.started
