@@ -12,8 +12,9 @@ checkouts take turns, round by round, each sending the same tree of 4 KiB files
 server's CPU seconds (from /proc), the client's (its rusage) and the wall time, median
 and minimum over the rounds.  With ``--bulk-mib N`` the workload is one file of N MiB
 instead, sent (``send``) and fetched back (``get``) each round: reported per checkout and
-direction, MB/s and both sides' CPU seconds.  The interpreter is the one running this
-script.
+direction, MB/s and both sides' CPU seconds.  ``--tls`` runs the servers with ``--tls``
+(a certificate made on first use, next to the token) and the clients pinning it.  The
+interpreter is the one running this script.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def _commands(args: argparse.Namespace, work: Path, root: Path, port: int,
     return [["send", "-r", str(work / "tree"), f"127.0.0.1:{port}:dest/"]]
 
 
+def _fingerprint(cert: Path) -> str:
+    done = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-fingerprint",
+                           "-sha256"], check=True, capture_output=True, text=True)
+    return done.stdout.strip().split("=", 1)[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkouts", nargs="+", type=Path, metavar="CHECKOUT")
@@ -79,6 +86,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--bulk-mib", type=int, default=0, metavar="N",
                         help="one file of N MiB sent and fetched back, not a tree")
+    parser.add_argument("--tls", action="store_true", help="every transfer over TLS")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sockferry-tree-cpu-", dir="/dev/shm"))
     token = work / "token"
@@ -94,12 +102,14 @@ def main() -> None:
             root = work / f"root{i}"
             root.mkdir()
             port = 23600 + i
+            tls = ["--tls"] if args.tls else []
             server = subprocess.Popen(
                 [sys.executable, "-m", "sockferry", "serve", str(root), "--listen",
-                 f"127.0.0.1:{port}", "--token-file", str(token), "-q"],
+                 f"127.0.0.1:{port}", "--token-file", str(token), "-q", *tls],
                 env=env, stderr=subprocess.DEVNULL)
             runs.append((checkout, env, root, port, server, [], [], []))
             _wait_listening(port, server)
+        pin = ["--fingerprint", _fingerprint(work / "tls-cert.pem")] if args.tls else []
         if args.bulk_mib:
             with open(work / "bulk", "wb") as file:
                 for _ in range(args.bulk_mib):
@@ -112,7 +122,8 @@ def main() -> None:
                     used = resource.getrusage(resource.RUSAGE_CHILDREN)
                     start = time.perf_counter()
                     subprocess.run([sys.executable, "-m", "sockferry", *command,
-                                    "--token-file", str(token), "-q"], env=env, check=True)
+                                    "--token-file", str(token), "-q", *pin], env=env,
+                                   check=True)
                     wall.append(time.perf_counter() - start)
                     after = resource.getrusage(resource.RUSAGE_CHILDREN)
                     server_cpu.append(_cpu_seconds(server.pid) - before)

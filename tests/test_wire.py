@@ -3,6 +3,8 @@ running off the end (or past a limit) is MalformedPacket and nothing else."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -72,3 +74,19 @@ def test_limited_scopes_a_part_that_must_be_consumed_exactly() -> None:
         pass
     with pytest.raises(MalformedPacket, match="unexpected bytes"):
         Reader(b"ab").expect_end()
+
+
+HEAD = struct.Struct("!IH")  # a value, then the length of the bytes after it
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.binary(max_size=40)), max_size=20))
+def test_headed_records_round_trip_and_every_truncation_is_malformed(
+        records: list[tuple[int, bytes]]) -> None:
+    data = b"".join(HEAD.pack(value, len(tail)) + tail for value, tail in records) + b"!"
+    r = Reader(data)
+    assert [(fields[0], tail) for fields, tail in r.headed(len(records), HEAD)] == records
+    assert r.rest() == b"!"  # the cursor stops after the last record
+    for cut in range(len(data) - 1):
+        if records:
+            with pytest.raises(MalformedPacket):
+                list(Reader(data[:cut]).headed(len(records), HEAD))

@@ -56,6 +56,27 @@ class Reader:
         start = self._take(layout.size)
         return layout.unpack_from(self._data, start)
 
+    def headed(self, count: int, head: struct.Struct) -> Iterator[tuple[tuple[int, ...], bytes]]:
+        """``count`` records, each a ``head`` whose last field is the length of the bytes
+        that follow it: (the head's fields, those bytes) for each.  One loop over the
+        buffer rather than four calls a record: a listing holds thousands."""
+        data, pos, end, size = self._data, self._pos, self._end, head.size
+        unpack = head.unpack_from
+        try:
+            for _ in range(count):
+                if end - pos < size:
+                    raise MalformedPacket(f"truncated: needed {size} bytes, {end - pos} left")
+                fields = unpack(data, pos)
+                pos += size
+                length = fields[-1]
+                if end - pos < length:
+                    raise MalformedPacket(f"truncated: needed {length} bytes, "
+                                          f"{end - pos} left")
+                yield fields, bytes(data[pos : pos + length])
+                pos += length
+        finally:
+            self._pos = pos
+
     def u8(self) -> int:
         return self.unpack(U8)[0]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import importlib
 import os
 import sys
@@ -167,8 +168,10 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
-         stderr: TextIO | None = None) -> int:
-    """Entry point of the ``sockferry`` command; returns the exit code."""
+         stderr: TextIO | None = None, started: Callable[[], None] | None = None) -> int:
+    """Entry point of the ``sockferry`` command; returns the exit code.  ``started``
+    is called once the command line is parsed (and the command's modules imported),
+    before the command runs."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -181,6 +184,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         return ExitCode.USAGE
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
+    if started is not None:
+        started()
     debug: bool = args.debug
     console.quiet, console.verbose = args.quiet, args.verbose
     _configure_logging(err, debug, args.quiet, getattr(args, "log_format", "text"))
@@ -213,11 +218,23 @@ def run() -> None:
     down every module, joining the resolver threads) takes ~20 ms after a transfer:
     ``os._exit`` skips it.  In-process callers use ``main``, which returns.
     """
-    code = main()
+    gc.disable()  # until the command runs: see _started
+    code = main(started=_started)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stream.flush()
     os._exit(code)
+
+
+def _started() -> None:
+    """The command line is parsed and the command's modules are imported: collect garbage
+    from now on, but never look at what start-up made again.  Start-up allocates objects
+    that live until exit (modules, classes, functions), so the ~40 collections it would
+    trigger find nothing, and each later full collection would walk them all again (a
+    no-op ``send -r -u`` of 10,000 files spent ~6 ms collecting during start-up, and
+    twice as long afterwards as with them frozen)."""
+    gc.freeze()
+    gc.enable()
 
 
 def _command_index(argv: list[str]) -> int | None:

@@ -375,10 +375,18 @@ def _read_path(reader: Reader) -> str:
 
 def _path_of(reader: Reader, length: int) -> str:
     """The next ``length`` bytes as a path (its u16 length already read)."""
+    _check_path_length(length)
+    return _utf8_path(reader.read(length))
+
+
+def _check_path_length(length: int) -> None:
     if length > MAX_PATH_BYTES:
         raise MalformedPacket(f"path of {length} bytes is over the limit of {MAX_PATH_BYTES}")
+
+
+def _utf8_path(raw: bytes) -> str:
     try:
-        return reader.read(length).decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedPacket("path is not valid UTF-8") from None
 
@@ -479,12 +487,13 @@ def _decode_hole(r: Reader, request: int, flags: int) -> Hole:
 def _decode_entries(r: Reader, request: int, flags: int) -> Entries:
     count = r.u16()
     entries = []
-    for _ in range(count):  # the path's length read with the rest: one unpack per entry
-        code, mode, size, mtime, length = r.unpack(_ENTRY_HEAD)
-        kind = _KINDS.get(code)
+    kinds = _KINDS
+    for (code, mode, size, mtime, length), raw in r.headed(count, _ENTRY_HEAD):
+        kind = kinds.get(code)
         if kind is None:
             raise MalformedPacket(f"unknown entry kind {code}")
-        entries.append(Entry(_path_of(r, length), kind, mode, size, mtime))
+        _check_path_length(length)
+        entries.append(Entry(_utf8_path(raw), kind, mode, size, mtime))
     return Entries(request, tuple(entries), bool(flags & EntriesFlag.LAST))
 
 

@@ -85,7 +85,8 @@ async def get_paths(client: FerryClient, sources: list[str], dest: str, *,
             await _get_tree(client, source, entry, target, keep_mtime, reporter, waiting,
                             failed, resume, sync)
         elif entry.kind is Kind.FILE:
-            if skipped(entry, _local_entry(target), source, target, sync, failed):
+            if skipped(entry.size, entry.mtime_ns, _local_entry(target), source, target,
+                       sync, failed):
                 continue
             try:
                 await _get_one(client, source, target, entry.size, keep_mtime, reporter,
@@ -286,8 +287,9 @@ async def _get_tree(client: FerryClient, source: str, top: Entry, target: str,
                     _make_local_dir(local, entry.mode & 0o777)
             elif entry.kind is Kind.FILE:
                 if (sync.update or sync.dry_run or sync.checksum) and skipped(
-                        entry, _local_entry(local) if sync.update else None, remote, local,
-                        sync, failed, entry.path in same):
+                        entry.size, entry.mtime_ns,
+                        _local_entry(local) if sync.update else None, remote, local, sync,
+                        failed, entry.path in same):
                     continue
                 await _get_one(client, remote, local, entry.size, keep_mtime, reporter,
                                waiting, resume)

@@ -226,7 +226,8 @@ async def _single_skipped(client: FerryClient, source: str, target: str,
         if sync.update or sync.checksum else {}
     same = await identical(client, checksum_candidates(
         [local], there, lambda _rel: source, lambda _rel: target)) if sync.checksum else set()
-    return skipped(local, there.get(""), source, target, sync, failed, "" in same)
+    return skipped(local.size, local.mtime_ns, there.get(""), source, target, sync, failed,
+                   "" in same)
 
 
 async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: bool,
@@ -326,8 +327,8 @@ def _judged_away(local: str, rel: str, remote: str, there: dict[str, Entry],
             st = os.lstat(local)
         except OSError:
             return False  # _open reports it
-    return skipped(Entry.from_stat(rel, st), there.get(rel), local, remote, sync, failed,
-                    same)
+    size = st.st_size if stat.S_ISREG(st.st_mode) else 0  # as Entry.from_stat says
+    return skipped(size, st.st_mtime_ns, there.get(rel), local, remote, sync, failed, same)
 
 
 async def _delete_remote(client: FerryClient, target: str, there: dict[str, Entry],

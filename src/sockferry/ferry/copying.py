@@ -109,15 +109,16 @@ async def settled(client: FerryClient, waiting: list[Waiting], failed: list[Outc
     return outcomes
 
 
-def skipped(local: Entry, there: Entry | None, source: str, target: str,
-             sync: SyncOptions, failed: list[Outcome], same: bool = False) -> bool:
-    """--update, --checksum and -n: whether this file is left alone (its outcome
-    recorded); ``same``: --checksum found its size and digest equal on both sides."""
-    if same if sync.checksum else sync.update and unchanged(local, there):
-        failed.append(Outcome(source, target, local.size, unchanged=True))
+def skipped(size: int, mtime_ns: int, there: Entry | None, source: str, target: str,
+            sync: SyncOptions, failed: list[Outcome], same: bool = False) -> bool:
+    """--update, --checksum and -n: whether this file (of ``size`` bytes, modified at
+    ``mtime_ns``) is left alone (its outcome recorded); ``there``: what the receiver has
+    at its name; ``same``: --checksum found its size and digest equal on both sides."""
+    if same if sync.checksum else sync.update and unchanged(size, mtime_ns, there):
+        failed.append(Outcome(source, target, size, unchanged=True))
         return True
     if sync.dry_run:
-        failed.append(Outcome(source, target, local.size, dry_run=True))
+        failed.append(Outcome(source, target, size, dry_run=True))
         return True
     return False
 

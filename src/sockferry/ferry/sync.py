@@ -131,13 +131,14 @@ class Filters:
         return kept
 
 
-def unchanged(source: Entry, existing: Entry | None) -> bool:
-    """rsync's quick check (``--update``): the receiver has a regular file of the same
-    size and modification time (to the second, as rsync compares; file systems keep
-    different fractions of a second)."""
+def unchanged(size: int, mtime_ns: int, existing: Entry | None) -> bool:
+    """rsync's quick check (``--update``): the receiver has a regular file of the source's
+    ``size`` and modification time (to the second, as rsync compares; file systems keep
+    different fractions of a second).  Numbers rather than an Entry: a sender compares
+    its lstat of each file of a tree without making one."""
     return (existing is not None and existing.kind is Kind.FILE
-            and source.size == existing.size
-            and source.mtime_ns // 1_000_000_000 == existing.mtime_ns // 1_000_000_000)
+            and size == existing.size
+            and mtime_ns // 1_000_000_000 == existing.mtime_ns // 1_000_000_000)
 
 
 GLOB_CHARS = "*?["
