@@ -181,6 +181,11 @@ class TLSStream:
 
     async def receive(self) -> memoryview:
         buffer = _buffers()[0]
+        return buffer[: await self.decrypt_into(buffer)]
+
+    async def decrypt_into(self, buffer: memoryview) -> int:
+        """Decrypt into ``buffer`` what has arrived (waiting for the first bytes): how
+        much, 0 once the peer ended its side."""
         filled = 0
         while not self._ended and filled < len(buffer):
             try:
@@ -203,7 +208,7 @@ class TLSStream:
                 self._ended = True
                 break
             filled += n
-        return buffer[:filled]
+        return filled
 
     async def send(self, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
         """Encrypt every buffer in order, sending each ``SEND_PIECE`` of plaintext."""
