@@ -117,29 +117,37 @@ def test_a_copy_whose_server_dies_goes_on_with_the_next_one(env: dict[str, Path]
     assert _partial_size(root) == 0 and _partial_size(local) == 0
 
 
-def test_files_that_arrived_whole_are_left_alone_on_the_retry(env: dict[str, Path]) -> None:
-    tmp, root = env["tmp"], env["root"]
-    tree = tmp / "tree"
+@pytest.mark.parametrize("direction", ["send", "get"])
+def test_files_that_arrived_whole_are_left_alone_on_the_retry(env: dict[str, Path],
+                                                              direction: str) -> None:
+    tmp, root, local = env["tmp"], env["root"], env["local"]
+    tree = tmp / "tree" if direction == "send" else root / "tree"
     (tree / "z").mkdir(parents=True)
     for i in range(20):
         (tree / f"f{i:02}").write_bytes(os.urandom(4096))
-    shutil.copyfile(tmp / "data", tree / "z" / "big")  # sent after the small ones
+    shutil.copyfile(tmp / "data", tree / "z" / "big")  # copied after the small ones
     server = CliServer(root, env["token"], tmp / "first.log")
-    client = _cli("send", "-v", "-r", "--retry", "3", "--limit-rate", RATE, "-P",
-                  str(server.port), "--token-file", str(env["token"]), str(tree),
-                  "127.0.0.1:tree")
+    common = ["-v", "-r", "--retry", "3", "--limit-rate", RATE, "-P", str(server.port),
+              "--token-file", str(env["token"])]
+    client = _cli("send", *common, str(tree), "127.0.0.1:tree") if direction == "send" \
+        else _cli("get", *common, "127.0.0.1:tree", str(local / "tree"))
+    copy = root / "tree" if direction == "send" else local / "tree"
 
     def all_small_ones_there() -> None:
-        assert len([p for p in (root / "tree").iterdir() if p.name.startswith("f")]) == 20
+        assert len([p for p in copy.iterdir() if p.name.startswith("f")]) == 20
 
-    _kept, _out, err = _cut_and_restarted(env, server, root / "tree" / "z", client,
+    _kept, _out, err = _cut_and_restarted(env, server, copy / "z", client,
                                           all_small_ones_there)
     assert client.returncode == 0, err
-    # the twenty small files were found identical by digest, the big one resumed
-    assert "sent 1 file(s), 48.0 MiB, 20 unchanged" in err, err
+    # the twenty small files the first server answered for are left alone (not hashed
+    # again on both sides, which said "20 unchanged"), the big one resumed, and the
+    # summary counts all of them as copied
+    verb = "sent" if direction == "send" else "received"
+    assert f"{verb} 21 file(s), 48.1 MiB in" in err, err
+    assert "unchanged" not in err, err
     for path in tree.rglob("*"):
         if path.is_file():
-            assert _digest(root / "tree" / path.relative_to(tree)) == _digest(path)
+            assert _digest(copy / path.relative_to(tree)) == _digest(path)
 
 
 def test_giving_up_after_the_last_retry_says_why(env: dict[str, Path]) -> None:

@@ -277,9 +277,9 @@ def _retry_option(parser: argparse.ArgumentParser) -> None:
                         help="when the connection is lost, refused or goes silent, connect "
                         "again up to N times (waiting 1, 2, 4 ... s, at most 30) and go on "
                         "where the copy stopped, as with --resume (implied): the file cut "
-                        "off continues from what its receiver kept, and files that arrived "
-                        "whole are checked by digest and left alone (default 0: fail at "
-                        "once)")
+                        "off continues from what its receiver kept, files the server had "
+                        "confirmed are left alone, and others that arrived whole are "
+                        "checked by digest and left alone (default 0: fail at once)")
 
 
 def _retries(text: str) -> int:

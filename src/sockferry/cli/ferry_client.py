@@ -145,7 +145,8 @@ def run_send(args: argparse.Namespace, console: Console) -> int:
         return send
 
     sync = _sync_options(args)
-    return _copy(args, console, host, "sent", sending(sync), again=sending(_again(sync)))
+    return _copy(args, console, host, "sent", sending(sync),
+                 again=lambda done: sending(_again(sync, done)))
 
 
 def run_get(args: argparse.Namespace, console: Console) -> int:
@@ -162,18 +163,24 @@ def run_get(args: argparse.Namespace, console: Console) -> int:
 
     sync = _sync_options(args)
     return _copy(args, console, host, "received", getting(sync),
-                 again=getting(_again(sync)))
+                 again=lambda done: getting(_again(sync, done)))
 
 
 Operation = Callable[[FerryClient, Reporter], Any]
 
 
-def _again(sync: SyncOptions) -> SyncOptions:
-    """What a --retry attempt does after the first: files the receiver already has
-    whole (same size and digest: they arrived before the connection was lost) are left
-    alone, the rest resume."""
+def _again(sync: SyncOptions, done: frozenset[str]) -> SyncOptions:
+    """What a --retry attempt does after the first: the files ``done`` (those an earlier
+    attempt saw committed) are left alone without a look, others the receiver has whole
+    (same size and digest: they arrived before the connection was lost, unanswered) too,
+    and the rest resume."""
     return SyncOptions(update=sync.update, filters=sync.filters, dry_run=sync.dry_run,
-                       delete=sync.delete, checksum=True, links=sync.links)
+                       delete=sync.delete, checksum=True, links=sync.links, done=done)
+
+
+def _copied_whole(outcome: Outcome) -> bool:
+    return (outcome.error is None and not outcome.is_directory and not outcome.unchanged
+            and not outcome.dry_run and not outcome.deleted)
 
 
 def _resuming(args: argparse.Namespace) -> bool:
@@ -295,10 +302,12 @@ def _get_stdout(args: argparse.Namespace, console: Console, host: str,
 
 
 def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
-          operation: Operation, *, again: Operation | None = None,
+          operation: Operation, *,
+          again: Callable[[frozenset[str]], Operation] | None = None,
           results_on_stdout: bool = True) -> int:
     """Connect, run ``operation``, report; with --retry, attempts after the first run
-    ``again`` (or ``operation``)."""
+    ``again(done)`` (or ``operation``), ``done`` the sources earlier attempts copied:
+    their outcomes are reported with the last attempt's."""
     from sockferry.ferry.tokens import client_token_and_source  # noqa: PLC0415 - not for --help
 
     token, source = client_token_and_source(args.token_file)
@@ -306,17 +315,20 @@ def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
     started = time.monotonic()
 
     attempts = 0
+    copied: dict[str, Outcome] = {}  # by source: files earlier attempts copied whole
 
     async def attempt() -> list[Outcome]:
         nonlocal attempts
         attempts += 1
-        run = operation if attempts == 1 or again is None else again
+        run = operation if attempts == 1 or again is None else again(frozenset(copied))
         async with _connected(args, address, token) as client:
             with console.progress() as progress:
                 # without a bar, the silent Reporter: no calls per file for nothing
                 reporter = _ConsoleReporter(progress) if progress.shown else Reporter()
                 result: list[Outcome] = await run(client, reporter)
-                return result
+        earlier = list(copied.values())
+        copied.update((o.source, o) for o in result if _copied_whole(o))
+        return earlier + result
 
     retries = getattr(args, "retry", 0)
 

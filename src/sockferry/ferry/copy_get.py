@@ -275,7 +275,9 @@ async def _get_tree(client: FerryClient, source: str, top: Entry, target: str,
     except (StorageError, PeerRefused) as exc:
         failed.append(Outcome(source, target, 0, exc))
         return
-    same = await _identical_in_tree(client, source, target, entries) if sync.checksum \
+    ungot = [e for e in entries if posixpath.join(source, e.path) not in sync.done] \
+        if sync.done else entries
+    same = await _identical_in_tree(client, source, target, ungot) if sync.checksum \
         else set()
     links: list[tuple[str, str, str]] = []  # -l: (relative path, remote, local)
     for entry in entries:

@@ -13,7 +13,13 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 
 from sockferry.entries import Entry, Kind
-from sockferry.errors import PeerRefused, StorageError, UsageError
+from sockferry.errors import (
+    NetworkError,
+    PeerRefused,
+    StorageError,
+    TransferTimeout,
+    UsageError,
+)
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.copying import (
     NO_SYNC,
@@ -67,29 +73,41 @@ async def send_paths(client: FerryClient, sources: list[str], dest: str, *,
                          "need a directory as destination")
     waiting: list[Waiting] = []
     failed: list[Outcome] = []
-    for source in sources:
-        target = posixpath.join(dest, _local_name(source)) if into_directory else dest
-        try:
-            st = os.stat(source)
-        except OSError as exc:
-            failed.append(Outcome(source, target, 0, storage_error(exc, source)))
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            if not recursive:
-                failed.append(Outcome(source, target, 0, StorageError(
-                    f"'{source}' is a directory (use -r to copy trees)", errno=errno.EISDIR)))
-                continue
-            await _send_tree(client, source, target, keep_mtime, reporter, waiting, failed,
-                             resume, sync)
-        elif sync.dry_run or sync.update or sync.checksum:
-            if await _single_skipped(client, source, target, st, sync, failed):
-                continue
-            await _send_one(client, source, target, keep_mtime, reporter, waiting, failed,
-                            resume)
-        else:
-            await _send_one(client, source, target, keep_mtime, reporter, waiting, failed,
-                            resume)
+    try:
+        for source in sources:
+            target = posixpath.join(dest, _local_name(source)) if into_directory else dest
+            await _send_source(client, source, target, recursive, keep_mtime, reporter,
+                               waiting, failed, resume, sync)
+    except (NetworkError, TransferTimeout) as exc:
+        # The server was lost: what it answered before stands (a --retry leaves those
+        # files alone), and the loss is this copy's one error, not one per file.
+        failed.append(Outcome(dest, dest, 0, exc))
+        return await settled(client, waiting, failed, reporter, lost=True)
     return await settled(client, waiting, failed, reporter)
+
+
+async def _send_source(client: FerryClient, source: str, target: str, recursive: bool,
+                       keep_mtime: bool, reporter: Reporter, waiting: list[Waiting],
+                       failed: list[Outcome], resume: bool, sync: SyncOptions) -> None:
+    """Start sending one source given on the command line: a file, or a tree with -r."""
+    try:
+        st = os.stat(source)
+    except OSError as exc:
+        failed.append(Outcome(source, target, 0, storage_error(exc, source)))
+        return
+    if stat.S_ISDIR(st.st_mode):
+        if not recursive:
+            failed.append(Outcome(source, target, 0, StorageError(
+                f"'{source}' is a directory (use -r to copy trees)", errno=errno.EISDIR)))
+            return
+        await _send_tree(client, source, target, keep_mtime, reporter, waiting, failed,
+                         resume, sync)
+    elif (sync.dry_run or sync.update or sync.checksum) and await _single_skipped(
+            client, source, target, st, sync, failed):
+        return
+    else:
+        await _send_one(client, source, target, keep_mtime, reporter, waiting, failed,
+                        resume)
 
 
 async def send_file_as(client: FerryClient, source: str, label: str, dest: str, *,
@@ -221,6 +239,8 @@ async def _single_skipped(client: FerryClient, source: str, target: str,
                           st: os.stat_result, sync: SyncOptions,
                           failed: list[Outcome]) -> bool:
     """--update, --checksum, -n for one file given by name: whether it is left alone."""
+    if source in sync.done:
+        return True
     local = Entry.from_stat("", st)
     there = await _remote_entries(client, target, recursive=False) \
         if sync.update or sync.checksum else {}
@@ -257,8 +277,13 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
     if sync.delete:
         await _delete_remote(client, target, there, local_tree, sync, waiting, failed)
     if sync.checksum:
+        def local_path(rel: str) -> str:
+            return os.path.join(source, *rel.split("/"))
+
+        unsent = [e for e in local_tree if local_path(e.path) not in sync.done] \
+            if sync.done else local_tree
         same = await identical(client, checksum_candidates(
-            local_tree, there, lambda rel: os.path.join(source, *rel.split("/")),
+            unsent, there, local_path,
             lambda rel: posixpath.join(target, rel)))
     judged = sync.update or sync.dry_run or sync.checksum or bool(sync.filters.rules)
     for directory, rel_prefix, subdirs, files in walk:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable
+from typing import cast
 
 from sockferry.entries import Entry, Kind
 from sockferry.errors import PeerRefused, SockferryError, UsageError
@@ -22,6 +23,7 @@ from sockferry.ferry import digests
 from sockferry.ferry.bodies import SMALL_FILE, Progress
 from sockferry.ferry.client import FerryClient
 from sockferry.ferry.inflight import ResumeReport
+from sockferry.ferry.retrying import worth_retrying
 from sockferry.ferry.sync import (
     NO_FILTERS,
     Filters,
@@ -55,6 +57,9 @@ class SyncOptions:
     delete: bool = False  # -r: remove the receiver's names the sender's tree lacks
     checksum: bool = False  # skip files of the same size and digest (rsync's -c)
     links: bool = False  # -l: symbolic links in trees copied as links (inside the tree)
+    # --retry: the sources (as each Outcome names them) an earlier attempt copied whole,
+    # left alone without a look (not even a digest)
+    done: frozenset[str] = frozenset()
 
 
 NO_SYNC = SyncOptions()
@@ -87,18 +92,27 @@ class Waiting:
 
 
 async def settled(client: FerryClient, waiting: list[Waiting], failed: list[Outcome],
-                   reporter: Reporter) -> list[Outcome]:
-    """Half-close, wait for every answer, and turn them into outcomes in request order."""
+                   reporter: Reporter, lost: bool = False) -> list[Outcome]:
+    """Half-close, wait for every answer, and turn them into outcomes in request order.
+    Once the server is lost (``lost``: ``failed`` says so; or a request failed for the
+    loss), the requests it left unanswered or failed for it get no outcome each: the
+    loss is one outcome, and what was answered before stands (a --retry leaves it)."""
     reporter.all_started()
     with contextlib.suppress(SockferryError):  # unanswered futures carry the reason
         await client.finish()
     outcomes = list(failed)
+    loss = None if lost else next((item for item in waiting if _lost_by(item)), None)
+    dropping = lost or loss is not None
     for item in waiting:
         reporter.done(item.target)
         error: SockferryError | None = None
         if not item.future.done():
+            if dropping:
+                continue
             error = PeerRefused("the connection ended before the server answered")
         elif (exc := item.future.exception()) is not None:
+            if dropping and worth_retrying(exc):
+                continue
             error = exc if isinstance(exc, SockferryError) else SockferryError(str(exc))
         report = item.resume
         outcomes.append(Outcome(item.source, item.target, item.size, error,
@@ -106,14 +120,27 @@ async def settled(client: FerryClient, waiting: list[Waiting], failed: list[Outc
                                 report.offset if report else 0,
                                 report.note if report else "",
                                 deleted=item.deleted and error is None))
+    if loss is not None:
+        outcomes.append(Outcome(loss.source, loss.target, 0,
+                                cast(SockferryError, loss.future.exception())))
     return outcomes
+
+
+def _lost_by(item: Waiting) -> bool:
+    """Whether the request failed because the server was lost."""
+    future = item.future
+    return (future.done() and not future.cancelled()
+            and worth_retrying(future.exception()))
 
 
 def skipped(size: int, mtime_ns: int, there: Entry | None, source: str, target: str,
             sync: SyncOptions, failed: list[Outcome], same: bool = False) -> bool:
     """--update, --checksum and -n: whether this file (of ``size`` bytes, modified at
     ``mtime_ns``) is left alone (its outcome recorded); ``there``: what the receiver has
-    at its name; ``same``: --checksum found its size and digest equal on both sides."""
+    at its name; ``same``: --checksum found its size and digest equal on both sides.
+    One in ``sync.done`` is left alone with no outcome: the earlier one stands."""
+    if source in sync.done:
+        return True
     if same if sync.checksum else sync.update and unchanged(size, mtime_ns, there):
         failed.append(Outcome(source, target, size, unchanged=True))
         return True

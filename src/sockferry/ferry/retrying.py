@@ -4,9 +4,10 @@ Only a lost, refused or silent connection is tried again (``NetworkError``,
 ``TransferTimeout``): a refused token, a bad path or a full disk would fail the same way
 the next time.  The waits double from ``FIRST_WAIT_S`` up to ``MAX_WAIT_S``, so a server
 that restarts, or a balancer that notices a dead backend after a few health checks, is
-found again without hammering it.  Each attempt runs the whole copy with resume on: every
-file continues from what its receiver kept (proven by digest), so a retry moves only what
-is missing of the file that was cut off.
+found again without hammering it.  Each attempt runs the whole copy with resume on, but
+leaves alone the files the earlier ones saw confirmed: every other file continues from
+what its receiver kept (proven by digest), so a retry moves only what is missing of the
+files that were cut off.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def waits(retries: int, first_s: float = FIRST_WAIT_S,
         wait = min(wait * 2, cap_s)
 
 
-def worth_retrying(error: BaseException) -> bool:
+def worth_retrying(error: BaseException | None) -> bool:
     """Whether ``error`` means the server was lost rather than that it said no."""
     return isinstance(error, (NetworkError, TransferTimeout))
 
