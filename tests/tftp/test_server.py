@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sockferry.storage.names import TEMP_PREFIX, TEMP_SUFFIX
 from sockferry.tftp.options import ServerLimits
 from sockferry.tftp.packets import (
     Ack,
@@ -294,3 +296,26 @@ def test_create_never_replaces_a_file_that_appears_during_the_upload(tmp_path: P
     assert (tmp_path / "late").read_bytes() == b"theirs"
     assert (tmp_path / "taken").read_bytes() == b"old"
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".sockferry-")]
+
+
+def test_an_upload_server_sweeps_what_a_crashed_one_left(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture,
+                                                         ) -> None:
+    """A temporary file older than temporary_keep_s (an upload a crashed server never
+    finished) is removed at start; a recent one (another server's upload) stays, and a
+    server without uploads leaves the tree alone."""
+    (tmp_path / "sub").mkdir()
+    stale = tmp_path / "sub" / f"{TEMP_PREFIX}crashed{TEMP_SUFFIX}"
+    recent = tmp_path / f"{TEMP_PREFIX}going{TEMP_SUFFIX}"
+    for path in (stale, recent):
+        path.write_bytes(b"half an upload")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(stale, (two_days_ago, two_days_ago))
+    with server_thread(TftpServerConfig(str(tmp_path))):
+        time.sleep(0.3)  # what a sweep at start would take
+        assert stale.exists()  # no uploads: not this server's business
+    caplog.set_level(logging.INFO, logger="sockferry.tftp")
+    with server_thread(TftpServerConfig(str(tmp_path), allow_upload=UploadPolicy.CREATE)):
+        wait_until(lambda: not stale.exists(), 10, "the stale temporary to be swept")
+        assert recent.exists()
+    assert any("removed partial file sub/" in r.getMessage() for r in caplog.records)

@@ -27,6 +27,7 @@ from sockferry.ferry.server_config import FerryServerConfig
 from sockferry.sockets import describe_multipath, open_listeners
 from sockferry.storage.store import Store
 from sockferry.storage.stores import open_store
+from sockferry.storage.sweeper import sweep_forever
 from sockferry.streams import SocketStream, Stream
 from sockferry.units import format_bytes
 
@@ -107,23 +108,11 @@ class FerryServer:
 
     def _start_sweeping(self) -> None:
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
-
-    async def _sweep_loop(self) -> None:
-        """Remove expired partial files, and the oldest over the budget (§5.1)."""
-        config = self.config
-        while True:
-            try:
-                removed = await asyncio.to_thread(self.root.sweep_temporaries,
-                                                  config.partial_keep_s,
-                                                  config.partial_max_bytes)
-            except OSError as exc:
-                log.warning("sweeping partial files failed: %s", exc.strerror or exc)
-            else:
-                for path, size in removed:
-                    log.info("removed partial file %s (%s): expired or over the budget",
-                             path, format_bytes(size))
-            await asyncio.sleep(config.partial_sweep_s)
+            # Remove expired partial files, and the oldest over the budget (§5.1).
+            config = self.config
+            self._sweeper = asyncio.get_running_loop().create_task(sweep_forever(
+                self.root, config.partial_keep_s, config.partial_max_bytes,
+                config.partial_sweep_s, log))
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()

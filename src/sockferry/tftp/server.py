@@ -51,6 +51,7 @@ from sockferry.sockets import (
 from sockferry.storage.names import DEFAULT_UMASK, capped_mode
 from sockferry.storage.store import Store
 from sockferry.storage.stores import open_store
+from sockferry.storage.sweeper import sweep_forever
 from sockferry.tftp.accept import Ignored, Refusal, agree_options, judge, requested_path
 from sockferry.tftp.admission import ReplyLimiter, source_key
 from sockferry.tftp.aio import (
@@ -74,6 +75,7 @@ from sockferry.tftp.sending import ServerRead
 from sockferry.tftp.transfer import DEFAULT_UNCONFIRMED_S, Timing, Transfer
 
 log = logging.getLogger("sockferry.tftp")
+NO_PARTIAL_BUDGET = 1 << 62
 
 DEFAULT_PORT = 69
 DEFAULT_MAX_TRANSFERS = 256
@@ -118,6 +120,11 @@ class TftpServerConfig:
     # --allow/--deny: other peers are never answered
     access: AccessRules = field(default_factory=AccessRules)
     metrics: Metrics = OFF  # --metrics: what the server counts (metrics.py)
+    # With uploads: the temporaries a crashed server left (a directory's temporary
+    # files, a bucket's multipart uploads) are removed once this old, checked at start
+    # and every sweep_s.  A day: longer than any upload of this or another server.
+    temporary_keep_s: float = 24 * 3600.0
+    sweep_s: float = 600.0
 
 
 class NoticeLimiter:
@@ -193,6 +200,7 @@ class TftpServer:
                                      time.monotonic())
         self._notices = NoticeLimiter()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
 
     @property
@@ -216,6 +224,12 @@ class TftpServer:
         except BaseException:
             await self.close()
             raise
+        config = self.config
+        if config.allow_upload is not UploadPolicy.NONE:
+            # TFTP keeps no partial files: no budget but the store's own limits
+            self._sweeper = asyncio.get_running_loop().create_task(sweep_forever(
+                self.root, config.temporary_keep_s, NO_PARTIAL_BUDGET, config.sweep_s,
+                log))
 
     def _listen(self, sock: socket.socket) -> None:
         self._listeners.append(sock)
@@ -228,6 +242,10 @@ class TftpServer:
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         for sock in self._listeners:
             loop.remove_reader(sock.fileno())
             sock.close()
