@@ -98,8 +98,11 @@ async def settled(client: FerryClient, waiting: list[Waiting], failed: list[Outc
     loss), the requests it left unanswered or failed for it get no outcome each: the
     loss is one outcome, and what was answered before stands (a --retry leaves it)."""
     reporter.all_started()
-    with contextlib.suppress(SockferryError):  # unanswered futures carry the reason
-        await client.finish()
+    if lost:
+        client.close()  # no half-close: a silent server would hold it for another timeout
+    else:
+        with contextlib.suppress(SockferryError):  # unanswered futures carry the reason
+            await client.finish()
     outcomes = list(failed)
     loss = None if lost else next((item for item in waiting if _lost_by(item)), None)
     dropping = lost or loss is not None
