@@ -261,8 +261,14 @@ class Root:
         """Remove expired temporaries, then the oldest partials over the budget.
 
         Walks the root without following links; a file some transfer holds locked is
-        never removed.  Returns (path, size) of what was removed."""
-        return sweep(self._fd, keep_s, max_partial_bytes, now)
+        never removed.  Returns (path, size) of what was removed.  Through a duplicate
+        of the root's descriptor: a server closing meanwhile closes its own, and the
+        number, reused by the next file opened, never leads this walk elsewhere."""
+        fd = os.dup(self._fd)
+        try:
+            return sweep(fd, keep_s, max_partial_bytes, now)
+        finally:
+            os.close(fd)
 
     def _depth_of(self, dir_fd: int, shown: str) -> int:
         """How many levels the directory ``dir_fd`` really is below the root (walking
