@@ -8,6 +8,7 @@ import hashlib
 import os
 import random
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -144,6 +145,30 @@ def test_userspace_client_to_kernel_server_over_udp(env: dict[str, Path],
         assert code == ExitCode.OK, err
     for path in files:
         assert digest(env["root"] / path.name) == digest(path)
+
+
+def test_requests_of_one_frame_end_an_association_promptly(env: dict[str, Path]) -> None:
+    """READLINK (get -r -l), DELETE (send --delete) and CHECKSUM (-c) are each one
+    frame; as the last requests of an association they must go on stream 0
+    like every opening frame, or the server holds them until its idle timeout (120 s)."""
+    tree = env["root"] / "t"
+    tree.mkdir()
+    (tree / "a").write_text("a")
+    os.symlink("a", tree / "z")
+    with ServerThread(env["root"], sctp_stack="udp") as server:
+        started = time.monotonic()
+        code, _out, err = sctp_cli("udp", server.port, env["token"], "get", "-r", "-l",
+                                   "127.0.0.1:t", str(env["back"]))
+        assert code == ExitCode.OK, err
+        assert os.readlink(env["back"] / "t" / "z") == "a"
+        (tree / "gone").write_text("x")
+        for options in (["-u", "--delete"], ["-c"], ["-u"]):
+            code, _out, err = sctp_cli("udp", server.port, env["token"], "send", "-r",
+                                       "-l", *options, str(env["back"] / "t"), "127.0.0.1:")
+            assert code == ExitCode.OK, (options, err)
+        assert not (tree / "gone").exists()
+        assert time.monotonic() - started < 60
+    assert no_temporaries(env["root"])
 
 
 def test_wrong_token_is_refused_over_sctp(env: dict[str, Path], tmp_path: Path) -> None:

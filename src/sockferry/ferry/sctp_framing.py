@@ -7,8 +7,8 @@ stream, not across streams):
 
 - stream 0 carries the connection's frames (request 0: HELLO, HELLO_REPLY, AUTH,
   ERROR) and, from the client, every frame that opens a request (PUT, GET, LIST, STAT,
-  MKDIR), so requests reach the server in the order they were made (AUTH before all of
-  them, a MKDIR before the PUTs into the new directory);
+  MKDIR, DELETE, ...), so requests reach the server in the order they were made (AUTH
+  before all of them, a MKDIR before the PUTs into the new directory);
 - the other frames of request r (DATA, HOLE, DONE and CANCEL from the client, every
   answer from the server) go on stream 1 + (r - 1) mod (n - 1), n the streams there are.
 
@@ -42,9 +42,13 @@ MAX_HELD_BYTES = 16 * 1024 * 1024
 STREAMS = 1 + 256
 
 # Frames that open a request: they travel on stream 0, in the order they were made.
+# Every one of them: a request sent on its own stream would count as opened only once
+# a later opening frame arrived, and the server would hold the last of a connection's
+# READLINKs (get -r -l) until the idle timeout.
 OPENING = frozenset({m.FrameType.PUT, m.FrameType.PUT_INLINE, m.FrameType.PUT_AT,
                      m.FrameType.GET, m.FrameType.LIST, m.FrameType.STAT, m.FrameType.MKDIR,
-                     m.FrameType.PARTIAL})
+                     m.FrameType.PARTIAL, m.FrameType.DELETE, m.FrameType.CHECKSUM,
+                     m.FrameType.SYMLINK, m.FrameType.READLINK})
 _HEADER = m.HEADER.size
 
 
