@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -68,6 +69,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 # (the guest that scripts/vm-test boots); elsewhere they are deselected — neither passed
 # nor skipped — so a host without SCTP never counts them.
 KERNEL_SCTP = os.environ.get("SOCKFERRY_KERNEL_SCTP") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts a job in the background with SIGINT ignored, and exec passes
+    # "ignored" on to every child: the tests that stop a child with SIGINT (exit code
+    # 130) need the suite to hand its children the default, however it was started.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
