@@ -564,7 +564,8 @@ def case_noop_update(b: Bench) -> list[Table]:
     moved: dict[str, list[int]] = {"sockferry -u": [], "rsync -a": []}
     table.notes.append("One full copy first (untimed), then every sample is a no-op run "
                        "that must copy nothing: `sockferry send -r -u TREE 127.0.0.1:dest/` "
-                       "(size and mtime compared against one recursive LIST) and `rsync -a "
+                       "(sizes and times sent to the server, which answers what it has "
+                       "unchanged: one QUICK_CHECK per directory) and `rsync -a "
                        "TREE rsync://127.0.0.1/mod/dest/` (rsync's quick check). Loopback "
                        "bytes per sample (both directions, from /proc/net/dev) in the "
                        "second table.")

@@ -49,6 +49,8 @@ def _client_stream() -> bytes:
         codec.encode(m.Checksum(12, "dir/file.txt")),
         codec.encode(m.Symlink(13, "dir/link", "../small")),
         codec.encode(m.Readlink(14, "dir/link")),
+        codec.encode(m.QuickCheck(15, "dir", ((m.QUICK_FILE, 13, 1_700_000_000_000_000_000,
+                                               "file.txt"), (m.QUICK_DIRECTORY, 0, 0, "sub")))),
     ])
 
 
@@ -66,6 +68,7 @@ def _server_stream() -> bytes:
         codec.encode(m.Prefix(8, 4, DIGEST)),
         codec.encode(m.Sum(12, 13, DIGEST)),
         codec.encode(m.Link(14, "../small")),
+        codec.encode(m.Same(15, 2, b"\x01")),
         codec.encode(m.Error(0, m.ErrorCode.BUSY, "server busy")),
     ])
 

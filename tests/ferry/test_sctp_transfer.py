@@ -148,8 +148,8 @@ def test_userspace_client_to_kernel_server_over_udp(env: dict[str, Path],
 
 
 def test_requests_of_one_frame_end_an_association_promptly(env: dict[str, Path]) -> None:
-    """READLINK (get -r -l), DELETE (send --delete) and CHECKSUM (-c) are each one
-    frame; as the last requests of an association they must go on stream 0
+    """READLINK (get -r -l), DELETE (send --delete), CHECKSUM (-c) and QUICK_CHECK (-u)
+    are each one frame; as the last requests of an association they must go on stream 0
     like every opening frame, or the server holds them until its idle timeout (120 s)."""
     tree = env["root"] / "t"
     tree.mkdir()

@@ -35,9 +35,11 @@ from sockferry.ferry.bodies import (
 )
 from sockferry.ferry.codes import attempt, code_for
 from sockferry.ferry.digests import digest_of
+from sockferry.ferry.sync import same_bitmap
 from sockferry.records import replace
 from sockferry.sockets import storage_error
 from sockferry.storage.names import capped_mode
+from sockferry.storage.root import Root
 from sockferry.storage.sparse import is_sparse
 from sockferry.units import format_bytes
 
@@ -76,6 +78,19 @@ class Answers:
             self.connection.session.refuse(event.request, code_for(found), str(found))
             return
         self.connection.session.entries(event.request, [found], last=True)
+
+    def on_quick_check(self, event: ev.QuickCheckRequested) -> None:
+        """QUICK_CHECK, offered for a local directory only (server.py): one lstat per
+        name, answered at once as a STAT is."""
+        c = self.connection
+        root = c.root
+        assert isinstance(root, Root)
+        try:
+            found = root.lstat_names(event.path, [name for *_, name in event.names])
+        except StorageError as exc:
+            c.refuse(event.request, "QUICK_CHECK", event.path, code_for(exc), str(exc))
+            return
+        c.session.same(event.request, same_bitmap(event.names, found))
 
     def make_dirs(self, event: ev.MkdirRequested) -> bool:
         c = self.connection

@@ -181,7 +181,8 @@ class FerryClient:
         inflight, gets = self.inflight, self.gets
         while (event := self.session.next_event()) is not None:
             match event:
-                case ev.PutCommitted(size=result) | ev.LinkRead(target=result):
+                case (ev.PutCommitted(size=result) | ev.LinkRead(target=result)
+                      | ev.QuickChecked(bitmap=result)):
                     inflight.settle(event.request, result)
                 case ev.MkdirDone() | ev.Deleted() | ev.Linked():
                     inflight.settle(event.request)
@@ -290,6 +291,23 @@ class FerryClient:
         await self.inflight.slot()
         future = self.inflight.track(self.session.readlink(path), ev.RequestKind.READLINK)
         await self.gathered()
+        return future
+
+    @property
+    def can_quick_check(self) -> bool:
+        """Whether the server does rsync's quick check itself (QUICK_CHECK, §5.5)."""
+        return self.session.can_quick_check
+
+    async def start_quick_check(self, path: str, names: tuple[m.NameCheck, ...],
+                                ) -> asyncio.Future[object]:
+        """Which of ``names`` (kind, size, mtime_ns, name) in the remote directory
+        ``path`` the server has unchanged: the future gives the answer's bitmap (``bytes``,
+        bit i of byte i // 8 for name i).  Sent at once, so the server checks this
+        directory while the caller walks the next; needs ``can_quick_check``."""
+        await self.inflight.slot()
+        future = self.inflight.track(self.session.quick_check(path, names),
+                                     ev.RequestKind.QUICK_CHECK)
+        await self.send_queued()
         return future
 
     @property

@@ -24,6 +24,7 @@ from sockferry.ferry.events import (
     Phase,
     PrefixReceived,
     PutCommitted,
+    QuickChecked,
     RequestFailed,
     RequestKind,
     RequestState,
@@ -278,6 +279,19 @@ class ClientSession(Session):
         self._emit(m.Checksum(request, path))
         return request
 
+    @property
+    def can_quick_check(self) -> bool:
+        return bool(self.features & m.Feature.QUICK_CHECK)
+
+    def quick_check(self, path: str, names: tuple[m.NameCheck, ...]) -> int:
+        """QUICK_CHECK (needs QUICK_CHECK): which of ``names`` in the directory ``path``
+        the server has unchanged."""
+        self._local_feature(m.Feature.QUICK_CHECK, "QUICK_CHECK")
+        request = self._new_request(RequestState(RequestKind.QUICK_CHECK, Phase.AWAIT_REPLY,
+                                                 size=len(names)))
+        self._emit(m.QuickCheck(request, path, names))
+        return request
+
     def _local_feature(self, feature: m.Feature, what: str) -> None:
         if not self.features & feature:
             raise LocalProtocolError(f"{what} needs the {feature.name} feature")
@@ -315,6 +329,14 @@ class ClientSession(Session):
         self._expect(message.request, RequestKind.CHECKSUM, Phase.AWAIT_REPLY)
         del self.requests[message.request]
         self._events.append(Summed(message.request, message.size, message.digest))
+
+    def _on_same(self, message: m.Same) -> None:
+        state = self._expect(message.request, RequestKind.QUICK_CHECK, Phase.AWAIT_REPLY)
+        if message.count != state.size:
+            raise RemoteProtocolError(f"SAME for {message.count} names answers a QUICK_CHECK "
+                                      f"of {state.size}", code=m.ErrorCode.BAD_REQUEST)
+        del self.requests[message.request]
+        self._events.append(QuickChecked(message.request, message.bitmap))
 
     def _on_file(self, message: m.FileHeader) -> None:
         state = self._expect(message.request, RequestKind.GET, Phase.AWAIT_REPLY)
@@ -386,4 +408,5 @@ class ClientSession(Session):
         handles(ConnState.READY, m.Prefix, _on_prefix),
         handles(ConnState.READY, m.Sum, _on_sum),
         handles(ConnState.READY, m.Link, _on_link),
+        handles(ConnState.READY, m.Same, _on_same),
     ])

@@ -26,6 +26,8 @@ from sockferry.ferry.messages import (
     MAX_SOFTWARE_BYTES,
     NONCE_BYTES,
     PROOF_BYTES,
+    QUICK_DIRECTORY,
+    QUICK_FILE,
     Auth,
     Cancel,
     Checksum,
@@ -49,6 +51,7 @@ from sockferry.ferry.messages import (
     ListFlag,
     Message,
     Mkdir,
+    NameCheck,
     Ok,
     Partial,
     Prefix,
@@ -56,7 +59,9 @@ from sockferry.ferry.messages import (
     PutAt,
     PutFlag,
     PutInline,
+    QuickCheck,
     Readlink,
+    Same,
     Stat,
     Sum,
     Symlink,
@@ -76,6 +81,7 @@ _PUT_AT_FIELDS = struct.Struct("!QQIq")  # offset, size, mode, mtime_ns
 _VERSIONS = struct.Struct("!BBI")  # HELLO: min and max version, features
 _CHOICE = struct.Struct("!BII")  # HELLO_REPLY: version, features, max_requests
 _U32 = struct.Struct("!I")
+_NAME_CHECK_HEAD = struct.Struct("!BQqH")  # QUICK_CHECK: kind, size, mtime_ns, name length
 _U64 = struct.Struct("!Q")
 
 
@@ -301,6 +307,44 @@ def _encode_sum(x: Sum) -> bytes:
     return frame(FrameType.SUM, x.request, body)
 
 
+@_encodes(QuickCheck)
+def _encode_quick_check(x: QuickCheck) -> bytes:
+    return frame(FrameType.QUICK_CHECK, x.request, encode_quick_check_body(x.path, x.names))
+
+
+def encode_quick_check_body(path: str, names: tuple[NameCheck, ...] | list[NameCheck],
+                            ) -> bytes:
+    """QUICK_CHECK's body (one pack per name: a directory holds thousands)."""
+    if len(names) > 0xFFFF:
+        raise LocalProtocolError("too many names for one QUICK_CHECK")
+    parts = [_path(path), U16.pack(len(names))]
+    head = _NAME_CHECK_HEAD.pack
+    for kind, size, mtime_ns, name in names:
+        raw = name.encode("utf-8", "surrogateescape")
+        if len(raw) > MAX_PATH_BYTES:
+            raise LocalProtocolError(f"name of {len(raw)} bytes is over the limit of "
+                                     f"{MAX_PATH_BYTES}")
+        parts.append(head(kind, size, mtime_ns, len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def name_check_wire_size(name: str) -> int:
+    """Bytes one name adds to a QUICK_CHECK body."""
+    return _NAME_CHECK_HEAD.size + len(name.encode("utf-8", "surrogateescape"))
+
+
+QUICK_CHECK_OVERHEAD = 2 + 2  # the body's fixed part besides the path's bytes
+
+
+@_encodes(Same)
+def _encode_same(x: Same) -> bytes:
+    if len(x.bitmap) != (x.count + 7) // 8:
+        raise LocalProtocolError(f"a bitmap of {x.count} names is {(x.count + 7) // 8} "
+                                 f"bytes, not {len(x.bitmap)}")
+    return frame(FrameType.SAME, x.request, U16.pack(x.count) + x.bitmap)
+
+
 @_encodes(FileHeader)
 def _encode_file(x: FileHeader) -> bytes:
     return frame(FrameType.FILE, x.request, _FILE_FIELDS.pack(x.size, x.mode, x.mtime_ns),
@@ -497,6 +541,33 @@ def _decode_entries(r: Reader, request: int, flags: int) -> Entries:
     return Entries(request, tuple(entries), bool(flags & EntriesFlag.LAST))
 
 
+def _decode_quick_check(r: Reader, request: int, flags: int) -> QuickCheck:
+    path = _read_path(r)
+    count = r.u16()
+    names = []
+    kinds = _QUICK_KINDS
+    try:  # one name per turn (a directory holds thousands): the checks inline
+        for (kind, size, mtime, length), raw in r.headed(count, _NAME_CHECK_HEAD):
+            if kind not in kinds or size > MAX_FILE_SIZE or length > MAX_PATH_BYTES:
+                raise MalformedPacket(f"QUICK_CHECK name of kind {kind} (1 file, 2 "
+                                      f"directory), size {size}, length {length}")
+            names.append((kind, size, mtime, raw.decode("utf-8")))
+    except UnicodeDecodeError:
+        raise MalformedPacket("QUICK_CHECK name is not valid UTF-8") from None
+    return QuickCheck(request, path, tuple(names))
+
+
+_QUICK_KINDS = frozenset((QUICK_FILE, QUICK_DIRECTORY))
+
+
+def _decode_same(r: Reader, request: int, flags: int) -> Same:
+    count = r.u16()
+    bitmap = r.read((count + 7) // 8)
+    if count % 8 and bitmap[-1] >> (count % 8):
+        raise MalformedPacket("SAME sets bits past its count")
+    return Same(request, count, bitmap)
+
+
 def _decode_symlink(r: Reader, request: int, flags: int) -> Symlink:
     target = _read_path(r)
     return Symlink(request, _read_path(r), target)
@@ -531,6 +602,8 @@ _DECODERS: dict[FrameType, Callable[[Reader, int, int], Message]] = {
     FrameType.SUM: lambda r, q, f: Sum(q, _read_size(r), r.read(DIGEST_BYTES)),
     FrameType.FILE: _decode_file,
     FrameType.ENTRIES: _decode_entries,
+    FrameType.QUICK_CHECK: _decode_quick_check,
+    FrameType.SAME: _decode_same,
     FrameType.ERROR: _decode_error,
 }
 

@@ -368,6 +368,7 @@ HANDLERS: Handlers = dict([
     _on(ev.PartialRequested, _queue_job),
     _on(ev.ChecksumRequested, _queue_job),
     _on(ev.StatRequested, lambda c, e: c.answers.on_stat(e)),
+    _on(ev.QuickCheckRequested, lambda c, e: c.answers.on_quick_check(e)),
     _on(ev.MkdirRequested, lambda c, e: c.answers.on_mkdir(e)),
     _on(ev.DeleteRequested, lambda c, e: c.answers.on_name_change(e)),
     _on(ev.SymlinkRequested, lambda c, e: c.answers.on_name_change(e)),

@@ -10,7 +10,7 @@ import errno
 import os
 import posixpath
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 
 from sockferry.entries import Entry, Kind
 from sockferry.errors import (
@@ -29,12 +29,14 @@ from sockferry.ferry.copying import (
     Waiting,
     checksum_candidates,
     identical,
+    left_alone,
     local_entries,
     settled,
     skipped,
 )
 from sockferry.ferry.messages import ErrorCode
 from sockferry.ferry.puts import open_local_file
+from sockferry.ferry.quick_check import Directory, QuickCheck, tree_dir
 from sockferry.ferry.sync import (
     Filters,
     extraneous,
@@ -261,11 +263,18 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
     if sync.links and not client.can_link and not sync.dry_run:
         raise UsageError("this server cannot make symbolic links (it predates -l); run it "
                          "without -l")
-    walk: Iterable[_Directory] = _walk_tree(source, sync.filters, on_error)
+    walk: Iterable[Directory] = _walk_tree(source, sync.filters, on_error)
     stats: dict[str, os.stat_result] = {}
     local_tree: list[Entry] = []
     there: dict[str, Entry] = {}
-    if sync.update or sync.delete or sync.checksum:
+    present: Container[str] = there  # the remote directories there are (relative paths)
+    quick: QuickCheck | None = None  # the server's quick check, when it makes one
+    checked: dict[str, int] | None = None
+    if sync.update and not (sync.delete or sync.checksum) and client.can_quick_check:
+        quick = QuickCheck()
+        walk = await quick.ask(client, walk, target)
+        checked, present = quick.unchanged, quick.present
+    elif sync.update or sync.delete or sync.checksum:
         # the server walks its tree while this side walks and stats its own
         listing = await client.start_list(target, recursive=True)
         walk = list(walk)
@@ -273,23 +282,21 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
         local_tree = sync.filters.select(local_entries(source)) \
             if sync.delete or sync.checksum else []
         there = await _entries_found(listing)
-    same: set[str] = set()
     if sync.delete:
         await _delete_remote(client, target, there, local_tree, sync, waiting, failed)
-    if sync.checksum:
-        def local_path(rel: str) -> str:
-            return os.path.join(source, *rel.split("/"))
-
-        unsent = [e for e in local_tree if local_path(e.path) not in sync.done] \
-            if sync.done else local_tree
-        same = await identical(client, checksum_candidates(
-            unsent, there, local_path,
-            lambda rel: posixpath.join(target, rel)))
+    same = await _same_digests(client, source, target, local_tree, there, sync) \
+        if sync.checksum else set()
     judged = sync.update or sync.dry_run or sync.checksum or bool(sync.filters.rules)
-    for directory, rel_prefix, subdirs, files in walk:
-        remote_dir = target if not rel_prefix else posixpath.join(target, rel_prefix[:-1])
+    # the server's quick check answered, and nothing else to judge by: a file it has
+    # unchanged is one lookup (the loop's common case in a no-op --update of a tree)
+    unchanged = checked if checked is not None and not (sync.filters.rules or sync.done) \
+        else {}
+    for index, (directory, rel_prefix, subdirs, files) in enumerate(walk):
+        if quick is not None:
+            await quick.answered(index)
+        remote_dir = tree_dir(target, rel_prefix)
         mode = stat.S_IMODE(os.stat(directory).st_mode)
-        if not sync.dry_run and (not rel_prefix or rel_prefix[:-1] not in there):
+        if not sync.dry_run and (not rel_prefix or rel_prefix[:-1] not in present):
             future = await client.start_mkdir(remote_dir, mode)
             waiting.append(Waiting(directory, remote_dir, 0, future, is_directory=True))
         local_prefix = directory + os.sep if not directory.endswith(os.sep) else directory
@@ -300,8 +307,13 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
                                   failed)
         for name in plain:  # plain concatenation: path.join per file adds up
             local, remote = local_prefix + name, remote_prefix + name
+            size = unchanged.get(local)
+            if size is not None:
+                failed.append(Outcome(local, remote, size, unchanged=True))
+                continue
             if judged and _judged_away(local, rel_prefix + name, remote, there, sync,
-                                       failed, rel_prefix + name in same, stats.get(local)):
+                                       failed, rel_prefix + name in same, stats.get(local),
+                                       checked):
                 continue
             opened = _open(local, remote, reporter, failed)
             if opened is None or (not resume and _sent_at_once(
@@ -311,13 +323,21 @@ async def _send_tree(client: FerryClient, source: str, target: str, keep_mtime: 
                                failed, resume)
 
 
-# One directory of a local tree as the walk meets it: its path, its path relative to
-# the top ("" or ending in "/"), and its subdirectories (sorted) and other names.
-_Directory = tuple[str, str, list[str], list[str]]
+async def _same_digests(client: FerryClient, source: str, target: str,
+                        local_tree: list[Entry], there: dict[str, Entry],
+                        sync: SyncOptions) -> set[str]:
+    """--checksum: the relative paths of the tree whose digests match on both sides."""
+    def local_path(rel: str) -> str:
+        return os.path.join(source, *rel.split("/"))
+
+    unsent = [e for e in local_tree if local_path(e.path) not in sync.done] \
+        if sync.done else local_tree
+    return await identical(client, checksum_candidates(
+        unsent, there, local_path, lambda rel: posixpath.join(target, rel)))
 
 
 def _walk_tree(top: str, filters: Filters,
-               on_error: Callable[[OSError], None]) -> Iterator[_Directory]:
+               on_error: Callable[[OSError], None]) -> Iterator[Directory]:
     """The directories under ``top``, parents first; excluded ones are not entered."""
     for directory, subdirs, files in os.walk(top, onerror=on_error):
         rel = os.path.relpath(directory, top)
@@ -328,7 +348,7 @@ def _walk_tree(top: str, filters: Filters,
         yield directory, rel_prefix, subdirs, files
 
 
-def _stats_of(walk: list[_Directory]) -> dict[str, os.stat_result]:
+def _stats_of(walk: list[Directory]) -> dict[str, os.stat_result]:
     """lstat of every non-directory name of a walked tree, by local path (those that
     vanished are left out: opening them reports it)."""
     stats: dict[str, os.stat_result] = {}
@@ -342,11 +362,16 @@ def _stats_of(walk: list[_Directory]) -> dict[str, os.stat_result]:
 
 def _judged_away(local: str, rel: str, remote: str, there: dict[str, Entry],
                  sync: SyncOptions, failed: list[Outcome], same: bool = False,
-                 st: os.stat_result | None = None) -> bool:
+                 st: os.stat_result | None = None,
+                 checked: dict[str, int] | None = None) -> bool:
     """Filters, --update, --checksum, -n: whether the file ``local`` is left alone;
-    ``st``: its lstat if taken already."""
+    ``st``: its lstat if taken already; ``checked``: the size of each file the server's
+    quick check found unchanged (then ``there`` is not looked at)."""
     if sync.filters.rules and sync.filters.excluded(rel, False):
         return True
+    if checked is not None:
+        size = checked.get(local)
+        return left_alone(local, remote, size or 0, size is not None, sync, failed)
     if st is None:
         try:
             st = os.lstat(local)

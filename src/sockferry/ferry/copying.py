@@ -142,9 +142,19 @@ def skipped(size: int, mtime_ns: int, there: Entry | None, source: str, target: 
     ``mtime_ns``) is left alone (its outcome recorded); ``there``: what the receiver has
     at its name; ``same``: --checksum found its size and digest equal on both sides.
     One in ``sync.done`` is left alone with no outcome: the earlier one stands."""
+    return left_alone(source, target, size,
+                      same if sync.checksum else sync.update and unchanged(size, mtime_ns,
+                                                                           there),
+                      sync, failed)
+
+
+def left_alone(source: str, target: str, size: int, is_unchanged: bool, sync: SyncOptions,
+               failed: list[Outcome]) -> bool:
+    """``skipped`` once it is known whether the receiver has the file unchanged (the
+    server's quick check says so itself)."""
     if source in sync.done:
         return True
-    if same if sync.checksum else sync.update and unchanged(size, mtime_ns, there):
+    if is_unchanged:
         failed.append(Outcome(source, target, size, unchanged=True))
         return True
     if sync.dry_run:

@@ -31,13 +31,14 @@ class RequestKind(Enum):
     CHECKSUM = auto()  # SYNC: the digest of a file
     SYMLINK = auto()  # LINKS: make a link
     READLINK = auto()  # LINKS: read a link
+    QUICK_CHECK = auto()  # QUICK_CHECK: which names the server has unchanged
 
 
 @mutable_record
 class RequestState:
     kind: RequestKind
     phase: Phase
-    size: int = 0  # bytes the DATA frames must total
+    size: int = 0  # bytes the DATA frames must total (QUICK_CHECK: the names asked)
     done: int = 0  # bytes so far
     cancelled: bool = False
     offset: int = 0  # RESUME: a GET's proven offset (the body may start there)
@@ -227,6 +228,24 @@ class Deleted:
 
 
 @record
+class QuickCheckRequested:
+    """QUICK_CHECK: which of ``names`` (kind, size, mtime_ns, name) in the directory
+    ``path`` the server has unchanged."""
+
+    request: int
+    path: str
+    names: tuple[tuple[int, int, int, str], ...]
+
+
+@record
+class QuickChecked:
+    """The answer to QUICK_CHECK: bit i of ``bitmap`` set when name i is unchanged."""
+
+    request: int
+    bitmap: bytes
+
+
+@record
 class Summed:
     """The answer to CHECKSUM: the file's size and digest."""
 
@@ -278,7 +297,7 @@ Event = (ClientAuthenticated | ServerVerified | PutRequested | SmallFilesReceive
          | PutCommitted | MkdirDone | FileStarted | FileFinished | EntriesReceived
          | RequestFailed | InputEnded | PartialRequested | PrefixReceived
          | DeleteRequested | ChecksumRequested | Deleted | Summed | SymlinkRequested
-         | ReadlinkRequested | LinkRead | Linked)
+         | ReadlinkRequested | LinkRead | Linked | QuickCheckRequested | QuickChecked)
 
 
 # The requests OK answers, and the event it makes of each on the client.

@@ -54,6 +54,7 @@ class FrameType(IntEnum):
     SYMLINK = 0x1D  # LINKS: make a symbolic link
     READLINK = 0x1E  # LINKS: where does this link point?
     PUT_INLINE = 0x1F  # INLINE: a small file's PUT, DATA and DONE in one frame
+    QUICK_CHECK = 0x30  # QUICK_CHECK: which of these names do you have unchanged?
     OK = 0x20
     FILE = 0x21
     ENTRIES = 0x22
@@ -61,6 +62,7 @@ class FrameType(IntEnum):
     PREFIX = 0x25  # RESUME: length and digest of a kept partial file
     SUM = 0x26  # SYNC: the answer to CHECKSUM
     LINK = 0x27  # LINKS: the answer to READLINK
+    SAME = 0x28  # QUICK_CHECK: the answer to QUICK_CHECK, a bitmap
     ERROR = 0x2F
 
 
@@ -76,11 +78,13 @@ class Feature(IntFlag):
     STREAM = 0x40  # PUT with STREAMED: a body whose size is known only at its end
     SYNC = 0x80  # DELETE and CHECKSUM, for incremental copies
     LINKS = 0x100  # SYMLINK and READLINK: symbolic links copied as links
+    QUICK_CHECK = 0x200  # QUICK_CHECK and SAME: rsync's quick check done by the server
 
 
 DIGEST_FEATURES = Feature.DIGEST_BLAKE3 | Feature.DIGEST_SHA256
 ALL_FEATURES = (DIGEST_FEATURES | Feature.SPARSE | Feature.RESUME | Feature.INLINE
-                | Feature.CHANNEL_BINDING | Feature.STREAM | Feature.SYNC | Feature.LINKS)
+                | Feature.CHANNEL_BINDING | Feature.STREAM | Feature.SYNC | Feature.LINKS
+                | Feature.QUICK_CHECK)
 
 
 class PutFlag(IntFlag):
@@ -331,6 +335,33 @@ class Link:
     target: str
 
 
+# One name of a QUICK_CHECK as the wire has it: kind (QUICK_FILE or QUICK_DIRECTORY),
+# size, mtime in nanoseconds, name (one component).
+NameCheck = tuple[int, int, int, str]
+QUICK_FILE = 1
+QUICK_DIRECTORY = 2
+
+
+@record
+class QuickCheck:
+    """QUICK_CHECK: which of ``names``, in the directory ``path``, the server has
+    unchanged (docs/protocol.md §5.5)."""
+
+    request: int
+    path: str
+    names: tuple[NameCheck, ...]
+
+
+@record
+class Same:
+    """QUICK_CHECK: the answer, bit ``i`` of ``bitmap`` set when name ``i`` is unchanged
+    on the server (docs/protocol.md §5.5)."""
+
+    request: int
+    count: int
+    bitmap: bytes
+
+
 @record
 class Ok:
     request: int
@@ -369,5 +400,5 @@ class Error:
 Message = (Hello | HelloReply | Auth | Put | PutInline | Data | BodyPiece | Hole | Done
            | Cancel | Get | ListDir | Stat | Mkdir | Ok | FileHeader | Entries | Committed
            | Error | Partial | PutAt | Prefix | Delete | Checksum | Sum | Symlink
-           | Readlink | Link)
+           | Readlink | Link | QuickCheck | Same)
 

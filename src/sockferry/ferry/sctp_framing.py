@@ -48,7 +48,7 @@ STREAMS = 1 + 256
 OPENING = frozenset({m.FrameType.PUT, m.FrameType.PUT_INLINE, m.FrameType.PUT_AT,
                      m.FrameType.GET, m.FrameType.LIST, m.FrameType.STAT, m.FrameType.MKDIR,
                      m.FrameType.PARTIAL, m.FrameType.DELETE, m.FrameType.CHECKSUM,
-                     m.FrameType.SYMLINK, m.FrameType.READLINK})
+                     m.FrameType.SYMLINK, m.FrameType.READLINK, m.FrameType.QUICK_CHECK})
 _HEADER = m.HEADER.size
 
 

@@ -25,6 +25,7 @@ from sockferry.ferry.connection import Connection
 from sockferry.ferry.limits import Quota
 from sockferry.ferry.server_config import FerryServerConfig
 from sockferry.sockets import describe_multipath, open_listeners
+from sockferry.storage.root import Root
 from sockferry.storage.store import Store
 from sockferry.storage.stores import open_store
 from sockferry.storage.sweeper import sweep_forever
@@ -48,7 +49,9 @@ class FerryServer:
         # What HELLO_REPLY offers: the configured features the store can keep.
         self.features = (config.features
                          & ~(0 if self.root.keeps_partials else m.Feature.RESUME)
-                         & ~(0 if self.root.keeps_links else m.Feature.LINKS))
+                         & ~(0 if self.root.keeps_links else m.Feature.LINKS)
+                         # a look-up per name costs an object store a request each
+                         & ~(0 if isinstance(self.root, Root) else m.Feature.QUICK_CHECK))
         self.config = config
         self._listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []

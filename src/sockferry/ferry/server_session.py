@@ -23,6 +23,7 @@ from sockferry.ferry.events import (
     Phase,
     PutFinished,
     PutRequested,
+    QuickCheckRequested,
     ReadlinkRequested,
     RequestCancelled,
     RequestKind,
@@ -242,6 +243,13 @@ class ServerSession(Session):
         self._open(message.request, RequestState(RequestKind.READLINK, Phase.SERVING))
         self._events.append(ReadlinkRequested(message.request, message.path))
 
+    def _on_quick_check(self, message: m.QuickCheck) -> None:
+        need_feature(self.features, m.Feature.QUICK_CHECK, "QUICK_CHECK")
+        self._open(message.request, RequestState(RequestKind.QUICK_CHECK, Phase.SERVING,
+                                                 size=len(message.names)))
+        self._events.append(QuickCheckRequested(message.request, message.path,
+                                                message.names))
+
     # -- answers ------------------------------------------------------------------------
 
     def refuse(self, request: int, code: int, message: str) -> None:
@@ -284,6 +292,14 @@ class ServerSession(Session):
         if state.kind is not RequestKind.CHECKSUM:
             raise LocalProtocolError("SUM answers CHECKSUM only")
         self._emit(m.Sum(request, size, digest))
+        del self.requests[request]
+
+    def same(self, request: int, bitmap: bytes) -> None:
+        """SAME: the answer to QUICK_CHECK, one bit per name asked."""
+        state = self._local(request, Phase.SERVING)
+        if state.kind is not RequestKind.QUICK_CHECK:
+            raise LocalProtocolError("SAME answers QUICK_CHECK only")
+        self._emit(m.Same(request, state.size, bitmap))
         del self.requests[request]
 
     def entries(self, request: int, entries: list[Entry] | tuple[Entry, ...],
@@ -365,4 +381,5 @@ class ServerSession(Session):
         handles(ConnState.READY, m.Checksum, _on_checksum),
         handles(ConnState.READY, m.Symlink, _on_symlink),
         handles(ConnState.READY, m.Readlink, _on_readlink),
+        handles(ConnState.READY, m.QuickCheck, _on_quick_check),
     ])

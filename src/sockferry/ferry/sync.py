@@ -17,12 +17,15 @@ directories only.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
-from collections.abc import Iterable
+import stat
+from collections.abc import Iterable, Sequence
 
 from sockferry.entries import Entry, Kind
 from sockferry.errors import UsageError
+from sockferry.ferry.messages import QUICK_FILE, NameCheck
 from sockferry.records import record
 
 
@@ -137,8 +140,33 @@ def unchanged(size: int, mtime_ns: int, existing: Entry | None) -> bool:
     different fractions of a second).  Numbers rather than an Entry: a sender compares
     its lstat of each file of a tree without making one."""
     return (existing is not None and existing.kind is Kind.FILE
-            and size == existing.size
-            and mtime_ns // 1_000_000_000 == existing.mtime_ns // 1_000_000_000)
+            and same_file(size, mtime_ns, existing.size, existing.mtime_ns))
+
+
+def same_file(size: int, mtime_ns: int, other_size: int, other_mtime_ns: int) -> bool:
+    """The quick check's rule for two regular files: the same size and modification
+    time to the second."""
+    return size == other_size and mtime_ns // 1_000_000_000 == other_mtime_ns // 1_000_000_000
+
+
+def same_bitmap(names: Sequence[NameCheck], found: Sequence[os.stat_result | None]) -> bytes:
+    """The server's side of the quick check (docs/protocol.md §5.5): bit i set when
+    ``found[i]``, the lstat of what it holds at name i, is unchanged from ``names[i]``
+    — a regular file by ``same_file``, a directory if it is one."""
+    bits = bytearray((len(names) + 7) // 8)
+    is_file, is_dir = stat.S_ISREG, stat.S_ISDIR
+    for i, ((kind, size, mtime_ns, _name), st) in enumerate(zip(names, found, strict=True)):
+        if st is None:
+            continue
+        if (is_file(st.st_mode) and same_file(size, mtime_ns, st.st_size, st.st_mtime_ns)
+                if kind == QUICK_FILE else is_dir(st.st_mode)):
+            bits[i >> 3] |= 1 << (i & 7)
+    return bytes(bits)
+
+
+def same_in(bitmap: bytes, i: int) -> bool:
+    """Whether a SAME answer's ``bitmap`` holds name ``i`` unchanged."""
+    return bool(bitmap[i >> 3] >> (i & 7) & 1)
 
 
 GLOB_CHARS = "*?["

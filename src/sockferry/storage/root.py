@@ -18,7 +18,7 @@ import fcntl
 import itertools
 import os
 import stat
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from sockferry.entries import Entry
@@ -32,6 +32,7 @@ from sockferry.storage.names import (
     MAX_SYMLINK_HOPS,
     link_target_problem,
     partial_name,
+    plain_name,
     split_client_path,
 )
 from sockferry.storage.partials import busy, clear_partials, sweep
@@ -368,6 +369,38 @@ class Root:
 
     def exists(self, path: str | bytes) -> bool:
         return stat_finds(self, path)
+
+    def lstat_names(self, path: str | bytes,
+                    names: Sequence[str]) -> list[os.stat_result | None]:
+        """The lstat of each of ``names`` in the directory ``path`` (a link at the name
+        not followed; the quick check of docs/protocol.md §5.5): None for a name it lacks,
+        for one that is not a plain component (never looked up: no ``..``, no ``/``, no
+        temporary), and for every name when ``path`` is missing or not a directory."""
+        shown = _shown(path)
+        found: list[os.stat_result | None] = [None] * len(names)
+        try:
+            with self.parent(path) as (dir_fd, name):
+                fd = os.open(name or ".", DIR_FLAGS, dir_fd=dir_fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return found
+        except StorageError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return found
+            raise
+        except OSError as exc:
+            raise storage_error(exc, shown) from exc
+        try:
+            lstat = os.stat
+            for i, name in enumerate(names):
+                if "/" in name or not plain_name(name):
+                    continue
+                try:
+                    found[i] = lstat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue
+        finally:
+            os.close(fd)
+        return found
 
     def list(self, path: str | bytes, *, recursive: bool = False,
              limit: int = 1_000_000) -> Generator[Entry, None, None]:
