@@ -24,6 +24,7 @@ from sockferry.addresses import HostPort
 from sockferry.api import connect, run_ferry_server
 from sockferry.entries import Kind
 from sockferry.errors import PathRefused, StorageError, UsageError
+from sockferry.ferry import messages as m
 from sockferry.ferry.server import FerryServer
 from sockferry.ferry.server_config import FerryServerConfig
 from sockferry.storage.atomic import PartialFile
@@ -194,6 +195,8 @@ def _requests_on_the_loop(store: S3Store, threads: list[tuple[str, int]],
 
     async def serve() -> int:
         server = FerryServer(store, FerryServerConfig(token=TOKEN))
+        # a bucket lists a directory in one request, but looks up a name in one each
+        assert not server.features & m.Feature.QUICK_CHECK
         running = await run_ferry_server(server, [HostPort("127.0.0.1", 0)])
         try:
             await work(running.port)
