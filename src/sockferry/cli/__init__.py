@@ -234,7 +234,15 @@ def _started() -> None:
     no-op ``send -r -u`` of 10,000 files spent ~6 ms collecting during start-up, and
     twice as long afterwards as with them frozen)."""
     gc.freeze()
+    gc.set_threshold(GC_YOUNG_OBJECTS)
     gc.enable()
+
+
+# Objects allocated before the youngest generation is collected (Python's default: 700).
+# A tree of small files makes a few objects a file that live to the end (its outcome):
+# at 700, a no-op --update of 10,000 files collected 45 times (~4 ms), walking objects
+# that all survive; only cyclic garbage waits longer for collection.
+GC_YOUNG_OBJECTS = 20_000
 
 
 def _command_index(argv: list[str]) -> int | None:

@@ -315,6 +315,7 @@ def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
     started = time.monotonic()
 
     attempts = 0
+    retries = getattr(args, "retry", 0)
     copied: dict[str, Outcome] = {}  # by source: files earlier attempts copied whole
 
     async def attempt() -> list[Outcome]:
@@ -326,11 +327,12 @@ def _copy(args: argparse.Namespace, console: Console, host: str, verb: str,
                 # without a bar, the silent Reporter: no calls per file for nothing
                 reporter = _ConsoleReporter(progress) if progress.shown else Reporter()
                 result: list[Outcome] = await run(client, reporter)
+        if not retries:
+            return result
         earlier = list(copied.values())
         copied.update((o.source, o) for o in result if _copied_whole(o))
         return earlier + result
 
-    retries = getattr(args, "retry", 0)
 
     def on_retry(error: SockferryError, wait_s: float, number: int) -> None:
         console.notice(f"{error} (retry {number} of {retries} in {wait_s:g} s)")
@@ -369,14 +371,16 @@ def _report(console: Console, args: argparse.Namespace, outcomes: list[Outcome],
     (stderr when stdout carries the file itself)."""
     say = console.print if results_on_stdout else console.notice
     code = ExitCode.OK
-    files = total = kept = deleted = 0
+    files = total = deleted = 0
     told = False
-    for outcome in outcomes:
-        if outcome.unchanged or outcome.deleted or outcome.dry_run:
+    # files left alone as unchanged are only counted (a no-op --update is all of them)
+    others = [outcome for outcome in outcomes if not outcome.unchanged]
+    kept = len(outcomes) - len(others)
+    for outcome in others:
+        if outcome.deleted or outcome.dry_run:
             line = _sync_line(outcome, args.verbose)
             if line:
                 say(line)
-            kept += outcome.unchanged
             deleted += outcome.deleted
             if outcome.dry_run and not outcome.deleted:
                 files, total = files + 1, total + outcome.size

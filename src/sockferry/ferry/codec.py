@@ -331,7 +331,10 @@ def encode_quick_check_body(path: str, names: tuple[NameCheck, ...] | list[NameC
 
 def name_check_wire_size(name: str) -> int:
     """Bytes one name adds to a QUICK_CHECK body."""
-    return _NAME_CHECK_HEAD.size + len(name.encode("utf-8", "surrogateescape"))
+    return NAME_OVERHEAD + len(name.encode("utf-8", "surrogateescape"))
+
+
+NAME_OVERHEAD = _NAME_CHECK_HEAD.size  # what a QUICK_CHECK name costs besides its bytes
 
 
 QUICK_CHECK_OVERHEAD = 2 + 2  # the body's fixed part besides the path's bytes

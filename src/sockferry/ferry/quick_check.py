@@ -13,7 +13,7 @@ import stat
 from collections.abc import Iterable, Iterator
 
 from sockferry.ferry.client import FerryClient
-from sockferry.ferry.codec import QUICK_CHECK_OVERHEAD, name_check_wire_size
+from sockferry.ferry.codec import NAME_OVERHEAD, QUICK_CHECK_OVERHEAD, name_check_wire_size
 from sockferry.ferry.messages import MAX_CONTROL_BODY, QUICK_DIRECTORY, QUICK_FILE, NameCheck
 
 # One directory of a local tree as the walk meets it: its path, its path relative to
@@ -105,7 +105,9 @@ def batches(remote_dir: str, names: list[NameCheck]) -> Iterator[tuple[NameCheck
     batch: list[NameCheck] = []
     used = 0
     for entry in names:
-        size = name_check_wire_size(entry[3])
+        name = entry[3]
+        # an ASCII name's length is its size in UTF-8 (isascii reads a flag: no encoding)
+        size = NAME_OVERHEAD + len(name) if name.isascii() else name_check_wire_size(name)
         if batch and (len(batch) == NAMES_PER_REQUEST or used + size > room):
             yield tuple(batch)
             batch, used = [], 0
