@@ -149,6 +149,22 @@ def test_a_plaintext_transfer_loads_no_tls_code(tmp_path: Path) -> None:
     assert under(modules, *TLS_MODULES) == []
 
 
+def test_a_plain_send_loads_neither_ssl_nor_uvloop(tmp_path: Path) -> None:
+    """asyncio comes without ssl (libssl), and a copy that only sends runs on asyncio's
+    own loop (uvloop would load ssl); a get still runs on uvloop, which loads it."""
+    token = write_token(tmp_path / "token")
+    (tmp_path / "f").write_text("f")
+    with ServerThread(tmp_path) as server:
+        options = ("-P", str(server.port), "--token-file", str(token))
+        code, _out, sent = loaded_by("send", *options, str(tmp_path / "f"), "127.0.0.1:g")
+        assert code == 0
+        code, _out, got = loaded_by("get", *options, "127.0.0.1:g", str(tmp_path / "h"))
+        assert code == 0
+    assert (tmp_path / "h").read_text() == "f"
+    assert "asyncio" in sent and under(sent, "ssl", "_ssl", "uvloop") == []
+    assert {"ssl", "uvloop"} <= got
+
+
 def test_a_tls_transfer_loads_it(tmp_path: Path) -> None:
     from sockferry.tls import make_self_signed, server_tls  # noqa: PLC0415
 

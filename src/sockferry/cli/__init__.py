@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from sockferry import __version__, errors
 from sockferry.cli.console import Console
-from sockferry.cli.runtime import ExitCode, exit_code_for
+from sockferry.cli.runtime import ExitCode, asyncio_without_ssl, exit_code_for
 
 # Each command: the module that registers it (one per family of sub-commands, each with
 # register(subparsers)) and the line that `sockferry --help` shows for it.  Only the
@@ -94,7 +94,9 @@ def _parsers(command: str | None) -> tuple[argparse.ArgumentParser, Any]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     if command in COMMANDS:
-        importlib.import_module(f"sockferry.cli.{COMMANDS[command][0]}").register(sub)
+        with asyncio_without_ssl():
+            module = importlib.import_module(f"sockferry.cli.{COMMANDS[command][0]}")
+        module.register(sub)
         for name, command_parser in sub.choices.items():
             # The same options after the command; SUPPRESS keeps what came before it.
             _add_global_options(command_parser, default=argparse.SUPPRESS)
