@@ -243,3 +243,20 @@ def test_recv_with_destination(listen: str, send_to: str, expected: str) -> None
                 assert len(data) == 64 and truncated
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "10.1.2.3", "2001:db8::7"])
+@pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM])
+def test_an_ip_literal_resolves_as_getaddrinfo_says_without_asking_it(
+        host: str, kind: socket.SocketKind) -> None:
+    """Literals skip the resolver (its worker thread, the IDNA codec) with its answer."""
+    found = asyncio.run(resolve(HostPort(host, 4242), kind))
+    expected = [(family, type_, proto, sockaddr) for family, type_, proto, _, sockaddr
+                in socket.getaddrinfo(host, 4242, type=kind)]
+    assert [(r.family, r.type, r.proto, r.sockaddr) for r in found] == expected
+
+
+def test_a_literal_of_the_other_family_is_still_refused() -> None:
+    for host, family in (("127.0.0.1", socket.AF_INET6), ("::1", socket.AF_INET)):
+        with pytest.raises(NetworkError, match="not supported"):
+            asyncio.run(resolve(HostPort(host, 4242, family)))

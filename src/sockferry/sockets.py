@@ -129,6 +129,26 @@ def storage_error(exc: OSError, path: str, suffix: str = "") -> StorageError:
 # Resolution
 
 
+_PROTOCOLS = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: socket.IPPROTO_UDP}
+
+
+def _numeric(address: HostPort, kind: socket.SocketKind) -> Resolved | None:
+    """``address`` as getaddrinfo would give it when its host is an IP literal (a scoped
+    IPv6 one aside), without asking it: its answer goes through a worker thread, and
+    its host name through the IDNA codec, both only for names."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        if address.family not in (0, family):
+            continue
+        try:
+            socket.inet_pton(family, address.host)
+        except (OSError, ValueError):
+            continue
+        sockaddr: SockAddr = ((address.host, address.port) if family == socket.AF_INET
+                              else (address.host, address.port, 0, 0))
+        return Resolved(family, kind, _PROTOCOLS.get(kind, 0), sockaddr)
+    return None
+
+
 async def resolve(address: HostPort, kind: socket.SocketKind = socket.SOCK_STREAM,
                   *, passive: bool = False) -> list[Resolved]:
     """Every getaddrinfo result for ``address``, de-duplicated, in the resolver's order."""
@@ -139,6 +159,9 @@ async def resolve(address: HostPort, kind: socket.SocketKind = socket.SOCK_STREA
             raise NetworkError("localhost has no IPv6 address on this machine (-6)",
                                address=address.host)
         return found
+    literal = _numeric(address, kind)
+    if literal is not None:
+        return [literal]
     loop = asyncio.get_running_loop()
     # No AI_ADDRCONFIG: it hides ::1 on hosts whose only IPv6 address is loopback.
     flags = socket.AI_PASSIVE if passive else 0
