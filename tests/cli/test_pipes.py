@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +223,35 @@ def test_a_stream_over_a_limit_is_refused_on_the_way(tmp_path: Path, limit: dict
     assert b"Traceback" not in send.stderr
     assert list(root.iterdir()) == []
     assert any("huge.bin" in line and "refused" in line for line in logs), logs
+
+
+def test_a_device_or_named_pipe_as_destination_is_written_into(tmp_path: Path) -> None:
+    """As cp and scp do: `get HOST:F /dev/null` once replaced the system's /dev/null by
+    the renamed temporary of an atomic write.  A private null device and a FIFO stand in
+    for it here (making a device needs root, as this suite runs)."""
+    body = os.urandom(3 * 1024 * 1024 + 5)
+    (tmp_path / "f").write_bytes(body)
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    token = write_token(tmp_path / "token")
+    with ServerThread(tmp_path) as server:
+        result = subprocess.run(_cli(server.port, token, "get", ":f", str(null)),
+                                capture_output=True, timeout=PIPE_TIMEOUT_S, check=False)
+        assert result.returncode == ExitCode.OK, result.stderr
+        assert stat.S_ISCHR(null.lstat().st_mode)
+        with subprocess.Popen([sys.executable, "-c", "import sys, hashlib; print(hashlib."
+                               f"sha256(open({str(fifo)!r}, 'rb').read()).hexdigest())"],
+                              stdout=subprocess.PIPE, text=True) as reader:
+            result = subprocess.run(_cli(server.port, token, "get", ":f", str(fifo)),
+                                    capture_output=True, timeout=PIPE_TIMEOUT_S, check=False)
+            out, _ = reader.communicate(timeout=PIPE_TIMEOUT_S)
+        assert result.returncode == ExitCode.OK, result.stderr
+        assert out.strip() == hashlib.sha256(body).hexdigest()
+        assert stat.S_ISFIFO(fifo.lstat().st_mode)
+        result = subprocess.run(_cli(server.port, token, "get", "-r", ":f", str(null)),
+                                capture_output=True, timeout=PIPE_TIMEOUT_S, check=False)
+    assert result.returncode == ExitCode.USAGE
+    assert b"carries one file: drop -r" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "fifo", "null", "token"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import stat
 import time
@@ -151,8 +152,8 @@ def run_send(args: argparse.Namespace, console: Console) -> int:
 
 def run_get(args: argparse.Namespace, console: Console) -> int:
     host, sources = _remote_sources(args, args.sources)
-    if args.dest == STDIO:
-        return _get_stdout(args, console, host, sources)
+    if args.dest == STDIO or _is_device(args.dest):
+        return _get_stream(args, console, host, sources)
     into = os.path.isdir(args.dest)  # before the first attempt, which may make it
 
     def getting(sync: SyncOptions) -> Operation:
@@ -259,13 +260,26 @@ def _send_spooled(args: argparse.Namespace, console: Console, host: str, dest: s
             client, spool, "standard input", dest, reporter=reporter))
 
 
-def _get_stdout(args: argparse.Namespace, console: Console, host: str,
+def _is_device(path: str) -> bool:
+    """Whether ``path`` (links followed) is a device or a named pipe: written into, as
+    cp and scp do, never replaced by a renamed temporary (``get HOST:F /dev/null``
+    would replace the system's /dev/null with a regular file)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode)
+
+
+def _get_stream(args: argparse.Namespace, console: Console, host: str,
                 sources: list[str]) -> int:
-    """``get HOST:NAME -``: the file is received and verified as any other, then copied
-    to standard output — no byte that failed its digest check ever reaches the pipe."""
-    _pipe_checks(args, "get ... -")
+    """``get HOST:NAME -`` (or a device or named pipe as the destination): the file is
+    received and verified as any other, then copied to standard output (or into the
+    device) — no byte that failed its digest check ever reaches the pipe."""
+    shown = "standard output" if args.dest == STDIO else args.dest
+    _pipe_checks(args, f"get ... {args.dest}")
     if len(sources) != 1:
-        raise UsageError("get ... - writes one file to standard output: give one source")
+        raise UsageError(f"get ... {args.dest} writes one file to {shown}: give one source")
     import sys  # noqa: PLC0415 - pipes only
     import tempfile  # noqa: PLC0415
 
@@ -274,14 +288,18 @@ def _get_stdout(args: argparse.Namespace, console: Console, host: str,
         async def received(client: FerryClient, reporter: Reporter) -> list[Outcome]:
             outcomes = await get_paths(client, sources, spool, recursive=False,
                                        keep_mtime=False, reporter=reporter)
-            return [Outcome(o.source, "standard output", o.size, o.error, o.is_directory,
-                            o.skipped) for o in outcomes]
+            return [Outcome(o.source, shown, o.size, o.error, o.is_directory, o.skipped)
+                    for o in outcomes]
 
         code = _copy(args, console, host, "received", received, results_on_stdout=False)
         if code != ExitCode.OK:
             return code
         sys.stdout.flush()
-        fd = sys.stdout.fileno()
+        try:
+            fd = sys.stdout.fileno() if args.dest == STDIO else os.open(args.dest,
+                                                                         os.O_WRONLY)
+        except OSError as exc:
+            raise storage_error(exc, shown) from exc
         try:
             os.set_blocking(fd, True)  # an inherited O_NONBLOCK would split writes
             with open(spool, "rb") as spooled:
@@ -290,6 +308,9 @@ def _get_stdout(args: argparse.Namespace, console: Console, host: str,
                     while view:
                         view = view[os.write(fd, view):]
         except BrokenPipeError:
+            if args.dest != STDIO:
+                raise storage_error(BrokenPipeError(errno.EPIPE, "broken pipe"),
+                                    shown) from None
             # The reader left (`| head`): not an error to report, but not everything
             # was delivered either.  Point stdout at /dev/null so exit does not retry.
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -297,7 +318,10 @@ def _get_stdout(args: argparse.Namespace, console: Console, host: str,
             os.close(devnull)
             return ExitCode.STORAGE
         except OSError as exc:
-            raise storage_error(exc, "standard output") from exc
+            raise storage_error(exc, shown) from exc
+        finally:
+            if args.dest != STDIO:
+                os.close(fd)
     return ExitCode.OK
 
 
