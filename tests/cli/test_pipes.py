@@ -255,3 +255,21 @@ def test_a_device_or_named_pipe_as_destination_is_written_into(tmp_path: Path) -
     assert result.returncode == ExitCode.USAGE
     assert b"carries one file: drop -r" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "fifo", "null", "token"]
+
+
+def test_a_link_to_a_file_as_destination_is_written_through(tmp_path: Path) -> None:
+    """As cp does: the link stays a link (/dev/stdout redirected to a file is one, which
+    the system needs kept), and the file it names gets the new content."""
+    (tmp_path / "f").write_text("new content")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "old.txt").write_text("old")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere" / "old.txt")
+    token = write_token(tmp_path / "token")
+    with ServerThread(tmp_path) as server:
+        result = subprocess.run(_cli(server.port, token, "get", ":f", str(link)),
+                                capture_output=True, timeout=PIPE_TIMEOUT_S, check=False)
+        assert result.returncode == ExitCode.OK, result.stderr
+    assert link.is_symlink() and link.read_text() == "new content"
+    assert (tmp_path / "elsewhere" / "old.txt").read_text() == "new content"
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["old.txt"]

@@ -154,6 +154,10 @@ def run_get(args: argparse.Namespace, console: Console) -> int:
     host, sources = _remote_sources(args, args.sources)
     if args.dest == STDIO or _is_device(args.dest):
         return _get_stream(args, console, host, sources)
+    if os.path.islink(args.dest) and os.path.isfile(args.dest):
+        # written through the link, as cp and scp do: the link stays (/dev/stdout,
+        # redirected to a file, is one), its file is replaced atomically
+        args.dest = os.path.realpath(args.dest)
     into = os.path.isdir(args.dest)  # before the first attempt, which may make it
 
     def getting(sync: SyncOptions) -> Operation:
