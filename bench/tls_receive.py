@@ -47,13 +47,12 @@ context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
 context.minimum_version = ssl.TLSVersion.TLSv1_3
 with context.wrap_socket(socket.create_connection(("127.0.0.1", port))) as sock:
-    piece = memoryview(bytes(range(256)) * 1024)
-    left = size
+    piece, left = memoryview(bytes(range(256)) * 1024), size
     while left:
         n = min(len(piece), left)
         sock.sendall(piece[:n])
         left -= n
-    sock.recv(1)
+    print(sock.recv(100).decode())  # what the receiver answers once it holds it all
 """
 
 
@@ -110,7 +109,8 @@ async def one(way: Way, context: ssl.SSLContext, out: str, size: int,
               ) -> tuple[float, float]:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         sender = subprocess.Popen([sys.executable, "-c", SENDER,
-                                   str(listener.getsockname()[1]), str(size)])
+                                   str(listener.getsockname()[1]), str(size)],
+                                  stdout=subprocess.DEVNULL)
         sock, _ = await asyncio.get_running_loop().sock_accept(listener)
     stream = TLSStream.wrap(sock, context, server_side=True, idle_timeout_s=30)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tls_receive import SENDER  # the same TLS peer: 1 GiB out, then what comes back
+
 from sockferry.tls import make_self_signed
 
 SUITES = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
@@ -56,22 +58,6 @@ while got < size:
     got += n
 sock.sendall(sock.cipher()[0].encode())
 """
-
-SENDER = """
-import socket, ssl, sys
-port, size = int(sys.argv[1]), int(sys.argv[2])
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-context.minimum_version = ssl.TLSVersion.TLSv1_3
-with context.wrap_socket(socket.create_connection(("127.0.0.1", port))) as sock:
-    piece, left = memoryview(bytes(range(256)) * 1024), size
-    while left:
-        n = min(len(piece), left)
-        sock.sendall(piece[:n])
-        left -= n
-    print(sock.recv(100).decode())
-"""
-
 
 def one(suite: str, work: Path, size: int) -> float:
     env = dict(os.environ, OPENSSL_CONF=str(work / f"{suite}.cnf"))
