@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import os
 import stat
 import time
@@ -311,10 +310,9 @@ def _get_stream(args: argparse.Namespace, console: Console, host: str,
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view):]
-        except BrokenPipeError:
+        except BrokenPipeError as exc:
             if args.dest != STDIO:
-                raise storage_error(BrokenPipeError(errno.EPIPE, "broken pipe"),
-                                    shown) from None
+                raise storage_error(exc, shown) from None
             # The reader left (`| head`): not an error to report, but not everything
             # was delivered either.  Point stdout at /dev/null so exit does not retry.
             devnull = os.open(os.devnull, os.O_WRONLY)

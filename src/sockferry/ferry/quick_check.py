@@ -72,7 +72,7 @@ class QuickCheck:
                 raise
             assert isinstance(bitmap, bytes)
             for i, (kind, size, _mtime, name) in enumerate(batch):
-                if bitmap[i >> 3] >> (i & 7) & 1:
+                if bitmap[i >> 3] >> (i & 7) & 1:  # the layout sync.same_bitmap sets
                     if kind == QUICK_FILE:
                         self.unchanged[prefix + name] = size
                     else:

@@ -164,11 +164,6 @@ def same_bitmap(names: Sequence[NameCheck], found: Sequence[os.stat_result | Non
     return bytes(bits)
 
 
-def same_in(bitmap: bytes, i: int) -> bool:
-    """Whether a SAME answer's ``bitmap`` holds name ``i`` unchanged."""
-    return bool(bitmap[i >> 3] >> (i & 7) & 1)
-
-
 GLOB_CHARS = "*?["
 
 
